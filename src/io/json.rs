@@ -1,0 +1,56 @@
+//! Positions for errors in JSON inputs. Readers parse a list of elements as raw
+//! slices first, so a problem found after parsing (a bad id, an overflowing
+//! timestamp) can still be reported at the line and column where it lies.
+
+use serde_json::value::RawValue;
+
+use super::{ParseError, Position};
+
+/// A serde_json error over the whole of `text`.
+pub fn error(text: &[u8], e: &serde_json::Error) -> ParseError {
+    let position = if e.line() == 0 {
+        Position::Byte(text.len() as u64)
+    } else {
+        Position::Line { line: e.line() as u64, column: e.column() as u64 }
+    };
+    ParseError::new(position, e.to_string())
+}
+
+/// Byte offset of `raw` (a slice borrowed from `text`) within `text`.
+fn offset_of(text: &[u8], raw: &RawValue) -> usize {
+    (raw.get().as_ptr() as usize).saturating_sub(text.as_ptr() as usize)
+}
+
+/// An error about the element `raw` of `text`, placed at its start.
+pub fn error_at(text: &[u8], raw: &RawValue, reason: impl Into<String>) -> ParseError {
+    ParseError::new(Position::of_offset(text, offset_of(text, raw)), reason)
+}
+
+/// Parses the element `raw` of `text`, placing any error within the whole file.
+pub fn parse_element<'a, T: serde::Deserialize<'a>>(text: &[u8], raw: &'a RawValue) -> Result<T, ParseError> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        let inner = raw.get().as_bytes();
+        // Walk to the error's line and column inside the element.
+        let mut offset = 0;
+        for _ in 1..e.line() {
+            match inner[offset..].iter().position(|&b| b == b'\n') {
+                Some(i) => offset += i + 1,
+                None => break,
+            }
+        }
+        let offset = offset + e.column().saturating_sub(1);
+        ParseError::new(Position::of_offset(text, offset_of(text, raw) + offset), e.to_string())
+    })
+}
+
+/// Parses the whole of `text` as `T` (typically a list of raw elements).
+pub fn parse_all<'a, T: serde::Deserialize<'a>>(text: &'a [u8]) -> Result<T, ParseError> {
+    serde_json::from_slice(text).map_err(|e| error(text, &e))
+}
+
+/// Microseconds (Jaeger, Zipkin) to nanoseconds, refusing values past year 2554.
+pub fn micros_to_nanos(micros: u64, field: &str) -> Result<u64, String> {
+    micros
+        .checked_mul(1_000)
+        .ok_or_else(|| format!("{field} {micros} µs overflows 64-bit nanoseconds"))
+}

@@ -1,0 +1,178 @@
+//! Trace files in and out. Readers turn every supported format into
+//! [`crate::trace::Span`]s; writers turn [`crate::trace::Trace`]s into OTLP JSON
+//! lines, OTLP protobuf or Jaeger JSON. `input` finds and sniffs files, one module
+//! per format holds its reader (and writer, where there is one).
+
+mod alibaba;
+mod input;
+mod jaeger;
+mod json;
+mod otlp;
+mod span_csv;
+mod zipkin;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use input::{Input, MAX_FILE_BYTES, decode, read_file, read_inputs, sniff};
+pub use otlp::{spans_from_request, to_request};
+
+use crate::trace::Trace;
+
+/// Input formats. Sniffed from content unless forced with `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// OTLP protobuf `ExportTraceServiceRequest`.
+    OtlpProto,
+    /// OTLP JSON: one object, or JSON lines as the Collector file exporter writes.
+    OtlpJson,
+    /// Jaeger API/UI JSON (`{"data":[...]}`).
+    Jaeger,
+    /// Zipkin v2 JSON span list.
+    Zipkin,
+    /// Span CSV (`TraceID,SpanID,ParentID,PodName,OperationName,...`).
+    SpanCsv,
+    /// Alibaba call-graph text (`[GENERATE GRAPH]` blocks).
+    Alibaba,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::OtlpProto => "OTLP protobuf",
+            Format::OtlpJson => "OTLP JSON",
+            Format::Jaeger => "Jaeger JSON",
+            Format::Zipkin => "Zipkin v2 JSON",
+            Format::SpanCsv => "span CSV",
+            Format::Alibaba => "Alibaba call-graph text",
+        })
+    }
+}
+
+/// Output formats of the writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// OTLP JSON lines: one `ExportTraceServiceRequest` per trace per line.
+    OtlpJson,
+    /// One OTLP protobuf `ExportTraceServiceRequest` holding every trace.
+    OtlpProto,
+    /// Jaeger JSON that the Jaeger UI loads ("JSON file" upload).
+    Jaeger,
+}
+
+/// Where in a file something went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A text position, 1-based.
+    Line { line: u64, column: u64 },
+    /// A byte offset into the (decompressed) file.
+    Byte(u64),
+}
+
+impl Position {
+    /// The line and column of byte `offset` in `text`.
+    pub fn of_offset(text: &[u8], offset: usize) -> Self {
+        let before = &text[..offset.min(text.len())];
+        let line = before.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Position::Line { line, column: (before.len() - line_start) as u64 + 1 }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Line { line, column } => write!(f, "line {line}, column {column}"),
+            Position::Byte(offset) => write!(f, "byte {offset}"),
+        }
+    }
+}
+
+/// A decoding failure inside one file, before the file name is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseError {
+    pub position: Position,
+    pub reason: String,
+}
+
+impl ParseError {
+    pub fn new(position: Position, reason: impl Into<String>) -> Self {
+        ParseError { position, reason: reason.into() }
+    }
+}
+
+/// Errors of reading and writing trace files.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot write: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path}: larger than {limit} bytes once decompressed; split it into smaller files")]
+    TooLarge { path: PathBuf, limit: u64 },
+    #[error(
+        "{path}: format not recognised (expected OTLP protobuf or JSON, Jaeger JSON, Zipkin v2 \
+         JSON, span CSV or Alibaba call-graph text); force one with --format"
+    )]
+    Unrecognised { path: PathBuf },
+    #[error("{path}: {position}: invalid {format}: {reason}")]
+    Parse { path: PathBuf, format: Format, position: Position, reason: String },
+    #[error("{path}: {position}: corrupt gzip stream: {reason}")]
+    Gzip { path: PathBuf, position: Position, reason: String },
+    #[error("{path}: no such file or folder")]
+    Missing { path: PathBuf },
+}
+
+impl IoError {
+    /// Whether the error is the input's fault (exit code 2) rather than the
+    /// environment's (exit code 1).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, IoError::Read { .. } | IoError::Write { .. })
+    }
+}
+
+/// Writes `traces` in `format` to `out`.
+pub fn write_traces(
+    traces: &[Trace],
+    format: OutputFormat,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    match format {
+        OutputFormat::OtlpJson => otlp::write_json_lines(traces, out),
+        OutputFormat::OtlpProto => otlp::write_proto(traces, out),
+        OutputFormat::Jaeger => jaeger::write(traces, out),
+    }
+}
+
+/// Writes `traces` to the file at `path`, creating or truncating it.
+pub fn write_file(
+    traces: &[Trace],
+    format: OutputFormat,
+    path: &std::path::Path,
+) -> Result<(), IoError> {
+    let fail = |source| IoError::Write { path: path.to_path_buf(), source };
+    let file = std::fs::File::create(path).map_err(fail)?;
+    let mut out = std::io::BufWriter::new(file);
+    write_traces(traces, format, &mut out).map_err(fail)?;
+    std::io::Write::flush(&mut out).map_err(fail)
+}
+
+/// Parses a hex id of `N` bytes. Shorter ids are left-padded with zeroes, since
+/// Jaeger and Zipkin carry 64-bit trace ids; all-zero ids are invalid in OTLP.
+pub(crate) fn hex_id<const N: usize>(text: &[u8], field: &str) -> Result<[u8; N], String> {
+    let shown = || String::from_utf8_lossy(&text[..text.len().min(2 * N + 8)]).into_owned();
+    if text.is_empty() || text.len() > 2 * N {
+        return Err(format!("{field} {:?} must be 1 to {} hex digits", shown(), 2 * N));
+    }
+    let mut padded = [b'0'; 64];
+    padded[2 * N - text.len()..2 * N].copy_from_slice(text);
+    let mut id = [0u8; N];
+    hex::decode_to_slice(&padded[..2 * N], &mut id)
+        .map_err(|_| format!("{field} {:?} is not hexadecimal", shown()))?;
+    if id == [0u8; N] {
+        return Err(format!("{field} is all zeroes, which is not a valid id"));
+    }
+    Ok(id)
+}

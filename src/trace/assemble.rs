@@ -1,0 +1,198 @@
+//! Loose spans in, repaired traces out. Every defect is either repaired or the
+//! offending copy rejected, and each is counted by kind so `gent stats` and the
+//! metrics can report it; nothing is dropped silently.
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::DiGraph;
+use serde::Serialize;
+use std::collections::HashMap;
+
+use super::span::{Span, SpanId, Trace};
+
+/// Input defects found while assembling traces, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Defects {
+    /// Exact copies of a span already seen (same ids and fields): dropped.
+    pub duplicate_spans: u64,
+    /// A span id seen again with different fields: the later copy is rejected.
+    pub conflicting_duplicates: u64,
+    /// Parent links forming a cycle: broken by making one span a fragment root.
+    pub cycles: u64,
+    /// Spans ending before they start: repaired by setting end = start.
+    pub end_before_start: u64,
+}
+
+impl Defects {
+    pub fn add(&mut self, other: &Defects) {
+        self.duplicate_spans += other.duplicate_spans;
+        self.conflicting_duplicates += other.conflicting_duplicates;
+        self.cycles += other.cycles;
+        self.end_before_start += other.end_before_start;
+    }
+}
+
+/// Assembled traces, ordered by start time, and the defects met on the way.
+#[derive(Debug, Clone, Default)]
+pub struct TraceSet {
+    pub traces: Vec<Trace>,
+    pub defects: Defects,
+}
+
+impl TraceSet {
+    pub fn span_count(&self) -> usize {
+        self.traces.iter().map(|t| t.spans.len()).sum()
+    }
+}
+
+/// Groups spans by trace id, drops duplicates and repairs defects.
+///
+/// Among spans sharing a (trace id, span id) the first one in input order wins,
+/// so the result does not depend on how the input was split into files.
+pub fn assemble(mut spans: Vec<Span>) -> TraceSet {
+    // A stable sort keeps input order among equal ids: the first copy comes first.
+    spans.sort_by(|a, b| (a.trace_id, a.span_id).cmp(&(b.trace_id, b.span_id)));
+    let mut defects = Defects::default();
+    let mut traces = Vec::new();
+    let mut current: Vec<Span> = Vec::new();
+    for span in spans {
+        if let Some(last) = current.last() {
+            if last.trace_id != span.trace_id {
+                traces.push(finish_trace(std::mem::take(&mut current), &mut defects));
+            } else if last.span_id == span.span_id {
+                record_duplicate(last, &span, &mut defects);
+                continue;
+            }
+        }
+        current.push(span);
+    }
+    if !current.is_empty() {
+        traces.push(finish_trace(current, &mut defects));
+    }
+    traces.sort_by_key(|t| (t.start(), t.trace_id));
+    TraceSet { traces, defects }
+}
+
+fn record_duplicate(kept: &Span, dropped: &Span, defects: &mut Defects) {
+    if kept == dropped {
+        defects.duplicate_spans += 1;
+    } else {
+        defects.conflicting_duplicates += 1;
+        tracing::debug!(
+            trace_id = %hex::encode(dropped.trace_id),
+            span_id = %hex::encode(dropped.span_id),
+            "conflicting duplicate span rejected: same ids, different fields"
+        );
+    }
+}
+
+fn finish_trace(mut spans: Vec<Span>, defects: &mut Defects) -> Trace {
+    for span in spans.iter_mut().filter(|s| s.end < s.start) {
+        span.end = span.start;
+        defects.end_before_start += 1;
+    }
+    defects.cycles += break_cycles(&mut spans);
+    spans.sort_by_key(|s| (s.start, s.span_id));
+    Trace { trace_id: spans[0].trace_id, spans }
+}
+
+/// Each span has at most one parent, so every strongly connected component with
+/// more than one node (or a span parenting itself) is a simple cycle; clearing one
+/// parent link per cycle turns it back into a tree. The span cut loose is the
+/// earliest one, which is the most plausible true root.
+fn break_cycles(spans: &mut [Span]) -> u64 {
+    let index: HashMap<SpanId, usize> =
+        spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+    let mut graph = DiGraph::<usize, ()>::with_capacity(spans.len(), spans.len());
+    let nodes: Vec<_> = (0..spans.len()).map(|i| graph.add_node(i)).collect();
+    for (child, span) in spans.iter().enumerate() {
+        if let Some(&parent) = span.parent_span_id.as_ref().and_then(|p| index.get(p)) {
+            graph.add_edge(nodes[child], nodes[parent], ());
+        }
+    }
+    let mut cycles = 0;
+    for component in tarjan_scc(&graph) {
+        let is_cycle = component.len() > 1
+            || component.iter().any(|&n| graph.find_edge(n, n).is_some());
+        if !is_cycle {
+            continue;
+        }
+        let cut = component
+            .iter()
+            .map(|&n| graph[n])
+            .min_by_key(|&i| (spans[i].start, spans[i].span_id))
+            .expect("a strongly connected component is never empty");
+        tracing::debug!(
+            trace_id = %hex::encode(spans[cut].trace_id),
+            span_id = %hex::encode(spans[cut].span_id),
+            "parent cycle broken: span made a fragment root"
+        );
+        spans[cut].parent_span_id = None;
+        cycles += 1;
+    }
+    cycles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::span::{Resource, Scope, SpanKind, Status};
+    use std::sync::Arc;
+
+    fn span(trace: u8, id: u8, parent: Option<u8>, start: u64, end: u64) -> Span {
+        Span {
+            trace_id: [trace; 16],
+            span_id: [id; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            resource: Resource::new("svc", vec![]),
+            scope: Arc::new(Scope::default()),
+            name: "op".into(),
+            kind: SpanKind::Server,
+            status: Status::default(),
+            start,
+            end,
+            attributes: vec![],
+            events: vec![],
+            links: vec![],
+        }
+    }
+
+    #[test]
+    fn exact_duplicates_are_dropped_and_conflicts_rejected() {
+        let mut conflicting = span(1, 2, Some(1), 5, 6);
+        conflicting.name = "other".into();
+        let set = assemble(vec![
+            span(1, 1, None, 0, 10),
+            span(1, 2, Some(1), 5, 6),
+            span(1, 2, Some(1), 5, 6),
+            conflicting,
+        ]);
+        assert_eq!(set.traces.len(), 1);
+        assert_eq!(set.traces[0].spans.len(), 2);
+        assert_eq!(set.traces[0].spans[1].name, "op", "the first copy wins");
+        assert_eq!(set.defects.duplicate_spans, 1);
+        assert_eq!(set.defects.conflicting_duplicates, 1);
+    }
+
+    #[test]
+    fn cycles_are_broken_at_the_earliest_span() {
+        let set = assemble(vec![
+            span(1, 1, Some(3), 0, 10),
+            span(1, 2, Some(1), 1, 9),
+            span(1, 3, Some(2), 2, 8),
+            span(1, 4, Some(4), 3, 4),
+        ]);
+        assert_eq!(set.defects.cycles, 2);
+        let spans = &set.traces[0].spans;
+        assert_eq!(spans[0].parent_span_id, None);
+        assert_eq!(spans[1].parent_span_id, Some([1; 8]));
+        assert_eq!(spans[3].parent_span_id, None, "a self-parent is a cycle of one");
+    }
+
+    #[test]
+    fn end_before_start_is_clamped_and_traces_ordered_by_start() {
+        let set = assemble(vec![span(2, 1, None, 50, 40), span(1, 1, None, 100, 200)]);
+        assert_eq!(set.defects.end_before_start, 1);
+        assert_eq!(set.traces[0].trace_id, [2; 16]);
+        assert_eq!(set.traces[0].spans[0].end, 50);
+    }
+}

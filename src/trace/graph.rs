@@ -1,0 +1,361 @@
+//! The DAG of one trace, its canonical topology and its chains.
+//!
+//! Topology = the span tree with each node labelled `service/span name`. Children
+//! are ordered by a Merkle hash of their labelled subtree, which is canonical (it
+//! depends only on the shape and labels) and costs O(n), unlike sorting by subtree
+//! strings, which is quadratic on deep traces. The canonical string is a pre-order
+//! serialisation in that order and its xxh3-64 is the topology hash: a fixed
+//! algorithm, so the id is stable across runs, machines and releases.
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::Bfs;
+use std::collections::HashMap;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+
+use super::span::{SpanId, Trace};
+
+/// A trace as a forest over its spans: node `i` is `trace.spans[i]`, edges run
+/// parent → child. Spans whose parent is missing from the trace are fragment roots.
+#[derive(Debug, Clone)]
+pub struct TraceGraph {
+    graph: DiGraph<(), ()>,
+    /// Children of each node in canonical order.
+    children: Vec<Vec<usize>>,
+    parent: Vec<Option<usize>>,
+    /// Roots in canonical order.
+    roots: Vec<usize>,
+    /// Roots whose span names a parent that is not in the trace.
+    orphans: usize,
+    /// 1-based depth of each node (roots are at depth 1).
+    depth: Vec<u32>,
+    /// Merkle hash of each node's labelled subtree.
+    subtree_hash: Vec<u64>,
+    labels: Vec<String>,
+}
+
+impl TraceGraph {
+    /// Builds the forest. Expects the parent links to be acyclic, as
+    /// [`crate::trace::assemble`] guarantees; spans on a cycle that survived
+    /// anyway are unreachable from every root and left out of the topology.
+    pub fn build(trace: &Trace) -> Self {
+        let n = trace.spans.len();
+        let index: HashMap<SpanId, usize> =
+            trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+        let mut graph = DiGraph::with_capacity(n, n);
+        for _ in 0..n {
+            graph.add_node(());
+        }
+        let mut parent = vec![None; n];
+        let mut orphans = 0;
+        for (i, span) in trace.spans.iter().enumerate() {
+            match span.parent_span_id.map(|p| index.get(&p)) {
+                Some(Some(&p)) => {
+                    parent[i] = Some(p);
+                    graph.add_edge(NodeIndex::new(p), NodeIndex::new(i), ());
+                }
+                Some(None) => orphans += 1,
+                None => {}
+            }
+        }
+        let labels = trace.spans.iter().map(|s| label(s.service(), &s.name)).collect();
+        let mut this = TraceGraph {
+            graph,
+            children: vec![Vec::new(); n],
+            parent,
+            roots: Vec::new(),
+            orphans,
+            depth: vec![0; n],
+            subtree_hash: vec![0; n],
+            labels,
+        };
+        this.order_canonically(trace);
+        this
+    }
+
+    fn order_canonically(&mut self, trace: &Trace) {
+        let n = self.parent.len();
+        let mut roots: Vec<usize> = (0..n).filter(|&i| self.parent[i].is_none()).collect();
+        // Breadth-first from every root gives depths and an order whose reverse
+        // visits children before parents, without recursion on deep traces.
+        let mut order = Vec::with_capacity(n);
+        for &root in &roots {
+            self.depth[root] = 1;
+            let mut bfs = Bfs::new(&self.graph, NodeIndex::new(root));
+            while let Some(node) = bfs.next(&self.graph) {
+                let i = node.index();
+                if let Some(p) = self.parent[i] {
+                    self.depth[i] = self.depth[p] + 1;
+                }
+                order.push(i);
+            }
+        }
+        let tie = |i: usize| (trace.spans[i].start, trace.spans[i].span_id);
+        for &i in order.iter().rev() {
+            let mut kids: Vec<usize> = self
+                .graph
+                .neighbors_directed(NodeIndex::new(i), Direction::Outgoing)
+                .map(|c| c.index())
+                .collect();
+            kids.sort_by_key(|&c| (self.subtree_hash[c], tie(c)));
+            let mut hasher = Xxh3::new();
+            hasher.update(self.labels[i].as_bytes());
+            for &c in &kids {
+                hasher.update(&self.subtree_hash[c].to_le_bytes());
+            }
+            self.subtree_hash[i] = hasher.digest();
+            self.children[i] = kids;
+        }
+        roots.sort_by_key(|&r| (self.subtree_hash[r], tie(r)));
+        self.roots = roots;
+    }
+
+    pub fn len(&self) -> usize {
+        self.parent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parent.is_empty()
+    }
+
+    pub fn roots(&self) -> &[usize] {
+        &self.roots
+    }
+
+    pub fn children(&self, node: usize) -> &[usize] {
+        &self.children[node]
+    }
+
+    pub fn parent(&self, node: usize) -> Option<usize> {
+        self.parent[node]
+    }
+
+    /// Spans whose parent id names a span absent from the trace.
+    pub fn orphans(&self) -> usize {
+        self.orphans
+    }
+
+    /// Number of levels of the deepest root-to-leaf path.
+    pub fn depth(&self) -> u32 {
+        self.depth.iter().copied().max().unwrap_or(0)
+    }
+
+    pub fn node_depth(&self, node: usize) -> u32 {
+        self.depth[node]
+    }
+
+    pub fn max_fan_out(&self) -> usize {
+        self.children.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// Canonical pre-order serialisation: `label(child,child)`, roots joined by `|`.
+    pub fn canonical_string(&self) -> String {
+        enum Step {
+            Open(usize),
+            Text(&'static str),
+        }
+        let mut out = String::new();
+        let mut stack: Vec<Step> = Vec::new();
+        for (k, &root) in self.roots.iter().enumerate().rev() {
+            stack.push(Step::Open(root));
+            if k > 0 {
+                stack.push(Step::Text("|"));
+            }
+        }
+        while let Some(step) = stack.pop() {
+            match step {
+                Step::Text(t) => out.push_str(t),
+                Step::Open(i) => {
+                    out.push_str(&self.labels[i]);
+                    let kids = &self.children[i];
+                    if kids.is_empty() {
+                        continue;
+                    }
+                    out.push('(');
+                    stack.push(Step::Text(")"));
+                    for (k, &c) in kids.iter().enumerate().rev() {
+                        stack.push(Step::Open(c));
+                        if k > 0 {
+                            stack.push(Step::Text(","));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Stable 64-bit id of the topology: xxh3-64 of [`Self::canonical_string`].
+    pub fn topology_hash(&self) -> u64 {
+        topology_hash(&self.canonical_string())
+    }
+
+    /// Decomposes the forest into chains of at most `chain_length` nodes (Gen-T §3,
+    /// "Recursive chain metadata generation") so that every edge lies on exactly one
+    /// chain and each chain's head is a root or a node of an earlier chain. A chain
+    /// follows first children from its head; every other child edge starts a new
+    /// chain at its parent. Chains come in generation order (breadth-first from
+    /// the roots), so a head is always filled before its chain is generated.
+    pub fn chains(&self, chain_length: usize) -> Vec<Vec<usize>> {
+        let chain_length = chain_length.max(2);
+        let mut chains = Vec::new();
+        // (head, index of the child that starts the chain)
+        let mut pending: std::collections::VecDeque<(usize, usize)> = self
+            .roots
+            .iter()
+            .flat_map(|&r| (0..self.children[r].len()).map(move |k| (r, k)))
+            .collect();
+        while let Some((head, k)) = pending.pop_front() {
+            let mut chain = vec![head];
+            let mut node = self.children[head][k];
+            loop {
+                chain.push(node);
+                let kids = &self.children[node];
+                let continues = chain.len() < chain_length && !kids.is_empty();
+                let branch_from = usize::from(continues);
+                pending.extend((branch_from..kids.len()).map(|j| (node, j)));
+                if !continues {
+                    break;
+                }
+                node = kids[0];
+            }
+            chains.push(chain);
+        }
+        chains
+    }
+}
+
+/// xxh3-64 of a canonical topology string.
+pub fn topology_hash(canonical: &str) -> u64 {
+    xxh3_64(canonical.as_bytes())
+}
+
+/// `service/name`, with the characters the canonical string uses as syntax
+/// escaped so different topologies can never serialise alike.
+fn label(service: &str, name: &str) -> String {
+    let mut out = String::with_capacity(service.len() + name.len() + 1);
+    escape_into(service, &mut out);
+    out.push('/');
+    escape_into(name, &mut out);
+    out
+}
+
+fn escape_into(text: &str, out: &mut String) {
+    for c in text.chars() {
+        if matches!(c, '\\' | '/' | '(' | ')' | ',' | '|') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::span::{Resource, Scope, Span, SpanKind, Status};
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    fn span(id: u8, parent: Option<u8>, service: &str, name: &str, start: u64) -> Span {
+        Span {
+            trace_id: [7; 16],
+            span_id: [id; 8],
+            parent_span_id: parent.map(|p| [p; 8]),
+            resource: Resource::new(service, vec![]),
+            scope: Arc::new(Scope::default()),
+            name: name.into(),
+            kind: SpanKind::Server,
+            status: Status::default(),
+            start,
+            end: start + 1,
+            attributes: vec![],
+            events: vec![],
+            links: vec![],
+        }
+    }
+
+    fn trace(spans: Vec<Span>) -> Trace {
+        Trace { trace_id: [7; 16], spans }
+    }
+
+    #[test]
+    fn topology_ignores_child_order_and_times() {
+        let a = trace(vec![
+            span(1, None, "front", "GET /", 0),
+            span(2, Some(1), "cart", "get", 1),
+            span(3, Some(1), "db", "query", 2),
+            span(4, Some(3), "disk", "read", 3),
+        ]);
+        let b = trace(vec![
+            span(1, None, "front", "GET /", 100),
+            span(3, Some(1), "db", "query", 101),
+            span(4, Some(3), "disk", "read", 102),
+            span(2, Some(1), "cart", "get", 150),
+        ]);
+        let (ga, gb) = (TraceGraph::build(&a), TraceGraph::build(&b));
+        assert_eq!(ga.canonical_string(), gb.canonical_string());
+        assert_eq!(ga.topology_hash(), gb.topology_hash());
+        assert_eq!(ga.depth(), 3);
+        assert_eq!(ga.max_fan_out(), 2);
+        let c = trace(vec![span(1, None, "front", "GET /", 0), span(2, Some(1), "cart", "put", 1)]);
+        assert_ne!(ga.topology_hash(), TraceGraph::build(&c).topology_hash());
+    }
+
+    #[test]
+    fn labels_cannot_collide_through_syntax() {
+        let a = trace(vec![span(1, None, "a", "b(c)", 0)]);
+        let b = trace(vec![span(1, None, "a", "b", 0), span(2, Some(1), "c", "", 1)]);
+        assert_ne!(
+            TraceGraph::build(&a).canonical_string(),
+            TraceGraph::build(&b).canonical_string()
+        );
+    }
+
+    #[test]
+    fn hash_is_stable_across_releases() {
+        let t = trace(vec![span(1, None, "front", "GET /", 0), span(2, Some(1), "cart", "get", 1)]);
+        let g = TraceGraph::build(&t);
+        assert_eq!(g.canonical_string(), "front/GET \\/(cart/get)");
+        // Pinned: a change here would orphan every stored topology histogram.
+        assert_eq!(g.topology_hash(), xxh3_64(b"front/GET \\/(cart/get)"));
+    }
+
+    #[test]
+    fn fragments_and_orphans() {
+        let t = trace(vec![span(1, None, "a", "x", 0), span(2, Some(9), "b", "y", 1)]);
+        let g = TraceGraph::build(&t);
+        assert_eq!(g.roots().len(), 2);
+        assert_eq!(g.orphans(), 1);
+        assert!(g.canonical_string().contains('|'));
+    }
+
+    #[test]
+    fn chains_cover_every_edge_once_and_heads_come_first() {
+        // 1 -> 2 -> 3 -> 4 -> 5, 1 -> 6, 3 -> 7
+        let t = trace(vec![
+            span(1, None, "s", "a", 0),
+            span(2, Some(1), "s", "b", 1),
+            span(3, Some(2), "s", "c", 2),
+            span(4, Some(3), "s", "d", 3),
+            span(5, Some(4), "s", "e", 4),
+            span(6, Some(1), "s", "f", 5),
+            span(7, Some(3), "s", "g", 6),
+        ]);
+        let g = TraceGraph::build(&t);
+        for len in 2..=5 {
+            let chains = g.chains(len);
+            let mut edges = HashSet::new();
+            let mut filled: HashSet<usize> = g.roots().iter().copied().collect();
+            for chain in &chains {
+                assert!(chain.len() >= 2 && chain.len() <= len, "{chain:?}");
+                assert!(filled.contains(&chain[0]), "head filled before its chain");
+                for w in chain.windows(2) {
+                    assert_eq!(g.parent(w[1]), Some(w[0]));
+                    assert!(edges.insert((w[0], w[1])), "edge on two chains");
+                }
+                filled.extend(chain.iter().copied());
+            }
+            assert_eq!(edges.len(), 6, "every edge covered with chain_length {len}");
+        }
+    }
+}

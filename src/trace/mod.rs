@@ -1,0 +1,17 @@
+//! The internal trace model: spans, traces assembled from them, and the shapes
+//! derived from a trace (DAG, canonical topology, chains) that the models learn from.
+//! `span` holds the data, `assemble` turns loose spans into repaired traces,
+//! `graph` the DAG and its topology, `stats` the summary behind `gent stats`.
+
+mod assemble;
+mod graph;
+mod span;
+mod stats;
+
+pub use assemble::{Defects, TraceSet, assemble};
+pub use graph::{TraceGraph, topology_hash};
+pub use span::{
+    Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,
+    UNKNOWN_SERVICE,
+};
+pub use stats::{Quantiles, Stats};

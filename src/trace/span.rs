@@ -1,0 +1,167 @@
+//! Spans and traces as gent holds them in memory (DESIGN.md "Internal model").
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+
+pub type TraceId = [u8; 16];
+pub type SpanId = [u8; 8];
+/// Typed OTLP attribute values, kept as the wire types so nothing is lost.
+pub type Attributes = Vec<KeyValue>;
+
+/// Service name used when a producer sends none, as the OpenTelemetry SDKs do.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// What produced a span: shared by every span of one process, so it is
+/// reference-counted rather than copied per span.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Resource {
+    /// `service.name`; kept out of `attributes` so it is never duplicated.
+    pub service: String,
+    pub attributes: Attributes,
+}
+
+impl Resource {
+    pub fn new(service: impl Into<String>, attributes: Attributes) -> Arc<Self> {
+        Arc::new(Resource { service: service.into(), attributes })
+    }
+}
+
+/// The instrumentation scope (library) that recorded a span.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scope {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum SpanKind {
+    #[default]
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    pub const ALL: [SpanKind; 6] = [
+        SpanKind::Unspecified,
+        SpanKind::Internal,
+        SpanKind::Server,
+        SpanKind::Client,
+        SpanKind::Producer,
+        SpanKind::Consumer,
+    ];
+
+    /// From the OTLP enum value; unknown values degrade to `Unspecified` as the
+    /// OTLP specification asks of receivers.
+    pub fn from_otlp(value: i32) -> Self {
+        usize::try_from(value).ok().and_then(|i| Self::ALL.get(i)).copied().unwrap_or_default()
+    }
+
+    pub fn to_otlp(self) -> i32 {
+        self as i32
+    }
+
+    /// Lower-case name as Jaeger and Zipkin spell it (`server`, `client`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Unspecified => "unspecified",
+            SpanKind::Internal => "internal",
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
+            SpanKind::Producer => "producer",
+            SpanKind::Consumer => "consumer",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum StatusCode {
+    #[default]
+    Unset,
+    Ok,
+    Error,
+}
+
+impl StatusCode {
+    pub fn from_otlp(value: i32) -> Self {
+        match value {
+            1 => StatusCode::Ok,
+            2 => StatusCode::Error,
+            _ => StatusCode::Unset,
+        }
+    }
+
+    pub fn to_otlp(self) -> i32 {
+        self as i32
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusCode::Unset => "UNSET",
+            StatusCode::Ok => "OK",
+            StatusCode::Error => "ERROR",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Status {
+    pub code: StatusCode,
+    pub message: String,
+}
+
+/// One span. Times are nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub resource: Arc<Resource>,
+    pub scope: Arc<Scope>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub status: Status,
+    pub start: u64,
+    pub end: u64,
+    pub attributes: Attributes,
+    pub events: Vec<Event>,
+    pub links: Vec<Link>,
+}
+
+impl Span {
+    pub fn service(&self) -> &str {
+        &self.resource.service
+    }
+
+    pub fn duration(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+/// The spans of one trace id, sorted by start time, after assembly has removed
+/// duplicates and repaired defects (see [`crate::trace::assemble`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub trace_id: TraceId,
+    pub spans: Vec<Span>,
+}
+
+impl Trace {
+    /// Earliest span start: the trace's start time.
+    pub fn start(&self) -> u64 {
+        self.spans.iter().map(|s| s.start).min().unwrap_or(0)
+    }
+
+    pub fn end(&self) -> u64 {
+        self.spans.iter().map(|s| s.end).max().unwrap_or(0)
+    }
+}
