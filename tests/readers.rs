@@ -16,16 +16,46 @@ fn every_fixture_reads_and_sniffs_as_its_format() {
     }
 }
 
+/// The command of the acceptance check, through the binary.
+fn stats_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = gent().arg("stats").args(args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap()
+}
+
 #[test]
 fn trainticket_counts() {
-    let stats = Stats::of(&read_set(&[data("trainticket")]));
-    assert_eq!(stats.traces, 4894);
-    assert_eq!(stats.spans, 235_271);
-    assert_eq!(stats.duplicate_spans, 2018);
-    assert_eq!(stats.services, 28);
-    assert_eq!(stats.orphan_spans, 0);
-    assert_eq!(stats.defects.conflicting_duplicates, 0);
-    assert!(stats.topologies > 10 && stats.topologies < stats.traces);
+    let report = stats_json(&[data("trainticket").as_os_str()]);
+    assert_eq!(report["traces"], 4894);
+    assert_eq!(report["spans"], 235_271);
+    assert_eq!(report["duplicate_spans"], 2018);
+    assert_eq!(report["services"], 28);
+    assert_eq!(report["orphan_spans"], 0);
+    assert_eq!(report["defects"]["conflicting_duplicates"], 0);
+    let topologies = report["topologies"].as_u64().unwrap();
+    assert!(topologies > 10 && topologies < 4894);
+}
+
+#[test]
+fn convert_then_stats_gives_the_same_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = data("hipster/03_57_trace.csv.gz");
+    let before = stats_json(&[input.as_os_str()]);
+    for to in ["otlp-json", "otlp-proto", "jaeger"] {
+        let out = dir.path().join(format!("out.{to}"));
+        let status = gent()
+            .args(["convert".as_ref(), input.as_os_str(), "--to".as_ref(), to.as_ref(), "--out".as_ref(), out.as_os_str()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "convert --to {to}");
+        let after = stats_json(&[out.as_os_str()]);
+        for key in ["traces", "spans", "services", "span_names", "topologies", "max_depth"] {
+            assert_eq!(after[key], before[key], "{key} after convert --to {to}");
+        }
+        // Duplicates were dropped on the way in.
+        assert_eq!(after["duplicate_spans"], 0);
+    }
 }
 
 #[test]

@@ -11,7 +11,8 @@ pub fn error(text: &[u8], e: &serde_json::Error) -> ParseError {
     let position = if e.line() == 0 {
         Position::Byte(text.len() as u64)
     } else {
-        Position::Line { line: e.line() as u64, column: e.column() as u64 }
+        // serde_json counts column 0 for "before the first character".
+        Position::Line { line: e.line() as u64, column: e.column().max(1) as u64 }
     };
     ParseError::new(position, e.to_string())
 }
