@@ -71,7 +71,7 @@ fn hipster_counts() {
 fn span_csv_maps_pods_to_services_and_keeps_the_pod() {
     let set = read_set(&[data("trainticket/12_00_trace.csv.gz")]);
     let span = &set.traces[0].spans[0];
-    let pod = span.attributes.iter().find(|kv| kv.key == "k8s.pod.name").expect("pod attribute");
+    let pod = span.resource.attributes.iter().find(|kv| kv.key == "k8s.pod.name").expect("pod attribute");
     let Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(pod)) =
         pod.value.as_ref().and_then(|v| v.value.clone())
     else {

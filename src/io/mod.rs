@@ -162,17 +162,25 @@ pub fn write_file(
 /// Parses a hex id of `N` bytes. Shorter ids are left-padded with zeroes, since
 /// Jaeger and Zipkin carry 64-bit trace ids; all-zero ids are invalid in OTLP.
 pub(crate) fn hex_id<const N: usize>(text: &[u8], field: &str) -> Result<[u8; N], String> {
-    let shown = || String::from_utf8_lossy(&text[..text.len().min(2 * N + 8)]).into_owned();
-    if text.is_empty() || text.len() > 2 * N {
-        return Err(format!("{field} {:?} must be 1 to {} hex digits", shown(), 2 * N));
-    }
-    let mut padded = [b'0'; 64];
-    padded[2 * N - text.len()..2 * N].copy_from_slice(text);
     let mut id = [0u8; N];
-    hex::decode_to_slice(&padded[..2 * N], &mut id)
-        .map_err(|_| format!("{field} {:?} is not hexadecimal", shown()))?;
+    // Full-length ids are the norm: decode them without padding.
+    let decoded = if text.len() == 2 * N {
+        hex::decode_to_slice(text, &mut id)
+    } else if !text.is_empty() && text.len() < 2 * N {
+        let mut padded = [b'0'; 64];
+        padded[2 * N - text.len()..2 * N].copy_from_slice(text);
+        hex::decode_to_slice(&padded[..2 * N], &mut id)
+    } else {
+        return Err(format!("{field} {:?} must be 1 to {} hex digits", shown(text, N), 2 * N));
+    };
+    decoded.map_err(|_| format!("{field} {:?} is not hexadecimal", shown(text, N)))?;
     if id == [0u8; N] {
         return Err(format!("{field} is all zeroes, which is not a valid id"));
     }
     Ok(id)
+}
+
+/// The start of a bad id, cut short so a garbage field cannot flood the message.
+fn shown(text: &[u8], n: usize) -> String {
+    String::from_utf8_lossy(&text[..text.len().min(2 * n + 8)]).into_owned()
 }

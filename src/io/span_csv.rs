@@ -2,7 +2,8 @@
 //! `TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration`.
 //! The service is the pod name without its two trailing hash segments
 //! (`ts-gateway-service-6f6cfc45b-h5m2n` → `ts-gateway-service`); the pod name is
-//! kept as the span attribute `k8s.pod.name`. `Duration` (µs) is redundant with
+//! kept as the resource attribute `k8s.pod.name`, where the OpenTelemetry
+//! semantic conventions put it: one shared resource per pod, no per-span copy. `Duration` (µs) is redundant with
 //! the nanosecond times and not read.
 
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
         })?;
     }
     let scope = Arc::new(Scope::default());
-    let mut pods: HashMap<Vec<u8>, (Arc<Resource>, String)> = HashMap::new();
+    let mut pods: HashMap<Vec<u8>, Arc<Resource>> = HashMap::new();
     let mut record = csv::ByteRecord::new();
     loop {
         let line = reader.position().line();
@@ -56,7 +57,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
 fn parse_row(
     record: &csv::ByteRecord,
     index: &[usize; 7],
-    pods: &mut HashMap<Vec<u8>, (Arc<Resource>, String)>,
+    pods: &mut HashMap<Vec<u8>, Arc<Resource>>,
     scope: &Arc<Scope>,
 ) -> Result<Span, String> {
     let field = |i: usize| -> Result<&[u8], String> {
@@ -70,9 +71,10 @@ fn parse_row(
     let pod = field(3)?;
     if !pods.contains_key(pod) {
         let name = std::str::from_utf8(pod).map_err(|_| "PodName is not UTF-8")?;
-        pods.insert(pod.to_vec(), (Resource::new(service_of_pod(name), vec![]), name.to_string()));
+        let attributes = vec![string_attribute(POD_ATTRIBUTE, name)];
+        pods.insert(pod.to_vec(), Resource::new(service_of_pod(name), attributes));
     }
-    let (resource, pod_name) = &pods[pod];
+    let resource = &pods[pod];
     let name = std::str::from_utf8(field(4)?).map_err(|_| "OperationName is not UTF-8")?;
     Ok(Span {
         trace_id: hex_id::<16>(field(0)?, "TraceID")?,
@@ -85,7 +87,7 @@ fn parse_row(
         status: Status::default(),
         start: nanos(field(5)?, "StartTimeUnixNano")?,
         end: nanos(field(6)?, "EndTimeUnixNano")?,
-        attributes: vec![string_attribute(POD_ATTRIBUTE, pod_name)],
+        attributes: vec![],
         events: vec![],
         links: vec![],
     })
