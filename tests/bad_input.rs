@@ -198,6 +198,17 @@ fn invalid_ids_and_huge_numbers_are_rejected_by_name() {
 }
 
 #[test]
+fn snake_case_otlp_json_is_refused_not_read_as_empty() {
+    let camel = otlp_json("0123456789abcdef0123456789abcdef", "0123456789abcdef", "1");
+    for (from, to) in [("resourceSpans", "resource_spans"), ("scopeSpans", "scope_spans")] {
+        let snake = String::from_utf8(camel.clone()).unwrap().replace(from, to);
+        let error = decode_checked(snake.as_bytes(), Format::OtlpJson).expect_err(&snake);
+        assert!(error.reason.contains("snake_case"), "{}", error.reason);
+    }
+    assert_eq!(decode_checked(br#"{"resourceSpans":[]}"#, Format::OtlpJson).unwrap(), 0);
+}
+
+#[test]
 fn valid_tolerant_otlp_json_is_accepted() {
     // 64-bit integers as numbers rather than strings, as some producers write.
     let bytes = otlp_json("0123456789abcdef0123456789abcdef", "0123456789abcdef", "1");

@@ -176,3 +176,25 @@ fn forced_format_overrides_sniffing() {
     assert!(err.to_string().contains("Jaeger"), "{err}");
     assert!(spans.is_empty());
 }
+
+#[test]
+fn otlp_json_tolerates_what_producers_differ_on() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    // Times as numbers and as strings, intValue as number and as string,
+    // upper-case hex ids, a doubleValue written as an integer.
+    let text = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"cart"}}]},
+      "scopeSpans":[{"scope":{"name":"s"},"spans":[
+        {"traceId":"0123456789ABCDEF0123456789ABCDEF","spanId":"0123456789ABCDEF","name":"a","kind":2,
+         "startTimeUnixNano":1700000000000000000,"endTimeUnixNano":"1700000000000001000",
+         "attributes":[{"key":"n","value":{"intValue":7}},{"key":"s","value":{"intValue":"-8"}},
+                       {"key":"d","value":{"doubleValue":3}}]}]}]}]}"#;
+    let mut spans = Vec::new();
+    io::decode(text, Format::OtlpJson, &mut spans).unwrap();
+    let span = &spans[0];
+    assert_eq!(span.service(), "cart");
+    assert_eq!(span.span_id, [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
+    assert_eq!(span.kind, SpanKind::Server);
+    assert_eq!(span.end - span.start, 1000);
+    let values: Vec<_> = span.attributes.iter().map(|kv| kv.value.clone().unwrap().value.unwrap()).collect();
+    assert_eq!(values, [Value::IntValue(7), Value::IntValue(-8), Value::DoubleValue(3.0)]);
+}

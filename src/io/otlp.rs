@@ -221,9 +221,25 @@ pub fn read_json(bytes: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
         let Some(next) = stream.next() else { return Ok(()) };
         let request = next.map_err(|e| super::json::error(bytes, &e))?;
         let start = start + bytes[start..].iter().take_while(|b| b.is_ascii_whitespace()).count();
-        spans_from_request(request, out)
-            .map_err(|e| ParseError::new(Position::of_offset(bytes, start), e))?;
+        let at = |reason| ParseError::new(Position::of_offset(bytes, start), reason);
+        let before = out.len();
+        spans_from_request(request, out).map_err(at)?;
+        // Unknown fields are ignored by the OTLP JSON rules, so snake_case
+        // names (protobuf's "preserve field names" output) would silently yield
+        // nothing; refuse them instead of losing the spans.
+        if out.len() == before && snake_case_spans(&bytes[start..stream.byte_offset()]) {
+            return Err(at(SNAKE_CASE.to_string()));
+        }
     }
+}
+
+const SNAKE_CASE: &str = "uses snake_case field names (resource_spans, scope_spans); OTLP JSON \
+    requires lowerCamelCase (resourceSpans, scopeSpans)";
+
+fn snake_case_spans(text: &[u8]) -> bool {
+    ["\"resource_spans\"", "\"scope_spans\""]
+        .iter()
+        .any(|key| memchr::memmem::find(text, key.as_bytes()).is_some())
 }
 
 /// OTLP JSON lines: one request per trace, so a reader can stream it.
