@@ -34,6 +34,7 @@ enum Command {
     },
     /// Read trace files of any format and write them as OTLP or Jaeger JSON.
     Convert {
+        /// Files or folders of any supported format (gzip accepted).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Output file.

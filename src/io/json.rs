@@ -14,7 +14,20 @@ pub fn error(text: &[u8], e: &serde_json::Error) -> ParseError {
         // serde_json counts column 0 for "before the first character".
         Position::Line { line: e.line() as u64, column: e.column().max(1) as u64 }
     };
-    ParseError::new(position, e.to_string())
+    ParseError::new(position, reason(e))
+}
+
+/// serde_json's message without its " at line L column C" suffix, since the
+/// position is reported on its own; hex ids get a hint, as protobuf's own JSON
+/// mapping (base64 ids) is the usual way to get them wrong.
+fn reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let mut reason = text.strip_suffix(&suffix).unwrap_or(&text).to_string();
+    if reason.starts_with("invalid character") || reason.starts_with("odd number of digits") {
+        reason.push_str(" (ids must be hex strings as OTLP JSON requires, not base64)");
+    }
+    reason
 }
 
 /// Byte offset of `raw` (a slice borrowed from `text`) within `text`.
@@ -40,7 +53,7 @@ pub fn parse_element<'a, T: serde::Deserialize<'a>>(text: &[u8], raw: &'a RawVal
             }
         }
         let offset = offset + e.column().saturating_sub(1);
-        ParseError::new(Position::of_offset(text, offset_of(text, raw) + offset), e.to_string())
+        ParseError::new(Position::of_offset(text, offset_of(text, raw) + offset), reason(&e))
     })
 }
 

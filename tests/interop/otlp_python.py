@@ -1,0 +1,123 @@
+"""Interoperability with the OpenTelemetry Python SDK and protobuf runtime.
+
+Run by .ci/interop, never by cargo. Modes:
+
+  produce OUT.pb EXPECTED.json   spans from the Python SDK, encoded by its OTLP
+                                 exporter code, and a summary of what was made
+  compare EXPECTED.json STATS.json
+                                 gent's `stats --json` agrees with the summary
+  check PROTO_FILE JSONL_FILE COUNT
+                                 gent's OTLP protobuf parses with the official
+                                 protobuf runtime, its OTLP JSON lines parse as
+                                 proto3 JSON once ids are hex-decoded (the one
+                                 difference OTLP JSON specifies), and both hold
+                                 the same COUNT spans
+"""
+
+import base64
+import json
+import sys
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+
+def produce(out_pb, expected_json):
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    spans = []
+    for service in ["checkout", "cart"]:
+        provider = TracerProvider(resource=Resource.create({"service.name": service, "host.name": "h1"}))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("interop", "1.0")
+        for i in range(5):
+            with tracer.start_as_current_span("GET /" + service, kind=trace.SpanKind.SERVER) as root:
+                root.set_attribute("http.status_code", 200 + i)
+                root.set_attribute("ratio", 0.25 * i)
+                root.set_attribute("tags", ["a", "b"])
+                root.add_event("cache miss", {"key": "k%d" % i})
+                with tracer.start_as_current_span("SELECT", kind=trace.SpanKind.CLIENT) as child:
+                    child.set_attribute("db.system", "postgresql")
+                    if i % 2:
+                        child.set_status(trace.Status(trace.StatusCode.ERROR, "timeout"))
+                    with tracer.start_as_current_span("decode"):
+                        pass
+    spans = exporter.get_finished_spans()
+    request = encode_spans(spans)
+    with open(out_pb, "wb") as f:
+        f.write(request.SerializeToString())
+    expected = {
+        "traces": len({s.context.trace_id for s in spans}),
+        "spans": len(spans),
+        "services": 2,
+        "span_names": len({s.name for s in spans}),
+        "max_depth": 3,
+        "orphan_spans": 0,
+    }
+    with open(expected_json, "w") as f:
+        json.dump(expected, f)
+
+
+def compare(expected_json, stats_json):
+    expected = json.load(open(expected_json))
+    stats = json.loads(open(stats_json).read().strip().splitlines()[-1])
+    wrong = {k: (v, stats.get(k)) for k, v in expected.items() if stats.get(k) != v}
+    if wrong:
+        sys.exit("gent stats disagrees with the Python SDK (expected, got): %s" % wrong)
+    print("python sdk -> gent: %d spans in %d traces agree" % (expected["spans"], expected["traces"]))
+
+
+def span_rows(request):
+    rows = []
+    for rs in request.resource_spans:
+        service = [a.value.string_value for a in rs.resource.attributes if a.key == "service.name"]
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                if len(s.trace_id) != 16 or len(s.span_id) != 8 or len(s.parent_span_id) not in (0, 8):
+                    sys.exit("bad id lengths in span %r" % s.name)
+                rows.append((service[0], s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind,
+                             s.start_time_unix_nano, s.end_time_unix_nano, s.status.code,
+                             len(s.attributes), len(s.events), len(s.links)))
+    return sorted(rows)
+
+
+def hex_ids_to_base64(value, key=None):
+    """OTLP JSON writes ids as hex; proto3 JSON wants base64. Nothing else differs."""
+    if isinstance(value, dict):
+        return {k: hex_ids_to_base64(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [hex_ids_to_base64(v) for v in value]
+    if key in ("traceId", "spanId", "parentSpanId"):
+        return base64.b64encode(bytes.fromhex(value)).decode()
+    return value
+
+
+def check(proto_file, jsonl_file, count):
+    count = int(count)
+    from_proto = span_rows(ExportTraceServiceRequest.FromString(open(proto_file, "rb").read()))
+    from_json = []
+    for n, line in enumerate(open(jsonl_file), 1):
+        request = ExportTraceServiceRequest()
+        try:
+            json_format.ParseDict(hex_ids_to_base64(json.loads(line)), request)
+        except json_format.ParseError as e:
+            sys.exit("%s:%d: not valid OTLP JSON: %s" % (jsonl_file, n, e))
+        from_json.extend(span_rows(request))
+    from_json.sort()
+    if len(from_proto) != count or len(from_json) != count:
+        sys.exit("expected %d spans, protobuf has %d, JSON has %d" % (count, len(from_proto), len(from_json)))
+    if from_proto != from_json:
+        first = next(i for i, (a, b) in enumerate(zip(from_proto, from_json)) if a != b)
+        sys.exit("protobuf and JSON disagree at span %d: %r vs %r" % (first, from_proto[first], from_json[first]))
+    print("gent -> python protobuf: %d spans agree in %s and %s" % (count, proto_file, jsonl_file))
+
+
+if __name__ == "__main__":
+    modes = {"produce": produce, "compare": compare, "check": check}
+    modes[sys.argv[1]](*sys.argv[2:])
