@@ -6,9 +6,13 @@ use std::path::PathBuf;
 use gent::io::{self, Format};
 use gent::trace::{self, TraceSet};
 
-/// `../shared/data/<rel>`. Tests fail, never skip, when the data is missing.
+/// `<data>/<rel>`, where `<data>` is `$GENT_DATA` or else `../shared/data` beside
+/// the crate. Tests fail, never skip, when the data is missing.
 pub fn data(rel: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel);
+    let root = std::env::var_os("GENT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    let path = root.join(rel);
     assert!(path.exists(), "test data missing: {} (see ../shared/data/README.md)", path.display());
     path
 }
