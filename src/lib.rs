@@ -1,8 +1,16 @@
 //! gent: trace compression for OpenTelemetry.
 //!
-//! Spans enter through [`io`] (files) and later the receiver, are assembled into
-//! [`trace::Trace`]s with their DAG and canonical topology, and leave through the
-//! writers in [`io`].
+//! Spans enter through [`io`] (files) or [`receiver`] (OTLP gRPC and HTTP), are
+//! grouped by [`window`] into windows of [`trace::Trace`]s with their DAG and
+//! canonical topology, and leave through the writers in [`io`] or a window sink.
+//! [`compressor`] wires the daemon together; [`metrics`] holds every `gent_`
+//! metric; [`replay`] sends recorded traces as live load.
 
+pub mod compressor;
+pub mod config;
 pub mod io;
+pub mod metrics;
+pub mod receiver;
+pub mod replay;
 pub mod trace;
+pub mod window;

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use gent::config::{CompressorConfig, ConfigError};
 use gent::io::{self, Format, IoError, OutputFormat};
+use gent::replay::{ReplayOptions, ReplayProtocol};
 use gent::trace::{self, Stats};
 
 #[derive(Parser)]
@@ -50,6 +52,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the compressor daemon: OTLP receivers, trace windows, /metrics.
+    Compressor {
+        /// YAML configuration (see config/compressor.yaml); built-in defaults without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Send recorded traces over OTLP with fresh ids and timestamps shifted to now.
+    Replay {
+        /// Files or folders of any supported format (gzip accepted).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Receiver URL, e.g. http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP).
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, value_enum, default_value = "grpc")]
+        protocol: ReplayProtocol,
+        /// Spans per second; as fast as the receiver takes them when absent.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Passes over the input.
+        #[arg(long = "loop", default_value_t = 1)]
+        loops: u64,
+        /// Spans per request (whole traces are never split).
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Force the input format instead of sniffing it from content.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What failed, and so which exit code applies.
@@ -77,6 +114,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Stats { inputs, format, json } => stats(&inputs, format, json),
         Command::Convert { inputs, out, to, format, json } => convert(&inputs, &out, to, format, json),
+        Command::Compressor { config } => compressor(config.as_deref()),
+        Command::Replay { inputs, endpoint, protocol, rate, loops, batch, concurrency, format, json } => {
+            let options = ReplayOptions { endpoint, protocol, rate, loops, batch_spans: batch, concurrency };
+            replay(&inputs, format, options, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,6 +218,47 @@ fn convert(
     io::write_file(&set.traces, to, out)?;
     let report = ConvertReport { out, format: to, traces: set.traces.len(), spans: set.span_count() };
     tracing::info!(traces = report.traces, spans = report.spans, out = %out.display(), "written");
+    if json { print_json(&report) } else { Ok(()) }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Read { .. } => Failure::Other(e.to_string()),
+            _ => Failure::BadInput(e.to_string()),
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Runtime::new().map_err(|e| Failure::Other(format!("cannot start the async runtime: {e}")))
+}
+
+fn compressor(config: Option<&std::path::Path>) -> Result<(), Failure> {
+    let config = match config {
+        Some(path) => CompressorConfig::load(path)?,
+        None => CompressorConfig::default(),
+    };
+    runtime()?.block_on(gent::compressor::run(config)).map_err(|e| Failure::Other(e.to_string()))
+}
+
+fn replay(inputs: &[PathBuf], format: Option<Format>, options: ReplayOptions, json: bool) -> Result<(), Failure> {
+    if options.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(Failure::BadInput("--rate must be a positive number of spans per second".into()));
+    }
+    let (set, _) = read(inputs, format)?;
+    let report = runtime()?.block_on(gent::replay::replay(&set.traces, &options)).map_err(|e| match e {
+        gent::replay::ReplayError::Empty => Failure::BadInput(e.to_string()),
+        _ => Failure::Other(e.to_string()),
+    })?;
+    tracing::info!(
+        spans = report.spans_sent,
+        traces = report.traces_sent,
+        retries = report.retries,
+        failed_requests = report.failed_requests,
+        spans_per_second = report.spans_per_second as u64,
+        "replay finished"
+    );
     if json { print_json(&report) } else { Ok(()) }
 }
 

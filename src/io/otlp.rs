@@ -35,10 +35,7 @@ pub fn spans_from_request(request: ExportTraceServiceRequest, out: &mut Vec<Span
 fn spans_from_resource_spans(rs: ResourceSpans, out: &mut Vec<Span>) -> Result<(), String> {
     let resource = resource_from_otlp(rs.resource.unwrap_or_default());
     for (j, ss) in rs.scope_spans.into_iter().enumerate() {
-        let scope = Arc::new(ss.scope.map_or_else(Scope::default, |s| Scope {
-            name: s.name,
-            version: s.version,
-        }));
+        let scope = scope_from_otlp(ss.scope);
         for (k, span) in ss.spans.into_iter().enumerate() {
             let span = span_from_otlp(span, &resource, &scope)
                 .map_err(|e| format!("scopeSpans[{j}].spans[{k}]: {e}"))?;
@@ -48,7 +45,11 @@ fn spans_from_resource_spans(rs: ResourceSpans, out: &mut Vec<Span>) -> Result<(
     Ok(())
 }
 
-fn resource_from_otlp(resource: OtlpResource) -> Arc<Resource> {
+pub fn scope_from_otlp(scope: Option<InstrumentationScope>) -> Arc<Scope> {
+    Arc::new(scope.map_or_else(Scope::default, |s| Scope { name: s.name, version: s.version }))
+}
+
+pub fn resource_from_otlp(resource: OtlpResource) -> Arc<Resource> {
     let mut service = None;
     let mut attributes = Vec::with_capacity(resource.attributes.len());
     for kv in resource.attributes {
@@ -62,7 +63,7 @@ fn resource_from_otlp(resource: OtlpResource) -> Arc<Resource> {
     Resource::new(service.unwrap_or_else(|| UNKNOWN_SERVICE.to_string()), attributes)
 }
 
-fn span_from_otlp(span: OtlpSpan, resource: &Arc<Resource>, scope: &Arc<Scope>) -> Result<Span, String> {
+pub fn span_from_otlp(span: OtlpSpan, resource: &Arc<Resource>, scope: &Arc<Scope>) -> Result<Span, String> {
     let status = span.status.unwrap_or_default();
     Ok(Span {
         trace_id: trace_id(&span.trace_id)?,

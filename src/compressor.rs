@@ -1,0 +1,175 @@
+//! The compressor daemon: receivers → budgeted queue → window assembler → sink,
+//! plus `/metrics`. Shutdown stops the receivers first (finishing requests in
+//! flight), then flushes the open windows through the sink, so nothing accepted
+//! is lost, and stops `/metrics` last.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::CompressorConfig;
+use crate::metrics::{Metrics, MetricsError};
+use crate::receiver::{self, Ingest, ReceiverError};
+use crate::window::{self, Assembler, Budget, DiscardSink, OtlpJsonDirSink, SinkError, WindowSink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompressorError {
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Receiver(#[from] ReceiverError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot start the sink thread: {0}")]
+    Thread(std::io::Error),
+    #[error("a compressor task failed: {0}")]
+    Task(String),
+}
+
+/// A running compressor and where it listens (useful with port 0).
+pub struct Running {
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Metrics,
+    pub budget: Budget,
+    stop_receivers: watch::Sender<bool>,
+    stop_metrics: watch::Sender<bool>,
+    receivers: Vec<JoinHandle<Result<(), ReceiverError>>>,
+    assembler: JoinHandle<()>,
+    sink: std::thread::JoinHandle<()>,
+    metrics_server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+async fn bind(addr: SocketAddr, protocol: &'static str) -> Result<TcpListener, ReceiverError> {
+    TcpListener::bind(addr).await.map_err(|source| ReceiverError::Bind { protocol, addr, source })
+}
+
+fn signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Binds every listener and starts every task.
+pub async fn start(config: CompressorConfig) -> Result<Running, CompressorError> {
+    let metrics = Metrics::new()?;
+    let budget = Budget::new(config.window.span_budget, metrics.resident_spans.clone());
+    metrics.span_budget.set(config.window.span_budget as i64);
+
+    let sink: Box<dyn WindowSink> = match &config.sink.otlp_json_dir {
+        Some(dir) => Box::new(OtlpJsonDirSink::new(dir.clone())?),
+        None => Box::new(DiscardSink),
+    };
+    let (window_tx, window_rx) = mpsc::channel(1);
+    let sink = window::run_sink(sink, window_rx, metrics.clone()).map_err(CompressorError::Thread)?;
+    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+    let assembler = Assembler::new(config.window.clone(), budget.clone(), metrics.clone());
+    let assembler = tokio::spawn(assembler.run(queue_rx, window_tx));
+
+    let (stop_receivers, stop_rx) = watch::channel(false);
+    let ingest = Ingest::new(config.receiver.clone(), budget.clone(), queue_tx, metrics.clone());
+    let mut receivers = Vec::new();
+    let mut grpc = None;
+    if let Some(addr) = config.receiver.grpc {
+        let listener = bind(addr, "grpc").await?;
+        grpc = Some(listener.local_addr().unwrap_or(addr));
+        receivers.push(tokio::spawn(receiver::serve_grpc(Arc::clone(&ingest), listener, signal(&stop_rx))));
+    }
+    let mut http = None;
+    if let Some(addr) = config.receiver.http {
+        let listener = bind(addr, "http").await?;
+        http = Some(listener.local_addr().unwrap_or(addr));
+        receivers.push(tokio::spawn(receiver::serve_http(Arc::clone(&ingest), listener, signal(&stop_rx))));
+    }
+    // The servers now hold the only handles on the queue: when they stop, it closes.
+    drop(ingest);
+
+    let (stop_metrics, metrics_rx) = watch::channel(false);
+    let mut metrics_addr = None;
+    let mut metrics_server = None;
+    if let Some(addr) = config.metrics.endpoint {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
+        metrics_addr = Some(listener.local_addr().unwrap_or(addr));
+        metrics_server = Some(tokio::spawn(crate::metrics::serve(metrics.clone(), listener, signal(&metrics_rx))));
+    }
+    tracing::info!(?grpc, ?http, metrics = ?metrics_addr, "compressor listening");
+    Ok(Running {
+        grpc,
+        http,
+        metrics_addr,
+        metrics,
+        budget,
+        stop_receivers,
+        stop_metrics,
+        receivers,
+        assembler,
+        sink,
+        metrics_server,
+    })
+}
+
+impl Running {
+    /// Stops receiving, flushes every open window through the sink, then stops
+    /// serving metrics.
+    pub async fn shutdown(self) -> Result<(), CompressorError> {
+        let _ = self.stop_receivers.send(true);
+        let mut first_error = None;
+        for task in self.receivers {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_error = first_error.or(Some(CompressorError::Receiver(e))),
+                Err(e) => first_error = first_error.or(Some(CompressorError::Task(e.to_string()))),
+            }
+        }
+        if let Err(e) = self.assembler.await {
+            first_error = first_error.or(Some(CompressorError::Task(e.to_string())));
+        }
+        let sink = self.sink;
+        if tokio::task::spawn_blocking(move || sink.join()).await.map_or(true, |r| r.is_err()) {
+            first_error = first_error.or(Some(CompressorError::Task("the sink thread panicked".into())));
+        }
+        let _ = self.stop_metrics.send(true);
+        if let Some(server) = self.metrics_server {
+            let _ = server.await;
+        }
+        tracing::info!("compressor stopped; every accepted span was flushed");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn run(config: CompressorConfig) -> Result<(), CompressorError> {
+    let running = start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down: flushing open windows");
+    running.shutdown().await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,161 @@
+//! OTLP/HTTP `POST /v1/traces`: protobuf or JSON bodies, optionally gzip.
+//! Responses use the request's content type: an `ExportTraceServiceResponse` on
+//! success, a `google.rpc.Status` on failure, as the OTLP specification asks.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use super::{Ingest, Protocol, ReceiverError, Refusal};
+use crate::metrics::RefusalReason;
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    ingest: Arc<Ingest>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ReceiverError> {
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(export))
+        // The body limit is enforced (and counted) by `export` itself.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(ingest);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ReceiverError::Serve { protocol: "http", reason: e.to_string() })
+}
+
+async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    // Errors are answered in protobuf unless the client spoke JSON.
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let encoding = match media.as_str() {
+        PROTOBUF => Encoding::Protobuf,
+        JSON => Encoding::Json,
+        _ => {
+            let message = format!("unsupported content type {content_type:?}; use {PROTOBUF} or {JSON}");
+            let refusal = ingest.refuse_undecoded(RefusalReason::UnsupportedMedia, message);
+            return failure(Encoding::Protobuf, StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal, &ingest);
+        }
+    };
+    match decode(&ingest, &headers, body, encoding).await {
+        Ok(request) => match ingest.export(request, Protocol::Http) {
+            Ok(accepted) => {
+                let partial_success = (accepted.rejected_spans > 0).then(|| ExportTracePartialSuccess {
+                    rejected_spans: accepted.rejected_spans as i64,
+                    error_message: accepted.message,
+                });
+                let response = ExportTraceServiceResponse { partial_success };
+                let body = match encoding {
+                    Encoding::Protobuf => response.encode_to_vec(),
+                    Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+                };
+                reply(StatusCode::OK, encoding, body, None)
+            }
+            Err(refusal) => {
+                let code = match refusal.reason {
+                    RefusalReason::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+                    RefusalReason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                    RefusalReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                failure(encoding, code, refusal, &ingest)
+            }
+        },
+        Err((code, refusal)) => failure(encoding, code, refusal, &ingest),
+    }
+}
+
+/// Reads, decompresses and decodes the body within `max_message_bytes`.
+async fn decode(
+    ingest: &Ingest,
+    headers: &HeaderMap,
+    body: Body,
+    encoding: Encoding,
+) -> Result<ExportTraceServiceRequest, (StatusCode, Refusal)> {
+    let limit = ingest.limits().max_message_bytes;
+    let too_large = |what: &str| {
+        let message = format!("{what} is larger than the limit of {limit} bytes; send smaller batches");
+        (StatusCode::PAYLOAD_TOO_LARGE, ingest.refuse_undecoded(RefusalReason::TooLarge, message))
+    };
+    let raw: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large("request body"))?;
+    let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let bytes = match content_encoding.trim().to_ascii_lowercase().as_str() {
+        "identity" | "" => raw,
+        "gzip" => {
+            let mut out = Vec::with_capacity(raw.len() * 4);
+            flate2::read::MultiGzDecoder::new(&raw[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    let message = format!("gzip body does not decompress: {e}");
+                    (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
+                })?;
+            if out.len() > limit {
+                return Err(too_large("decompressed request body"));
+            }
+            Bytes::from(out)
+        }
+        other => {
+            let message = format!("unsupported content encoding {other:?}; use gzip or none");
+            let refusal = ingest.refuse_undecoded(RefusalReason::UnsupportedMedia, message);
+            return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal));
+        }
+    };
+    ingest.metrics().received_bytes.with_label_values(&[Protocol::Http.label()]).inc_by(bytes.len() as u64);
+    let decoded = match encoding {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(bytes).map_err(|e| e.to_string()),
+        Encoding::Json => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+    };
+    decoded.map_err(|e| {
+        let message = format!("undecodable OTLP {} payload: {e}", if encoding == Encoding::Json { "JSON" } else { "protobuf" });
+        (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
+    })
+}
+
+fn failure(encoding: Encoding, code: StatusCode, refusal: Refusal, ingest: &Ingest) -> Response {
+    let retry_after = (refusal.reason == RefusalReason::QueueFull).then(|| ingest.limits().retry_after.as_secs().max(1));
+    let grpc_code = match code {
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+        StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => tonic::Code::Unimplemented,
+        _ => tonic::Code::InvalidArgument,
+    };
+    let body = match encoding {
+        Encoding::Protobuf => {
+            tonic_types::Status { code: grpc_code as i32, message: refusal.message, details: vec![] }.encode_to_vec()
+        }
+        Encoding::Json => serde_json::json!({ "code": grpc_code as i32, "message": refusal.message }).to_string().into_bytes(),
+    };
+    reply(code, encoding, body, retry_after)
+}
+
+fn reply(code: StatusCode, encoding: Encoding, body: Vec<u8>, retry_after: Option<u64>) -> Response {
+    let media = match encoding {
+        Encoding::Protobuf => PROTOBUF,
+        Encoding::Json => JSON,
+    };
+    let mut response = (code, [(header::CONTENT_TYPE, HeaderValue::from_static(media))], body).into_response();
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

@@ -1,0 +1,331 @@
+//! Groups spans by trace id into windows. A window closes when it has been open
+//! for `duration`, or when it holds `max_traces` traces and another one begins. A trace is complete once no span
+//! of it arrived for `trace_idle`, or when its window closes; a span arriving
+//! for a completed trace (in this window or the one shipped before) goes to the
+//! next window and counts as late.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use super::budget::{Budget, Held};
+use crate::config::WindowConfig;
+use crate::metrics::Metrics;
+use crate::trace::{self, Span, TraceId, TraceSet};
+
+/// Spans accepted by a receiver, with their share of the budget.
+pub struct Batch {
+    pub spans: Vec<Span>,
+    pub held: Held,
+}
+
+/// A closed window, as the sink receives it. Dropping it gives its spans'
+/// share of the budget back.
+pub struct ClosedWindow {
+    /// Sequence number of the window since the daemon started, from 1.
+    pub id: u64,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub traces: TraceSet,
+    /// Spans that arrived late (for a trace completed earlier) and landed here.
+    pub late_spans: u64,
+    pub held: Held,
+}
+
+struct OpenTrace {
+    spans: Vec<Span>,
+    last_arrival: Instant,
+}
+
+/// The window being filled.
+struct Window {
+    opened: Instant,
+    opened_unix_nano: u64,
+    open: HashMap<TraceId, OpenTrace>,
+    completed: HashMap<TraceId, Vec<Span>>,
+    late_spans: u64,
+    held: Held,
+}
+
+impl Window {
+    fn new(budget: &Budget) -> Self {
+        Window {
+            opened: Instant::now(),
+            opened_unix_nano: unix_nano_now(),
+            open: HashMap::new(),
+            completed: HashMap::new(),
+            late_spans: 0,
+            held: budget.empty(),
+        }
+    }
+
+    fn traces(&self) -> usize {
+        self.open.len() + self.completed.len()
+    }
+
+    fn add(&mut self, span: Span, now: Instant) {
+        let trace = self
+            .open
+            .entry(span.trace_id)
+            .or_insert_with(|| OpenTrace { spans: Vec::new(), last_arrival: now });
+        trace.last_arrival = now;
+        trace.spans.push(span);
+    }
+}
+
+pub struct Assembler {
+    config: WindowConfig,
+    budget: Budget,
+    metrics: Metrics,
+    next_id: u64,
+    current: Window,
+    /// Late spans for traces completed in the current window: they open the next one.
+    carry: Window,
+    /// Traces of the window shipped last, to recognise late spans for them.
+    shipped: HashSet<TraceId>,
+}
+
+impl Assembler {
+    pub fn new(config: WindowConfig, budget: Budget, metrics: Metrics) -> Self {
+        let current = Window::new(&budget);
+        let carry = Window::new(&budget);
+        Assembler { config, budget, metrics, next_id: 1, current, carry, shipped: HashSet::new() }
+    }
+
+    /// Runs until `input` is closed (every receiver gone), then closes the open
+    /// windows so nothing accepted is lost. Closed windows go to `output`.
+    pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Batch>, output: mpsc::Sender<ClosedWindow>) {
+        let tick = (self.config.trace_idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = input.recv() => match batch {
+                    Some(batch) => {
+                        for window in self.accept(batch, Instant::now()) {
+                            if output.send(window).await.is_err() {
+                                tracing::error!("window sink stopped; closing the assembler");
+                                return;
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    if let Some(window) = self.tick(Instant::now()) {
+                        if output.send(window).await.is_err() {
+                            tracing::error!("window sink stopped; closing the assembler");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        for window in self.flush() {
+            if output.send(window).await.is_err() {
+                tracing::error!("window sink stopped before the final windows were flushed");
+                return;
+            }
+        }
+    }
+
+    /// Files a batch's spans; returns the windows that filled up meanwhile.
+    pub fn accept(&mut self, mut batch: Batch, now: Instant) -> Vec<ClosedWindow> {
+        let mut closed = Vec::new();
+        for span in batch.spans.drain(..) {
+            let id = span.trace_id;
+            if self.current.completed.contains_key(&id) {
+                self.late(span, &mut batch.held, true);
+                continue;
+            }
+            if self.shipped.contains(&id) && !self.current.open.contains_key(&id) {
+                self.late(span, &mut batch.held, false);
+                continue;
+            }
+            // The window closes when a trace beyond `max_traces` arrives, so
+            // the traces already in it keep gathering their spans until then.
+            if !self.current.open.contains_key(&id) && self.current.traces() >= self.config.max_traces {
+                closed.extend(self.close());
+            }
+            batch.held.transfer(1, &mut self.current.held);
+            self.current.add(span, now);
+        }
+        closed
+    }
+
+    /// A span for a completed trace: into the next window (`to_carry`) or, for a
+    /// trace of the window already shipped, into this one.
+    fn late(&mut self, span: Span, held: &mut Held, to_carry: bool) {
+        self.metrics.late_spans.inc();
+        let window = if to_carry { &mut self.carry } else { &mut self.current };
+        window.late_spans += 1;
+        held.transfer(1, &mut window.held);
+        window.add(span, Instant::now());
+    }
+
+    /// Completes idle traces and closes the window when its time is up.
+    pub fn tick(&mut self, now: Instant) -> Option<ClosedWindow> {
+        let idle = self.config.trace_idle;
+        let done: Vec<TraceId> = self
+            .current
+            .open
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.last_arrival) >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(trace) = self.current.open.remove(&id) {
+                self.current.completed.insert(id, trace.spans);
+            }
+        }
+        if now.duration_since(self.current.opened) >= self.config.duration {
+            return self.close();
+        }
+        None
+    }
+
+    /// Closes the current window (if it holds anything) and opens the next,
+    /// seeded with the carried late spans.
+    fn close(&mut self) -> Option<ClosedWindow> {
+        let next = std::mem::replace(&mut self.carry, Window::new(&self.budget));
+        let mut window = std::mem::replace(&mut self.current, next);
+        // The new window's clock starts now, whenever its carried spans came.
+        self.current.opened = Instant::now();
+        self.current.opened_unix_nano = unix_nano_now();
+        for (id, trace) in window.open.drain() {
+            window.completed.insert(id, trace.spans);
+        }
+        if window.completed.is_empty() {
+            return None;
+        }
+        self.shipped = window.completed.keys().copied().collect();
+        let spans: Vec<Span> = window.completed.into_values().flatten().collect();
+        let traces = trace::assemble(spans);
+        let closed = ClosedWindow {
+            id: self.next_id,
+            start_unix_nano: window.opened_unix_nano,
+            end_unix_nano: unix_nano_now(),
+            late_spans: window.late_spans,
+            traces,
+            held: window.held,
+        };
+        self.next_id += 1;
+        self.record(&closed);
+        Some(closed)
+    }
+
+    fn record(&self, w: &ClosedWindow) {
+        let m = &self.metrics;
+        m.windows_closed.inc();
+        m.received_traces.inc_by(w.traces.traces.len() as u64);
+        m.window_traces.observe(w.traces.traces.len() as f64);
+        m.window_spans.observe(w.traces.span_count() as f64);
+        m.duplicate_spans.inc_by(w.traces.defects.duplicate_spans);
+        tracing::info!(
+            window = w.id,
+            traces = w.traces.traces.len(),
+            spans = w.traces.span_count(),
+            late_spans = w.late_spans,
+            duplicate_spans = w.traces.defects.duplicate_spans,
+            "window closed"
+        );
+    }
+
+    /// Closes everything still open: the current window, then the carried spans.
+    pub fn flush(&mut self) -> Vec<ClosedWindow> {
+        let mut closed: Vec<ClosedWindow> = self.close().into_iter().collect();
+        closed.extend(self.close());
+        closed
+    }
+}
+
+fn unix_nano_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{Resource, Scope, SpanKind, Status};
+    use std::sync::Arc;
+
+    fn span(trace: u8, id: u8) -> Span {
+        Span {
+            trace_id: [trace; 16],
+            span_id: [id; 8],
+            parent_span_id: None,
+            resource: Resource::new("svc", vec![]),
+            scope: Arc::new(Scope::default()),
+            name: "op".into(),
+            kind: SpanKind::Server,
+            status: Status::default(),
+            start: 1,
+            end: 2,
+            attributes: vec![],
+            events: vec![],
+            links: vec![],
+        }
+    }
+
+    fn setup(config: WindowConfig) -> (Assembler, Budget) {
+        let metrics = Metrics::new().unwrap();
+        let budget = Budget::new(100, metrics.resident_spans.clone());
+        (Assembler::new(config, budget.clone(), metrics), budget)
+    }
+
+    fn batch(budget: &Budget, spans: Vec<Span>) -> Batch {
+        Batch { held: budget.try_reserve(spans.len()).unwrap(), spans }
+    }
+
+    fn ids(w: &ClosedWindow) -> Vec<u8> {
+        w.traces.traces.iter().map(|t| t.trace_id[0]).collect()
+    }
+
+    #[test]
+    fn closes_by_trace_count_and_by_time() {
+        let config = WindowConfig { max_traces: 2, duration: Duration::from_secs(10), ..Default::default() };
+        let (mut a, budget) = setup(config);
+        let t0 = Instant::now();
+        let closed = a.accept(batch(&budget, vec![span(1, 1), span(2, 1), span(2, 2), span(3, 1)]), t0);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].traces.span_count(), 3);
+        assert_eq!(closed[0].held.count(), 3);
+        drop(closed);
+        assert_eq!(budget.resident(), 1, "trace 3 is still held");
+        assert!(a.tick(t0 + Duration::from_secs(1)).is_none());
+        let w = a.tick(Instant::now() + Duration::from_secs(11)).expect("time is up");
+        assert_eq!(ids(&w), [3]);
+        assert_eq!(w.id, 2);
+    }
+
+    #[test]
+    fn spans_for_completed_traces_are_late_and_go_to_the_next_window() {
+        let config = WindowConfig { trace_idle: Duration::from_secs(1), ..Default::default() };
+        let (mut a, budget) = setup(config);
+        let t0 = Instant::now();
+        a.accept(batch(&budget, vec![span(1, 1)]), t0);
+        a.tick(t0 + Duration::from_secs(2)); // trace 1 completes
+        a.accept(batch(&budget, vec![span(1, 2), span(2, 1)]), t0 + Duration::from_secs(2));
+        let windows = a.flush();
+        assert_eq!(windows.len(), 2);
+        assert_eq!((ids(&windows[0]), windows[0].late_spans), (vec![1, 2], 0));
+        assert_eq!(windows[0].traces.span_count(), 2);
+        assert_eq!((ids(&windows[1]), windows[1].late_spans), (vec![1], 1));
+        assert_eq!(windows[1].traces.traces[0].spans[0].span_id, [2; 8]);
+        drop(windows);
+        assert_eq!(budget.resident(), 0);
+    }
+
+    #[test]
+    fn a_span_for_the_trace_shipped_last_is_late_in_the_current_window() {
+        let (mut a, budget) = setup(WindowConfig::default());
+        a.accept(batch(&budget, vec![span(1, 1)]), Instant::now());
+        let first = a.flush();
+        assert_eq!(first.len(), 1);
+        a.accept(batch(&budget, vec![span(1, 2)]), Instant::now());
+        let second = a.flush();
+        assert_eq!((ids(&second[0]), second[0].late_spans), (vec![1], 1));
+        assert_eq!(a.metrics.late_spans.get(), 1);
+    }
+}

@@ -1,0 +1,81 @@
+//! Where closed windows go. The sink runs on its own thread because what it does
+//! with a window (later: train a model) is CPU-bound; while it works, the window's
+//! spans stay counted against the budget, so a slow sink pushes back on clients.
+
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+
+use super::assembler::ClosedWindow;
+use crate::io::{self, IoError, OutputFormat};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot create window folder {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Write(#[from] IoError),
+    #[error("cannot move {from} into place: {source}")]
+    Rename { from: PathBuf, source: std::io::Error },
+}
+
+/// Takes each closed window.
+pub trait WindowSink: Send + 'static {
+    fn take(&mut self, window: &ClosedWindow) -> Result<(), SinkError>;
+}
+
+/// Writes each window as OTLP JSON lines to `<dir>/window-<id>.jsonl`.
+pub struct OtlpJsonDirSink {
+    dir: PathBuf,
+}
+
+impl OtlpJsonDirSink {
+    pub fn new(dir: PathBuf) -> Result<Self, SinkError> {
+        std::fs::create_dir_all(&dir).map_err(|source| SinkError::CreateDir { path: dir.clone(), source })?;
+        Ok(OtlpJsonDirSink { dir })
+    }
+}
+
+impl WindowSink for OtlpJsonDirSink {
+    fn take(&mut self, window: &ClosedWindow) -> Result<(), SinkError> {
+        // Written under a temporary name and renamed, so a reader of the folder
+        // never sees half a window.
+        let name = format!("window-{:06}-{}.jsonl", window.id, window.start_unix_nano);
+        let partial = self.dir.join(format!(".{name}.partial"));
+        io::write_file(&window.traces.traces, OutputFormat::OtlpJson, &partial)?;
+        let path = self.dir.join(name);
+        std::fs::rename(&partial, &path).map_err(|source| SinkError::Rename { from: partial, source })?;
+        tracing::debug!(path = %path.display(), "window written");
+        Ok(())
+    }
+}
+
+/// A sink that keeps nothing (when no output folder is configured).
+pub struct DiscardSink;
+
+impl WindowSink for DiscardSink {
+    fn take(&mut self, _: &ClosedWindow) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Feeds windows to `sink` on a dedicated thread until `input` closes. A failing
+/// window is logged and counted; the sink goes on with the next.
+pub fn run_sink(
+    mut sink: Box<dyn WindowSink>,
+    mut input: mpsc::Receiver<ClosedWindow>,
+    metrics: Metrics,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("gent-sink".into())
+        .spawn(move || {
+            while let Some(window) = input.blocking_recv() {
+                if let Err(e) = sink.take(&window) {
+                    metrics.sink_errors.inc();
+                    tracing::error!(window = window.id, error = %e, "sink failed to take window");
+                }
+                // Dropping the window gives its spans' budget back.
+            }
+        })
+}
