@@ -6,6 +6,11 @@ Run by .ci/interop, never by cargo. Modes:
                                  exporter code, and a summary of what was made
   compare EXPECTED.json STATS.json
                                  gent's `stats --json` agrees with the summary
+  export GRPC_ENDPOINT HTTP_URL TRACES OUT.json
+                                 the SDK's own OTLP exporters (gRPC, then HTTP)
+                                 send TRACES traces of 3 spans each to a running
+                                 gent; the counts sent go to OUT.json
+  metric URL SAMPLE             one sample's value from a /metrics page
   check PROTO_FILE JSONL_FILE COUNT
                                  gent's OTLP protobuf parses with the official
                                  protobuf runtime, its OTLP JSON lines parse as
@@ -64,6 +69,61 @@ def produce(out_pb, expected_json):
         json.dump(expected, f)
 
 
+def export(grpc_endpoint, http_url, traces, out_json):
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+
+    sent = {}
+    for name, exporter in [("grpc", GrpcExporter(endpoint=grpc_endpoint, insecure=True)),
+                           ("http", HttpExporter(endpoint=http_url))]:
+        results = []
+
+        class Recording:
+            """Passes spans to the real exporter and keeps its verdicts."""
+
+            def export(self, spans):
+                result = exporter.export(spans)
+                results.append((len(spans), result))
+                return result
+
+            def shutdown(self):
+                exporter.shutdown()
+
+            def force_flush(self, timeout_millis=30000):
+                return True
+
+        provider = TracerProvider(resource=Resource.create({"service.name": "sdk-" + name}))
+        provider.add_span_processor(BatchSpanProcessor(Recording(), max_export_batch_size=256))
+        tracer = provider.get_tracer("interop")
+        for i in range(int(traces)):
+            with tracer.start_as_current_span("GET /item", kind=trace.SpanKind.SERVER) as root:
+                root.set_attribute("item", i)
+                with tracer.start_as_current_span("cache", kind=trace.SpanKind.CLIENT):
+                    pass
+                with tracer.start_as_current_span("db", kind=trace.SpanKind.CLIENT):
+                    pass
+        provider.shutdown()
+        failed = [n for n, r in results if r != SpanExportResult.SUCCESS]
+        if failed:
+            sys.exit("%s exporter: %d batches failed" % (name, len(failed)))
+        sent[name] = sum(n for n, _ in results)
+    json.dump(sent, open(out_json, "w"))
+    print("python sdk exporters -> gent: %s spans sent" % sent)
+
+
+def metric(url, sample):
+    import urllib.request
+    for line in urllib.request.urlopen(url).read().decode().splitlines():
+        if line.startswith(sample + " "):
+            print(int(float(line.split()[-1])))
+            return
+    sys.exit("%s not found at %s" % (sample, url))
+
+
 def compare(expected_json, stats_json):
     expected = json.load(open(expected_json))
     stats = json.loads(open(stats_json).read().strip().splitlines()[-1])
@@ -119,5 +179,5 @@ def check(proto_file, jsonl_file, count):
 
 
 if __name__ == "__main__":
-    modes = {"produce": produce, "compare": compare, "check": check}
+    modes = {"produce": produce, "compare": compare, "check": check, "export": export, "metric": metric}
     modes[sys.argv[1]](*sys.argv[2:])
