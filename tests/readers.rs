@@ -198,3 +198,18 @@ fn otlp_json_tolerates_what_producers_differ_on() {
     let values: Vec<_> = span.attributes.iter().map(|kv| kv.value.clone().unwrap().value.unwrap()).collect();
     assert_eq!(values, [Value::IntValue(7), Value::IntValue(-8), Value::DoubleValue(3.0)]);
 }
+
+#[test]
+fn assembling_grouped_spans_equals_assembling_loose_ones() {
+    // Duplicates in this set straddle minute files, so read it whole.
+    let spans = io::read_inputs(&[data("trainticket")], None).unwrap().spans;
+    let mut groups: std::collections::HashMap<_, Vec<_>> = Default::default();
+    for span in spans.iter().cloned() {
+        groups.entry(span.trace_id).or_default().push(span);
+    }
+    let grouped = gent::trace::assemble_grouped(groups.into_values());
+    let loose = gent::trace::assemble(spans);
+    assert!(loose.defects.duplicate_spans > 0, "the file has duplicates to drop");
+    assert_eq!(grouped.defects, loose.defects);
+    assert_eq!(grouped.traces, loose.traces);
+}

@@ -72,6 +72,31 @@ pub fn assemble(mut spans: Vec<Span>) -> TraceSet {
     TraceSet { traces, defects }
 }
 
+/// Like [`assemble`], for spans already grouped one trace per group (as a
+/// window holds them): each group is repaired on its own, which avoids sorting
+/// every span of a large window together.
+pub fn assemble_grouped(groups: impl IntoIterator<Item = Vec<Span>>) -> TraceSet {
+    let mut defects = Defects::default();
+    let mut traces = Vec::new();
+    for mut group in groups {
+        if group.is_empty() {
+            continue;
+        }
+        debug_assert!(group.iter().all(|s| s.trace_id == group[0].trace_id));
+        group.sort_by_key(|s| s.span_id);
+        let mut kept: Vec<Span> = Vec::with_capacity(group.len());
+        for span in group {
+            match kept.last() {
+                Some(last) if last.span_id == span.span_id => record_duplicate(last, &span, &mut defects),
+                _ => kept.push(span),
+            }
+        }
+        traces.push(finish_trace(kept, &mut defects));
+    }
+    traces.sort_by_key(|t| (t.start(), t.trace_id));
+    TraceSet { traces, defects }
+}
+
 fn record_duplicate(kept: &Span, dropped: &Span, defects: &mut Defects) {
     if kept == dropped {
         defects.duplicate_spans += 1;
@@ -90,9 +115,44 @@ fn finish_trace(mut spans: Vec<Span>, defects: &mut Defects) -> Trace {
         span.end = span.start;
         defects.end_before_start += 1;
     }
-    defects.cycles += break_cycles(&mut spans);
+    // Cycles are rare: a cheap walk rules them out before the full analysis.
+    if has_cycle(&spans) {
+        defects.cycles += break_cycles(&mut spans);
+    }
     spans.sort_by_key(|s| (s.start, s.span_id));
     Trace { trace_id: spans[0].trace_id, spans }
+}
+
+/// Whether following parent links from some span comes back to a span already
+/// on the path. Spans have unique ids here (duplicates are gone).
+fn has_cycle(spans: &[Span]) -> bool {
+    let mut ids: Vec<(SpanId, usize)> = spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+    ids.sort_unstable();
+    let parent = |i: usize| {
+        let p = spans[i].parent_span_id?;
+        ids.binary_search_by_key(&p, |&(id, _)| id).ok().map(|k| ids[k].1)
+    };
+    // 0 = unvisited, 1 = on the current path, 2 = known to reach a root.
+    let mut state = vec![0u8; spans.len()];
+    let mut path = Vec::new();
+    for start in 0..spans.len() {
+        let mut node = Some(start);
+        while let Some(i) = node {
+            match state[i] {
+                2 => break,
+                1 => return true,
+                _ => {
+                    state[i] = 1;
+                    path.push(i);
+                    node = parent(i);
+                }
+            }
+        }
+        for i in path.drain(..) {
+            state[i] = 2;
+        }
+    }
+    false
 }
 
 /// Each span has at most one parent, so every strongly connected component with

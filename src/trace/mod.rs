@@ -8,7 +8,7 @@ mod graph;
 mod span;
 mod stats;
 
-pub use assemble::{Defects, TraceSet, assemble};
+pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
 pub use graph::{TraceGraph, topology_hash};
 pub use span::{
     Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,

@@ -20,15 +20,40 @@ pub struct Batch {
     pub held: Held,
 }
 
-/// A closed window, as the sink receives it. Dropping it gives its spans'
-/// share of the budget back.
-pub struct ClosedWindow {
+/// A closed window as the assembler leaves it: spans grouped by trace, not yet
+/// repaired. [`RawWindow::assemble`] (run on the sink's thread, off the async
+/// runtime) turns it into a [`ClosedWindow`].
+pub struct RawWindow {
     /// Sequence number of the window since the daemon started, from 1.
     pub id: u64,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
-    pub traces: TraceSet,
+    groups: Vec<Vec<Span>>,
     /// Spans that arrived late (for a trace completed earlier) and landed here.
+    pub late_spans: u64,
+    held: Held,
+}
+
+impl RawWindow {
+    pub fn assemble(self) -> ClosedWindow {
+        ClosedWindow {
+            id: self.id,
+            start_unix_nano: self.start_unix_nano,
+            end_unix_nano: self.end_unix_nano,
+            traces: trace::assemble_grouped(self.groups),
+            late_spans: self.late_spans,
+            held: self.held,
+        }
+    }
+}
+
+/// A closed window, as the sink receives it. Dropping it gives its spans'
+/// share of the budget back.
+pub struct ClosedWindow {
+    pub id: u64,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub traces: TraceSet,
     pub late_spans: u64,
     pub held: Held,
 }
@@ -95,7 +120,7 @@ impl Assembler {
 
     /// Runs until `input` is closed (every receiver gone), then closes the open
     /// windows so nothing accepted is lost. Closed windows go to `output`.
-    pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Batch>, output: mpsc::Sender<ClosedWindow>) {
+    pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Batch>, output: mpsc::Sender<RawWindow>) {
         let tick = (self.config.trace_idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,7 +156,7 @@ impl Assembler {
     }
 
     /// Files a batch's spans; returns the windows that filled up meanwhile.
-    pub fn accept(&mut self, mut batch: Batch, now: Instant) -> Vec<ClosedWindow> {
+    pub fn accept(&mut self, mut batch: Batch, now: Instant) -> Vec<RawWindow> {
         let mut closed = Vec::new();
         for span in batch.spans.drain(..) {
             let id = span.trace_id;
@@ -165,7 +190,7 @@ impl Assembler {
     }
 
     /// Completes idle traces and closes the window when its time is up.
-    pub fn tick(&mut self, now: Instant) -> Option<ClosedWindow> {
+    pub fn tick(&mut self, now: Instant) -> Option<RawWindow> {
         let idle = self.config.trace_idle;
         let done: Vec<TraceId> = self
             .current
@@ -187,7 +212,7 @@ impl Assembler {
 
     /// Closes the current window (if it holds anything) and opens the next,
     /// seeded with the carried late spans.
-    fn close(&mut self) -> Option<ClosedWindow> {
+    fn close(&mut self) -> Option<RawWindow> {
         let next = std::mem::replace(&mut self.carry, Window::new(&self.budget));
         let mut window = std::mem::replace(&mut self.current, next);
         // The new window's clock starts now, whenever its carried spans came.
@@ -200,41 +225,21 @@ impl Assembler {
             return None;
         }
         self.shipped = window.completed.keys().copied().collect();
-        let spans: Vec<Span> = window.completed.into_values().flatten().collect();
-        let traces = trace::assemble(spans);
-        let closed = ClosedWindow {
+        let closed = RawWindow {
             id: self.next_id,
             start_unix_nano: window.opened_unix_nano,
             end_unix_nano: unix_nano_now(),
+            groups: window.completed.into_values().collect(),
             late_spans: window.late_spans,
-            traces,
             held: window.held,
         };
         self.next_id += 1;
-        self.record(&closed);
         Some(closed)
     }
 
-    fn record(&self, w: &ClosedWindow) {
-        let m = &self.metrics;
-        m.windows_closed.inc();
-        m.received_traces.inc_by(w.traces.traces.len() as u64);
-        m.window_traces.observe(w.traces.traces.len() as f64);
-        m.window_spans.observe(w.traces.span_count() as f64);
-        m.duplicate_spans.inc_by(w.traces.defects.duplicate_spans);
-        tracing::info!(
-            window = w.id,
-            traces = w.traces.traces.len(),
-            spans = w.traces.span_count(),
-            late_spans = w.late_spans,
-            duplicate_spans = w.traces.defects.duplicate_spans,
-            "window closed"
-        );
-    }
-
     /// Closes everything still open: the current window, then the carried spans.
-    pub fn flush(&mut self) -> Vec<ClosedWindow> {
-        let mut closed: Vec<ClosedWindow> = self.close().into_iter().collect();
+    pub fn flush(&mut self) -> Vec<RawWindow> {
+        let mut closed: Vec<RawWindow> = self.close().into_iter().collect();
         closed.extend(self.close());
         closed
     }
@@ -278,6 +283,10 @@ mod tests {
         Batch { held: budget.try_reserve(spans.len()).unwrap(), spans }
     }
 
+    fn assembled(raw: Vec<RawWindow>) -> Vec<ClosedWindow> {
+        raw.into_iter().map(RawWindow::assemble).collect()
+    }
+
     fn ids(w: &ClosedWindow) -> Vec<u8> {
         w.traces.traces.iter().map(|t| t.trace_id[0]).collect()
     }
@@ -287,14 +296,14 @@ mod tests {
         let config = WindowConfig { max_traces: 2, duration: Duration::from_secs(10), ..Default::default() };
         let (mut a, budget) = setup(config);
         let t0 = Instant::now();
-        let closed = a.accept(batch(&budget, vec![span(1, 1), span(2, 1), span(2, 2), span(3, 1)]), t0);
+        let closed = assembled(a.accept(batch(&budget, vec![span(1, 1), span(2, 1), span(2, 2), span(3, 1)]), t0));
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].traces.span_count(), 3);
         assert_eq!(closed[0].held.count(), 3);
         drop(closed);
         assert_eq!(budget.resident(), 1, "trace 3 is still held");
         assert!(a.tick(t0 + Duration::from_secs(1)).is_none());
-        let w = a.tick(Instant::now() + Duration::from_secs(11)).expect("time is up");
+        let w = a.tick(Instant::now() + Duration::from_secs(11)).expect("time is up").assemble();
         assert_eq!(ids(&w), [3]);
         assert_eq!(w.id, 2);
     }
@@ -307,7 +316,7 @@ mod tests {
         a.accept(batch(&budget, vec![span(1, 1)]), t0);
         a.tick(t0 + Duration::from_secs(2)); // trace 1 completes
         a.accept(batch(&budget, vec![span(1, 2), span(2, 1)]), t0 + Duration::from_secs(2));
-        let windows = a.flush();
+        let windows = assembled(a.flush());
         assert_eq!(windows.len(), 2);
         assert_eq!((ids(&windows[0]), windows[0].late_spans), (vec![1, 2], 0));
         assert_eq!(windows[0].traces.span_count(), 2);
@@ -321,10 +330,10 @@ mod tests {
     fn a_span_for_the_trace_shipped_last_is_late_in_the_current_window() {
         let (mut a, budget) = setup(WindowConfig::default());
         a.accept(batch(&budget, vec![span(1, 1)]), Instant::now());
-        let first = a.flush();
+        let first = assembled(a.flush());
         assert_eq!(first.len(), 1);
         a.accept(batch(&budget, vec![span(1, 2)]), Instant::now());
-        let second = a.flush();
+        let second = assembled(a.flush());
         assert_eq!((ids(&second[0]), second[0].late_spans), (vec![1], 1));
         assert_eq!(a.metrics.late_spans.get(), 1);
     }

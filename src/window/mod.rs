@@ -8,6 +8,6 @@ mod assembler;
 mod budget;
 mod sink;
 
-pub use assembler::{Assembler, Batch, ClosedWindow};
+pub use assembler::{Assembler, Batch, ClosedWindow, RawWindow};
 pub use budget::{Budget, Held};
 pub use sink::{DiscardSink, OtlpJsonDirSink, SinkError, WindowSink, run_sink};

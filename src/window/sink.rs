@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 
-use super::assembler::ClosedWindow;
+use super::assembler::{ClosedWindow, RawWindow};
 use crate::io::{self, IoError, OutputFormat};
 use crate::metrics::Metrics;
 
@@ -60,17 +60,20 @@ impl WindowSink for DiscardSink {
     }
 }
 
-/// Feeds windows to `sink` on a dedicated thread until `input` closes. A failing
-/// window is logged and counted; the sink goes on with the next.
+/// Assembles each window and feeds it to `sink` on a dedicated thread until
+/// `input` closes. A failing window is logged and counted; the sink goes on with
+/// the next.
 pub fn run_sink(
     mut sink: Box<dyn WindowSink>,
-    mut input: mpsc::Receiver<ClosedWindow>,
+    mut input: mpsc::Receiver<RawWindow>,
     metrics: Metrics,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("gent-sink".into())
         .spawn(move || {
-            while let Some(window) = input.blocking_recv() {
+            while let Some(raw) = input.blocking_recv() {
+                let window = raw.assemble();
+                record(&metrics, &window);
                 if let Err(e) = sink.take(&window) {
                     metrics.sink_errors.inc();
                     tracing::error!(window = window.id, error = %e, "sink failed to take window");
@@ -78,4 +81,20 @@ pub fn run_sink(
                 // Dropping the window gives its spans' budget back.
             }
         })
+}
+
+fn record(m: &Metrics, w: &ClosedWindow) {
+    m.windows_closed.inc();
+    m.received_traces.inc_by(w.traces.traces.len() as u64);
+    m.window_traces.observe(w.traces.traces.len() as f64);
+    m.window_spans.observe(w.traces.span_count() as f64);
+    m.duplicate_spans.inc_by(w.traces.defects.duplicate_spans);
+    tracing::info!(
+        window = w.id,
+        traces = w.traces.traces.len(),
+        spans = w.traces.span_count(),
+        late_spans = w.late_spans,
+        duplicate_spans = w.traces.defects.duplicate_spans,
+        "window closed"
+    );
 }

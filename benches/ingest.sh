@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Sustained OTLP/gRPC ingest: gent's compressor against rotel-agent with its
+# blackhole exporter, side by side in one run, `gent replay` as the load on
+# loopback. Runs gent, rotel, gent, rotel (ROUNDS times) and prints spans/s and
+# peak resident memory (VmHWM) of each receiver.
+#
+# Usage: benches/ingest.sh [LOOPS] [ROUNDS]   (needs .ci/interop's venv for rotel)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+loops=${1:-5}
+rounds=${2:-2}
+gent=target/release/gent
+venv=target/interop/venv
+data=${GENT_DATA:-../shared/data}
+rotel=$(find "$venv" -name rotel-agent -type f | head -1)
+[ -x "$gent" ] && [ -n "$rotel" ] || { echo "build gent and run .ci/interop first" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+run() {  # $1 = gent|rotel
+  local grpc; grpc=$(port)
+  if [ "$1" = gent ]; then
+    printf 'receiver:\n  grpc: 127.0.0.1:%s\n  http: null\nmetrics:\n  endpoint: null\n' "$grpc" > "$work/gent.yaml"
+    "$gent" compressor --config "$work/gent.yaml" 2> "$work/gent.log" &
+  else
+    "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$grpc" --otlp-http-endpoint "127.0.0.1:$(port)" \
+      --exporter blackhole > "$work/rotel.log" 2>&1 &
+  fi
+  local pid=$!
+  wait_port "$grpc"
+  local report
+  report=$("$gent" replay "$data"/trainticket/12_*_trace.csv.gz --loop "$loops" \
+    --endpoint "http://127.0.0.1:$grpc" --json 2>/dev/null | tail -1)
+  local peak; peak=$(peak_kib "$pid")
+  kill -TERM "$pid"; wait "$pid" || true
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%-6s %10d spans %7.2f s %10.0f spans/s %8.1f MiB peak RSS %d retries" % (sys.argv[2], r["spans_sent"], r["seconds"], r["spans_per_second"], int(sys.argv[3])/1024, r["retries"]))' "$report" "$1" "$peak"
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load: TrainTicket hour 12 x $loops passes, gRPC, batch 512, 8 in flight"
+for _ in $(seq "$rounds"); do
+  run gent
+  run rotel
+done
