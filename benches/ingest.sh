@@ -4,7 +4,8 @@
 # loopback. Runs gent, rotel, gent, rotel (ROUNDS times) and prints spans/s and
 # peak resident memory (VmHWM) of each receiver.
 #
-# Usage: benches/ingest.sh [LOOPS] [ROUNDS]   (needs .ci/interop's venv for rotel)
+# Usage: [SPAN_BUDGET=N] benches/ingest.sh [LOOPS] [ROUNDS]
+# (needs .ci/interop's venv for rotel; SPAN_BUDGET sets gent's window.span_budget)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 loops=${1:-5}
@@ -27,7 +28,8 @@ peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 run() {  # $1 = gent|rotel
   local grpc; grpc=$(port)
   if [ "$1" = gent ]; then
-    printf 'receiver:\n  grpc: 127.0.0.1:%s\n  http: null\nmetrics:\n  endpoint: null\n' "$grpc" > "$work/gent.yaml"
+    printf 'receiver:\n  grpc: 127.0.0.1:%s\n  http: null\nmetrics:\n  endpoint: null\nwindow:\n  span_budget: %s\n' \
+      "$grpc" "${SPAN_BUDGET:-4000000}" > "$work/gent.yaml"
     "$gent" compressor --config "$work/gent.yaml" 2> "$work/gent.log" &
   else
     "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$grpc" --otlp-http-endpoint "127.0.0.1:$(port)" \
@@ -40,7 +42,7 @@ run() {  # $1 = gent|rotel
     --endpoint "http://127.0.0.1:$grpc" --json 2>/dev/null | tail -1)
   local peak; peak=$(peak_kib "$pid")
   kill -TERM "$pid"; wait "$pid" || true
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%-6s %10d spans %7.2f s %10.0f spans/s %8.1f MiB peak RSS %d retries" % (sys.argv[2], r["spans_sent"], r["seconds"], r["spans_per_second"], int(sys.argv[3])/1024, r["retries"]))' "$report" "$1" "$peak"
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%-6s %10d spans %7.2f s %10.0f spans/s %8.1f MiB peak RSS %d retries" % (sys.argv[2], r["spans_sent"], r["seconds"], r["spans_per_second"], int(sys.argv[3])/1024, r["retries"]))' "$report" "$1" "$peak" | tee -a "$work/results"
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load: TrainTicket hour 12 x $loops passes, gRPC, batch 512, 8 in flight"
@@ -48,3 +50,12 @@ for _ in $(seq "$rounds"); do
   run gent
   run rotel
 done
+python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+def median(name, column):
+    return statistics.median(float(r[column]) for r in rows if r[0] == name)
+g, r = median("gent", 5), median("rotel", 5)
+print("median spans/s: gent %.0f, rotel %.0f, ratio gent/rotel %.2f; median peak RSS: gent %.1f MiB, rotel %.1f MiB"
+      % (g, r, g / r, median("gent", 7), median("rotel", 7)))
+PY

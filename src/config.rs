@@ -88,7 +88,7 @@ impl Default for WindowConfig {
             duration: Duration::from_secs(60),
             max_traces: 20_000,
             trace_idle: Duration::from_secs(5),
-            span_budget: 2_000_000,
+            span_budget: 4_000_000,
         }
     }
 }

@@ -8,6 +8,7 @@ mod input;
 mod jaeger;
 mod json;
 mod otlp;
+mod otlp_wire;
 mod span_csv;
 mod zipkin;
 
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use input::{Input, MAX_FILE_BYTES, decode, read_file, read_inputs, sniff};
+pub use otlp_wire::{WireError, decode_request};
 pub use otlp::{resource_from_otlp, scope_from_otlp, span_from_otlp, spans_from_request, to_request};
 
 use crate::trace::Trace;

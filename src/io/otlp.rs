@@ -11,7 +11,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status as OtlpStatus};
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use prost::Message;
-use prost::bytes::Buf;
 
 use super::{ParseError, Position};
 use crate::trace::{Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId};
@@ -102,7 +101,7 @@ pub(super) fn span_id(bytes: &[u8], field: &str) -> Result<SpanId, String> {
 }
 
 /// Empty and all-zero parent ids both mean "no parent": producers use either.
-fn parent_span_id(bytes: &[u8]) -> Result<Option<SpanId>, String> {
+pub(super) fn parent_span_id(bytes: &[u8]) -> Result<Option<SpanId>, String> {
     if bytes.is_empty() || bytes.iter().all(|&b| b == 0) {
         return Ok(None);
     }
@@ -180,37 +179,26 @@ pub(super) fn string_attribute(key: &str, value: &str) -> KeyValue {
 }
 
 /// Reads one protobuf `ExportTraceServiceRequest` (or `TracesData`: same field 1).
-/// Each `ResourceSpans` is decoded on its own so an error names its byte offset.
+/// A file is all or nothing: the first span with an invalid id fails it, at the
+/// byte offset of that span.
 pub fn read_proto(bytes: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
-    let mut buf = bytes;
-    while buf.has_remaining() {
-        let offset = (bytes.len() - buf.len()) as u64;
-        let fail = |reason: String| ParseError::new(Position::Byte(offset), reason);
-        let key = prost::encoding::decode_varint(&mut buf)
-            .map_err(|e| fail(format!("field key: {e}")))?;
-        let (field, wire_type) = (key >> 3, key & 7);
-        let len = match wire_type {
-            0 => {
-                prost::encoding::decode_varint(&mut buf).map_err(|e| fail(format!("varint: {e}")))?;
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => prost::encoding::decode_varint(&mut buf)
-                .map_err(|e| fail(format!("field {field} length: {e}")))?,
-            other => return Err(fail(format!("field {field} has unsupported wire type {other}"))),
-        };
-        let len = usize::try_from(len).ok().filter(|&l| l <= buf.len()).ok_or_else(|| {
-            fail(format!("field {field} claims {len} bytes but only {} remain (truncated?)", buf.len()))
-        })?;
-        if field == 1 && wire_type == 2 {
-            let rs = ResourceSpans::decode(&buf[..len])
-                .map_err(|e| fail(format!("resourceSpans: {e}")))?;
-            spans_from_resource_spans(rs, out).map_err(|e| fail(format!("resourceSpans.{e}")))?;
+    let before = out.len();
+    let mut first_invalid = None;
+    let decoded = super::otlp_wire::decode_request(bytes, out, &mut |offset, reason| {
+        first_invalid.get_or_insert((offset, reason));
+    });
+    let error = match (decoded, first_invalid) {
+        (Err(e), _) => Some((e.offset, e.reason)),
+        (Ok(()), Some((offset, reason))) => Some((offset, format!("span: {reason}"))),
+        (Ok(()), None) => None,
+    };
+    match error {
+        Some((offset, reason)) => {
+            out.truncate(before);
+            Err(ParseError::new(Position::Byte(offset as u64), reason))
         }
-        buf.advance(len);
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Reads OTLP JSON: a single request object, or several (JSON lines as the

@@ -1,17 +1,19 @@
-//! OTLP/gRPC `TraceService/Export`, through opentelemetry-proto's generated
-//! server. tonic decodes (and decompresses) before our handler runs, so a layer
-//! looks at its refusals on the way out: it counts them and gives them the codes
-//! OTLP asks for (INVALID_ARGUMENT for an undecodable payload, not INTERNAL).
+//! OTLP/gRPC `TraceService/Export`. The service is written out here rather than
+//! taken from opentelemetry-proto's generated server so the request reaches us
+//! as bytes and goes through gent's wire decoder (no intermediate structs).
+//! tonic still handles framing, decompression and the size limit; a layer looks
+//! at its refusals on the way out, counts them and gives them the codes OTLP asks
+//! for (INVALID_ARGUMENT for an undecodable payload, not INTERNAL).
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use prost::Message;
-use tonic::codec::CompressionEncoding;
+use axum::http;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use prost::bytes::{Buf, Bytes};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -20,21 +22,50 @@ use crate::metrics::RefusalReason;
 
 /// Set on refusals our handler made (and counted), so the layer leaves them be.
 const COUNTED: &str = "gent-refusal";
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-struct Service {
-    ingest: Arc<Ingest>,
+/// Requests arrive as their protobuf bytes; responses are prost messages.
+#[derive(Default)]
+struct RawRequestCodec;
+
+impl Codec for RawRequestCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = tonic_prost::ProstEncoder<ExportTraceServiceResponse>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
 }
 
-#[tonic::async_trait]
-impl TraceService for Service {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let request = request.into_inner();
-        let bytes = request.encoded_len() as u64;
-        self.ingest.metrics().received_bytes.with_label_values(&[Protocol::Grpc.label()]).inc_by(bytes);
-        match self.ingest.export(request, Protocol::Grpc) {
+struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
+    }
+}
+
+/// The unary handler.
+struct Export(Arc<Ingest>);
+
+impl tonic::server::UnaryService<Bytes> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let ingest = &self.0;
+        let bytes = request.into_inner();
+        ingest.metrics().received_bytes.with_label_values(&[Protocol::Grpc.label()]).inc_by(bytes.len() as u64);
+        std::future::ready(match ingest.export_protobuf(&bytes, Protocol::Grpc) {
             Ok(accepted) => {
                 let partial_success = (accepted.rejected_spans > 0).then(|| ExportTracePartialSuccess {
                     rejected_spans: accepted.rejected_spans as i64,
@@ -42,8 +73,51 @@ impl TraceService for Service {
                 });
                 Ok(Response::new(ExportTraceServiceResponse { partial_success }))
             }
-            Err(refusal) => Err(status(refusal, self.ingest.limits().retry_after)),
+            Err(refusal) => Err(status(refusal, ingest.limits().retry_after)),
+        })
+    }
+}
+
+/// `TraceService` as a tower service, for tonic's router.
+#[derive(Clone)]
+struct TraceServiceServer {
+    ingest: Arc<Ingest>,
+}
+
+impl tonic::server::NamedService for TraceServiceServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> tower::Service<http::Request<B>> for TraceServiceServer
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let ingest = self.ingest.clone();
+        if request.uri().path() != EXPORT_PATH {
+            return Box::pin(async move {
+                let status = Status::unimplemented(format!("{} is not served here", request.uri().path()));
+                Ok(status.into_http())
+            });
         }
+        let limit = ingest.limits().max_message_bytes;
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit);
+            Ok(grpc.unary(Export(ingest), request).await)
+        })
     }
 }
 
@@ -71,13 +145,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
-    let limits = ingest.limits().clone();
     let outcome_ingest = ingest.clone();
-    let service = TraceServiceServer::new(Service { ingest })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limits.max_message_bytes);
+    let service = TraceServiceServer { ingest };
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(move |response| classify(&outcome_ingest, response)))
@@ -88,7 +157,7 @@ pub async fn serve(
 }
 
 /// Counts and re-codes refusals tonic made itself, before our handler ran.
-fn classify<B>(ingest: &Ingest, mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+fn classify<B>(ingest: &Ingest, mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
     if headers.contains_key(COUNTED) {
         return response;
@@ -108,6 +177,6 @@ fn classify<B>(ingest: &Ingest, mut response: axum::http::Response<B>) -> axum::
         _ => return response,
     };
     ingest.refuse_undecoded(reason, message);
-    headers.insert("grpc-status", axum::http::HeaderValue::from(new_code as i32));
+    headers.insert("grpc-status", http::HeaderValue::from(new_code as i32));
     response
 }

@@ -56,41 +56,49 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
             return failure(Encoding::Protobuf, StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal, &ingest);
         }
     };
-    match decode(&ingest, &headers, body, encoding).await {
-        Ok(request) => match ingest.export(request, Protocol::Http) {
-            Ok(accepted) => {
-                let partial_success = (accepted.rejected_spans > 0).then(|| ExportTracePartialSuccess {
-                    rejected_spans: accepted.rejected_spans as i64,
-                    error_message: accepted.message,
-                });
-                let response = ExportTraceServiceResponse { partial_success };
-                let body = match encoding {
-                    Encoding::Protobuf => response.encode_to_vec(),
-                    Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
-                };
-                reply(StatusCode::OK, encoding, body, None)
-            }
-            Err(refusal) => {
-                let code = match refusal.reason {
-                    RefusalReason::QueueFull => StatusCode::TOO_MANY_REQUESTS,
-                    RefusalReason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-                    RefusalReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                failure(encoding, code, refusal, &ingest)
-            }
-        },
-        Err((code, refusal)) => failure(encoding, code, refusal, &ingest),
+    let exported = match decode(&ingest, &headers, body, encoding).await {
+        Ok(Payload::Protobuf(bytes)) => ingest.export_protobuf(&bytes, Protocol::Http),
+        Ok(Payload::Json(request)) => ingest.export(request, Protocol::Http),
+        Err((code, refusal)) => return failure(encoding, code, refusal, &ingest),
+    };
+    match exported {
+        Ok(accepted) => {
+            let partial_success = (accepted.rejected_spans > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: accepted.rejected_spans as i64,
+                error_message: accepted.message,
+            });
+            let response = ExportTraceServiceResponse { partial_success };
+            let body = match encoding {
+                Encoding::Protobuf => response.encode_to_vec(),
+                Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+            };
+            reply(StatusCode::OK, encoding, body, None)
+        }
+        Err(refusal) => {
+            let code = match refusal.reason {
+                RefusalReason::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+                RefusalReason::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                RefusalReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            failure(encoding, code, refusal, &ingest)
+        }
     }
 }
 
-/// Reads, decompresses and decodes the body within `max_message_bytes`.
+/// A body ready for the ingest: protobuf stays bytes for the wire decoder.
+enum Payload {
+    Protobuf(Bytes),
+    Json(ExportTraceServiceRequest),
+}
+
+/// Reads and decompresses the body within `max_message_bytes`; JSON is parsed here.
 async fn decode(
     ingest: &Ingest,
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
-) -> Result<ExportTraceServiceRequest, (StatusCode, Refusal)> {
+) -> Result<Payload, (StatusCode, Refusal)> {
     let limit = ingest.limits().max_message_bytes;
     let too_large = |what: &str| {
         let message = format!("{what} is larger than the limit of {limit} bytes; send smaller batches");
@@ -121,14 +129,13 @@ async fn decode(
         }
     };
     ingest.metrics().received_bytes.with_label_values(&[Protocol::Http.label()]).inc_by(bytes.len() as u64);
-    let decoded = match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(bytes).map_err(|e| e.to_string()),
-        Encoding::Json => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
-    };
-    decoded.map_err(|e| {
-        let message = format!("undecodable OTLP {} payload: {e}", if encoding == Encoding::Json { "JSON" } else { "protobuf" });
-        (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
-    })
+    match encoding {
+        Encoding::Protobuf => Ok(Payload::Protobuf(bytes)),
+        Encoding::Json => serde_json::from_slice(&bytes).map(Payload::Json).map_err(|e| {
+            let message = format!("undecodable OTLP JSON payload: {e}");
+            (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
+        }),
+    }
 }
 
 fn failure(encoding: Encoding, code: StatusCode, refusal: Refusal, ingest: &Ingest) -> Response {

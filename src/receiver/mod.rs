@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use tokio::sync::mpsc;
 
 pub use grpc::serve as serve_grpc;
@@ -19,6 +18,7 @@ pub use http::serve as serve_http;
 use crate::config::ReceiverConfig;
 use crate::io;
 use crate::metrics::{Metrics, RefusalReason};
+use crate::trace::Span;
 use crate::window::{Batch, Budget};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,11 +87,41 @@ impl Ingest {
         Refusal { reason, message }
     }
 
-    /// Validates, reserves budget for and queues the spans of one request.
+    /// Takes a protobuf `ExportTraceServiceRequest`, decoded straight into spans.
+    pub fn export_protobuf(&self, bytes: &[u8], protocol: Protocol) -> Result<Accepted, Refusal> {
+        let mut spans = Vec::new();
+        let mut invalid = Vec::new();
+        io::decode_request(bytes, &mut spans, &mut |_, reason| invalid.push(reason)).map_err(|e| {
+            let message = format!("undecodable OTLP protobuf payload: byte {}: {}", e.offset, e.reason);
+            self.refuse_undecoded(RefusalReason::Decode, message)
+        })?;
+        self.admit(spans, invalid, protocol)
+    }
+
+    /// Takes a request decoded elsewhere (OTLP JSON).
     pub fn export(&self, request: ExportTraceServiceRequest, protocol: Protocol) -> Result<Accepted, Refusal> {
+        let mut spans = Vec::new();
+        let mut invalid = Vec::new();
+        for rs in request.resource_spans {
+            let resource = io::resource_from_otlp(rs.resource.unwrap_or_default());
+            for ss in rs.scope_spans {
+                let scope = io::scope_from_otlp(ss.scope);
+                for span in ss.spans {
+                    match io::span_from_otlp(span, &resource, &scope) {
+                        Ok(span) => spans.push(span),
+                        Err(reason) => invalid.push(reason),
+                    }
+                }
+            }
+        }
+        self.admit(spans, invalid, protocol)
+    }
+
+    /// Applies the limits, reserves budget for and queues the valid spans of one
+    /// request; `invalid` holds why the others (bad ids) were left out.
+    fn admit(&self, spans: Vec<Span>, invalid: Vec<String>, protocol: Protocol) -> Result<Accepted, Refusal> {
         self.metrics.received_requests.with_label_values(&[protocol.label()]).inc();
-        let total: usize =
-            request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+        let total = spans.len() + invalid.len();
         let max = self.limits.max_spans_per_request;
         if total > max {
             return Err(self.refuse(
@@ -100,25 +130,19 @@ impl Ingest {
                 format!("request holds {total} spans, more than the limit of {max}; send smaller batches"),
             ));
         }
-        let mut spans = Vec::with_capacity(total);
         let mut rejected = Rejections::default();
-        for rs in request.resource_spans {
-            let resource = io::resource_from_otlp(rs.resource.unwrap_or_default());
-            for ss in rs.scope_spans {
-                let scope = io::scope_from_otlp(ss.scope);
-                for span in ss.spans {
-                    let checked = self.check(&span).and_then(|()| {
-                        io::span_from_otlp(span, &resource, &scope).map_err(|e| (RefusalReason::InvalidId, e))
-                    });
-                    match checked {
-                        Ok(span) => spans.push(span),
-                        Err((reason, message)) => rejected.add(&self.metrics, reason, message),
-                    }
-                }
+        for reason in invalid {
+            rejected.add(&self.metrics, RefusalReason::InvalidId, reason);
+        }
+        let mut kept = Vec::with_capacity(spans.len());
+        for span in spans {
+            match self.check(&span) {
+                Ok(()) => kept.push(span),
+                Err((reason, message)) => rejected.add(&self.metrics, reason, message),
             }
         }
-        if !spans.is_empty() {
-            let n = spans.len();
+        if !kept.is_empty() {
+            let n = kept.len();
             let Some(held) = self.budget.try_reserve(n) else {
                 return Err(self.refuse(
                     RefusalReason::QueueFull,
@@ -126,7 +150,7 @@ impl Ingest {
                     format!("span budget of {} spans is spent; retry later", self.budget.total()),
                 ));
             };
-            if self.queue.send(Batch { spans, held }).is_err() {
+            if self.queue.send(Batch { spans: kept, held }).is_err() {
                 return Err(self.refuse(RefusalReason::ShuttingDown, n, "gent is shutting down".into()));
             }
             self.metrics.received_spans.with_label_values(&[protocol.label()]).inc_by(n as u64);
@@ -141,7 +165,7 @@ impl Ingest {
     }
 
     /// The configured limits on one span.
-    fn check(&self, span: &OtlpSpan) -> Result<(), (RefusalReason, String)> {
+    fn check(&self, span: &Span) -> Result<(), (RefusalReason, String)> {
         let max = self.limits.max_attributes_per_span;
         if span.attributes.len() > max {
             return Err((
