@@ -56,6 +56,10 @@ rows = [line.split() for line in open(sys.argv[1])]
 def median(name, column):
     return statistics.median(float(r[column]) for r in rows if r[0] == name)
 g, r = median("gent", 5), median("rotel", 5)
-print("median spans/s: gent %.0f, rotel %.0f, ratio gent/rotel %.2f; median peak RSS: gent %.1f MiB, rotel %.1f MiB"
-      % (g, r, g / r, median("gent", 7), median("rotel", 7)))
+# Each round runs gent then rotel back to back: their ratio is the side-by-side figure.
+pairs = [float(a[5]) / float(b[5]) for a, b in zip(rows[0::2], rows[1::2])]
+print("median spans/s: gent %.0f, rotel %.0f (ratio of medians %.2f)" % (g, r, g / r))
+print("per-round ratios gent/rotel: %s; median %.2f, min %.2f"
+      % (" ".join("%.2f" % p for p in pairs), statistics.median(pairs), min(pairs)))
+print("median peak RSS: gent %.1f MiB, rotel %.1f MiB" % (median("gent", 7), median("rotel", 7)))
 PY
