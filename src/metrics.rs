@@ -72,7 +72,7 @@ pub struct Metrics {
     pub received_spans: IntCounterVec,
     /// Requests whose payload decoded, by `protocol`.
     pub received_requests: IntCounterVec,
-    /// Request bytes as they arrived on the wire (compressed if they were), by `protocol`.
+    /// Request payload bytes after decompression, by `protocol`.
     pub received_bytes: IntCounterVec,
     /// Spans refused, by `reason`. A request refused whole counts its spans when
     /// they could be counted, else one.
@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Spans held between receipt and the sink (bounded by the span budget).
     pub resident_spans: IntGauge,
     pub span_budget: IntGauge,
+    /// Spans accepted but not yet filed into a window by the assembler.
+    pub queue_spans: IntGauge,
     pub windows_closed: IntCounter,
     pub window_traces: Histogram,
     pub window_spans: Histogram,
@@ -126,7 +128,7 @@ impl Metrics {
             )?,
             received_bytes: counter_vec(
                 "gent_received_bytes_total",
-                "Request bytes as received on the wire (compressed if sent compressed).",
+                "Request payload bytes after decompression.",
                 "protocol",
             )?,
             refused_spans: counter_vec("gent_refused_spans_total", "Spans refused, by reason.", "reason")?,
@@ -136,6 +138,7 @@ impl Metrics {
                 "Spans held between receipt and the sink (queue, open and closing windows).",
             )?,
             span_budget: gauge("gent_span_budget", "Most spans held at once before the receiver pushes back.")?,
+            queue_spans: gauge("gent_queue_spans", "Spans accepted and queued, not yet filed into a window.")?,
             windows_closed: counter("gent_windows_closed_total", "Windows closed and handed to the sink.")?,
             window_traces: histogram("gent_window_traces", "Traces per closed window.")?,
             window_spans: histogram("gent_window_spans", "Spans per closed window.")?,

@@ -134,6 +134,14 @@ async fn every_otlp_flavour_lands_in_the_windows_and_the_metrics() {
     assert_eq!(metric(&running, r#"gent_received_spans_total{protocol="grpc"}"#).await, count(thirds[0]));
     assert_eq!(metric(&running, r#"gent_received_spans_total{protocol="http"}"#).await, count(thirds[1]) + count(thirds[2]));
     assert_eq!(metric(&running, "gent_resident_spans").await, count(&traces));
+    // The assembler files spans as they come: the queue drains.
+    for _ in 0..100 {
+        if metric(&running, "gent_queue_spans").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&running, "gent_queue_spans").await, 0.0);
     for reason in ["decode_error", "invalid_id", "queue_full"] {
         assert_eq!(metric(&running, &format!(r#"gent_refused_spans_total{{reason="{reason}"}}"#)).await, 0.0);
     }
@@ -195,6 +203,12 @@ async fn bad_requests_get_their_status_are_counted_and_the_daemon_keeps_serving(
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert!(body["message"].as_str().unwrap().contains("undecodable OTLP JSON"), "{body}");
+    // snake_case JSON would read as nothing: refused, not silently accepted.
+    let snake = serde_json::to_string(&valid).unwrap().replace("resourceSpans", "resource_spans");
+    let r = post("application/json", snake.into_bytes()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(body["message"].as_str().unwrap().contains("snake_case"), "{body}");
     // Wrong content type and encoding: 415.
     assert_eq!(post("text/plain", valid_bytes.clone()).await.unwrap().status(), 415);
     let r = http
@@ -282,8 +296,9 @@ async fn bad_requests_get_their_status_are_counted_and_the_daemon_keeps_serving(
         let running = &running;
         async move { metric(running, &format!(r#"gent_refused_spans_total{{reason="{reason}"}}"#)).await }
     };
-    // HTTP garbage, truncated, invalid JSON, bad gzip; gRPC garbage, truncated.
-    assert_eq!(refused("decode_error").await, 6.0);
+    // HTTP garbage, truncated, invalid JSON, snake_case JSON, bad gzip; gRPC
+    // garbage, truncated.
+    assert_eq!(refused("decode_error").await, 7.0);
     assert_eq!(refused("unsupported_media_type").await, 2.0);
     // HTTP plain and gzip, gRPC.
     assert_eq!(refused("too_large").await, 3.0);

@@ -222,10 +222,11 @@ pub fn read_json(bytes: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
     }
 }
 
-const SNAKE_CASE: &str = "uses snake_case field names (resource_spans, scope_spans); OTLP JSON \
+pub const SNAKE_CASE: &str = "uses snake_case field names (resource_spans, scope_spans); OTLP JSON \
     requires lowerCamelCase (resourceSpans, scopeSpans)";
 
-fn snake_case_spans(text: &[u8]) -> bool {
+/// Whether OTLP JSON text names its spans in snake_case, which OTLP JSON forbids.
+pub fn snake_case_spans(text: &[u8]) -> bool {
     ["\"resource_spans\"", "\"scope_spans\""]
         .iter()
         .any(|key| memchr::memmem::find(text, key.as_bytes()).is_some())

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::bytes::{Buf, Bytes};
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
 use tonic::{Code, Request, Response, Status};
@@ -66,13 +66,7 @@ impl tonic::server::UnaryService<Bytes> for Export {
         let bytes = request.into_inner();
         ingest.metrics().received_bytes.with_label_values(&[Protocol::Grpc.label()]).inc_by(bytes.len() as u64);
         std::future::ready(match ingest.export_protobuf(&bytes, Protocol::Grpc) {
-            Ok(accepted) => {
-                let partial_success = (accepted.rejected_spans > 0).then(|| ExportTracePartialSuccess {
-                    rejected_spans: accepted.rejected_spans as i64,
-                    error_message: accepted.message,
-                });
-                Ok(Response::new(ExportTraceServiceResponse { partial_success }))
-            }
+            Ok(accepted) => Ok(Response::new(accepted.response())),
             Err(refusal) => Err(status(refusal, ingest.limits().retry_after)),
         })
     }

@@ -9,12 +9,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::{Ingest, Protocol, ReceiverError, Refusal};
+use crate::io;
 use crate::metrics::RefusalReason;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -63,11 +62,7 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
     };
     match exported {
         Ok(accepted) => {
-            let partial_success = (accepted.rejected_spans > 0).then(|| ExportTracePartialSuccess {
-                rejected_spans: accepted.rejected_spans as i64,
-                error_message: accepted.message,
-            });
-            let response = ExportTraceServiceResponse { partial_success };
+            let response = accepted.response();
             let body = match encoding {
                 Encoding::Protobuf => response.encode_to_vec(),
                 Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
@@ -131,10 +126,19 @@ async fn decode(
     ingest.metrics().received_bytes.with_label_values(&[Protocol::Http.label()]).inc_by(bytes.len() as u64);
     match encoding {
         Encoding::Protobuf => Ok(Payload::Protobuf(bytes)),
-        Encoding::Json => serde_json::from_slice(&bytes).map(Payload::Json).map_err(|e| {
-            let message = format!("undecodable OTLP JSON payload: {e}");
-            (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
-        }),
+        Encoding::Json => {
+            let refuse = |message: String| {
+                (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
+            };
+            let request: ExportTraceServiceRequest =
+                serde_json::from_slice(&bytes).map_err(|e| refuse(format!("undecodable OTLP JSON payload: {e}")))?;
+            // Unknown (snake_case) names would otherwise be accepted as nothing.
+            let spans: usize = request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+            if spans == 0 && io::snake_case_spans(&bytes) {
+                return Err(refuse(format!("OTLP JSON payload {}", io::SNAKE_CASE)));
+            }
+            Ok(Payload::Json(request))
+        }
     }
 }
 

@@ -8,7 +8,9 @@ mod http;
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use tokio::sync::mpsc;
 
@@ -50,6 +52,17 @@ pub struct Accepted {
     pub rejected_spans: u64,
     /// Why spans were rejected (empty when none were).
     pub message: String,
+}
+
+impl Accepted {
+    /// The OTLP response: `partial_success` only when spans were rejected.
+    pub fn response(self) -> ExportTraceServiceResponse {
+        let partial_success = (self.rejected_spans > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: self.rejected_spans as i64,
+            error_message: self.message,
+        });
+        ExportTraceServiceResponse { partial_success }
+    }
 }
 
 /// A request refused whole.
@@ -150,7 +163,9 @@ impl Ingest {
                     format!("span budget of {} spans is spent; retry later", self.budget.total()),
                 ));
             };
+            self.metrics.queue_spans.add(n as i64);
             if self.queue.send(Batch { spans: kept, held }).is_err() {
+                self.metrics.queue_spans.sub(n as i64);
                 return Err(self.refuse(RefusalReason::ShuttingDown, n, "gent is shutting down".into()));
             }
             self.metrics.received_spans.with_label_values(&[protocol.label()]).inc_by(n as u64);

@@ -157,6 +157,7 @@ impl Assembler {
 
     /// Files a batch's spans; returns the windows that filled up meanwhile.
     pub fn accept(&mut self, mut batch: Batch, now: Instant) -> Vec<RawWindow> {
+        self.metrics.queue_spans.sub(batch.spans.len() as i64);
         let mut closed = Vec::new();
         for span in batch.spans.drain(..) {
             let id = span.trace_id;
