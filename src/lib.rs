@@ -4,7 +4,8 @@
 //! grouped by [`window`] into windows of [`trace::Trace`]s with their DAG and
 //! canonical topology, and leave through the writers in [`io`] or a window sink.
 //! [`compressor`] wires the daemon together; [`metrics`] holds every `gent_`
-//! metric; [`replay`] sends recorded traces as live load.
+//! metric; [`replay`] sends recorded traces as live load; [`tabular`] encodes
+//! tables for the CTGAN generators.
 
 pub mod compressor;
 pub mod config;
@@ -12,5 +13,6 @@ pub mod io;
 pub mod metrics;
 pub mod receiver;
 pub mod replay;
+pub mod tabular;
 pub mod trace;
 pub mod window;
