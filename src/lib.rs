@@ -11,6 +11,7 @@ pub mod compressor;
 pub mod config;
 pub mod io;
 pub mod metrics;
+pub mod nn;
 pub mod receiver;
 pub mod replay;
 pub mod tabular;
