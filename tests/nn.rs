@@ -92,3 +92,53 @@ fn the_gradient_penalty_trains_the_weights() {
         assert!(grad.iter().any(|g| g.abs() > 0.0), "the penalty must move layer {i}");
     }
 }
+
+mod generator {
+    use super::*;
+    use gent::nn::{DiscreteSpan, Generator, activate, conditional_loss};
+    use gent::tabular::{Activation, OutputSpan};
+
+    const SPANS: [OutputSpan; 3] = [
+        OutputSpan { width: 1, activation: Activation::Tanh },
+        OutputSpan { width: 3, activation: Activation::Softmax },
+        OutputSpan { width: 4, activation: Activation::Softmax },
+    ];
+
+    fn noise(rows: usize, width: usize, seed: u64, device: &Device) -> Tensor<2> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        tensor((0..rows * width).map(|_| rng.random_range(-1.0f32..1.0)).collect(), [rows, width], device)
+    }
+
+    #[test]
+    fn rows_come_out_shaped_as_the_encoding_asks() {
+        let device = Device::flex().autodiff();
+        let g = Generator::new(6, &[16, 16], 8, 1, &device);
+        let raw = g.forward(noise(10, 6, 2, &device));
+        assert_eq!(raw.dims(), [10, 8]);
+        let rows = values(activate(raw, &SPANS, noise(10, 8, 3, &device), 0.2));
+        for r in rows.chunks(8) {
+            assert!(r[0] > -1.0 && r[0] < 1.0);
+            assert!((r[1..4].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert!((r[4..8].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        // The same seed builds the same generator.
+        let again = Generator::new(6, &[16, 16], 8, 1, &device);
+        assert_eq!(values(g.forward(noise(4, 6, 9, &device))), values(again.forward(noise(4, 6, 9, &device))));
+    }
+
+    #[test]
+    fn the_conditional_loss_rewards_the_chosen_category() {
+        let device = Device::flex();
+        let discrete = [DiscreteSpan { data_offset: 1, cond_offset: 0, width: 3 }];
+        // Row 0 chose category 2, row 1 category 0.
+        let cond = tensor(vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0], [2, 3], &device);
+        let loss = |raw: Vec<f32>| {
+            values(conditional_loss(tensor(raw, [2, 4], &device), cond.clone(), &discrete).reshape([1, 1]))[0]
+        };
+        let uniform = loss(vec![0.0; 8]);
+        assert!((uniform - 3f32.ln()).abs() < 1e-5, "{uniform}");
+        let right = loss(vec![0.0, 0.0, 0.0, 9.0, 0.0, 9.0, 0.0, 0.0]);
+        let wrong = loss(vec![0.0, 9.0, 0.0, 0.0, 0.0, 0.0, 9.0, 0.0]);
+        assert!(right < 0.01 && wrong > 8.0, "right {right}, wrong {wrong}");
+    }
+}

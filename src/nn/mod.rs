@@ -1,10 +1,13 @@
 //! burn modules for the generative models. `critic` is CTGAN's PacGAN critic
 //! with the explicit input gradient that WGAN-GP needs on a backend without
-//! second-order autodiff. The generator and training loop follow (issue 4).
+//! second-order autodiff; `generator` its residual generator, output
+//! activations and conditional loss. The training loop follows (issue 4).
 
 mod critic;
+mod generator;
 
 pub use critic::{Critic, DropoutMasks, ForwardMasks, LEAKY_SLOPE, seeded_linear};
+pub use generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, conditional_loss};
 
 /// The CPU device used by default.
 pub fn cpu_device() -> burn::tensor::Device {

@@ -1,0 +1,111 @@
+//! CTGAN's generator (Xu et al. 2019, §4.4): residual blocks of Linear →
+//! BatchNorm → ReLU whose output is concatenated to their input, then a Linear
+//! to the encoded row width. [`activate`] turns the raw output into a row: tanh
+//! for mode-normalised scalars, Gumbel-softmax (τ = 0.2) for one-hots.
+//! [`conditional_loss`] is the cross-entropy that makes the generator honour
+//! the conditional vector.
+
+use burn::module::Module;
+use burn::nn::{BatchNorm, BatchNormConfig, Linear};
+use burn::tensor::activation::{log_softmax, relu, softmax};
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::critic::seeded_linear;
+use crate::tabular::{Activation, OutputSpan};
+
+/// Gumbel-softmax temperature (CTGAN's `tau`).
+pub const GUMBEL_TAU: f32 = 0.2;
+
+#[derive(Module, Debug)]
+struct Residual {
+    fc: Linear,
+    bn: BatchNorm,
+}
+
+impl Residual {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let out = relu(self.bn.forward(self.fc.forward(x.clone())));
+        Tensor::cat(vec![out, x], 1)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Generator {
+    blocks: Vec<Residual>,
+    out: Linear,
+}
+
+impl Generator {
+    /// `input` = noise + conditional vector + context widths; `hidden` the
+    /// residual block widths (CTGAN: 256, 256); `output` the encoded row width.
+    pub fn new(input: usize, hidden: &[usize], output: usize, seed: u64, device: &Device) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut blocks = Vec::with_capacity(hidden.len());
+        let mut width = input;
+        for &h in hidden {
+            blocks.push(Residual { fc: seeded_linear(width, h, &mut rng, device), bn: BatchNormConfig::new(h).init(device) });
+            width += h;
+        }
+        Generator { blocks, out: seeded_linear(width, output, &mut rng, device) }
+    }
+
+    /// Raw output, `[rows, output]`: scalars before tanh, logits before softmax.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut h = x;
+        for block in &self.blocks {
+            h = block.forward(h);
+        }
+        self.out.forward(h)
+    }
+}
+
+/// Applies each span's activation. `gumbel` holds Gumbel(0, 1) noise of the
+/// same shape as `raw` (used on softmax spans only), drawn by the caller so
+/// that runs are reproducible.
+pub fn activate(raw: Tensor<2>, spans: &[OutputSpan], gumbel: Tensor<2>, tau: f32) -> Tensor<2> {
+    let rows = raw.dims()[0];
+    let mut parts = Vec::with_capacity(spans.len());
+    let mut start = 0;
+    for span in spans {
+        let end = start + span.width;
+        let part = raw.clone().slice([0..rows, start..end]);
+        parts.push(match span.activation {
+            Activation::Tanh => part.tanh(),
+            Activation::Softmax => softmax(part.add(gumbel.clone().slice([0..rows, start..end])).div_scalar(tau), 1),
+        });
+        start = end;
+    }
+    Tensor::cat(parts, 1)
+}
+
+/// Where a categorical column sits: its offset in the encoded row, its offset
+/// in the conditional vector, and its number of categories.
+#[derive(Debug, Clone, Copy)]
+pub struct DiscreteSpan {
+    pub data_offset: usize,
+    pub cond_offset: usize,
+    pub width: usize,
+}
+
+/// Mean over rows of the cross-entropy between each row's chosen categorical
+/// column (raw logits) and the chosen category; `cond` (`[rows, cond width]`)
+/// is one-hot on exactly that category, so it also masks the other columns.
+pub fn conditional_loss(raw: Tensor<2>, cond: Tensor<2>, discrete: &[DiscreteSpan]) -> Tensor<1> {
+    let rows = raw.dims()[0];
+    let mut total: Option<Tensor<1>> = None;
+    for d in discrete {
+        let logits = raw.clone().slice([0..rows, d.data_offset..d.data_offset + d.width]);
+        let target = cond.clone().slice([0..rows, d.cond_offset..d.cond_offset + d.width]);
+        let loss = log_softmax(logits, 1).mul(target).sum().neg();
+        total = Some(match total {
+            Some(t) => t.add(loss),
+            None => loss,
+        });
+    }
+    match total {
+        Some(t) => t.div_scalar(rows as f32),
+        None => Tensor::zeros([1], &raw.device()),
+    }
+}
