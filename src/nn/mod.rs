@@ -4,9 +4,11 @@
 //! activations and conditional loss. The training loop follows (issue 4).
 
 mod critic;
+mod ctgan;
 mod generator;
 
 pub use critic::{Critic, DropoutMasks, ForwardMasks, LEAKY_SLOPE, seeded_linear};
+pub use ctgan::{Context, Ctgan, CtganConfig, CtganError};
 pub use generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, conditional_loss};
 
 /// The CPU device used by default.

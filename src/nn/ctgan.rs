@@ -1,0 +1,345 @@
+//! CTGAN training and sampling (Xu et al. 2019, Algorithm 1): training-by-
+//! sampling for the conditional vector, a residual generator against a PacGAN
+//! critic with the WGAN-GP loss, Adam for both. Every random draw (noise,
+//! conditions, rows, dropout, Gumbel noise, interpolation weights) comes from
+//! one seeded generator on the host, so a seed reproduces a run on a backend.
+//!
+//! An optional context (one vector per row) is fed to both networks beside the
+//! conditional vector; Gen-T passes the topology embedding, start time or head
+//! node metadata that way.
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::critic::{Critic, DropoutMasks};
+use super::generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, conditional_loss};
+use crate::tabular::{ColumnTransform, ConditionalSampler, OutputSpan, Table, TabularError, Transformer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtganError {
+    #[error("invalid CTGAN configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Table(#[from] TabularError),
+    #[error("context has {got} values, expected {rows} rows × {width}")]
+    Context { got: usize, rows: usize, width: usize },
+}
+
+/// Dimensions and schedule; the defaults are CTGAN's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CtganConfig {
+    pub embedding: usize,
+    pub generator: Vec<usize>,
+    pub critic: Vec<usize>,
+    pub pac: usize,
+    pub batch: usize,
+    pub epochs: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f32,
+    pub gradient_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for CtganConfig {
+    fn default() -> Self {
+        CtganConfig {
+            embedding: 128,
+            generator: vec![256, 256],
+            critic: vec![256, 256],
+            pac: 10,
+            batch: 500,
+            epochs: 300,
+            learning_rate: 2e-4,
+            weight_decay: 1e-6,
+            gradient_penalty: 10.0,
+            seed: 0,
+        }
+    }
+}
+
+impl CtganConfig {
+    pub fn validate(&self) -> Result<(), CtganError> {
+        let fail = |m: &str| Err(CtganError::Config(m.into()));
+        if self.epochs == 0 {
+            return fail("epochs must be at least 1");
+        }
+        if self.pac == 0 || self.batch == 0 || self.batch % self.pac != 0 {
+            return Err(CtganError::Config(format!("batch {} must be a positive multiple of pac {}", self.batch, self.pac)));
+        }
+        if self.embedding == 0 || self.generator.contains(&0) || self.critic.contains(&0) {
+            return fail("layer widths must be positive");
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return fail("learning_rate must be a positive number");
+        }
+        Ok(())
+    }
+}
+
+/// Per-row context vectors: `values` is `rows × width`, row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub values: &'a [f32],
+    pub width: usize,
+}
+
+/// A trained model: the transformer, the generator and what sampling needs.
+pub struct Ctgan {
+    pub config: CtganConfig,
+    pub transformer: Transformer,
+    generator: Generator,
+    sampler: ConditionalSampler,
+    context_width: usize,
+    device: Device,
+}
+
+fn noise_normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    // Box-Muller, two values per pair of uniforms.
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-12), rng.random());
+        let r = (-2.0 * u.ln()).sqrt();
+        let t = std::f32::consts::TAU * v;
+        out.push(r * t.cos());
+        out.push(r * t.sin());
+    }
+    out.truncate(n);
+    out
+}
+
+fn noise_gumbel(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| -(-(rng.random::<f32>().max(1e-12)).ln()).max(1e-12).ln()).collect()
+}
+
+fn tensor(values: Vec<f32>, rows: usize, width: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(values, [rows, width]), device)
+}
+
+/// Concatenates non-empty blocks along columns.
+fn cat(parts: Vec<Tensor<2>>) -> Tensor<2> {
+    let parts: Vec<Tensor<2>> = parts.into_iter().filter(|t| t.dims()[1] > 0).collect();
+    Tensor::cat(parts, 1)
+}
+
+fn discrete_spans(transformer: &Transformer, sampler: &ConditionalSampler) -> Vec<DiscreteSpan> {
+    transformer
+        .columns
+        .iter()
+        .filter_map(|c| match c {
+            ColumnTransform::Categorical { categories, .. } => Some(categories.len()),
+            _ => None,
+        })
+        .enumerate()
+        .map(|(i, width)| DiscreteSpan { data_offset: sampler.data_offset(i), cond_offset: sampler.cond_offset(i), width })
+        .collect()
+}
+
+/// One batch's draws of conditions, rows and context.
+struct Draw {
+    cond: Tensor<2>,
+    context: Tensor<2>,
+    rows: Vec<i64>,
+}
+
+struct Trainer<'a> {
+    config: &'a CtganConfig,
+    sampler: &'a ConditionalSampler,
+    context: Option<Context<'a>>,
+    rows: usize,
+    device: Device,
+    rng: StdRng,
+}
+
+impl Trainer<'_> {
+    fn draw(&mut self) -> Draw {
+        let batch = self.config.batch;
+        let (cond, rows) = match self.sampler.sample_train(batch, &mut self.rng) {
+            Some(c) => {
+                let rows = (0..batch)
+                    .map(|r| self.sampler.sample_row(c.column[r], c.category[r], self.rows, &mut self.rng) as i64)
+                    .collect();
+                (c.cond, rows)
+            }
+            None => (Vec::new(), (0..batch).map(|_| self.rng.random_range(0..self.rows) as i64).collect()),
+        };
+        let cond = tensor(cond, batch, self.sampler.cond_width(), &self.device);
+        let context = match self.context {
+            Some(ctx) => {
+                let mut values = Vec::with_capacity(batch * ctx.width);
+                for &r in &rows {
+                    values.extend_from_slice(&ctx.values[r as usize * ctx.width..(r as usize + 1) * ctx.width]);
+                }
+                tensor(values, batch, ctx.width, &self.device)
+            }
+            None => tensor(Vec::new(), batch, 0, &self.device),
+        };
+        Draw { cond, context, rows }
+    }
+
+    fn noise(&mut self, width: usize) -> Tensor<2> {
+        let batch = self.config.batch;
+        tensor(noise_normal(&mut self.rng, batch * width), batch, width, &self.device)
+    }
+
+    fn gumbel(&mut self, width: usize) -> Tensor<2> {
+        let batch = self.config.batch;
+        tensor(noise_gumbel(&mut self.rng, batch * width), batch, width, &self.device)
+    }
+
+    /// Dropout(0.5) keep-multipliers for one critic pass.
+    fn dropout(&mut self, widths: &[usize]) -> DropoutMasks {
+        let groups = self.config.batch / self.config.pac;
+        Some(
+            widths
+                .iter()
+                .map(|&h| {
+                    let keep = (0..groups * h).map(|_| if self.rng.random::<bool>() { 2.0 } else { 0.0 }).collect();
+                    tensor(keep, groups, h, &self.device)
+                })
+                .collect(),
+        )
+    }
+
+    /// Interpolation weights, one per pac group, repeated over its rows.
+    fn alpha(&mut self) -> Tensor<2> {
+        let (batch, pac) = (self.config.batch, self.config.pac);
+        let mut values = Vec::with_capacity(batch);
+        for _ in 0..batch / pac {
+            let a: f32 = self.rng.random();
+            values.extend(std::iter::repeat_n(a, pac));
+        }
+        tensor(values, batch, 1, &self.device)
+    }
+}
+
+impl Ctgan {
+    /// Fits the transformer and trains the networks on `table`.
+    pub fn fit(table: &Table, context: Option<Context<'_>>, config: CtganConfig, device: &Device) -> Result<Self, CtganError> {
+        config.validate()?;
+        let rows = table.rows();
+        if let Some(ctx) = context {
+            if ctx.values.len() != rows * ctx.width {
+                return Err(CtganError::Context { got: ctx.values.len(), rows, width: ctx.width });
+            }
+        }
+        let transformer = Transformer::fit(table, config.seed)?;
+        let encoded = transformer.transform(table, config.seed)?;
+        let width = transformer.width();
+        let sampler = ConditionalSampler::new(&transformer, &encoded);
+        let spans: Vec<OutputSpan> = transformer.output_spans();
+        let discrete = discrete_spans(&transformer, &sampler);
+        let context_width = context.map_or(0, |c| c.width);
+        let train_device = device.clone().autodiff();
+        let real_all = tensor(encoded, rows, width, &train_device);
+
+        let cond_width = sampler.cond_width();
+        let mut generator = Generator::new(
+            config.embedding + cond_width + context_width,
+            &config.generator,
+            width,
+            config.seed ^ 0x6745,
+            &train_device,
+        );
+        let mut critic =
+            Critic::new(width + cond_width + context_width, config.pac, &config.critic, config.seed ^ 0xc817, &train_device);
+        let adam = || {
+            AdamConfig::new()
+                .with_beta_1(0.5)
+                .with_beta_2(0.9)
+                .with_epsilon(1e-8)
+                .with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay)))
+                .init()
+        };
+        let (mut opt_g, mut opt_d) = (adam(), adam());
+        let widths = critic.hidden_widths();
+        let mut t = Trainer {
+            config: &config,
+            sampler: &sampler,
+            context,
+            rows,
+            device: train_device.clone(),
+            rng: StdRng::seed_from_u64(config.seed),
+        };
+        let steps = (rows / config.batch).max(1);
+        let lr = config.learning_rate;
+        for epoch in 0..config.epochs {
+            let (mut last_g, mut last_d) = (0.0, 0.0);
+            for _ in 0..steps {
+                // Critic step.
+                let d = t.draw();
+                let z = t.noise(config.embedding);
+                let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone()]));
+                let fake = activate(fake_raw, &spans, t.gumbel(width), GUMBEL_TAU).detach();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(d.rows.clone(), [d.rows.len()]), &train_device);
+                let real = real_all.clone().select(0, idx);
+                let fake_in = cat(vec![fake, d.cond.clone(), d.context.clone()]);
+                let real_in = cat(vec![real, d.cond, d.context]);
+                let (y_fake, _) = critic.forward(fake_in.clone(), &t.dropout(&widths));
+                let (y_real, _) = critic.forward(real_in.clone(), &t.dropout(&widths));
+                let alpha = t.alpha();
+                let x_hat = real_in.mul(alpha.clone()).add(fake_in.mul(alpha.neg().add_scalar(1.0)));
+                let penalty = critic.gradient_penalty(x_hat, &t.dropout(&widths), config.gradient_penalty);
+                let loss_d = y_fake.mean().sub(y_real.mean()).add(penalty);
+                last_d = scalar(&loss_d);
+                let grads = GradientsParams::from_grads(loss_d.backward(), &critic);
+                critic = opt_d.step(lr, critic, grads);
+
+                // Generator step.
+                let d = t.draw();
+                let z = t.noise(config.embedding);
+                let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone()]));
+                let fake = activate(fake_raw.clone(), &spans, t.gumbel(width), GUMBEL_TAU);
+                let (y_fake, _) = critic.forward(cat(vec![fake, d.cond.clone(), d.context]), &t.dropout(&widths));
+                let loss_g = y_fake.mean().neg().add(conditional_loss(fake_raw, d.cond, &discrete));
+                last_g = scalar(&loss_g);
+                let grads = GradientsParams::from_grads(loss_g.backward(), &generator);
+                generator = opt_g.step(lr, generator, grads);
+            }
+            tracing::debug!(epoch, loss_generator = last_g, loss_critic = last_d, "ctgan epoch");
+        }
+        Ok(Ctgan { config, transformer, generator: generator.valid(), sampler, context_width, device: device.clone() })
+    }
+
+    /// Generates `rows` rows; conditions follow the real category frequencies.
+    pub fn sample(&self, rows: usize, context: Option<Context<'_>>, seed: u64) -> Result<Table, CtganError> {
+        let width = self.transformer.width();
+        if let Some(ctx) = context {
+            if ctx.width != self.context_width || ctx.values.len() != rows * ctx.width {
+                return Err(CtganError::Context { got: ctx.values.len(), rows, width: self.context_width });
+            }
+        } else if self.context_width > 0 {
+            return Err(CtganError::Context { got: 0, rows, width: self.context_width });
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let spans = self.transformer.output_spans();
+        let mut out = Vec::with_capacity(rows * width);
+        let chunk = 8192;
+        let mut done = 0;
+        while done < rows {
+            let n = chunk.min(rows - done);
+            let z = tensor(noise_normal(&mut rng, n * self.config.embedding), n, self.config.embedding, &self.device);
+            let cond = match self.sampler.sample_original(n, &mut rng) {
+                Some(c) => c.cond,
+                None => Vec::new(),
+            };
+            let cond = tensor(cond, n, self.sampler.cond_width(), &self.device);
+            let ctx = match context {
+                Some(c) => tensor(c.values[done * c.width..(done + n) * c.width].to_vec(), n, c.width, &self.device),
+                None => tensor(Vec::new(), n, 0, &self.device),
+            };
+            let raw = self.generator.forward(cat(vec![z, cond, ctx]));
+            let gumbel = tensor(noise_gumbel(&mut rng, n * width), n, width, &self.device);
+            let rows_out = activate(raw, &spans, gumbel, GUMBEL_TAU);
+            out.extend(rows_out.into_data().try_to_vec::<f32>().map_err(|e| CtganError::Config(format!("{e:?}")))?);
+            done += n;
+        }
+        Ok(self.transformer.inverse(&out)?)
+    }
+}
+
+fn scalar(t: &Tensor<1>) -> f32 {
+    t.clone().into_data().try_to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN)
+}
