@@ -5,7 +5,7 @@
 //! thresholds (duration W1 below 0.8 × the baseline's, joint TV below 0.1) are
 //! not met.
 //!
-//! Run: `cargo run --release --example ctgan_quality [EPOCHS] [WIDTH]`
+//! Run: `cargo run --release --example ctgan_quality [EPOCHS] [WIDTH] [flex|ndarray]`
 
 use std::path::PathBuf;
 
@@ -148,9 +148,15 @@ fn main() {
     let real = span_table(20_000);
     let arg = |i: usize, default: usize| std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (epochs, width) = (arg(1, 10), arg(2, 256));
+    let backend = std::env::args().nth(3).unwrap_or_else(|| "flex".into());
+    #[allow(deprecated)] // ndarray is deprecated in burn 0.22 but measured here against flex
+    let device = match backend.as_str() {
+        "ndarray" => Device::ndarray(),
+        _ => Device::flex(),
+    };
     let config = CtganConfig { epochs, seed: 7, generator: vec![width, width], critic: vec![width, width], ..CtganConfig::default() };
     let started = Instant::now();
-    let model = Ctgan::fit(&real, None, config, &Device::flex()).unwrap();
+    let model = Ctgan::fit(&real, None, config, &device).unwrap();
     let trained = started.elapsed();
     let started = Instant::now();
     let synthetic = model.sample(real.rows(), None, 11).unwrap();
@@ -159,7 +165,7 @@ fn main() {
     let (w_model, w_base) = (duration_w1(&real, &synthetic), duration_w1(&real, &baseline));
     let (tv_model, tv_base) = (joint_tv(&real, &synthetic), joint_tv(&real, &baseline));
     println!(
-        "rows {} | training {:.1} s | sampling {:.2} s | per-service log-duration W1: ctgan {w_model:.3}, independent {w_base:.3} | (service, name) TV: ctgan {tv_model:.3}, independent {tv_base:.3}",
+        "{backend} | rows {} | training {:.1} s | sampling {:.2} s | per-service log-duration W1: ctgan {w_model:.3}, independent {w_base:.3} | (service, name) TV: ctgan {tv_model:.3}, independent {tv_base:.3}",
         real.rows(),
         trained.as_secs_f64(),
         sampled.as_secs_f64()
