@@ -142,3 +142,25 @@ mod generator {
         assert!(right < 0.01 && wrong > 8.0, "right {right}, wrong {wrong}");
     }
 }
+
+mod persistence {
+    use super::*;
+    use gent::nn::{Generator, weights};
+
+    #[test]
+    fn weights_round_trip_through_bytes_and_refuse_the_wrong_shape() {
+        let device = Device::flex();
+        let trained = Generator::new(6, &[16, 16], 8, 1, &device);
+        let x = || {
+            let mut rng = StdRng::seed_from_u64(4);
+            tensor((0..24).map(|_| rng.random_range(-1.0f32..1.0)).collect(), [4, 6], &device)
+        };
+        let expected = values(trained.forward(x()));
+        let bytes = weights::to_bytes(trained).unwrap();
+        assert!(bytes.len() > 4 * (6 * 16 + 22 * 16 + 38 * 8), "{} bytes", bytes.len());
+        let loaded = weights::from_bytes(Generator::new(6, &[16, 16], 8, 99, &device), &bytes).unwrap();
+        assert_eq!(values(loaded.forward(x())), expected);
+        assert!(weights::from_bytes(Generator::new(6, &[16, 32], 8, 1, &device), &bytes).is_err());
+        assert!(weights::from_bytes(Generator::new(6, &[16, 16], 8, 1, &device), &bytes[..bytes.len() / 2]).is_err());
+    }
+}
