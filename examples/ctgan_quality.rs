@@ -5,7 +5,7 @@
 //! thresholds (duration W1 below 0.8 × the baseline's, joint TV below 0.1) are
 //! not met.
 //!
-//! Run: `cargo run --release --example ctgan_quality [EPOCHS] [WIDTH] [flex|ndarray]`
+//! Run: `cargo run --release --example ctgan_quality [EPOCHS] [WIDTH] [flex|ndarray] [LEARNING_RATE]`
 
 use std::path::PathBuf;
 
@@ -154,7 +154,15 @@ fn main() {
         "ndarray" => Device::ndarray(),
         _ => Device::flex(),
     };
-    let config = CtganConfig { epochs, seed: 7, generator: vec![width, width], critic: vec![width, width], ..CtganConfig::default() };
+    let learning_rate = std::env::args().nth(4).and_then(|a| a.parse().ok()).unwrap_or(2e-4);
+    let config = CtganConfig {
+        epochs,
+        seed: 7,
+        learning_rate,
+        generator: vec![width, width],
+        critic: vec![width, width],
+        ..CtganConfig::default()
+    };
     let started = Instant::now();
     let model = Ctgan::fit(&real, None, config, &device).unwrap();
     let trained = started.elapsed();
