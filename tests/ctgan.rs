@@ -67,3 +67,77 @@ fn bad_configurations_are_refused_clearly() {
     let ctx = gent::nn::Context { values: &[0.0; 3], width: 2 };
     assert!(matches!(Ctgan::fit(&t, Some(ctx), small(1, 1), &Device::flex()), Err(CtganError::Context { .. })));
 }
+
+mod persistence {
+    use super::*;
+    use gent::nn::weights::Precision;
+
+    #[test]
+    fn a_stored_model_samples_exactly_as_the_trained_one_and_f16_halves_it() {
+        let t = table();
+        let model = Ctgan::fit(&t, None, small(3, 5), &Device::flex()).unwrap();
+        let expected = model.sample(800, None, 3).unwrap();
+        let full = model.to_bytes(Precision::F32).unwrap();
+        let loaded = Ctgan::from_bytes(&full, &Device::flex()).unwrap();
+        assert_eq!(loaded.sample(800, None, 3).unwrap(), expected);
+
+        let half = model.to_bytes(Precision::F16).unwrap();
+        let ratio = half.len() as f64 / full.len() as f64;
+        println!("stored model: f32 {} bytes, f16 {} bytes ({ratio:.2})", full.len(), half.len());
+        assert!(ratio < 0.56, "f16 model is {ratio:.2} of the f32 one");
+        let from_half = Ctgan::from_bytes(&half, &Device::flex()).unwrap().sample(800, None, 3).unwrap();
+        // f16 rounding moves few categorical decisions.
+        let same = labels(&from_half, 0).iter().zip(labels(&expected, 0)).filter(|(a, b)| a == b).count();
+        assert!(same > 700, "only {same} of 800 labels survive f16 storage");
+    }
+
+    #[test]
+    fn damaged_or_foreign_bytes_are_refused_clearly() {
+        let model = Ctgan::fit(&table(), None, small(1, 5), &Device::flex()).unwrap();
+        let bytes = model.to_bytes(Precision::F32).unwrap();
+        for bad in [&bytes[..bytes.len() / 2], &bytes[..3], b"not a model".as_slice()] {
+            let e = Ctgan::from_bytes(bad, &Device::flex()).err().expect("refused");
+            assert!(e.to_string().contains("stored CTGAN model") || e.to_string().contains("weights"), "{e}");
+        }
+        let mut other_format = bytes.clone();
+        other_format[0] = 9; // the format number is the first varint
+        let e = Ctgan::from_bytes(&other_format, &Device::flex()).err().expect("refused");
+        assert!(e.to_string().contains("format 9"), "{e}");
+    }
+}
+
+mod warm_start {
+    use super::*;
+
+    #[test]
+    fn a_warm_start_continues_from_the_previous_weights() {
+        let t = table();
+        let previous = Ctgan::fit(&t, None, small(150, 1), &Device::flex()).unwrap();
+        let pairs = |m: &Ctgan| {
+            let s = m.sample(2000, None, 2).unwrap();
+            labels(&s, 0).iter().zip(labels(&s, 1)).filter(|(x, y)| x.to_lowercase() == **y).count() as f64 / 2000.0
+        };
+        // One epoch from scratch learns little; one epoch from the previous model keeps what it learnt.
+        let cold = Ctgan::fit(&t, None, small(1, 2), &Device::flex()).unwrap();
+        let warm = Ctgan::fit_warm(&t, None, small(1, 2), &Device::flex(), Some(&previous)).unwrap();
+        let (p, c, w) = (pairs(&previous), pairs(&cold), pairs(&warm));
+        println!("matching pairs: previous {p:.3}, one epoch cold {c:.3}, one epoch warm {w:.3}");
+        assert!(warm.warm_started() && !cold.warm_started());
+        assert!(w > c + 0.2 && w > p - 0.1, "warm {w}, cold {c}, previous {p}");
+    }
+
+    #[test]
+    fn an_incompatible_previous_model_means_a_fresh_start() {
+        let t = table();
+        let previous = Ctgan::fit(&t, None, small(1, 1), &Device::flex()).unwrap();
+        // A category the previous transformer never saw.
+        let mut a = labels(&t, 0).clone();
+        a[0] = "E".into();
+        let changed = Table::new(vec![Column::categorical("a", a), t.columns[1].clone(), t.columns[2].clone()]).unwrap();
+        let model = Ctgan::fit_warm(&changed, None, small(1, 1), &Device::flex(), Some(&previous)).unwrap();
+        assert!(!model.warm_started());
+        // Other dimensions.
+        let wider = CtganConfig { generator: vec![64, 64, 64], ..small(1, 1) };
+        assert!(!Ctgan::fit_warm(&t, None, wider, &Device::flex(), Some(&previous)).unwrap().warm_started());
+    }
+}

@@ -146,6 +146,8 @@ mod generator {
 mod persistence {
     use super::*;
     use gent::nn::{Generator, weights};
+    use burn::module::Module;
+    use gent::nn::weights::Precision;
 
     #[test]
     fn weights_round_trip_through_bytes_and_refuse_the_wrong_shape() {
@@ -156,11 +158,32 @@ mod persistence {
             tensor((0..24).map(|_| rng.random_range(-1.0f32..1.0)).collect(), [4, 6], &device)
         };
         let expected = values(trained.forward(x()));
-        let bytes = weights::to_bytes(trained).unwrap();
+        let bytes = weights::to_bytes(trained.clone(), Precision::F32).unwrap();
         assert!(bytes.len() > 4 * (6 * 16 + 22 * 16 + 38 * 8), "{} bytes", bytes.len());
         let loaded = weights::from_bytes(Generator::new(6, &[16, 16], 8, 99, &device), &bytes).unwrap();
         assert_eq!(values(loaded.forward(x())), expected);
         assert!(weights::from_bytes(Generator::new(6, &[16, 32], 8, 1, &device), &bytes).is_err());
         assert!(weights::from_bytes(Generator::new(6, &[16, 16], 8, 1, &device), &bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn half_precision_weights_take_half_the_bytes_and_load_back_close() {
+        let device = Device::flex();
+        let trained = Generator::new(6, &[64, 64], 8, 1, &device).valid();
+        let x = || {
+            let mut rng = StdRng::seed_from_u64(4);
+            tensor((0..24).map(|_| rng.random_range(-1.0f32..1.0)).collect(), [4, 6], &device)
+        };
+        let expected = values(trained.forward(x()));
+        let full = weights::to_bytes(trained.clone(), Precision::F32).unwrap();
+        let half = weights::to_bytes(trained, Precision::F16).unwrap();
+        let ratio = half.len() as f64 / full.len() as f64;
+        assert!(ratio < 0.6, "f16 record is {ratio:.2} of the f32 one");
+        let loaded = weights::from_bytes(Generator::new(6, &[64, 64], 8, 99, &device).valid(), &half).unwrap();
+        let got = values(loaded.forward(x()));
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() <= 1e-2 * (1.0 + e.abs()), "{g} vs {e}");
+        }
+        assert_ne!(got, expected, "f16 rounding should show");
     }
 }

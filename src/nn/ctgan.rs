@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use super::critic::{Critic, DropoutMasks};
 use super::generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, conditional_loss};
+use super::weights::{self, Precision, WeightsError};
 use crate::tabular::{ColumnTransform, ConditionalSampler, OutputSpan, Table, TabularError, Transformer};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,24 @@ pub enum CtganError {
     Table(#[from] TabularError),
     #[error("context has {got} values, expected {rows} rows × {width}")]
     Context { got: usize, rows: usize, width: usize },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("stored CTGAN model: {0}")]
+    Stored(String),
+}
+
+/// Version of the stored model layout ([`Ctgan::to_bytes`]); bumped on any change.
+pub const MODEL_FORMAT: u32 = 1;
+
+/// What sampling needs, as stored: everything but the training data.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    format: u32,
+    config: CtganConfig,
+    transformer: Transformer,
+    counts: Vec<Vec<u64>>,
+    context_width: usize,
+    generator: Vec<u8>,
 }
 
 /// Dimensions and schedule; the defaults are CTGAN's.
@@ -91,9 +110,12 @@ pub struct Ctgan {
     pub config: CtganConfig,
     pub transformer: Transformer,
     generator: Generator,
+    /// The critic at the end of training, kept in memory for warm starts (not stored).
+    critic: Option<Critic>,
     sampler: ConditionalSampler,
     context_width: usize,
     device: Device,
+    warm_started: bool,
 }
 
 fn noise_normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -218,6 +240,21 @@ impl Trainer<'_> {
 impl Ctgan {
     /// Fits the transformer and trains the networks on `table`.
     pub fn fit(table: &Table, context: Option<Context<'_>>, config: CtganConfig, device: &Device) -> Result<Self, CtganError> {
+        Self::fit_warm(table, context, config, device, None)
+    }
+
+    /// Like [`Ctgan::fit`], but starts from `previous`'s transformer and
+    /// weights when they fit this table (same columns, every category known,
+    /// same dimensions and context width): rolling windows of one system then
+    /// need far fewer epochs. When they do not fit, training starts fresh and
+    /// says why in the log; [`Ctgan::warm_started`] tells which happened.
+    pub fn fit_warm(
+        table: &Table,
+        context: Option<Context<'_>>,
+        config: CtganConfig,
+        device: &Device,
+        previous: Option<&Ctgan>,
+    ) -> Result<Self, CtganError> {
         config.validate()?;
         let rows = table.rows();
         if let Some(ctx) = context {
@@ -225,13 +262,26 @@ impl Ctgan {
                 return Err(CtganError::Context { got: ctx.values.len(), rows, width: ctx.width });
             }
         }
-        let transformer = Transformer::fit(table, config.seed)?;
-        let encoded = transformer.transform(table, config.seed)?;
+        let context_width = context.map_or(0, |c| c.width);
+        let warm = previous.and_then(|p| match p.warm_start_fits(table, &config, context_width) {
+            Ok(encoded) => Some((p, encoded)),
+            Err(reason) => {
+                tracing::info!(%reason, "ctgan warm start not possible, training from scratch");
+                None
+            }
+        });
+        let (transformer, encoded) = match &warm {
+            Some((p, encoded)) => (p.transformer.clone(), encoded.clone()),
+            None => {
+                let transformer = Transformer::fit(table, config.seed)?;
+                let encoded = transformer.transform(table, config.seed)?;
+                (transformer, encoded)
+            }
+        };
         let width = transformer.width();
         let sampler = ConditionalSampler::new(&transformer, &encoded);
         let spans: Vec<OutputSpan> = transformer.output_spans();
         let discrete = discrete_spans(&transformer, &sampler);
-        let context_width = context.map_or(0, |c| c.width);
         let train_device = device.clone().autodiff();
         let real_all = tensor(encoded, rows, width, &train_device);
 
@@ -245,6 +295,12 @@ impl Ctgan {
         );
         let mut critic =
             Critic::new(width + cond_width + context_width, config.pac, &config.critic, config.seed ^ 0xc817, &train_device);
+        if let Some((p, _)) = &warm {
+            generator = weights::from_bytes(generator, &weights::to_bytes(p.generator.clone(), Precision::F32)?)?;
+            if let Some(previous_critic) = &p.critic {
+                critic = weights::from_bytes(critic, &weights::to_bytes(previous_critic.clone(), Precision::F32)?)?;
+            }
+        }
         let adam = || {
             AdamConfig::new()
                 .with_beta_1(0.5)
@@ -302,7 +358,82 @@ impl Ctgan {
             progress.epoch(epoch, last_g, last_d);
         }
         progress.finish();
-        Ok(Ctgan { config, transformer, generator: generator.valid(), sampler, context_width, device: device.clone() })
+        Ok(Ctgan {
+            config,
+            transformer,
+            generator: generator.valid(),
+            critic: Some(critic.valid()),
+            sampler,
+            context_width,
+            device: device.clone(),
+            warm_started: warm.is_some(),
+        })
+    }
+
+    /// Whether training started from a previous model's weights.
+    pub fn warm_started(&self) -> bool {
+        self.warm_started
+    }
+
+    /// The encoded table when this model can warm-start training on it, or why not.
+    fn warm_start_fits(&self, table: &Table, config: &CtganConfig, context_width: usize) -> Result<Vec<f32>, String> {
+        let same_shape = config.embedding == self.config.embedding
+            && config.generator == self.config.generator
+            && config.critic == self.config.critic
+            && config.pac == self.config.pac;
+        if !same_shape {
+            return Err("network dimensions differ from the previous model's".into());
+        }
+        if context_width != self.context_width {
+            return Err(format!("context width {context_width}, previous model {}", self.context_width));
+        }
+        let names = table.columns.iter().map(|c| c.name.as_str());
+        if !names.eq(self.transformer.columns.iter().map(ColumnTransform::name)) {
+            return Err("the table's columns differ from the previous model's".into());
+        }
+        self.transformer.transform(table, config.seed).map_err(|e| e.to_string())
+    }
+
+    /// The model as bytes (format [`MODEL_FORMAT`]): configuration, column
+    /// transformer, category counts and generator weights at `precision`;
+    /// everything [`Ctgan::sample`] needs, nothing of the training data.
+    pub fn to_bytes(&self, precision: Precision) -> Result<Vec<u8>, CtganError> {
+        let stored = Stored {
+            format: MODEL_FORMAT,
+            config: self.config.clone(),
+            transformer: self.transformer.clone(),
+            counts: self.sampler.counts(),
+            context_width: self.context_width,
+            generator: weights::to_bytes(self.generator.clone(), precision)?,
+        };
+        postcard::to_stdvec(&stored).map_err(|e| CtganError::Stored(format!("cannot encode: {e}")))
+    }
+
+    /// A model stored by [`Ctgan::to_bytes`], ready to sample on `device`.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, CtganError> {
+        let stored: Stored = postcard::from_bytes(bytes).map_err(|e| CtganError::Stored(format!("does not decode: {e}")))?;
+        if stored.format != MODEL_FORMAT {
+            return Err(CtganError::Stored(format!(
+                "format {} is not the supported format {MODEL_FORMAT}",
+                stored.format
+            )));
+        }
+        stored.config.validate()?;
+        let sampler = ConditionalSampler::from_counts(&stored.transformer, stored.counts)
+            .ok_or_else(|| CtganError::Stored("category counts do not fit the column transformer".into()))?;
+        let input = stored.config.embedding + sampler.cond_width() + stored.context_width;
+        let template = Generator::new(input, &stored.config.generator, stored.transformer.width(), 0, device).valid();
+        let generator = weights::from_bytes(template, &stored.generator)?;
+        Ok(Ctgan {
+            config: stored.config,
+            transformer: stored.transformer,
+            generator,
+            critic: None,
+            sampler,
+            context_width: stored.context_width,
+            device: device.clone(),
+            warm_started: false,
+        })
     }
 
     /// Generates `rows` rows; conditions follow the real category frequencies.

@@ -28,7 +28,9 @@ struct Discrete {
     log_cdf: Vec<f64>,
     /// Cumulative empirical probabilities, for generation.
     cdf: Vec<f64>,
-    /// Rows holding each category.
+    /// Rows of the training data per category (kept, so it can be stored).
+    counts: Vec<u64>,
+    /// Rows holding each category (empty in a sampler built from counts).
     rows: Vec<Vec<usize>>,
 }
 
@@ -57,8 +59,8 @@ impl ConditionalSampler {
     pub fn new(transformer: &Transformer, data: &[f32]) -> Self {
         let width = transformer.width();
         let rows = data.len() / width.max(1);
-        let mut discrete = Vec::new();
-        let (mut data_offset, mut cond_offset) = (0, 0);
+        let mut by_column = Vec::new();
+        let mut data_offset = 0;
         for column in &transformer.columns {
             if let ColumnTransform::Categorical { categories, .. } = column {
                 let mut by_category = vec![Vec::new(); categories.len()];
@@ -68,19 +70,56 @@ impl ConditionalSampler {
                         by_category[j].push(r);
                     }
                 }
-                let counts: Vec<f64> = by_category.iter().map(|r| r.len() as f64).collect();
+                by_column.push(by_category);
+            }
+            data_offset += column.width();
+        }
+        Self::build(transformer, by_column.iter().map(|c| c.iter().map(|r| r.len() as u64).collect()).collect(), by_column)
+    }
+
+    /// A sampler for generation only, from the category counts of the training
+    /// data (what [`ConditionalSampler::counts`] returned). `None` when the
+    /// counts do not fit the transformer's categorical columns.
+    pub fn from_counts(transformer: &Transformer, counts: Vec<Vec<u64>>) -> Option<Self> {
+        let widths: Vec<usize> = transformer
+            .columns
+            .iter()
+            .filter_map(|c| match c {
+                ColumnTransform::Categorical { categories, .. } => Some(categories.len()),
+                _ => None,
+            })
+            .collect();
+        let fits = widths.len() == counts.len()
+            && widths.iter().zip(&counts).all(|(&w, c)| w == c.len() && c.iter().any(|&n| n > 0));
+        fits.then(|| Self::build(transformer, counts, Vec::new()))
+    }
+
+    fn build(transformer: &Transformer, counts: Vec<Vec<u64>>, mut rows: Vec<Vec<Vec<usize>>>) -> Self {
+        rows.resize(counts.len(), Vec::new());
+        let mut discrete = Vec::with_capacity(counts.len());
+        let (mut data_offset, mut cond_offset, mut k) = (0, 0, 0);
+        for column in &transformer.columns {
+            if let ColumnTransform::Categorical { categories, .. } = column {
+                let n = &counts[k];
                 discrete.push(Discrete {
                     data_offset,
                     cond_offset,
-                    log_cdf: cumulative(counts.iter().map(|&c| (c + 1.0).ln())),
-                    cdf: cumulative(counts.iter().copied()),
-                    rows: by_category,
+                    log_cdf: cumulative(n.iter().map(|&c| (c as f64 + 1.0).ln())),
+                    cdf: cumulative(n.iter().map(|&c| c as f64)),
+                    counts: n.clone(),
+                    rows: std::mem::take(&mut rows[k]),
                 });
                 cond_offset += categories.len();
+                k += 1;
             }
             data_offset += column.width();
         }
         ConditionalSampler { discrete, cond_width: cond_offset }
+    }
+
+    /// Rows per category of every categorical column, in column order.
+    pub fn counts(&self) -> Vec<Vec<u64>> {
+        self.discrete.iter().map(|d| d.counts.clone()).collect()
     }
 
     /// Width of the conditional vector (0 without categorical columns).
@@ -129,7 +168,7 @@ impl ConditionalSampler {
     /// A real row holding category `category` of categorical column `column`
     /// (any row when no row does, which only unseen data could cause).
     pub fn sample_row(&self, column: usize, category: usize, rows: usize, rng: &mut impl Rng) -> usize {
-        let candidates = &self.discrete[column].rows[category];
+        let candidates = self.discrete[column].rows.get(category).map_or(&[][..], |r| &r[..]);
         if candidates.is_empty() {
             rng.random_range(0..rows)
         } else {
