@@ -5,13 +5,16 @@
 //! canonical topology, and leave through the writers in [`io`] or a window sink.
 //! [`compressor`] wires the daemon together; [`metrics`] holds every `gent_`
 //! metric; [`replay`] sends recorded traces as live load; [`tabular`] encodes
-//! tables for the CTGAN generators.
+//! tables for the CTGAN generators, [`nn`] holds the networks; [`gent`] the
+//! Gen-T model of a window and [`packet`] its self-contained byte form.
 
 pub mod compressor;
 pub mod config;
+pub mod gent;
 pub mod io;
 pub mod metrics;
 pub mod nn;
+pub mod packet;
 pub mod receiver;
 pub mod replay;
 pub mod tabular;

@@ -1,0 +1,171 @@
+//! The topology histogram H of Gen-T (§3.1, step 1): every distinct topology
+//! of a window with the exact number of traces that had it.
+//!
+//! A topology is stored as its nodes in canonical pre-order (roots in canonical
+//! order, each followed by its subtrees, children in the canonical order of
+//! [`TraceGraph`]), each node a label index and the index of its parent. Labels
+//! (service, span name) are interned once for the whole histogram. Because the
+//! order is canonical, the node `k` of two traces with one topology plays the
+//! same part in both, which is what lets per-node features line up for training.
+
+use std::collections::HashMap;
+
+use crate::trace::{Trace, TraceGraph};
+
+/// A node label: the service and the span name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Label {
+    pub service: String,
+    pub name: String,
+}
+
+/// One topology: nodes in canonical pre-order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Topology {
+    /// Index into [`TopologyHistogram::labels`] per node.
+    pub labels: Vec<u32>,
+    /// Parent node per node, `None` for roots; a parent always precedes its children.
+    pub parents: Vec<Option<u32>>,
+}
+
+impl Topology {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn roots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.parents.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(i, _)| i)
+    }
+
+    /// Children of every node, in canonical order.
+    pub fn children(&self) -> Vec<Vec<usize>> {
+        let mut children = vec![Vec::new(); self.len()];
+        for (i, p) in self.parents.iter().enumerate() {
+            if let Some(p) = p {
+                children[*p as usize].push(i);
+            }
+        }
+        children
+    }
+
+    /// Edges (parent, child) in pre-order of the child.
+    pub fn edges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.parents.iter().enumerate().filter_map(|(i, p)| p.map(|p| (p as usize, i)))
+    }
+
+    /// Chains of at most `chain_length` nodes covering every edge exactly once,
+    /// each headed by a root or a node of an earlier chain (the same
+    /// decomposition as [`TraceGraph::chains`], on canonical node indices).
+    pub fn chains(&self, chain_length: usize) -> Vec<Vec<usize>> {
+        let chain_length = chain_length.max(2);
+        let children = self.children();
+        let mut chains = Vec::new();
+        let mut pending: std::collections::VecDeque<(usize, usize)> =
+            self.roots().flat_map(|r| (0..children[r].len()).map(move |k| (r, k))).collect();
+        while let Some((head, k)) = pending.pop_front() {
+            let mut chain = vec![head];
+            let mut node = children[head][k];
+            loop {
+                chain.push(node);
+                let kids = &children[node];
+                let continues = chain.len() < chain_length && !kids.is_empty();
+                pending.extend((usize::from(continues)..kids.len()).map(|j| (node, j)));
+                if !continues {
+                    break;
+                }
+                node = kids[0];
+            }
+            chains.push(chain);
+        }
+        chains
+    }
+}
+
+/// Where one trace landed in the histogram: its topology and, per canonical
+/// node, the index of the span in `trace.spans`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub topology: usize,
+    pub spans: Vec<usize>,
+}
+
+/// The histogram: distinct topologies (in order of first appearance) and their counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopologyHistogram {
+    pub labels: Vec<Label>,
+    pub topologies: Vec<Topology>,
+    pub counts: Vec<u32>,
+}
+
+impl TopologyHistogram {
+    /// Counts the topologies of `traces`; also returns where each trace landed.
+    pub fn build(traces: &[Trace]) -> (Self, Vec<Placement>) {
+        let mut histogram = TopologyHistogram::default();
+        let mut label_index: HashMap<Label, u32> = HashMap::new();
+        let mut by_shape: HashMap<Topology, usize> = HashMap::new();
+        let mut placements = Vec::with_capacity(traces.len());
+        for trace in traces {
+            let graph = TraceGraph::build(trace);
+            let order = canonical_preorder(&graph);
+            let mut position = vec![u32::MAX; graph.len()];
+            for (k, &i) in order.iter().enumerate() {
+                position[i] = k as u32;
+            }
+            let mut labels = Vec::with_capacity(order.len());
+            for &i in &order {
+                let span = &trace.spans[i];
+                let label = Label { service: span.service().to_string(), name: span.name.clone() };
+                let next = label_index.len() as u32;
+                labels.push(*label_index.entry(label.clone()).or_insert_with(|| {
+                    histogram.labels.push(label);
+                    next
+                }));
+            }
+            let parents = order.iter().map(|&i| graph.parent(i).map(|p| position[p])).collect();
+            let topology = Topology { labels, parents };
+            let index = *by_shape.entry(topology.clone()).or_insert_with(|| {
+                histogram.topologies.push(topology);
+                histogram.counts.push(0);
+                histogram.topologies.len() - 1
+            });
+            histogram.counts[index] += 1;
+            placements.push(Placement { topology: index, spans: order });
+        }
+        (histogram, placements)
+    }
+
+    /// Number of traces counted.
+    pub fn traces(&self) -> u64 {
+        self.counts.iter().map(|&c| u64::from(c)).sum()
+    }
+
+    /// Number of spans in the counted traces.
+    pub fn spans(&self) -> u64 {
+        self.topologies.iter().zip(&self.counts).map(|(t, &c)| t.len() as u64 * u64::from(c)).sum()
+    }
+
+    /// The topology index of every trace to regenerate: each topology exactly
+    /// as many times as it was counted, in histogram order.
+    pub fn expand(&self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.traces() as usize);
+        for (i, &c) in self.counts.iter().enumerate() {
+            out.extend(std::iter::repeat_n(i, c as usize));
+        }
+        out
+    }
+}
+
+/// Nodes of `graph` in canonical pre-order, iteratively (traces can be deep).
+fn canonical_preorder(graph: &TraceGraph) -> Vec<usize> {
+    let mut order = Vec::with_capacity(graph.len());
+    let mut stack: Vec<usize> = graph.roots().iter().rev().copied().collect();
+    while let Some(node) = stack.pop() {
+        order.push(node);
+        stack.extend(graph.children(node).iter().rev());
+    }
+    order
+}
