@@ -1,7 +1,13 @@
 //! The Gen-T model of a window (DESIGN.md, "Gen-T model"). `topology` holds
 //! the topology histogram H, exact counts of every topology with its nodes in
-//! canonical order, and the chain decomposition C_G is trained on.
+//! canonical order, and the chain decomposition; `tables` one tabular
+//! generator (a CTGAN plus the columns that are constant); `model` training
+//! T_G, R_G and C_G on a window and regenerating its traces.
 
+mod model;
+mod tables;
 mod topology;
 
+pub use model::{GenTConfig, ModelError, Repairs, StoredWindowModel, WindowModel};
+pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use topology::{Label, Placement, Topology, TopologyHistogram};

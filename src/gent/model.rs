@@ -1,0 +1,557 @@
+//! Training a window's Gen-T model and regenerating traces from it (Gen-T
+//! §3.1). Features are in microseconds. Per trace: the start offset within the
+//! window (T_G). Per root: its offset from the trace start, duration, status
+//! and kind (R_G). Per chain (DESIGN.md item 5): the gap from the parent,
+//! duration, status and kind of every node after the head (C_G), conditioned
+//! on the head's metadata. Every generator is conditioned on the topology
+//! (one-hot topology id here; the GCN embedding comes next) and on the labels
+//! of the nodes it fills, which the topology fixes.
+//!
+//! Generation reproduces the histogram exactly, fills roots, then chains in
+//! rounds (a chain's head is always filled in an earlier round), batching
+//! every trace's chains of a round into one CTGAN call.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use burn::tensor::Device;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::tables::{StoredTableModel, TableModel};
+use super::topology::{Placement, Topology, TopologyHistogram};
+use crate::nn::weights::Precision;
+use crate::nn::{Context, CtganConfig, CtganError};
+use crate::tabular::{Column, ColumnData, Table};
+use crate::trace::{Resource, Scope, Span, SpanKind, Status, StatusCode, Trace};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("the window holds no traces")]
+    Empty,
+    #[error("invalid Gen-T configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Ctgan(#[from] CtganError),
+    #[error("stored model is inconsistent: {0}")]
+    Stored(String),
+}
+
+/// Padding label for chain positions a short chain does not have.
+const PAD: &str = "-";
+const STATUSES: [StatusCode; 3] = [StatusCode::Unset, StatusCode::Ok, StatusCode::Error];
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenTConfig {
+    /// Most nodes per chain, head included (≥ 2).
+    pub chain_length: usize,
+    /// CTGAN settings shared by T_G, R_G and C_G (Gen-T: one residual layer of
+    /// 128, a critic of 128, 10 epochs).
+    pub ctgan: CtganConfig,
+}
+
+impl Default for GenTConfig {
+    fn default() -> Self {
+        GenTConfig {
+            chain_length: 3,
+            ctgan: CtganConfig { generator: vec![128], critic: vec![128], epochs: 10, ..CtganConfig::default() },
+        }
+    }
+}
+
+/// Counts of corrections made while regenerating, reported as quality figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Repairs {
+    /// Start offsets outside the window, clamped into it.
+    pub start_clamped: u64,
+    /// Negative gaps (a child before its parent) set to zero.
+    pub gap_clamped: u64,
+    /// Children ending after a parent they always lay within in the data, moved
+    /// and shortened to fit inside it.
+    pub end_clamped: u64,
+    /// Chain nodes already filled by an earlier chain (first value kept).
+    pub merges: u64,
+}
+
+/// One window's model.
+pub struct WindowModel {
+    pub window_start: u64,
+    pub window_end: u64,
+    pub histogram: TopologyHistogram,
+    pub chain_length: usize,
+    /// (parent label, child label) pairs whose children always lay inside their parent.
+    nested: Vec<(u32, u32)>,
+    start: TableModel,
+    roots: TableModel,
+    chains: TableModel,
+}
+
+/// [`WindowModel`] as it goes into a packet.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredWindowModel {
+    pub window_start: u64,
+    pub window_end: u64,
+    pub histogram: TopologyHistogram,
+    pub chain_length: usize,
+    nested: Vec<(u32, u32)>,
+    start: StoredTableModel,
+    roots: StoredTableModel,
+    chains: StoredTableModel,
+}
+
+/// The context vectors of a table, row-major.
+struct Contexts {
+    values: Vec<f32>,
+    width: usize,
+}
+
+impl Contexts {
+    fn new(width: usize) -> Self {
+        Contexts { values: Vec::new(), width }
+    }
+
+    fn get(&self) -> Option<Context<'_>> {
+        (self.width > 0).then_some(Context { values: &self.values, width: self.width })
+    }
+}
+
+/// How rows are conditioned; fixed by the histogram, so training and
+/// generation build identical vectors.
+struct Conditioning<'a> {
+    histogram: &'a TopologyHistogram,
+    chain_length: usize,
+    window_us: f64,
+}
+
+impl Conditioning<'_> {
+    fn topologies(&self) -> usize {
+        self.histogram.topologies.len()
+    }
+
+    fn labels(&self) -> usize {
+        self.histogram.labels.len()
+    }
+
+    fn start_width(&self) -> usize {
+        self.topologies()
+    }
+
+    fn root_width(&self) -> usize {
+        self.topologies() + self.labels() + 1
+    }
+
+    fn chain_width(&self) -> usize {
+        self.topologies() + self.chain_length * self.labels() + 1 + STATUSES.len() + SpanKind::ALL.len() + 1
+    }
+
+    fn one_hot(out: &mut Vec<f32>, width: usize, hot: usize) {
+        let at = out.len();
+        out.resize(at + width, 0.0);
+        out[at + hot] = 1.0;
+    }
+
+    fn push_start(&self, out: &mut Vec<f32>, topology: usize) {
+        Self::one_hot(out, self.topologies(), topology);
+    }
+
+    fn push_root(&self, out: &mut Vec<f32>, topology: usize, label: u32, offset_us: f64) {
+        Self::one_hot(out, self.topologies(), topology);
+        Self::one_hot(out, self.labels(), label as usize);
+        out.push((offset_us / self.window_us) as f32);
+    }
+
+    fn push_chain(&self, out: &mut Vec<f32>, topology: &Topology, t: usize, chain: &[usize], head: &Meta, offset_us: f64) {
+        Self::one_hot(out, self.topologies(), t);
+        for p in 0..self.chain_length {
+            let at = out.len();
+            out.resize(at + self.labels(), 0.0);
+            if let Some(&node) = chain.get(p) {
+                out[at + topology.labels[node] as usize] = 1.0;
+            }
+        }
+        out.push((head.duration_us.ln_1p() / 16.0) as f32);
+        Self::one_hot(out, STATUSES.len(), STATUSES.iter().position(|&s| s == head.status).unwrap_or(0));
+        Self::one_hot(out, SpanKind::ALL.len(), head.kind as usize);
+        out.push((offset_us / self.window_us) as f32);
+    }
+}
+
+/// What the model fills in for one node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Meta {
+    gap_us: f64,
+    duration_us: f64,
+    status: StatusCode,
+    kind: SpanKind,
+}
+
+fn status_label(s: StatusCode) -> String {
+    s.as_str().to_string()
+}
+
+fn parse_status(s: &str) -> StatusCode {
+    STATUSES.into_iter().find(|c| c.as_str() == s).unwrap_or_default()
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1e3
+}
+
+/// Chains of every topology and the round each is generated in.
+fn chain_plan(topology: &Topology, chain_length: usize) -> Vec<(usize, Vec<usize>)> {
+    let chains = topology.chains(chain_length);
+    let mut round_filled = vec![0usize; topology.len()];
+    let mut out = Vec::with_capacity(chains.len());
+    for chain in chains {
+        let round = if topology.parents[chain[0]].is_none() { 0 } else { round_filled[chain[0]] + 1 };
+        for &n in &chain[1..] {
+            round_filled[n] = round;
+        }
+        out.push((round, chain));
+    }
+    out
+}
+
+/// The columns of a node's metadata, for position `p` of a table.
+fn meta_columns(prefix: &str, metas: &[Option<Meta>], with_gap: bool) -> Vec<Column> {
+    let mut columns = Vec::with_capacity(4);
+    if with_gap {
+        columns.push(Column::continuous(
+            &format!("{prefix}gap_us"),
+            metas.iter().map(|m| m.map_or(0.0, |m| m.gap_us.max(0.0))).collect(),
+            true,
+        ));
+    }
+    columns.push(Column::continuous(
+        &format!("{prefix}duration_us"),
+        metas.iter().map(|m| m.map_or(0.0, |m| m.duration_us)).collect(),
+        true,
+    ));
+    columns.push(Column::categorical(
+        &format!("{prefix}status"),
+        metas.iter().map(|m| m.map_or(PAD.to_string(), |m| status_label(m.status))).collect(),
+    ));
+    columns.push(Column::categorical(
+        &format!("{prefix}kind"),
+        metas.iter().map(|m| m.map_or(PAD.to_string(), |m| m.kind.as_str().to_string())).collect(),
+    ));
+    columns
+}
+
+fn read_meta(table: &Table, first: usize, row: usize, with_gap: bool) -> Meta {
+    let number = |i: usize| match &table.columns[i].data {
+        ColumnData::Continuous { values, .. } => values[row],
+        ColumnData::Categorical(_) => 0.0,
+    };
+    let label = |i: usize| match &table.columns[i].data {
+        ColumnData::Categorical(values) => values[row].as_str(),
+        ColumnData::Continuous { .. } => PAD,
+    };
+    let (gap_us, rest) = if with_gap { (number(first), first + 1) } else { (0.0, first) };
+    Meta {
+        gap_us,
+        duration_us: number(rest).max(0.0),
+        status: parse_status(label(rest + 1)),
+        kind: SpanKind::parse(label(rest + 2)).unwrap_or_default(),
+    }
+}
+
+impl WindowModel {
+    /// Learns the model of `traces` (one window).
+    pub fn train(traces: &[Trace], config: &GenTConfig, device: &Device, previous: Option<&WindowModel>) -> Result<Self, ModelError> {
+        if traces.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        if config.chain_length < 2 {
+            return Err(ModelError::Config(format!("chain_length must be at least 2, got {}", config.chain_length)));
+        }
+        let window_start = traces.iter().map(Trace::start).min().unwrap_or(0);
+        let window_end = traces.iter().map(Trace::end).max().unwrap_or(window_start).max(window_start + 1);
+        let (histogram, placements) = TopologyHistogram::build(traces);
+        let cond = Conditioning { histogram: &histogram, chain_length: config.chain_length, window_us: us(window_end - window_start) };
+        let metas: Vec<Vec<Meta>> = traces.iter().zip(&placements).map(|(t, p)| node_metas(t, p, &histogram)).collect();
+
+        // T_G: start offsets.
+        let mut ctx = Contexts::new(cond.start_width());
+        let mut offsets = Vec::with_capacity(traces.len());
+        for (trace, placement) in traces.iter().zip(&placements) {
+            cond.push_start(&mut ctx.values, placement.topology);
+            offsets.push(us(trace.start() - window_start));
+        }
+        let start_columns = vec![Column::continuous("start_us", offsets.clone(), false)];
+        let start = TableModel::fit(start_columns, ctx.get(), config.ctgan.clone(), device, None)?;
+
+        // R_G: roots.
+        let mut ctx = Contexts::new(cond.root_width());
+        let mut root_metas = Vec::new();
+        for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
+            let topology = &histogram.topologies[placement.topology];
+            for r in topology.roots() {
+                cond.push_root(&mut ctx.values, placement.topology, topology.labels[r], offset);
+                root_metas.push(Some(meta[r]));
+            }
+        }
+        let roots = TableModel::fit(
+            meta_columns("", &root_metas, true),
+            ctx.get(),
+            config.ctgan.clone(),
+            device,
+            previous.map(|p| &p.roots),
+        )?;
+
+        // C_G: chains.
+        let plans: Vec<Vec<(usize, Vec<usize>)>> =
+            histogram.topologies.iter().map(|t| chain_plan(t, config.chain_length)).collect();
+        let mut ctx = Contexts::new(cond.chain_width());
+        let mut positions: Vec<Vec<Option<Meta>>> = vec![Vec::new(); config.chain_length - 1];
+        for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
+            let topology = &histogram.topologies[placement.topology];
+            for (_, chain) in &plans[placement.topology] {
+                cond.push_chain(&mut ctx.values, topology, placement.topology, chain, &meta[chain[0]], offset);
+                for (p, column) in positions.iter_mut().enumerate() {
+                    column.push(chain.get(p + 1).map(|&n| meta[n]));
+                }
+            }
+        }
+        let chain_columns = positions.iter().enumerate().flat_map(|(p, m)| meta_columns(&format!("n{}_", p + 1), m, true)).collect();
+        let chains = TableModel::fit(chain_columns, ctx.get(), config.ctgan.clone(), device, previous.map(|p| &p.chains))?;
+
+        let nested = nested_pairs(traces, &placements, &histogram);
+        Ok(WindowModel { window_start, window_end, histogram, chain_length: config.chain_length, nested, start, roots, chains })
+    }
+
+    /// Whether R_G and C_G started from the previous window's weights.
+    pub fn warm_started(&self) -> (bool, bool) {
+        (self.roots.warm_started(), self.chains.warm_started())
+    }
+
+    pub fn to_stored(&self, precision: Precision) -> Result<StoredWindowModel, ModelError> {
+        Ok(StoredWindowModel {
+            window_start: self.window_start,
+            window_end: self.window_end,
+            histogram: self.histogram.clone(),
+            chain_length: self.chain_length,
+            nested: self.nested.clone(),
+            start: self.start.to_stored(precision)?,
+            roots: self.roots.to_stored(precision)?,
+            chains: self.chains.to_stored(precision)?,
+        })
+    }
+
+    pub fn from_stored(stored: StoredWindowModel, device: &Device) -> Result<Self, ModelError> {
+        let h = &stored.histogram;
+        if h.topologies.len() != h.counts.len() {
+            return Err(ModelError::Stored("topology and count lists differ in length".into()));
+        }
+        for t in &h.topologies {
+            let well_formed = t.labels.len() == t.parents.len()
+                && t.labels.iter().all(|&l| (l as usize) < h.labels.len())
+                && t.parents.iter().enumerate().all(|(i, p)| p.is_none_or(|p| (p as usize) < i));
+            if !well_formed {
+                return Err(ModelError::Stored("a topology names a missing label or a parent after its child".into()));
+            }
+        }
+        if stored.chain_length < 2 || stored.window_end <= stored.window_start {
+            return Err(ModelError::Stored("chain length or window range out of range".into()));
+        }
+        Ok(WindowModel {
+            window_start: stored.window_start,
+            window_end: stored.window_end,
+            chain_length: stored.chain_length,
+            nested: stored.nested,
+            start: TableModel::from_stored(stored.start, device)?,
+            roots: TableModel::from_stored(stored.roots, device)?,
+            chains: TableModel::from_stored(stored.chains, device)?,
+            histogram: stored.histogram,
+        })
+    }
+
+    /// Regenerates the window: every topology as often as it was counted,
+    /// fresh ids, timestamps inside the window. Same model and seed, same traces.
+    pub fn generate(&self, seed: u64) -> Result<(Vec<Trace>, Repairs), ModelError> {
+        let h = &self.histogram;
+        let cond = Conditioning { histogram: h, chain_length: self.chain_length, window_us: us(self.window_end - self.window_start) };
+        let mut repairs = Repairs::default();
+        let order = h.expand();
+        let n = order.len();
+
+        // T_G.
+        let mut ctx = Contexts::new(cond.start_width());
+        for &t in &order {
+            cond.push_start(&mut ctx.values, t);
+        }
+        let table = self.start.sample(n, ctx.get(), seed ^ 0x5151)?;
+        let window_us = cond.window_us;
+        let offsets: Vec<f64> = match &table.columns[0].data {
+            ColumnData::Continuous { values, .. } => values
+                .iter()
+                .map(|&v| {
+                    let clamped = v.clamp(0.0, window_us);
+                    repairs.start_clamped += u64::from(clamped != v);
+                    clamped
+                })
+                .collect(),
+            ColumnData::Categorical(_) => vec![0.0; n],
+        };
+
+        // R_G.
+        let mut metas: Vec<Vec<Option<Meta>>> = order.iter().map(|&t| vec![None; h.topologies[t].len()]).collect();
+        let mut ctx = Contexts::new(cond.root_width());
+        let mut slots = Vec::new();
+        for (i, &t) in order.iter().enumerate() {
+            let topology = &h.topologies[t];
+            for r in topology.roots() {
+                cond.push_root(&mut ctx.values, t, topology.labels[r], offsets[i]);
+                slots.push((i, r));
+            }
+        }
+        let table = self.roots.sample(slots.len(), ctx.get(), seed ^ 0x7272)?;
+        for (row, &(i, r)) in slots.iter().enumerate() {
+            metas[i][r] = Some(read_meta(&table, 0, row, true));
+        }
+
+        // C_G, round by round.
+        let plans: Vec<Vec<(usize, Vec<usize>)>> = h.topologies.iter().map(|t| chain_plan(t, self.chain_length)).collect();
+        let rounds = plans.iter().flatten().map(|(r, _)| r + 1).max().unwrap_or(0);
+        for round in 0..rounds {
+            let mut ctx = Contexts::new(cond.chain_width());
+            let mut slots = Vec::new();
+            for (i, &t) in order.iter().enumerate() {
+                for (r, chain) in &plans[t] {
+                    if *r == round {
+                        let head = metas[i][chain[0]].unwrap_or(Meta { gap_us: 0.0, duration_us: 0.0, status: StatusCode::Unset, kind: SpanKind::Unspecified });
+                        cond.push_chain(&mut ctx.values, &h.topologies[t], t, chain, &head, offsets[i]);
+                        slots.push((i, chain));
+                    }
+                }
+            }
+            let table = self.chains.sample(slots.len(), ctx.get(), seed ^ (0x9000 + round as u64))?;
+            for (row, (i, chain)) in slots.iter().enumerate() {
+                for (p, &node) in chain.iter().enumerate().skip(1) {
+                    if metas[*i][node].is_some() {
+                        repairs.merges += 1;
+                        continue;
+                    }
+                    metas[*i][node] = Some(read_meta(&table, (p - 1) * 4, row, true));
+                }
+            }
+        }
+
+        let nested: HashSet<(u32, u32)> = self.nested.iter().copied().collect();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut resources: HashMap<&str, Arc<Resource>> = HashMap::new();
+        let scope = Arc::new(Scope { name: "gent".into(), version: env!("CARGO_PKG_VERSION").into() });
+        let mut traces = Vec::with_capacity(n);
+        for (i, &t) in order.iter().enumerate() {
+            let topology = &h.topologies[t];
+            let trace_start = self.window_start + (offsets[i] * 1e3) as u64;
+            let trace = self.build_trace(topology, &metas[i], trace_start, &nested, &mut resources, &scope, &mut rng, &mut repairs);
+            traces.push(trace);
+        }
+        traces.sort_by_key(Trace::start);
+        Ok((traces, repairs))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_trace<'a>(
+        &'a self,
+        topology: &Topology,
+        metas: &[Option<Meta>],
+        trace_start: u64,
+        nested: &HashSet<(u32, u32)>,
+        resources: &mut HashMap<&'a str, Arc<Resource>>,
+        scope: &Arc<Scope>,
+        rng: &mut StdRng,
+        repairs: &mut Repairs,
+    ) -> Trace {
+        let trace_id: [u8; 16] = rng.random();
+        let ids: Vec<[u8; 8]> = (0..topology.len()).map(|_| rng.random()).collect();
+        let mut spans: Vec<Span> = Vec::with_capacity(topology.len());
+        let end_limit = self.window_end;
+        for k in 0..topology.len() {
+            let meta = metas[k].unwrap_or(Meta { gap_us: 0.0, duration_us: 0.0, status: StatusCode::Unset, kind: SpanKind::Unspecified });
+            let label = &self.histogram.labels[topology.labels[k] as usize];
+            let parent = topology.parents[k].map(|p| p as usize);
+            if meta.gap_us < 0.0 {
+                repairs.gap_clamped += 1;
+            }
+            let gap = (meta.gap_us.max(0.0) * 1e3) as u64;
+            let base = parent.map_or(trace_start, |p| spans[p].start);
+            let mut start = (base + gap).min(end_limit);
+            let mut end = (start + (meta.duration_us * 1e3) as u64).min(end_limit);
+            if let Some(p) = parent {
+                let pair = (topology.labels[p], topology.labels[k]);
+                if nested.contains(&pair) && end > spans[p].end {
+                    start = start.min(spans[p].end);
+                    end = spans[p].end;
+                    repairs.end_clamped += 1;
+                }
+            }
+            let resource = resources
+                .entry(label.service.as_str())
+                .or_insert_with(|| Resource::new(label.service.clone(), vec![bool_attribute("gent.synthetic", true)]))
+                .clone();
+            spans.push(Span {
+                trace_id,
+                span_id: ids[k],
+                parent_span_id: parent.map(|p| ids[p]),
+                resource,
+                scope: scope.clone(),
+                name: label.name.clone(),
+                kind: meta.kind,
+                status: Status { code: meta.status, message: String::new() },
+                start,
+                end,
+                attributes: Vec::new(),
+                events: Vec::new(),
+                links: Vec::new(),
+            });
+        }
+        spans.sort_by_key(|s| s.start);
+        Trace { trace_id, spans }
+    }
+}
+
+fn bool_attribute(key: &str, value: bool) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::BoolValue(value)) }), ..Default::default() }
+}
+
+/// Each canonical node's metadata; the gap is from the parent (roots: from the trace start).
+fn node_metas(trace: &Trace, placement: &Placement, histogram: &TopologyHistogram) -> Vec<Meta> {
+    let topology = &histogram.topologies[placement.topology];
+    let start = trace.start();
+    placement
+        .spans
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let span = &trace.spans[i];
+            let base = topology.parents[k].map_or(start, |p| trace.spans[placement.spans[p as usize]].start);
+            Meta {
+                gap_us: (span.start as f64 - base as f64) / 1e3,
+                duration_us: us(span.duration()),
+                status: span.status.code,
+                kind: span.kind,
+            }
+        })
+        .collect()
+}
+
+/// Label pairs (parent, child) whose every child lay inside its parent.
+fn nested_pairs(traces: &[Trace], placements: &[Placement], histogram: &TopologyHistogram) -> Vec<(u32, u32)> {
+    let mut inside: HashMap<(u32, u32), bool> = HashMap::new();
+    for (trace, placement) in traces.iter().zip(placements) {
+        let topology = &histogram.topologies[placement.topology];
+        for (p, c) in topology.edges() {
+            let (ps, cs) = (&trace.spans[placement.spans[p]], &trace.spans[placement.spans[c]]);
+            let within = cs.start >= ps.start && cs.end <= ps.end;
+            let entry = inside.entry((topology.labels[p], topology.labels[c])).or_insert(true);
+            *entry &= within;
+        }
+    }
+    let mut pairs: Vec<(u32, u32)> = inside.into_iter().filter(|(_, v)| *v).map(|(k, _)| k).collect();
+    pairs.sort_unstable();
+    pairs
+}
