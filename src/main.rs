@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use gent::config::{CompressorConfig, ConfigError};
+use gent::gent::{GenTConfig, WindowModel};
 use gent::io::{self, Format, IoError, OutputFormat};
+use gent::nn::Backend;
+use gent::nn::weights::Precision;
 use gent::replay::{ReplayOptions, ReplayProtocol};
 use gent::trace::{self, Stats};
 
@@ -57,6 +60,59 @@ enum Command {
         /// YAML configuration (see config/compressor.yaml); built-in defaults without it.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Learn a Gen-T model of the input (one window) and write it as a packet.
+    Train {
+        /// Files or folders of any supported format (gzip accepted).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Packet file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Training epochs of each generator.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Most nodes per chain, head included (at least 2).
+        #[arg(long, default_value_t = 3)]
+        chain_length: usize,
+        /// Seed for training and, by default, for regeneration.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Store weights as f16 (half the size, about three significant digits).
+        #[arg(long)]
+        f16: bool,
+        /// Start R_G and C_G from this earlier packet's weights where they fit.
+        #[arg(long)]
+        warm_start: Option<PathBuf>,
+        /// Compute backend; GPU backends need the matching cargo feature.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        /// Force the input format instead of sniffing it from content.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Regenerate a packet's traces.
+    Generate {
+        /// Packet written by `gent train` or the compressor.
+        model: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "otlp-json")]
+        format: OutputFormat,
+        /// Seed; the packet's own seed when absent.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Compute backend; GPU backends need the matching cargo feature.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Send recorded traces over OTLP with fresh ids and timestamps shifted to now.
     Replay {
@@ -115,6 +171,11 @@ fn main() -> ExitCode {
         Command::Stats { inputs, format, json } => stats(&inputs, format, json),
         Command::Convert { inputs, out, to, format, json } => convert(&inputs, &out, to, format, json),
         Command::Compressor { config } => compressor(config.as_deref()),
+        Command::Train { inputs, out, epochs, chain_length, seed, f16, warm_start, backend, format, json } => {
+            let options = TrainOptions { out, epochs, chain_length, seed, f16, warm_start, backend };
+            train(&inputs, format, options, json)
+        }
+        Command::Generate { model, out, format, seed, backend, json } => generate(&model, &out, format, seed, backend, json),
         Command::Replay { inputs, endpoint, protocol, rate, loops, batch, concurrency, format, json } => {
             let options = ReplayOptions { endpoint, protocol, rate, loops, batch_spans: batch, concurrency };
             replay(&inputs, format, options, json)
@@ -266,4 +327,121 @@ fn print_json(value: &impl Serialize) -> Result<(), Failure> {
     let line = serde_json::to_string(value).map_err(|e| Failure::Other(e.to_string()))?;
     println!("{line}");
     Ok(())
+}
+
+struct TrainOptions {
+    out: PathBuf,
+    epochs: usize,
+    chain_length: usize,
+    seed: u64,
+    f16: bool,
+    warm_start: Option<PathBuf>,
+    backend: Backend,
+}
+
+#[derive(Serialize)]
+struct TrainReport {
+    traces: u64,
+    spans: u64,
+    topologies: usize,
+    packet_bytes: usize,
+    raw_otlp_bytes: usize,
+    gzip_otlp_bytes: usize,
+    train_seconds: f64,
+    warm_started: bool,
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))
+}
+
+fn device(backend: Backend) -> Result<burn::tensor::Device, Failure> {
+    backend.device().map_err(|e| Failure::BadInput(e.to_string()))
+}
+
+/// The window's size as OTLP protobuf, raw and gzip-compressed: what shipping
+/// every span would cost, the yardstick for the packet.
+fn otlp_sizes(traces: &[trace::Trace]) -> Result<(usize, usize), Failure> {
+    let mut raw = Vec::new();
+    io::write_traces(traces, OutputFormat::OtlpProto, &mut raw).map_err(|e| Failure::Other(e.to_string()))?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &raw).map_err(|e| Failure::Other(e.to_string()))?;
+    let gzipped = gz.finish().map_err(|e| Failure::Other(e.to_string()))?;
+    Ok((raw.len(), gzipped.len()))
+}
+
+fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool) -> Result<(), Failure> {
+    let device = device(o.backend)?;
+    let (set, _) = read(inputs, format)?;
+    if set.traces.is_empty() {
+        return Err(Failure::BadInput("the input holds no traces".into()));
+    }
+    let mut config = GenTConfig { chain_length: o.chain_length, ..GenTConfig::default() };
+    config.ctgan.epochs = o.epochs;
+    config.ctgan.seed = o.seed;
+    let previous = match &o.warm_start {
+        Some(path) => Some(
+            gent::gent::unpack(&read_file(path)?, &device)
+                .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?
+                .1,
+        ),
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let model = WindowModel::train(&set.traces, &config, &device, previous.as_ref()).map_err(|e| Failure::BadInput(e.to_string()))?;
+    let train_seconds = started.elapsed().as_secs_f64();
+    let precision = if o.f16 { Precision::F16 } else { Precision::F32 };
+    let packet = gent::gent::pack(&model, 0, &config, precision, o.seed).map_err(|e| Failure::Other(e.to_string()))?;
+    std::fs::write(&o.out, &packet).map_err(|e| Failure::Other(format!("{}: {e}", o.out.display())))?;
+    let (raw_otlp_bytes, gzip_otlp_bytes) = otlp_sizes(&set.traces)?;
+    let (roots_warm, chains_warm) = model.warm_started();
+    let report = TrainReport {
+        traces: model.histogram.traces(),
+        spans: model.histogram.spans(),
+        topologies: model.histogram.topologies.len(),
+        packet_bytes: packet.len(),
+        raw_otlp_bytes,
+        gzip_otlp_bytes,
+        train_seconds,
+        warm_started: roots_warm || chains_warm,
+    };
+    tracing::info!(
+        traces = report.traces,
+        spans = report.spans,
+        topologies = report.topologies,
+        packet_bytes = report.packet_bytes,
+        gzip_otlp_bytes = report.gzip_otlp_bytes,
+        train_seconds = format!("{train_seconds:.1}"),
+        out = %o.out.display(),
+        "packet written"
+    );
+    if json { print_json(&report) } else { Ok(()) }
+}
+
+#[derive(Serialize)]
+struct GenerateReport {
+    traces: usize,
+    spans: usize,
+    generate_seconds: f64,
+    repairs: gent::gent::Repairs,
+}
+
+fn generate(
+    packet: &std::path::Path,
+    out: &std::path::Path,
+    format: OutputFormat,
+    seed: Option<u64>,
+    backend: Backend,
+    json: bool,
+) -> Result<(), Failure> {
+    let device = device(backend)?;
+    let (header, model) = gent::gent::unpack(&read_file(packet)?, &device)
+        .map_err(|e| Failure::BadInput(format!("{}: {e}", packet.display())))?;
+    let started = std::time::Instant::now();
+    let (traces, repairs) = model.generate(seed.unwrap_or(header.seed)).map_err(|e| Failure::Other(e.to_string()))?;
+    let generate_seconds = started.elapsed().as_secs_f64();
+    io::write_file(&traces, format, out)?;
+    let report = GenerateReport { traces: traces.len(), spans: traces.iter().map(|t| t.spans.len()).sum(), generate_seconds, repairs };
+    tracing::info!(traces = report.traces, spans = report.spans, generate_seconds = format!("{generate_seconds:.2}"), out = %out.display(), "traces regenerated");
+    if json { print_json(&report) } else { Ok(()) }
 }

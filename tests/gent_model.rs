@@ -126,3 +126,49 @@ fn bad_settings_and_empty_windows_are_refused() {
     let e = WindowModel::train(&set.traces[..5], &GenTConfig { chain_length: 1, ..tiny() }, &Device::flex(), None).err().unwrap();
     assert!(e.to_string().contains("chain_length"), "{e}");
 }
+
+#[test]
+fn train_and_generate_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let packet = dir.path().join("hipster.gent");
+    let out = common::gent()
+        .args(["train", data("hipster").to_str().unwrap(), "--out", packet.to_str().unwrap(), "--epochs", "1", "--f16", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for key in ["traces", "spans", "topologies", "packet_bytes", "raw_otlp_bytes", "gzip_otlp_bytes", "train_seconds"] {
+        assert!(report.get(key).is_some(), "train --json lacks {key}: {report}");
+    }
+    assert_eq!(report["traces"], 2034);
+    assert_eq!(report["spans"], 93011);
+    assert_eq!(report["packet_bytes"].as_u64().unwrap(), std::fs::metadata(&packet).unwrap().len());
+    assert!(report["packet_bytes"].as_u64().unwrap() < report["gzip_otlp_bytes"].as_u64().unwrap());
+
+    for (format, file) in [("otlp-json", "out.jsonl"), ("otlp-proto", "out.pb"), ("jaeger", "out.json")] {
+        let path = dir.path().join(file);
+        let out = common::gent()
+            .args(["generate", packet.to_str().unwrap(), "--out", path.to_str().unwrap(), "--format", format, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+        assert_eq!((report["traces"].as_u64(), report["spans"].as_u64()), (Some(2034), Some(93011)));
+        assert!(report.get("generate_seconds").is_some());
+        // Every reader takes the output back with the same counts.
+        let back = read_set(&[path]);
+        assert_eq!((back.traces.len(), back.span_count()), (2034, 93011), "{format}");
+    }
+
+    // A damaged packet is refused with a clear message and exit code 2.
+    let mut bytes = std::fs::read(&packet).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    let bad = dir.path().join("bad.gent");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = common::gent().args(["generate", bad.to_str().unwrap(), "--out", "/dev/null"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+}

@@ -2,12 +2,15 @@
 //! the topology histogram H, exact counts of every topology with its nodes in
 //! canonical order, and the chain decomposition; `tables` one tabular
 //! generator (a CTGAN plus the columns that are constant); `model` training
-//! T_G, R_G and C_G on a window and regenerating its traces.
+//! T_G, R_G and C_G on a window and regenerating its traces; `pack` a
+//! model with its header in and out of a packet.
 
 mod model;
+mod pack;
 mod tables;
 mod topology;
 
 pub use model::{GenTConfig, ModelError, Repairs, StoredWindowModel, WindowModel};
+pub use pack::{Header, PackError, pack, unpack};
 pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use topology::{Label, Placement, Topology, TopologyHistogram};

@@ -4,8 +4,9 @@
 //! and kind (R_G). Per chain (DESIGN.md item 5): the gap from the parent,
 //! duration, status and kind of every node after the head (C_G), conditioned
 //! on the head's metadata. Every generator is conditioned on the topology
-//! (one-hot topology id here; the GCN embedding comes next) and on the labels
-//! of the nodes it fills, which the topology fixes.
+//! (one-hot topology id here, the paper's no-GCN variant; the GCN embedding
+//! comes next) and on fixed-width codes of the labels of the nodes it fills,
+//! which the topology fixes.
 //!
 //! Generation reproduces the histogram exactly, fills roots, then chains in
 //! rounds (a chain's head is always filled in an earlier round), batching
@@ -117,21 +118,41 @@ impl Contexts {
     }
 }
 
+/// Width of a node label's code in the context vectors.
+const LABEL_CODE: usize = 16;
+
+/// A node label's code: 16 signs drawn from the xxh3 hash of the label, so
+/// any machine derives the same code from the label text alone. Every code is
+/// a corner of the hypercube and so linearly separable from all the others,
+/// which lets the networks tell labels apart as well as with a one-hot, at a
+/// fixed width instead of one column per label (246 on TrainTicket): the
+/// generators' first layers, most of a packet, shrink accordingly.
+fn label_code(label: &super::topology::Label) -> [f32; LABEL_CODE] {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(label.service.as_bytes());
+    hasher.update(&[0xff]);
+    hasher.update(label.name.as_bytes());
+    let bits = hasher.digest();
+    std::array::from_fn(|i| if bits >> i & 1 == 1 { 1.0 } else { -1.0 })
+}
+
 /// How rows are conditioned; fixed by the histogram, so training and
 /// generation build identical vectors.
 struct Conditioning<'a> {
     histogram: &'a TopologyHistogram,
     chain_length: usize,
     window_us: f64,
+    codes: Vec<[f32; LABEL_CODE]>,
 }
 
-impl Conditioning<'_> {
-    fn topologies(&self) -> usize {
-        self.histogram.topologies.len()
+impl<'a> Conditioning<'a> {
+    fn new(histogram: &'a TopologyHistogram, chain_length: usize, window_us: f64) -> Self {
+        let codes = histogram.labels.iter().map(label_code).collect();
+        Conditioning { histogram, chain_length, window_us, codes }
     }
 
-    fn labels(&self) -> usize {
-        self.histogram.labels.len()
+    fn topologies(&self) -> usize {
+        self.histogram.topologies.len()
     }
 
     fn start_width(&self) -> usize {
@@ -139,11 +160,11 @@ impl Conditioning<'_> {
     }
 
     fn root_width(&self) -> usize {
-        self.topologies() + self.labels() + 1
+        self.topologies() + LABEL_CODE + 1
     }
 
     fn chain_width(&self) -> usize {
-        self.topologies() + self.chain_length * self.labels() + 1 + STATUSES.len() + SpanKind::ALL.len() + 1
+        self.topologies() + self.chain_length * LABEL_CODE + 1 + STATUSES.len() + SpanKind::ALL.len() + 1
     }
 
     fn one_hot(out: &mut Vec<f32>, width: usize, hot: usize) {
@@ -158,17 +179,16 @@ impl Conditioning<'_> {
 
     fn push_root(&self, out: &mut Vec<f32>, topology: usize, label: u32, offset_us: f64) {
         Self::one_hot(out, self.topologies(), topology);
-        Self::one_hot(out, self.labels(), label as usize);
+        out.extend_from_slice(&self.codes[label as usize]);
         out.push((offset_us / self.window_us) as f32);
     }
 
     fn push_chain(&self, out: &mut Vec<f32>, topology: &Topology, t: usize, chain: &[usize], head: &Meta, offset_us: f64) {
         Self::one_hot(out, self.topologies(), t);
         for p in 0..self.chain_length {
-            let at = out.len();
-            out.resize(at + self.labels(), 0.0);
-            if let Some(&node) = chain.get(p) {
-                out[at + topology.labels[node] as usize] = 1.0;
+            match chain.get(p) {
+                Some(&node) => out.extend_from_slice(&self.codes[topology.labels[node] as usize]),
+                None => out.resize(out.len() + LABEL_CODE, 0.0),
             }
         }
         out.push((head.duration_us.ln_1p() / 16.0) as f32);
@@ -270,53 +290,58 @@ impl WindowModel {
         let window_start = traces.iter().map(Trace::start).min().unwrap_or(0);
         let window_end = traces.iter().map(Trace::end).max().unwrap_or(window_start).max(window_start + 1);
         let (histogram, placements) = TopologyHistogram::build(traces);
-        let cond = Conditioning { histogram: &histogram, chain_length: config.chain_length, window_us: us(window_end - window_start) };
+        let cond = Conditioning::new(&histogram, config.chain_length, us(window_end - window_start));
         let metas: Vec<Vec<Meta>> = traces.iter().zip(&placements).map(|(t, p)| node_metas(t, p, &histogram)).collect();
 
         // T_G: start offsets.
-        let mut ctx = Contexts::new(cond.start_width());
+        let mut start_ctx = Contexts::new(cond.start_width());
         let mut offsets = Vec::with_capacity(traces.len());
         for (trace, placement) in traces.iter().zip(&placements) {
-            cond.push_start(&mut ctx.values, placement.topology);
+            cond.push_start(&mut start_ctx.values, placement.topology);
             offsets.push(us(trace.start() - window_start));
         }
         let start_columns = vec![Column::continuous("start_us", offsets.clone(), false)];
-        let start = TableModel::fit(start_columns, ctx.get(), config.ctgan.clone(), device, None)?;
 
         // R_G: roots.
-        let mut ctx = Contexts::new(cond.root_width());
+        let mut root_ctx = Contexts::new(cond.root_width());
         let mut root_metas = Vec::new();
         for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
             let topology = &histogram.topologies[placement.topology];
             for r in topology.roots() {
-                cond.push_root(&mut ctx.values, placement.topology, topology.labels[r], offset);
+                cond.push_root(&mut root_ctx.values, placement.topology, topology.labels[r], offset);
                 root_metas.push(Some(meta[r]));
             }
         }
-        let roots = TableModel::fit(
-            meta_columns("", &root_metas, true),
-            ctx.get(),
-            config.ctgan.clone(),
-            device,
-            previous.map(|p| &p.roots),
-        )?;
+        let root_columns = meta_columns("", &root_metas, true);
 
         // C_G: chains.
         let plans: Vec<Vec<(usize, Vec<usize>)>> =
             histogram.topologies.iter().map(|t| chain_plan(t, config.chain_length)).collect();
-        let mut ctx = Contexts::new(cond.chain_width());
+        let mut chain_ctx = Contexts::new(cond.chain_width());
         let mut positions: Vec<Vec<Option<Meta>>> = vec![Vec::new(); config.chain_length - 1];
         for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
             let topology = &histogram.topologies[placement.topology];
             for (_, chain) in &plans[placement.topology] {
-                cond.push_chain(&mut ctx.values, topology, placement.topology, chain, &meta[chain[0]], offset);
+                cond.push_chain(&mut chain_ctx.values, topology, placement.topology, chain, &meta[chain[0]], offset);
                 for (p, column) in positions.iter_mut().enumerate() {
                     column.push(chain.get(p + 1).map(|&n| meta[n]));
                 }
             }
         }
         let chain_columns = positions.iter().enumerate().flat_map(|(p, m)| meta_columns(&format!("n{}_", p + 1), m, true)).collect();
-        let chains = TableModel::fit(chain_columns, ctx.get(), config.ctgan.clone(), device, previous.map(|p| &p.chains))?;
+        // The three generators are independent: train them side by side (Gen-T
+        // does the same on one GPU), C_G, the largest, on this thread.
+        let (start, roots, chains) = std::thread::scope(|s| {
+            let start = s.spawn(|| TableModel::fit(start_columns, start_ctx.get(), config.ctgan.clone(), device, None));
+            let roots = s.spawn(|| {
+                TableModel::fit(root_columns, root_ctx.get(), config.ctgan.clone(), device, previous.map(|p| &p.roots))
+            });
+            let chains =
+                TableModel::fit(chain_columns, chain_ctx.get(), config.ctgan.clone(), device, previous.map(|p| &p.chains));
+            let join = |h: std::thread::ScopedJoinHandle<'_, _>| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (join(start), join(roots), chains)
+        });
+        let (start, roots, chains) = (start?, roots?, chains?);
 
         let nested = nested_pairs(traces, &placements, &histogram);
         Ok(WindowModel { window_start, window_end, histogram, chain_length: config.chain_length, nested, start, roots, chains })
@@ -372,7 +397,7 @@ impl WindowModel {
     /// fresh ids, timestamps inside the window. Same model and seed, same traces.
     pub fn generate(&self, seed: u64) -> Result<(Vec<Trace>, Repairs), ModelError> {
         let h = &self.histogram;
-        let cond = Conditioning { histogram: h, chain_length: self.chain_length, window_us: us(self.window_end - self.window_start) };
+        let cond = Conditioning::new(h, self.chain_length, us(self.window_end - self.window_start));
         let mut repairs = Repairs::default();
         let order = h.expand();
         let n = order.len();

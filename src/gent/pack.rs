@@ -1,0 +1,65 @@
+//! A window model in and out of a packet: the header operators and the
+//! decompressor need (window, counts, settings, seed) plus the stored model.
+
+use burn::tensor::Device;
+
+use super::model::{GenTConfig, ModelError, StoredWindowModel, WindowModel};
+use crate::nn::weights::Precision;
+use crate::packet::{self, PacketError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// What a packet says about its window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Header {
+    pub window_id: u64,
+    /// Time range of the window, Unix nanoseconds.
+    pub window_start: u64,
+    pub window_end: u64,
+    pub traces: u64,
+    pub spans: u64,
+    pub config: GenTConfig,
+    pub precision: Precision,
+    /// Seed regeneration uses unless told otherwise.
+    pub seed: u64,
+    /// The gent version that wrote the packet.
+    pub producer: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Body {
+    header: Header,
+    model: StoredWindowModel,
+}
+
+/// `model` as a packet.
+pub fn pack(model: &WindowModel, window_id: u64, config: &GenTConfig, precision: Precision, seed: u64) -> Result<Vec<u8>, PackError> {
+    let header = Header {
+        window_id,
+        window_start: model.window_start,
+        window_end: model.window_end,
+        traces: model.histogram.traces(),
+        spans: model.histogram.spans(),
+        config: config.clone(),
+        precision,
+        seed,
+        producer: format!("gent {}", env!("CARGO_PKG_VERSION")),
+    };
+    Ok(packet::seal(&Body { header, model: model.to_stored(precision)? })?)
+}
+
+/// The header and model of a packet, checked, ready to generate on `device`.
+pub fn unpack(bytes: &[u8], device: &Device) -> Result<(Header, WindowModel), PackError> {
+    let body: Body = packet::open(bytes)?;
+    let model = WindowModel::from_stored(body.model, device)?;
+    if model.histogram.traces() != body.header.traces || model.histogram.spans() != body.header.spans {
+        return Err(ModelError::Stored("header counts disagree with the topology histogram".into()).into());
+    }
+    Ok((body.header, model))
+}
