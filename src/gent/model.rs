@@ -235,19 +235,21 @@ fn chain_plan(topology: &Topology, chain_length: usize) -> Vec<(usize, Vec<usize
 }
 
 /// The columns of a node's metadata, for position `p` of a table.
-fn meta_columns(prefix: &str, metas: &[Option<Meta>], with_gap: bool) -> Vec<Column> {
+/// `relative`: gap and duration hold [`relative`] log-ratios (signed, so not
+/// log-scaled again); otherwise microseconds, log-scaled.
+fn meta_columns(prefix: &str, metas: &[Option<Meta>], relative: bool) -> Vec<Column> {
     let mut columns = Vec::with_capacity(4);
-    if with_gap {
-        columns.push(Column::continuous(
-            &format!("{prefix}gap_us"),
-            metas.iter().map(|m| m.map_or(0.0, |m| m.gap_us.max(0.0))).collect(),
-            true,
-        ));
-    }
+    let log = !relative;
+    let unit = if relative { "rel" } else { "us" };
     columns.push(Column::continuous(
-        &format!("{prefix}duration_us"),
+        &format!("{prefix}gap_{unit}"),
+        metas.iter().map(|m| m.map_or(0.0, |m| if relative { m.gap_us } else { m.gap_us.max(0.0) })).collect(),
+        log,
+    ));
+    columns.push(Column::continuous(
+        &format!("{prefix}duration_{unit}"),
         metas.iter().map(|m| m.map_or(0.0, |m| m.duration_us)).collect(),
-        true,
+        log,
     ));
     columns.push(Column::categorical(
         &format!("{prefix}status"),
@@ -258,6 +260,32 @@ fn meta_columns(prefix: &str, metas: &[Option<Meta>], with_gap: bool) -> Vec<Col
         metas.iter().map(|m| m.map_or(PAD.to_string(), |m| m.kind.as_str().to_string())).collect(),
     ));
     columns
+}
+
+/// A child's timing relative to its parent, as log-ratios: the gap against the
+/// parent's duration, the duration against what remains of the parent after
+/// the gap. C_G then learns "inside the parent" as "below zero" rather than as
+/// a relation between numbers it generates. Measured on TrainTicket hour 12
+/// after 10 epochs: 21.6% of spans needed an end clamp, against 64% with
+/// absolute microseconds and 82% with both ratios against the parent duration.
+fn relative(child: Meta, parent_duration_us: f64) -> Meta {
+    let parent = parent_duration_us.max(0.0);
+    let gap = child.gap_us.max(0.0);
+    Meta {
+        gap_us: ((gap + 1.0) / (parent + 1.0)).ln(),
+        // Against what is left of the parent after the gap: ≤ 0 means inside.
+        duration_us: ((child.duration_us.max(0.0) + 1.0) / ((parent - gap).max(0.0) + 1.0)).ln(),
+        ..child
+    }
+}
+
+/// The inverse of [`relative`].
+fn absolute(child: Meta, parent_duration_us: f64) -> Meta {
+    let parent = parent_duration_us.max(0.0);
+    // exp overflows to inf past ~709; cap at a day so times stay finite.
+    let back = |r: f64, scale: f64| (r.min(30.0).exp() * scale - 1.0).clamp(0.0, 86_400e6);
+    let gap = back(child.gap_us, parent + 1.0);
+    Meta { gap_us: gap, duration_us: back(child.duration_us, (parent - gap).max(0.0) + 1.0), ..child }
 }
 
 fn read_meta(table: &Table, first: usize, row: usize, with_gap: bool) -> Meta {
@@ -312,7 +340,7 @@ impl WindowModel {
                 root_metas.push(Some(meta[r]));
             }
         }
-        let root_columns = meta_columns("", &root_metas, true);
+        let root_columns = meta_columns("", &root_metas, false);
 
         // C_G: chains.
         let plans: Vec<Vec<(usize, Vec<usize>)>> =
@@ -324,7 +352,7 @@ impl WindowModel {
             for (_, chain) in &plans[placement.topology] {
                 cond.push_chain(&mut chain_ctx.values, topology, placement.topology, chain, &meta[chain[0]], offset);
                 for (p, column) in positions.iter_mut().enumerate() {
-                    column.push(chain.get(p + 1).map(|&n| meta[n]));
+                    column.push(chain.get(p + 1).map(|&n| relative(meta[n], meta[chain[p]].duration_us)));
                 }
             }
         }
@@ -459,7 +487,8 @@ impl WindowModel {
                         repairs.merges += 1;
                         continue;
                     }
-                    metas[*i][node] = Some(read_meta(&table, (p - 1) * 4, row, true));
+                    let parent = metas[*i][chain[p - 1]].map_or(0.0, |m| m.duration_us);
+                    metas[*i][node] = Some(absolute(read_meta(&table, (p - 1) * 4, row, true), parent));
                 }
             }
         }
