@@ -61,27 +61,8 @@ impl Topology {
     /// each headed by a root or a node of an earlier chain (the same
     /// decomposition as [`TraceGraph::chains`], on canonical node indices).
     pub fn chains(&self, chain_length: usize) -> Vec<Vec<usize>> {
-        let chain_length = chain_length.max(2);
-        let children = self.children();
-        let mut chains = Vec::new();
-        let mut pending: std::collections::VecDeque<(usize, usize)> =
-            self.roots().flat_map(|r| (0..children[r].len()).map(move |k| (r, k))).collect();
-        while let Some((head, k)) = pending.pop_front() {
-            let mut chain = vec![head];
-            let mut node = children[head][k];
-            loop {
-                chain.push(node);
-                let kids = &children[node];
-                let continues = chain.len() < chain_length && !kids.is_empty();
-                pending.extend((usize::from(continues)..kids.len()).map(|j| (node, j)));
-                if !continues {
-                    break;
-                }
-                node = kids[0];
-            }
-            chains.push(chain);
-        }
-        chains
+        let roots: Vec<usize> = self.roots().collect();
+        crate::trace::chains(&roots, &self.children(), chain_length)
     }
 }
 

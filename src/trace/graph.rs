@@ -197,32 +197,34 @@ impl TraceGraph {
     /// chain at its parent. Chains come in generation order (breadth-first from
     /// the roots), so a head is always filled before its chain is generated.
     pub fn chains(&self, chain_length: usize) -> Vec<Vec<usize>> {
-        let chain_length = chain_length.max(2);
-        let mut chains = Vec::new();
-        // (head, index of the child that starts the chain)
-        let mut pending: std::collections::VecDeque<(usize, usize)> = self
-            .roots
-            .iter()
-            .flat_map(|&r| (0..self.children[r].len()).map(move |k| (r, k)))
-            .collect();
-        while let Some((head, k)) = pending.pop_front() {
-            let mut chain = vec![head];
-            let mut node = self.children[head][k];
-            loop {
-                chain.push(node);
-                let kids = &self.children[node];
-                let continues = chain.len() < chain_length && !kids.is_empty();
-                let branch_from = usize::from(continues);
-                pending.extend((branch_from..kids.len()).map(|j| (node, j)));
-                if !continues {
-                    break;
-                }
-                node = kids[0];
-            }
-            chains.push(chain);
-        }
-        chains
+        chains(&self.roots, &self.children, chain_length)
     }
+}
+
+/// The chain decomposition of a forest given its roots and each node's
+/// children in order (see [`TraceGraph::chains`]).
+pub fn chains(roots: &[usize], children: &[Vec<usize>], chain_length: usize) -> Vec<Vec<usize>> {
+    let chain_length = chain_length.max(2);
+    let mut chains = Vec::new();
+    // (head, index of the child that starts the chain)
+    let mut pending: std::collections::VecDeque<(usize, usize)> =
+        roots.iter().flat_map(|&r| (0..children[r].len()).map(move |k| (r, k))).collect();
+    while let Some((head, k)) = pending.pop_front() {
+        let mut chain = vec![head];
+        let mut node = children[head][k];
+        loop {
+            chain.push(node);
+            let kids = &children[node];
+            let continues = chain.len() < chain_length && !kids.is_empty();
+            pending.extend((usize::from(continues)..kids.len()).map(|j| (node, j)));
+            if !continues {
+                break;
+            }
+            node = kids[0];
+        }
+        chains.push(chain);
+    }
+    chains
 }
 
 /// xxh3-64 of a canonical topology string.

@@ -9,7 +9,7 @@ mod span;
 mod stats;
 
 pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
-pub use graph::{TraceGraph, topology_hash};
+pub use graph::{TraceGraph, chains, topology_hash};
 pub use span::{
     Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,
     UNKNOWN_SERVICE,
