@@ -119,17 +119,9 @@ pub struct Ctgan {
 }
 
 fn noise_normal(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    // Box-Muller, two values per pair of uniforms.
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-12), rng.random());
-        let r = (-2.0 * u.ln()).sqrt();
-        let t = std::f32::consts::TAU * v;
-        out.push(r * t.cos());
-        out.push(r * t.sin());
-    }
-    out.truncate(n);
-    out
+    // Ziggurat (rand_distr): about one uniform per value, no transcendental
+    // functions; a third of generation time went to Box-Muller before.
+    (0..n).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal)).collect()
 }
 
 fn noise_gumbel(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -446,30 +438,54 @@ impl Ctgan {
         } else if self.context_width > 0 {
             return Err(CtganError::Context { got: 0, rows, width: self.context_width });
         }
-        let mut rng = StdRng::seed_from_u64(seed);
-        let spans = self.transformer.output_spans();
+        // Rows go in fixed chunks, each with its own generator seeded from
+        // (seed, chunk), spread over the cores: the output depends on the seed
+        // only, never on how many threads ran.
+        let chunks: Vec<usize> = (0..rows.div_ceil(SAMPLE_CHUNK)).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(chunks.len()).max(1);
+        let mut parts: Vec<Option<Result<Vec<f32>, CtganError>>> = (0..chunks.len()).map(|_| None).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let mine: Vec<usize> = chunks.iter().copied().filter(|c| c % threads == t).collect();
+                    s.spawn(move || mine.into_iter().map(|c| (c, self.sample_chunk(c, rows, context, seed))).collect::<Vec<_>>())
+                })
+                .collect();
+            for handle in handles {
+                for (c, part) in handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                    parts[c] = Some(part);
+                }
+            }
+        });
         let mut out = Vec::with_capacity(rows * width);
-        let chunk = 8192;
-        let mut done = 0;
-        while done < rows {
-            let n = chunk.min(rows - done);
-            let z = tensor(noise_normal(&mut rng, n * self.config.embedding), n, self.config.embedding, &self.device);
-            let cond = match self.sampler.sample_original(n, &mut rng) {
-                Some(c) => c.cond,
-                None => Vec::new(),
-            };
-            let cond = tensor(cond, n, self.sampler.cond_width(), &self.device);
-            let ctx = match context {
-                Some(c) => tensor(c.values[done * c.width..(done + n) * c.width].to_vec(), n, c.width, &self.device),
-                None => tensor(Vec::new(), n, 0, &self.device),
-            };
-            let raw = self.generator.forward(cat(vec![z, cond, ctx]));
-            let gumbel = tensor(noise_gumbel(&mut rng, n * width), n, width, &self.device);
-            let rows_out = activate(raw, &spans, gumbel, GUMBEL_TAU);
-            out.extend(rows_out.into_data().try_to_vec::<f32>().map_err(|e| CtganError::Config(format!("{e:?}")))?);
-            done += n;
+        for part in parts.into_iter().flatten() {
+            out.extend(part?);
         }
         Ok(self.transformer.inverse(&out)?)
+    }
+}
+
+/// Rows generated per forward pass (and per seeded stream) when sampling.
+const SAMPLE_CHUNK: usize = 8192;
+
+impl Ctgan {
+    /// Activated generator output for chunk `chunk` of a `rows`-row sample.
+    fn sample_chunk(&self, chunk: usize, rows: usize, context: Option<Context<'_>>, seed: u64) -> Result<Vec<f32>, CtganError> {
+        let width = self.transformer.width();
+        let done = chunk * SAMPLE_CHUNK;
+        let n = SAMPLE_CHUNK.min(rows - done);
+        let mut rng = StdRng::seed_from_u64(seed ^ (chunk as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let z = tensor(noise_normal(&mut rng, n * self.config.embedding), n, self.config.embedding, &self.device);
+        let cond = self.sampler.sample_original(n, &mut rng).map_or_else(Vec::new, |c| c.cond);
+        let cond = tensor(cond, n, self.sampler.cond_width(), &self.device);
+        let ctx = match context {
+            Some(c) => tensor(c.values[done * c.width..(done + n) * c.width].to_vec(), n, c.width, &self.device),
+            None => tensor(Vec::new(), n, 0, &self.device),
+        };
+        let raw = self.generator.forward(cat(vec![z, cond, ctx]));
+        let gumbel = tensor(noise_gumbel(&mut rng, n * width), n, width, &self.device);
+        let rows_out = activate(raw, &self.transformer.output_spans(), gumbel, GUMBEL_TAU);
+        rows_out.into_data().try_to_vec::<f32>().map_err(|e| CtganError::Config(format!("{e:?}")))
     }
 }
 
