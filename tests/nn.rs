@@ -95,7 +95,7 @@ fn the_gradient_penalty_trains_the_weights() {
 
 mod generator {
     use super::*;
-    use gent::nn::{DiscreteSpan, Generator, activate, conditional_loss};
+    use gent::nn::{DiscreteSpan, Generator, activate, activate_for_argmax, conditional_loss};
     use gent::tabular::{Activation, OutputSpan};
 
     const SPANS: [OutputSpan; 3] = [
@@ -124,6 +124,20 @@ mod generator {
         // The same seed builds the same generator.
         let again = Generator::new(6, &[16, 16], 8, 1, &device);
         assert_eq!(values(g.forward(noise(4, 6, 9, &device))), values(again.forward(noise(4, 6, 9, &device))));
+    }
+
+    #[test]
+    fn sampling_without_the_softmax_picks_the_same_categories() {
+        let device = Device::flex();
+        let argmax = |r: &[f32]| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+        let raw = noise(500, 8, 4, &device).mul_scalar(5.0);
+        let soft = values(activate(raw.clone(), &SPANS, noise(500, 8, 5, &device), 0.2));
+        let hard = values(activate_for_argmax(raw, &SPANS, noise(500, 8, 5, &device)));
+        for (s, h) in soft.chunks(8).zip(hard.chunks(8)) {
+            assert_eq!(s[0], h[0], "scalars are tanh in both");
+            assert_eq!(argmax(&s[1..4]), argmax(&h[1..4]));
+            assert_eq!(argmax(&s[4..8]), argmax(&h[4..8]));
+        }
     }
 
     #[test]

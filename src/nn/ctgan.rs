@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::critic::{Critic, DropoutMasks};
-use super::generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, conditional_loss};
+use super::generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, activate_for_argmax, conditional_loss};
 use super::weights::{self, Precision, WeightsError};
 use crate::tabular::{ColumnTransform, ConditionalSampler, OutputSpan, Table, TabularError, Transformer};
 
@@ -484,7 +484,7 @@ impl Ctgan {
         };
         let raw = self.generator.forward(cat(vec![z, cond, ctx]));
         let gumbel = tensor(noise_gumbel(&mut rng, n * width), n, width, &self.device);
-        let rows_out = activate(raw, &self.transformer.output_spans(), gumbel, GUMBEL_TAU);
+        let rows_out = activate_for_argmax(raw, &self.transformer.output_spans(), gumbel);
         rows_out.into_data().try_to_vec::<f32>().map_err(|e| CtganError::Config(format!("{e:?}")))
     }
 }

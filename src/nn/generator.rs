@@ -80,6 +80,25 @@ pub fn activate(raw: Tensor<2>, spans: &[OutputSpan], gumbel: Tensor<2>, tau: f3
     Tensor::cat(parts, 1)
 }
 
+/// [`activate`] for sampling, where only the argmax of each one-hot is read
+/// back: the argmax of Gumbel-softmax is the argmax of logits plus Gumbel noise
+/// whatever the temperature, so the softmax is skipped. Same decoded rows.
+pub fn activate_for_argmax(raw: Tensor<2>, spans: &[OutputSpan], gumbel: Tensor<2>) -> Tensor<2> {
+    let rows = raw.dims()[0];
+    let mut parts = Vec::with_capacity(spans.len());
+    let mut start = 0;
+    for span in spans {
+        let end = start + span.width;
+        let part = raw.clone().slice([0..rows, start..end]);
+        parts.push(match span.activation {
+            Activation::Tanh => part.tanh(),
+            Activation::Softmax => part.add(gumbel.clone().slice([0..rows, start..end])),
+        });
+        start = end;
+    }
+    Tensor::cat(parts, 1)
+}
+
 /// Where a categorical column sits: its offset in the encoded row, its offset
 /// in the conditional vector, and its number of categories.
 #[derive(Debug, Clone, Copy)]
