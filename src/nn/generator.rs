@@ -65,25 +65,23 @@ impl Generator {
 /// same shape as `raw` (used on softmax spans only), drawn by the caller so
 /// that runs are reproducible.
 pub fn activate(raw: Tensor<2>, spans: &[OutputSpan], gumbel: Tensor<2>, tau: f32) -> Tensor<2> {
-    let rows = raw.dims()[0];
-    let mut parts = Vec::with_capacity(spans.len());
-    let mut start = 0;
-    for span in spans {
-        let end = start + span.width;
-        let part = raw.clone().slice([0..rows, start..end]);
-        parts.push(match span.activation {
-            Activation::Tanh => part.tanh(),
-            Activation::Softmax => softmax(part.add(gumbel.clone().slice([0..rows, start..end])).div_scalar(tau), 1),
-        });
-        start = end;
-    }
-    Tensor::cat(parts, 1)
+    per_span(raw, spans, gumbel, |part, noise| softmax(part.add(noise).div_scalar(tau), 1))
 }
 
 /// [`activate`] for sampling, where only the argmax of each one-hot is read
 /// back: the argmax of Gumbel-softmax is the argmax of logits plus Gumbel noise
 /// whatever the temperature, so the softmax is skipped. Same decoded rows.
 pub fn activate_for_argmax(raw: Tensor<2>, spans: &[OutputSpan], gumbel: Tensor<2>) -> Tensor<2> {
+    per_span(raw, spans, gumbel, |part, noise| part.add(noise))
+}
+
+/// tanh on scalar spans, `one_hot(logits, noise)` on one-hot spans.
+fn per_span(
+    raw: Tensor<2>,
+    spans: &[OutputSpan],
+    gumbel: Tensor<2>,
+    one_hot: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
+) -> Tensor<2> {
     let rows = raw.dims()[0];
     let mut parts = Vec::with_capacity(spans.len());
     let mut start = 0;
@@ -92,7 +90,7 @@ pub fn activate_for_argmax(raw: Tensor<2>, spans: &[OutputSpan], gumbel: Tensor<
         let part = raw.clone().slice([0..rows, start..end]);
         parts.push(match span.activation {
             Activation::Tanh => part.tanh(),
-            Activation::Softmax => part.add(gumbel.clone().slice([0..rows, start..end])),
+            Activation::Softmax => one_hot(part, gumbel.clone().slice([0..rows, start..end])),
         });
         start = end;
     }
