@@ -207,6 +207,9 @@ struct Meta {
     kind: SpanKind,
 }
 
+/// Stands in for a node no generator filled, which a well-formed topology never has.
+const EMPTY_META: Meta = Meta { gap_us: 0.0, duration_us: 0.0, status: StatusCode::Unset, kind: SpanKind::Unspecified };
+
 fn status_label(s: StatusCode) -> String {
     s.as_str().to_string()
 }
@@ -288,7 +291,8 @@ fn absolute(child: Meta, parent_duration_us: f64) -> Meta {
     Meta { gap_us: gap, duration_us: back(child.duration_us, (parent - gap).max(0.0) + 1.0), ..child }
 }
 
-fn read_meta(table: &Table, first: usize, row: usize, with_gap: bool) -> Meta {
+/// The node metadata in row `row`, columns `first..first + 4` (gap, duration, status, kind).
+fn read_meta(table: &Table, first: usize, row: usize) -> Meta {
     let number = |i: usize| match &table.columns[i].data {
         ColumnData::Continuous { values, .. } => values[row],
         ColumnData::Categorical(_) => 0.0,
@@ -297,12 +301,11 @@ fn read_meta(table: &Table, first: usize, row: usize, with_gap: bool) -> Meta {
         ColumnData::Categorical(values) => values[row].as_str(),
         ColumnData::Continuous { .. } => PAD,
     };
-    let (gap_us, rest) = if with_gap { (number(first), first + 1) } else { (0.0, first) };
     Meta {
-        gap_us,
-        duration_us: number(rest).max(0.0),
-        status: parse_status(label(rest + 1)),
-        kind: SpanKind::parse(label(rest + 2)).unwrap_or_default(),
+        gap_us: number(first),
+        duration_us: number(first + 1).max(0.0),
+        status: parse_status(label(first + 2)),
+        kind: SpanKind::parse(label(first + 3)).unwrap_or_default(),
     }
 }
 
@@ -462,7 +465,7 @@ impl WindowModel {
         }
         let table = self.roots.sample(slots.len(), ctx.get(), seed ^ 0x7272)?;
         for (row, &(i, r)) in slots.iter().enumerate() {
-            metas[i][r] = Some(read_meta(&table, 0, row, true));
+            metas[i][r] = Some(read_meta(&table, 0, row));
         }
 
         // C_G, round by round.
@@ -474,7 +477,7 @@ impl WindowModel {
             for (i, &t) in order.iter().enumerate() {
                 for (r, chain) in &plans[t] {
                     if *r == round {
-                        let head = metas[i][chain[0]].unwrap_or(Meta { gap_us: 0.0, duration_us: 0.0, status: StatusCode::Unset, kind: SpanKind::Unspecified });
+                        let head = metas[i][chain[0]].unwrap_or(EMPTY_META);
                         cond.push_chain(&mut ctx.values, &h.topologies[t], t, chain, &head, offsets[i]);
                         slots.push((i, chain));
                     }
@@ -488,7 +491,7 @@ impl WindowModel {
                         continue;
                     }
                     let parent = metas[*i][chain[p - 1]].map_or(0.0, |m| m.duration_us);
-                    metas[*i][node] = Some(absolute(read_meta(&table, (p - 1) * 4, row, true), parent));
+                    metas[*i][node] = Some(absolute(read_meta(&table, (p - 1) * 4, row), parent));
                 }
             }
         }
@@ -525,7 +528,7 @@ impl WindowModel {
         let mut spans: Vec<Span> = Vec::with_capacity(topology.len());
         let end_limit = self.window_end;
         for k in 0..topology.len() {
-            let meta = metas[k].unwrap_or(Meta { gap_us: 0.0, duration_us: 0.0, status: StatusCode::Unset, kind: SpanKind::Unspecified });
+            let meta = metas[k].unwrap_or(EMPTY_META);
             let label = &self.histogram.labels[topology.labels[k] as usize];
             let parent = topology.parents[k].map(|p| p as usize);
             if meta.gap_us < 0.0 {
