@@ -93,8 +93,7 @@ pub async fn start(config: CompressorConfig) -> Result<Running, CompressorError>
     let mut metrics_addr = None;
     let mut metrics_server = None;
     if let Some(addr) = config.metrics.endpoint {
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
         metrics_addr = Some(listener.local_addr().unwrap_or(addr));
         metrics_server = Some(tokio::spawn(crate::metrics::serve(metrics.clone(), listener, signal(&metrics_rx))));
     }

@@ -152,7 +152,10 @@ impl CompressorConfig {
         if r.max_spans_per_request > w.span_budget {
             return Err((
                 "receiver.max_spans_per_request",
-                format!("{} exceeds window.span_budget {}: such a request could never be accepted", r.max_spans_per_request, w.span_budget),
+                format!(
+                    "{} exceeds window.span_budget {}: such a request could never be accepted",
+                    r.max_spans_per_request, w.span_budget
+                ),
             ));
         }
         if w.duration.is_zero() {
@@ -179,10 +182,10 @@ mod tests {
     #[test]
     fn the_shipped_file_is_the_defaults() {
         let shipped = include_str!("../config/compressor.yaml");
-        assert_eq!(parse(shipped).unwrap(), CompressorConfig {
-            sink: SinkConfig { otlp_json_dir: Some("windows".into()) },
-            ..CompressorConfig::default()
-        });
+        assert_eq!(
+            parse(shipped).unwrap(),
+            CompressorConfig { sink: SinkConfig { otlp_json_dir: Some("windows".into()) }, ..CompressorConfig::default() }
+        );
         assert_eq!(parse("").unwrap(), CompressorConfig::default());
     }
 

@@ -121,16 +121,8 @@ impl Metrics {
         };
         let metrics = Metrics {
             received_spans: counter_vec("gent_received_spans_total", "Spans accepted by the receiver.", "protocol")?,
-            received_requests: counter_vec(
-                "gent_received_requests_total",
-                "Export requests whose payload decoded.",
-                "protocol",
-            )?,
-            received_bytes: counter_vec(
-                "gent_received_bytes_total",
-                "Request payload bytes after decompression.",
-                "protocol",
-            )?,
+            received_requests: counter_vec("gent_received_requests_total", "Export requests whose payload decoded.", "protocol")?,
+            received_bytes: counter_vec("gent_received_bytes_total", "Request payload bytes after decompression.", "protocol")?,
             refused_spans: counter_vec("gent_refused_spans_total", "Spans refused, by reason.", "reason")?,
             received_traces: counter("gent_received_traces_total", "Distinct traces in closed windows.")?,
             resident_spans: gauge(
@@ -183,9 +175,7 @@ pub async fn serve(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
-            async move {
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render())
-            }
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render()) }
         }),
     );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await

@@ -95,11 +95,7 @@ fn prepare(traces: &[Trace], batch_spans: usize) -> Vec<Prepared> {
 }
 
 fn to_prepared(group: &[&Trace], spans: usize) -> Prepared {
-    Prepared {
-        request: io::to_request(group.iter().flat_map(|t| &t.spans)),
-        spans: spans as u64,
-        traces: group.len() as u64,
-    }
+    Prepared { request: io::to_request(group.iter().flat_map(|t| &t.spans)), spans: spans as u64, traces: group.len() as u64 }
 }
 
 /// The per-pass changes: ids XOR keys, times shifted by `shift` nanoseconds.
@@ -155,7 +151,9 @@ enum Client {
 }
 
 enum Outcome {
-    Sent { rejected: u64 },
+    Sent {
+        rejected: u64,
+    },
     /// Backpressure: try again after this long.
     Retry(Duration),
     Failed(String),
@@ -191,9 +189,7 @@ impl Client {
                     rejected: response.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64),
                 },
                 Err(status) => match status.code() {
-                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable => {
-                        Outcome::Retry(grpc_retry_delay(&status))
-                    }
+                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable => Outcome::Retry(grpc_retry_delay(&status)),
                     _ => Outcome::Failed(format!("{}: {}", status.code(), status.message())),
                 },
             },
@@ -205,10 +201,11 @@ impl Client {
                         let status = response.status();
                         if status.is_success() {
                             let bytes = response.bytes().await.unwrap_or_default();
-                            let rejected = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(bytes)
-                                .ok()
-                                .and_then(|r| r.partial_success)
-                                .map_or(0, |p| p.rejected_spans.max(0) as u64);
+                            let rejected =
+                                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(bytes)
+                                    .ok()
+                                    .and_then(|r| r.partial_success)
+                                    .map_or(0, |p| p.rejected_spans.max(0) as u64);
                             Outcome::Sent { rejected }
                         } else if status.as_u16() == 429 || status.as_u16() == 503 {
                             let delay = response

@@ -54,7 +54,9 @@ fn decode_checked(bytes: &[u8], format: Format) -> Result<usize, io::ParseError>
         Ok(()) => Ok(spans.len()),
         Err(e) => {
             match e.position {
-                Position::Byte(offset) => assert!(offset <= bytes.len() as u64, "{format:?}: {e:?}"),
+                Position::Byte(offset) => {
+                    assert!(offset <= bytes.len() as u64, "{format:?}: {e:?}")
+                }
                 Position::Line { line, column } => {
                     let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
                     assert!(line >= 1 && line <= lines && column >= 1, "{format:?}: {e:?} of {lines} lines");
@@ -78,8 +80,8 @@ fn every_reader_survives_every_truncation_of_a_real_file() {
             let prefix = &bytes[..cut];
             let result = decode_checked(prefix, format);
             // A JSON document cut before its last byte can never be complete.
-            let incomplete_json = matches!(format, Format::Jaeger | Format::Zipkin)
-                && prefix.iter().any(|b| !b.is_ascii_whitespace());
+            let incomplete_json =
+                matches!(format, Format::Jaeger | Format::Zipkin) && prefix.iter().any(|b| !b.is_ascii_whitespace());
             if incomplete_json {
                 assert!(result.is_err(), "{format:?} cut at {cut} must fail");
             }

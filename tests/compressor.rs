@@ -75,12 +75,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// The value of one sample in Prometheus text format, e.g.
 /// `gent_refused_spans_total{reason="queue_full"}`.
 async fn metric(running: &Running, sample: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", running.metrics_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reqwest::get(format!("http://{}/metrics", running.metrics_addr.unwrap())).await.unwrap().text().await.unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{sample} not in /metrics:\n{text}"))
@@ -397,8 +392,7 @@ fn the_daemon_binary_flushes_on_sigterm() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     let sent = read_set(&[input]).span_count() as u64;
     assert_eq!(report["spans_sent"], sent);
 

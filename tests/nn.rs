@@ -146,9 +146,8 @@ mod generator {
         let discrete = [DiscreteSpan { data_offset: 1, cond_offset: 0, width: 3 }];
         // Row 0 chose category 2, row 1 category 0.
         let cond = tensor(vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0], [2, 3], &device);
-        let loss = |raw: Vec<f32>| {
-            values(conditional_loss(tensor(raw, [2, 4], &device), cond.clone(), &discrete).reshape([1, 1]))[0]
-        };
+        let loss =
+            |raw: Vec<f32>| values(conditional_loss(tensor(raw, [2, 4], &device), cond.clone(), &discrete).reshape([1, 1]))[0];
         let uniform = loss(vec![0.0; 8]);
         assert!((uniform - 3f32.ln()).abs() < 1e-5, "{uniform}");
         let right = loss(vec![0.0, 0.0, 0.0, 9.0, 0.0, 9.0, 0.0, 0.0]);
@@ -159,9 +158,9 @@ mod generator {
 
 mod persistence {
     use super::*;
-    use gent::nn::{Generator, weights};
     use burn::module::Module;
     use gent::nn::weights::Precision;
+    use gent::nn::{Generator, weights};
 
     #[test]
     fn weights_round_trip_through_bytes_and_refuse_the_wrong_shape() {

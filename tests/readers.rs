@@ -78,7 +78,7 @@ fn span_csv_maps_pods_to_services_and_keeps_the_pod() {
         panic!("pod name is a string")
     };
     assert!(pod.starts_with(span.service()) && pod.len() > span.service().len() + 2);
-    assert!(set.traces.iter().all(|t| t.spans.iter().filter(|s| s.parent_span_id.is_none()).count() == 1));
+    assert!(set.traces.iter().all(|t| { t.spans.iter().filter(|s| s.parent_span_id.is_none()).count() == 1 }));
 }
 
 #[test]

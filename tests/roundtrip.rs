@@ -81,9 +81,7 @@ fn any_value() -> impl Strategy<Value = AnyValue> {
             proptest::collection::vec(inner.clone(), 0..3)
                 .prop_map(|v| Value::ArrayValue(ArrayValue { values: v.into_iter().map(wrap).collect() })),
             proptest::collection::vec(("[a-z]{1,4}", inner), 0..3).prop_map(|kvs| {
-                Value::KvlistValue(KeyValueList {
-                    values: kvs.into_iter().map(|(k, v)| key_value(k, wrap(v))).collect(),
-                })
+                Value::KvlistValue(KeyValueList { values: kvs.into_iter().map(|(k, v)| key_value(k, wrap(v))).collect() })
             }),
         ]
     });

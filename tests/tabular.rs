@@ -47,7 +47,9 @@ fn real_columns_round_trip_through_the_encoding() {
     let back = transformer.inverse(&encoded).unwrap();
     for (a, b) in table.columns.iter().zip(&back.columns) {
         match (&a.data, &b.data) {
-            (ColumnData::Categorical(x), ColumnData::Categorical(y)) => assert_eq!(x, y, "{}", a.name),
+            (ColumnData::Categorical(x), ColumnData::Categorical(y)) => {
+                assert_eq!(x, y, "{}", a.name)
+            }
             (ColumnData::Continuous { values: x, log }, ColumnData::Continuous { values: y, .. }) => {
                 let logged: Vec<f64> = x.iter().map(|v| if *log { v.ln_1p() } else { *v }).collect();
                 let scale = std_dev(&logged);

@@ -39,7 +39,13 @@ struct Body {
 }
 
 /// `model` as a packet.
-pub fn pack(model: &WindowModel, window_id: u64, config: &GenTConfig, precision: Precision, seed: u64) -> Result<Vec<u8>, PackError> {
+pub fn pack(
+    model: &WindowModel,
+    window_id: u64,
+    config: &GenTConfig,
+    precision: Precision,
+    seed: u64,
+) -> Result<Vec<u8>, PackError> {
     let header = Header {
         window_id,
         window_start: model.window_start,

@@ -60,8 +60,7 @@ impl TableModel {
         let names = columns.iter().map(|c| c.name.clone()).collect();
         let rows = columns.first().map_or(0, Column::len);
         let fixed: Vec<Option<Fixed>> = columns.iter().map(|c| if rows == 0 { None } else { constant(c) }).collect();
-        let varying: Vec<Column> =
-            columns.into_iter().zip(&fixed).filter(|(_, f)| f.is_none()).map(|(c, _)| c).collect();
+        let varying: Vec<Column> = columns.into_iter().zip(&fixed).filter(|(_, f)| f.is_none()).map(|(c, _)| c).collect();
         let ctgan = if rows == 0 || varying.is_empty() {
             None
         } else {

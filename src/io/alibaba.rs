@@ -35,9 +35,8 @@ struct Graph {
 }
 
 pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
-    let text = std::str::from_utf8(text).map_err(|e| {
-        ParseError::new(Position::Byte(e.valid_up_to() as u64), "not UTF-8 text")
-    })?;
+    let text =
+        std::str::from_utf8(text).map_err(|e| ParseError::new(Position::Byte(e.valid_up_to() as u64), "not UTF-8 text"))?;
     let scope = Arc::new(Scope::default());
     let mut graph: Option<Graph> = None;
     let mut ordinal = 0u64;
@@ -50,9 +49,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
             ordinal += 1;
             graph = Some(Graph { trace_id, service_id, resources: HashMap::new() });
         } else if line.starts_with('(') {
-            let graph = graph
-                .as_mut()
-                .ok_or_else(|| ParseError::new(position, format!("edge before any {HEADER} line")))?;
+            let graph = graph.as_mut().ok_or_else(|| ParseError::new(position, format!("edge before any {HEADER} line")))?;
             let span = parse_edge(line, graph, &scope).map_err(|e| ParseError::new(position, e))?;
             out.push(span);
         } else if !(line.is_empty() || line == "<edges>" || line == "</edges>") {
@@ -67,10 +64,7 @@ fn graph_attribute<'a>(attributes: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn parse_edge(line: &str, graph: &mut Graph, scope: &Arc<Scope>) -> Result<Span, String> {
-    let inner = line
-        .strip_prefix('(')
-        .and_then(|l| l.strip_suffix(')'))
-        .ok_or("an edge must be enclosed in parentheses")?;
+    let inner = line.strip_prefix('(').and_then(|l| l.strip_suffix(')')).ok_or("an edge must be enclosed in parentheses")?;
     let (mut source, mut destination, mut rpc_type, mut edge_id) = (None, None, None, None);
     let (mut starts, mut finishes) = (None, None);
     for part in inner.split(',') {
@@ -108,10 +102,7 @@ fn parse_edge(line: &str, graph: &mut Graph, scope: &Arc<Scope>) -> Result<Span,
             Resource::new(destination, attributes)
         })
         .clone();
-    let mut attributes = vec![
-        string_attribute(RPC_TYPE_ATTRIBUTE, rpc_type),
-        string_attribute(RPC_ID_ATTRIBUTE, edge_id),
-    ];
+    let mut attributes = vec![string_attribute(RPC_TYPE_ATTRIBUTE, rpc_type), string_attribute(RPC_ID_ATTRIBUTE, edge_id)];
     if let Some(source) = source {
         attributes.push(string_attribute(UPSTREAM_ATTRIBUTE, source));
     }

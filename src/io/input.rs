@@ -56,8 +56,7 @@ fn files_below(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
     let mut files = Vec::new();
     let mut folders = vec![dir.to_path_buf()];
     while let Some(folder) = folders.pop() {
-        let entries = std::fs::read_dir(&folder)
-            .map_err(|source| IoError::Read { path: folder.clone(), source })?;
+        let entries = std::fs::read_dir(&folder).map_err(|source| IoError::Read { path: folder.clone(), source })?;
         for entry in entries {
             let entry = entry.map_err(|source| IoError::Read { path: folder.clone(), source })?;
             let path = entry.path();
@@ -80,9 +79,7 @@ pub fn read_file(path: &Path, format: Option<Format>, out: &mut Vec<Span>) -> Re
     let raw = std::fs::read(path).map_err(|source| IoError::Read { path: path.into(), source })?;
     let bytes = gunzip(raw).map_err(|e| match e {
         GunzipError::TooLarge => IoError::TooLarge { path: path.into(), limit: MAX_FILE_BYTES },
-        GunzipError::Corrupt(e) => {
-            IoError::Gzip { path: path.into(), position: e.position, reason: e.reason }
-        }
+        GunzipError::Corrupt(e) => IoError::Gzip { path: path.into(), position: e.position, reason: e.reason },
     })?;
     let format = match format.or_else(|| sniff(&bytes)) {
         Some(f) => f,
@@ -152,9 +149,7 @@ fn sniff_text(bytes: &[u8]) -> Option<Format> {
     let head = &text[..text.len().min(64 * 1024)];
     let has = |needle: &str| memchr::memmem::find(head, needle.as_bytes()).is_some();
     match text[0] {
-        b'{' | b'[' if has("\"resourceSpans\"") || has("\"resource_spans\"") => {
-            Some(Format::OtlpJson)
-        }
+        b'{' | b'[' if has("\"resourceSpans\"") || has("\"resource_spans\"") => Some(Format::OtlpJson),
         b'{' if has("\"data\"") && (has("\"traceID\"") || has("\"spanID\"")) => Some(Format::Jaeger),
         b'[' if has("\"traceId\"") => Some(Format::Zipkin),
         b'[' if text.starts_with(b"[GENERATE GRAPH]") => Some(Format::Alibaba),

@@ -98,10 +98,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
             let span: SpanIn = parse_element(text, raw_span)?;
             let resource = match (&span.process, trace.processes.get_key_value(&span.process_id)) {
                 (Some(inline), _) => resource_of(inline),
-                (None, Some((id, process))) => resources
-                    .entry(id.as_str())
-                    .or_insert_with(|| resource_of(process))
-                    .clone(),
+                (None, Some((id, process))) => resources.entry(id.as_str()).or_insert_with(|| resource_of(process)).clone(),
                 (None, None) => {
                     return Err(error_at(
                         text,
@@ -118,11 +115,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
 }
 
 fn resource_of(process: &Process) -> Arc<Resource> {
-    let service = if process.service_name.is_empty() {
-        UNKNOWN_SERVICE.to_string()
-    } else {
-        process.service_name.clone()
-    };
+    let service = if process.service_name.is_empty() { UNKNOWN_SERVICE.to_string() } else { process.service_name.clone() };
     Resource::new(service, process.tags.iter().map(tag_to_kv).collect())
 }
 
@@ -163,19 +156,13 @@ fn convert(span: SpanIn, resource: Arc<Resource>) -> Result<Span, String> {
                 }
             }
             "otel.status_description" => status.message = text(),
-            "error" if tag.value == serde_json::Value::Bool(true) || text() == "true" => {
-                status.code = StatusCode::Error
-            }
+            "error" if tag.value == serde_json::Value::Bool(true) || text() == "true" => status.code = StatusCode::Error,
             "otel.scope.name" | "otel.library.name" => scope.name = text(),
             "otel.scope.version" | "otel.library.version" => scope.version = text(),
             _ => attributes.push(tag_to_kv(tag)),
         }
     }
-    let events = span
-        .logs
-        .iter()
-        .map(|log| event_of(log))
-        .collect::<Result<Vec<_>, _>>()?;
+    let events = span.logs.iter().map(|log| event_of(log)).collect::<Result<Vec<_>, _>>()?;
     Ok(Span {
         trace_id,
         span_id,
@@ -202,12 +189,7 @@ fn event_of(log: &Log) -> Result<Event, String> {
             _ => attributes.push(tag_to_kv(field)),
         }
     }
-    Ok(Event {
-        time_unix_nano: micros_to_nanos(log.timestamp, "logs.timestamp")?,
-        name,
-        attributes,
-        ..Default::default()
-    })
+    Ok(Event { time_unix_nano: micros_to_nanos(log.timestamp, "logs.timestamp")?, name, attributes, ..Default::default() })
 }
 
 /// A Jaeger tag as a typed OTLP attribute; values that do not match their
@@ -241,9 +223,7 @@ fn kv_to_tag(kv: &KeyValue) -> Tag {
             Some(n) => ("float64", J::Number(n)),
             None => ("string", J::String(d.to_string())),
         },
-        Some(Value::BytesValue(b)) => {
-            ("binary", J::String(base64::engine::general_purpose::STANDARD.encode(b)))
-        }
+        Some(Value::BytesValue(b)) => ("binary", J::String(base64::engine::general_purpose::STANDARD.encode(b))),
         Some(other) => ("string", J::String(format!("{other:?}"))),
         None => ("string", J::String(String::new())),
     };

@@ -64,7 +64,5 @@ pub fn parse_all<'a, T: serde::Deserialize<'a>>(text: &'a [u8]) -> Result<T, Par
 
 /// Microseconds (Jaeger, Zipkin) to nanoseconds, refusing values past year 2554.
 pub fn micros_to_nanos(micros: u64, field: &str) -> Result<u64, String> {
-    micros
-        .checked_mul(1_000)
-        .ok_or_else(|| format!("{field} {micros} µs overflows 64-bit nanoseconds"))
+    micros.checked_mul(1_000).ok_or_else(|| format!("{field} {micros} µs overflows 64-bit nanoseconds"))
 }

@@ -16,10 +16,10 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use input::{Input, MAX_FILE_BYTES, decode, read_file, read_inputs, sniff};
-pub use otlp_wire::{WireError, decode_request};
 pub use otlp::{
     SNAKE_CASE, resource_from_otlp, scope_from_otlp, snake_case_spans, span_from_otlp, spans_from_request, to_request,
 };
+pub use otlp_wire::{WireError, decode_request};
 
 use crate::trace::Trace;
 
@@ -138,11 +138,7 @@ impl IoError {
 }
 
 /// Writes `traces` in `format` to `out`.
-pub fn write_traces(
-    traces: &[Trace],
-    format: OutputFormat,
-    out: &mut dyn std::io::Write,
-) -> std::io::Result<()> {
+pub fn write_traces(traces: &[Trace], format: OutputFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     match format {
         OutputFormat::OtlpJson => otlp::write_json_lines(traces, out),
         OutputFormat::OtlpProto => otlp::write_proto(traces, out),
@@ -151,11 +147,7 @@ pub fn write_traces(
 }
 
 /// Writes `traces` to the file at `path`, creating or truncating it.
-pub fn write_file(
-    traces: &[Trace],
-    format: OutputFormat,
-    path: &std::path::Path,
-) -> Result<(), IoError> {
+pub fn write_file(traces: &[Trace], format: OutputFormat, path: &std::path::Path) -> Result<(), IoError> {
     let fail = |source| IoError::Write { path: path.to_path_buf(), source };
     let file = std::fs::File::create(path).map_err(fail)?;
     let mut out = std::io::BufWriter::new(file);

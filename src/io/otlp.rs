@@ -8,13 +8,13 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status as OtlpStatus};
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status as OtlpStatus};
 use prost::Message;
 
 use super::{ParseError, Position};
-use crate::trace::{Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId};
 use crate::trace::UNKNOWN_SERVICE;
+use crate::trace::{Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId};
 
 const SERVICE_NAME: &str = "service.name";
 
@@ -36,8 +36,7 @@ fn spans_from_resource_spans(rs: ResourceSpans, out: &mut Vec<Span>) -> Result<(
     for (j, ss) in rs.scope_spans.into_iter().enumerate() {
         let scope = scope_from_otlp(ss.scope);
         for (k, span) in ss.spans.into_iter().enumerate() {
-            let span = span_from_otlp(span, &resource, &scope)
-                .map_err(|e| format!("scopeSpans[{j}].spans[{k}]: {e}"))?;
+            let span = span_from_otlp(span, &resource, &scope).map_err(|e| format!("scopeSpans[{j}].spans[{k}]: {e}"))?;
             out.push(span);
         }
     }
@@ -53,9 +52,7 @@ pub fn resource_from_otlp(resource: OtlpResource) -> Arc<Resource> {
     let mut attributes = Vec::with_capacity(resource.attributes.len());
     for kv in resource.attributes {
         match (&kv.key[..], &kv.value) {
-            (SERVICE_NAME, Some(AnyValue { value: Some(any_value::Value::StringValue(s)) })) => {
-                service = Some(s.clone())
-            }
+            (SERVICE_NAME, Some(AnyValue { value: Some(any_value::Value::StringValue(s)) })) => service = Some(s.clone()),
             _ => attributes.push(kv),
         }
     }
@@ -82,9 +79,7 @@ pub fn span_from_otlp(span: OtlpSpan, resource: &Arc<Resource>, scope: &Arc<Scop
 }
 
 pub(super) fn trace_id(bytes: &[u8]) -> Result<TraceId, String> {
-    let id: TraceId = bytes
-        .try_into()
-        .map_err(|_| format!("traceId has {} bytes, expected 16", bytes.len()))?;
+    let id: TraceId = bytes.try_into().map_err(|_| format!("traceId has {} bytes, expected 16", bytes.len()))?;
     if id == [0; 16] {
         return Err("traceId is all zeroes, which OTLP defines as invalid".into());
     }
@@ -92,8 +87,7 @@ pub(super) fn trace_id(bytes: &[u8]) -> Result<TraceId, String> {
 }
 
 pub(super) fn span_id(bytes: &[u8], field: &str) -> Result<SpanId, String> {
-    let id: SpanId =
-        bytes.try_into().map_err(|_| format!("{field} has {} bytes, expected 8", bytes.len()))?;
+    let id: SpanId = bytes.try_into().map_err(|_| format!("{field} has {} bytes, expected 8", bytes.len()))?;
     if id == [0; 8] {
         return Err(format!("{field} is all zeroes, which OTLP defines as invalid"));
     }
@@ -117,26 +111,21 @@ pub fn to_request<'a>(spans: impl IntoIterator<Item = &'a Span>) -> ExportTraceS
     let mut scopes: HashMap<(*const Resource, *const Scope), usize> = HashMap::new();
     for span in spans {
         let r = *resources.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
-            resource_spans.push(ResourceSpans {
-                resource: Some(resource_to_otlp(&span.resource)),
-                ..Default::default()
-            });
+            resource_spans.push(ResourceSpans { resource: Some(resource_to_otlp(&span.resource)), ..Default::default() });
             resource_spans.len() - 1
         });
         let scope_spans = &mut resource_spans[r].scope_spans;
-        let s = *scopes
-            .entry((Arc::as_ptr(&span.resource), Arc::as_ptr(&span.scope)))
-            .or_insert_with(|| {
-                scope_spans.push(ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: span.scope.name.clone(),
-                        version: span.scope.version.clone(),
-                        ..Default::default()
-                    }),
+        let s = *scopes.entry((Arc::as_ptr(&span.resource), Arc::as_ptr(&span.scope))).or_insert_with(|| {
+            scope_spans.push(ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: span.scope.name.clone(),
+                    version: span.scope.version.clone(),
                     ..Default::default()
-                });
-                scope_spans.len() - 1
+                }),
+                ..Default::default()
             });
+            scope_spans.len() - 1
+        });
         scope_spans[s].spans.push(span_to_otlp(span));
     }
     ExportTraceServiceRequest { resource_spans }
@@ -150,10 +139,8 @@ fn resource_to_otlp(resource: &Resource) -> OtlpResource {
 }
 
 fn span_to_otlp(span: &Span) -> OtlpSpan {
-    let status = (span.status != Status::default()).then(|| OtlpStatus {
-        code: span.status.code.to_otlp(),
-        message: span.status.message.clone(),
-    });
+    let status = (span.status != Status::default())
+        .then(|| OtlpStatus { code: span.status.code.to_otlp(), message: span.status.message.clone() });
     OtlpSpan {
         trace_id: span.trace_id.to_vec(),
         span_id: span.span_id.to_vec(),
@@ -207,7 +194,9 @@ pub fn read_json(bytes: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
     let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<ExportTraceServiceRequest>();
     loop {
         let start = stream.byte_offset();
-        let Some(next) = stream.next() else { return Ok(()) };
+        let Some(next) = stream.next() else {
+            return Ok(());
+        };
         let request = next.map_err(|e| super::json::error(bytes, &e))?;
         let start = start + bytes[start..].iter().take_while(|b| b.is_ascii_whitespace()).count();
         let at = |reason| ParseError::new(Position::of_offset(bytes, start), reason);
@@ -227,9 +216,7 @@ pub const SNAKE_CASE: &str = "uses snake_case field names (resource_spans, scope
 
 /// Whether OTLP JSON text names its spans in snake_case, which OTLP JSON forbids.
 pub fn snake_case_spans(text: &[u8]) -> bool {
-    ["\"resource_spans\"", "\"scope_spans\""]
-        .iter()
-        .any(|key| memchr::memmem::find(text, key.as_bytes()).is_some())
+    ["\"resource_spans\"", "\"scope_spans\""].iter().any(|key| memchr::memmem::find(text, key.as_bytes()).is_some())
 }
 
 /// OTLP JSON lines: one request per trace, so a reader can stream it.

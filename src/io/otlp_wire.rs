@@ -121,12 +121,7 @@ pub fn decode_request(buf: &[u8], out: &mut Vec<Span>, invalid: &mut dyn FnMut(u
     Ok(())
 }
 
-fn resource_spans(
-    buf: &[u8],
-    base: usize,
-    out: &mut Vec<Span>,
-    invalid: &mut dyn FnMut(usize, String),
-) -> Result<(), WireError> {
+fn resource_spans(buf: &[u8], base: usize, out: &mut Vec<Span>, invalid: &mut dyn FnMut(usize, String)) -> Result<(), WireError> {
     // Field order is not guaranteed on the wire: find the resource first.
     let mut resource = None;
     let mut scopes = Vec::new();
@@ -173,12 +168,7 @@ fn scope_spans(
 
 /// The outer `Result` is a malformed message; the inner one a well-formed span
 /// that is invalid (a bad id).
-fn span(
-    buf: &[u8],
-    base: usize,
-    resource: &Arc<Resource>,
-    scope: &Arc<Scope>,
-) -> Result<Result<Span, String>, WireError> {
+fn span(buf: &[u8], base: usize, resource: &Arc<Resource>, scope: &Arc<Scope>) -> Result<Result<Span, String>, WireError> {
     let (mut trace, mut id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
     let mut name = String::new();
     let (mut kind, mut start, mut end) = (0i32, 0u64, 0u64);
@@ -192,9 +182,8 @@ fn span(
             (2, Value::Bytes(b), _) => id = b,
             (4, Value::Bytes(b), _) => parent = b,
             (5, Value::Bytes(b), offset) => {
-                name = std::str::from_utf8(b)
-                    .map_err(|_| WireError { offset, reason: "span name is not UTF-8".into() })?
-                    .to_owned()
+                name =
+                    std::str::from_utf8(b).map_err(|_| WireError { offset, reason: "span name is not UTF-8".into() })?.to_owned()
             }
             (6, Value::Varint(v), _) => kind = v as i32,
             (7, Value::Fixed64(v), _) => start = v,

@@ -13,8 +13,7 @@ use super::otlp::string_attribute;
 use super::{ParseError, Position, hex_id};
 use crate::trace::{Resource, Scope, Span, SpanKind, Status};
 
-const COLUMNS: [&str; 7] =
-    ["TraceID", "SpanID", "ParentID", "PodName", "OperationName", "StartTimeUnixNano", "EndTimeUnixNano"];
+const COLUMNS: [&str; 7] = ["TraceID", "SpanID", "ParentID", "PodName", "OperationName", "StartTimeUnixNano", "EndTimeUnixNano"];
 pub const POD_ATTRIBUTE: &str = "k8s.pod.name";
 
 /// Whether `head` starts with a header naming every column the reader needs.
@@ -27,15 +26,14 @@ pub fn is_header(head: &[u8]) -> bool {
 
 pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text);
-    let headers = reader
-        .byte_headers()
-        .map_err(|e| ParseError::new(Position::Line { line: 1, column: 1 }, e.to_string()))?
-        .clone();
+    let headers =
+        reader.byte_headers().map_err(|e| ParseError::new(Position::Line { line: 1, column: 1 }, e.to_string()))?.clone();
     let mut index = [0usize; 7];
     for (slot, name) in index.iter_mut().zip(COLUMNS) {
-        *slot = headers.iter().position(|h| h == name.as_bytes()).ok_or_else(|| {
-            ParseError::new(Position::Line { line: 1, column: 1 }, format!("header lacks column {name}"))
-        })?;
+        *slot = headers
+            .iter()
+            .position(|h| h == name.as_bytes())
+            .ok_or_else(|| ParseError::new(Position::Line { line: 1, column: 1 }, format!("header lacks column {name}")))?;
     }
     let scope = Arc::new(Scope::default());
     let mut pods: HashMap<Vec<u8>, Arc<Resource>> = HashMap::new();
@@ -45,7 +43,9 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
         match reader.read_byte_record(&mut record) {
             Ok(false) => return Ok(()),
             Ok(true) => {}
-            Err(e) => return Err(ParseError::new(Position::Line { line, column: 1 }, e.to_string())),
+            Err(e) => {
+                return Err(ParseError::new(Position::Line { line, column: 1 }, e.to_string()));
+            }
         }
         let line = record.position().map_or(line, |p| p.line());
         let span = parse_row(&record, &index, &mut pods, &scope)
@@ -60,9 +60,8 @@ fn parse_row(
     pods: &mut HashMap<Vec<u8>, Arc<Resource>>,
     scope: &Arc<Scope>,
 ) -> Result<Span, String> {
-    let field = |i: usize| -> Result<&[u8], String> {
-        record.get(index[i]).ok_or_else(|| format!("row has no {} column", COLUMNS[i]))
-    };
+    let field =
+        |i: usize| -> Result<&[u8], String> { record.get(index[i]).ok_or_else(|| format!("row has no {} column", COLUMNS[i])) };
     let parent = field(2)?;
     let parent_span_id = match parent {
         b"" | b"root" => None,
@@ -97,9 +96,7 @@ fn nanos(text: &[u8], column: &str) -> Result<u64, String> {
     std::str::from_utf8(text)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| {
-            format!("{column} {:?} is not a non-negative 64-bit integer", String::from_utf8_lossy(text))
-        })
+        .ok_or_else(|| format!("{column} {:?} is not a non-negative 64-bit integer", String::from_utf8_lossy(text)))
 }
 
 /// The Kubernetes pod name without its ReplicaSet and pod hash suffixes.

@@ -71,9 +71,8 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
     for raw in raws {
         parts.push((parse_element::<SpanIn>(text, raw)?, raw));
     }
-    let parts = merge_undated_parts(parts).map_err(|raw| {
-        error_at(text, raw, "span part has no timestamp and no dated part with its id and service")
-    })?;
+    let parts = merge_undated_parts(parts)
+        .map_err(|raw| error_at(text, raw, "span part has no timestamp and no dated part with its id and service"))?;
     let mut resources: HashMap<InstanceKey, Arc<Resource>> = HashMap::new();
     let scope = Arc::new(Scope::default());
     let mut spans = Vec::with_capacity(parts.len());
@@ -97,8 +96,7 @@ fn merge_undated_parts(parts: Vec<Part<'_>>) -> Result<Vec<Part<'_>>, &RawValue>
         let service = s.local_endpoint.as_ref().and_then(|e| e.service_name.clone());
         (s.trace_id.to_ascii_lowercase(), s.id.to_ascii_lowercase(), service)
     };
-    let (dated, undated): (Vec<Part>, Vec<Part>) =
-        parts.into_iter().partition(|(s, _)| s.timestamp.is_some());
+    let (dated, undated): (Vec<Part>, Vec<Part>) = parts.into_iter().partition(|(s, _)| s.timestamp.is_some());
     if undated.is_empty() {
         return Ok(dated);
     }
@@ -127,17 +125,8 @@ fn merge_undated_parts(parts: Vec<Part<'_>>) -> Result<Vec<Part<'_>>, &RawValue>
 /// A process: service name, address and port of the local endpoint.
 type InstanceKey = (String, Option<String>, Option<u16>);
 
-fn convert(
-    span: SpanIn,
-    resources: &mut HashMap<InstanceKey, Arc<Resource>>,
-    scope: &Arc<Scope>,
-) -> Result<Span, String> {
-    let local = span.local_endpoint.unwrap_or(Endpoint {
-        service_name: None,
-        ipv4: None,
-        ipv6: None,
-        port: None,
-    });
+fn convert(span: SpanIn, resources: &mut HashMap<InstanceKey, Arc<Resource>>, scope: &Arc<Scope>) -> Result<Span, String> {
+    let local = span.local_endpoint.unwrap_or(Endpoint { service_name: None, ipv4: None, ipv6: None, port: None });
     let service = local.service_name.filter(|s| !s.is_empty()).unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
     let key = (service, local.ipv4.or(local.ipv6), local.port);
     let resource = resources.entry(key).or_insert_with_key(resource_of).clone();
@@ -206,12 +195,8 @@ fn resource_of((service, ip, port): &InstanceKey) -> Arc<Resource> {
 
 /// Gives each shared server span that collides with a non-shared span its own id.
 fn split_shared_spans(spans: &mut [Span], shared: &[bool]) {
-    let owners: HashSet<(TraceId, SpanId)> = spans
-        .iter()
-        .zip(shared)
-        .filter(|(_, s)| !**s)
-        .map(|(s, _)| (s.trace_id, s.span_id))
-        .collect();
+    let owners: HashSet<(TraceId, SpanId)> =
+        spans.iter().zip(shared).filter(|(_, s)| !**s).map(|(s, _)| (s.trace_id, s.span_id)).collect();
     // (trace, old id, process) -> new id of the server half
     let mut renamed: HashMap<(TraceId, SpanId, *const Resource), SpanId> = HashMap::new();
     for (span, _) in spans.iter_mut().zip(shared).filter(|(_, s)| **s) {
@@ -229,7 +214,9 @@ fn split_shared_spans(spans: &mut [Span], shared: &[bool]) {
         return;
     }
     for span in spans.iter_mut() {
-        let Some(parent) = span.parent_span_id else { continue };
+        let Some(parent) = span.parent_span_id else {
+            continue;
+        };
         if let Some(&new_parent) = renamed.get(&(span.trace_id, parent, Arc::as_ptr(&span.resource)))
             && new_parent != span.span_id
         {

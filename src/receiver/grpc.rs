@@ -118,11 +118,9 @@ where
 fn status(refusal: Refusal, retry_after: Duration) -> Status {
     let mut status = match refusal.reason {
         // RESOURCE_EXHAUSTED is retryable for OTLP clients only with RetryInfo.
-        RefusalReason::QueueFull => Status::with_error_details(
-            Code::ResourceExhausted,
-            refusal.message,
-            ErrorDetails::with_retry_info(Some(retry_after)),
-        ),
+        RefusalReason::QueueFull => {
+            Status::with_error_details(Code::ResourceExhausted, refusal.message, ErrorDetails::with_retry_info(Some(retry_after)))
+        }
         RefusalReason::ShuttingDown => Status::unavailable(refusal.message),
         RefusalReason::TooLarge => Status::resource_exhausted(refusal.message),
         _ => Status::invalid_argument(refusal.message),

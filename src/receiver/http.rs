@@ -88,12 +88,7 @@ enum Payload {
 }
 
 /// Reads and decompresses the body within `max_message_bytes`; JSON is parsed here.
-async fn decode(
-    ingest: &Ingest,
-    headers: &HeaderMap,
-    body: Body,
-    encoding: Encoding,
-) -> Result<Payload, (StatusCode, Refusal)> {
+async fn decode(ingest: &Ingest, headers: &HeaderMap, body: Body, encoding: Encoding) -> Result<Payload, (StatusCode, Refusal)> {
     let limit = ingest.limits().max_message_bytes;
     let too_large = |what: &str| {
         let message = format!("{what} is larger than the limit of {limit} bytes; send smaller batches");
@@ -105,13 +100,10 @@ async fn decode(
         "identity" | "" => raw,
         "gzip" => {
             let mut out = Vec::with_capacity(raw.len() * 4);
-            flate2::read::MultiGzDecoder::new(&raw[..])
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| {
-                    let message = format!("gzip body does not decompress: {e}");
-                    (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
-                })?;
+            flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| {
+                let message = format!("gzip body does not decompress: {e}");
+                (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
+            })?;
             if out.len() > limit {
                 return Err(too_large("decompressed request body"));
             }
@@ -127,9 +119,7 @@ async fn decode(
     match encoding {
         Encoding::Protobuf => Ok(Payload::Protobuf(bytes)),
         Encoding::Json => {
-            let refuse = |message: String| {
-                (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message))
-            };
+            let refuse = |message: String| (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message));
             let request: ExportTraceServiceRequest =
                 serde_json::from_slice(&bytes).map_err(|e| refuse(format!("undecodable OTLP JSON payload: {e}")))?;
             // Unknown (snake_case) names would otherwise be accepted as nothing.

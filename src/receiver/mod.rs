@@ -57,10 +57,8 @@ pub struct Accepted {
 impl Accepted {
     /// The OTLP response: `partial_success` only when spans were rejected.
     pub fn response(self) -> ExportTraceServiceResponse {
-        let partial_success = (self.rejected_spans > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: self.rejected_spans as i64,
-            error_message: self.message,
-        });
+        let partial_success = (self.rejected_spans > 0)
+            .then(|| ExportTracePartialSuccess { rejected_spans: self.rejected_spans as i64, error_message: self.message });
         ExportTraceServiceResponse { partial_success }
     }
 }

@@ -60,7 +60,8 @@ impl Mixture {
                 }
             }
         }
-        let mut m = best.map(|(_, m)| m).unwrap_or(Mixture { weights: vec![1.0], means: vec![mean], stds: vec![var.max(floor).sqrt()] });
+        let mut m =
+            best.map(|(_, m)| m).unwrap_or(Mixture { weights: vec![1.0], means: vec![mean], stds: vec![var.max(floor).sqrt()] });
         m.prune();
         m
     }
@@ -192,9 +193,8 @@ mod tests {
     #[test]
     fn finds_the_modes_of_a_bimodal_column_and_prunes_the_rest() {
         let mut rng = StdRng::seed_from_u64(7);
-        let xs: Vec<f64> = (0..6000)
-            .map(|i| if i % 3 == 0 { normal(&mut rng, 10.0, 1.0) } else { normal(&mut rng, -5.0, 0.5) })
-            .collect();
+        let xs: Vec<f64> =
+            (0..6000).map(|i| if i % 3 == 0 { normal(&mut rng, 10.0, 1.0) } else { normal(&mut rng, -5.0, 0.5) }).collect();
         let m = Mixture::fit(&xs, &mut StdRng::seed_from_u64(1));
         assert!(m.len() >= 2 && m.len() <= 4, "{m:?}");
         let heavy: Vec<usize> = (0..m.len()).filter(|&j| m.weights[j] > 0.2).collect();

@@ -43,10 +43,13 @@ fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {
     let weights: Vec<f64> = weights.collect();
     let total: f64 = weights.iter().sum();
     let mut acc = 0.0;
-    weights.iter().map(|w| {
-        acc += w / total;
-        acc
-    }).collect()
+    weights
+        .iter()
+        .map(|w| {
+            acc += w / total;
+            acc
+        })
+        .collect()
 }
 
 fn draw(cdf: &[f64], rng: &mut impl Rng) -> usize {
@@ -89,8 +92,8 @@ impl ConditionalSampler {
                 _ => None,
             })
             .collect();
-        let fits = widths.len() == counts.len()
-            && widths.iter().zip(&counts).all(|(&w, c)| w == c.len() && c.iter().any(|&n| n > 0));
+        let fits =
+            widths.len() == counts.len() && widths.iter().zip(&counts).all(|(&w, c)| w == c.len() && c.iter().any(|&n| n > 0));
         fits.then(|| Self::build(transformer, counts, Vec::new()))
     }
 
@@ -153,7 +156,11 @@ impl ConditionalSampler {
         if self.discrete.is_empty() {
             return None;
         }
-        let mut out = CondBatch { cond: vec![0.0; batch * self.cond_width], column: Vec::with_capacity(batch), category: Vec::with_capacity(batch) };
+        let mut out = CondBatch {
+            cond: vec![0.0; batch * self.cond_width],
+            column: Vec::with_capacity(batch),
+            category: Vec::with_capacity(batch),
+        };
         for r in 0..batch {
             let c = rng.random_range(0..self.discrete.len());
             let d = &self.discrete[c];
@@ -169,10 +176,6 @@ impl ConditionalSampler {
     /// (any row when no row does, which only unseen data could cause).
     pub fn sample_row(&self, column: usize, category: usize, rows: usize, rng: &mut impl Rng) -> usize {
         let candidates = self.discrete[column].rows.get(category).map_or(&[][..], |r| &r[..]);
-        if candidates.is_empty() {
-            rng.random_range(0..rows)
-        } else {
-            candidates[rng.random_range(0..candidates.len())]
-        }
+        if candidates.is_empty() { rng.random_range(0..rows) } else { candidates[rng.random_range(0..candidates.len())] }
     }
 }

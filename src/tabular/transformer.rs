@@ -125,9 +125,8 @@ impl Transformer {
                     Column::continuous(name, values, *log)
                 }
                 ColumnTransform::Categorical { name, categories } => {
-                    let values = (0..rows)
-                        .map(|r| categories[argmax((0..categories.len()).map(|j| cell(r, j)))].clone())
-                        .collect();
+                    let values =
+                        (0..rows).map(|r| categories[argmax((0..categories.len()).map(|j| cell(r, j)))].clone()).collect();
                     Column::categorical(name, values)
                 }
             };

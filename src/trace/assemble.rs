@@ -160,8 +160,7 @@ fn has_cycle(spans: &[Span]) -> bool {
 /// parent link per cycle turns it back into a tree. The span cut loose is the
 /// earliest one, which is the most plausible true root.
 fn break_cycles(spans: &mut [Span]) -> u64 {
-    let index: HashMap<SpanId, usize> =
-        spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+    let index: HashMap<SpanId, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
     let mut graph = DiGraph::<usize, ()>::with_capacity(spans.len(), spans.len());
     let nodes: Vec<_> = (0..spans.len()).map(|i| graph.add_node(i)).collect();
     for (child, span) in spans.iter().enumerate() {
@@ -171,8 +170,7 @@ fn break_cycles(spans: &mut [Span]) -> u64 {
     }
     let mut cycles = 0;
     for component in tarjan_scc(&graph) {
-        let is_cycle = component.len() > 1
-            || component.iter().any(|&n| graph.find_edge(n, n).is_some());
+        let is_cycle = component.len() > 1 || component.iter().any(|&n| graph.find_edge(n, n).is_some());
         if !is_cycle {
             continue;
         }
@@ -220,12 +218,7 @@ mod tests {
     fn exact_duplicates_are_dropped_and_conflicts_rejected() {
         let mut conflicting = span(1, 2, Some(1), 5, 6);
         conflicting.name = "other".into();
-        let set = assemble(vec![
-            span(1, 1, None, 0, 10),
-            span(1, 2, Some(1), 5, 6),
-            span(1, 2, Some(1), 5, 6),
-            conflicting,
-        ]);
+        let set = assemble(vec![span(1, 1, None, 0, 10), span(1, 2, Some(1), 5, 6), span(1, 2, Some(1), 5, 6), conflicting]);
         assert_eq!(set.traces.len(), 1);
         assert_eq!(set.traces[0].spans.len(), 2);
         assert_eq!(set.traces[0].spans[1].name, "op", "the first copy wins");

@@ -40,8 +40,7 @@ impl TraceGraph {
     /// anyway are unreachable from every root and left out of the topology.
     pub fn build(trace: &Trace) -> Self {
         let n = trace.spans.len();
-        let index: HashMap<SpanId, usize> =
-            trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+        let index: HashMap<SpanId, usize> = trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
         let mut graph = DiGraph::with_capacity(n, n);
         for _ in 0..n {
             graph.add_node(());
@@ -92,11 +91,8 @@ impl TraceGraph {
         }
         let tie = |i: usize| (trace.spans[i].start, trace.spans[i].span_id);
         for &i in order.iter().rev() {
-            let mut kids: Vec<usize> = self
-                .graph
-                .neighbors_directed(NodeIndex::new(i), Direction::Outgoing)
-                .map(|c| c.index())
-                .collect();
+            let mut kids: Vec<usize> =
+                self.graph.neighbors_directed(NodeIndex::new(i), Direction::Outgoing).map(|c| c.index()).collect();
             kids.sort_by_key(|&c| (self.subtree_hash[c], tie(c)));
             let mut hasher = Xxh3::new();
             hasher.update(self.labels[i].as_bytes());
@@ -307,10 +303,7 @@ mod tests {
     fn labels_cannot_collide_through_syntax() {
         let a = trace(vec![span(1, None, "a", "b(c)", 0)]);
         let b = trace(vec![span(1, None, "a", "b", 0), span(2, Some(1), "c", "", 1)]);
-        assert_ne!(
-            TraceGraph::build(&a).canonical_string(),
-            TraceGraph::build(&b).canonical_string()
-        );
+        assert_ne!(TraceGraph::build(&a).canonical_string(), TraceGraph::build(&b).canonical_string());
     }
 
     #[test]

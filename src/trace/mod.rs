@@ -10,8 +10,5 @@ mod stats;
 
 pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
 pub use graph::{TraceGraph, chains, topology_hash};
-pub use span::{
-    Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,
-    UNKNOWN_SERVICE,
-};
+pub use span::{Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId, UNKNOWN_SERVICE};
 pub use stats::{Quantiles, Stats};

@@ -47,14 +47,8 @@ pub enum SpanKind {
 }
 
 impl SpanKind {
-    pub const ALL: [SpanKind; 6] = [
-        SpanKind::Unspecified,
-        SpanKind::Internal,
-        SpanKind::Server,
-        SpanKind::Client,
-        SpanKind::Producer,
-        SpanKind::Consumer,
-    ];
+    pub const ALL: [SpanKind; 6] =
+        [SpanKind::Unspecified, SpanKind::Internal, SpanKind::Server, SpanKind::Client, SpanKind::Producer, SpanKind::Consumer];
 
     /// From the OTLP enum value; unknown values degrade to `Unspecified` as the
     /// OTLP specification asks of receivers.

@@ -78,8 +78,7 @@ impl Stats {
         stats.services = services.len();
         stats.span_names = names.len();
         stats.topologies = topologies.len();
-        stats.spans_per_trace =
-            Quantiles::of(set.traces.iter().map(|t| t.spans.len() as u64).collect());
+        stats.spans_per_trace = Quantiles::of(set.traces.iter().map(|t| t.spans.len() as u64).collect());
         stats
     }
 }

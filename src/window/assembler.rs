@@ -90,10 +90,7 @@ impl Window {
     }
 
     fn add(&mut self, span: Span, now: Instant) {
-        let trace = self
-            .open
-            .entry(span.trace_id)
-            .or_insert_with(|| OpenTrace { spans: Vec::new(), last_arrival: now });
+        let trace = self.open.entry(span.trace_id).or_insert_with(|| OpenTrace { spans: Vec::new(), last_arrival: now });
         trace.last_arrival = now;
         trace.spans.push(span);
     }
@@ -193,13 +190,8 @@ impl Assembler {
     /// Completes idle traces and closes the window when its time is up.
     pub fn tick(&mut self, now: Instant) -> Option<RawWindow> {
         let idle = self.config.trace_idle;
-        let done: Vec<TraceId> = self
-            .current
-            .open
-            .iter()
-            .filter(|(_, t)| now.duration_since(t.last_arrival) >= idle)
-            .map(|(id, _)| *id)
-            .collect();
+        let done: Vec<TraceId> =
+            self.current.open.iter().filter(|(_, t)| now.duration_since(t.last_arrival) >= idle).map(|(id, _)| *id).collect();
         for id in done {
             if let Some(trace) = self.current.open.remove(&id) {
                 self.current.completed.insert(id, trace.spans);

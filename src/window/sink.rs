@@ -68,19 +68,17 @@ pub fn run_sink(
     mut input: mpsc::Receiver<RawWindow>,
     metrics: Metrics,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("gent-sink".into())
-        .spawn(move || {
-            while let Some(raw) = input.blocking_recv() {
-                let window = raw.assemble();
-                record(&metrics, &window);
-                if let Err(e) = sink.take(&window) {
-                    metrics.sink_errors.inc();
-                    tracing::error!(window = window.id, error = %e, "sink failed to take window");
-                }
-                // Dropping the window gives its spans' budget back.
+    std::thread::Builder::new().name("gent-sink".into()).spawn(move || {
+        while let Some(raw) = input.blocking_recv() {
+            let window = raw.assemble();
+            record(&metrics, &window);
+            if let Err(e) = sink.take(&window) {
+                metrics.sink_errors.inc();
+                tracing::error!(window = window.id, error = %e, "sink failed to take window");
             }
-        })
+            // Dropping the window gives its spans' budget back.
+        }
+    })
 }
 
 fn record(m: &Metrics, w: &ClosedWindow) {

@@ -20,11 +20,9 @@ pub fn data(rel: &str) -> PathBuf {
 /// Every fixture file with the format it must be read as.
 pub fn fixtures() -> Vec<(PathBuf, Format)> {
     let mut files = Vec::new();
-    for (folder, format) in [
-        ("fixtures/otlp", Format::OtlpJson),
-        ("fixtures/jaeger", Format::Jaeger),
-        ("fixtures/zipkin", Format::Zipkin),
-    ] {
+    for (folder, format) in
+        [("fixtures/otlp", Format::OtlpJson), ("fixtures/jaeger", Format::Jaeger), ("fixtures/zipkin", Format::Zipkin)]
+    {
         for entry in std::fs::read_dir(data(folder)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "json" || e == "jsonl") {
