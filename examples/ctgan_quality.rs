@@ -5,7 +5,7 @@
 //! thresholds (duration W1 below 0.8 × the baseline's, joint TV below 0.1) are
 //! not met.
 //!
-//! Run: `cargo run --release --example ctgan_quality [EPOCHS] [WIDTH] [flex|ndarray] [LEARNING_RATE]`
+//! Run: `cargo run --release --example ctgan_quality [EPOCHS] [WIDTH] [flex|ndarray] [LEARNING_RATE] [BATCH]`
 
 use std::path::PathBuf;
 
@@ -169,8 +169,10 @@ fn main() {
         _ => Device::flex(),
     };
     let learning_rate = std::env::args().nth(4).and_then(|a| a.parse().ok()).unwrap_or(2e-4);
+    let batch = arg(5, 500);
     let config = CtganConfig {
         epochs,
+        batch,
         seed: 7,
         learning_rate,
         generator: vec![width, width],

@@ -81,6 +81,9 @@ enum Command {
         /// Store weights as f16 (half the size, about three significant digits).
         #[arg(long)]
         f16: bool,
+        /// Condition on a one-hot topology id instead of the GCN embedding (the paper's ablation).
+        #[arg(long)]
+        no_gcn: bool,
         /// Start R_G and C_G from this earlier packet's weights where they fit.
         #[arg(long)]
         warm_start: Option<PathBuf>,
@@ -162,8 +165,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let cli = Cli::parse();
@@ -171,8 +173,8 @@ fn main() -> ExitCode {
         Command::Stats { inputs, format, json } => stats(&inputs, format, json),
         Command::Convert { inputs, out, to, format, json } => convert(&inputs, &out, to, format, json),
         Command::Compressor { config } => compressor(config.as_deref()),
-        Command::Train { inputs, out, epochs, chain_length, seed, f16, warm_start, backend, format, json } => {
-            let options = TrainOptions { out, epochs, chain_length, seed, f16, warm_start, backend };
+        Command::Train { inputs, out, epochs, chain_length, seed, f16, no_gcn, warm_start, backend, format, json } => {
+            let options = TrainOptions { out, epochs, chain_length, seed, f16, gcn: !no_gcn, warm_start, backend };
             train(&inputs, format, options, json)
         }
         Command::Generate { model, out, format, seed, backend, json } => generate(&model, &out, format, seed, backend, json),
@@ -249,10 +251,7 @@ fn print_stats(r: &StatsReport) {
     println!("topologies          {}", s.topologies);
     println!("max depth           {}", s.max_depth);
     println!("max fan-out         {}", s.max_fan_out);
-    println!(
-        "spans per trace     p50 {}  p99 {}  max {}",
-        s.spans_per_trace.p50, s.spans_per_trace.p99, s.spans_per_trace.max
-    );
+    println!("spans per trace     p50 {}  p99 {}  max {}", s.spans_per_trace.p50, s.spans_per_trace.p99, s.spans_per_trace.max);
     println!("orphan spans        {} (in {} fragmented traces)", s.orphan_spans, s.fragmented_traces);
     println!(
         "defects             conflicting duplicates {}, cycles {}, end before start {}",
@@ -335,6 +334,7 @@ struct TrainOptions {
     chain_length: usize,
     seed: u64,
     f16: bool,
+    gcn: bool,
     warm_start: Option<PathBuf>,
     backend: Backend,
 }
@@ -376,19 +376,18 @@ fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool
     if set.traces.is_empty() {
         return Err(Failure::BadInput("the input holds no traces".into()));
     }
-    let mut config = GenTConfig { chain_length: o.chain_length, ..GenTConfig::default() };
+    let mut config = GenTConfig { chain_length: o.chain_length, gcn: o.gcn, ..GenTConfig::default() };
     config.ctgan.epochs = o.epochs;
     config.ctgan.seed = o.seed;
     let previous = match &o.warm_start {
         Some(path) => Some(
-            gent::gent::unpack(&read_file(path)?, &device)
-                .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?
-                .1,
+            gent::gent::unpack(&read_file(path)?, &device).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?.1,
         ),
         None => None,
     };
     let started = std::time::Instant::now();
-    let model = WindowModel::train(&set.traces, &config, &device, previous.as_ref()).map_err(|e| Failure::BadInput(e.to_string()))?;
+    let model =
+        WindowModel::train(&set.traces, &config, &device, previous.as_ref()).map_err(|e| Failure::BadInput(e.to_string()))?;
     let train_seconds = started.elapsed().as_secs_f64();
     let precision = if o.f16 { Precision::F16 } else { Precision::F32 };
     let packet = gent::gent::pack(&model, 0, &config, precision, o.seed).map_err(|e| Failure::Other(e.to_string()))?;
@@ -435,13 +434,14 @@ fn generate(
     json: bool,
 ) -> Result<(), Failure> {
     let device = device(backend)?;
-    let (header, model) = gent::gent::unpack(&read_file(packet)?, &device)
-        .map_err(|e| Failure::BadInput(format!("{}: {e}", packet.display())))?;
+    let (header, model) =
+        gent::gent::unpack(&read_file(packet)?, &device).map_err(|e| Failure::BadInput(format!("{}: {e}", packet.display())))?;
     let started = std::time::Instant::now();
     let (traces, repairs) = model.generate(seed.unwrap_or(header.seed)).map_err(|e| Failure::Other(e.to_string()))?;
     let generate_seconds = started.elapsed().as_secs_f64();
     io::write_file(&traces, format, out)?;
-    let report = GenerateReport { traces: traces.len(), spans: traces.iter().map(|t| t.spans.len()).sum(), generate_seconds, repairs };
+    let report =
+        GenerateReport { traces: traces.len(), spans: traces.iter().map(|t| t.spans.len()).sum(), generate_seconds, repairs };
     tracing::info!(traces = report.traces, spans = report.spans, generate_seconds = format!("{generate_seconds:.2}"), out = %out.display(), "traces regenerated");
     if json { print_json(&report) } else { Ok(()) }
 }

@@ -64,7 +64,7 @@ fn bad_configurations_are_refused_clearly() {
     let constant = Table::new(vec![Column::continuous("c", vec![1.0; 100], false)]).unwrap();
     let e = Ctgan::fit(&constant, None, small(1, 1), &Device::flex()).err().unwrap();
     assert!(matches!(e, CtganError::Table(_)) && e.to_string().contains("single value"), "{e}");
-    let ctx = gent::nn::Context { values: &[0.0; 3], width: 2 };
+    let ctx = gent::nn::Context::vectors(&[0.0; 3], 2);
     assert!(matches!(Ctgan::fit(&t, Some(ctx), small(1, 1), &Device::flex()), Err(CtganError::Context { .. })));
 }
 
@@ -139,5 +139,81 @@ mod warm_start {
         // Other dimensions.
         let wider = CtganConfig { generator: vec![64, 64, 64], ..small(1, 1) };
         assert!(!Ctgan::fit_warm(&t, None, wider, &Device::flex(), Some(&previous)).unwrap().warm_started());
+    }
+}
+
+mod graphs {
+    use super::*;
+    use gent::nn::weights::Precision;
+    use gent::nn::{Context, GraphInput, pooled_features};
+
+    /// Four small graphs over three node labels (each a fixed ±1 code), the
+    /// last two with the same labels in different shapes; node features are
+    /// the label's code and the node's depth, as Gen-T builds them.
+    fn graph_features() -> (Vec<f32>, usize) {
+        const CODES: [[f32; 4]; 3] = [[1.0, -1.0, 1.0, 1.0], [-1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0]];
+        let graphs: [(&[usize], &[Option<u32>]); 4] = [
+            (&[0], &[None]),
+            (&[0, 1], &[None, Some(0)]),
+            (&[0, 1, 2], &[None, Some(0), Some(1)]),
+            (&[0, 1, 2], &[None, Some(0), Some(0)]),
+        ];
+        let mut out = Vec::new();
+        for (labels, parents) in graphs {
+            let depth = |mut k: usize| {
+                let mut d = 0.0;
+                while let Some(p) = parents[k] {
+                    (k, d) = (p as usize, d + 1.0);
+                }
+                d
+            };
+            let nodes: Vec<f32> = labels.iter().enumerate().flat_map(|(k, &l)| CODES[l].into_iter().chain([depth(k)])).collect();
+            out.extend(pooled_features(&nodes, 5, parents));
+        }
+        (out, 5)
+    }
+
+    /// A label and a number that the row's graph decides, equally frequent overall.
+    fn table(rows: usize) -> (Table, Vec<u32>) {
+        let ids: Vec<u32> = (0..rows as u32).map(|i| i % 4).collect();
+        let x = ids.iter().map(|&g| ["p", "q", "r", "s"][g as usize].to_string()).collect();
+        let y = ids.iter().enumerate().map(|(i, &g)| f64::from(g) * 10.0 + (i % 5) as f64 * 0.2).collect();
+        (Table::new(vec![Column::categorical("x", x), Column::continuous("y", y, false)]).unwrap(), ids)
+    }
+
+    /// Shares of sampled rows whose label, and whose number, fit their graph.
+    fn fit_to_graphs(s: &Table, ids: &[u32]) -> (f64, f64) {
+        let ColumnData::Continuous { values: y, .. } = &s.columns[1].data else { panic!() };
+        let n = ids.len() as f64;
+        let labels_ok = labels(s, 0).iter().zip(ids).filter(|(l, g)| **l == ["p", "q", "r", "s"][**g as usize]).count();
+        let numbers_ok = y.iter().zip(ids).filter(|(v, g)| (**v - f64::from(**g) * 10.0).abs() < 3.0).count();
+        (labels_ok as f64 / n, numbers_ok as f64 / n)
+    }
+
+    #[test]
+    fn rows_follow_the_graph_they_belong_to_through_the_gcn_embedding() {
+        let (features, width) = graph_features();
+        let (t, ids) = table(2000);
+        let graph = GraphInput { features: &features, width, rows: &ids };
+        let context = Context { values: &[], width: 0, graph: Some(graph) };
+        let model = Ctgan::fit(&t, Some(context), small(400, 3), &Device::flex()).unwrap();
+        let sample_ids: Vec<u32> = (0..2000u32).map(|i| (i * 7 + 1) % 4).collect();
+        let wanted = Context { values: &[], width: 0, graph: Some(GraphInput { rows: &sample_ids, ..graph }) };
+        let s = model.sample(2000, Some(wanted), 4).unwrap();
+        let (labels_ok, numbers_ok) = fit_to_graphs(&s, &sample_ids);
+        println!("labels matching their graph {labels_ok:.3}, numbers in their graph's mode {numbers_ok:.3}");
+
+        // Without the graph a label would match one time in four.
+        assert!(labels_ok > 0.8 && numbers_ok > 0.8, "labels {labels_ok}, numbers {numbers_ok}");
+
+        // The stored generator keeps its GCN; sampling needs the graphs.
+        let loaded = Ctgan::from_bytes(&model.to_bytes(Precision::F32).unwrap(), &Device::flex()).unwrap();
+        assert_eq!(loaded.sample(2000, Some(wanted), 4).unwrap(), s);
+        let e = loaded.sample(10, None, 4).err().expect("graphs are required").to_string();
+        assert!(e.contains("graph"), "{e}");
+        let bad_ids = [0, 1, 9];
+        let bad = Context { values: &[], width: 0, graph: Some(GraphInput { rows: &bad_ids, ..graph }) };
+        let e = loaded.sample(3, Some(bad), 4).err().expect("an unknown graph is refused").to_string();
+        assert!(e.contains("graph id 9"), "{e}");
     }
 }

@@ -15,6 +15,7 @@ use gent::trace::{Trace, TraceGraph, TraceSet};
 fn tiny() -> GenTConfig {
     GenTConfig {
         chain_length: 3,
+        gcn: true,
         ctgan: CtganConfig { epochs: 1, embedding: 8, generator: vec![16], critic: vec![16], seed: 3, ..CtganConfig::default() },
     }
 }
@@ -42,9 +43,9 @@ fn nested(set: &[Trace]) -> HashSet<(String, String)> {
     inside.into_iter().filter(|(_, v)| *v).map(|(k, _)| k).collect()
 }
 
-fn check_round_trip(set: &TraceSet, name: &str) {
+fn check_round_trip(set: &TraceSet, name: &str, config: &GenTConfig) {
     let device = Device::flex();
-    let model = WindowModel::train(&set.traces, &tiny(), &device, None).unwrap();
+    let model = WindowModel::train(&set.traces, config, &device, None).unwrap();
     let packet = gent::packet::seal(&model.to_stored(Precision::F32).unwrap()).unwrap();
     let loaded = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
     let (traces, repairs) = loaded.generate(11).unwrap();
@@ -82,17 +83,48 @@ fn check_round_trip(set: &TraceSet, name: &str) {
     // The same packet and seed regenerate the same traces.
     let again = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
     assert_eq!(again.generate(11).unwrap().0, traces);
+    // Another seed, other traces (same topologies).
+    let other = again.generate(12).unwrap().0;
+    assert_ne!(other, traces);
+    assert_eq!(topology_counts(&other), topology_counts(&set.traces));
 }
 
 #[test]
 fn hipster_round_trip() {
-    check_round_trip(&read_set(&[data("hipster")]), "hipster");
+    let set = read_set(&[data("hipster")]);
+    check_round_trip(&set, "hipster, GCN", &tiny());
+    check_round_trip(&set, "hipster, one-hot topologies", &GenTConfig { gcn: false, ..tiny() });
 }
 
 #[test]
 fn trainticket_hour_12_round_trip() {
     let paths: Vec<_> = (0..60).map(|m| data(&format!("trainticket/12_{m:02}_trace.csv.gz"))).collect();
-    check_round_trip(&read_set(&paths), "trainticket hour 12");
+    check_round_trip(&read_set(&paths), "trainticket hour 12", &tiny());
+}
+
+#[test]
+fn a_rolling_window_warm_starts_roots_and_chains_but_rebuilds_the_histogram() {
+    // Two consecutive TrainTicket windows (minutes 0-4 and 5-9 of hour 12).
+    let window = |minutes: std::ops::Range<u32>| {
+        read_set(&minutes.map(|m| data(&format!("trainticket/12_{m:02}_trace.csv.gz"))).collect::<Vec<_>>())
+    };
+    let (first, second) = (window(0..5), window(5..10));
+    let device = Device::flex();
+    let previous = WindowModel::train(&first.traces, &tiny(), &device, None).unwrap();
+    let packet = gent::packet::seal(&previous.to_stored(Precision::F16).unwrap()).unwrap();
+    let previous = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
+
+    let cold = WindowModel::train(&second.traces, &tiny(), &device, None).unwrap();
+    let warm = WindowModel::train(&second.traces, &tiny(), &device, Some(&previous)).unwrap();
+    assert_eq!(cold.warm_started(), (false, false));
+    assert_eq!(warm.warm_started(), (true, true), "R_G and C_G start from the previous window");
+    // H and T_G are the new window's own.
+    let (h, _) = TopologyHistogram::build(&second.traces);
+    assert_eq!(warm.histogram, h);
+    assert_ne!(warm.histogram, previous.histogram);
+    let (traces, _) = warm.generate(5).unwrap();
+    assert_eq!(topology_counts(&traces), topology_counts(&second.traces));
+    assert!(traces.iter().all(|t| t.start() >= warm.window_start && t.end() <= warm.window_end), "inside the new window");
 }
 
 #[test]

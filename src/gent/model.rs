@@ -3,10 +3,10 @@
 //! window (T_G). Per root: its offset from the trace start, duration, status
 //! and kind (R_G). Per chain (DESIGN.md item 5): the gap from the parent,
 //! duration, status and kind of every node after the head (C_G), conditioned
-//! on the head's metadata. Every generator is conditioned on the topology
-//! (one-hot topology id here, the paper's no-GCN variant; the GCN embedding
-//! comes next) and on fixed-width codes of the labels of the nodes it fills,
-//! which the topology fixes.
+//! on the head's metadata. Every generator is conditioned on the topology (a
+//! GCN embedding trained with it, or with `gcn: false` a one-hot topology id,
+//! the paper's ablation) and on fixed-width codes of the labels of the nodes
+//! it fills, which the topology fixes.
 //!
 //! Generation reproduces the histogram exactly, fills roots, then chains in
 //! rounds (a chain's head is always filled in an earlier round), batching
@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use super::tables::{StoredTableModel, TableModel};
 use super::topology::{Placement, Topology, TopologyHistogram};
 use crate::nn::weights::Precision;
-use crate::nn::{Context, CtganConfig, CtganError};
+use crate::nn::{Context, CtganConfig, CtganError, GraphInput, pooled_features};
 use crate::tabular::{Column, ColumnData, Table};
 use crate::trace::{Resource, Scope, Span, SpanKind, Status, StatusCode, Trace};
 
@@ -48,6 +48,8 @@ const STATUSES: [StatusCode; 3] = [StatusCode::Unset, StatusCode::Ok, StatusCode
 pub struct GenTConfig {
     /// Most nodes per chain, head included (≥ 2).
     pub chain_length: usize,
+    /// Topology conditioning by a GCN embedding (true) or a one-hot topology id.
+    pub gcn: bool,
     /// CTGAN settings shared by T_G, R_G and C_G (Gen-T: one residual layer of
     /// 128, a critic of 128, 10 epochs).
     pub ctgan: CtganConfig,
@@ -57,6 +59,7 @@ impl Default for GenTConfig {
     fn default() -> Self {
         GenTConfig {
             chain_length: 3,
+            gcn: true,
             ctgan: CtganConfig { generator: vec![128], critic: vec![128], epochs: 10, ..CtganConfig::default() },
         }
     }
@@ -82,6 +85,7 @@ pub struct WindowModel {
     pub window_end: u64,
     pub histogram: TopologyHistogram,
     pub chain_length: usize,
+    gcn: bool,
     /// (parent label, child label) pairs whose children always lay inside their parent.
     nested: Vec<(u32, u32)>,
     start: TableModel,
@@ -96,44 +100,88 @@ pub struct StoredWindowModel {
     pub window_end: u64,
     pub histogram: TopologyHistogram,
     pub chain_length: usize,
+    gcn: bool,
     nested: Vec<(u32, u32)>,
     start: StoredTableModel,
     roots: StoredTableModel,
     chains: StoredTableModel,
 }
 
-/// The context vectors of a table, row-major.
-struct Contexts {
+/// The context of a table's rows: vectors (row-major) and each row's topology.
+struct Contexts<'a> {
     values: Vec<f32>,
     width: usize,
+    topologies: Vec<u32>,
+    /// Pooled GCN features per topology, when conditioning by GCN.
+    graphs: Option<&'a [f32]>,
 }
 
-impl Contexts {
-    fn new(width: usize) -> Self {
-        Contexts { values: Vec::new(), width }
-    }
-
+impl<'a> Contexts<'a> {
     fn get(&self) -> Option<Context<'_>> {
-        (self.width > 0).then_some(Context { values: &self.values, width: self.width })
+        let graph = self.graphs.map(|features| GraphInput { features, width: GRAPH_FEATURES, rows: &self.topologies });
+        (self.width > 0 || graph.is_some()).then_some(Context { values: &self.values, width: self.width, graph })
     }
 }
 
 /// Width of a node label's code in the context vectors.
 const LABEL_CODE: usize = 16;
 
-/// A node label's code: 16 signs drawn from the xxh3 hash of the label, so
-/// any machine derives the same code from the label text alone. Every code is
-/// a corner of the hypercube and so linearly separable from all the others,
-/// which lets the networks tell labels apart as well as with a one-hot, at a
-/// fixed width instead of one column per label (246 on TrainTicket): the
-/// generators' first layers, most of a packet, shrink accordingly.
-fn label_code(label: &super::topology::Label) -> [f32; LABEL_CODE] {
+/// The 64 bits of a label's xxh3 hash, from which its codes are drawn: any
+/// machine derives the same code from the label text alone.
+fn label_bits(label: &super::topology::Label) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(label.service.as_bytes());
     hasher.update(&[0xff]);
     hasher.update(label.name.as_bytes());
-    let bits = hasher.digest();
+    hasher.digest()
+}
+
+fn signs<const N: usize>(bits: u64) -> [f32; N] {
     std::array::from_fn(|i| if bits >> i & 1 == 1 { 1.0 } else { -1.0 })
+}
+
+/// A node label's code: 16 signs of its hash. Every code is a corner of the
+/// hypercube and so linearly separable from all the others, which lets the
+/// networks tell labels apart as well as with a one-hot, at a fixed width
+/// instead of one column per label (246 on TrainTicket): the generators'
+/// first layers, most of a packet, shrink accordingly.
+fn label_code(label: &super::topology::Label) -> [f32; LABEL_CODE] {
+    signs(label_bits(label))
+}
+
+/// GCN node features: all 64 signs of the label's hash (a fixed "embedding"
+/// of the label that needs no vocabulary, so rolling windows with new labels
+/// keep the same widths and can warm-start), then the node's log depth and log
+/// fan-out, without which one GCN layer barely tells apart two shapes over
+/// the same labels (a chain from a fan-out: 82% vs 99% right in tests/ctgan.rs).
+const NODE_FEATURES: usize = 66;
+/// GCN input per topology: node features propagated and mean-pooled, plus
+/// the log node count, which mean pooling cannot see.
+const GRAPH_FEATURES: usize = NODE_FEATURES + 1;
+
+fn graph_features(histogram: &TopologyHistogram) -> Vec<f32> {
+    let bits: Vec<u64> = histogram.labels.iter().map(label_bits).collect();
+    let mut out = Vec::with_capacity(histogram.topologies.len() * GRAPH_FEATURES);
+    let mut nodes = Vec::new();
+    for topology in &histogram.topologies {
+        let n = topology.len();
+        let (mut depth, mut fan_out) = (vec![0.0f32; n], vec![0.0f32; n]);
+        // Parents come before their children, so one pass fills depths.
+        for k in 0..n {
+            if let Some(p) = topology.parents[k].map(|p| p as usize).filter(|&p| p < k) {
+                depth[k] = depth[p] + 1.0;
+                fan_out[p] += 1.0;
+            }
+        }
+        nodes.clear();
+        for k in 0..n {
+            nodes.extend(signs::<64>(bits[topology.labels[k] as usize]));
+            nodes.extend([depth[k].ln_1p(), fan_out[k].ln_1p()]);
+        }
+        out.extend(pooled_features(&nodes, NODE_FEATURES, &topology.parents));
+        out.push(((n as f32).ln_1p() / 8.0).min(2.0));
+    }
+    out
 }
 
 /// How rows are conditioned; fixed by the histogram, so training and
@@ -143,16 +191,24 @@ struct Conditioning<'a> {
     chain_length: usize,
     window_us: f64,
     codes: Vec<[f32; LABEL_CODE]>,
+    /// Pooled GCN features per topology; `None` conditions by one-hot topology id.
+    graphs: Option<Vec<f32>>,
 }
 
 impl<'a> Conditioning<'a> {
-    fn new(histogram: &'a TopologyHistogram, chain_length: usize, window_us: f64) -> Self {
+    fn new(histogram: &'a TopologyHistogram, chain_length: usize, window_us: f64, gcn: bool) -> Self {
         let codes = histogram.labels.iter().map(label_code).collect();
-        Conditioning { histogram, chain_length, window_us, codes }
+        let graphs = gcn.then(|| graph_features(histogram));
+        Conditioning { histogram, chain_length, window_us, codes, graphs }
     }
 
+    fn contexts(&self, width: usize) -> Contexts<'_> {
+        Contexts { values: Vec::new(), width, topologies: Vec::new(), graphs: self.graphs.as_deref() }
+    }
+
+    /// Columns of the one-hot topology id: none when a GCN embeds the topology.
     fn topologies(&self) -> usize {
-        self.histogram.topologies.len()
+        if self.graphs.is_some() { 0 } else { self.histogram.topologies.len() }
     }
 
     fn start_width(&self) -> usize {
@@ -168,23 +224,34 @@ impl<'a> Conditioning<'a> {
     }
 
     fn one_hot(out: &mut Vec<f32>, width: usize, hot: usize) {
+        if width == 0 {
+            return;
+        }
         let at = out.len();
         out.resize(at + width, 0.0);
         out[at + hot] = 1.0;
     }
 
-    fn push_start(&self, out: &mut Vec<f32>, topology: usize) {
-        Self::one_hot(out, self.topologies(), topology);
+    /// Starts a row of topology `t`: its id, and its one-hot when there is no GCN.
+    fn push_topology(&self, ctx: &mut Contexts<'_>, t: usize) {
+        ctx.topologies.push(t as u32);
+        Self::one_hot(&mut ctx.values, self.topologies(), t);
     }
 
-    fn push_root(&self, out: &mut Vec<f32>, topology: usize, label: u32, offset_us: f64) {
-        Self::one_hot(out, self.topologies(), topology);
+    fn push_start(&self, ctx: &mut Contexts<'_>, topology: usize) {
+        self.push_topology(ctx, topology);
+    }
+
+    fn push_root(&self, ctx: &mut Contexts<'_>, topology: usize, label: u32, offset_us: f64) {
+        self.push_topology(ctx, topology);
+        let out = &mut ctx.values;
         out.extend_from_slice(&self.codes[label as usize]);
         out.push((offset_us / self.window_us) as f32);
     }
 
-    fn push_chain(&self, out: &mut Vec<f32>, topology: &Topology, t: usize, chain: &[usize], head: &Meta, offset_us: f64) {
-        Self::one_hot(out, self.topologies(), t);
+    fn push_chain(&self, ctx: &mut Contexts<'_>, topology: &Topology, t: usize, chain: &[usize], head: &Meta, offset_us: f64) {
+        self.push_topology(ctx, t);
+        let out = &mut ctx.values;
         for p in 0..self.chain_length {
             match chain.get(p) {
                 Some(&node) => out.extend_from_slice(&self.codes[topology.labels[node] as usize]),
@@ -311,7 +378,12 @@ fn read_meta(table: &Table, first: usize, row: usize) -> Meta {
 
 impl WindowModel {
     /// Learns the model of `traces` (one window).
-    pub fn train(traces: &[Trace], config: &GenTConfig, device: &Device, previous: Option<&WindowModel>) -> Result<Self, ModelError> {
+    pub fn train(
+        traces: &[Trace],
+        config: &GenTConfig,
+        device: &Device,
+        previous: Option<&WindowModel>,
+    ) -> Result<Self, ModelError> {
         if traces.is_empty() {
             return Err(ModelError::Empty);
         }
@@ -321,25 +393,25 @@ impl WindowModel {
         let window_start = traces.iter().map(Trace::start).min().unwrap_or(0);
         let window_end = traces.iter().map(Trace::end).max().unwrap_or(window_start).max(window_start + 1);
         let (histogram, placements) = TopologyHistogram::build(traces);
-        let cond = Conditioning::new(&histogram, config.chain_length, us(window_end - window_start));
+        let cond = Conditioning::new(&histogram, config.chain_length, us(window_end - window_start), config.gcn);
         let metas: Vec<Vec<Meta>> = traces.iter().zip(&placements).map(|(t, p)| node_metas(t, p, &histogram)).collect();
 
         // T_G: start offsets.
-        let mut start_ctx = Contexts::new(cond.start_width());
+        let mut start_ctx = cond.contexts(cond.start_width());
         let mut offsets = Vec::with_capacity(traces.len());
         for (trace, placement) in traces.iter().zip(&placements) {
-            cond.push_start(&mut start_ctx.values, placement.topology);
+            cond.push_start(&mut start_ctx, placement.topology);
             offsets.push(us(trace.start() - window_start));
         }
         let start_columns = vec![Column::continuous("start_us", offsets.clone(), false)];
 
         // R_G: roots.
-        let mut root_ctx = Contexts::new(cond.root_width());
+        let mut root_ctx = cond.contexts(cond.root_width());
         let mut root_metas = Vec::new();
         for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
             let topology = &histogram.topologies[placement.topology];
             for r in topology.roots() {
-                cond.push_root(&mut root_ctx.values, placement.topology, topology.labels[r], offset);
+                cond.push_root(&mut root_ctx, placement.topology, topology.labels[r], offset);
                 root_metas.push(Some(meta[r]));
             }
         }
@@ -348,18 +420,19 @@ impl WindowModel {
         // C_G: chains.
         let plans: Vec<Vec<(usize, Vec<usize>)>> =
             histogram.topologies.iter().map(|t| chain_plan(t, config.chain_length)).collect();
-        let mut chain_ctx = Contexts::new(cond.chain_width());
+        let mut chain_ctx = cond.contexts(cond.chain_width());
         let mut positions: Vec<Vec<Option<Meta>>> = vec![Vec::new(); config.chain_length - 1];
         for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
             let topology = &histogram.topologies[placement.topology];
             for (_, chain) in &plans[placement.topology] {
-                cond.push_chain(&mut chain_ctx.values, topology, placement.topology, chain, &meta[chain[0]], offset);
+                cond.push_chain(&mut chain_ctx, topology, placement.topology, chain, &meta[chain[0]], offset);
                 for (p, column) in positions.iter_mut().enumerate() {
                     column.push(chain.get(p + 1).map(|&n| relative(meta[n], meta[chain[p]].duration_us)));
                 }
             }
         }
-        let chain_columns = positions.iter().enumerate().flat_map(|(p, m)| meta_columns(&format!("n{}_", p + 1), m, true)).collect();
+        let chain_columns =
+            positions.iter().enumerate().flat_map(|(p, m)| meta_columns(&format!("n{}_", p + 1), m, true)).collect();
         // The three generators are independent: train them side by side (Gen-T
         // does the same on one GPU), C_G, the largest, on this thread.
         let (start, roots, chains) = std::thread::scope(|s| {
@@ -375,7 +448,17 @@ impl WindowModel {
         let (start, roots, chains) = (start?, roots?, chains?);
 
         let nested = nested_pairs(traces, &placements, &histogram);
-        Ok(WindowModel { window_start, window_end, histogram, chain_length: config.chain_length, nested, start, roots, chains })
+        Ok(WindowModel {
+            window_start,
+            window_end,
+            histogram,
+            chain_length: config.chain_length,
+            gcn: config.gcn,
+            nested,
+            start,
+            roots,
+            chains,
+        })
     }
 
     /// Whether R_G and C_G started from the previous window's weights.
@@ -389,6 +472,7 @@ impl WindowModel {
             window_end: self.window_end,
             histogram: self.histogram.clone(),
             chain_length: self.chain_length,
+            gcn: self.gcn,
             nested: self.nested.clone(),
             start: self.start.to_stored(precision)?,
             roots: self.roots.to_stored(precision)?,
@@ -416,6 +500,7 @@ impl WindowModel {
             window_start: stored.window_start,
             window_end: stored.window_end,
             chain_length: stored.chain_length,
+            gcn: stored.gcn,
             nested: stored.nested,
             start: TableModel::from_stored(stored.start, device)?,
             roots: TableModel::from_stored(stored.roots, device)?,
@@ -428,15 +513,15 @@ impl WindowModel {
     /// fresh ids, timestamps inside the window. Same model and seed, same traces.
     pub fn generate(&self, seed: u64) -> Result<(Vec<Trace>, Repairs), ModelError> {
         let h = &self.histogram;
-        let cond = Conditioning::new(h, self.chain_length, us(self.window_end - self.window_start));
+        let cond = Conditioning::new(h, self.chain_length, us(self.window_end - self.window_start), self.gcn);
         let mut repairs = Repairs::default();
         let order = h.expand();
         let n = order.len();
 
         // T_G.
-        let mut ctx = Contexts::new(cond.start_width());
+        let mut ctx = cond.contexts(cond.start_width());
         for &t in &order {
-            cond.push_start(&mut ctx.values, t);
+            cond.push_start(&mut ctx, t);
         }
         let table = self.start.sample(n, ctx.get(), seed ^ 0x5151)?;
         let window_us = cond.window_us;
@@ -454,12 +539,12 @@ impl WindowModel {
 
         // R_G.
         let mut metas: Vec<Vec<Option<Meta>>> = order.iter().map(|&t| vec![None; h.topologies[t].len()]).collect();
-        let mut ctx = Contexts::new(cond.root_width());
+        let mut ctx = cond.contexts(cond.root_width());
         let mut slots = Vec::new();
         for (i, &t) in order.iter().enumerate() {
             let topology = &h.topologies[t];
             for r in topology.roots() {
-                cond.push_root(&mut ctx.values, t, topology.labels[r], offsets[i]);
+                cond.push_root(&mut ctx, t, topology.labels[r], offsets[i]);
                 slots.push((i, r));
             }
         }
@@ -472,13 +557,13 @@ impl WindowModel {
         let plans: Vec<Vec<(usize, Vec<usize>)>> = h.topologies.iter().map(|t| chain_plan(t, self.chain_length)).collect();
         let rounds = plans.iter().flatten().map(|(r, _)| r + 1).max().unwrap_or(0);
         for round in 0..rounds {
-            let mut ctx = Contexts::new(cond.chain_width());
+            let mut ctx = cond.contexts(cond.chain_width());
             let mut slots = Vec::new();
             for (i, &t) in order.iter().enumerate() {
                 for (r, chain) in &plans[t] {
                     if *r == round {
                         let head = metas[i][chain[0]].unwrap_or(EMPTY_META);
-                        cond.push_chain(&mut ctx.values, &h.topologies[t], t, chain, &head, offsets[i]);
+                        cond.push_chain(&mut ctx, &h.topologies[t], t, chain, &head, offsets[i]);
                         slots.push((i, chain));
                     }
                 }
@@ -504,7 +589,8 @@ impl WindowModel {
         for (i, &t) in order.iter().enumerate() {
             let topology = &h.topologies[t];
             let trace_start = self.window_start + (offsets[i] * 1e3) as u64;
-            let trace = self.build_trace(topology, &metas[i], trace_start, &nested, &mut resources, &scope, &mut rng, &mut repairs);
+            let trace =
+                self.build_trace(topology, &metas[i], trace_start, &nested, &mut resources, &scope, &mut rng, &mut repairs);
             traces.push(trace);
         }
         traces.sort_by_key(Trace::start);

@@ -15,6 +15,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::graph::GraphEncoder;
+
 /// Slope of LeakyReLU for negative inputs.
 pub const LEAKY_SLOPE: f32 = 0.2;
 
@@ -23,6 +25,8 @@ pub struct Critic {
     hidden: Vec<Linear>,
     out: Linear,
     pac: usize,
+    /// The critic's own GCN over the rows' graphs (see [`Generator::with_graph`](super::Generator::with_graph)).
+    graph: Option<GraphEncoder>,
 }
 
 /// What one forward pass fixed: the per-layer multipliers (LeakyReLU slope
@@ -47,7 +51,18 @@ impl Critic {
             layers.push(seeded_linear(width, h, &mut rng, device));
             width = h;
         }
-        Critic { hidden: layers, out: seeded_linear(width, 1, &mut rng, device), pac }
+        Critic { hidden: layers, out: seeded_linear(width, 1, &mut rng, device), pac, graph: None }
+    }
+
+    /// Adds a graph encoder; its output is part of the row width given to [`Critic::new`].
+    pub fn with_graph(mut self, features: usize, embedding: usize, seed: u64, device: &Device) -> Self {
+        self.graph = Some(GraphEncoder::new(features, embedding, seed, device));
+        self
+    }
+
+    /// Every graph's embedding, `[graphs, embedding]`, when there is an encoder.
+    pub fn embed_graphs(&self, features: Tensor<2>) -> Option<Tensor<2>> {
+        self.graph.as_ref().map(|g| g.forward(features))
     }
 
     pub fn pac(&self) -> usize {

@@ -5,8 +5,10 @@
 //! one seeded generator on the host, so a seed reproduces a run on a backend.
 //!
 //! An optional context (one vector per row) is fed to both networks beside the
-//! conditional vector; Gen-T passes the topology embedding, start time or head
-//! node metadata that way.
+//! conditional vector; Gen-T passes the start time or head node metadata that
+//! way. Rows may also belong to graphs ([`GraphInput`]): each network then
+//! owns a GCN layer whose embedding of the row's graph it reads, trained with
+//! it (Gen-T's topology conditioning); only the generator's is stored.
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
@@ -16,6 +18,7 @@ use rand::{Rng, SeedableRng};
 
 use super::critic::{Critic, DropoutMasks};
 use super::generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, activate_for_argmax, conditional_loss};
+use super::graph::GraphInput;
 use super::weights::{self, Precision, WeightsError};
 use crate::tabular::{ColumnTransform, ConditionalSampler, OutputSpan, Table, TabularError, Transformer};
 
@@ -27,6 +30,8 @@ pub enum CtganError {
     Table(#[from] TabularError),
     #[error("context has {got} values, expected {rows} rows × {width}")]
     Context { got: usize, rows: usize, width: usize },
+    #[error("graph conditioning: {0}")]
+    Graph(String),
     #[error(transparent)]
     Weights(#[from] WeightsError),
     #[error("stored CTGAN model: {0}")]
@@ -34,7 +39,7 @@ pub enum CtganError {
 }
 
 /// Version of the stored model layout ([`Ctgan::to_bytes`]); bumped on any change.
-pub const MODEL_FORMAT: u32 = 1;
+pub const MODEL_FORMAT: u32 = 2;
 
 /// What sampling needs, as stored: everything but the training data.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -44,6 +49,8 @@ struct Stored {
     transformer: Transformer,
     counts: Vec<Vec<u64>>,
     context_width: usize,
+    /// Pooled graph feature width, 0 without graph conditioning.
+    graph_width: usize,
     generator: Vec<u8>,
 }
 
@@ -60,6 +67,9 @@ pub struct CtganConfig {
     pub weight_decay: f32,
     pub gradient_penalty: f32,
     pub seed: u64,
+    /// Width of the GCN embedding of a row's graph (Gen-T: 32); used only
+    /// when rows come with a [`GraphInput`].
+    pub graph_embedding: usize,
 }
 
 impl Default for CtganConfig {
@@ -75,6 +85,7 @@ impl Default for CtganConfig {
             weight_decay: 1e-6,
             gradient_penalty: 10.0,
             seed: 0,
+            graph_embedding: 32,
         }
     }
 }
@@ -88,7 +99,7 @@ impl CtganConfig {
         if self.pac == 0 || self.batch == 0 || self.batch % self.pac != 0 {
             return Err(CtganError::Config(format!("batch {} must be a positive multiple of pac {}", self.batch, self.pac)));
         }
-        if self.embedding == 0 || self.generator.contains(&0) || self.critic.contains(&0) {
+        if self.embedding == 0 || self.graph_embedding == 0 || self.generator.contains(&0) || self.critic.contains(&0) {
             return fail("layer widths must be positive");
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
@@ -98,11 +109,31 @@ impl CtganConfig {
     }
 }
 
-/// Per-row context vectors: `values` is `rows × width`, row-major.
+/// Per-row conditioning: context vectors (`values` is `rows × width`,
+/// row-major; width may be 0) and, optionally, the graph of each row.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub values: &'a [f32],
     pub width: usize,
+    pub graph: Option<GraphInput<'a>>,
+}
+
+impl<'a> Context<'a> {
+    /// Context vectors only.
+    pub fn vectors(values: &'a [f32], width: usize) -> Self {
+        Context { values, width, graph: None }
+    }
+
+    /// Whether this can condition `rows` rows.
+    fn check(&self, rows: usize) -> Result<(), CtganError> {
+        if self.values.len() != rows * self.width {
+            return Err(CtganError::Context { got: self.values.len(), rows, width: self.width });
+        }
+        if let Some(g) = &self.graph {
+            g.check(rows).map_err(CtganError::Graph)?;
+        }
+        Ok(())
+    }
 }
 
 /// A trained model: the transformer, the generator and what sampling needs.
@@ -114,6 +145,8 @@ pub struct Ctgan {
     critic: Option<Critic>,
     sampler: ConditionalSampler,
     context_width: usize,
+    /// Pooled graph feature width, 0 without graph conditioning.
+    graph_width: usize,
     device: Device,
     warm_started: bool,
 }
@@ -156,6 +189,17 @@ struct Draw {
     cond: Tensor<2>,
     context: Tensor<2>,
     rows: Vec<i64>,
+    /// The graph of every drawn row, when rows have graphs.
+    graphs: Option<Tensor<1, Int>>,
+}
+
+/// The rows of `table` (one embedding per graph) that `graphs` names, or an
+/// empty block when there is no graph conditioning.
+fn graph_rows(table: Option<Tensor<2>>, graphs: &Option<Tensor<1, Int>>, batch: usize, device: &Device) -> Tensor<2> {
+    match (table, graphs) {
+        (Some(table), Some(ids)) => table.select(0, ids.clone()),
+        _ => tensor(Vec::new(), batch, 0, device),
+    }
 }
 
 struct Trainer<'a> {
@@ -170,11 +214,23 @@ struct Trainer<'a> {
 impl Trainer<'_> {
     fn draw(&mut self) -> Draw {
         let batch = self.config.batch;
+        let cond_width = self.sampler.cond_width();
+        let conditioned = self.context.is_some();
         let (cond, rows) = match self.sampler.sample_train(batch, &mut self.rng) {
-            Some(c) => {
-                let rows = (0..batch)
-                    .map(|r| self.sampler.sample_row(c.column[r], c.category[r], self.rows, &mut self.rng) as i64)
-                    .collect();
+            Some(mut c) => {
+                let mut rows = Vec::with_capacity(batch);
+                for r in 0..batch {
+                    // With a context, half the rows go unconditioned: an
+                    // all-zero conditional vector and a uniformly drawn row.
+                    // Sampling with a context conditions that way (see
+                    // `sample_chunk`).
+                    if conditioned && self.rng.random::<bool>() {
+                        c.cond[r * cond_width..(r + 1) * cond_width].fill(0.0);
+                        rows.push(self.rng.random_range(0..self.rows) as i64);
+                    } else {
+                        rows.push(self.sampler.sample_row(c.column[r], c.category[r], self.rows, &mut self.rng) as i64);
+                    }
+                }
                 (c.cond, rows)
             }
             None => (Vec::new(), (0..batch).map(|_| self.rng.random_range(0..self.rows) as i64).collect()),
@@ -190,7 +246,11 @@ impl Trainer<'_> {
             }
             None => tensor(Vec::new(), batch, 0, &self.device),
         };
-        Draw { cond, context, rows }
+        let graphs = self.context.and_then(|c| c.graph).map(|g| {
+            let ids: Vec<i64> = rows.iter().map(|&r| i64::from(g.rows[r as usize])).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [batch]), &self.device)
+        });
+        Draw { cond, context, rows, graphs }
     }
 
     fn noise(&mut self, width: usize) -> Tensor<2> {
@@ -250,12 +310,13 @@ impl Ctgan {
         config.validate()?;
         let rows = table.rows();
         if let Some(ctx) = context {
-            if ctx.values.len() != rows * ctx.width {
-                return Err(CtganError::Context { got: ctx.values.len(), rows, width: ctx.width });
-            }
+            ctx.check(rows)?;
         }
         let context_width = context.map_or(0, |c| c.width);
-        let warm = previous.and_then(|p| match p.warm_start_fits(table, &config, context_width) {
+        let graph = context.and_then(|c| c.graph);
+        let graph_width = graph.map_or(0, |g| g.width);
+        let graph_embedding = if graph.is_some() { config.graph_embedding } else { 0 };
+        let warm = previous.and_then(|p| match p.warm_start_fits(table, &config, context_width, graph_width) {
             Ok(encoded) => Some((p, encoded)),
             Err(reason) => {
                 tracing::info!(%reason, "ctgan warm start not possible, training from scratch");
@@ -279,14 +340,25 @@ impl Ctgan {
 
         let cond_width = sampler.cond_width();
         let mut generator = Generator::new(
-            config.embedding + cond_width + context_width,
+            config.embedding + cond_width + context_width + graph_embedding,
             &config.generator,
             width,
             config.seed ^ 0x6745,
             &train_device,
         );
-        let mut critic =
-            Critic::new(width + cond_width + context_width, config.pac, &config.critic, config.seed ^ 0xc817, &train_device);
+        let mut critic = Critic::new(
+            width + cond_width + context_width + graph_embedding,
+            config.pac,
+            &config.critic,
+            config.seed ^ 0xc817,
+            &train_device,
+        );
+        if graph.is_some() {
+            generator = generator.with_graph(graph_width, graph_embedding, config.seed ^ 0x9c41, &train_device);
+            critic = critic.with_graph(graph_width, graph_embedding, config.seed ^ 0x9c42, &train_device);
+        }
+        let features = graph.map(|g| g.tensor(&train_device));
+        let batch = config.batch;
         if let Some((p, _)) = &warm {
             generator = weights::from_bytes(generator, &weights::to_bytes(p.generator.clone(), Precision::F32)?)?;
             if let Some(previous_critic) = &p.critic {
@@ -320,12 +392,15 @@ impl Ctgan {
                 // Critic step.
                 let d = t.draw();
                 let z = t.noise(config.embedding);
-                let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone()]));
+                let g_graph =
+                    graph_rows(features.clone().and_then(|f| generator.embed_graphs(f)), &d.graphs, batch, &train_device);
+                let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone(), g_graph]));
                 let fake = activate(fake_raw, &spans, t.gumbel(width), GUMBEL_TAU).detach();
                 let idx = Tensor::<1, Int>::from_data(TensorData::new(d.rows.clone(), [d.rows.len()]), &train_device);
                 let real = real_all.clone().select(0, idx);
-                let fake_in = cat(vec![fake, d.cond.clone(), d.context.clone()]);
-                let real_in = cat(vec![real, d.cond, d.context]);
+                let d_graph = graph_rows(features.clone().and_then(|f| critic.embed_graphs(f)), &d.graphs, batch, &train_device);
+                let fake_in = cat(vec![fake, d.cond.clone(), d.context.clone(), d_graph.clone()]);
+                let real_in = cat(vec![real, d.cond, d.context, d_graph]);
                 let (y_fake, _) = critic.forward(fake_in.clone(), &t.dropout(&widths));
                 let (y_real, _) = critic.forward(real_in.clone(), &t.dropout(&widths));
                 let alpha = t.alpha();
@@ -339,9 +414,14 @@ impl Ctgan {
                 // Generator step.
                 let d = t.draw();
                 let z = t.noise(config.embedding);
-                let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone()]));
+                let g_graph =
+                    graph_rows(features.clone().and_then(|f| generator.embed_graphs(f)), &d.graphs, batch, &train_device);
+                let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone(), g_graph]));
                 let fake = activate(fake_raw.clone(), &spans, t.gumbel(width), GUMBEL_TAU);
-                let (y_fake, _) = critic.forward(cat(vec![fake, d.cond.clone(), d.context]), &t.dropout(&widths));
+                // The critic's graph embedding is an input here, not trained.
+                let d_graph =
+                    graph_rows(features.clone().and_then(|f| critic.embed_graphs(f)), &d.graphs, batch, &train_device).detach();
+                let (y_fake, _) = critic.forward(cat(vec![fake, d.cond.clone(), d.context, d_graph]), &t.dropout(&widths));
                 let loss_g = y_fake.mean().neg().add(conditional_loss(fake_raw, d.cond, &discrete));
                 last_g = scalar(&loss_g);
                 let grads = GradientsParams::from_grads(loss_g.backward(), &generator);
@@ -357,6 +437,7 @@ impl Ctgan {
             critic: Some(critic.valid()),
             sampler,
             context_width,
+            graph_width,
             device: device.clone(),
             warm_started: warm.is_some(),
         })
@@ -368,8 +449,18 @@ impl Ctgan {
     }
 
     /// The encoded table when this model can warm-start training on it, or why not.
-    fn warm_start_fits(&self, table: &Table, config: &CtganConfig, context_width: usize) -> Result<Vec<f32>, String> {
+    fn warm_start_fits(
+        &self,
+        table: &Table,
+        config: &CtganConfig,
+        context_width: usize,
+        graph_width: usize,
+    ) -> Result<Vec<f32>, String> {
+        if graph_width != self.graph_width {
+            return Err(format!("graph feature width {graph_width}, previous model {}", self.graph_width));
+        }
         let same_shape = config.embedding == self.config.embedding
+            && (graph_width == 0 || config.graph_embedding == self.config.graph_embedding)
             && config.generator == self.config.generator
             && config.critic == self.config.critic
             && config.pac == self.config.pac;
@@ -396,6 +487,7 @@ impl Ctgan {
             transformer: self.transformer.clone(),
             counts: self.sampler.counts(),
             context_width: self.context_width,
+            graph_width: self.graph_width,
             generator: weights::to_bytes(self.generator.clone(), precision)?,
         };
         postcard::to_stdvec(&stored).map_err(|e| CtganError::Stored(format!("cannot encode: {e}")))
@@ -405,16 +497,18 @@ impl Ctgan {
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, CtganError> {
         let stored: Stored = postcard::from_bytes(bytes).map_err(|e| CtganError::Stored(format!("does not decode: {e}")))?;
         if stored.format != MODEL_FORMAT {
-            return Err(CtganError::Stored(format!(
-                "format {} is not the supported format {MODEL_FORMAT}",
-                stored.format
-            )));
+            return Err(CtganError::Stored(format!("format {} is not the supported format {MODEL_FORMAT}", stored.format)));
         }
         stored.config.validate()?;
         let sampler = ConditionalSampler::from_counts(&stored.transformer, stored.counts)
             .ok_or_else(|| CtganError::Stored("category counts do not fit the column transformer".into()))?;
-        let input = stored.config.embedding + sampler.cond_width() + stored.context_width;
-        let template = Generator::new(input, &stored.config.generator, stored.transformer.width(), 0, device).valid();
+        let graph_embedding = if stored.graph_width > 0 { stored.config.graph_embedding } else { 0 };
+        let input = stored.config.embedding + sampler.cond_width() + stored.context_width + graph_embedding;
+        let mut template = Generator::new(input, &stored.config.generator, stored.transformer.width(), 0, device);
+        if stored.graph_width > 0 {
+            template = template.with_graph(stored.graph_width, graph_embedding, 0, device);
+        }
+        let template = template.valid();
         let generator = weights::from_bytes(template, &stored.generator)?;
         Ok(Ctgan {
             config: stored.config,
@@ -423,6 +517,7 @@ impl Ctgan {
             critic: None,
             sampler,
             context_width: stored.context_width,
+            graph_width: stored.graph_width,
             device: device.clone(),
             warm_started: false,
         })
@@ -431,13 +526,29 @@ impl Ctgan {
     /// Generates `rows` rows; conditions follow the real category frequencies.
     pub fn sample(&self, rows: usize, context: Option<Context<'_>>, seed: u64) -> Result<Table, CtganError> {
         let width = self.transformer.width();
-        if let Some(ctx) = context {
-            if ctx.width != self.context_width || ctx.values.len() != rows * ctx.width {
-                return Err(CtganError::Context { got: ctx.values.len(), rows, width: self.context_width });
-            }
-        } else if self.context_width > 0 {
-            return Err(CtganError::Context { got: 0, rows, width: self.context_width });
+        let expected = Context { values: &[], width: self.context_width, graph: None };
+        let context = context.unwrap_or(expected);
+        if context.width != self.context_width {
+            return Err(CtganError::Context { got: context.values.len(), rows, width: self.context_width });
         }
+        context.check(rows)?;
+        // The generator's graph embeddings are fixed now: embed every graph
+        // once and append its row to each row's context vector.
+        let with_graphs;
+        let context = match (context.graph, self.graph_width) {
+            (None, 0) => context,
+            (Some(g), w) if g.width == w => {
+                with_graphs = self.append_graph_embeddings(&context, g)?;
+                Context::vectors(&with_graphs.0, with_graphs.1)
+            }
+            (g, w) => {
+                return Err(CtganError::Graph(format!(
+                    "the model was trained with graph features of width {w}, given {}",
+                    g.map_or(0, |g| g.width)
+                )));
+            }
+        };
+        let context = Some(context).filter(|c| c.width > 0);
         // Rows go in fixed chunks, each with its own generator seeded from
         // (seed, chunk), spread over the cores: the output depends on the seed
         // only, never on how many threads ran.
@@ -469,6 +580,23 @@ impl Ctgan {
 const SAMPLE_CHUNK: usize = 8192;
 
 impl Ctgan {
+    /// Context vectors with each row's graph embedding appended, and their width.
+    fn append_graph_embeddings(&self, context: &Context<'_>, graph: GraphInput<'_>) -> Result<(Vec<f32>, usize), CtganError> {
+        let table = self
+            .generator
+            .embed_graphs(graph.tensor(&self.device))
+            .ok_or_else(|| CtganError::Graph("the generator has no graph encoder".into()))?;
+        let embedding = table.dims()[1];
+        let table = table.into_data().try_to_vec::<f32>().map_err(|e| CtganError::Graph(format!("{e:?}")))?;
+        let width = context.width + embedding;
+        let mut values = Vec::with_capacity(graph.rows.len() * width);
+        for (r, &g) in graph.rows.iter().enumerate() {
+            values.extend_from_slice(&context.values[r * context.width..(r + 1) * context.width]);
+            values.extend_from_slice(&table[g as usize * embedding..(g as usize + 1) * embedding]);
+        }
+        Ok((values, width))
+    }
+
     /// Activated generator output for chunk `chunk` of a `rows`-row sample.
     fn sample_chunk(&self, chunk: usize, rows: usize, context: Option<Context<'_>>, seed: u64) -> Result<Vec<f32>, CtganError> {
         let width = self.transformer.width();
@@ -476,7 +604,15 @@ impl Ctgan {
         let n = SAMPLE_CHUNK.min(rows - done);
         let mut rng = StdRng::seed_from_u64(seed ^ (chunk as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let z = tensor(noise_normal(&mut rng, n * self.config.embedding), n, self.config.embedding, &self.device);
-        let cond = self.sampler.sample_original(n, &mut rng).map_or_else(Vec::new, |c| c.cond);
+        // Without a context, CTGAN's way: categories drawn by their real
+        // frequency, which reproduces the marginals. With one, a category
+        // drawn that way would ignore the context (a CLIENT kind for a node
+        // that is always a SERVER): the generator was also trained
+        // unconditioned for this, and draws categories from the context.
+        let cond = match context {
+            Some(_) => vec![0.0; n * self.sampler.cond_width()],
+            None => self.sampler.sample_original(n, &mut rng).map_or_else(Vec::new, |c| c.cond),
+        };
         let cond = tensor(cond, n, self.sampler.cond_width(), &self.device);
         let ctx = match context {
             Some(c) => tensor(c.values[done * c.width..(done + n) * c.width].to_vec(), n, c.width, &self.device),

@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::critic::seeded_linear;
+use super::graph::GraphEncoder;
 use crate::tabular::{Activation, OutputSpan};
 
 /// Gumbel-softmax temperature (CTGAN's `tau`).
@@ -35,6 +36,8 @@ impl Residual {
 pub struct Generator {
     blocks: Vec<Residual>,
     out: Linear,
+    /// The GCN that embeds the graph each row belongs to, when rows have one.
+    graph: Option<GraphEncoder>,
 }
 
 impl Generator {
@@ -48,7 +51,25 @@ impl Generator {
             blocks.push(Residual { fc: seeded_linear(width, h, &mut rng, device), bn: BatchNormConfig::new(h).init(device) });
             width += h;
         }
-        Generator { blocks, out: seeded_linear(width, output, &mut rng, device) }
+        Generator { blocks, out: seeded_linear(width, output, &mut rng, device), graph: None }
+    }
+
+    /// Adds a graph encoder from `features` pooled features to `embedding`
+    /// values, whose output the caller appends to the input (`input` passed
+    /// to [`Generator::new`] must count them).
+    pub fn with_graph(mut self, features: usize, embedding: usize, seed: u64, device: &Device) -> Self {
+        self.graph = Some(GraphEncoder::new(features, embedding, seed, device));
+        self
+    }
+
+    /// Every graph's embedding, `[graphs, embedding]`, when there is an encoder.
+    pub fn embed_graphs(&self, features: Tensor<2>) -> Option<Tensor<2>> {
+        self.graph.as_ref().map(|g| g.forward(features))
+    }
+
+    /// (features, embedding) widths of the graph encoder.
+    pub fn graph_widths(&self) -> Option<(usize, usize)> {
+        self.graph.as_ref().map(|g| (g.input(), g.output()))
     }
 
     /// Raw output, `[rows, output]`: scalars before tanh, logits before softmax.

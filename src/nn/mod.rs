@@ -1,19 +1,21 @@
 //! burn modules for the generative models. `critic` is CTGAN's PacGAN critic
 //! with the explicit input gradient that WGAN-GP needs on a backend without
 //! second-order autodiff; `generator` its residual generator, output
-//! activations and conditional loss; `ctgan` training and sampling; `weights`
+//! activations and conditional loss; `graph` the GCN embedding of a row's graph; `ctgan` training and sampling; `weights`
 //! network weights as bytes; `backend` the device they run on.
 
 mod backend;
 mod critic;
 mod ctgan;
 mod generator;
+mod graph;
 pub mod weights;
 
 pub use backend::{Backend, BackendError};
 pub use critic::{Critic, DropoutMasks, ForwardMasks, LEAKY_SLOPE, seeded_linear};
 pub use ctgan::{Context, Ctgan, CtganConfig, CtganError};
 pub use generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, activate_for_argmax, conditional_loss};
+pub use graph::{GraphEncoder, GraphInput, pooled_features};
 
 /// The CPU device used by default.
 pub fn cpu_device() -> burn::tensor::Device {
