@@ -16,6 +16,33 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: yaml_serde::Error },
     #[error("{path}: {field}: {reason}")]
     Invalid { path: PathBuf, field: &'static str, reason: String },
+    #[error("{path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+}
+
+/// YAML text as `T`; an empty document means "all defaults".
+fn parse_yaml<T: serde::de::DeserializeOwned + Default>(text: &[u8], path: &Path) -> Result<T, ConfigError> {
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    yaml_serde::from_slice(text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::Read { path: path.into(), source })
+}
+
+/// `gent train --config FILE`: Gen-T model settings (see config/model.yaml),
+/// read and validated.
+pub fn load_model(path: &Path) -> Result<crate::gent::GenTConfig, ConfigError> {
+    parse_model(&read(path)?, path)
+}
+
+/// Parses and validates model settings; `path` only names them in errors.
+pub fn parse_model(text: &[u8], path: &Path) -> Result<crate::gent::GenTConfig, ConfigError> {
+    let config: crate::gent::GenTConfig = parse_yaml(text, path)?;
+    config.validate().map_err(|e| ConfigError::Model { path: path.into(), reason: e.to_string() })?;
+    Ok(config)
 }
 
 /// `gent compressor --config FILE`.
@@ -118,18 +145,12 @@ impl Default for MetricsConfig {
 impl CompressorConfig {
     /// Reads and validates a YAML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text, path)
+        Self::parse(&read(path)?, path)
     }
 
     /// Parses and validates YAML text; `path` only names it in errors.
     pub fn parse(text: &[u8], path: &Path) -> Result<Self, ConfigError> {
-        // An empty document means "all defaults".
-        let config: Self = if text.iter().all(u8::is_ascii_whitespace) {
-            Self::default()
-        } else {
-            yaml_serde::from_slice(text).map_err(|source| ConfigError::Parse { path: path.into(), source })?
-        };
+        let config: Self = parse_yaml(text, path)?;
         config.validate().map_err(|(field, reason)| ConfigError::Invalid { path: path.into(), field, reason })?;
         Ok(config)
     }
@@ -199,6 +220,32 @@ mod tests {
         assert!(e.contains("receiver.max_spans_per_request"), "{e}");
         let e = parse("receiver:\n  grpc: null\n  http: null\n").unwrap_err().to_string();
         assert!(e.contains("nothing could be received"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_model_file_is_the_model_defaults() {
+        let shipped = include_str!("../config/model.yaml");
+        let path = Path::new("m.yaml");
+        assert_eq!(parse_model(shipped.as_bytes(), path).unwrap(), crate::gent::GenTConfig::default());
+        assert_eq!(parse_model(b"", path).unwrap(), crate::gent::GenTConfig::default());
+        let c = parse_model(b"ctgan:\n  epochs: 3\nattributes:\n  keys: [http.route]\n", path).unwrap();
+        assert_eq!(
+            (c.ctgan.epochs, c.ctgan.generator.clone(), c.attributes.keys.clone()),
+            (3, vec![128], vec!["http.route".to_string()])
+        );
+    }
+
+    #[test]
+    fn model_errors_name_the_setting() {
+        let path = Path::new("m.yaml");
+        let e = parse_model(b"chain_lenght: 4\n", path).unwrap_err().to_string();
+        assert!(e.contains("chain_lenght") && e.contains("m.yaml"), "{e}");
+        let e = parse_model(b"chain_length: 1\n", path).unwrap_err().to_string();
+        assert!(e.contains("chain_length"), "{e}");
+        let e = parse_model(b"ctgan:\n  batch: 15\n", path).unwrap_err().to_string();
+        assert!(e.contains("multiple of pac"), "{e}");
+        let e = parse_model(b"attributes:\n  vocabulary: 0\n", path).unwrap_err().to_string();
+        assert!(e.contains("attributes.vocabulary"), "{e}");
     }
 
     #[test]

@@ -69,15 +69,18 @@ enum Command {
         /// Packet file to write.
         #[arg(long)]
         out: PathBuf,
-        /// Training epochs of each generator.
-        #[arg(long, default_value_t = 10)]
-        epochs: usize,
-        /// Most nodes per chain, head included (at least 2).
-        #[arg(long, default_value_t = 3)]
-        chain_length: usize,
-        /// Seed for training and, by default, for regeneration.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// Model settings in YAML (see config/model.yaml); built-in defaults without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Training epochs of each generator [config: ctgan.epochs, default 10].
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Most nodes per chain, head included, at least 2 [config: chain_length, default 3].
+        #[arg(long)]
+        chain_length: Option<usize>,
+        /// Seed for training and, by default, for regeneration [config: ctgan.seed, default 0].
+        #[arg(long)]
+        seed: Option<u64>,
         /// Store weights as f16 (half the size, about three significant digits).
         #[arg(long)]
         f16: bool,
@@ -173,8 +176,8 @@ fn main() -> ExitCode {
         Command::Stats { inputs, format, json } => stats(&inputs, format, json),
         Command::Convert { inputs, out, to, format, json } => convert(&inputs, &out, to, format, json),
         Command::Compressor { config } => compressor(config.as_deref()),
-        Command::Train { inputs, out, epochs, chain_length, seed, f16, no_gcn, warm_start, backend, format, json } => {
-            let options = TrainOptions { out, epochs, chain_length, seed, f16, gcn: !no_gcn, warm_start, backend };
+        Command::Train { inputs, out, config, epochs, chain_length, seed, f16, no_gcn, warm_start, backend, format, json } => {
+            let options = TrainOptions { out, config, epochs, chain_length, seed, f16, no_gcn, warm_start, backend };
             train(&inputs, format, options, json)
         }
         Command::Generate { model, out, format, seed, backend, json } => generate(&model, &out, format, seed, backend, json),
@@ -330,11 +333,12 @@ fn print_json(value: &impl Serialize) -> Result<(), Failure> {
 
 struct TrainOptions {
     out: PathBuf,
-    epochs: usize,
-    chain_length: usize,
-    seed: u64,
+    config: Option<PathBuf>,
+    epochs: Option<usize>,
+    chain_length: Option<usize>,
+    seed: Option<u64>,
     f16: bool,
-    gcn: bool,
+    no_gcn: bool,
     warm_start: Option<PathBuf>,
     backend: Backend,
 }
@@ -376,9 +380,16 @@ fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool
     if set.traces.is_empty() {
         return Err(Failure::BadInput("the input holds no traces".into()));
     }
-    let mut config = GenTConfig { chain_length: o.chain_length, gcn: o.gcn, ..GenTConfig::default() };
-    config.ctgan.epochs = o.epochs;
-    config.ctgan.seed = o.seed;
+    let mut config = match &o.config {
+        Some(path) => gent::config::load_model(path).map_err(|e| Failure::BadInput(e.to_string()))?,
+        None => GenTConfig::default(),
+    };
+    // Flags given on the command line win over the file.
+    config.chain_length = o.chain_length.unwrap_or(config.chain_length);
+    config.ctgan.epochs = o.epochs.unwrap_or(config.ctgan.epochs);
+    config.ctgan.seed = o.seed.unwrap_or(config.ctgan.seed);
+    config.gcn &= !o.no_gcn;
+    config.validate().map_err(|e| Failure::BadInput(e.to_string()))?;
     let previous = match &o.warm_start {
         Some(path) => Some(
             gent::gent::unpack(&read_file(path)?, &device).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?.1,
@@ -390,7 +401,7 @@ fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool
         WindowModel::train(&set.traces, &config, &device, previous.as_ref()).map_err(|e| Failure::BadInput(e.to_string()))?;
     let train_seconds = started.elapsed().as_secs_f64();
     let precision = if o.f16 { Precision::F16 } else { Precision::F32 };
-    let packet = gent::gent::pack(&model, 0, &config, precision, o.seed).map_err(|e| Failure::Other(e.to_string()))?;
+    let packet = gent::gent::pack(&model, 0, &config, precision, config.ctgan.seed).map_err(|e| Failure::Other(e.to_string()))?;
     std::fs::write(&o.out, &packet).map_err(|e| Failure::Other(format!("{}: {e}", o.out.display())))?;
     let (raw_otlp_bytes, gzip_otlp_bytes) = otlp_sizes(&set.traces)?;
     let (roots_warm, chains_warm) = model.warm_started();

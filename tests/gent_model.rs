@@ -17,6 +17,7 @@ fn tiny() -> GenTConfig {
         chain_length: 3,
         gcn: true,
         ctgan: CtganConfig { epochs: 1, embedding: 8, generator: vec![16], critic: vec![16], seed: 3, ..CtganConfig::default() },
+        ..GenTConfig::default()
     }
 }
 
@@ -203,4 +204,73 @@ fn train_and_generate_on_the_command_line() {
     let out = common::gent().args(["generate", bad.to_str().unwrap(), "--out", "/dev/null"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+}
+
+#[test]
+fn configured_attributes_are_learnt_and_regenerated_with_their_types() {
+    use gent::gent::AttributeKind;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    // Quarkus car rental, exported by an OpenTelemetry Collector: HTTP, gRPC,
+    // database and messaging spans with their semantic-convention attributes.
+    let set = read_set(&[data("fixtures/otlp")]);
+    let config = GenTConfig {
+        ctgan: CtganConfig { epochs: 1500, embedding: 32, generator: vec![64], critic: vec![64], ..tiny().ctgan },
+        ..tiny()
+    };
+    let model = WindowModel::train(&set.traces, &config, &Device::flex(), None).unwrap();
+    let kind = |key: &str| model.attributes.keys.iter().find(|k| k.key == key).map(|k| k.kind.clone());
+    assert!(matches!(kind("db.system"), Some(AttributeKind::Categorical { .. })));
+    assert!(matches!(kind("http.response.status_code"), Some(AttributeKind::Categorical { .. })), "a code, not a quantity");
+    assert_eq!(kind("http.request.body.size"), Some(AttributeKind::Number { integer: true }));
+    assert_eq!(kind("db.statement"), None, "not configured");
+
+    let packet = gent::packet::seal(&model.to_stored(Precision::F32).unwrap()).unwrap();
+    let loaded = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &Device::flex()).unwrap();
+    let (traces, _) = loaded.generate(3).unwrap();
+
+    // Which keys each (service, span name) carries in the data, and every value seen per key.
+    let label = |s: &gent::trace::Span| format!("{}/{}", s.service(), s.name);
+    let keys_of = |s: &gent::trace::Span| {
+        let mut k: Vec<String> = s.attributes.iter().map(|kv| kv.key.clone()).filter(|k| kind(k).is_some()).collect::<Vec<_>>();
+        k.sort();
+        k
+    };
+    let mut real_keys: HashMap<String, HashSet<Vec<String>>> = HashMap::new();
+    let mut real_values: HashMap<String, HashSet<String>> = HashMap::new();
+    for s in set.traces.iter().flat_map(|t| &t.spans) {
+        real_keys.entry(label(s)).or_default().insert(keys_of(s));
+        for kv in &s.attributes {
+            real_values.entry(kv.key.clone()).or_default().insert(format!("{:?}", kv.value));
+        }
+    }
+    let (mut spans, mut matching_keys) = (0, 0);
+    for s in traces.iter().flat_map(|t| &t.spans) {
+        spans += 1;
+        matching_keys += usize::from(real_keys[&label(s)].contains(&keys_of(s)));
+        for kv in &s.attributes {
+            if kv.key == "gent.synthetic" {
+                continue;
+            }
+            let value = kv.value.as_ref().and_then(|v| v.value.as_ref()).expect("a value");
+            match kind(&kv.key).expect("only modelled keys") {
+                AttributeKind::Categorical { .. } => assert!(
+                    real_values[&kv.key].contains(&format!("{:?}", kv.value)) || *value == Value::StringValue("other".into()),
+                    "{} = {value:?} was never seen",
+                    kv.key
+                ),
+                AttributeKind::Number { integer } => assert_eq!(integer, matches!(value, Value::IntValue(_)), "{}", kv.key),
+            }
+        }
+    }
+    // Baseline: each span given the keys of a span picked regardless of its label.
+    let real_spans: Vec<&gent::trace::Span> = set.traces.iter().flat_map(|t| &t.spans).collect();
+    let shuffled = traces
+        .iter()
+        .flat_map(|t| &t.spans)
+        .enumerate()
+        .filter(|(i, s)| real_keys[&label(s)].contains(&keys_of(real_spans[(i * 7919) % real_spans.len()])))
+        .count();
+    let (share, baseline) = (matching_keys as f64 / spans as f64, shuffled as f64 / spans as f64);
+    println!("spans whose attribute keys fit their label: {share:.3} of {spans} (keys of a random span: {baseline:.3})");
+    assert!(share > 0.8 && share > baseline + 0.3, "model {share}, baseline {baseline}");
 }

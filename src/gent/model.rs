@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::attributes::{AttributeConfig, AttributeSchema, NodeValues};
 use super::tables::{StoredTableModel, TableModel};
 use super::topology::{Placement, Topology, TopologyHistogram};
 use crate::nn::weights::Precision;
@@ -43,8 +44,9 @@ pub enum ModelError {
 const PAD: &str = "-";
 const STATUSES: [StatusCode; 3] = [StatusCode::Unset, StatusCode::Ok, StatusCode::Error];
 
-/// Training settings.
+/// Training settings (`gent train --config`, see config/model.yaml).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GenTConfig {
     /// Most nodes per chain, head included (≥ 2).
     pub chain_length: usize,
@@ -53,6 +55,19 @@ pub struct GenTConfig {
     /// CTGAN settings shared by T_G, R_G and C_G (Gen-T: one residual layer of
     /// 128, a critic of 128, 10 epochs).
     pub ctgan: CtganConfig,
+    /// Span attributes modelled beside timing, status and kind.
+    pub attributes: AttributeConfig,
+}
+
+impl GenTConfig {
+    /// The first setting out of range, named.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.chain_length < 2 {
+            return Err(ModelError::Config(format!("chain_length must be at least 2, got {}", self.chain_length)));
+        }
+        self.ctgan.validate()?;
+        self.attributes.validate().map_err(ModelError::Config)
+    }
 }
 
 impl Default for GenTConfig {
@@ -61,6 +76,7 @@ impl Default for GenTConfig {
             chain_length: 3,
             gcn: true,
             ctgan: CtganConfig { generator: vec![128], critic: vec![128], epochs: 10, ..CtganConfig::default() },
+            attributes: AttributeConfig::default(),
         }
     }
 }
@@ -86,6 +102,8 @@ pub struct WindowModel {
     pub histogram: TopologyHistogram,
     pub chain_length: usize,
     gcn: bool,
+    /// The attribute keys modelled in this window.
+    pub attributes: AttributeSchema,
     /// (parent label, child label) pairs whose children always lay inside their parent.
     nested: Vec<(u32, u32)>,
     start: TableModel,
@@ -101,6 +119,7 @@ pub struct StoredWindowModel {
     pub histogram: TopologyHistogram,
     pub chain_length: usize,
     gcn: bool,
+    attributes: AttributeSchema,
     nested: Vec<(u32, u32)>,
     start: StoredTableModel,
     roots: StoredTableModel,
@@ -358,6 +377,9 @@ fn absolute(child: Meta, parent_duration_us: f64) -> Meta {
     Meta { gap_us: gap, duration_us: back(child.duration_us, (parent - gap).max(0.0) + 1.0), ..child }
 }
 
+/// Table columns of a node's timing, status and kind (see [`meta_columns`]).
+const META_COLUMNS: usize = 4;
+
 /// The node metadata in row `row`, columns `first..first + 4` (gap, duration, status, kind).
 fn read_meta(table: &Table, first: usize, row: usize) -> Meta {
     let number = |i: usize| match &table.columns[i].data {
@@ -387,14 +409,15 @@ impl WindowModel {
         if traces.is_empty() {
             return Err(ModelError::Empty);
         }
-        if config.chain_length < 2 {
-            return Err(ModelError::Config(format!("chain_length must be at least 2, got {}", config.chain_length)));
-        }
+        config.validate()?;
         let window_start = traces.iter().map(Trace::start).min().unwrap_or(0);
         let window_end = traces.iter().map(Trace::end).max().unwrap_or(window_start).max(window_start + 1);
         let (histogram, placements) = TopologyHistogram::build(traces);
         let cond = Conditioning::new(&histogram, config.chain_length, us(window_end - window_start), config.gcn);
         let metas: Vec<Vec<Meta>> = traces.iter().zip(&placements).map(|(t, p)| node_metas(t, p, &histogram)).collect();
+        let schema = AttributeSchema::infer(traces.iter().flat_map(|t| t.spans.iter()), &config.attributes);
+        let attrs: Vec<Vec<NodeValues>> =
+            traces.iter().zip(&placements).map(|(t, p)| p.spans.iter().map(|&i| schema.values(&t.spans[i])).collect()).collect();
 
         // T_G: start offsets.
         let mut start_ctx = cond.contexts(cond.start_width());
@@ -407,32 +430,45 @@ impl WindowModel {
 
         // R_G: roots.
         let mut root_ctx = cond.contexts(cond.root_width());
-        let mut root_metas = Vec::new();
-        for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
+        let (mut root_metas, mut root_attrs) = (Vec::new(), Vec::new());
+        for (((placement, meta), attr), &offset) in placements.iter().zip(&metas).zip(&attrs).zip(&offsets) {
             let topology = &histogram.topologies[placement.topology];
             for r in topology.roots() {
                 cond.push_root(&mut root_ctx, placement.topology, topology.labels[r], offset);
                 root_metas.push(Some(meta[r]));
+                root_attrs.push(Some(&attr[r]));
             }
         }
-        let root_columns = meta_columns("", &root_metas, false);
+        let mut root_columns = meta_columns("", &root_metas, false);
+        root_columns.extend(schema.columns("", &root_attrs));
 
         // C_G: chains.
         let plans: Vec<Vec<(usize, Vec<usize>)>> =
             histogram.topologies.iter().map(|t| chain_plan(t, config.chain_length)).collect();
         let mut chain_ctx = cond.contexts(cond.chain_width());
         let mut positions: Vec<Vec<Option<Meta>>> = vec![Vec::new(); config.chain_length - 1];
-        for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
+        let mut position_attrs: Vec<Vec<Option<&NodeValues>>> = vec![Vec::new(); config.chain_length - 1];
+        for (((placement, meta), attr), &offset) in placements.iter().zip(&metas).zip(&attrs).zip(&offsets) {
             let topology = &histogram.topologies[placement.topology];
             for (_, chain) in &plans[placement.topology] {
                 cond.push_chain(&mut chain_ctx, topology, placement.topology, chain, &meta[chain[0]], offset);
-                for (p, column) in positions.iter_mut().enumerate() {
+                for (p, (column, attr_column)) in positions.iter_mut().zip(&mut position_attrs).enumerate() {
                     column.push(chain.get(p + 1).map(|&n| relative(meta[n], meta[chain[p]].duration_us)));
+                    attr_column.push(chain.get(p + 1).map(|&n| &attr[n]));
                 }
             }
         }
-        let chain_columns =
-            positions.iter().enumerate().flat_map(|(p, m)| meta_columns(&format!("n{}_", p + 1), m, true)).collect();
+        let chain_columns = positions
+            .iter()
+            .zip(&position_attrs)
+            .enumerate()
+            .flat_map(|(p, (m, a))| {
+                let prefix = format!("n{}_", p + 1);
+                let mut columns = meta_columns(&prefix, m, true);
+                columns.extend(schema.columns(&prefix, a));
+                columns
+            })
+            .collect();
         // The three generators are independent: train them side by side (Gen-T
         // does the same on one GPU), C_G, the largest, on this thread.
         let (start, roots, chains) = std::thread::scope(|s| {
@@ -454,6 +490,7 @@ impl WindowModel {
             histogram,
             chain_length: config.chain_length,
             gcn: config.gcn,
+            attributes: schema,
             nested,
             start,
             roots,
@@ -473,6 +510,7 @@ impl WindowModel {
             histogram: self.histogram.clone(),
             chain_length: self.chain_length,
             gcn: self.gcn,
+            attributes: self.attributes.clone(),
             nested: self.nested.clone(),
             start: self.start.to_stored(precision)?,
             roots: self.roots.to_stored(precision)?,
@@ -501,6 +539,7 @@ impl WindowModel {
             window_end: stored.window_end,
             chain_length: stored.chain_length,
             gcn: stored.gcn,
+            attributes: stored.attributes,
             nested: stored.nested,
             start: TableModel::from_stored(stored.start, device)?,
             roots: TableModel::from_stored(stored.roots, device)?,
@@ -539,6 +578,14 @@ impl WindowModel {
 
         // R_G.
         let mut metas: Vec<Vec<Option<Meta>>> = order.iter().map(|&t| vec![None; h.topologies[t].len()]).collect();
+        let modelled_attributes = !self.attributes.keys.is_empty();
+        let mut attrs: Vec<Vec<Vec<KeyValue>>> = if modelled_attributes {
+            order.iter().map(|&t| vec![Vec::new(); h.topologies[t].len()]).collect()
+        } else {
+            Vec::new()
+        };
+        // Columns per node in R_G and C_G tables: timing, status, kind, attributes.
+        let node_width = META_COLUMNS + self.attributes.width();
         let mut ctx = cond.contexts(cond.root_width());
         let mut slots = Vec::new();
         for (i, &t) in order.iter().enumerate() {
@@ -551,6 +598,9 @@ impl WindowModel {
         let table = self.roots.sample(slots.len(), ctx.get(), seed ^ 0x7272)?;
         for (row, &(i, r)) in slots.iter().enumerate() {
             metas[i][r] = Some(read_meta(&table, 0, row));
+            if modelled_attributes {
+                attrs[i][r] = self.attributes.read(&table, META_COLUMNS, row);
+            }
         }
 
         // C_G, round by round.
@@ -576,7 +626,11 @@ impl WindowModel {
                         continue;
                     }
                     let parent = metas[*i][chain[p - 1]].map_or(0.0, |m| m.duration_us);
-                    metas[*i][node] = Some(absolute(read_meta(&table, (p - 1) * 4, row), parent));
+                    let first = (p - 1) * node_width;
+                    metas[*i][node] = Some(absolute(read_meta(&table, first, row), parent));
+                    if modelled_attributes {
+                        attrs[*i][node] = self.attributes.read(&table, first + META_COLUMNS, row);
+                    }
                 }
             }
         }
@@ -589,8 +643,18 @@ impl WindowModel {
         for (i, &t) in order.iter().enumerate() {
             let topology = &h.topologies[t];
             let trace_start = self.window_start + (offsets[i] * 1e3) as u64;
-            let trace =
-                self.build_trace(topology, &metas[i], trace_start, &nested, &mut resources, &scope, &mut rng, &mut repairs);
+            let node_attrs = attrs.get_mut(i).map(std::mem::take).unwrap_or_default();
+            let trace = self.build_trace(
+                topology,
+                &metas[i],
+                node_attrs,
+                trace_start,
+                &nested,
+                &mut resources,
+                &scope,
+                &mut rng,
+                &mut repairs,
+            );
             traces.push(trace);
         }
         traces.sort_by_key(Trace::start);
@@ -602,6 +666,7 @@ impl WindowModel {
         &'a self,
         topology: &Topology,
         metas: &[Option<Meta>],
+        mut attributes: Vec<Vec<KeyValue>>,
         trace_start: u64,
         nested: &HashSet<(u32, u32)>,
         resources: &mut HashMap<&'a str, Arc<Resource>>,
@@ -647,7 +712,7 @@ impl WindowModel {
                 status: Status { code: meta.status, message: String::new() },
                 start,
                 end,
-                attributes: Vec::new(),
+                attributes: attributes.get_mut(k).map(std::mem::take).unwrap_or_default(),
                 events: Vec::new(),
                 links: Vec::new(),
             });
