@@ -40,7 +40,7 @@ pub fn load_model(path: &Path) -> Result<crate::gent::GenTConfig, ConfigError> {
 
 /// Parses and validates model settings; `path` only names them in errors.
 pub fn parse_model(text: &[u8], path: &Path) -> Result<crate::gent::GenTConfig, ConfigError> {
-    let config: crate::gent::GenTConfig = parse_yaml(text, path)?;
+    let config = parse_yaml::<ModelFile>(text, path)?.apply();
     config.validate().map_err(|e| ConfigError::Model { path: path.into(), reason: e.to_string() })?;
     Ok(config)
 }
@@ -139,6 +139,61 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { endpoint: Some(SocketAddr::from(([0, 0, 0, 0], 9464))) }
+    }
+}
+
+/// config/model.yaml as written: every field optional, and a missing one
+/// takes Gen-T's default (not CTGAN's: a file that sets only `ctgan.epochs`
+/// must keep Gen-T's 128-wide networks).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ModelFile {
+    chain_length: Option<usize>,
+    gcn: Option<bool>,
+    ctgan: CtganFile,
+    attributes: Option<crate::gent::AttributeConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct CtganFile {
+    epochs: Option<usize>,
+    embedding: Option<usize>,
+    generator: Option<Vec<usize>>,
+    critic: Option<Vec<usize>>,
+    graph_embedding: Option<usize>,
+    pac: Option<usize>,
+    batch: Option<usize>,
+    learning_rate: Option<f64>,
+    weight_decay: Option<f32>,
+    gradient_penalty: Option<f32>,
+    seed: Option<u64>,
+}
+
+impl ModelFile {
+    fn apply(self) -> crate::gent::GenTConfig {
+        fn set<T>(field: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        let mut c = crate::gent::GenTConfig::default();
+        set(&mut c.chain_length, self.chain_length);
+        set(&mut c.gcn, self.gcn);
+        set(&mut c.attributes, self.attributes);
+        let (n, f) = (&mut c.ctgan, self.ctgan);
+        set(&mut n.epochs, f.epochs);
+        set(&mut n.embedding, f.embedding);
+        set(&mut n.generator, f.generator);
+        set(&mut n.critic, f.critic);
+        set(&mut n.graph_embedding, f.graph_embedding);
+        set(&mut n.pac, f.pac);
+        set(&mut n.batch, f.batch);
+        set(&mut n.learning_rate, f.learning_rate);
+        set(&mut n.weight_decay, f.weight_decay);
+        set(&mut n.gradient_penalty, f.gradient_penalty);
+        set(&mut n.seed, f.seed);
+        c
     }
 }
 

@@ -274,3 +274,34 @@ fn configured_attributes_are_learnt_and_regenerated_with_their_types() {
     println!("spans whose attribute keys fit their label: {share:.3} of {spans} (keys of a random span: {baseline:.3})");
     assert!(share > 0.8 && share > baseline + 0.3, "model {share}, baseline {baseline}");
 }
+
+#[test]
+fn a_bad_model_config_file_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("model.yaml");
+    std::fs::write(&config, "ctgan:\n  epochs: 0\n").unwrap();
+    let out = common::gent()
+        .args(["train", data("hipster").to_str().unwrap(), "--out", "/dev/null", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("model.yaml") && stderr.contains("epochs"), "{stderr}");
+    // The shipped file is accepted; a flag overrides it (--epochs 0 is refused although the file says 10).
+    let out = common::gent()
+        .args([
+            "train",
+            data("hipster").to_str().unwrap(),
+            "--out",
+            "/dev/null",
+            "--config",
+            "config/model.yaml",
+            "--epochs",
+            "0",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("epochs must be at least 1"));
+}

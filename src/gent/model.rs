@@ -46,7 +46,6 @@ const STATUSES: [StatusCode; 3] = [StatusCode::Unset, StatusCode::Ok, StatusCode
 
 /// Training settings (`gent train --config`, see config/model.yaml).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct GenTConfig {
     /// Most nodes per chain, head included (≥ 2).
     pub chain_length: usize,

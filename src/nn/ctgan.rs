@@ -56,7 +56,6 @@ struct Stored {
 
 /// Dimensions and schedule; the defaults are CTGAN's.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct CtganConfig {
     pub embedding: usize,
     pub generator: Vec<usize>,
