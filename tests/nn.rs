@@ -95,7 +95,7 @@ fn the_gradient_penalty_trains_the_weights() {
 
 mod generator {
     use super::*;
-    use gent::nn::{DiscreteSpan, Generator, activate, activate_for_argmax, conditional_loss};
+    use gent::nn::{DiscreteSpan, Generator, activate, conditional_loss, sample_rows};
     use gent::tabular::{Activation, OutputSpan};
 
     const SPANS: [OutputSpan; 3] = [
@@ -127,17 +127,29 @@ mod generator {
     }
 
     #[test]
-    fn sampling_without_the_softmax_picks_the_same_categories() {
-        let device = Device::flex();
-        let argmax = |r: &[f32]| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
-        let raw = noise(500, 8, 4, &device).mul_scalar(5.0);
-        let soft = values(activate(raw.clone(), &SPANS, noise(500, 8, 5, &device), 0.2));
-        let hard = values(activate_for_argmax(raw, &SPANS, noise(500, 8, 5, &device)));
-        for (s, h) in soft.chunks(8).zip(hard.chunks(8)) {
-            assert_eq!(s[0], h[0], "scalars are tanh in both");
-            assert_eq!(argmax(&s[1..4]), argmax(&h[1..4]));
-            assert_eq!(argmax(&s[4..8]), argmax(&h[4..8]));
+    fn sampled_categories_follow_the_softmax_of_the_logits() {
+        // Logits of one row, repeated: a scalar, then 3 and 4 categories.
+        let logits = [0.3f32, 2.0, 0.0, -1.0, 0.5, 0.5, f32::NEG_INFINITY, -2.0];
+        let rows = 100_000;
+        let mut out: Vec<f32> = logits.iter().copied().cycle().take(rows * 8).collect();
+        sample_rows(&mut out, &SPANS, &mut StdRng::seed_from_u64(1));
+        let softmax = |l: &[f32]| {
+            let e: Vec<f64> = l.iter().map(|&v| f64::from(v).exp()).collect();
+            let t: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / t).collect::<Vec<_>>()
+        };
+        for (range, expected) in [(1..4, softmax(&logits[1..4])), (4..8, softmax(&logits[4..8]))] {
+            let mut counts = vec![0usize; range.len()];
+            for row in out.chunks(8) {
+                let part = &row[range.clone()];
+                assert_eq!(part.iter().sum::<f32>(), 1.0, "one-hot");
+                counts[part.iter().position(|&v| v == 1.0).unwrap()] += 1;
+            }
+            for (c, p) in counts.iter().zip(&expected) {
+                assert!((*c as f64 / rows as f64 - p).abs() < 0.005, "{counts:?} vs {expected:?}");
+            }
         }
+        assert!(out.chunks(8).all(|r| (r[0] - 0.3f32.tanh()).abs() < 1e-6), "scalars are tanh");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::critic::{Critic, DropoutMasks};
-use super::generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, activate_for_argmax, conditional_loss};
+use super::generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, conditional_loss, sample_rows};
 use super::graph::GraphInput;
 use super::weights::{self, Precision, WeightsError};
 use crate::tabular::{ColumnTransform, ConditionalSampler, OutputSpan, Table, TabularError, Transformer};
@@ -603,25 +603,35 @@ impl Ctgan {
         let done = chunk * SAMPLE_CHUNK;
         let n = SAMPLE_CHUNK.min(rows - done);
         let mut rng = StdRng::seed_from_u64(seed ^ (chunk as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let z = tensor(noise_normal(&mut rng, n * self.config.embedding), n, self.config.embedding, &self.device);
         // Without a context, CTGAN's way: categories drawn by their real
         // frequency, which reproduces the marginals. With one, a category
         // drawn that way would ignore the context (a CLIENT kind for a node
         // that is always a SERVER): the generator was also trained
         // unconditioned for this, and draws categories from the context.
+        let cond_width = self.sampler.cond_width();
         let cond = match context {
-            Some(_) => vec![0.0; n * self.sampler.cond_width()],
-            None => self.sampler.sample_original(n, &mut rng).map_or_else(Vec::new, |c| c.cond),
+            Some(_) => None,
+            None => self.sampler.sample_original(n, &mut rng).map(|c| c.cond),
         };
-        let cond = tensor(cond, n, self.sampler.cond_width(), &self.device);
-        let ctx = match context {
-            Some(c) => tensor(c.values[done * c.width..(done + n) * c.width].to_vec(), n, c.width, &self.device),
-            None => tensor(Vec::new(), n, 0, &self.device),
-        };
-        let raw = self.generator.forward(cat(vec![z, cond, ctx]));
-        let gumbel = tensor(noise_gumbel(&mut rng, n * width), n, width, &self.device);
-        let rows_out = activate_for_argmax(raw, &self.transformer.output_spans(), gumbel);
-        rows_out.into_data().try_to_vec::<f32>().map_err(|e| CtganError::Config(format!("{e:?}")))
+        // The input rows (noise, condition, context) built in one buffer.
+        let (embedding, ctx_width) = (self.config.embedding, context.map_or(0, |c| c.width));
+        let input_width = embedding + cond_width + ctx_width;
+        let mut input = Vec::with_capacity(n * input_width);
+        for r in 0..n {
+            input.extend((0..embedding).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal)));
+            match &cond {
+                Some(c) => input.extend_from_slice(&c[r * cond_width..(r + 1) * cond_width]),
+                None => input.resize(input.len() + cond_width, 0.0),
+            }
+            if let Some(c) = context {
+                input.extend_from_slice(&c.values[(done + r) * c.width..(done + r + 1) * c.width]);
+            }
+        }
+        let raw = self.generator.forward(tensor(input, n, input_width, &self.device));
+        let mut out = raw.into_data().try_into_vec::<f32>().map_err(|e| CtganError::Config(format!("{e:?}")))?;
+        debug_assert_eq!(out.len(), n * width);
+        sample_rows(&mut out, &self.transformer.output_spans(), &mut rng);
+        Ok(out)
     }
 }
 

@@ -89,11 +89,47 @@ pub fn activate(raw: Tensor<2>, spans: &[OutputSpan], gumbel: Tensor<2>, tau: f3
     per_span(raw, spans, gumbel, |part, noise| softmax(part.add(noise).div_scalar(tau), 1))
 }
 
-/// [`activate`] for sampling, where only the argmax of each one-hot is read
-/// back: the argmax of Gumbel-softmax is the argmax of logits plus Gumbel noise
-/// whatever the temperature, so the softmax is skipped. Same decoded rows.
-pub fn activate_for_argmax(raw: Tensor<2>, spans: &[OutputSpan], gumbel: Tensor<2>) -> Tensor<2> {
-    per_span(raw, spans, gumbel, |part, noise| part.add(noise))
+/// Sampling's activation, on the host, in place on `rows` (row-major, each
+/// row laid out as `spans`): tanh on scalars; each one-hot becomes the one-hot
+/// of a category drawn from the softmax of its logits. That is the
+/// distribution of the argmax of Gumbel-softmax at any temperature (what
+/// training's [`activate`] produces), drawn with one uniform per one-hot
+/// instead of two logarithms per category, and without tensor slicing.
+pub fn sample_rows(rows: &mut [f32], spans: &[OutputSpan], rng: &mut impl rand::Rng) {
+    let width: usize = spans.iter().map(|s| s.width).sum();
+    if width == 0 {
+        return;
+    }
+    for row in rows.chunks_exact_mut(width) {
+        let mut start = 0;
+        for span in spans {
+            let part = &mut row[start..start + span.width];
+            start += span.width;
+            match span.activation {
+                Activation::Tanh => part.iter_mut().for_each(|v| *v = v.tanh()),
+                Activation::Softmax => {
+                    let max = part.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut total = 0.0f32;
+                    for v in part.iter_mut() {
+                        // Non-finite logits (a diverged model) weigh nothing.
+                        *v = if v.is_finite() { (*v - max).exp() } else { 0.0 };
+                        total += *v;
+                    }
+                    let mut target = rng.random::<f32>() * total;
+                    let mut pick = part.len() - 1;
+                    for (k, &w) in part.iter().enumerate() {
+                        if target < w {
+                            pick = k;
+                            break;
+                        }
+                        target -= w;
+                    }
+                    part.fill(0.0);
+                    part[pick] = 1.0;
+                }
+            }
+        }
+    }
 }
 
 /// tanh on scalar spans, `one_hot(logits, noise)` on one-hot spans.

@@ -14,7 +14,7 @@ pub mod weights;
 pub use backend::{Backend, BackendError};
 pub use critic::{Critic, DropoutMasks, ForwardMasks, LEAKY_SLOPE, seeded_linear};
 pub use ctgan::{Context, Ctgan, CtganConfig, CtganError};
-pub use generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, activate_for_argmax, conditional_loss};
+pub use generator::{DiscreteSpan, GUMBEL_TAU, Generator, activate, conditional_loss, sample_rows};
 pub use graph::{GraphEncoder, GraphInput, pooled_features};
 
 /// The CPU device used by default.
