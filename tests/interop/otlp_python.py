@@ -143,7 +143,8 @@ def span_rows(request):
                     sys.exit("bad id lengths in span %r" % s.name)
                 rows.append((service[0], s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind,
                              s.start_time_unix_nano, s.end_time_unix_nano, s.status.code,
-                             len(s.attributes), len(s.events), len(s.links)))
+                             tuple(sorted((a.key, a.value.SerializeToString()) for a in s.attributes)),
+                             len(s.events), len(s.links)))
     return sorted(rows)
 
 
