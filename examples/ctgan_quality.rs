@@ -71,21 +71,7 @@ fn numbers(t: &Table, i: usize) -> &Vec<f64> {
     }
 }
 
-/// Wasserstein-1 between two empirical distributions, by quantiles.
-fn w1(a: &[f64], b: &[f64]) -> f64 {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let q = 1000;
-    (0..q)
-        .map(|i| {
-            let u = (i as f64 + 0.5) / q as f64;
-            (a[(u * a.len() as f64) as usize] - b[(u * b.len() as f64) as usize]).abs()
-        })
-        .sum::<f64>()
-        / q as f64
-}
+use gent::fidelity::score::w1;
 
 /// Per-service W1 of log durations, weighted by the real service frequency.
 fn duration_w1(real: &Table, synthetic: &Table) -> f64 {

@@ -10,6 +10,7 @@
 
 pub mod compressor;
 pub mod config;
+pub mod fidelity;
 pub mod gent;
 pub mod io;
 pub mod metrics;

@@ -126,6 +126,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep a sample of the input's traces, as head or tail sampling would (the baselines gent replaces).
+    Sample {
+        /// Files or folders of any supported format (gzip accepted).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Head sampling: keep 1 trace in N, decided from the trace id (1:N).
+        #[arg(long, conflicts_with = "tail", required_unless_present = "tail")]
+        head: Option<String>,
+        /// Tail sampling policies, any of which keeps a trace:
+        /// status_code:ERROR, latency:500ms, probabilistic:10 (percent); `+` joins an `and`.
+        #[arg(long)]
+        tail: Option<String>,
+        /// Seed of the trace-id hash.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "otlp-json")]
+        to: OutputFormat,
+        /// Force the input format instead of sniffing it from content.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score how well a candidate data set answers the query suite against the real data.
+    Eval {
+        /// The real traces.
+        #[arg(long, required = true, num_args = 1..)]
+        real: Vec<PathBuf>,
+        /// The candidate traces (regenerated, or sampled with --scale).
+        #[arg(long, required = true, num_args = 1..)]
+        synthetic: Vec<PathBuf>,
+        /// The candidate's sampling rate N of 1:N; its counts are multiplied by it.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// More queries, in SQL (see README "Fidelity").
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send recorded traces over OTLP with fresh ids and timestamps shifted to now.
     Replay {
         /// Files or folders of any supported format (gzip accepted).
@@ -187,6 +233,10 @@ fn main() -> ExitCode {
             train(&inputs, format, options, json)
         }
         Command::Generate { model, out, format, seed, backend, json } => generate(&model, &out, format, seed, backend, json),
+        Command::Sample { inputs, out, head, tail, seed, to, format, json } => {
+            sample(&inputs, &out, head, tail, seed, to, format, json)
+        }
+        Command::Eval { real, synthetic, scale, queries, json } => eval(&real, &synthetic, scale, queries.as_deref(), json),
         Command::Replay { inputs, endpoint, protocol, rate, loops, batch, concurrency, format, json } => {
             let options = ReplayOptions { endpoint, protocol, rate, loops, batch_spans: batch, concurrency };
             replay(&inputs, format, options, json)
@@ -460,5 +510,83 @@ fn generate(
     let report =
         GenerateReport { traces: traces.len(), spans: traces.iter().map(|t| t.spans.len()).sum(), generate_seconds, repairs };
     tracing::info!(traces = report.traces, spans = report.spans, generate_seconds = format!("{generate_seconds:.2}"), out = %out.display(), "traces regenerated");
+    if json { print_json(&report) } else { Ok(()) }
+}
+
+#[derive(Serialize)]
+struct SampleReport {
+    traces_in: usize,
+    traces_kept: usize,
+    spans_kept: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    inputs: &[PathBuf],
+    out: &std::path::Path,
+    head: Option<String>,
+    tail: Option<String>,
+    seed: u64,
+    to: OutputFormat,
+    format: Option<Format>,
+    json: bool,
+) -> Result<(), Failure> {
+    use gent::fidelity::sampling::{Sampler, TailPolicy, parse_head};
+    let bad = |e: gent::fidelity::sampling::SamplingError| Failure::BadInput(e.to_string());
+    let sampler = match (head, tail) {
+        (Some(h), _) => Sampler::Head { n: parse_head(&h).map_err(bad)? },
+        (None, Some(t)) => Sampler::Tail(TailPolicy::parse_list(&t).map_err(bad)?),
+        (None, None) => return Err(Failure::BadInput("give --head 1:N or --tail POLICY".into())),
+    };
+    let (set, _) = read(inputs, format)?;
+    let kept = sampler.sample(&set.traces, seed);
+    io::write_file(&kept, to, out)?;
+    let report = SampleReport {
+        traces_in: set.traces.len(),
+        traces_kept: kept.len(),
+        spans_kept: kept.iter().map(|t| t.spans.len()).sum(),
+    };
+    tracing::info!(traces_in = report.traces_in, traces_kept = report.traces_kept, out = %out.display(), "sample written");
+    if json { print_json(&report) } else { Ok(()) }
+}
+
+#[derive(Serialize)]
+struct EvalReport {
+    overall: f64,
+    queries: Vec<gent::fidelity::QueryScore>,
+    dropped: Vec<String>,
+}
+
+fn eval(
+    real: &[PathBuf],
+    synthetic: &[PathBuf],
+    scale: f64,
+    queries: Option<&std::path::Path>,
+    json: bool,
+) -> Result<(), Failure> {
+    use gent::fidelity::{FidelityError, Reference, parse_user_queries};
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Failure::BadInput("--scale must be a positive number".into()));
+    }
+    let fidelity = |e: FidelityError| match e {
+        FidelityError::Sql { .. } | FidelityError::Shape { .. } | FidelityError::Queries { .. } | FidelityError::Empty { .. } => {
+            Failure::BadInput(e.to_string())
+        }
+    };
+    let user = match queries {
+        Some(path) => parse_user_queries(&String::from_utf8_lossy(&read_file(path)?), path).map_err(fidelity)?,
+        None => Vec::new(),
+    };
+    let (real, _) = read(real, None)?;
+    let (candidate, _) = read(synthetic, None)?;
+    let reference = Reference::new(&real, user).map_err(fidelity)?;
+    let evaluation = reference.evaluate(&candidate, scale).map_err(fidelity)?;
+    let width = evaluation.queries.iter().map(|q| q.name.len()).max().unwrap_or(5).max(5);
+    println!("{:<width$}  {:<12}  score", "query", "kind");
+    for q in &evaluation.queries {
+        println!("{:<width$}  {:<12}  {:.3}", q.name, format!("{:?}", q.kind).to_lowercase(), q.score);
+    }
+    println!("{:<width$}  {:<12}  {:.3}", "overall", "", evaluation.overall);
+    let report = EvalReport { overall: evaluation.overall, queries: evaluation.queries, dropped: reference.dropped };
     if json { print_json(&report) } else { Ok(()) }
 }
