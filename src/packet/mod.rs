@@ -144,6 +144,6 @@ mod tests {
         let mut packet = seal(&body()).unwrap();
         packet[4..6].copy_from_slice(&7u16.to_le_bytes());
         let e = open::<Body>(&packet).unwrap_err().to_string();
-        assert!(e.contains("version 7") && e.contains("version 1"), "{e}");
+        assert!(e.contains("version 7") && e.contains(&format!("version {FORMAT_VERSION}")), "{e}");
     }
 }
