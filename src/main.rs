@@ -172,6 +172,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
     /// Send recorded traces over OTLP with fresh ids and timestamps shifted to now.
     Replay {
         /// Files or folders of any supported format (gzip accepted).
@@ -194,6 +199,32 @@ enum Command {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Force the input format instead of sniffing it from content.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// gent against head sampling (1:5 … 1:100, 10 seeds), tail sampling and lossless
+    /// compression: bytes, cost and fidelity on the query suite.
+    CostFidelity {
+        /// Files or folders of any supported format (gzip accepted), taken as one window.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Model settings for gent (see config/model.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write a self-contained HTML report with plots here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Write the fidelity-against-bytes plot alone here, as SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// Force the input format instead of sniffing it from content.
         #[arg(long, value_enum)]
         format: Option<Format>,
@@ -237,6 +268,9 @@ fn main() -> ExitCode {
             sample(&inputs, &out, head, tail, seed, to, format, json)
         }
         Command::Eval { real, synthetic, scale, queries, json } => eval(&real, &synthetic, scale, queries.as_deref(), json),
+        Command::Bench { bench: BenchCommand::CostFidelity { inputs, config, report, plot, format, json } } => {
+            cost_fidelity(&inputs, config.as_deref(), report.as_deref(), plot.as_deref(), format, json)
+        }
         Command::Replay { inputs, endpoint, protocol, rate, loops, batch, concurrency, format, json } => {
             let options = ReplayOptions { endpoint, protocol, rate, loops, batch_spans: batch, concurrency };
             replay(&inputs, format, options, json)
@@ -422,12 +456,8 @@ fn device(backend: Backend) -> Result<burn::tensor::Device, Failure> {
 /// The window's size as OTLP protobuf, raw and gzip-compressed: what shipping
 /// every span would cost, the yardstick for the packet.
 fn otlp_sizes(traces: &[trace::Trace]) -> Result<(usize, usize), Failure> {
-    let mut raw = Vec::new();
-    io::write_traces(traces, OutputFormat::OtlpProto, &mut raw).map_err(|e| Failure::Other(e.to_string()))?;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, &raw).map_err(|e| Failure::Other(e.to_string()))?;
-    let gzipped = gz.finish().map_err(|e| Failure::Other(e.to_string()))?;
-    Ok((raw.len(), gzipped.len()))
+    let sizes = gent::fidelity::cost::wire_sizes(traces).map_err(|e| Failure::Other(e.to_string()))?;
+    Ok((sizes.raw as usize, sizes.gzip as usize))
 }
 
 fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool) -> Result<(), Failure> {
@@ -589,4 +619,40 @@ fn eval(
     println!("{:<width$}  {:<12}  {:.3}", "overall", "", evaluation.overall);
     let report = EvalReport { overall: evaluation.overall, queries: evaluation.queries, dropped: reference.dropped };
     if json { print_json(&report) } else { Ok(()) }
+}
+
+fn cost_fidelity(
+    inputs: &[PathBuf],
+    config: Option<&std::path::Path>,
+    report: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
+    format: Option<Format>,
+    json: bool,
+) -> Result<(), Failure> {
+    use gent::fidelity::bench::{self, BenchError};
+    let config = match config {
+        Some(path) => gent::config::load_model(path).map_err(|e| Failure::BadInput(e.to_string()))?,
+        None => GenTConfig::default(),
+    };
+    let (set, _) = read(inputs, format)?;
+    if set.traces.is_empty() {
+        return Err(Failure::BadInput("the input holds no traces".into()));
+    }
+    let device = device(Backend::Cpu)?;
+    let outcome = bench::run(&set, &config, &device, Default::default(), |method| tracing::info!(method, "benchmarking"));
+    let outcome = outcome.map_err(|e| match e {
+        BenchError::Fidelity(_) => Failure::BadInput(e.to_string()),
+        _ => Failure::Other(e.to_string()),
+    })?;
+    print!("{}", outcome.table());
+    let write = |path: &std::path::Path, text: String| {
+        std::fs::write(path, text).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))
+    };
+    if let Some(path) = report {
+        write(path, gent::fidelity::report::html(&outcome).map_err(|e| Failure::Other(e.to_string()))?)?;
+    }
+    if let Some(path) = plot {
+        write(path, gent::fidelity::report::fidelity_plot(&outcome).map_err(|e| Failure::Other(e.to_string()))?)?;
+    }
+    if json { print_json(&outcome) } else { Ok(()) }
 }

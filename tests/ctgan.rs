@@ -82,6 +82,8 @@ mod persistence {
         assert_eq!(loaded.sample(800, None, 3).unwrap(), expected);
 
         let half = model.to_bytes(Precision::F16).unwrap();
+        // Storing at f16 leaves the model itself as it was.
+        assert_eq!(model.sample(800, None, 3).unwrap(), expected);
         let ratio = half.len() as f64 / full.len() as f64;
         println!("stored model: f32 {} bytes, f16 {} bytes ({ratio:.2})", full.len(), half.len());
         assert!(ratio < 0.56, "f16 model is {ratio:.2} of the f32 one");

@@ -232,3 +232,38 @@ mod cli {
         }
     }
 }
+
+mod bench {
+    use super::*;
+
+    #[test]
+    fn the_cost_fidelity_benchmark_ranks_every_method_and_writes_its_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let (report, plot, config) = (dir.path().join("r.html"), dir.path().join("p.svg"), dir.path().join("m.yaml"));
+        std::fs::write(&config, "ctgan:\n  epochs: 1\n").unwrap();
+        let out = common::gent()
+            .args(["bench", "cost-fidelity", data("hipster").to_str().unwrap(), "--json", "--config", config.to_str().unwrap()])
+            .args(["--report", report.to_str().unwrap(), "--plot", plot.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let methods = r["methods"].as_array().unwrap();
+        let names: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
+        assert_eq!(names.len(), 10, "{names:?}");
+        assert!(names[0].starts_with("gent") && names.contains(&"head 1:15 + gzip") && names.contains(&"lossless zstd"));
+        let by = |name: &str| methods.iter().find(|m| m["method"] == name).unwrap();
+        assert_eq!(by("lossless gzip")["ratio_to_gzip"], 1.0);
+        assert_eq!(by("lossless gzip")["fidelity"], 1.0);
+        // Fewer bytes with a lower rate, and a lower fidelity on average.
+        let (h5, h100) = (by("head 1:5 + gzip"), by("head 1:100 + gzip"));
+        assert!(h100["bytes"].as_f64() < h5["bytes"].as_f64());
+        assert!(h100["fidelity"].as_f64() < h5["fidelity"].as_f64());
+        assert!(r["gent_matches_head"].is_array() && r["gent_smaller_than_head"].is_array());
+        let html = std::fs::read_to_string(&report).unwrap();
+        assert!(html.contains("<svg") && html.contains("head 1:15"), "the table and the plots");
+        assert!(!html.contains("<script") && !html.contains("src=\"http"), "self-contained");
+        assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    }
+}

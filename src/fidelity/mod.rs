@@ -4,10 +4,14 @@
 //! architecture, bottlenecks, RED and attribute queries, plus the user's own)
 //! runs on both, and each answer is scored against the real one (`score`);
 //! the overall fidelity is the mean of the query scores. `sampling` holds the
-//! baselines: head and tail sampling.
+//! baselines (head and tail sampling), `cost` what shipping and compute cost,
+//! `bench` the cost–fidelity benchmark and `report` its HTML page.
 
+pub mod bench;
+pub mod cost;
 mod db;
 mod queries;
+pub mod report;
 pub mod sampling;
 pub mod score;
 

@@ -1,0 +1,214 @@
+//! The cost–fidelity benchmark (`gent bench cost-fidelity`): gent against
+//! the methods it replaces, on the same data, with the same queries and the
+//! same scores. Every method is charged for the bytes it ships and the
+//! compute it spends ([`Prices`]):
+//!
+//! * gent: the packet; training and generation time on every core;
+//! * head sampling 1:N (N = 5, 10, 15, 20, 50, 100; 10 seeds): the kept
+//!   traces as gzip-compressed OTLP protobuf, counts scaled by N;
+//! * tail sampling (errors, traces slower than the real 90th percentile, and
+//!   1% of the rest): gzip OTLP of the kept traces, counts scaled by
+//!   all traces / kept traces;
+//! * lossless: every span as gzip or zstd OTLP protobuf (fidelity 1).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::tensor::Device;
+
+use super::cost::{Prices, wire_sizes};
+use super::sampling::{Sampler, TailPolicy};
+use super::{FidelityError, Reference};
+use crate::gent::{GenTConfig, WindowModel};
+use crate::nn::weights::Precision;
+use crate::trace::{Trace, TraceSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Fidelity(#[from] FidelityError),
+    #[error("gent: {0}")]
+    Gent(String),
+    #[error("encoding the traces: {0}")]
+    Encode(#[from] std::io::Error),
+}
+
+/// Head sampling rates compared.
+pub const HEAD_RATES: [u64; 6] = [5, 10, 15, 20, 50, 100];
+/// Seeds per head sampling rate.
+pub const SEEDS: u64 = 10;
+
+/// One method's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MethodResult {
+    pub method: String,
+    /// Bytes shipped (mean over seeds for head sampling).
+    pub bytes: f64,
+    /// `bytes` over the gzip of every span.
+    pub ratio_to_gzip: f64,
+    pub compute_seconds: f64,
+    pub cost_usd: f64,
+    /// Mean overall fidelity, and its standard deviation over seeds (0 for one run).
+    pub fidelity: f64,
+    pub fidelity_sd: f64,
+    /// Mean score per query.
+    pub queries: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub traces: usize,
+    pub spans: usize,
+    pub gzip_bytes: u64,
+    pub prices: Prices,
+    pub methods: Vec<MethodResult>,
+    /// The head sampling rates whose mean fidelity gent reaches or beats.
+    pub gent_matches_head: Vec<u64>,
+    /// The head sampling rates whose mean shipped bytes gent's packet does not exceed.
+    pub gent_smaller_than_head: Vec<u64>,
+}
+
+struct Runs {
+    bytes: Vec<f64>,
+    seconds: Vec<f64>,
+    scores: Vec<super::Evaluation>,
+}
+
+impl Runs {
+    fn result(self, method: String, gzip: u64, prices: &Prices, cores: f64) -> MethodResult {
+        let n = self.scores.len().max(1) as f64;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let overall: Vec<f64> = self.scores.iter().map(|e| e.overall).collect();
+        let fidelity = mean(&overall);
+        let fidelity_sd = (overall.iter().map(|f| (f - fidelity).powi(2)).sum::<f64>() / n).sqrt();
+        let mut queries: BTreeMap<String, f64> = BTreeMap::new();
+        for e in &self.scores {
+            for q in &e.queries {
+                *queries.entry(q.name.clone()).or_default() += q.score / n;
+            }
+        }
+        let (bytes, compute_seconds) = (mean(&self.bytes), mean(&self.seconds));
+        MethodResult {
+            method,
+            bytes,
+            ratio_to_gzip: bytes / gzip.max(1) as f64,
+            compute_seconds,
+            cost_usd: prices.cost(bytes as u64, compute_seconds * cores, 0.0),
+            fidelity,
+            fidelity_sd,
+            queries,
+        }
+    }
+}
+
+fn set(traces: Vec<Trace>) -> TraceSet {
+    TraceSet { traces, defects: Default::default() }
+}
+
+/// The 90th percentile of trace durations, for the tail policy.
+fn p90_duration(traces: &[Trace]) -> std::time::Duration {
+    let mut d: Vec<u64> = traces.iter().map(|t| t.end().saturating_sub(t.start())).collect();
+    d.sort_unstable();
+    std::time::Duration::from_nanos(d.get(d.len() * 9 / 10).copied().unwrap_or(0))
+}
+
+/// Runs every method on `real` and scores it. `progress` hears each method's name as it starts.
+pub fn run(
+    real: &TraceSet,
+    config: &GenTConfig,
+    device: &Device,
+    prices: Prices,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    let reference = Reference::new(real, Vec::new())?;
+    let full = wire_sizes(&real.traces)?;
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let mut methods = Vec::new();
+
+    progress("gent");
+    let started = Instant::now();
+    let model = WindowModel::train(&real.traces, config, device, None).map_err(|e| BenchError::Gent(e.to_string()))?;
+    let packet =
+        crate::gent::pack(&model, 0, config, Precision::F16, config.ctgan.seed).map_err(|e| BenchError::Gent(e.to_string()))?;
+    let (generated, _) = model.generate(config.ctgan.seed).map_err(|e| BenchError::Gent(e.to_string()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let gent = Runs {
+        bytes: vec![packet.len() as f64],
+        seconds: vec![seconds],
+        scores: vec![reference.evaluate(&set(generated), 1.0)?],
+    };
+    methods.push(gent.result("gent (f16)".into(), full.gzip, &prices, cores));
+
+    for n in HEAD_RATES {
+        progress(&format!("head 1:{n}"));
+        let mut runs = Runs { bytes: Vec::new(), seconds: Vec::new(), scores: Vec::new() };
+        for seed in 0..SEEDS {
+            let started = Instant::now();
+            let kept = Sampler::Head { n }.sample(&real.traces, seed);
+            let bytes = wire_sizes(&kept)?.gzip;
+            runs.seconds.push(started.elapsed().as_secs_f64());
+            runs.bytes.push(bytes as f64);
+            runs.scores.push(reference.evaluate(&set(kept), n as f64)?);
+        }
+        methods.push(runs.result(format!("head 1:{n} + gzip"), full.gzip, &prices, cores));
+    }
+
+    progress("tail");
+    let started = Instant::now();
+    let policy = Sampler::Tail(vec![
+        TailPolicy::StatusCode(vec![crate::trace::StatusCode::Error]),
+        TailPolicy::Latency(p90_duration(&real.traces)),
+        TailPolicy::Probabilistic(1.0),
+    ]);
+    let kept = policy.sample(&real.traces, 0);
+    let bytes = wire_sizes(&kept)?.gzip;
+    let seconds = started.elapsed().as_secs_f64();
+    let scale = real.traces.len() as f64 / kept.len().max(1) as f64;
+    let tail = Runs { bytes: vec![bytes as f64], seconds: vec![seconds], scores: vec![reference.evaluate(&set(kept), scale)?] };
+    methods.push(tail.result("tail (errors, > p90 latency, 1%) + gzip".into(), full.gzip, &prices, cores));
+
+    progress("lossless");
+    let everything = reference.evaluate(real, 1.0)?;
+    for (name, bytes) in [("lossless gzip", full.gzip), ("lossless zstd", full.zstd)] {
+        let runs = Runs { bytes: vec![bytes as f64], seconds: vec![0.0], scores: vec![everything.clone()] };
+        methods.push(runs.result(name.into(), full.gzip, &prices, cores));
+    }
+
+    let gent = &methods[0];
+    let head =
+        |m: &MethodResult| m.method.strip_prefix("head 1:").and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
+    let gent_matches_head = methods.iter().filter(|m| m.fidelity <= gent.fidelity).filter_map(head).collect();
+    let gent_smaller_than_head = methods.iter().filter(|m| gent.bytes <= m.bytes).filter_map(head).collect();
+    Ok(BenchReport {
+        traces: real.traces.len(),
+        spans: real.span_count(),
+        gzip_bytes: full.gzip,
+        prices,
+        methods,
+        gent_matches_head,
+        gent_smaller_than_head,
+    })
+}
+
+impl BenchReport {
+    /// The table printed on stdout.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<42} {:>12} {:>9} {:>10} {:>12} {:>17}\n",
+            "method", "bytes", "vs gzip", "compute s", "cost $", "fidelity (± sd)"
+        );
+        for m in &self.methods {
+            out.push_str(&format!(
+                "{:<42} {:>12.0} {:>8.2}% {:>10.2} {:>12.8} {:>9.3} ± {:.3}\n",
+                m.method,
+                m.bytes,
+                100.0 * m.ratio_to_gzip,
+                m.compute_seconds,
+                m.cost_usd,
+                m.fidelity,
+                m.fidelity_sd
+            ));
+        }
+        out
+    }
+}
