@@ -190,6 +190,20 @@ pub fn run(
     })
 }
 
+impl MethodResult {
+    /// The table's cells: method, bytes, ratio to gzip, compute seconds, cost, fidelity ± sd.
+    pub fn cells(&self) -> [String; 6] {
+        [
+            self.method.clone(),
+            format!("{:.0}", self.bytes),
+            format!("{:.2}%", 100.0 * self.ratio_to_gzip),
+            format!("{:.2}", self.compute_seconds),
+            format!("{:.8}", self.cost_usd),
+            format!("{:.3} ± {:.3}", self.fidelity, self.fidelity_sd),
+        ]
+    }
+}
+
 impl BenchReport {
     /// The table printed on stdout.
     pub fn table(&self) -> String {
@@ -198,16 +212,8 @@ impl BenchReport {
             "method", "bytes", "vs gzip", "compute s", "cost $", "fidelity (± sd)"
         );
         for m in &self.methods {
-            out.push_str(&format!(
-                "{:<42} {:>12.0} {:>8.2}% {:>10.2} {:>12.8} {:>9.3} ± {:.3}\n",
-                m.method,
-                m.bytes,
-                100.0 * m.ratio_to_gzip,
-                m.compute_seconds,
-                m.cost_usd,
-                m.fidelity,
-                m.fidelity_sd
-            ));
+            let [method, bytes, ratio, seconds, cost, fidelity] = m.cells();
+            out.push_str(&format!("{method:<42} {bytes:>12} {ratio:>9} {seconds:>10} {cost:>12} {fidelity:>17}\n"));
         }
         out
     }

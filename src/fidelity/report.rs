@@ -125,16 +125,8 @@ fn query_plot(report: &BenchReport) -> Result<String, ReportError> {
 pub fn html(report: &BenchReport) -> Result<String, ReportError> {
     let mut rows = String::new();
     for m in &report.methods {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{:.0}</td><td>{:.2}%</td><td>{:.2}</td><td>{:.8}</td><td>{:.3} ± {:.3}</td></tr>\n",
-            escape(&m.method),
-            m.bytes,
-            100.0 * m.ratio_to_gzip,
-            m.compute_seconds,
-            m.cost_usd,
-            m.fidelity,
-            m.fidelity_sd
-        ));
+        let cells: Vec<String> = m.cells().iter().map(|c| format!("<td>{}</td>", escape(c))).collect();
+        rows.push_str(&format!("<tr>{}</tr>\n", cells.concat()));
     }
     Ok(format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>gent cost–fidelity</title>\
