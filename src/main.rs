@@ -168,6 +168,9 @@ enum Command {
         /// More queries, in SQL (see README "Fidelity").
         #[arg(long)]
         queries: Option<PathBuf>,
+        /// Write a self-contained HTML report (scores table and bars) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
         /// Print one JSON object as the last line of stdout.
         #[arg(long)]
         json: bool,
@@ -225,6 +228,15 @@ enum BenchCommand {
         /// Write the fidelity-against-bytes plot alone here, as SVG.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Dollars per GB shipped (Gen-T paper: Cribl's rate).
+        #[arg(long, default_value_t = 0.32)]
+        price_per_gb: f64,
+        /// Dollars per CPU-hour (an on-demand cloud vCPU).
+        #[arg(long, default_value_t = 0.03)]
+        price_per_cpu_hour: f64,
+        /// Dollars per GPU-hour (Gen-T paper: GCP's rate).
+        #[arg(long, default_value_t = 0.25)]
+        price_per_gpu_hour: f64,
         /// Force the input format instead of sniffing it from content.
         #[arg(long, value_enum)]
         format: Option<Format>,
@@ -267,9 +279,29 @@ fn main() -> ExitCode {
         Command::Sample { inputs, out, head, tail, seed, to, format, json } => {
             sample(&inputs, &out, head, tail, seed, to, format, json)
         }
-        Command::Eval { real, synthetic, scale, queries, json } => eval(&real, &synthetic, scale, queries.as_deref(), json),
-        Command::Bench { bench: BenchCommand::CostFidelity { inputs, config, report, plot, format, json } } => {
-            cost_fidelity(&inputs, config.as_deref(), report.as_deref(), plot.as_deref(), format, json)
+        Command::Eval { real, synthetic, scale, queries, report, json } => {
+            eval(&real, &synthetic, scale, queries.as_deref(), report.as_deref(), json)
+        }
+        Command::Bench {
+            bench:
+                BenchCommand::CostFidelity {
+                    inputs,
+                    config,
+                    report,
+                    plot,
+                    price_per_gb,
+                    price_per_cpu_hour,
+                    price_per_gpu_hour,
+                    format,
+                    json,
+                },
+        } => {
+            let prices = gent::fidelity::cost::Prices {
+                per_gb: price_per_gb,
+                per_cpu_hour: price_per_cpu_hour,
+                per_gpu_hour: price_per_gpu_hour,
+            };
+            cost_fidelity(&inputs, config.as_deref(), report.as_deref(), plot.as_deref(), prices, format, json)
         }
         Command::Replay { inputs, endpoint, protocol, rate, loops, batch, concurrency, format, json } => {
             let options = ReplayOptions { endpoint, protocol, rate, loops, batch_spans: batch, concurrency };
@@ -592,6 +624,7 @@ fn eval(
     synthetic: &[PathBuf],
     scale: f64,
     queries: Option<&std::path::Path>,
+    report_path: Option<&std::path::Path>,
     json: bool,
 ) -> Result<(), Failure> {
     use gent::fidelity::{FidelityError, Reference, parse_user_queries};
@@ -617,6 +650,10 @@ fn eval(
         println!("{:<width$}  {:<12}  {:.3}", q.name, format!("{:?}", q.kind).to_lowercase(), q.score);
     }
     println!("{:<width$}  {:<12}  {:.3}", "overall", "", evaluation.overall);
+    if let Some(path) = report_path {
+        let html = gent::fidelity::report::eval_html(&evaluation).map_err(|e| Failure::Other(e.to_string()))?;
+        std::fs::write(path, html).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
+    }
     let report = EvalReport { overall: evaluation.overall, queries: evaluation.queries, dropped: reference.dropped };
     if json { print_json(&report) } else { Ok(()) }
 }
@@ -626,10 +663,14 @@ fn cost_fidelity(
     config: Option<&std::path::Path>,
     report: Option<&std::path::Path>,
     plot: Option<&std::path::Path>,
+    prices: gent::fidelity::cost::Prices,
     format: Option<Format>,
     json: bool,
 ) -> Result<(), Failure> {
     use gent::fidelity::bench::{self, BenchError};
+    if ![prices.per_gb, prices.per_cpu_hour, prices.per_gpu_hour].iter().all(|p| p.is_finite() && *p >= 0.0) {
+        return Err(Failure::BadInput("prices must be non-negative numbers".into()));
+    }
     let config = match config {
         Some(path) => gent::config::load_model(path).map_err(|e| Failure::BadInput(e.to_string()))?,
         None => GenTConfig::default(),
@@ -639,7 +680,7 @@ fn cost_fidelity(
         return Err(Failure::BadInput("the input holds no traces".into()));
     }
     let device = device(Backend::Cpu)?;
-    let outcome = bench::run(&set, &config, &device, Default::default(), |method| tracing::info!(method, "benchmarking"));
+    let outcome = bench::run(&set, &config, &device, prices, |method| tracing::info!(method, "benchmarking"));
     let outcome = outcome.map_err(|e| match e {
         BenchError::Fidelity(_) => Failure::BadInput(e.to_string()),
         _ => Failure::Other(e.to_string()),

@@ -190,10 +190,12 @@ mod cli {
 
         let out = common::gent()
             .args(["eval", "--real", data("hipster").to_str().unwrap(), "--synthetic", sampled.to_str().unwrap()])
-            .args(["--scale", "10", "--json"])
+            .args(["--scale", "10", "--json", "--report", dir.path().join("eval.html").to_str().unwrap()])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let html = std::fs::read_to_string(dir.path().join("eval.html")).unwrap();
+        assert!(html.contains("trigger_correlations") && html.contains("<svg") && !html.contains("<script"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         let overall = report["overall"].as_f64().unwrap();
@@ -218,8 +220,12 @@ mod cli {
         std::fs::write(&queries, "-- name: broken\n-- kind: rate\nSELECT nope FROM spans;\n").unwrap();
         let hipster = data("hipster");
         let h = hipster.to_str().unwrap();
-        let cases: [(Vec<&str>, &str); 4] = [
-            (vec!["eval", "--real", h, "--synthetic", empty.to_str().unwrap()], "no traces"),
+        let e = empty.to_str().unwrap();
+        let cases: [(Vec<&str>, &str); 7] = [
+            (vec!["eval", "--real", h, "--synthetic", e], "no traces"),
+            (vec!["eval", "--real", e, "--synthetic", h], "no traces"),
+            (vec!["bench", "cost-fidelity", e], "no traces"),
+            (vec!["bench", "cost-fidelity", h, "--price-per-gb=-1"], "prices"),
             (vec!["eval", "--real", h, "--synthetic", h, "--queries", queries.to_str().unwrap()], "query broken"),
             (vec!["sample", h, "--out", "/dev/null", "--head", "1:0"], "1:N"),
             (vec!["sample", h, "--out", "/dev/null", "--tail", "latency:soon"], "latency:soon"),

@@ -4,6 +4,7 @@
 
 use plotters::prelude::*;
 
+use super::Evaluation;
 use super::bench::BenchReport;
 
 #[derive(Debug, thiserror::Error)]
@@ -145,5 +146,47 @@ pub fn html(report: &BenchReport) -> Result<String, ReportError> {
         rows,
         fidelity_plot(report)?,
         query_plot(report)?
+    ))
+}
+
+/// One evaluation (`gent eval --report`): the scores as a table and as bars.
+pub fn eval_html(evaluation: &Evaluation) -> Result<String, ReportError> {
+    let mut svg = String::new();
+    {
+        let n = evaluation.queries.len().max(1);
+        let root = SVGBackend::with_string(&mut svg, (900, 80 + 26 * n as u32)).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("Score per query (overall {:.3})", evaluation.overall), ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(20)
+            .build_cartesian_2d(0f64..1.0f64, 0f64..n as f64)
+            .map_err(drawing)?;
+        chart.configure_mesh().disable_y_mesh().y_labels(0).x_desc("score").draw().map_err(drawing)?;
+        for (i, q) in evaluation.queries.iter().enumerate() {
+            let y = (n - i - 1) as f64;
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(0.0, y + 0.15), (q.score, y + 0.85)], BLUE.mix(0.6).filled())))
+                .map_err(drawing)?;
+            let label = format!("{} {:.3}", q.name, q.score);
+            chart
+                .draw_series(std::iter::once(Text::new(label, (0.01, y + 0.7), ("sans-serif", 12).into_font().color(&BLACK))))
+                .map_err(drawing)?;
+        }
+        root.present().map_err(drawing)?;
+    }
+    let rows: String = evaluation
+        .queries
+        .iter()
+        .map(|q| format!("<tr><td>{}</td><td>{:?}</td><td>{:.3}</td></tr>\n", escape(&q.name), q.kind, q.score))
+        .collect();
+    Ok(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>gent eval</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #bbb;padding:4px 8px}}</style></head><body><h1>gent eval</h1>\
+         <p>Overall fidelity {:.3} (mean of the query scores).</p>\
+         <table><tr><th>query</th><th>kind</th><th>score</th></tr>\n{rows}</table>{svg}</body></html>\n",
+        evaluation.overall
     ))
 }
