@@ -111,6 +111,13 @@ fn scores_follow_the_documented_formulas_on_hand_made_candidates() {
     assert_eq!(score(&half, 2.0, "call_counts"), 0.5);
     // No errors: red_errors' one group is missing → 0.
     assert_eq!(score(&half, 2.0, "red_errors"), 0.0);
+    // A sampler that kept nothing answers nothing: alarms that never fire agree, the rest scores 0.
+    let nothing = reference.evaluate_any(&TraceSet { traces: Vec::new(), defects: Default::default() }, 100.0).unwrap();
+    for q in &nothing.queries {
+        let expected = if q.name.starts_with("latency_alarm") || q.name.starts_with("error_alarm") { 1.0 } else { 0.0 };
+        assert_eq!(q.score, expected, "{}", q.name);
+    }
+    assert!(reference.evaluate(&TraceSet { traces: Vec::new(), defects: Default::default() }, 1.0).is_err());
 }
 
 #[test]

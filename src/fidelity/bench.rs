@@ -148,7 +148,7 @@ pub fn run(
             let bytes = wire_sizes(&kept)?.gzip;
             runs.seconds.push(started.elapsed().as_secs_f64());
             runs.bytes.push(bytes as f64);
-            runs.scores.push(reference.evaluate(&set(kept), n as f64)?);
+            runs.scores.push(reference.evaluate_any(&set(kept), n as f64)?);
         }
         methods.push(runs.result(format!("head 1:{n} + gzip"), full.gzip, &prices, cores));
     }
@@ -164,7 +164,8 @@ pub fn run(
     let bytes = wire_sizes(&kept)?.gzip;
     let seconds = started.elapsed().as_secs_f64();
     let scale = real.traces.len() as f64 / kept.len().max(1) as f64;
-    let tail = Runs { bytes: vec![bytes as f64], seconds: vec![seconds], scores: vec![reference.evaluate(&set(kept), scale)?] };
+    let tail =
+        Runs { bytes: vec![bytes as f64], seconds: vec![seconds], scores: vec![reference.evaluate_any(&set(kept), scale)?] };
     methods.push(tail.result("tail (errors, > p90 latency, 1%) + gzip".into(), full.gzip, &prices, cores));
 
     progress("lossless");

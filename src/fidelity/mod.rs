@@ -101,6 +101,12 @@ impl Reference {
         if candidate.traces.is_empty() {
             return Err(FidelityError::Empty { what: "the candidate data" });
         }
+        self.evaluate_any(candidate, scale)
+    }
+
+    /// [`Reference::evaluate`], scoring an empty candidate too (it answers
+    /// nothing): a sampler that kept no trace of a small window has a score.
+    pub fn evaluate_any(&self, candidate: &TraceSet, scale: f64) -> Result<Evaluation, FidelityError> {
         let db = SpanDb::load(candidate)?;
         let mut queries = Vec::with_capacity(self.queries.len());
         for (query, real) in self.queries.iter().zip(&self.answers) {
