@@ -81,8 +81,9 @@ mod persistence {
         let loaded = Ctgan::from_bytes(&full, &Device::flex()).unwrap();
         assert_eq!(loaded.sample(800, None, 3).unwrap(), expected);
 
+        assert_eq!(model.sample(800, None, 3).unwrap(), expected, "sampling twice");
         let half = model.to_bytes(Precision::F16).unwrap();
-        // Storing at f16 leaves the model itself as it was.
+        // Storing at f16 leaves the model itself as it was (it used to retype its weights).
         assert_eq!(model.sample(800, None, 3).unwrap(), expected);
         let ratio = half.len() as f64 / full.len() as f64;
         println!("stored model: f32 {} bytes, f16 {} bytes ({ratio:.2})", full.len(), half.len());

@@ -488,7 +488,7 @@ impl Ctgan {
             counts: self.sampler.counts(),
             context_width: self.context_width,
             graph_width: self.graph_width,
-            generator: weights::to_bytes(self.generator.clone(), precision)?,
+            generator: self.generator_bytes(precision)?,
         };
         postcard::to_stdvec(&stored).map_err(|e| CtganError::Stored(format!("cannot encode: {e}")))
     }
@@ -502,13 +502,14 @@ impl Ctgan {
         stored.config.validate()?;
         let sampler = ConditionalSampler::from_counts(&stored.transformer, stored.counts)
             .ok_or_else(|| CtganError::Stored("category counts do not fit the column transformer".into()))?;
-        let graph_embedding = if stored.graph_width > 0 { stored.config.graph_embedding } else { 0 };
-        let input = stored.config.embedding + sampler.cond_width() + stored.context_width + graph_embedding;
-        let mut template = Generator::new(input, &stored.config.generator, stored.transformer.width(), 0, device);
-        if stored.graph_width > 0 {
-            template = template.with_graph(stored.graph_width, graph_embedding, 0, device);
-        }
-        let template = template.valid();
+        let template = generator_template(
+            &stored.config,
+            sampler.cond_width(),
+            stored.context_width,
+            stored.graph_width,
+            stored.transformer.width(),
+            device,
+        );
         let generator = weights::from_bytes(template, &stored.generator)?;
         Ok(Ctgan {
             config: stored.config,
@@ -573,6 +574,46 @@ impl Ctgan {
             out.extend(part?);
         }
         Ok(self.transformer.inverse(&out)?)
+    }
+}
+
+/// A generator of the stored shape with fresh parameters, to load weights into.
+fn generator_template(
+    config: &CtganConfig,
+    cond_width: usize,
+    context_width: usize,
+    graph_width: usize,
+    output: usize,
+    device: &Device,
+) -> Generator {
+    let graph_embedding = if graph_width > 0 { config.graph_embedding } else { 0 };
+    let input = config.embedding + cond_width + context_width + graph_embedding;
+    let mut template = Generator::new(input, &config.generator, output, 0, device);
+    if graph_width > 0 {
+        template = template.with_graph(graph_width, graph_embedding, 0, device);
+    }
+    template.valid()
+}
+
+impl Ctgan {
+    /// The generator's weights at `precision`. For f16 the cast is made on a
+    /// copy loaded into a fresh network: burn's module clones share parameter
+    /// storage, and casting a clone retyped this model's own weights (its next
+    /// forward pass failed with a dtype mismatch).
+    fn generator_bytes(&self, precision: Precision) -> Result<Vec<u8>, CtganError> {
+        let exact = weights::to_bytes(self.generator.clone(), Precision::F32)?;
+        if precision == Precision::F32 {
+            return Ok(exact);
+        }
+        let template = generator_template(
+            &self.config,
+            self.sampler.cond_width(),
+            self.context_width,
+            self.graph_width,
+            self.transformer.width(),
+            &self.device,
+        );
+        Ok(weights::to_bytes(weights::from_bytes(template, &exact)?, precision)?)
     }
 }
 

@@ -35,13 +35,7 @@ struct CastFloats(DType);
 impl ModuleMapper for CastFloats {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let dtype = self.0;
-        // A copy through host data, not `Tensor::cast`: on the flex backend the
-        // cast converted the storage the caller's network still shares, and
-        // that network then failed ("dtype mismatch") at its next forward pass.
-        param.map(|t| {
-            let device = t.device();
-            Tensor::from_data(t.into_data().convert_dtype(dtype), &device)
-        })
+        param.map(|t| t.cast(dtype))
     }
 }
 
