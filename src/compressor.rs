@@ -12,7 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::CompressorConfig;
 use crate::metrics::{Metrics, MetricsError};
+use crate::packet::link::ClientSettings;
+use crate::packet::sender::{self, SenderError, SenderSettings, Stop};
+use crate::packet::spool::Spool;
 use crate::receiver::{self, Ingest, ReceiverError};
+use crate::ship::{ShipSink, Shipped};
 use crate::window::{self, Assembler, Budget, DiscardSink, OtlpJsonDirSink, SinkError, WindowSink};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,23 @@ pub enum CompressorError {
     Thread(std::io::Error),
     #[error("a compressor task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Spool(#[from] crate::packet::spool::SpoolError),
+    #[error(transparent)]
+    Link(#[from] crate::packet::link::LinkError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// The pipeline's link half: the spool and the task draining it.
+struct Link {
+    spool: Arc<Spool>,
+    sender: JoinHandle<Result<(), SenderError>>,
+    drain: watch::Sender<bool>,
+    abandon: watch::Sender<bool>,
+    drain_timeout: std::time::Duration,
 }
 
 /// A running compressor and where it listens (useful with port 0).
@@ -42,6 +63,7 @@ pub struct Running {
     assembler: JoinHandle<()>,
     sink: std::thread::JoinHandle<()>,
     metrics_server: Option<JoinHandle<std::io::Result<()>>>,
+    link: Option<Link>,
 }
 
 async fn bind(addr: SocketAddr, protocol: &'static str) -> Result<TcpListener, ReceiverError> {
@@ -57,13 +79,50 @@ fn signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> +
 
 /// Binds every listener and starts every task.
 pub async fn start(config: CompressorConfig) -> Result<Running, CompressorError> {
+    start_with(config, None).await
+}
+
+/// [`start`], telling `reports` what became of every window.
+pub async fn start_with(
+    config: CompressorConfig,
+    reports: Option<mpsc::UnboundedSender<Shipped>>,
+) -> Result<Running, CompressorError> {
     let metrics = Metrics::new()?;
     let budget = Budget::new(config.window.span_budget, metrics.resident_spans.clone());
     metrics.span_budget.set(config.window.span_budget as i64);
 
-    let sink: Box<dyn WindowSink> = match &config.sink.otlp_json_dir {
-        Some(dir) => Box::new(OtlpJsonDirSink::new(dir.clone())?),
-        None => Box::new(DiscardSink),
+    let files: Option<Box<dyn WindowSink>> = match &config.sink.otlp_json_dir {
+        Some(dir) => Some(Box::new(OtlpJsonDirSink::new(dir.clone())?)),
+        None => None,
+    };
+    let mut link = None;
+    let sink: Box<dyn WindowSink> = match &config.pipeline {
+        Some(p) => {
+            let device = p.backend.device().map_err(|e| CompressorError::Backend(e.to_string()))?;
+            let spool = Arc::new(Spool::open(&p.link.spool_dir, p.link.spool_max_bytes, Some(metrics.pipeline.clone()))?);
+            let settings = SenderSettings {
+                link: ClientSettings {
+                    endpoint: p.link.endpoint.clone(),
+                    token: p.link.token()?,
+                    tls_ca_file: p.link.tls_ca_file.clone(),
+                    tls_domain: p.link.tls_domain.clone(),
+                    timeout: p.link.timeout,
+                },
+                retry_initial: p.link.retry_initial,
+                retry_max: p.link.retry_max,
+            };
+            // Fails now, not at the first window, on a bad endpoint or CA file.
+            crate::packet::link::channel(&settings.link)?;
+            let (drain, drain_rx) = watch::channel(false);
+            let (abandon, abandon_rx) = watch::channel(false);
+            let stop = Stop { drain: drain_rx, abandon: abandon_rx };
+            let sender = tokio::spawn(sender::run(spool.clone(), settings, metrics.pipeline.clone(), stop));
+            let producer = crate::ship::producer_name(p.link.producer.as_deref());
+            tracing::info!(producer, endpoint = p.link.endpoint, "shipping window models over the link");
+            link = Some(Link { spool: spool.clone(), sender, drain, abandon, drain_timeout: p.link.drain_timeout });
+            Box::new(ShipSink::new(p.clone(), device, spool, producer, metrics.pipeline.clone(), files, reports))
+        }
+        None => files.unwrap_or_else(|| Box::new(DiscardSink)),
     };
     let (window_tx, window_rx) = mpsc::channel(1);
     let sink = window::run_sink(sink, window_rx, metrics.clone()).map_err(CompressorError::Thread)?;
@@ -95,7 +154,7 @@ pub async fn start(config: CompressorConfig) -> Result<Running, CompressorError>
     if let Some(addr) = config.metrics.endpoint {
         let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
         metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-        metrics_server = Some(tokio::spawn(crate::metrics::serve(metrics.clone(), listener, signal(&metrics_rx))));
+        metrics_server = Some(tokio::spawn(crate::metrics::serve(metrics.registry.clone(), listener, signal(&metrics_rx))));
     }
     tracing::info!(?grpc, ?http, metrics = ?metrics_addr, "compressor listening");
     Ok(Running {
@@ -110,6 +169,7 @@ pub async fn start(config: CompressorConfig) -> Result<Running, CompressorError>
         assembler,
         sink,
         metrics_server,
+        link,
     })
 }
 
@@ -118,6 +178,10 @@ impl Running {
     /// serving metrics.
     pub async fn shutdown(self) -> Result<(), CompressorError> {
         let _ = self.stop_receivers.send(true);
+        // The last windows must not wait for room in a full spool.
+        if let Some(link) = &self.link {
+            link.spool.close();
+        }
         let mut first_error = None;
         for task in self.receivers {
             match task.await {
@@ -133,12 +197,41 @@ impl Running {
         if tokio::task::spawn_blocking(move || sink.join()).await.map_or(true, |r| r.is_err()) {
             first_error = first_error.or(Some(CompressorError::Task("the sink thread panicked".into())));
         }
+        if let Some(link) = self.link {
+            if let Err(e) = link.finish().await {
+                first_error = first_error.or(Some(e));
+            }
+        }
         let _ = self.stop_metrics.send(true);
         if let Some(server) = self.metrics_server {
             let _ = server.await;
         }
         tracing::info!("compressor stopped; every accepted span was flushed");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Link {
+    /// Delivers what is spooled within the drain timeout; the rest stays on
+    /// disk and goes first at the next start.
+    async fn finish(mut self) -> Result<(), CompressorError> {
+        let _ = self.drain.send(true);
+        let outcome = match tokio::time::timeout(self.drain_timeout, &mut self.sender).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                let _ = self.abandon.send(true);
+                self.sender.await
+            }
+        };
+        let left = self.spool.len();
+        if left > 0 {
+            tracing::warn!(packets = left, "decompressor unreachable: packets stay spooled for the next start");
+        }
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CompressorError::Task(e.to_string())),
+            Err(e) => Err(CompressorError::Task(e.to_string())),
+        }
     }
 }
 
@@ -150,7 +243,7 @@ pub async fn run(config: CompressorConfig) -> Result<(), CompressorError> {
     running.shutdown().await
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

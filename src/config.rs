@@ -46,13 +46,300 @@ pub fn parse_model(text: &[u8], path: &Path) -> Result<crate::gent::GenTConfig, 
 }
 
 /// `gent compressor --config FILE`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressorConfig {
     pub receiver: ReceiverConfig,
     pub window: WindowConfig,
     pub sink: SinkConfig,
+    /// Training every closed window; `null` only writes windows (`sink`).
+    pub pipeline: Option<PipelineConfig>,
     pub metrics: MetricsConfig,
+}
+
+impl Default for CompressorConfig {
+    fn default() -> Self {
+        CompressorConfig {
+            receiver: ReceiverConfig::default(),
+            window: WindowConfig::default(),
+            sink: SinkConfig::default(),
+            pipeline: Some(PipelineConfig::default()),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// What the compressor does with each closed window: train, check, ship.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Gen-T settings, the fields of config/model.yaml; missing ones keep Gen-T's defaults.
+    #[serde(deserialize_with = "model_section")]
+    pub model: crate::gent::GenTConfig,
+    /// Store generator weights at half precision (halves the packet).
+    pub f16: bool,
+    /// Start each window's training from the previous window's weights.
+    pub warm_start: bool,
+    /// Compute backend for training (`cpu`; `wgpu`, `cuda` with the cargo feature).
+    pub backend: crate::nn::Backend,
+    /// Ship a window's traces whole (gzip OTLP) when that is smaller than its
+    /// model: small windows cost less and lose nothing.
+    pub raw_when_smaller: bool,
+    pub fidelity: FidelityConfig,
+    pub link: LinkClientConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            model: crate::gent::GenTConfig::default(),
+            f16: true,
+            warm_start: true,
+            backend: crate::nn::Backend::Cpu,
+            raw_when_smaller: true,
+            fidelity: FidelityConfig::default(),
+            link: LinkClientConfig::default(),
+        }
+    }
+}
+
+fn model_section<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::gent::GenTConfig, D::Error> {
+    let config = ModelFile::deserialize(d)?.apply();
+    config.validate().map_err(serde::de::Error::custom)?;
+    Ok(config)
+}
+
+/// The compressor's self-check of every packet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FidelityConfig {
+    /// Regenerate each window from its own packet and score it against the window.
+    pub self_evaluate: bool,
+    /// A window scoring below this (0..1) ships head-sampled real traces instead of its model.
+    pub floor: f64,
+    /// N of the 1:N head sampling used for such a window.
+    pub fallback_head: u64,
+    /// Seed of that sampling (which trace ids are kept).
+    pub seed: u64,
+}
+
+impl Default for FidelityConfig {
+    fn default() -> Self {
+        FidelityConfig { self_evaluate: true, floor: 0.3, fallback_head: 10, seed: 0 }
+    }
+}
+
+/// Where packets go, and how they survive an outage of the decompressor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkClientConfig {
+    /// The decompressor's link address (`http://` or, with `tls`, `https://`).
+    pub endpoint: String,
+    /// Names this compressor to the decompressor (default: the host name); each
+    /// run adds its start time, so window ids never repeat across restarts.
+    pub producer: Option<String>,
+    /// Bearer token sent with every push; `token_file` reads it from a file instead.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificate to verify the decompressor with (turns TLS on);
+    /// `tls_domain` overrides the name checked in its certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_domain: Option<String>,
+    /// Folder holding packets not yet acknowledged; they survive restarts.
+    pub spool_dir: PathBuf,
+    /// Most bytes spooled; when full, training waits (and the receiver pushes back).
+    pub spool_max_bytes: u64,
+    /// Retry back-off: first wait, doubled per failure up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Deadline of one push.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// At shutdown, how long to keep trying to deliver spooled packets before
+    /// leaving them on disk for the next start.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for LinkClientConfig {
+    fn default() -> Self {
+        LinkClientConfig {
+            endpoint: "http://127.0.0.1:4320".into(),
+            producer: None,
+            token: None,
+            token_file: None,
+            tls_ca_file: None,
+            tls_domain: None,
+            spool_dir: "spool".into(),
+            spool_max_bytes: 1 << 30,
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LinkClientConfig {
+    /// The token from `token` or `token_file`.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        secret(self.token.as_deref(), self.token_file.as_deref(), "pipeline.link.token_file")
+    }
+}
+
+fn secret(inline: Option<&str>, file: Option<&Path>, field: &'static str) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(t), _) => Ok(Some(t.to_string())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(ConfigError::Invalid { path: path.into(), field, reason: "the token file is empty".into() });
+            }
+            Ok(Some(token))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `gent decompressor --config FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecompressorConfig {
+    pub link: LinkServerConfig,
+    /// Compute backend for regeneration.
+    pub backend: crate::nn::Backend,
+    pub exporters: ExportersConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Default for DecompressorConfig {
+    fn default() -> Self {
+        DecompressorConfig {
+            link: LinkServerConfig::default(),
+            backend: crate::nn::Backend::Cpu,
+            exporters: ExportersConfig::default(),
+            metrics: MetricsConfig { endpoint: Some(SocketAddr::from(([0, 0, 0, 0], 9465))) },
+        }
+    }
+}
+
+/// The decompressor's end of the link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkServerConfig {
+    /// gRPC `PacketService` listen address.
+    pub listen: SocketAddr,
+    /// When set (inline or from a file), pushes without `authorization: Bearer <token>` are refused.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: serve TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Largest packet accepted, bytes.
+    pub max_packet_bytes: usize,
+    /// How many (producer, window) ids are remembered to acknowledge a repeated push
+    /// without regenerating it again.
+    pub remember_windows: usize,
+}
+
+impl Default for LinkServerConfig {
+    fn default() -> Self {
+        LinkServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4320)),
+            token: None,
+            token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            max_packet_bytes: 64 << 20,
+            remember_windows: 100_000,
+        }
+    }
+}
+
+impl LinkServerConfig {
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        secret(self.token.as_deref(), self.token_file.as_deref(), "link.token_file")
+    }
+}
+
+/// Where regenerated traces go; every configured exporter gets every window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportersConfig {
+    /// OTLP/gRPC (Jaeger ≥ 1.35 and the Collector accept it on 4317).
+    pub otlp_grpc: Option<OtlpExporterConfig>,
+    /// OTLP/HTTP protobuf; `endpoint` is the full URL (…/v1/traces).
+    pub otlp_http: Option<OtlpExporterConfig>,
+    /// Files, one per window, in each listed format.
+    pub files: Vec<FileExporterConfig>,
+}
+
+impl Default for ExportersConfig {
+    fn default() -> Self {
+        ExportersConfig {
+            otlp_grpc: None,
+            otlp_http: None,
+            files: vec![FileExporterConfig { dir: "regenerated".into(), format: FileFormat::OtlpJson }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpExporterConfig {
+    pub endpoint: String,
+    /// gzip-compress requests.
+    pub gzip: bool,
+    /// Most spans per request (whole traces are never split).
+    pub batch_spans: usize,
+    /// Deadline of one request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of a failed request: first wait, doubled up to `retry_max`,
+    /// giving up after `retry_for` in all (the window is then retried by the compressor).
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Extra request headers (gRPC metadata), e.g. an API key for a SaaS backend.
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for OtlpExporterConfig {
+    fn default() -> Self {
+        OtlpExporterConfig {
+            endpoint: "http://127.0.0.1:4317".into(),
+            gzip: true,
+            batch_spans: 5_000,
+            timeout: Duration::from_secs(10),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            retry_for: Duration::from_secs(60),
+            headers: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileExporterConfig {
+    /// Folder; each window becomes `window-<producer>-<id>.<ext>`.
+    pub dir: PathBuf,
+    pub format: FileFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileFormat {
+    /// OTLP JSON, one ExportTraceServiceRequest per line (`.jsonl`).
+    OtlpJson,
+    /// Jaeger's JSON (`{"data": [...]}`, as its UI imports) (`.json`).
+    Jaeger,
 }
 
 /// OTLP ingest: where to listen and what to refuse.
@@ -243,8 +530,81 @@ impl CompressorConfig {
         if r.grpc.is_none() && r.http.is_none() {
             return Err(("receiver", "grpc and http are both off: nothing could be received".into()));
         }
+        if let Some(p) = &self.pipeline {
+            let f = &p.fidelity;
+            if !(0.0..=1.0).contains(&f.floor) {
+                return Err(("pipeline.fidelity.floor", format!("{} is not between 0 and 1", f.floor)));
+            }
+            if f.fallback_head == 0 {
+                return Err(("pipeline.fidelity.fallback_head", "must be at least 1 (1 keeps every trace)".into()));
+            }
+            let l = &p.link;
+            if !(l.endpoint.starts_with("http://") || l.endpoint.starts_with("https://")) {
+                return Err(("pipeline.link.endpoint", format!("{:?} must start with http:// or https://", l.endpoint)));
+            }
+            if l.spool_max_bytes == 0 {
+                return Err(("pipeline.link.spool_max_bytes", "must be greater than 0".into()));
+            }
+            if l.retry_initial.is_zero() || l.retry_max < l.retry_initial {
+                return Err(("pipeline.link.retry_initial", "must be longer than 0s and not longer than retry_max".into()));
+            }
+            if l.timeout.is_zero() {
+                return Err(("pipeline.link.timeout", "must be longer than 0s".into()));
+            }
+            if !p.backend.compiled() {
+                return Err(("pipeline.backend", format!("{} is not compiled into this gent", p.backend.name())));
+            }
+        }
         Ok(())
     }
+}
+
+impl DecompressorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&read(path)?, path)
+    }
+
+    pub fn parse(text: &[u8], path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = parse_yaml(text, path)?;
+        config.validate().map_err(|(field, reason)| ConfigError::Invalid { path: path.into(), field, reason })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let l = &self.link;
+        if l.max_packet_bytes == 0 {
+            return Err(("link.max_packet_bytes", "must be greater than 0".into()));
+        }
+        if l.remember_windows == 0 {
+            return Err(("link.remember_windows", "must be greater than 0".into()));
+        }
+        if l.tls_cert_file.is_some() != l.tls_key_file.is_some() {
+            return Err(("link.tls_cert_file", "tls_cert_file and tls_key_file go together".into()));
+        }
+        let e = &self.exporters;
+        for (field, exporter) in [("exporters.otlp_grpc", &e.otlp_grpc), ("exporters.otlp_http", &e.otlp_http)] {
+            if let Some(x) = exporter {
+                validate_otlp_exporter(x).map_err(|reason| (field, reason))?;
+            }
+        }
+        if e.otlp_grpc.is_none() && e.otlp_http.is_none() && e.files.is_empty() {
+            return Err(("exporters", "no exporter configured: regenerated traces would go nowhere".into()));
+        }
+        Ok(())
+    }
+}
+
+fn validate_otlp_exporter(x: &OtlpExporterConfig) -> Result<(), String> {
+    if !(x.endpoint.starts_with("http://") || x.endpoint.starts_with("https://")) {
+        return Err(format!("endpoint {:?} must start with http:// or https://", x.endpoint));
+    }
+    if x.batch_spans == 0 {
+        return Err("batch_spans must be greater than 0".into());
+    }
+    if x.timeout.is_zero() || x.retry_initial.is_zero() {
+        return Err("timeout and retry_initial must be longer than 0s".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -258,11 +618,32 @@ mod tests {
     #[test]
     fn the_shipped_file_is_the_defaults() {
         let shipped = include_str!("../config/compressor.yaml");
-        assert_eq!(
-            parse(shipped).unwrap(),
-            CompressorConfig { sink: SinkConfig { otlp_json_dir: Some("windows".into()) }, ..CompressorConfig::default() }
-        );
+        assert_eq!(parse(shipped).unwrap(), CompressorConfig::default());
         assert_eq!(parse("").unwrap(), CompressorConfig::default());
+        let shipped = include_str!("../config/decompressor.yaml");
+        let path = Path::new("d.yaml");
+        assert_eq!(DecompressorConfig::parse(shipped.as_bytes(), path).unwrap(), DecompressorConfig::default());
+        assert_eq!(DecompressorConfig::parse(b"", path).unwrap(), DecompressorConfig::default());
+    }
+
+    #[test]
+    fn pipeline_errors_name_the_field() {
+        let e = parse("pipeline:\n  fidelity:\n    floor: 1.5\n").unwrap_err().to_string();
+        assert!(e.contains("pipeline.fidelity.floor"), "{e}");
+        let e = parse("pipeline:\n  link:\n    endpoint: 127.0.0.1:4320\n").unwrap_err().to_string();
+        assert!(e.contains("pipeline.link.endpoint"), "{e}");
+        let e = parse("pipeline:\n  link:\n    spool: x\n").unwrap_err().to_string();
+        assert!(e.contains("spool") && e.contains("unknown field"), "{e}");
+        let e = parse("pipeline:\n  model:\n    ctgan:\n      batch: 15\n").unwrap_err().to_string();
+        assert!(e.contains("multiple of pac"), "{e}");
+        let c = parse("pipeline:\n  model:\n    ctgan:\n      epochs: 2\n").unwrap();
+        assert_eq!(c.pipeline.unwrap().model.ctgan.generator, vec![128], "a partial model section keeps Gen-T's sizes");
+        assert_eq!(parse("pipeline: null\n").unwrap().pipeline, None);
+        let d = |t: &str| DecompressorConfig::parse(t.as_bytes(), Path::new("d.yaml")).unwrap_err().to_string();
+        assert!(d("exporters:\n  files: []\n").contains("exporters"));
+        assert!(d("exporters:\n  otlp_grpc:\n    endpoint: jaeger:4317\n").contains("exporters.otlp_grpc"));
+        assert!(d("link:\n  tls_cert_file: c.pem\n").contains("link.tls_cert_file"));
+        assert!(d("exporters:\n  files:\n    - dir: x\n      format: csv\n").contains("csv"));
     }
 
     #[test]

@@ -10,6 +10,9 @@
 
 pub mod compressor;
 pub mod config;
+pub mod decompressor;
+pub mod demo;
+pub mod export;
 pub mod fidelity;
 pub mod gent;
 pub mod io;
@@ -18,6 +21,7 @@ pub mod nn;
 pub mod packet;
 pub mod receiver;
 pub mod replay;
+pub mod ship;
 pub mod tabular;
 pub mod trace;
 pub mod window;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -93,31 +93,178 @@ pub struct Metrics {
     pub duplicate_spans: IntCounter,
     /// Windows the sink failed to take.
     pub sink_errors: IntCounter,
+    /// Spans in closed windows (after duplicates were dropped).
+    pub window_spans_total: IntCounter,
+    /// The pipeline's half: training, packets, self-evaluation, the link.
+    pub pipeline: PipelineMetrics,
+}
+
+/// What the compressor does with closed windows.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    pub training_seconds: Histogram,
+    pub training_errors: IntCounter,
+    /// Bytes of packets produced (model or fallback payloads).
+    pub packet_bytes: IntCounter,
+    /// The same windows as raw OTLP protobuf, and gzip-compressed: what
+    /// forwarding every span would have cost.
+    pub window_raw_bytes: IntCounter,
+    pub window_gzip_bytes: IntCounter,
+    /// Self-evaluated fidelity of the last window, and of every window.
+    pub fidelity_last: Gauge,
+    pub fidelity: Histogram,
+    /// Windows shipped as head-sampled traces because their fidelity was below the floor.
+    pub fallback_windows: IntCounter,
+    /// Windows shipped whole because their traces were smaller than their model.
+    pub raw_windows: IntCounter,
+    pub packets_sent: IntCounter,
+    /// Packets the decompressor refused as invalid (moved aside in the spool).
+    pub packets_failed: IntCounter,
+    pub packets_retried: IntCounter,
+    pub spool_packets: IntGauge,
+    pub spool_bytes: IntGauge,
+}
+
+/// Every metric of the decompressor.
+#[derive(Clone)]
+pub struct DecompressorMetrics {
+    pub registry: Registry,
+    pub packets_received: IntCounter,
+    /// Packets refused, by `reason` (unauthenticated, invalid, duplicate is not a refusal).
+    pub packets_rejected: IntCounterVec,
+    pub packets_duplicate: IntCounter,
+    /// Windows delivered (every exporter took them), by payload `kind` (model, traces).
+    pub windows: IntCounterVec,
+    /// Spans the compressor saw in the delivered windows.
+    pub window_spans: IntCounter,
+    pub spans_regenerated: IntCounter,
+    /// Spans exported and export failures, by `exporter`.
+    pub spans_exported: IntCounterVec,
+    pub export_errors: IntCounterVec,
+    pub regenerate_seconds: Histogram,
+    /// Seconds from a window's close at the compressor to its export, last window.
+    pub lag_seconds: Gauge,
+}
+
+impl DecompressorMetrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let r = Reg(&registry);
+        let m = DecompressorMetrics {
+            packets_received: r.counter("gent_packets_received_total", "Packets received over the link and verified.")?,
+            packets_rejected: r.counter_vec("gent_packets_rejected_total", "Pushes refused, by reason.", "reason")?,
+            packets_duplicate: r.counter(
+                "gent_packets_duplicate_total",
+                "Pushes of a window already delivered (acknowledged again, not regenerated).",
+            )?,
+            windows: r.counter_vec(
+                "gent_windows_delivered_total",
+                "Windows regenerated and exported, by payload kind.",
+                "kind",
+            )?,
+            window_spans: r.counter("gent_delivered_window_spans_total", "Spans the compressor saw in the delivered windows.")?,
+            spans_regenerated: r.counter("gent_regenerated_spans_total", "Spans regenerated (or forwarded real traces).")?,
+            spans_exported: r.counter_vec("gent_exported_spans_total", "Spans exported, by exporter.", "exporter")?,
+            export_errors: r.counter_vec(
+                "gent_export_errors_total",
+                "Window exports that failed after retries, by exporter.",
+                "exporter",
+            )?,
+            regenerate_seconds: r.histogram("gent_regenerate_seconds", "Seconds to verify and regenerate one window.", 0.01)?,
+            lag_seconds: r
+                .gauge_f64("gent_lag_seconds", "Seconds from window close at the compressor to export, last window.")?,
+            registry,
+        };
+        for reason in ["unauthenticated", "invalid"] {
+            m.packets_rejected.with_label_values(&[reason]);
+        }
+        for kind in ["model", "traces"] {
+            m.windows.with_label_values(&[kind]);
+        }
+        Ok(m)
+    }
+
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+/// Registers metrics as they are made.
+struct Reg<'a>(&'a Registry);
+
+impl Reg<'_> {
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+        let c = IntCounter::new(name, help)?;
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+    fn counter_vec(&self, name: &str, help: &str, label: &str) -> Result<IntCounterVec, MetricsError> {
+        let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+        let g = IntGauge::new(name, help)?;
+        self.0.register(Box::new(g.clone()))?;
+        Ok(g)
+    }
+    fn gauge_f64(&self, name: &str, help: &str) -> Result<Gauge, MetricsError> {
+        let g = Gauge::new(name, help)?;
+        self.0.register(Box::new(g.clone()))?;
+        Ok(g)
+    }
+    /// Buckets growing by 4 from `start`.
+    fn histogram(&self, name: &str, help: &str, start: f64) -> Result<Histogram, MetricsError> {
+        let buckets = prometheus::exponential_buckets(start, 4.0, 12)?;
+        let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+        self.0.register(Box::new(h.clone()))?;
+        Ok(h)
+    }
+}
+
+fn render(registry: &Registry) -> String {
+    TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, label: &str| -> Result<IntCounterVec, MetricsError> {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let counter = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let histogram = |name: &str, help: &str| -> Result<Histogram, MetricsError> {
-            let buckets = prometheus::exponential_buckets(1.0, 4.0, 12)?;
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
+        let r = Reg(&registry);
+        let counter_vec = |name: &str, help: &str, label: &str| r.counter_vec(name, help, label);
+        let counter = |name: &str, help: &str| r.counter(name, help);
+        let gauge = |name: &str, help: &str| r.gauge(name, help);
+        let histogram = |name: &str, help: &str| r.histogram(name, help, 1.0);
+        let pipeline = PipelineMetrics {
+            training_seconds: r.histogram("gent_training_seconds", "Seconds to train one window's model.", 0.05)?,
+            training_errors: counter("gent_training_errors_total", "Windows whose model could not be trained or packed.")?,
+            packet_bytes: counter("gent_packet_bytes_total", "Bytes of packets produced for the link.")?,
+            window_raw_bytes: counter("gent_window_raw_bytes_total", "The same windows as raw OTLP protobuf bytes.")?,
+            window_gzip_bytes: counter(
+                "gent_window_gzip_bytes_total",
+                "The same windows as gzip-compressed OTLP protobuf bytes.",
+            )?,
+            fidelity_last: r.gauge_f64("gent_fidelity_score", "Self-evaluated fidelity (0..1) of the last window.")?,
+            fidelity: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new("gent_window_fidelity", "Self-evaluated fidelity (0..1) per window.")
+                        .buckets((1..=10).map(|i| i as f64 / 10.0).collect()),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            fallback_windows: counter(
+                "gent_fallback_windows_total",
+                "Windows shipped head-sampled because their fidelity was below the floor.",
+            )?,
+            raw_windows: counter(
+                "gent_raw_windows_total",
+                "Windows shipped whole as OTLP because that was smaller than their model.",
+            )?,
+            packets_sent: counter("gent_packets_sent_total", "Packets acknowledged by the decompressor.")?,
+            packets_failed: counter("gent_packets_failed_total", "Packets the decompressor refused as invalid.")?,
+            packets_retried: counter("gent_packets_retried_total", "Push attempts that failed and will be retried.")?,
+            spool_packets: gauge("gent_spool_packets", "Packets waiting in the spool for acknowledgement.")?,
+            spool_bytes: gauge("gent_spool_bytes", "Bytes waiting in the spool.")?,
         };
         let metrics = Metrics {
             received_spans: counter_vec("gent_received_spans_total", "Spans accepted by the receiver.", "protocol")?,
@@ -140,6 +287,8 @@ impl Metrics {
             )?,
             duplicate_spans: counter("gent_duplicate_spans_total", "Exact duplicate spans dropped.")?,
             sink_errors: counter("gent_sink_errors_total", "Closed windows the sink failed to take.")?,
+            window_spans_total: counter("gent_window_spans_total", "Spans in closed windows.")?,
+            pipeline,
             registry,
         };
         // Every reason is visible from the start, at zero.
@@ -160,13 +309,13 @@ impl Metrics {
 
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+        render(&self.registry)
     }
 }
 
-/// Serves `GET /metrics` until `shutdown` resolves.
+/// Serves `GET /metrics` from `registry` until `shutdown` resolves.
 pub async fn serve(
-    metrics: Metrics,
+    registry: Registry,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -174,8 +323,8 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let metrics = metrics.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render()) }
+            let registry = registry.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&registry)) }
         }),
     );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await

@@ -29,6 +29,8 @@ fn config(dir: &Path) -> CompressorConfig {
     config.receiver.http = local();
     config.metrics.endpoint = local();
     config.sink.otlp_json_dir = Some(dir.to_path_buf());
+    // These tests are about ingest and windows; tests/pipeline.rs covers shipping.
+    config.pipeline = None;
     config
 }
 
@@ -372,7 +374,7 @@ fn the_daemon_binary_flushes_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "receiver:\n  grpc: 127.0.0.1:{grpc}\n  http: 127.0.0.1:{http}\nmetrics:\n  endpoint: 127.0.0.1:{metrics}\nsink:\n  otlp_json_dir: {}\n",
+            "receiver:\n  grpc: 127.0.0.1:{grpc}\n  http: 127.0.0.1:{http}\nmetrics:\n  endpoint: 127.0.0.1:{metrics}\nsink:\n  otlp_json_dir: {}\npipeline: null\n",
             windows.display()
         ),
     )

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use input::{Input, MAX_FILE_BYTES, decode, read_file, read_inputs, sniff};
 pub use otlp::{
-    SNAKE_CASE, resource_from_otlp, scope_from_otlp, snake_case_spans, span_from_otlp, spans_from_request, to_request,
+    SNAKE_CASE, read_proto, resource_from_otlp, scope_from_otlp, snake_case_spans, span_from_otlp, spans_from_request, to_request,
 };
 pub use otlp_wire::{WireError, decode_request};
 

@@ -155,6 +155,10 @@ impl Assembler {
     /// Files a batch's spans; returns the windows that filled up meanwhile.
     pub fn accept(&mut self, mut batch: Batch, now: Instant) -> Vec<RawWindow> {
         self.metrics.queue_spans.sub(batch.spans.len() as i64);
+        // OTLP lists spans by resource, so one request interleaves its traces.
+        // Filed trace by trace, a window that fills up mid-request closes between
+        // two traces instead of cutting the traces in flight in two.
+        batch.spans.sort_by_key(|s| s.trace_id);
         let mut closed = Vec::new();
         for span in batch.spans.drain(..) {
             let id = span.trace_id;
@@ -299,6 +303,18 @@ mod tests {
         let w = a.tick(Instant::now() + Duration::from_secs(11)).expect("time is up").assemble();
         assert_eq!(ids(&w), [3]);
         assert_eq!(w.id, 2);
+    }
+
+    #[test]
+    fn a_window_full_mid_request_does_not_cut_the_request_s_traces() {
+        let (mut a, budget) = setup(WindowConfig { max_traces: 2, ..WindowConfig::default() });
+        // Three traces, their spans interleaved as OTLP's per-resource grouping does.
+        let spans = vec![span(1, 1), span(2, 1), span(3, 1), span(1, 2), span(2, 2), span(3, 2)];
+        let mut closed = assembled(a.accept(batch(&budget, spans), Instant::now()));
+        closed.extend(assembled(a.flush()));
+        let sizes: Vec<Vec<usize>> = closed.iter().map(|w| w.traces.traces.iter().map(|t| t.spans.len()).collect()).collect();
+        assert_eq!(sizes, vec![vec![2, 2], vec![2]]);
+        assert_eq!(a.metrics.late_spans.get(), 0);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum SinkError {
     Write(#[from] IoError),
     #[error("cannot move {from} into place: {source}")]
     Rename { from: PathBuf, source: std::io::Error },
+    #[error("window {window}: {reason}")]
+    Ship { window: u64, reason: String },
 }
 
 /// Takes each closed window.
@@ -86,6 +88,7 @@ fn record(m: &Metrics, w: &ClosedWindow) {
     m.received_traces.inc_by(w.traces.traces.len() as u64);
     m.window_traces.observe(w.traces.traces.len() as f64);
     m.window_spans.observe(w.traces.span_count() as f64);
+    m.window_spans_total.inc_by(w.traces.span_count() as u64);
     m.duplicate_spans.inc_by(w.traces.defects.duplicate_spans);
     tracing::info!(
         window = w.id,

@@ -1,0 +1,290 @@
+//! The decompressor daemon: link server → verify → regenerate → exporters, plus
+//! `/metrics`. A push is acknowledged only once every exporter has taken the
+//! window, so a backend outage leaves the packet in the compressor's spool
+//! rather than losing it; a repeated push of a delivered window is acknowledged
+//! without exporting it twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+
+use crate::config::{ConfigError, DecompressorConfig};
+use crate::export::{self, ExportError, Exporter, WindowName};
+use crate::metrics::{DecompressorMetrics, MetricsError};
+use crate::packet::link::{self, LinkError, PacketService, PayloadKind, PushRequest, PushResponse};
+use crate::trace::Trace;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecompressorError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("a decompressor task failed: {0}")]
+    Task(String),
+}
+
+/// One window delivered (for `gent demo` and tests).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivered {
+    pub producer: String,
+    pub window_id: u64,
+    /// `model` or `traces` (real traces: the whole window, or head-sampled).
+    pub kind: &'static str,
+    /// Spans the compressor saw in the window.
+    pub window_spans: u64,
+    /// Traces and spans regenerated (or forwarded, for a traces payload).
+    pub traces: usize,
+    pub spans: usize,
+    pub regenerate_seconds: f64,
+    /// Where each exporter put the window.
+    pub outputs: Vec<String>,
+}
+
+/// Remembers delivered windows, the oldest forgotten first.
+struct Seen {
+    spans: HashMap<(String, u64), u64>,
+    order: VecDeque<(String, u64)>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn insert(&mut self, key: (String, u64), spans: u64) {
+        if self.spans.insert(key.clone(), spans).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.spans.remove(&old);
+            }
+        }
+    }
+}
+
+struct Handler {
+    token: Option<String>,
+    device: burn::tensor::Device,
+    exporters: Arc<Vec<Exporter>>,
+    metrics: DecompressorMetrics,
+    seen: Mutex<Seen>,
+    /// One window regenerates at a time: memory stays bounded by one window.
+    gate: Semaphore,
+    reports: Option<mpsc::UnboundedSender<Delivered>>,
+}
+
+/// Inflating a traces payload stops here.
+const MAX_TRACES_BYTES: u64 = 1 << 30;
+
+/// The payload's traces: regenerated from a model, or the real traces as sent.
+fn decode(kind: PayloadKind, payload: &[u8], device: &burn::tensor::Device) -> Result<Vec<Trace>, String> {
+    match kind {
+        PayloadKind::Model => {
+            let (header, model) = crate::gent::unpack(payload, device).map_err(|e| e.to_string())?;
+            let (traces, _) = model.generate(header.seed).map_err(|e| e.to_string())?;
+            Ok(traces)
+        }
+        PayloadKind::Traces => {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(payload)
+                .take(MAX_TRACES_BYTES + 1)
+                .read_to_end(&mut raw)
+                .map_err(|e| format!("traces payload does not inflate: {e}"))?;
+            if raw.len() as u64 > MAX_TRACES_BYTES {
+                return Err(format!("traces payload is larger than {MAX_TRACES_BYTES} bytes once inflated"));
+            }
+            let mut spans = Vec::new();
+            crate::io::read_proto(&raw, &mut spans).map_err(|e| format!("traces payload: {:?}: {}", e.position, e.reason))?;
+            Ok(crate::trace::assemble(spans).traces)
+        }
+        PayloadKind::Unspecified => Err("payload kind is unspecified".into()),
+    }
+}
+
+impl Handler {
+    fn rejected(&self, reason: &str, status: Status) -> Status {
+        self.metrics.packets_rejected.with_label_values(&[reason]).inc();
+        tracing::warn!(reason, error = status.message(), "push refused");
+        status
+    }
+
+    fn already(&self, key: &(String, u64)) -> Option<u64> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).spans.get(key).copied()
+    }
+
+    async fn deliver(&self, push: PushRequest) -> Result<PushResponse, Status> {
+        let key = (push.producer.clone(), push.window_id);
+        if let Some(spans) = self.already(&key) {
+            self.metrics.packets_duplicate.inc();
+            return Ok(PushResponse { duplicate: true, spans });
+        }
+        let _permit = self.gate.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
+        // The same window may have been delivered while we waited.
+        if let Some(spans) = self.already(&key) {
+            self.metrics.packets_duplicate.inc();
+            return Ok(PushResponse { duplicate: true, spans });
+        }
+        let kind = PayloadKind::try_from(push.kind).unwrap_or(PayloadKind::Unspecified);
+        let started = Instant::now();
+        let device = self.device.clone();
+        let payload = push.payload;
+        let traces = tokio::task::spawn_blocking(move || decode(kind, &payload, &device))
+            .await
+            .map_err(|e| Status::internal(format!("regeneration failed: {e}")))?
+            .map_err(|reason| {
+                self.rejected("invalid", Status::invalid_argument(format!("window {} of {}: {reason}", key.1, key.0)))
+            })?;
+        let regenerate_seconds = started.elapsed().as_secs_f64();
+        self.metrics.packets_received.inc();
+        self.metrics.regenerate_seconds.observe(regenerate_seconds);
+        let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+        let count = traces.len();
+        let traces = Arc::new(traces);
+        let name = WindowName { producer: key.0.clone(), window_id: key.1 };
+        let mut outputs = Vec::with_capacity(self.exporters.len());
+        for exporter in self.exporters.iter() {
+            match exporter.export(&name, traces.clone()).await {
+                Ok(place) => {
+                    self.metrics.spans_exported.with_label_values(&[exporter.name()]).inc_by(spans as u64);
+                    outputs.push(place);
+                }
+                Err(e) => {
+                    self.metrics.export_errors.with_label_values(&[exporter.name()]).inc();
+                    tracing::error!(producer = key.0, window = key.1, error = %e, "export failed; the compressor will push the window again");
+                    return Err(Status::unavailable(format!("export failed: {e}")));
+                }
+            }
+        }
+        let kind_label = if kind == PayloadKind::Model { "model" } else { "traces" };
+        self.metrics.windows.with_label_values(&[kind_label]).inc();
+        self.metrics.window_spans.inc_by(push.window_spans);
+        self.metrics.spans_regenerated.inc_by(spans as u64);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        if push.closed_unix_nano > 0 {
+            self.metrics.lag_seconds.set(now.saturating_sub(push.closed_unix_nano) as f64 / 1e9);
+        }
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), spans as u64);
+        tracing::info!(
+            producer = key.0,
+            window = key.1,
+            kind = kind_label,
+            traces = count,
+            spans,
+            regenerate_seconds = format!("{regenerate_seconds:.2}"),
+            "window delivered"
+        );
+        if let Some(reports) = &self.reports {
+            let _ = reports.send(Delivered {
+                producer: key.0,
+                window_id: key.1,
+                kind: kind_label,
+                window_spans: push.window_spans,
+                traces: count,
+                spans,
+                regenerate_seconds,
+                outputs,
+            });
+        }
+        Ok(PushResponse { duplicate: false, spans: spans as u64 })
+    }
+}
+
+#[tonic::async_trait]
+impl PacketService for Arc<Handler> {
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        link::authorize(&request, self.token.as_deref()).map_err(|s| self.rejected("unauthenticated", s))?;
+        self.deliver(request.into_inner()).await.map(Response::new)
+    }
+}
+
+/// A running decompressor and where it listens (useful with port 0).
+pub struct Running {
+    pub link: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: DecompressorMetrics,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), LinkError>>,
+    metrics_server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+fn signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Binds and starts serving; `reports` (if given) hears of every delivered window.
+pub async fn start(
+    config: DecompressorConfig,
+    reports: Option<mpsc::UnboundedSender<Delivered>>,
+) -> Result<Running, DecompressorError> {
+    let metrics = DecompressorMetrics::new()?;
+    let device = config.backend.device().map_err(|e| DecompressorError::Backend(e.to_string()))?;
+    let exporters = export::from_config(&config.exporters)?;
+    for e in &exporters {
+        metrics.spans_exported.with_label_values(&[e.name()]);
+        metrics.export_errors.with_label_values(&[e.name()]);
+    }
+    let tls = match (&config.link.tls_cert_file, &config.link.tls_key_file) {
+        (Some(cert), Some(key)) => Some(link::server_tls(cert, key)?),
+        _ => None,
+    };
+    let handler = Arc::new(Handler {
+        token: config.link.token()?,
+        device,
+        exporters: Arc::new(exporters),
+        metrics: metrics.clone(),
+        seen: Mutex::new(Seen { spans: HashMap::new(), order: VecDeque::new(), capacity: config.link.remember_windows }),
+        gate: Semaphore::new(1),
+        reports,
+    });
+    let addr = config.link.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| LinkError::Bind { addr, source })?;
+    let link_addr = listener.local_addr().unwrap_or(addr);
+    let (stop, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(link::serve(handler, listener, tls, config.link.max_packet_bytes, signal(&stop_rx)));
+    let mut metrics_addr = None;
+    let mut metrics_server = None;
+    if let Some(addr) = config.metrics.endpoint {
+        let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
+        metrics_addr = Some(listener.local_addr().unwrap_or(addr));
+        metrics_server = Some(tokio::spawn(crate::metrics::serve(metrics.registry.clone(), listener, signal(&stop_rx))));
+    }
+    tracing::info!(link = %link_addr, metrics = ?metrics_addr, "decompressor listening");
+    Ok(Running { link: link_addr, metrics_addr, metrics, stop, server, metrics_server })
+}
+
+impl Running {
+    /// Stops accepting pushes, finishing the ones in flight.
+    pub async fn shutdown(self) -> Result<(), DecompressorError> {
+        let _ = self.stop.send(true);
+        let served = self.server.await.map_err(|e| DecompressorError::Task(e.to_string()))?;
+        if let Some(m) = self.metrics_server {
+            let _ = m.await;
+        }
+        served?;
+        tracing::info!("decompressor stopped");
+        Ok(())
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(config: DecompressorConfig) -> Result<(), DecompressorError> {
+    let running = start(config, None).await?;
+    crate::compressor::wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}

@@ -1,0 +1,149 @@
+//! The packet: one window's model as bytes, self-contained, versioned and
+//! checksummed (DESIGN.md, "Packet").
+//!
+//! Layout: `GENT` magic (4 bytes), format version (u16 LE), the gzip-compressed
+//! postcard encoding of the body, then an xxh3-64 checksum (u64 LE) of every
+//! byte before it. Magic and version sit outside the compression so a reader
+//! can name a foreign or newer packet before inflating anything, and the
+//! checksum covers the compressed bytes so that every bit flip is caught,
+//! including flips in gzip header fields the decoder would ignore. Inflating is
+//! bounded by [`MAX_BODY_BYTES`], so a hostile packet cannot exhaust memory.
+
+use std::io::{Read, Write};
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// First four bytes of every packet.
+pub const MAGIC: &[u8; 4] = b"GENT";
+/// The packet format this build writes and reads.
+pub const FORMAT_VERSION: u16 = 2;
+/// Largest body accepted after decompression.
+pub const MAX_BODY_BYTES: u64 = 1 << 30;
+
+const HEADER: usize = MAGIC.len() + 2;
+const TRAILER: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    #[error("not a gent packet: it is {len} bytes, the smallest packet is {min}")]
+    TooShort { len: usize, min: usize },
+    #[error("not a gent packet: it starts with {found:02x?}, not \"GENT\"")]
+    Magic { found: [u8; 4] },
+    #[error("packet format version {found}; this gent reads version {FORMAT_VERSION} only")]
+    Version { found: u16 },
+    #[error("packet checksum mismatch (stored {stored:016x}, computed {computed:016x}): the packet is damaged or truncated")]
+    Checksum { stored: u64, computed: u64 },
+    #[error("packet body does not inflate: {0}")]
+    Inflate(String),
+    #[error("packet body is larger than {MAX_BODY_BYTES} bytes once inflated")]
+    TooLarge,
+    #[error("packet body does not decode: {0}")]
+    Decode(String),
+    #[error("cannot encode packet: {0}")]
+    Encode(String),
+}
+
+/// `body` as a packet.
+pub fn seal<T: Serialize>(body: &T) -> Result<Vec<u8>, PacketError> {
+    let encoded = postcard::to_stdvec(body).map_err(|e| PacketError::Encode(e.to_string()))?;
+    let mut out = Vec::with_capacity(encoded.len() / 2 + HEADER + TRAILER);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let mut gz = GzEncoder::new(out, Compression::best());
+    gz.write_all(&encoded).map_err(|e| PacketError::Encode(e.to_string()))?;
+    let mut out = gz.finish().map_err(|e| PacketError::Encode(e.to_string()))?;
+    let checksum = xxh3_64(&out);
+    out.extend_from_slice(&checksum.to_le_bytes());
+    Ok(out)
+}
+
+/// The body of a packet, after checking magic, version and checksum, in that order.
+pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
+    let min = HEADER + TRAILER + 18; // an empty gzip stream is 20 bytes; 18 is its floor
+    if packet.len() < min {
+        if packet.len() >= MAGIC.len() && &packet[..4] != MAGIC {
+            return Err(PacketError::Magic { found: packet[..4].try_into().unwrap_or_default() });
+        }
+        return Err(PacketError::TooShort { len: packet.len(), min });
+    }
+    let found: [u8; 4] = packet[..4].try_into().unwrap_or_default();
+    if &found != MAGIC {
+        return Err(PacketError::Magic { found });
+    }
+    let version = u16::from_le_bytes([packet[4], packet[5]]);
+    if version != FORMAT_VERSION {
+        return Err(PacketError::Version { found: version });
+    }
+    let (content, trailer) = packet.split_at(packet.len() - TRAILER);
+    let stored = u64::from_le_bytes(trailer.try_into().unwrap_or_default());
+    let computed = xxh3_64(content);
+    if stored != computed {
+        return Err(PacketError::Checksum { stored, computed });
+    }
+    let mut body = Vec::new();
+    GzDecoder::new(&content[HEADER..])
+        .take(MAX_BODY_BYTES + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| PacketError::Inflate(e.to_string()))?;
+    if body.len() as u64 > MAX_BODY_BYTES {
+        return Err(PacketError::TooLarge);
+    }
+    postcard::from_bytes(&body).map_err(|e| PacketError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Body {
+        window: u64,
+        names: Vec<String>,
+        weights: Vec<u8>,
+    }
+
+    fn body() -> Body {
+        Body { window: 42, names: vec!["a".into(), "b".into()], weights: (0..600u32).map(|i| (i * 7 % 251) as u8).collect() }
+    }
+
+    #[test]
+    fn round_trip() {
+        let packet = seal(&body()).unwrap();
+        assert_eq!(&packet[..4], b"GENT");
+        assert_eq!(open::<Body>(&packet).unwrap(), body());
+    }
+
+    #[test]
+    fn every_truncation_and_every_bit_flip_is_refused() {
+        let packet = seal(&body()).unwrap();
+        for len in 0..packet.len() {
+            assert!(open::<Body>(&packet[..len]).is_err(), "truncated to {len} bytes was accepted");
+        }
+        for byte in 0..packet.len() {
+            for bit in 0..8 {
+                let mut bad = packet.clone();
+                bad[byte] ^= 1 << bit;
+                let e = open::<Body>(&bad).err().unwrap_or_else(|| panic!("flip at byte {byte} bit {bit} accepted"));
+                let expected = match byte {
+                    0..4 => "not a gent packet",
+                    4..6 => "format version",
+                    _ => "checksum mismatch",
+                };
+                assert!(e.to_string().contains(expected), "byte {byte}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn another_version_is_named() {
+        let mut packet = seal(&body()).unwrap();
+        packet[4..6].copy_from_slice(&7u16.to_le_bytes());
+        let e = open::<Body>(&packet).unwrap_err().to_string();
+        assert!(e.contains("version 7") && e.contains(&format!("version {FORMAT_VERSION}")), "{e}");
+    }
+}

@@ -1,0 +1,427 @@
+//! The whole pipeline: compressor → link → decompressor → exporters, in process
+//! and as daemons, on real TrainTicket traces, with the link's faults: the
+//! decompressor down, a corrupted packet, a wrong token, SIGTERM mid-window, TLS.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gent::config::{
+    CompressorConfig, DecompressorConfig, ExportersConfig, FileExporterConfig, FileFormat, LinkClientConfig, LinkServerConfig,
+    PipelineConfig,
+};
+use gent::decompressor::{self, Delivered};
+use gent::packet::link::{self, ClientSettings, PacketServiceClient, PayloadKind, PushRequest};
+use gent::packet::sender::{self, SenderSettings, Stop};
+use gent::packet::spool::Spool;
+use gent::replay::{ReplayOptions, ReplayProtocol};
+use gent::ship::Shipped;
+use gent::trace::{Trace, TraceGraph, TraceSet};
+use tokio::sync::{mpsc, watch};
+
+fn local() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Gen-T with networks small enough for a test.
+fn tiny_model() -> gent::gent::GenTConfig {
+    let mut m = gent::gent::GenTConfig::default();
+    m.ctgan.epochs = 1;
+    m.ctgan.embedding = 16;
+    m.ctgan.generator = vec![16];
+    m.ctgan.critic = vec![16];
+    m.ctgan.graph_embedding = 8;
+    m.ctgan.batch = 100;
+    m
+}
+
+fn pipeline(endpoint: String, spool: &Path, token: Option<&str>) -> PipelineConfig {
+    let mut p = PipelineConfig {
+        model: tiny_model(),
+        link: LinkClientConfig {
+            endpoint,
+            producer: Some("test".into()),
+            token: token.map(str::to_string),
+            spool_dir: spool.to_path_buf(),
+            retry_initial: Duration::from_millis(50),
+            retry_max: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+        // Every window ships its model here, whatever its size and score.
+        raw_when_smaller: false,
+        ..Default::default()
+    };
+    p.fidelity.floor = 0.0;
+    p
+}
+
+fn compressor_config(p: PipelineConfig, max_traces: usize) -> CompressorConfig {
+    let mut c = CompressorConfig::default();
+    c.receiver.grpc = Some(local());
+    c.receiver.http = None;
+    c.metrics.endpoint = Some(local());
+    c.window.max_traces = max_traces;
+    c.window.duration = Duration::from_secs(600);
+    c.window.trace_idle = Duration::from_secs(1);
+    c.pipeline = Some(p);
+    c
+}
+
+fn decompressor_config(listen: SocketAddr, out: &Path, token: Option<&str>) -> DecompressorConfig {
+    DecompressorConfig {
+        link: LinkServerConfig { listen, token: token.map(str::to_string), ..Default::default() },
+        exporters: ExportersConfig {
+            otlp_grpc: None,
+            otlp_http: None,
+            files: vec![FileExporterConfig { dir: out.to_path_buf(), format: FileFormat::OtlpJson }],
+        },
+        metrics: gent::config::MetricsConfig { endpoint: Some(local()) },
+        ..Default::default()
+    }
+}
+
+async fn metrics_text(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The value of one sample, e.g. `gent_windows_delivered_total{kind="model"}`.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+fn topology_counts(traces: &[Trace]) -> BTreeMap<u64, usize> {
+    let mut counts = BTreeMap::new();
+    for t in traces {
+        *counts.entry(TraceGraph::build(t).topology_hash()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn read_dir_traces(dir: &Path) -> Vec<Trace> {
+    gent::trace::assemble(gent::io::read_inputs(&[dir.to_path_buf()], None).unwrap().spans).traces
+}
+
+async fn replay(traces: &[Trace], grpc: SocketAddr) {
+    let options = ReplayOptions {
+        endpoint: format!("http://{grpc}"),
+        protocol: ReplayProtocol::Grpc,
+        rate: None,
+        loops: 1,
+        batch_spans: 500,
+        concurrency: 2,
+    };
+    let report = gent::replay::replay(traces, &options).await.unwrap();
+    assert_eq!(report.spans_sent as usize, traces.iter().map(|t| t.spans.len()).sum::<usize>());
+}
+
+fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Ok(x) = rx.try_recv() {
+        out.push(x);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trainticket_hour_16_is_regenerated_with_its_topologies_and_both_sides_agree() {
+    let files: Vec<_> = (0..60).map(|m| data(&format!("trainticket/16_{m:02}_trace.csv.gz"))).collect();
+    let input = read_set(&files);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("regenerated");
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
+    let d = decompressor::start(decompressor_config(local(), &out, Some("t0ken")), Some(delivered_tx)).await.unwrap();
+    let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
+    let p = pipeline(format!("http://{}", d.link), &dir.path().join("spool"), Some("t0ken"));
+    let max_traces = input.traces.len() / 3 + 1;
+    let c = gent::compressor::start_with(compressor_config(p, max_traces), Some(shipped_tx)).await.unwrap();
+    replay(&input.traces, c.grpc.unwrap()).await;
+    let compressor_metrics = c.metrics_addr.unwrap();
+    // Shutdown flushes the last window and waits for the link to deliver it.
+    let c_metrics = c.metrics.clone();
+    c.shutdown().await.unwrap();
+    let c_text = c_metrics.render();
+    let d_text = metrics_text(d.metrics_addr.unwrap()).await;
+    d.shutdown().await.unwrap();
+    let _ = compressor_metrics;
+
+    let shipped: Vec<Shipped> = drain(&mut shipped_rx);
+    let delivered: Vec<Delivered> = drain(&mut delivered_rx);
+    assert!(shipped.len() >= 3, "{} windows", shipped.len());
+    assert_eq!(shipped.len(), delivered.len(), "every window shipped was delivered");
+    assert!(shipped.iter().all(|s| s.kind == "model"));
+
+    let regenerated = read_dir_traces(&out);
+    let spans_in = input.span_count();
+    assert_eq!(regenerated.iter().map(|t| t.spans.len()).sum::<usize>(), spans_in);
+    assert_eq!(topology_counts(&regenerated), topology_counts(&input.traces), "every topology as often as in the input");
+    let fidelity = gent::fidelity::Reference::new(&input, Vec::new())
+        .unwrap()
+        .evaluate(&TraceSet { traces: regenerated, defects: Default::default() }, 1.0)
+        .unwrap();
+    let self_scores: Vec<f64> = shipped.iter().filter_map(|s| s.fidelity).collect();
+    println!(
+        "hour 16: {} windows, {spans_in} spans; fidelity of the regenerated hour against the input {:.3}; self-evaluated per window {self_scores:.3?}",
+        shipped.len(),
+        fidelity.overall
+    );
+    assert!(fidelity.overall > 0.0 && fidelity.overall <= 1.0);
+    assert_eq!(self_scores.len(), shipped.len(), "every window was self-evaluated");
+
+    // Both sides' /metrics agree on windows and spans.
+    let windows = sample(&c_text, "gent_windows_closed_total");
+    assert_eq!(windows, shipped.len() as f64);
+    assert_eq!(sample(&d_text, "gent_windows_delivered_total{kind=\"model\"}"), windows);
+    assert_eq!(sample(&d_text, "gent_packets_received_total"), windows);
+    assert_eq!(sample(&c_text, "gent_packets_sent_total"), windows);
+    assert_eq!(sample(&c_text, "gent_window_spans_total"), spans_in as f64);
+    assert_eq!(sample(&d_text, "gent_delivered_window_spans_total"), spans_in as f64);
+    assert_eq!(sample(&d_text, "gent_regenerated_spans_total"), spans_in as f64);
+    assert_eq!(sample(&d_text, "gent_exported_spans_total{exporter=\"file_otlp_json\"}"), spans_in as f64);
+    assert!(sample(&c_text, "gent_packet_bytes_total") > 0.0 && sample(&c_text, "gent_window_gzip_bytes_total") > 0.0);
+    assert_eq!(sample(&c_text, "gent_training_seconds_count"), windows);
+    assert_eq!(sample(&c_text, "gent_spool_packets"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_closed_while_the_decompressor_is_down_arrive_once_when_it_is_up() {
+    let input = read_set(&[data("trainticket/16_00_trace.csv.gz"), data("trainticket/16_01_trace.csv.gz")]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = pipeline(format!("http://127.0.0.1:{port}"), &dir.path().join("spool"), None);
+    let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
+    let c = gent::compressor::start_with(compressor_config(p, input.traces.len() / 3 + 1), Some(shipped_tx)).await.unwrap();
+    replay(&input.traces, c.grpc.unwrap()).await;
+    // Windows close by trace count with nobody listening: they wait in the
+    // spool while the sender retries. The last one closes at shutdown.
+    let mut waited = 0;
+    while c.metrics.windows_closed.get() < 2 || c.metrics.pipeline.spool_packets.get() < c.metrics.windows_closed.get() as i64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+        assert!(waited < 600, "windows did not reach the spool");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(c.metrics.pipeline.packets_retried.get() > 0, "the sender kept trying");
+    assert_eq!(c.metrics.pipeline.packets_sent.get(), 0);
+
+    let out = dir.path().join("regenerated");
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let d = decompressor::start(decompressor_config(listen, &out, None), Some(delivered_tx)).await.unwrap();
+    c.shutdown().await.unwrap();
+    d.shutdown().await.unwrap();
+    let shipped = drain(&mut shipped_rx);
+    let mut ids: Vec<u64> = drain(&mut delivered_rx).iter().map(|d| d.window_id).collect();
+    ids.sort();
+    let mut expected: Vec<u64> = shipped.iter().map(|s| s.window_id).collect();
+    expected.sort();
+    assert!(expected.len() >= 3);
+    assert_eq!(ids, expected, "every window arrives, once");
+    assert_eq!(read_dir_traces(&out).iter().map(|t| t.spans.len()).sum::<usize>(), input.span_count());
+}
+
+/// A real packet of a small TrainTicket window, and the push carrying it.
+fn packet_push(window_id: u64) -> PushRequest {
+    let set = read_set(&[data("trainticket/16_00_trace.csv.gz")]);
+    let device = gent::nn::Backend::Cpu.device().unwrap();
+    let config = tiny_model();
+    let model = gent::gent::WindowModel::train(&set.traces, &config, &device, None).unwrap();
+    let payload = gent::gent::pack(&model, window_id, &config, gent::nn::weights::Precision::F16, 1).unwrap();
+    PushRequest {
+        producer: "faults".into(),
+        window_id,
+        kind: PayloadKind::Model as i32,
+        payload,
+        window_spans: set.span_count() as u64,
+        window_traces: set.traces.len() as u64,
+        closed_unix_nano: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_packet_is_rejected_counted_and_set_aside_and_the_next_one_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("regenerated");
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
+    let d = decompressor::start(decompressor_config(local(), &out, None), Some(delivered_tx)).await.unwrap();
+    let good = packet_push(2);
+    let mut bad = packet_push(1);
+    let middle = bad.payload.len() / 2;
+    bad.payload[middle] ^= 0x10;
+
+    let metrics = gent::metrics::Metrics::new().unwrap();
+    let spool = Arc::new(Spool::open(&dir.path().join("spool"), 1 << 30, Some(metrics.pipeline.clone())).unwrap());
+    spool.put(&bad).unwrap();
+    spool.put(&good).unwrap();
+    let settings = SenderSettings {
+        link: ClientSettings {
+            endpoint: format!("http://{}", d.link),
+            token: None,
+            tls_ca_file: None,
+            tls_domain: None,
+            timeout: Duration::from_secs(30),
+        },
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+    };
+    let (drain_tx, drain_rx) = watch::channel(true);
+    let (_abandon_tx, abandon_rx) = watch::channel(false);
+    sender::run(spool.clone(), settings, metrics.pipeline.clone(), Stop { drain: drain_rx, abandon: abandon_rx }).await.unwrap();
+    drop(drain_tx);
+
+    assert!(spool.is_empty());
+    assert_eq!(metrics.pipeline.packets_failed.get(), 1, "the corrupted packet was refused");
+    assert_eq!(metrics.pipeline.packets_sent.get(), 1, "the next one went through");
+    assert_eq!(std::fs::read_dir(dir.path().join("spool/rejected")).unwrap().count(), 1, "kept for inspection");
+    assert_eq!(d.metrics.packets_rejected.with_label_values(&["invalid"]).get(), 1);
+    assert_eq!(d.metrics.packets_received.get(), 1);
+    let delivered = drain(&mut delivered_rx);
+    assert_eq!(delivered.iter().map(|d| d.window_id).collect::<Vec<_>>(), vec![2]);
+
+    // The same window pushed again is acknowledged as a duplicate, not exported twice.
+    let mut client = PacketServiceClient::connect(format!("http://{}", d.link)).await.unwrap();
+    let again = client.push(good).await.unwrap().into_inner();
+    assert!(again.duplicate);
+    assert_eq!(d.metrics.packets_duplicate.get(), 1);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_without_the_right_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = decompressor::start(decompressor_config(local(), &dir.path().join("out"), Some("right")), None).await.unwrap();
+    let push = packet_push(1);
+    let mut client = PacketServiceClient::connect(format!("http://{}", d.link)).await.unwrap();
+    for token in [None, Some("wrong"), Some("righ")] {
+        let status = client.push(link::request(push.clone(), token).unwrap()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+    }
+    assert_eq!(d.metrics.packets_rejected.with_label_values(&["unauthenticated"]).get(), 3);
+    assert_eq!(d.metrics.packets_received.get(), 0, "nothing was regenerated for them");
+    client.push(link::request(push, Some("right")).unwrap()).await.unwrap();
+    assert_eq!(d.metrics.packets_received.get(), 1);
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_runs_over_tls_and_refuses_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
+    let mut config = decompressor_config(local(), &dir.path().join("out"), Some("tls-token"));
+    config.link.tls_cert_file = Some(cert_file.clone());
+    config.link.tls_key_file = Some(key_file);
+    let d = decompressor::start(config, None).await.unwrap();
+
+    let settings = ClientSettings {
+        endpoint: format!("https://{}", d.link),
+        token: Some("tls-token".into()),
+        tls_ca_file: Some(cert_file),
+        tls_domain: Some("localhost".into()),
+        timeout: Duration::from_secs(30),
+    };
+    let mut client = PacketServiceClient::new(link::channel(&settings).unwrap());
+    let push = packet_push(1);
+    client.push(link::request(push.clone(), Some("tls-token")).unwrap()).await.unwrap();
+    assert_eq!(d.metrics.packets_received.get(), 1);
+
+    let plain = ClientSettings { endpoint: format!("http://{}", d.link), tls_ca_file: None, ..settings };
+    let mut client = PacketServiceClient::new(link::channel(&plain).unwrap());
+    assert!(client.push(link::request(push, Some("tls-token")).unwrap()).await.is_err(), "plaintext must not get through");
+    d.shutdown().await.unwrap();
+}
+
+fn write_config(path: &Path, text: String) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+fn wait_listening(port: u16) {
+    let up = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "nothing listens on {port}");
+}
+
+fn sigterm(child: &mut std::process::Child) {
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+}
+
+const TINY_MODEL_YAML: &str = "  model:\n    ctgan:\n      epochs: 1\n      embedding: 16\n      generator: [16]\n      critic: [16]\n      graph_embedding: 8\n      batch: 100\n";
+
+/// SIGTERM mid-window: the open window is flushed, trained and shipped before
+/// exit — spooled when the decompressor is down, and delivered by the next run.
+#[test]
+fn sigterm_mid_window_ships_the_window_or_spools_it_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http, metrics, link_port, d_metrics) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let spool = dir.path().join("spool");
+    let out = dir.path().join("regenerated");
+    let compressor_yaml = write_config(
+        &dir.path().join("compressor.yaml"),
+        format!(
+            "receiver:\n  grpc: 127.0.0.1:{grpc}\n  http: 127.0.0.1:{http}\nmetrics:\n  endpoint: 127.0.0.1:{metrics}\nwindow:\n  duration: 10m\npipeline:\n{TINY_MODEL_YAML}  raw_when_smaller: false\n  fidelity:\n    floor: 0\n  link:\n    endpoint: http://127.0.0.1:{link_port}\n    token: s3cret\n    spool_dir: {}\n    retry_initial: 50ms\n    retry_max: 200ms\n    drain_timeout: 1s\n",
+            spool.display()
+        ),
+    );
+    let decompressor_yaml = write_config(
+        &dir.path().join("decompressor.yaml"),
+        format!(
+            "link:\n  listen: 127.0.0.1:{link_port}\n  token: s3cret\nexporters:\n  files:\n    - dir: {}\n      format: otlp-json\nmetrics:\n  endpoint: 127.0.0.1:{d_metrics}\n",
+            out.display()
+        ),
+    );
+    let send = |file: &str| {
+        let input = data(file);
+        let out = gent()
+            .args(["replay", "--protocol", "http", "--endpoint"])
+            .arg(format!("http://127.0.0.1:{http}"))
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        read_set(&[input]).span_count()
+    };
+    let spooled = || {
+        std::fs::read_dir(&spool)
+            .map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "push")).count())
+    };
+
+    // Run 1, decompressor down: the window is trained and spooled on SIGTERM.
+    let mut c = gent().args(["compressor", "--config"]).arg(&compressor_yaml).spawn().unwrap();
+    wait_listening(metrics);
+    let first = send("trainticket/16_00_trace.csv.gz");
+    sigterm(&mut c);
+    assert_eq!(spooled(), 1, "the window mid-way at SIGTERM was trained and spooled");
+
+    // Run 2, decompressor up: the spooled window goes first, then this run's.
+    let mut d = gent().args(["decompressor", "--config"]).arg(&decompressor_yaml).spawn().unwrap();
+    wait_listening(d_metrics);
+    let mut c = gent().args(["compressor", "--config"]).arg(&compressor_yaml).spawn().unwrap();
+    wait_listening(metrics);
+    let second = send("trainticket/16_01_trace.csv.gz");
+    sigterm(&mut c);
+    assert_eq!(spooled(), 0, "everything was delivered");
+    sigterm(&mut d);
+    let files = std::fs::read_dir(&out).unwrap().count();
+    assert_eq!(files, 2, "one file per window");
+    assert_eq!(read_dir_traces(&out).iter().map(|t| t.spans.len()).sum::<usize>(), first + second);
+}
