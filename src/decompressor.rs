@@ -50,6 +50,8 @@ pub struct Delivered {
     pub traces: usize,
     pub spans: usize,
     pub regenerate_seconds: f64,
+    /// Seconds from the window's close at the compressor to the end of its export.
+    pub lag_seconds: f64,
     /// Where each exporter put the window.
     pub outputs: Vec<String>,
 }
@@ -172,8 +174,9 @@ impl Handler {
         self.metrics.window_spans.inc_by(push.window_spans);
         self.metrics.spans_regenerated.inc_by(spans as u64);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let lag_seconds = now.saturating_sub(push.closed_unix_nano) as f64 / 1e9;
         if push.closed_unix_nano > 0 {
-            self.metrics.lag_seconds.set(now.saturating_sub(push.closed_unix_nano) as f64 / 1e9);
+            self.metrics.lag_seconds.set(lag_seconds);
         }
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), spans as u64);
         tracing::info!(
@@ -194,6 +197,7 @@ impl Handler {
                 traces: count,
                 spans,
                 regenerate_seconds,
+                lag_seconds,
                 outputs,
             });
         }

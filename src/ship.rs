@@ -176,7 +176,6 @@ impl WindowSink for ShipSink {
         };
         let packet_bytes = payload.len() as u64;
         m.packet_bytes.inc_by(packet_bytes);
-        let closed_unix_nano = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let push = PushRequest {
             producer: self.producer.clone(),
             window_id: window.id,
@@ -184,7 +183,7 @@ impl WindowSink for ShipSink {
             payload,
             window_spans: window.traces.span_count() as u64,
             window_traces: traces.len() as u64,
-            closed_unix_nano,
+            closed_unix_nano: window.end_unix_nano,
         };
         self.spool.put(&push).map_err(|e| ship_error(window.id, e))?;
         let kind = label;

@@ -11,6 +11,13 @@ Run by .ci/interop, never by cargo. Modes:
                                  send TRACES traces of 3 spans each to a running
                                  gent; the counts sent go to OUT.json
   metric URL SAMPLE             one sample's value from a /metrics page
+  receive GRPC_PORT HTTP_PORT COUNTS.json
+                                 a third-party OTLP receiver: a gRPC TraceService
+                                 (grpcio + the OpenTelemetry protobuf bindings)
+                                 and an OTLP/HTTP endpoint (protobuf, gzip), both
+                                 parsing every request with the protobuf runtime
+                                 and counting spans into COUNTS.json; runs until
+                                 killed
   check PROTO_FILE JSONL_FILE COUNT
                                  gent's OTLP protobuf parses with the official
                                  protobuf runtime, its OTLP JSON lines parse as
@@ -179,6 +186,72 @@ def check(proto_file, jsonl_file, count):
     print("gent -> python protobuf: %d spans agree in %s and %s" % (count, proto_file, jsonl_file))
 
 
+def receive(grpc_port, http_port, counts_json):
+    import gzip
+    import os
+    import threading
+    from concurrent import futures
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    lock = threading.Lock()
+    counts = {"grpc_spans": 0, "grpc_requests": 0, "http_spans": 0, "http_requests": 0, "services": []}
+    services = set()
+
+    def record(protocol, request):
+        spans = 0
+        with lock:
+            for rs in request.resource_spans:
+                for kv in rs.resource.attributes:
+                    if kv.key == "service.name":
+                        services.add(kv.value.string_value)
+                for ss in rs.scope_spans:
+                    spans += len(ss.spans)
+            counts[protocol + "_spans"] += spans
+            counts[protocol + "_requests"] += 1
+            counts["services"] = sorted(services)
+            tmp = counts_json + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(counts, f)
+            os.replace(tmp, counts_json)
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            record("grpc", request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", 64 << 20)])
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    server.add_insecure_port("127.0.0.1:%s" % grpc_port)
+    server.start()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+                self.send_response(400)
+                self.end_headers()
+                return
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            record("http", request)
+            out = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", int(http_port)), Handler).serve_forever()
+
+
 if __name__ == "__main__":
-    modes = {"produce": produce, "compare": compare, "check": check, "export": export, "metric": metric}
+    modes = {"produce": produce, "compare": compare, "check": check, "export": export, "metric": metric, "receive": receive}
     modes[sys.argv[1]](*sys.argv[2:])
