@@ -4,7 +4,7 @@
 //! into OTLP JSON files by the decompressor — all in this process, on this
 //! machine's cores.
 //!
-//! cargo run --release --example pipeline_bench [LOOPS] [WINDOW_TRACES] [EPOCHS]
+//! cargo run --release --example pipeline_bench [LOOPS] [WINDOW_TRACES] [EPOCHS] [MAX_STEPS]
 //!
 //! Prints: replay (ingest) spans/s; sustained spans/s from the first span sent
 //! to the last window exported; per-window close→export latency; link bytes
@@ -27,6 +27,7 @@ async fn main() {
     let loops: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let window_traces: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let epochs: Option<usize> = args.get(3).and_then(|s| s.parse().ok());
+    let max_steps: Option<usize> = args.get(4).and_then(|s| s.parse().ok());
     let files: Vec<_> = (0..60).map(|m| format!("../shared/data/trainticket/16_{m:02}_trace.csv.gz").into()).collect();
     let set = gent::trace::assemble(gent::io::read_inputs(&files, None).expect("TrainTicket hour 16").spans);
     let dir = tempfile::tempdir().unwrap();
@@ -51,6 +52,9 @@ async fn main() {
     };
     if let Some(e) = epochs {
         pipeline.model.ctgan.epochs = e;
+    }
+    if max_steps.is_some() {
+        pipeline.model.ctgan.max_steps = max_steps;
     }
     let mut c_config = CompressorConfig::default();
     c_config.receiver.grpc = Some(local());

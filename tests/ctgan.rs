@@ -60,6 +60,7 @@ fn bad_configurations_are_refused_clearly() {
     assert!(fit(small(0, 1)).contains("epochs"));
     assert!(fit(CtganConfig { batch: 505, ..small(1, 1) }).contains("multiple of pac"));
     assert!(fit(CtganConfig { pac: 0, ..small(1, 1) }).contains("multiple of pac"));
+    assert!(fit(CtganConfig { max_steps: Some(0), ..small(1, 1) }).contains("max_steps"));
     assert!(fit(CtganConfig { learning_rate: f64::NAN, ..small(1, 1) }).contains("learning_rate"));
     let constant = Table::new(vec![Column::continuous("c", vec![1.0; 100], false)]).unwrap();
     let e = Ctgan::fit(&constant, None, small(1, 1), &Device::flex()).err().unwrap();

@@ -39,7 +39,7 @@ pub enum CtganError {
 }
 
 /// Version of the stored model layout ([`Ctgan::to_bytes`]); bumped on any change.
-pub const MODEL_FORMAT: u32 = 2;
+pub const MODEL_FORMAT: u32 = 3;
 
 /// What sampling needs, as stored: everything but the training data.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -70,6 +70,11 @@ pub struct CtganConfig {
     /// Width of the GCN embedding of a row's graph (Gen-T: 32); used only
     /// when rows come with a [`GraphInput`].
     pub graph_embedding: usize,
+    /// Most optimiser steps in all (None: `epochs` full passes). Rows are drawn
+    /// at random for every batch (training-by-sampling), so capping steps per
+    /// epoch trains on a sample of a large table and bounds training time
+    /// whatever the table's size.
+    pub max_steps: Option<usize>,
 }
 
 impl Default for CtganConfig {
@@ -86,6 +91,7 @@ impl Default for CtganConfig {
             gradient_penalty: 10.0,
             seed: 0,
             graph_embedding: 32,
+            max_steps: None,
         }
     }
 }
@@ -95,6 +101,9 @@ impl CtganConfig {
         let fail = |m: &str| Err(CtganError::Config(m.into()));
         if self.epochs == 0 {
             return fail("epochs must be at least 1");
+        }
+        if self.max_steps == Some(0) {
+            return fail("max_steps must be at least 1 (or absent)");
         }
         if self.pac == 0 || self.batch == 0 || self.batch % self.pac != 0 {
             return Err(CtganError::Config(format!("batch {} must be a positive multiple of pac {}", self.batch, self.pac)));
@@ -383,7 +392,10 @@ impl Ctgan {
             device: train_device.clone(),
             rng: StdRng::seed_from_u64(config.seed),
         };
-        let steps = (rows / config.batch).max(1);
+        let mut steps = (rows / config.batch).max(1);
+        if let Some(max) = config.max_steps {
+            steps = steps.min(max.div_ceil(config.epochs).max(1));
+        }
         let lr = config.learning_rate;
         let progress = Progress::new(config.epochs);
         for epoch in 0..config.epochs {
