@@ -16,6 +16,7 @@ pub mod export;
 pub mod fidelity;
 pub mod gent;
 pub mod io;
+pub mod llm;
 pub mod metrics;
 pub mod nn;
 pub mod packet;

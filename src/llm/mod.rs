@@ -1,0 +1,16 @@
+//! TraceLLM (`../shared/papers/tracellm-paper.md`): call graphs as text, for a
+//! language model that writes them layer by layer.
+//!
+//! `graph` holds a call graph as edges with dot-decimal ids and cuts it into
+//! layers with their conditions (§4.2); `text` writes and reads the paper's
+//! three encodings (tabular, recursive layers, instructions with intermediate
+//! reasoning) as exact inverses; `validate` checks a layer and a whole graph
+//! against the constraints of the paper's Appendix B, naming the one that failed.
+
+pub mod graph;
+pub mod text;
+pub mod validate;
+
+pub use graph::{CallGraph, Edge, EdgeId, Layer, LayerConditions};
+pub use text::{Conditions, TextError};
+pub use validate::Violation;

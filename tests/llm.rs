@@ -1,0 +1,243 @@
+//! TraceLLM text encodings and Appendix B validation on the Alibaba call graphs.
+
+mod common;
+use common::*;
+
+use gent::llm::graph::{CallGraph, Layer, LayerConditions};
+use gent::llm::text::{self, Conditions};
+use gent::llm::validate::{self, Requested, Violation};
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(data(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The layer example without its last, truncated record.
+fn complete_layers() -> String {
+    let all = read("alibaba/recursive_layers_example.txt");
+    all[..all.rfind("[GENERATE GRAPH]").unwrap()].to_string()
+}
+
+fn train_graphs() -> Vec<(text::Tabular, CallGraph)> {
+    let doc = text::parse_tabular(&read("alibaba/callgraphs_train.txt")).unwrap();
+    doc.records
+        .into_iter()
+        .map(|r| {
+            let g = r.graph().unwrap();
+            (r, g)
+        })
+        .collect()
+}
+
+#[test]
+fn every_encoding_reads_and_writes_back_byte_for_byte() {
+    let tabular = read("alibaba/callgraphs_train.txt");
+    let doc = text::parse_tabular(&tabular).unwrap();
+    assert_eq!(doc.records.len(), 911);
+    assert_eq!(text::write_tabular(&doc), tabular);
+
+    // The example file stops in the middle of its last record: that is refused,
+    // and every record before it reads back exactly.
+    let all = read("alibaba/recursive_layers_example.txt");
+    let e = text::parse_layers(&all).unwrap_err();
+    assert_eq!((e.line, e.reason.as_str()), (585, "text ends where \"<layer>\" was expected"));
+    let layers = complete_layers();
+    let doc = text::parse_layers(&layers).unwrap();
+    assert_eq!(doc.records.len(), 46);
+    assert_eq!(text::write_layers(&doc), layers);
+
+    let instructions = read("alibaba/recursive_instruction_example.txt");
+    let doc = text::parse_instructions(&instructions).unwrap();
+    assert_eq!(doc.records.len(), 24);
+    assert_eq!(text::write_instructions(&doc), instructions);
+}
+
+#[test]
+fn tabular_conditions_describe_their_graphs() {
+    for (record, g) in train_graphs() {
+        let c = &record.conditions;
+        let num = |k: &str| c.get(k).map(|v| v.parse::<u64>().unwrap());
+        assert_eq!(num("num_edges").unwrap_or(g.edges.len() as u64), g.edges.len() as u64, "{}", g.service);
+        assert_eq!(num("depth").unwrap_or(g.depth()), g.depth(), "{}", g.service);
+        assert_eq!(num("latency").unwrap_or(g.latency()), g.latency(), "{}", g.service);
+        assert!(
+            validate::graph(&g, &Requested { num_edges: num("num_edges"), depth: num("depth"), latency: num("latency") })
+                .is_empty()
+        );
+    }
+}
+
+/// `have` agrees with `want` on every condition `want` states.
+fn agrees(want: &LayerConditions, have: &LayerConditions) -> bool {
+    fn same<T: PartialEq>(w: &Option<T>, h: &Option<T>) -> bool {
+        w.is_none() || w == h
+    }
+    same(&want.id, &have.id)
+        && same(&want.start_node, &have.start_node)
+        && same(&want.caller, &have.caller)
+        && same(&want.num_edges, &have.num_edges)
+        && same(&want.num_current_edges, &have.num_current_edges)
+        && same(&want.num_subgraphs, &have.num_subgraphs)
+        && same(&want.remaining_depth, &have.remaining_depth)
+        && same(&want.start_edge_id, &have.start_edge_id)
+        && same(&want.start_communication_at, &have.start_communication_at)
+        && same(&want.latency, &have.latency)
+}
+
+fn same_layers(example: &[Layer], ours: &[Layer]) -> bool {
+    example.len() == ours.len()
+        && example.iter().zip(ours).all(|(e, o)| {
+            agrees(&e.conditions, &o.conditions)
+                && e.edges == o.edges
+                && e.subgraphs.len() == o.subgraphs.len()
+                && e.subgraphs.iter().zip(&o.subgraphs).all(|((ke, ce), (ko, co))| ke == ko && agrees(ce, co))
+        })
+}
+
+#[test]
+fn the_layer_decomposition_reproduces_the_papers_examples() {
+    let graphs = train_graphs();
+    let doc = text::parse_layers(&complete_layers()).unwrap();
+    let mut matched = 0;
+    for record in &doc.records {
+        let example: Vec<Layer> = record.0.iter().map(|l| l.layer().unwrap()).collect();
+        let id = example[0].conditions.id.clone().unwrap();
+        if graphs.iter().any(|(_, g)| g.service == id && same_layers(&example, &g.layers())) {
+            matched += 1;
+        } else {
+            let candidates = graphs.iter().filter(|(_, g)| g.service == id).count();
+            println!("not matched: {id} at line {} ({candidates} training graphs of that service)", record.0[0].line);
+        }
+    }
+    println!("{matched} of {} example records are the decomposition of a training graph", doc.records.len());
+    assert_eq!(matched, doc.records.len());
+}
+
+#[test]
+fn every_real_layer_satisfies_appendix_b() {
+    for (_, g) in train_graphs() {
+        for l in g.layers() {
+            assert_eq!(validate::layer(&l), vec![], "{}: {l:?}", g.service);
+        }
+    }
+    for record in text::parse_layers(&complete_layers()).unwrap().records {
+        for l in &record.0 {
+            let layer = l.layer().unwrap();
+            assert_eq!(validate::layer(&layer), vec![], "example layer at line {}", l.line);
+        }
+    }
+    for record in text::parse_instructions(&read("alibaba/recursive_instruction_example.txt")).unwrap().records {
+        let layer = record.answer.layer().unwrap();
+        assert_eq!(validate::layer(&layer), vec![], "instruction answer at line {}", record.answer.line);
+    }
+}
+
+/// A layer with room for every rule: node A calls B (edge 1, 0–10 ms) and C
+/// (edge 2, 2–5 ms); B's subgraph holds 3 edges, 2 levels.
+fn valid_layer() -> Layer {
+    let mut g = CallGraph { service: "S_1".into(), edges: Vec::new() };
+    let mut edge = |id: &[u32], src: &str, dst: &str, start, finish| {
+        g.edges.push(gent::llm::Edge {
+            id: id.to_vec(),
+            source: src.into(),
+            destination: dst.into(),
+            kind: "rpc".into(),
+            start,
+            finish,
+        });
+    };
+    edge(&[0], "USER", "A", 0, 20);
+    edge(&[0, 1], "A", "B", 0, 10);
+    edge(&[0, 1, 1], "B", "D", 1, 4);
+    edge(&[0, 1, 2], "B", "E", 4, 8);
+    edge(&[0, 1, 2, 1], "E", "F", 5, 6);
+    edge(&[0, 2], "A", "C", 2, 5);
+    let layers = g.layers();
+    assert_eq!(layers.len(), 4);
+    let l = layers[1].clone();
+    assert_eq!(validate::layer(&l), vec![]);
+    l
+}
+
+fn broken(change: impl FnOnce(&mut Layer)) -> Vec<Violation> {
+    let mut l = valid_layer();
+    change(&mut l);
+    validate::layer(&l)
+}
+
+#[test]
+fn each_appendix_b_rule_is_checked() {
+    let v = broken(|l| {
+        l.edges.pop();
+    });
+    assert!(v.contains(&Violation::EdgeCount { expected: 2, found: 1 }), "{v:?}");
+    let v = broken(|l| l.edges[1].id = vec![3]);
+    assert!(matches!(v[0], Violation::EdgeId { index: 1, expected: 2, .. }), "{v:?}");
+    let v = broken(|l| l.conditions.start_communication_at = Some(1));
+    assert!(v.contains(&Violation::StartsEarly { id: 1, start: 0, min: 1 }), "{v:?}");
+    let v = broken(|l| l.edges[1].start = 6);
+    assert!(v.contains(&Violation::StartAfterFinish { id: 2, start: 6, finish: 5 }), "{v:?}");
+    let v = broken(|l| l.conditions.latency = Some(9));
+    assert!(v.contains(&Violation::FinishesLate { id: 1, finish: 10, latency: 9 }), "{v:?}");
+    let v = broken(|l| l.conditions.remaining_depth = Some(0));
+    assert!(v.iter().any(|x| matches!(x, Violation::UnexpectedSubgraphs { .. })), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].0 = 7);
+    assert!(v.contains(&Violation::UnknownEdge { edge: 7 }), "{v:?}");
+    let v = broken(|l| {
+        let s = l.subgraphs[0].clone();
+        l.subgraphs.push(s);
+    });
+    assert!(v.contains(&Violation::DuplicateSubgraph { edge: 1 }), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].1.num_edges = None);
+    assert!(v.contains(&Violation::MissingCondition { edge: 1, key: "num_edges" }), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].1.remaining_depth = Some(2));
+    assert!(v.contains(&Violation::DepthNotReduced { edge: 1, found: 2, layer: 2 }), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].1.remaining_depth = Some(0));
+    assert!(v.contains(&Violation::DepthNotReached { expected: 1 }), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].1.start_node = Some("C".into()));
+    assert!(v.iter().any(|x| matches!(x, Violation::StartNode { edge: 1, .. })), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].1.caller = Some("B".into()));
+    assert!(v.iter().any(|x| matches!(x, Violation::Caller { edge: 1, .. })), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].1.latency = Some(11));
+    assert!(v.contains(&Violation::SubgraphLatency { edge: 1, found: 11, finish: 10 }), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].1.start_communication_at = Some(11));
+    assert!(v.contains(&Violation::SubgraphStart { edge: 1, found: 11, latency: 10 }), "{v:?}");
+    let v = broken(|l| l.subgraphs[0].1.num_current_edges = Some(4));
+    assert!(v.contains(&Violation::SubgraphEdges { edge: 1, current: 4, total: 3 }), "{v:?}");
+    let v = broken(|l| l.conditions.num_edges = Some(7));
+    assert!(v.contains(&Violation::EdgeBudget { expected: 5, found: 3 }), "{v:?}");
+    let v = broken(|l| l.conditions.num_subgraphs = Some(2));
+    assert!(v.contains(&Violation::SubgraphCount { expected: 2, found: 1 }), "{v:?}");
+
+    let g = CallGraph { service: "S".into(), edges: vec![valid_layer().edges[0].clone()] };
+    let v = validate::graph(&g, &Requested { num_edges: Some(2), depth: Some(2), latency: Some(5) });
+    assert_eq!(v.len(), 3, "{v:?}");
+}
+
+#[test]
+fn malformed_text_is_refused_with_its_position_and_reason() {
+    let e = text::parse_tabular("[GENERATE GRAPH]id:S_1\n<edges>\n(edge_id is 0,source is USER,destination is A,type is http,communication starts at 0 milliseconds)\n</edges>\n")
+        .unwrap()
+        .records[0]
+        .graph()
+        .unwrap_err();
+    assert_eq!((e.line, e.reason.as_str()), (3, "edge has no \"communication finishes at\" field"));
+    let e = text::parse_tabular("[GENERATE GRAPH]id:S_1\n<edges>\n(edge_id is 0,colour is red)\n</edges>\n").unwrap_err();
+    assert_eq!((e.line, e.column), (3, 15), "{e}");
+    assert!(e.reason.contains("colour"), "{e}");
+    let e = text::parse_tabular("[GENERATE GRAPH]id:S_1/latency\n").unwrap_err();
+    assert_eq!((e.line, e.column), (1, 24), "{e}");
+    let e = text::parse_layers(
+        "[GENERATE GRAPH]id:S_1\n<layer>\n<edges>\n</edges>\n<subgraph of edge_id x>a:1</subgraph>\n</layer>\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.line, 5, "{e}");
+    let e = text::parse_layers("[GENERATE GRAPH]id:S_1\n<layer>\n<edges>\n").unwrap_err();
+    assert!(e.reason.contains("text ends"), "{e}");
+    let e = text::parse_tabular("[GENERATE GRAPH]id:S_1\n<edges>\n(edge_id is 0.1,source is A,destination is B,type is rpc,communication starts at 0 milliseconds,communication finishes at 1 milliseconds)\n</edges>\n")
+        .unwrap()
+        .records[0]
+        .graph()
+        .unwrap_err();
+    assert!(e.reason.contains("no parent"), "{e}");
+    assert!(Conditions::parse("a:1/a:2", 1, 1).is_err());
+}
