@@ -241,3 +241,66 @@ fn malformed_text_is_refused_with_its_position_and_reason() {
     assert!(e.reason.contains("no parent"), "{e}");
     assert!(Conditions::parse("a:1/a:2", 1, 1).is_err());
 }
+
+#[test]
+fn the_tokenizer_encodes_every_text_exactly_and_keeps_layers_short() {
+    let train = read("alibaba/callgraphs_train.txt");
+    let examples = [read("alibaba/recursive_layers_example.txt"), read("alibaba/recursive_instruction_example.txt")];
+    let tok = gent::llm::Tokenizer::train([train.as_str(), examples[0].as_str(), examples[1].as_str()], 2, 4096);
+    println!("vocabulary: {} tokens", tok.len());
+    assert!(tok.len() < 1000, "{}", tok.len());
+    for text in [&train, &examples[0], &examples[1]] {
+        assert_eq!(&tok.decode(&tok.encode(text)), text);
+    }
+    for word in ["edge_id", " milliseconds", "layer", "num_edges", " is"] {
+        assert!(tok.id(word).is_some(), "{word:?} is a token");
+    }
+    // A layer record of the example file: tokens per layer.
+    let layers = text::parse_layers(&complete_layers()).unwrap();
+    let mut lengths: Vec<usize> = Vec::new();
+    for r in &layers.records {
+        for l in &r.0 {
+            let doc = text::Document { records: vec![text::Layers(vec![l.clone()])], final_newline: true };
+            lengths.push(tok.encode(&text::write_layers(&doc)).len());
+        }
+    }
+    lengths.sort();
+    println!("tokens per layer: median {}, max {}", lengths[lengths.len() / 2], lengths[lengths.len() - 1]);
+    // Anything at all round-trips, unknown words and non-ASCII included.
+    for odd in ["", "Ünïcode → ✓", "unseenword MS_99999\t\r\n", "\u{0}\u{7f}"] {
+        assert_eq!(tok.decode(&tok.encode(odd)), odd);
+    }
+    let stored = gent::llm::Tokenizer::from_tokens(tok.tokens().to_vec());
+    assert_eq!(stored.encode(&train), tok.encode(&train));
+}
+
+#[test]
+fn encoded_training_samples_parse_back_to_their_graphs() {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let graphs = train_graphs();
+    let mut tabular = text::Document { records: Vec::new(), final_newline: true };
+    let mut layered = text::Document { records: Vec::new(), final_newline: true };
+    for (_, g) in &graphs {
+        tabular.records.push(text::encode_tabular(g, &mut rng, 0.5));
+        layered.records.push(text::encode_layers(g, &mut rng, 0.5));
+    }
+    let back = text::parse_tabular(&text::write_tabular(&tabular)).unwrap();
+    for ((_, g), r) in graphs.iter().zip(&back.records) {
+        assert_eq!(&r.graph().unwrap(), g);
+    }
+    let back = text::parse_layers(&text::write_layers(&layered)).unwrap();
+    for ((_, g), r) in graphs.iter().zip(&back.records) {
+        let parsed: Vec<Layer> = r.0.iter().map(|l| l.layer().unwrap()).collect();
+        assert!(same_layers(&parsed, &g.layers()), "{}", g.service);
+        assert!(parsed.iter().all(|l| validate::layer(l).is_empty()));
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_text_survives_the_tokenizer(s in "(?s).{0,200}") {
+        let tok = gent::llm::Tokenizer::train(["edge_id is 0,type is http"], 1, 100);
+        proptest::prop_assert_eq!(tok.decode(&tok.encode(&s)), s);
+    }
+}

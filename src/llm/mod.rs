@@ -4,13 +4,16 @@
 //! `graph` holds a call graph as edges with dot-decimal ids and cuts it into
 //! layers with their conditions (§4.2); `text` writes and reads the paper's
 //! three encodings (tabular, recursive layers, instructions with intermediate
-//! reasoning) as exact inverses; `validate` checks a layer and a whole graph
+//! reasoning) as exact inverses; `tokenizer` turns that text into model
+//! tokens and back; `validate` checks a layer and a whole graph
 //! against the constraints of the paper's Appendix B, naming the one that failed.
 
 pub mod graph;
 pub mod text;
+pub mod tokenizer;
 pub mod validate;
 
 pub use graph::{CallGraph, Edge, EdgeId, Layer, LayerConditions};
 pub use text::{Conditions, TextError};
+pub use tokenizer::Tokenizer;
 pub use validate::Violation;

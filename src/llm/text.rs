@@ -666,3 +666,75 @@ impl LayerText {
         Ok(super::graph::Layer { conditions, edges, subgraphs })
     }
 }
+
+/// Keys of a layer's conditions, in a fixed order before shuffling.
+const LAYER_KEYS: [&str; 10] = [
+    "id",
+    "start_node",
+    "caller",
+    "num_edges",
+    "num_current_edges",
+    "num_subgraphs",
+    "remaining_depth",
+    "start_edge_id",
+    "start_communication_at",
+    "latency",
+];
+
+/// `c` with its keys shuffled and, when `p_drop > 0`, each key but `id` left
+/// out with that probability (§4.1: shuffling removes spurious order, dropping
+/// lets users prompt with any subset).
+fn shuffled_conditions(c: &LayerConditions, rng: &mut impl rand::Rng, p_drop: f64) -> Conditions {
+    use rand::seq::SliceRandom;
+    let mut keys: Vec<&str> =
+        LAYER_KEYS.iter().copied().filter(|k| *k == "id" || p_drop <= 0.0 || !rng.random_bool(p_drop)).collect();
+    keys.shuffle(rng);
+    Conditions::from_layer(c, &keys)
+}
+
+fn shuffled_fields(rng: &mut impl rand::Rng) -> [usize; 6] {
+    use rand::seq::SliceRandom;
+    let mut order = [0, 1, 2, 3, 4, 5];
+    order.shuffle(rng);
+    order
+}
+
+/// A training sample in the tabular encoding: graph conditions (`latency`,
+/// `num_edges`, `depth`, `id`) shuffled and dropped with `p_drop` (never `id`),
+/// every edge's six fields shuffled.
+pub fn encode_tabular(g: &CallGraph, rng: &mut impl rand::Rng, p_drop: f64) -> Tabular {
+    use rand::seq::SliceRandom;
+    let all = [
+        ("latency", g.latency().to_string()),
+        ("num_edges", g.edges.len().to_string()),
+        ("depth", g.depth().to_string()),
+        ("id", g.service.clone()),
+    ];
+    let mut pairs: Vec<(String, String)> = all
+        .into_iter()
+        .filter(|(k, _)| *k == "id" || p_drop <= 0.0 || !rng.random_bool(p_drop))
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    pairs.shuffle(rng);
+    let edges = g.edges.iter().map(|e| EdgeLine::from_edge(e, &shuffled_fields(rng), true)).collect();
+    Tabular { conditions: Conditions(pairs), edges, lines: Vec::new() }
+}
+
+/// A training sample in the recursive layer encoding (pre-training, §4.3):
+/// the graph's layers depth-first, the first layer's conditions dropped with
+/// `p_drop` (never `id`), every condition list and edge shuffled.
+pub fn encode_layers(g: &CallGraph, rng: &mut impl rand::Rng, p_drop: f64) -> Layers {
+    let layers = g.layers();
+    let mut out = Vec::with_capacity(layers.len());
+    for (i, l) in layers.iter().enumerate() {
+        let conditions = shuffled_conditions(&l.conditions, rng, if i == 0 { p_drop } else { 0.0 });
+        let edges = l.edges.iter().map(|e| EdgeLine::from_edge(e, &shuffled_fields(rng), false)).collect();
+        let body = l
+            .subgraphs
+            .iter()
+            .map(|(edge, c)| BodyLine::Subgraph { edge: *edge, conditions: shuffled_conditions(c, rng, 0.0) })
+            .collect();
+        out.push(LayerText { conditions, edges, body, close_inline: false, line: 0 });
+    }
+    Layers(out)
+}
