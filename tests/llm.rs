@@ -304,3 +304,75 @@ proptest::proptest! {
         proptest::prop_assert_eq!(tok.decode(&tok.encode(&s)), s);
     }
 }
+
+/// A "model" with random weights: scores drawn afresh for every step.
+struct RandomModel {
+    rng: rand::rngs::StdRng,
+    vocab: usize,
+}
+
+impl gent::llm::generate::NextToken for RandomModel {
+    fn logits(&mut self, _context: &[u32]) -> Vec<f32> {
+        use rand::Rng;
+        (0..self.vocab).map(|_| self.rng.random_range(-5.0..5.0)).collect()
+    }
+}
+
+#[test]
+fn constrained_decoding_gives_only_valid_graphs_of_the_requested_size_whatever_the_weights() {
+    use gent::llm::generate::{Generator, Request, Sampling};
+    use rand::SeedableRng;
+    let train = read("alibaba/callgraphs_train.txt");
+    let tok = gent::llm::Tokenizer::train([train.as_str()], 2, 4096);
+    let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(3), vocab: tok.len() };
+    let mut checked = 0;
+    for (sampling, seed) in [
+        (Sampling::default(), 1),
+        (Sampling { temperature: 0.0, ..Sampling::default() }, 2),
+        (Sampling { temperature: 0.7, top_k: 3, top_p: 0.9 }, 3),
+    ] {
+        let mut g = Generator::new(&mut model, &tok, sampling, seed).unwrap();
+        for num_edges in 1..=30u64 {
+            for depth in 1..=6u64.min(num_edges) {
+                let request = Request { service: "S_000000001".into(), num_edges, depth, latency: 40 };
+                let out = g.graph(&request).unwrap();
+                for l in &out.layers {
+                    assert_eq!(validate::layer(l), vec![], "{request:?}\n{}", out.text);
+                }
+                let asked = Requested { num_edges: Some(num_edges), depth: Some(depth), latency: Some(40) };
+                assert_eq!(validate::graph(&out.graph, &asked), vec![], "{request:?}\n{}", out.text);
+                // The text is the paper's layer encoding and reads back to the same layers.
+                let back = text::parse_layers(&out.text).unwrap();
+                let layers: Vec<Layer> = back.records[0].0.iter().map(|l| l.layer().unwrap()).collect();
+                assert_eq!(layers, out.layers);
+                checked += 1;
+            }
+        }
+    }
+    println!("{checked} graphs generated with random weights, all valid");
+    assert!(
+        Generator::new(&mut model, &tok, Sampling::default(), 0)
+            .unwrap()
+            .graph(&Request { service: "S".into(), num_edges: 2, depth: 3, latency: 1 })
+            .is_err()
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #[test]
+    fn any_request_any_weights_any_seed_gives_a_valid_graph(num_edges in 1u64..=40, depth in 1u64..=8, latency in 0u64..=2000, seed in 0u64..1000) {
+        use gent::llm::generate::{Generator, Request, Sampling};
+        use rand::SeedableRng;
+        proptest::prop_assume!(depth <= num_edges);
+        let tok = gent::llm::Tokenizer::train(["edge_id is destination is MS_ type is http rpc mc db mq communication starts at milliseconds"], 1, 100);
+        let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(seed), vocab: tok.len() };
+        let out = Generator::new(&mut model, &tok, Sampling::default(), seed).unwrap()
+            .graph(&Request { service: "S_1".into(), num_edges, depth, latency }).unwrap();
+        for l in &out.layers {
+            proptest::prop_assert_eq!(validate::layer(l), vec![]);
+        }
+        let asked = Requested { num_edges: Some(num_edges), depth: Some(depth), latency: Some(latency) };
+        proptest::prop_assert_eq!(validate::graph(&out.graph, &asked), vec![]);
+    }
+}

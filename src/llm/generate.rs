@@ -1,0 +1,410 @@
+//! Recursive generation of call graphs (§4.2) with constrained decoding.
+//!
+//! The driver starts from the user's request, generates the first layer, queues
+//! the subgraph conditions that layer wrote, and generates each subgraph's layer
+//! in turn, depth-first, until none remain; the layers assemble into the graph.
+//!
+//! Constrained decoding masks, at every step, the tokens that would break the
+//! layer's format or an Appendix B constraint. Where the format leaves exactly
+//! one token possible (tags, field names, copied values such as the caller) the
+//! token is written without asking the model; where it leaves a choice (the
+//! destination's digits, the type, every number) the model's scores are
+//! restricted to the tokens that keep the layer satisfiable — a number is
+//! bounded digit by digit, so it can only end inside its allowed range. Edge
+//! counts, edge ids, times within latency, subgraph edge budgets and depths are
+//! all bounded this way, so every generated graph is valid and has exactly the
+//! requested number of edges and depth, whatever the model's weights.
+
+use rand::{Rng, SeedableRng};
+
+use super::graph::{CallGraph, Edge, EdgeId, Layer, LayerConditions};
+use super::text::{self, Conditions};
+use super::tokenizer::Tokenizer;
+
+/// Scores for the next token (the language model; anything at all in tests).
+pub trait NextToken {
+    /// One score per vocabulary entry for the token after `context`.
+    fn logits(&mut self, context: &[u32]) -> Vec<f32>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 picks the best allowed token.
+    pub temperature: f32,
+    /// Keep the k best allowed tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set of best tokens whose probability reaches p (1: all).
+    pub top_p: f32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 }
+    }
+}
+
+/// What the user asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub service: String,
+    pub num_edges: u64,
+    pub depth: u64,
+    /// Every call finishes by this, ms.
+    pub latency: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("cannot generate {num_edges} edges {depth} deep: a graph needs at least one edge per level")]
+    Infeasible { num_edges: u64, depth: u64 },
+    #[error("the tokenizer lacks the token {0:?} the format needs")]
+    MissingToken(String),
+    #[error("generated text does not parse: {0}")]
+    Text(#[from] text::TextError),
+}
+
+/// Communication types the constrained decoder allows (those in the dataset).
+pub const TYPES: [&str; 5] = ["http", "rpc", "mc", "db", "mq"];
+
+/// Numbers allowed at a choice: a union of inclusive ranges.
+#[derive(Debug, Clone)]
+struct Allowed(Vec<(u64, u64)>);
+
+impl Allowed {
+    fn range(lo: u64, hi: u64) -> Self {
+        Allowed(if lo <= hi { vec![(lo, hi)] } else { Vec::new() })
+    }
+    fn contains(&self, v: u64) -> bool {
+        self.0.iter().any(|&(lo, hi)| lo <= v && v <= hi)
+    }
+    /// Whether some allowed number's decimal form starts with `prefix`.
+    fn extends(&self, prefix: &str) -> bool {
+        // No leading zeros: "0" is only ever the number zero.
+        if prefix.starts_with('0') {
+            return prefix == "0" && self.contains(0);
+        }
+        let Ok(p) = prefix.parse::<u64>() else { return false };
+        self.0.iter().any(|&(lo, hi)| {
+            let (mut min, mut max) = (p, p);
+            for _ in prefix.len()..=20 {
+                if min > hi {
+                    return false;
+                }
+                if max >= lo {
+                    return true;
+                }
+                min = min.saturating_mul(10);
+                max = max.saturating_mul(10).saturating_add(9);
+            }
+            false
+        })
+    }
+}
+
+pub struct Generator<'a, M: NextToken> {
+    model: &'a mut M,
+    tok: &'a Tokenizer,
+    sampling: Sampling,
+    rng: rand::rngs::StdRng,
+    context: Vec<u32>,
+    digits: [u32; 10],
+}
+
+impl<'a, M: NextToken> Generator<'a, M> {
+    pub fn new(model: &'a mut M, tok: &'a Tokenizer, sampling: Sampling, seed: u64) -> Result<Self, GenerateError> {
+        let mut digits = [0; 10];
+        for (d, slot) in digits.iter_mut().enumerate() {
+            *slot = tok.id(&d.to_string()).ok_or_else(|| GenerateError::MissingToken(d.to_string()))?;
+        }
+        Ok(Generator { model, tok, sampling, rng: rand::rngs::StdRng::seed_from_u64(seed), context: Vec::new(), digits })
+    }
+
+    fn force(&mut self, text: &str) {
+        let ids = self.tok.encode(text);
+        self.context.extend(ids);
+    }
+
+    /// Picks one of `allowed` (token ids) with the model's scores.
+    fn choose(&mut self, allowed: &[u32]) -> u32 {
+        if allowed.len() == 1 {
+            return allowed[0];
+        }
+        let logits = self.model.logits(&self.context);
+        let score = |id: u32| logits.get(id as usize).copied().filter(|v| v.is_finite()).unwrap_or(-1e9);
+        let mut scored: Vec<(u32, f32)> = allowed.iter().map(|&id| (id, score(id))).collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let s = self.sampling;
+        if s.temperature <= 0.0 {
+            return scored[0].0;
+        }
+        if s.top_k > 0 {
+            scored.truncate(s.top_k.max(1));
+        }
+        let top = scored[0].1;
+        let mut weights: Vec<f64> = scored.iter().map(|&(_, v)| (((v - top) / s.temperature) as f64).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        if s.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = weights.len();
+            for (i, w) in weights.iter().enumerate() {
+                acc += w / total;
+                if acc >= f64::from(s.top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            weights.truncate(keep);
+        }
+        let total: f64 = weights.iter().sum();
+        let mut x = self.rng.random::<f64>() * total;
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                return scored[i].0;
+            }
+            x -= w;
+        }
+        scored[weights.len() - 1].0
+    }
+
+    /// A number from `allowed`, digit by digit; the number ends when the model
+    /// picks `end` (the format's next token, written here) or no digit fits.
+    fn number(&mut self, allowed: &Allowed, end: &str) -> u64 {
+        let end_ids = self.tok.encode(end);
+        let mut prefix = String::new();
+        loop {
+            let mut options: Vec<u32> =
+                (0..10).filter(|d| allowed.extends(&format!("{prefix}{d}"))).map(|d| self.digits[d]).collect();
+            let value = prefix.parse::<u64>().ok();
+            let can_end = value.is_some_and(|v| allowed.contains(v));
+            if can_end && !end_ids.is_empty() {
+                options.push(end_ids[0]);
+            }
+            if options.is_empty() {
+                // Unreachable for a non-empty range: every prefix offered extends.
+                break;
+            }
+            let pick = self.choose(&options);
+            if can_end && pick == end_ids[0] {
+                break;
+            }
+            let d = self.digits.iter().position(|&id| id == pick).unwrap_or(0);
+            prefix.push(char::from(b'0' + d as u8));
+            self.context.push(pick);
+        }
+        self.context.extend(end_ids);
+        prefix.parse().unwrap_or(0)
+    }
+
+    /// One of `words` (each written with a leading space, e.g. " http").
+    fn word(&mut self, words: &[&str]) -> String {
+        let ids: Vec<(u32, &str)> = words.iter().filter_map(|w| self.tok.id(&format!(" {w}")).map(|id| (id, *w))).collect();
+        if ids.is_empty() {
+            // The vocabulary lacks them as words: take the first, spelled out.
+            self.force(&format!(" {}", words[0]));
+            return words[0].to_string();
+        }
+        let options: Vec<u32> = ids.iter().map(|(id, _)| *id).collect();
+        let pick = self.choose(&options);
+        self.context.push(pick);
+        ids.iter().find(|(id, _)| *id == pick).map_or(words[0], |(_, w)| w).to_string()
+    }
+
+    /// Generates one layer under `c` (every field set) and returns its text.
+    fn layer(&mut self, c: &LayerConditions, first: bool, request: &Request) -> String {
+        self.context.clear();
+        let (n, rd) = (c.num_edges.unwrap_or(1), c.remaining_depth.unwrap_or(0));
+        let latency = c.latency.unwrap_or(request.latency);
+        let start_at = c.start_communication_at.unwrap_or(0);
+        let start_id = c.start_edge_id.unwrap_or(if first { 0 } else { 1 });
+        let mut out = String::new();
+        // The conditions line: given in full for a subgraph; for the first
+        // layer the request, then the model picks the layer's own counts.
+        let (k, ns) = if first {
+            let head = format!(
+                "[GENERATE GRAPH]id:{}/num_edges:{n}/remaining_depth:{rd}/start_node:USER/start_edge_id:0/start_communication_at:{start_at}/latency:{latency}/num_current_edges:",
+                request.service
+            );
+            self.force(&head);
+            let k = if rd == 0 { self.number(&Allowed::range(n, n), "/") } else { self.number(&Allowed::range(1, n - rd), "/") };
+            self.force("num_subgraphs:");
+            let ns = if rd == 0 {
+                self.number(&Allowed::range(0, 0), "\n")
+            } else {
+                self.number(&Allowed::range(1, k.min(n - k - rd + 1)), "\n")
+            };
+            out.push_str(&head);
+            out.push_str(&format!("{k}/num_subgraphs:{ns}\n"));
+            (k, ns)
+        } else {
+            let mut line = String::new();
+            Conditions::from_layer(c, &CANONICAL).write(&mut line);
+            line.push('\n');
+            self.force(&line);
+            out.push_str(&line);
+            (c.num_current_edges.unwrap_or(n), c.num_subgraphs.unwrap_or(0))
+        };
+        self.force("<layer>\n<edges>\n");
+        out.push_str("<layer>\n<edges>\n");
+        let mut edges = Vec::with_capacity(k as usize);
+        for i in 0..k {
+            let id = start_id + i;
+            let mut line = format!("(edge_id is {id},destination is MS_");
+            self.force(&format!("(edge_id is {id},destination is"));
+            self.force(" MS_");
+            let mut ms = String::new();
+            for _ in 0..5 {
+                let options = self.digits;
+                let pick = self.choose(&options);
+                self.context.push(pick);
+                ms.push(char::from(b'0' + self.digits.iter().position(|&d| d == pick).unwrap_or(0) as u8));
+            }
+            line.push_str(&ms);
+            self.force(",type is");
+            let kind = self.word(&TYPES);
+            self.force(",communication starts at ");
+            // The first call starts at start_communication_at; the others within the latency.
+            let start = if i == 0 {
+                self.number(&Allowed::range(start_at, start_at), " milliseconds")
+            } else {
+                self.number(&Allowed::range(start_at, latency), " milliseconds")
+            };
+            self.force(",communication finishes at ");
+            let finish = self.number(&Allowed::range(start, latency), " milliseconds");
+            self.force(")\n");
+            line.push_str(&format!(
+                ",type is {kind},communication starts at {start} milliseconds,communication finishes at {finish} milliseconds)\n"
+            ));
+            out.push_str(&line);
+            edges.push((id, format!("MS_{ms}"), start, finish));
+        }
+        self.force("</edges>\n");
+        out.push_str("</edges>\n");
+        // Subgraphs share out the remaining edges; one of them reaches the
+        // remaining depth.
+        let mut left = n - k;
+        let mut deep_done = rd == 0;
+        let mut last_edge: Option<u64> = None;
+        for j in 0..ns {
+            let after = ns - j - 1;
+            let hi_edge = start_id + k - 1 - after;
+            let lo_edge = last_edge.map_or(start_id, |e| e + 1);
+            self.force("<subgraph of edge_id ");
+            let edge = self.number(&Allowed::range(lo_edge, hi_edge), ">");
+            last_edge = Some(edge);
+            let parent = edges.iter().find(|e| e.0 == edge).cloned().unwrap_or((edge, String::new(), 0, latency));
+            // Budgets add up to the remaining edges exactly: the last takes
+            // what is left. Until one subgraph reaches the remaining depth
+            // (rd - 1 below, so at least rd edges), the budgets keep room for it.
+            let budget = if after == 0 {
+                Allowed::range(left, left)
+            } else if deep_done {
+                Allowed::range(1, left - after)
+            } else {
+                let mut a = Allowed::range(1, (left + 1).saturating_sub(rd + after));
+                a.0.extend(Allowed::range(rd, left - after).0);
+                a
+            };
+            let head = format!(
+                "id:{}/start_node:{}/caller:{}/start_edge_id:1/num_edges:",
+                request.service,
+                parent.1,
+                c.start_node.clone().unwrap_or_else(|| "USER".into())
+            );
+            self.force(&head);
+            let b = self.number(&budget, "/");
+            self.force("remaining_depth:");
+            let must_be_deep = !deep_done && (after == 0 || left - b + 1 < rd + after);
+            let r = if must_be_deep {
+                self.number(&Allowed::range(rd - 1, rd - 1), "/")
+            } else {
+                self.number(&Allowed::range(0, (rd - 1).min(b - 1)), "/")
+            };
+            deep_done |= r + 1 == rd;
+            self.force("num_current_edges:");
+            let cur = if r == 0 { self.number(&Allowed::range(b, b), "/") } else { self.number(&Allowed::range(1, b - r), "/") };
+            self.force("num_subgraphs:");
+            let sub_ns = if r == 0 {
+                self.number(&Allowed::range(0, 0), "/")
+            } else {
+                self.number(&Allowed::range(1, cur.min(b - cur - r + 1)), "/")
+            };
+            self.force("latency:");
+            let lat = self.number(&Allowed::range(parent.2, parent.3), "/");
+            self.force("start_communication_at:");
+            let sc = self.number(&Allowed::range(parent.2, lat), "</subgraph>\n");
+            out.push_str(&format!(
+                "<subgraph of edge_id {edge}>{head}{b}/remaining_depth:{r}/num_current_edges:{cur}/num_subgraphs:{sub_ns}/latency:{lat}/start_communication_at:{sc}</subgraph>\n"
+            ));
+            left -= b;
+        }
+        self.force("</layer>\n");
+        out.push_str("</layer>\n");
+        out
+    }
+
+    /// Generates a whole graph for `request`.
+    pub fn graph(&mut self, request: &Request) -> Result<Generated, GenerateError> {
+        if request.depth == 0 || request.num_edges < request.depth {
+            return Err(GenerateError::Infeasible { num_edges: request.num_edges, depth: request.depth });
+        }
+        let first = LayerConditions {
+            id: Some(request.service.clone()),
+            start_node: Some("USER".into()),
+            caller: None,
+            num_edges: Some(request.num_edges),
+            num_current_edges: None,
+            num_subgraphs: None,
+            remaining_depth: Some(request.depth - 1),
+            start_edge_id: Some(0),
+            start_communication_at: Some(0),
+            latency: Some(request.latency),
+        };
+        let mut all_text = String::new();
+        let mut layers = Vec::new();
+        let mut edges: Vec<Edge> = Vec::new();
+        // Depth-first: (conditions, the full id of the edge this layer extends).
+        let mut stack: Vec<(LayerConditions, EdgeId, bool)> = vec![(first, Vec::new(), true)];
+        while let Some((c, prefix, is_first)) = stack.pop() {
+            let t = self.layer(&c, is_first, request);
+            let record = if is_first { t.clone() } else { format!("[GENERATE GRAPH]{t}") };
+            let layer: Layer = text::parse_layers(&record)?.records[0].0[0].layer()?;
+            all_text.push_str(&t);
+            layers.push(layer.clone());
+            for e in &layer.edges {
+                let mut id = prefix.clone();
+                id.push(e.id[0]);
+                edges.push(Edge { id, ..e.clone() });
+            }
+            for (edge, sub) in layer.subgraphs.iter().rev() {
+                let mut id = prefix.clone();
+                id.push(*edge as u32);
+                stack.push((sub.clone(), id, false));
+            }
+        }
+        edges.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Generated { graph: CallGraph { service: request.service.clone(), edges }, layers, text: all_text })
+    }
+}
+
+/// A generated graph, its layers as generated (conditions included), and
+/// their text in the recursive layer encoding.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub graph: CallGraph,
+    pub layers: Vec<Layer>,
+    pub text: String,
+}
+
+/// Order of a subgraph's conditions as the constrained decoder writes them.
+const CANONICAL: [&str; 10] = [
+    "id",
+    "start_node",
+    "caller",
+    "start_edge_id",
+    "num_edges",
+    "remaining_depth",
+    "num_current_edges",
+    "num_subgraphs",
+    "latency",
+    "start_communication_at",
+];
