@@ -376,3 +376,80 @@ proptest::proptest! {
         proptest::prop_assert_eq!(validate::graph(&out.graph, &asked), vec![]);
     }
 }
+
+/// The language model as the generator's next-token source.
+struct Trained<'a> {
+    lm: &'a gent::nn::lm::Lm,
+    max_len: usize,
+    device: burn::tensor::Device,
+}
+
+impl gent::llm::generate::NextToken for Trained<'_> {
+    fn logits(&mut self, context: &[u32]) -> Vec<f32> {
+        self.lm.next_logits(context, self.max_len, &self.device)
+    }
+}
+
+#[test]
+fn a_tiny_language_model_learns_the_layer_encoding_and_drives_the_generator() {
+    use gent::llm::generate::{Generator, Request, Sampling};
+    use gent::llm::tokenizer::{BOS, EOS, PAD};
+    use gent::nn::lm::{Lm, LmConfig, TrainConfig, train};
+    use rand::SeedableRng;
+    let train_text = read("alibaba/callgraphs_train.txt");
+    let tok = gent::llm::Tokenizer::train([train_text.as_str()], 2, 4096);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let config = LmConfig { d_model: 32, layers: 1, heads: 2, hidden: 64, max_len: 256, ..LmConfig::tiny(tok.len()) };
+    // Pre-training samples: one layer of a training graph per sequence.
+    let mut sequences = Vec::new();
+    for (_, g) in train_graphs().iter().take(60) {
+        for l in text::encode_layers(g, &mut rng, 0.5).0 {
+            let doc = text::Document { records: vec![text::Layers(vec![l])], final_newline: true };
+            let mut s = vec![BOS];
+            s.extend(tok.encode(&text::write_layers(&doc)));
+            s.push(EOS);
+            s.truncate(config.max_len);
+            sequences.push(s);
+        }
+    }
+    let device = gent::nn::Backend::Cpu.device().unwrap().autodiff();
+    let lm = Lm::new(&config, &device).unwrap();
+    let (lm, losses) =
+        train(lm, &sequences, &TrainConfig { steps: 40, batch: 4, learning_rate: 3e-3, seed: 1 }, PAD, &device).unwrap();
+    let first: f32 = losses[..5].iter().sum::<f32>() / 5.0;
+    let last: f32 = losses[losses.len() - 5..].iter().sum::<f32>() / 5.0;
+    println!("{} sequences; loss {first:.3} over the first 5 steps, {last:.3} over the last 5", sequences.len());
+    assert!(last < first * 0.8, "loss {first} -> {last}");
+
+    let mut model = Trained { lm: &lm, max_len: config.max_len, device: device.clone() };
+    let mut g = Generator::new(&mut model, &tok, Sampling { temperature: 0.8, ..Sampling::default() }, 9).unwrap();
+    for (num_edges, depth) in [(1, 1), (4, 2), (7, 3)] {
+        let out = g.graph(&Request { service: "S_000034483".into(), num_edges, depth, latency: 20 }).unwrap();
+        let asked = Requested { num_edges: Some(num_edges), depth: Some(depth), latency: Some(20) };
+        assert_eq!(validate::graph(&out.graph, &asked), vec![], "{}", out.text);
+        assert!(out.layers.iter().all(|l| validate::layer(l).is_empty()));
+    }
+}
+
+#[test]
+fn bad_model_settings_are_refused() {
+    use gent::nn::lm::{Lm, LmConfig};
+    let device = gent::nn::Backend::Cpu.device().unwrap();
+    for c in [
+        LmConfig { heads: 3, ..LmConfig::tiny(100) },
+        LmConfig { layers: 0, ..LmConfig::tiny(100) },
+        LmConfig { max_len: 1, ..LmConfig::tiny(100) },
+    ] {
+        assert!(Lm::new(&c, &device).is_err(), "{c:?}");
+    }
+    assert!(
+        gent::nn::lm::train(
+            Lm::new(&LmConfig::tiny(10), &device.clone().autodiff()).unwrap(),
+            &[vec![1]],
+            &gent::nn::lm::TrainConfig { steps: 1, batch: 1, learning_rate: 1e-3, seed: 0 },
+            0,
+            &device.autodiff()
+        )
+        .is_err()
+    );
+}

@@ -9,6 +9,7 @@ mod critic;
 mod ctgan;
 mod generator;
 mod graph;
+pub mod lm;
 pub mod weights;
 
 pub use backend::{Backend, BackendError};

@@ -1,0 +1,213 @@
+//! A decoder-only transformer in the Llama style (RMSNorm before each block,
+//! rotary positions, SwiGLU feed-forward, no biases), the language model of
+//! TraceLLM. Sizes run from `tiny` (tests, CPU) to `base` (tens of millions of
+//! parameters, for a GPU backend).
+
+use burn::module::Module;
+use burn::nn::attention::generate_autoregressive_mask;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{
+    Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, RotaryEncoding, RotaryEncodingConfig, SwiGlu,
+    SwiGluConfig,
+};
+use burn::optim::{AdamWConfig, GradientsParams, grad_clipping::GradientClippingConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LmError {
+    #[error("language model settings: {0}")]
+    Config(String),
+    #[error("nothing to train on: every sequence is empty")]
+    Empty,
+}
+
+/// Model dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LmConfig {
+    pub vocab: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// SwiGLU hidden width.
+    pub hidden: usize,
+    /// Longest context, tokens.
+    pub max_len: usize,
+}
+
+impl LmConfig {
+    /// Tests and CPU smoke runs: about 0.1 M parameters with a 400-token vocabulary.
+    pub fn tiny(vocab: usize) -> Self {
+        LmConfig { vocab, d_model: 64, layers: 2, heads: 4, hidden: 172, max_len: 512 }
+    }
+    /// About 5 M parameters: trains on 2 CPU cores in hours.
+    pub fn small(vocab: usize) -> Self {
+        LmConfig { vocab, d_model: 256, layers: 6, heads: 8, hidden: 688, max_len: 1024 }
+    }
+    /// About 30 M parameters: a GPU backend.
+    pub fn base(vocab: usize) -> Self {
+        LmConfig { vocab, d_model: 512, layers: 8, heads: 8, hidden: 1376, max_len: 2048 }
+    }
+
+    pub fn validate(&self) -> Result<(), LmError> {
+        if self.vocab == 0 || self.d_model == 0 || self.layers == 0 || self.heads == 0 || self.hidden == 0 || self.max_len < 2 {
+            return Err(LmError::Config("every size must be positive (max_len at least 2)".into()));
+        }
+        if self.d_model % self.heads != 0 || (self.d_model / self.heads) % 2 != 0 {
+            return Err(LmError::Config(format!("d_model {} must split into {} heads of even width", self.d_model, self.heads)));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Module, Debug)]
+struct Block {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: RmsNorm,
+    gate_up: SwiGlu,
+    down: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct Lm {
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    head: Linear,
+    rope: RotaryEncoding,
+    heads: usize,
+}
+
+fn linear(i: usize, o: usize, device: &Device) -> Linear {
+    LinearConfig::new(i, o).with_bias(false).init(device)
+}
+
+impl Lm {
+    pub fn new(c: &LmConfig, device: &Device) -> Result<Self, LmError> {
+        c.validate()?;
+        let d = c.d_model;
+        let blocks = (0..c.layers)
+            .map(|_| Block {
+                attn_norm: RmsNormConfig::new(d).init(device),
+                q: linear(d, d, device),
+                k: linear(d, d, device),
+                v: linear(d, d, device),
+                o: linear(d, d, device),
+                ffn_norm: RmsNormConfig::new(d).init(device),
+                gate_up: SwiGluConfig::new(d, c.hidden).with_bias(false).init(device),
+                down: linear(c.hidden, d, device),
+            })
+            .collect();
+        Ok(Lm {
+            embed: EmbeddingConfig::new(c.vocab, d).init(device),
+            blocks,
+            norm: RmsNormConfig::new(d).init(device),
+            head: linear(d, c.vocab, device),
+            rope: RotaryEncodingConfig::new(c.max_len, d / c.heads).init(device),
+            heads: c.heads,
+        })
+    }
+
+    /// Next-token logits at every position: `[batch, len]` → `[batch, len, vocab]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let device = tokens.device();
+        let mut x = self.embed.forward(tokens);
+        let mask = generate_autoregressive_mask(b, t, &device).unsqueeze_dim::<4>(1);
+        for blk in &self.blocks {
+            let h = blk.attn_norm.forward(x.clone());
+            x = x + self.attention(blk, h, mask.clone());
+            let h = blk.ffn_norm.forward(x.clone());
+            x = x + blk.down.forward(blk.gate_up.forward(h));
+        }
+        self.head.forward(self.norm.forward(x))
+    }
+
+    fn attention(&self, blk: &Block, x: Tensor<3>, mask: Tensor<4, burn::tensor::Bool>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let (h, dh) = (self.heads, d / self.heads);
+        let split = |y: Tensor<3>| y.reshape([b, t, h, dh]).swap_dims(1, 2);
+        let q = self.rope.forward(split(blk.q.forward(x.clone())));
+        let k = self.rope.forward(split(blk.k.forward(x.clone())));
+        let v = split(blk.v.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
+        let scores = scores.mask_fill(mask.expand([b, h, t, t]), -1e9);
+        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        blk.o.forward(out)
+    }
+
+    /// Mean next-token cross-entropy of `batch` (padded with `pad`, which is not scored).
+    pub fn loss(&self, batch: &[Vec<u32>], pad: u32, device: &Device) -> Tensor<1> {
+        let len = batch.iter().map(Vec::len).max().unwrap_or(2).max(2);
+        let mut inputs = Vec::with_capacity(batch.len() * (len - 1));
+        let mut targets = Vec::with_capacity(batch.len() * (len - 1));
+        for s in batch {
+            for i in 0..len - 1 {
+                inputs.push(s.get(i).copied().unwrap_or(pad) as i64);
+                targets.push(s.get(i + 1).copied().unwrap_or(pad) as i64);
+            }
+        }
+        let n = batch.len();
+        let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [n, len - 1]), device);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n * (len - 1)]), device);
+        let logits = self.forward(inputs);
+        let vocab = logits.dims()[2];
+        CrossEntropyLossConfig::new()
+            .with_pad_tokens(Some(vec![pad as usize]))
+            .init(device)
+            .forward(logits.reshape([n * (len - 1), vocab]), targets)
+    }
+
+    /// Logits for the token after `context` (its last `max_len - 1` tokens).
+    pub fn next_logits(&self, context: &[u32], max_len: usize, device: &Device) -> Vec<f32> {
+        let from = context.len().saturating_sub(max_len - 1);
+        let ctx: Vec<i64> = context[from..].iter().map(|&t| t as i64).collect();
+        let ctx = if ctx.is_empty() { vec![super::super::llm::tokenizer::BOS as i64] } else { ctx };
+        let t = ctx.len();
+        let logits = self.forward(Tensor::<2, Int>::from_data(TensorData::new(ctx, [1, t]), device));
+        let vocab = logits.dims()[2];
+        logits.slice([0..1, t - 1..t, 0..vocab]).into_data().try_to_vec::<f32>().unwrap_or_default()
+    }
+}
+
+/// Training settings (the paper's Table 3: AdamW, lr 3e-4, gradient clipping 1.0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub seed: u64,
+}
+
+/// Trains `model` by next-token prediction on `sequences` (token ids, BOS/EOS
+/// included, each at most `max_len`); returns the model and the loss of every step.
+pub fn train(
+    mut model: Lm,
+    sequences: &[Vec<u32>],
+    c: &TrainConfig,
+    pad: u32,
+    device: &Device,
+) -> Result<(Lm, Vec<f32>), LmError> {
+    use rand::{Rng, SeedableRng};
+    let usable: Vec<&Vec<u32>> = sequences.iter().filter(|s| s.len() >= 2).collect();
+    if usable.is_empty() {
+        return Err(LmError::Empty);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
+    let mut opt = AdamWConfig::new().with_grad_clipping(Some(GradientClippingConfig::Norm(1.0))).init();
+    let mut losses = Vec::with_capacity(c.steps);
+    for step in 0..c.steps {
+        let batch: Vec<Vec<u32>> = (0..c.batch).map(|_| usable[rng.random_range(0..usable.len())].clone()).collect();
+        let loss = model.loss(&batch, pad, device);
+        losses.push(loss.clone().into_data().try_to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN));
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        // Cosine schedule (Table 3).
+        let lr = c.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / c.steps as f64).cos());
+        model = opt.step(lr.max(c.learning_rate * 0.01), model, grads);
+    }
+    Ok((model, losses))
+}
