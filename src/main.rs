@@ -206,6 +206,11 @@ enum Command {
         #[command(subcommand)]
         bench: BenchCommand,
     },
+    /// TraceLLM: language-model generation of call graphs.
+    Llm {
+        #[command(subcommand)]
+        llm: LlmCommand,
+    },
     /// Send recorded traces over OTLP with fresh ids and timestamps shifted to now.
     Replay {
         /// Files or folders of any supported format (gzip accepted).
@@ -235,6 +240,87 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum LlmCommand {
+    /// Pre-train a language model on call graphs (tabular Alibaba text) in the
+    /// recursive layer encoding, and write it.
+    Train {
+        /// Call-graph files in the tabular encoding (e.g. ../shared/data/alibaba/callgraphs_train.txt).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Model file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Model size: tiny (~0.1 M parameters), small (~5 M), base (~30 M, for a GPU).
+        #[arg(long, value_enum, default_value = "tiny")]
+        size: LmSize,
+        /// Optimiser steps.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// Sequences (layers) per step.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 3e-3)]
+        learning_rate: f64,
+        /// Probability of dropping each first-layer condition but the service id.
+        #[arg(long, default_value_t = 0.5)]
+        p_drop: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate call graphs layer by layer from conditions.
+    Generate {
+        /// Model file from `gent llm train`.
+        model: PathBuf,
+        /// `num_edges:N/depth:D/id:S_…[/latency:MS]` (latency defaults to 1000 ms).
+        #[arg(long)]
+        conditions: String,
+        /// Graphs to generate.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Mask every token that would break the format or a constraint: every graph is valid.
+        #[arg(long)]
+        constrained: bool,
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Keep the k best tokens (0: all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "otlp-json")]
+        format: LlmFormat,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LmSize {
+    Tiny,
+    Small,
+    Base,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LlmFormat {
+    /// OTLP JSON lines: each graph a trace, each call a span of its destination.
+    OtlpJson,
+    /// The tabular Alibaba call-graph text (`[GENERATE GRAPH]…`).
+    Alibaba,
 }
 
 #[derive(Subcommand)]
@@ -331,6 +417,7 @@ fn main() -> ExitCode {
             };
             cost_fidelity(&inputs, config.as_deref(), report.as_deref(), plot.as_deref(), prices, format, json)
         }
+        Command::Llm { llm } => llm_command(llm),
         Command::Replay { inputs, endpoint, protocol, rate, loops, batch, concurrency, format, json } => {
             let options = ReplayOptions { endpoint, protocol, rate, loops, batch_spans: batch, concurrency };
             replay(&inputs, format, options, json)
@@ -502,6 +589,143 @@ fn demo(out: PathBuf, window_traces: usize, loops: u64, epochs: Option<usize>, j
         report.seconds
     );
     if json { print_json(&report) } else { Ok(()) }
+}
+
+fn llm_command(command: LlmCommand) -> Result<(), Failure> {
+    use gent::llm::{generate, model, text};
+    match command {
+        LlmCommand::Train { inputs, out, size, steps, batch, learning_rate, p_drop, seed, backend, json } => {
+            if steps == 0 || batch == 0 || !(learning_rate > 0.0) || !(0.0..1.0).contains(&p_drop) {
+                return Err(Failure::BadInput(
+                    "--steps and --batch must be at least 1, --learning-rate positive, --p-drop in [0, 1)".into(),
+                ));
+            }
+            let mut graphs = Vec::new();
+            for path in &inputs {
+                let raw = std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+                let doc = text::parse_tabular(&raw).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+                for r in &doc.records {
+                    graphs.push(r.graph().map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?);
+                }
+            }
+            let size = match size {
+                LmSize::Tiny => gent::nn::lm::LmConfig::tiny,
+                LmSize::Small => gent::nn::lm::LmConfig::small,
+                LmSize::Base => gent::nn::lm::LmConfig::base,
+            };
+            let p = model::Pretraining { size, train: gent::nn::lm::TrainConfig { steps, batch, learning_rate, seed }, p_drop };
+            let started = std::time::Instant::now();
+            let (lm, losses) =
+                model::LanguageModel::pretrain(&graphs, &p, &device(backend)?).map_err(|e| Failure::Other(e.to_string()))?;
+            let train_seconds = started.elapsed().as_secs_f64();
+            let bytes = lm.to_bytes().map_err(|e| Failure::Other(e.to_string()))?;
+            std::fs::write(&out, &bytes).map_err(|e| Failure::Other(format!("{}: {e}", out.display())))?;
+            let report = serde_json::json!({
+                "graphs": graphs.len(),
+                "vocabulary": lm.tokenizer.len(),
+                "steps": steps,
+                "first_loss": losses.first(),
+                "last_loss": losses.last(),
+                "train_seconds": train_seconds,
+                "model_bytes": bytes.len(),
+            });
+            tracing::info!(graphs = graphs.len(), steps, train_seconds = format!("{train_seconds:.1}"), loss = ?losses.last(), out = %out.display(), "language model written");
+            if json { print_json(&report) } else { Ok(()) }
+        }
+        LlmCommand::Generate {
+            model: path,
+            conditions,
+            count,
+            constrained,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            out,
+            format,
+            backend,
+            json,
+        } => {
+            let c = text::Conditions::parse(&conditions, 1, 1).map_err(|e| Failure::BadInput(format!("--conditions: {e}")))?;
+            let number = |key: &str, default: Option<u64>| -> Result<u64, Failure> {
+                match c.get(key) {
+                    Some(v) => v.parse().map_err(|_| Failure::BadInput(format!("--conditions: {key}:{v} is not a whole number"))),
+                    None => default.ok_or_else(|| Failure::BadInput(format!("--conditions must give {key}"))),
+                }
+            };
+            let request = generate::Request {
+                service: c.get("id").unwrap_or("S_000000000").to_string(),
+                num_edges: number("num_edges", None)?,
+                depth: number("depth", None)?,
+                latency: number("latency", Some(1000))?,
+            };
+            if request.depth == 0 || request.num_edges < request.depth {
+                return Err(Failure::BadInput(format!(
+                    "--conditions: {} edges cannot make a graph {} deep",
+                    request.num_edges, request.depth
+                )));
+            }
+            let bytes = read_file(&path)?;
+            let lm = model::LanguageModel::from_bytes(&bytes, &device(backend)?)
+                .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+            let (mut scorer, tok) = lm.scorer();
+            let sampling = generate::Sampling { temperature, top_k, top_p };
+            let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed).map_err(|e| Failure::Other(e.to_string()))?;
+            let started = std::time::Instant::now();
+            let (mut graphs, mut invalid) = (Vec::new(), Vec::new());
+            for _ in 0..count {
+                if constrained {
+                    graphs.push(g.graph(&request).map_err(|e| Failure::Other(e.to_string()))?.graph);
+                } else {
+                    match g.graph_free(&request, lm.config.max_len) {
+                        generate::Outcome::Valid(x) => graphs.push(x.graph),
+                        generate::Outcome::Invalid { reason, .. } => invalid.push(reason),
+                    }
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let doc = text::Document {
+                records: graphs
+                    .iter()
+                    .map(|g| text::Tabular {
+                        conditions: text::Conditions(vec![
+                            ("id".into(), g.service.clone()),
+                            ("num_edges".into(), g.edges.len().to_string()),
+                            ("depth".into(), g.depth().to_string()),
+                            ("latency".into(), g.latency().to_string()),
+                        ]),
+                        edges: g.edges.iter().map(|e| text::EdgeLine::from_edge(e, &[0, 1, 2, 3, 4, 5], true)).collect(),
+                        lines: Vec::new(),
+                    })
+                    .collect(),
+                final_newline: true,
+            };
+            let tabular = text::write_tabular(&doc);
+            match format {
+                LlmFormat::Alibaba => {
+                    std::fs::write(&out, &tabular).map_err(|e| Failure::Other(format!("{}: {e}", out.display())))?
+                }
+                LlmFormat::OtlpJson => {
+                    let mut spans = Vec::new();
+                    io::decode(tabular.as_bytes(), Format::Alibaba, &mut spans).map_err(|e| Failure::Other(format!("{e:?}")))?;
+                    io::write_file(&gent::trace::assemble(spans).traces, OutputFormat::OtlpJson, &out)?;
+                }
+            }
+            for reason in invalid.iter().take(3) {
+                tracing::warn!(reason, "invalid graph discarded");
+            }
+            let report = serde_json::json!({
+                "requested": count,
+                "valid": graphs.len(),
+                "invalid": invalid.len(),
+                "accuracy": graphs.len() as f64 / count.max(1) as f64,
+                "seconds": seconds,
+                "out": out.display().to_string(),
+            });
+            tracing::info!(valid = graphs.len(), invalid = invalid.len(), seconds = format!("{seconds:.2}"), out = %out.display(), "call graphs generated");
+            if json { print_json(&report) } else { Ok(()) }
+        }
+    }
 }
 
 fn replay(inputs: &[PathBuf], format: Option<Format>, options: ReplayOptions, json: bool) -> Result<(), Failure> {

@@ -453,3 +453,67 @@ fn bad_model_settings_are_refused() {
         .is_err()
     );
 }
+
+#[test]
+fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("lm.gent");
+    let out = gent()
+        .args(["llm", "train", "--steps", "20", "--batch", "4", "--json", "--out"])
+        .arg(&model)
+        .arg(data("alibaba/callgraphs_train.txt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(report["graphs"], 911);
+    assert!(report["last_loss"].as_f64().unwrap() < report["first_loss"].as_f64().unwrap());
+
+    let traces = dir.path().join("g.jsonl");
+    let out = gent()
+        .args([
+            "llm",
+            "generate",
+            "--constrained",
+            "--count",
+            "5",
+            "--conditions",
+            "num_edges:6/depth:3/id:S_000034483/latency:30",
+            "--json",
+            "--out",
+        ])
+        .arg(&traces)
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(report["valid"], 5);
+    let set = read_set(&[traces]);
+    assert_eq!(set.traces.len(), 5);
+    assert!(set.traces.iter().all(|t| t.spans.len() == 6));
+
+    // Bad input: conditions, a file that is not a model.
+    let bad = gent()
+        .args(["llm", "generate", "--conditions", "depth:3", "--out"])
+        .arg(dir.path().join("x"))
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("num_edges"));
+    let bad = gent()
+        .args(["llm", "generate", "--conditions", "num_edges:2/depth:3", "--out"])
+        .arg(dir.path().join("x"))
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = gent()
+        .args(["llm", "generate", "--conditions", "num_edges:2/depth:1", "--out"])
+        .arg(dir.path().join("x"))
+        .arg(data("alibaba/callgraphs_train.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}

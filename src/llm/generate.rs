@@ -342,6 +342,93 @@ impl<'a, M: NextToken> Generator<'a, M> {
         out
     }
 
+    /// Samples one layer freely after `prompt` until `</layer>`; `Err` when
+    /// none comes within `max_tokens` or the model ends the sequence.
+    fn free_layer(&mut self, prompt: &str, max_tokens: usize) -> Result<String, String> {
+        self.context.clear();
+        self.context.push(super::tokenizer::BOS);
+        self.force(prompt);
+        let all: Vec<u32> = (0..self.tok.len() as u32).collect();
+        let mut out = String::from(prompt);
+        for _ in 0..max_tokens {
+            let pick = self.choose(&all);
+            if pick == super::tokenizer::EOS {
+                return Err("the model ended the sequence inside a layer".into());
+            }
+            self.context.push(pick);
+            out.push_str(&self.tok.decode(&[pick]));
+            if out.ends_with("</layer>\n") || out.ends_with("</layer>") {
+                if !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                return Ok(out);
+            }
+        }
+        Err(format!("no </layer> within {max_tokens} tokens"))
+    }
+
+    /// Generates a graph without constraints: the model writes every token,
+    /// and the result is checked (the paper's setting, for accuracy figures).
+    pub fn graph_free(&mut self, request: &Request, max_tokens_per_layer: usize) -> Outcome {
+        let mut all_text = String::new();
+        let invalid = |reason: String, text: &str| Outcome::Invalid { reason, text: text.to_string() };
+        let first = format!(
+            "[GENERATE GRAPH]id:{}/num_edges:{}/remaining_depth:{}/start_node:USER/start_edge_id:0/start_communication_at:0/latency:{}\n",
+            request.service,
+            request.num_edges,
+            request.depth.saturating_sub(1),
+            request.latency
+        );
+        let mut stack: Vec<(String, EdgeId, bool)> = vec![(first, Vec::new(), true)];
+        let (mut layers, mut edges) = (Vec::new(), Vec::new());
+        while let Some((prompt, prefix, is_first)) = stack.pop() {
+            if layers.len() as u64 >= request.num_edges.max(1) {
+                return invalid("more layers than requested edges".into(), &all_text);
+            }
+            let t = match self.free_layer(&prompt, max_tokens_per_layer) {
+                Ok(t) => t,
+                Err(reason) => return invalid(reason, &all_text),
+            };
+            all_text.push_str(&t);
+            let record = if is_first { t.clone() } else { format!("[GENERATE GRAPH]{t}") };
+            let layer = match text::parse_layers(&record)
+                .map_err(|e| e.to_string())
+                .and_then(|d| d.records[0].0[0].layer().map_err(|e| e.to_string()))
+            {
+                Ok(l) => l,
+                Err(reason) => return invalid(format!("unparsable layer: {reason}"), &all_text),
+            };
+            if let Some(v) = super::validate::layer(&layer).into_iter().next() {
+                return invalid(v.to_string(), &all_text);
+            }
+            for e in &layer.edges {
+                let mut id = prefix.clone();
+                id.push(e.id[0]);
+                edges.push(Edge { id, ..e.clone() });
+            }
+            for (edge, sub) in layer.subgraphs.iter().rev() {
+                let mut id = prefix.clone();
+                id.push(*edge as u32);
+                let mut line = String::new();
+                Conditions::from_layer(sub, &CANONICAL).write(&mut line);
+                line.push('\n');
+                stack.push((line, id, false));
+            }
+            layers.push(layer);
+        }
+        edges.sort_by(|a, b| a.id.cmp(&b.id));
+        let graph = CallGraph { service: request.service.clone(), edges };
+        let asked = super::validate::Requested {
+            num_edges: Some(request.num_edges),
+            depth: Some(request.depth),
+            latency: Some(request.latency),
+        };
+        if let Some(v) = super::validate::graph(&graph, &asked).into_iter().next() {
+            return invalid(v.to_string(), &all_text);
+        }
+        Outcome::Valid(Generated { graph, layers, text: all_text })
+    }
+
     /// Generates a whole graph for `request`.
     pub fn graph(&mut self, request: &Request) -> Result<Generated, GenerateError> {
         if request.depth == 0 || request.num_edges < request.depth {
@@ -384,6 +471,18 @@ impl<'a, M: NextToken> Generator<'a, M> {
         edges.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Generated { graph: CallGraph { service: request.service.clone(), edges }, layers, text: all_text })
     }
+}
+
+/// How an unconstrained generation ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Valid(Generated),
+    /// The model wrote something unparsable or a layer or graph that breaks a
+    /// constraint or the request.
+    Invalid {
+        reason: String,
+        text: String,
+    },
 }
 
 /// A generated graph, its layers as generated (conditions included), and

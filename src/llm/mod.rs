@@ -10,6 +10,7 @@
 
 pub mod generate;
 pub mod graph;
+pub mod model;
 pub mod text;
 pub mod tokenizer;
 pub mod validate;

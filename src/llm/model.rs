@@ -1,0 +1,132 @@
+//! The trained language model as a file: dimensions, tokenizer and weights in
+//! gent's checksummed container (`packet::seal`), and the pre-training run
+//! that makes it from call graphs.
+
+use burn::tensor::Device;
+
+use super::generate::NextToken;
+use super::graph::CallGraph;
+use super::text;
+use super::tokenizer::{BOS, EOS, PAD, Tokenizer};
+use crate::nn::lm::{Lm, LmConfig, LmError, TrainConfig};
+use crate::nn::weights::{self, Precision};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Lm(#[from] LmError),
+    #[error(transparent)]
+    Packet(#[from] crate::packet::PacketError),
+    #[error("weights: {0}")]
+    Weights(String),
+    #[error("not a gent language model (it is a {0:?} file)")]
+    Kind(String),
+    #[error("no call graphs to train on")]
+    Empty,
+}
+
+const KIND: &str = "gent-llm";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    kind: String,
+    config: LmConfig,
+    tokens: Vec<String>,
+    weights: Vec<u8>,
+}
+
+/// A language model ready to generate: network, tokenizer, and where it runs.
+pub struct LanguageModel {
+    pub config: LmConfig,
+    pub tokenizer: Tokenizer,
+    pub lm: Lm,
+    device: Device,
+}
+
+/// Pre-training settings: which size, how long, and the condition drop rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Pretraining {
+    pub size: fn(usize) -> LmConfig,
+    pub train: TrainConfig,
+    /// Probability of dropping each first-layer condition but `id` (§4.1; the
+    /// paper uses 0.9 with far more data).
+    pub p_drop: f64,
+}
+
+impl LanguageModel {
+    /// Pre-trains on the recursive layer encoding of `graphs`: one sequence per
+    /// layer (BOS, conditions, layer, EOS), fields and conditions shuffled.
+    /// Returns the model and the loss of every step.
+    pub fn pretrain(graphs: &[CallGraph], p: &Pretraining, device: &Device) -> Result<(Self, Vec<f32>), ModelError> {
+        use rand::SeedableRng;
+        if graphs.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(p.train.seed);
+        let mut layer_texts = Vec::new();
+        for g in graphs {
+            for l in text::encode_layers(g, &mut rng, p.p_drop).0 {
+                let doc = text::Document { records: vec![text::Layers(vec![l])], final_newline: true };
+                layer_texts.push(text::write_layers(&doc));
+            }
+        }
+        let tokenizer = Tokenizer::train(layer_texts.iter().map(String::as_str), 2, 4096);
+        let config = (p.size)(tokenizer.len());
+        let sequences: Vec<Vec<u32>> = layer_texts
+            .iter()
+            .map(|t| {
+                let mut s = vec![BOS];
+                s.extend(tokenizer.encode(t));
+                s.push(EOS);
+                s.truncate(config.max_len);
+                s
+            })
+            .collect();
+        let train_device = device.clone().autodiff();
+        let lm = Lm::new(&config, &train_device)?;
+        let (lm, losses) = crate::nn::lm::train(lm, &sequences, &p.train, PAD, &train_device)?;
+        // Back to a plain device for generation: weights through bytes.
+        let bytes = weights::to_bytes(lm, Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
+        let lm = weights::from_bytes(Lm::new(&config, device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
+        Ok((LanguageModel { config, tokenizer, lm, device: device.clone() }, losses))
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        let weights = weights::to_bytes(self.lm.clone(), Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
+        Ok(crate::packet::seal(&Stored {
+            kind: KIND.into(),
+            config: self.config,
+            tokens: self.tokenizer.tokens().to_vec(),
+            weights,
+        })?)
+    }
+
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
+        let s: Stored = crate::packet::open(bytes)?;
+        if s.kind != KIND {
+            return Err(ModelError::Kind(s.kind));
+        }
+        let lm = weights::from_bytes(Lm::new(&s.config, device)?, &s.weights).map_err(|e| ModelError::Weights(e.to_string()))?;
+        Ok(LanguageModel { config: s.config, tokenizer: Tokenizer::from_tokens(s.tokens), lm, device: device.clone() })
+    }
+}
+
+/// The model scores the next token; the generator needs the tokenizer apart,
+/// so generation borrows this view.
+pub struct Scorer<'a> {
+    lm: &'a Lm,
+    max_len: usize,
+    device: &'a Device,
+}
+
+impl LanguageModel {
+    pub fn scorer(&self) -> (Scorer<'_>, &Tokenizer) {
+        (Scorer { lm: &self.lm, max_len: self.config.max_len, device: &self.device }, &self.tokenizer)
+    }
+}
+
+impl NextToken for Scorer<'_> {
+    fn logits(&mut self, context: &[u32]) -> Vec<f32> {
+        self.lm.next_logits(context, self.max_len, self.device)
+    }
+}
