@@ -401,16 +401,9 @@ impl<'a, M: NextToken> Generator<'a, M> {
             if let Some(v) = super::validate::layer(&layer).into_iter().next() {
                 return invalid(v.to_string(), &all_text);
             }
-            for e in &layer.edges {
-                let mut id = prefix.clone();
-                id.push(e.id[0]);
-                edges.push(Edge { id, ..e.clone() });
-            }
-            for (edge, sub) in layer.subgraphs.iter().rev() {
-                let mut id = prefix.clone();
-                id.push(*edge as u32);
+            for (id, sub) in attach(&prefix, &layer, &mut edges) {
                 let mut line = String::new();
-                Conditions::from_layer(sub, &CANONICAL).write(&mut line);
+                Conditions::from_layer(&sub, &CANONICAL).write(&mut line);
                 line.push('\n');
                 stack.push((line, id, false));
             }
@@ -457,20 +450,22 @@ impl<'a, M: NextToken> Generator<'a, M> {
             let layer: Layer = text::parse_layers(&record)?.records[0].0[0].layer()?;
             all_text.push_str(&t);
             layers.push(layer.clone());
-            for e in &layer.edges {
-                let mut id = prefix.clone();
-                id.push(e.id[0]);
-                edges.push(Edge { id, ..e.clone() });
-            }
-            for (edge, sub) in layer.subgraphs.iter().rev() {
-                let mut id = prefix.clone();
-                id.push(*edge as u32);
-                stack.push((sub.clone(), id, false));
+            for (id, sub) in attach(&prefix, &layer, &mut edges) {
+                stack.push((sub, id, false));
             }
         }
         edges.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Generated { graph: CallGraph { service: request.service.clone(), edges }, layers, text: all_text })
     }
+}
+
+/// Adds `layer`'s edges under `prefix` (the full id of the edge it extends) to
+/// `edges`, and returns its subgraphs with the full ids of their edges, last
+/// first, ready to push on the depth-first stack.
+fn attach(prefix: &[u32], layer: &Layer, edges: &mut Vec<Edge>) -> Vec<(EdgeId, LayerConditions)> {
+    let full = |local: u32| -> EdgeId { prefix.iter().copied().chain([local]).collect() };
+    edges.extend(layer.edges.iter().map(|e| Edge { id: full(e.id[0]), ..e.clone() }));
+    layer.subgraphs.iter().rev().map(|(edge, sub)| (full(*edge as u32), sub.clone())).collect()
 }
 
 /// How an unconstrained generation ended.

@@ -89,19 +89,7 @@ impl Conditions {
 
     /// The layer conditions these pairs state; unknown keys are errors.
     pub fn layer(&self, line: usize) -> Result<LayerConditions, TextError> {
-        const KNOWN: [&str; 10] = [
-            "id",
-            "start_node",
-            "caller",
-            "num_edges",
-            "num_current_edges",
-            "num_subgraphs",
-            "remaining_depth",
-            "start_edge_id",
-            "start_communication_at",
-            "latency",
-        ];
-        if let Some((k, _)) = self.0.iter().find(|(k, _)| !k.is_empty() && !KNOWN.contains(&k.as_str())) {
+        if let Some((k, _)) = self.0.iter().find(|(k, _)| !k.is_empty() && !LAYER_KEYS.contains(&k.as_str())) {
             return fail(line, 1, format!("unknown layer condition {k:?}"));
         }
         Ok(LayerConditions {
@@ -331,6 +319,16 @@ impl<'a> Lines<'a> {
         }
         Ok(())
     }
+    /// A `[GENERATE GRAPH]` line's conditions.
+    fn record_head(&mut self) -> Result<Conditions, TextError> {
+        let n = self.number();
+        let head = self.next("[GENERATE GRAPH]")?;
+        let Some(conds) = head.strip_prefix(GENERATE) else {
+            return fail(n, 1, format!("a record starts with {GENERATE:?}"));
+        };
+        Conditions::parse(conds, n, GENERATE.len() + 1)
+    }
+
     fn edges(&mut self) -> Result<Vec<(usize, EdgeLine)>, TextError> {
         self.expect("<edges>")?;
         let mut edges = Vec::new();
@@ -383,12 +381,7 @@ pub fn parse_tabular(text: &str) -> Result<Document<Tabular>, TextError> {
     let (mut lines, final_newline) = Lines::new(text);
     let mut records = Vec::new();
     while lines.peek().is_some() {
-        let n = lines.number();
-        let head = lines.next("[GENERATE GRAPH]")?;
-        let Some(conds) = head.strip_prefix(GENERATE) else {
-            return fail(n, 1, format!("a record starts with {GENERATE:?}"));
-        };
-        let conditions = Conditions::parse(conds, n, GENERATE.len() + 1)?;
+        let conditions = lines.record_head()?;
         let edges = lines.edges()?;
         records.push(Tabular {
             conditions,
@@ -548,12 +541,8 @@ pub fn parse_layers(text: &str) -> Result<Document<Layers>, TextError> {
     let (mut lines, final_newline) = Lines::new(text);
     let mut records = Vec::new();
     while lines.peek().is_some() {
-        let n = lines.number();
-        let head = lines.next("[GENERATE GRAPH]")?;
-        let Some(conds) = head.strip_prefix(GENERATE) else {
-            return fail(n, 1, format!("a record starts with {GENERATE:?}"));
-        };
-        let mut layers = vec![parse_layer(&mut lines, Conditions::parse(conds, n, GENERATE.len() + 1)?)?];
+        let head = lines.record_head()?;
+        let mut layers = vec![parse_layer(&mut lines, head)?];
         while let Some(next) = lines.peek().filter(|l| !l.starts_with(GENERATE)) {
             let n = lines.number();
             lines.at += 1;
