@@ -274,6 +274,35 @@ enum LlmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Accuracy over a grid of requests, and similarity of generated to real calls.
+    Eval {
+        /// Model file from `gent llm train`.
+        model: PathBuf,
+        /// Real call graphs (tabular text) to compare with, ideally not used in training.
+        #[arg(long, required = true, num_args = 1..)]
+        real: Vec<PathBuf>,
+        #[arg(long)]
+        constrained: bool,
+        /// Graphs per grid cell.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Grid: num_edges 1..=max_edges × depth 1..=max_depth.
+        #[arg(long, default_value_t = 30)]
+        max_edges: u64,
+        #[arg(long, default_value_t = 6)]
+        max_depth: u64,
+        /// Real graphs whose conditions are requested for the similarity figures.
+        #[arg(long, default_value_t = 200)]
+        similarity_graphs: usize,
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: Backend,
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate call graphs layer by layer from conditions.
     Generate {
         /// Model file from `gent llm train`.
@@ -591,23 +620,102 @@ fn demo(out: PathBuf, window_traces: usize, loops: u64, epochs: Option<usize>, j
     if json { print_json(&report) } else { Ok(()) }
 }
 
+fn read_call_graphs(paths: &[PathBuf]) -> Result<Vec<gent::llm::CallGraph>, Failure> {
+    let mut graphs = Vec::new();
+    for path in paths {
+        let raw = std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+        let doc = gent::llm::text::parse_tabular(&raw).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+        for r in &doc.records {
+            graphs.push(r.graph().map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?);
+        }
+    }
+    if graphs.is_empty() {
+        return Err(Failure::BadInput("the input holds no call graphs".into()));
+    }
+    Ok(graphs)
+}
+
 fn llm_command(command: LlmCommand) -> Result<(), Failure> {
-    use gent::llm::{generate, model, text};
+    use gent::llm::{eval, generate, model, text};
     match command {
+        LlmCommand::Eval {
+            model: path,
+            real,
+            constrained,
+            count,
+            max_edges,
+            max_depth,
+            similarity_graphs,
+            temperature,
+            seed,
+            backend,
+            json,
+        } => {
+            if count == 0 || max_edges == 0 || max_depth == 0 {
+                return Err(Failure::BadInput("--count, --max-edges and --max-depth must be at least 1".into()));
+            }
+            let real = read_call_graphs(&real)?;
+            let lm = model::LanguageModel::from_bytes(&read_file(&path)?, &device(backend)?)
+                .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+            let (mut scorer, tok) = lm.scorer();
+            let sampling = generate::Sampling { temperature, ..generate::Sampling::default() };
+            let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed).map_err(|e| Failure::Other(e.to_string()))?;
+            let started = std::time::Instant::now();
+            let cells = eval::accuracy(&mut g, 1..=max_edges, 1..=max_depth, count, constrained, lm.config.max_len);
+            let tried: usize = cells.iter().map(|c| c.tried).sum();
+            let valid: usize = cells.iter().map(|c| c.valid).sum();
+            let min_cell = cells.iter().map(|c| c.valid as f64 / c.tried as f64).fold(1.0, f64::min);
+            let mut generated = Vec::new();
+            for r in real.iter().take(similarity_graphs) {
+                let request = generate::Request {
+                    service: r.service.clone(),
+                    num_edges: r.edges.len() as u64,
+                    depth: r.depth(),
+                    latency: r.end(),
+                };
+                if constrained {
+                    if let Ok(x) = g.graph(&request) {
+                        generated.push(x.graph);
+                    }
+                } else if let generate::Outcome::Valid(x) = g.graph_free(&request, lm.config.max_len) {
+                    generated.push(x.graph);
+                }
+            }
+            let compared = &real[..similarity_graphs.min(real.len())];
+            let heavy: Vec<(usize, f64)> =
+                [10, 50, 100, 500].iter().map(|&k| (k, eval::heavy_hitters(compared, &generated, k))).collect();
+            let report = serde_json::json!({
+                "constrained": constrained,
+                "accuracy_mean": valid as f64 / tried.max(1) as f64,
+                "accuracy_min_cell": min_cell,
+                "cells": cells,
+                "similarity_requests": compared.len(),
+                "similarity_generated": generated.len(),
+                "kl_popular_calls": eval::kl_popular_calls(compared, &generated, 100),
+                "heavy_hitter_top10": heavy[0].1,
+                "heavy_hitter_top50": heavy[1].1,
+                "heavy_hitter_top100": heavy[2].1,
+                "heavy_hitter_top500": heavy[3].1,
+                "seconds": started.elapsed().as_secs_f64(),
+            });
+            println!(
+                "accuracy {:.3} (worst cell {:.3}) over {} requests; KL of popular calls {:.3}; heavy hitters top-10 {:.2}, top-100 {:.2}",
+                report["accuracy_mean"].as_f64().unwrap_or(0.0),
+                min_cell,
+                tried,
+                report["kl_popular_calls"].as_f64().unwrap_or(f64::NAN),
+                heavy[0].1,
+                heavy[2].1
+            );
+            if json { print_json(&report) } else { Ok(()) }
+        }
         LlmCommand::Train { inputs, out, size, steps, batch, learning_rate, p_drop, seed, backend, json } => {
             if steps == 0 || batch == 0 || !(learning_rate > 0.0) || !(0.0..1.0).contains(&p_drop) {
                 return Err(Failure::BadInput(
                     "--steps and --batch must be at least 1, --learning-rate positive, --p-drop in [0, 1)".into(),
                 ));
             }
-            let mut graphs = Vec::new();
-            for path in &inputs {
-                let raw = std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
-                let doc = text::parse_tabular(&raw).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
-                for r in &doc.records {
-                    graphs.push(r.graph().map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?);
-                }
-            }
+            let graphs = read_call_graphs(&inputs)?;
             let size = match size {
                 LmSize::Tiny => gent::nn::lm::LmConfig::tiny,
                 LmSize::Small => gent::nn::lm::LmConfig::small,

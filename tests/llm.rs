@@ -517,3 +517,64 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn similarity_figures_reward_real_calls_and_punish_others() {
+    use gent::llm::eval::{heavy_hitters, kl_popular_calls};
+    let real: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).take(300).collect();
+    let same = kl_popular_calls(&real, &real, 100);
+    assert!(same < 0.01, "{same}");
+    assert_eq!(heavy_hitters(&real, &real, 10), 1.0);
+    // Calls to microservices the real data never calls.
+    let other: Vec<CallGraph> = real
+        .iter()
+        .map(|g| CallGraph {
+            edges: g.edges.iter().map(|e| gent::llm::Edge { destination: "MS_00000".into(), ..e.clone() }).collect(),
+            ..g.clone()
+        })
+        .collect();
+    assert!(kl_popular_calls(&real, &other, 100) > 1.0);
+    assert_eq!(heavy_hitters(&real, &other, 10), 0.0);
+}
+
+#[test]
+fn gent_llm_eval_reports_accuracy_and_similarity() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("lm.gent");
+    let out = gent()
+        .args(["llm", "train", "--steps", "5", "--batch", "2", "--out"])
+        .arg(&model)
+        .arg(data("alibaba/callgraphs_train.txt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gent()
+        .args([
+            "llm",
+            "eval",
+            "--constrained",
+            "--count",
+            "1",
+            "--max-edges",
+            "6",
+            "--max-depth",
+            "3",
+            "--similarity-graphs",
+            "10",
+            "--json",
+            "--real",
+        ])
+        .arg(data("alibaba/callgraphs_train.txt"))
+        .arg("--")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(r["accuracy_mean"], 1.0);
+    assert_eq!(r["accuracy_min_cell"], 1.0);
+    assert_eq!(r["cells"].as_array().unwrap().len(), 15);
+    assert!(r["kl_popular_calls"].as_f64().unwrap() >= 0.0);
+    let hh = r["heavy_hitter_top10"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&hh));
+}
