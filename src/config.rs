@@ -467,6 +467,7 @@ struct CtganFile {
     /// Absent: keep the base's; `null`: no cap.
     #[serde(deserialize_with = "present")]
     max_steps: Option<Option<usize>>,
+    category_loss: Option<f32>,
 }
 
 /// A field that is present, even as `null` (absent fields stay `None` by `default`).
@@ -502,6 +503,7 @@ impl ModelFile {
         set(&mut n.gradient_penalty, f.gradient_penalty);
         set(&mut n.seed, f.seed);
         set(&mut n.max_steps, f.max_steps);
+        set(&mut n.category_loss, f.category_loss);
         c
     }
 }

@@ -4,6 +4,7 @@
 //! for training-by-sampling; `gmm` fits the per-column mixtures.
 
 mod gmm;
+pub mod quality;
 mod sampler;
 mod transformer;
 
