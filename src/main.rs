@@ -256,6 +256,10 @@ enum LlmCommand {
         /// Model size: tiny (~0.1 M parameters), small (~5 M), base (~30 M, for a GPU).
         #[arg(long, value_enum, default_value = "tiny")]
         size: LmSize,
+        /// layers: TraceLLM's recursive layer encoding; tabular: whole graphs in
+        /// one sequence (the paper's non-recursive baseline).
+        #[arg(long, value_enum, default_value = "layers")]
+        encoding: LmEncoding,
         /// Optimiser steps.
         #[arg(long, default_value_t = 200)]
         steps: usize,
@@ -274,13 +278,41 @@ enum LlmCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Accuracy over a grid of requests, and similarity of generated to real calls.
+    /// Split call graphs (tabular text) into a training file and a held-back
+    /// file for evaluation, by a seeded shuffle.
+    Split {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Where the training graphs go.
+        #[arg(long)]
+        train: PathBuf,
+        /// Where the held-back graphs go.
+        #[arg(long)]
+        held_back: PathBuf,
+        /// Share of the graphs held back.
+        #[arg(long, default_value_t = 0.1)]
+        fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Accuracy over a grid of requests and similarity to real call graphs,
+    /// for each method given, side by side.
     Eval {
-        /// Model file from `gent llm train`.
-        model: PathBuf,
-        /// Real call graphs (tabular text) to compare with, ideally not used in training.
+        /// Recursive (layer encoding) model file from `gent llm train`.
+        model: Option<PathBuf>,
+        /// A model trained with `--encoding tabular` (the non-recursive baseline).
+        #[arg(long)]
+        tabular: Option<PathBuf>,
+        /// Directory of the probabilistic baseline's parameters (e.g. ../shared/data/probabilistic).
+        #[arg(long, requires = "train")]
+        probabilistic: Option<PathBuf>,
+        /// The training graphs (tabular text): the probabilistic baseline names its nodes after their microservices.
+        #[arg(long, num_args = 1..)]
+        train: Vec<PathBuf>,
+        /// Real call graphs (tabular text) to compare with, held back from training (`gent llm split`).
         #[arg(long, required = true, num_args = 1..)]
         real: Vec<PathBuf>,
+        /// Decode the recursive model with constraints (otherwise freely, as the paper).
         #[arg(long)]
         constrained: bool,
         /// Graphs per grid cell.
@@ -335,6 +367,12 @@ enum LlmCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LmEncoding {
+    Layers,
+    Tabular,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -620,6 +658,43 @@ fn demo(out: PathBuf, window_traces: usize, loops: u64, epochs: Option<usize>, j
     if json { print_json(&report) } else { Ok(()) }
 }
 
+/// One method's figures for `gent llm eval`: grid accuracy (language models
+/// only) and similarity of its graphs to the real ones.
+fn method_report(
+    method: &str,
+    decoding: &str,
+    cells: Option<&[gent::llm::eval::Cell]>,
+    real: &[gent::llm::CallGraph],
+    generated: &[gent::llm::CallGraph],
+    started: std::time::Instant,
+) -> serde_json::Value {
+    let s = gent::llm::eval::similarity(real, generated);
+    let hh = |k: usize| s.heavy_hitters.iter().find(|(x, _)| *x == k).map(|(_, v)| *v);
+    let (mean, worst) = match cells {
+        Some(cells) => {
+            let tried: usize = cells.iter().map(|c| c.tried).sum();
+            let valid: usize = cells.iter().map(|c| c.valid).sum();
+            let worst = cells.iter().map(|c| c.valid as f64 / c.tried.max(1) as f64).fold(1.0, f64::min);
+            (Some(valid as f64 / tried.max(1) as f64), Some(worst))
+        }
+        None => (None, None),
+    };
+    serde_json::json!({
+        "method": method,
+        "decoding": decoding,
+        "accuracy_mean": mean,
+        "accuracy_min_cell": worst,
+        "cells": cells,
+        "similarity_generated": generated.len(),
+        "kl_popular_calls": s.kl_popular_calls,
+        "heavy_hitter_top10": hh(10),
+        "heavy_hitter_top50": hh(50),
+        "heavy_hitter_top100": hh(100),
+        "heavy_hitter_top500": hh(500),
+        "seconds": started.elapsed().as_secs_f64(),
+    })
+}
+
 fn read_call_graphs(paths: &[PathBuf]) -> Result<Vec<gent::llm::CallGraph>, Failure> {
     let mut graphs = Vec::new();
     for path in paths {
@@ -638,8 +713,31 @@ fn read_call_graphs(paths: &[PathBuf]) -> Result<Vec<gent::llm::CallGraph>, Fail
 fn llm_command(command: LlmCommand) -> Result<(), Failure> {
     use gent::llm::{eval, generate, model, text};
     match command {
+        LlmCommand::Split { inputs, train, held_back, fraction, seed } => {
+            if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
+                return Err(Failure::BadInput("--fraction must be above 0 and below 1".into()));
+            }
+            let mut records = Vec::new();
+            for path in &inputs {
+                let raw = std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+                let doc = text::parse_tabular(&raw).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+                records.extend(doc.records);
+            }
+            let (kept, back) = eval::hold_out(records, fraction, seed);
+            for (path, records) in [(&train, kept), (&held_back, back)] {
+                let n = records.len();
+                let doc = text::Document { records, final_newline: true };
+                std::fs::write(path, text::write_tabular(&doc))
+                    .map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
+                tracing::info!(graphs = n, file = %path.display(), "call graphs written");
+            }
+            Ok(())
+        }
         LlmCommand::Eval {
             model: path,
+            tabular,
+            probabilistic,
+            train,
             real,
             constrained,
             count,
@@ -651,65 +749,77 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
             backend,
             json,
         } => {
-            if count == 0 || max_edges == 0 || max_depth == 0 {
-                return Err(Failure::BadInput("--count, --max-edges and --max-depth must be at least 1".into()));
+            if count == 0 || max_edges == 0 || max_depth == 0 || similarity_graphs == 0 {
+                return Err(Failure::BadInput(
+                    "--count, --max-edges, --max-depth and --similarity-graphs must be at least 1".into(),
+                ));
+            }
+            if path.is_none() && tabular.is_none() && probabilistic.is_none() {
+                return Err(Failure::BadInput("give a model, --tabular MODEL or --probabilistic DIR to evaluate".into()));
             }
             let real = read_call_graphs(&real)?;
-            let lm = model::LanguageModel::from_bytes(&read_file(&path)?, &device(backend)?)
-                .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
-            let (mut scorer, tok) = lm.scorer();
-            let sampling = generate::Sampling { temperature, ..generate::Sampling::default() };
-            let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed).map_err(|e| Failure::Other(e.to_string()))?;
-            let started = std::time::Instant::now();
-            let cells = eval::accuracy(&mut g, 1..=max_edges, 1..=max_depth, count, constrained, lm.config.max_len);
-            let tried: usize = cells.iter().map(|c| c.tried).sum();
-            let valid: usize = cells.iter().map(|c| c.valid).sum();
-            let min_cell = cells.iter().map(|c| c.valid as f64 / c.tried as f64).fold(1.0, f64::min);
-            let mut generated = Vec::new();
-            for r in real.iter().take(similarity_graphs) {
-                let request = generate::Request {
-                    service: r.service.clone(),
-                    num_edges: r.edges.len() as u64,
-                    depth: r.depth(),
-                    latency: r.end(),
-                };
-                if constrained {
-                    if let Ok(x) = g.graph(&request) {
-                        generated.push(x.graph);
-                    }
-                } else if let generate::Outcome::Valid(x) = g.graph_free(&request, lm.config.max_len) {
-                    generated.push(x.graph);
-                }
-            }
             let compared = &real[..similarity_graphs.min(real.len())];
-            let heavy: Vec<(usize, f64)> =
-                [10, 50, 100, 500].iter().map(|&k| (k, eval::heavy_hitters(compared, &generated, k))).collect();
-            let report = serde_json::json!({
-                "constrained": constrained,
-                "accuracy_mean": valid as f64 / tried.max(1) as f64,
-                "accuracy_min_cell": min_cell,
-                "cells": cells,
-                "similarity_requests": compared.len(),
-                "similarity_generated": generated.len(),
-                "kl_popular_calls": eval::kl_popular_calls(compared, &generated, 100),
-                "heavy_hitter_top10": heavy[0].1,
-                "heavy_hitter_top50": heavy[1].1,
-                "heavy_hitter_top100": heavy[2].1,
-                "heavy_hitter_top500": heavy[3].1,
-                "seconds": started.elapsed().as_secs_f64(),
-            });
-            println!(
-                "accuracy {:.3} (worst cell {:.3}) over {} requests; KL of popular calls {:.3}; heavy hitters top-10 {:.2}, top-100 {:.2}",
-                report["accuracy_mean"].as_f64().unwrap_or(0.0),
-                min_cell,
-                tried,
-                report["kl_popular_calls"].as_f64().unwrap_or(f64::NAN),
-                heavy[0].1,
-                heavy[2].1
-            );
-            if json { print_json(&report) } else { Ok(()) }
+            let device = device(backend)?;
+            let mut methods = Vec::new();
+            let lms = [
+                (
+                    path,
+                    if constrained { generate::Decoding::Constrained } else { generate::Decoding::Free },
+                    model::Encoding::Layers,
+                ),
+                (tabular, generate::Decoding::Tabular, model::Encoding::Tabular),
+            ];
+            for (file, decoding, encoding) in lms {
+                let Some(file) = file else { continue };
+                let lm = model::LanguageModel::from_bytes(&read_file(&file)?, &device)
+                    .map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))?;
+                if lm.encoding != encoding {
+                    return Err(Failure::BadInput(format!(
+                        "{}: a model of the {:?} encoding, where one of the {encoding:?} encoding is expected",
+                        file.display(),
+                        lm.encoding
+                    )));
+                }
+                let (mut scorer, tok) = lm.scorer();
+                let sampling = generate::Sampling { temperature, ..generate::Sampling::default() };
+                let mut g =
+                    generate::Generator::new(&mut scorer, tok, sampling, seed).map_err(|e| Failure::Other(e.to_string()))?;
+                let started = std::time::Instant::now();
+                let cells = eval::accuracy(&mut g, 1..=max_edges, 1..=max_depth, count, decoding, lm.config.max_len);
+                let generated = eval::requested(&mut g, compared, decoding, lm.config.max_len);
+                let name = serde_json::to_value(decoding).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                methods.push(method_report(&file.display().to_string(), &name, Some(&cells), compared, &generated, started));
+            }
+            if let Some(dir) = probabilistic {
+                let started = std::time::Instant::now();
+                let baseline = gent::llm::baseline::Probabilistic::load(&dir, &read_call_graphs(&train)?)
+                    .map_err(|e| Failure::BadInput(e.to_string()))?;
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+                let generated: Vec<_> = compared.iter().map(|r| baseline.graph(&r.service, &mut rng)).collect();
+                methods.push(method_report("probabilistic", "probabilistic", None, compared, &generated, started));
+            }
+            for m in &methods {
+                println!(
+                    "{:<14} {:<40} accuracy {} | KL of popular calls {:.3} | heavy hitters top-10 {:.2}, top-100 {:.2} | {:.1} s",
+                    m["decoding"].as_str().unwrap_or(""),
+                    m["method"].as_str().unwrap_or(""),
+                    m["accuracy_mean"].as_f64().map_or("n/a".to_string(), |a| format!(
+                        "{a:.3} (worst cell {:.3})",
+                        m["accuracy_min_cell"].as_f64().unwrap_or(0.0)
+                    )),
+                    m["kl_popular_calls"].as_f64().unwrap_or(f64::NAN),
+                    m["heavy_hitter_top10"].as_f64().unwrap_or(f64::NAN),
+                    m["heavy_hitter_top100"].as_f64().unwrap_or(f64::NAN),
+                    m["seconds"].as_f64().unwrap_or(0.0),
+                );
+            }
+            if json {
+                print_json(&serde_json::json!({ "similarity_requests": compared.len(), "methods": methods }))
+            } else {
+                Ok(())
+            }
         }
-        LlmCommand::Train { inputs, out, size, steps, batch, learning_rate, p_drop, seed, backend, json } => {
+        LlmCommand::Train { inputs, out, size, encoding, steps, batch, learning_rate, p_drop, seed, backend, json } => {
             if steps == 0 || batch == 0 || !(learning_rate > 0.0) || !(0.0..1.0).contains(&p_drop) {
                 return Err(Failure::BadInput(
                     "--steps and --batch must be at least 1, --learning-rate positive, --p-drop in [0, 1)".into(),
@@ -721,7 +831,16 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 LmSize::Small => gent::nn::lm::LmConfig::small,
                 LmSize::Base => gent::nn::lm::LmConfig::base,
             };
-            let p = model::Pretraining { size, train: gent::nn::lm::TrainConfig { steps, batch, learning_rate, seed }, p_drop };
+            let encoding = match encoding {
+                LmEncoding::Layers => model::Encoding::Layers,
+                LmEncoding::Tabular => model::Encoding::Tabular,
+            };
+            let p = model::Pretraining {
+                encoding,
+                size,
+                train: gent::nn::lm::TrainConfig { steps, batch, learning_rate, seed },
+                p_drop,
+            };
             let started = std::time::Instant::now();
             let (lm, losses) =
                 model::LanguageModel::pretrain(&graphs, &p, &device(backend)?).map_err(|e| Failure::Other(e.to_string()))?;
@@ -780,15 +899,25 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
             let sampling = generate::Sampling { temperature, top_k, top_p };
             let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed).map_err(|e| Failure::Other(e.to_string()))?;
             let started = std::time::Instant::now();
+            let decoding = match (lm.encoding, constrained) {
+                (model::Encoding::Layers, true) => generate::Decoding::Constrained,
+                (model::Encoding::Layers, false) => generate::Decoding::Free,
+                (model::Encoding::Tabular, false) => generate::Decoding::Tabular,
+                (model::Encoding::Tabular, true) => {
+                    return Err(Failure::BadInput(format!(
+                        "{}: constrained decoding needs a model of the layer encoding; this one writes whole graphs (tabular)",
+                        path.display()
+                    )));
+                }
+            };
             let (mut graphs, mut invalid) = (Vec::new(), Vec::new());
             for _ in 0..count {
-                if constrained {
-                    graphs.push(g.graph(&request).map_err(|e| Failure::Other(e.to_string()))?.graph);
-                } else {
-                    match g.graph_free(&request, lm.config.max_len) {
-                        generate::Outcome::Valid(x) => graphs.push(x.graph),
-                        generate::Outcome::Invalid { reason, .. } => invalid.push(reason),
+                match g.run(&request, decoding, lm.config.max_len) {
+                    generate::Outcome::Valid(x) => graphs.push(x.graph),
+                    generate::Outcome::Invalid { reason, .. } if decoding == generate::Decoding::Constrained => {
+                        return Err(Failure::Other(reason));
                     }
+                    generate::Outcome::Invalid { reason, .. } => invalid.push(reason),
                 }
             }
             let seconds = started.elapsed().as_secs_f64();

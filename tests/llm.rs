@@ -538,43 +538,163 @@ fn similarity_figures_reward_real_calls_and_punish_others() {
 }
 
 #[test]
-fn gent_llm_eval_reports_accuracy_and_similarity() {
+fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("lm.gent");
+    let (train, held) = (dir.path().join("train.txt"), dir.path().join("held.txt"));
     let out = gent()
-        .args(["llm", "train", "--steps", "5", "--batch", "2", "--out"])
-        .arg(&model)
+        .args(["llm", "split", "--fraction", "0.1", "--seed", "3", "--train"])
+        .arg(&train)
+        .arg("--held-back")
+        .arg(&held)
         .arg(data("alibaba/callgraphs_train.txt"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = gent()
-        .args([
-            "llm",
-            "eval",
-            "--constrained",
-            "--count",
-            "1",
-            "--max-edges",
-            "6",
-            "--max-depth",
-            "3",
-            "--similarity-graphs",
-            "10",
-            "--json",
-            "--real",
-        ])
-        .arg(data("alibaba/callgraphs_train.txt"))
-        .arg("--")
-        .arg(&model)
-        .output()
-        .unwrap();
+    let kept = text::parse_tabular(&std::fs::read_to_string(&train).unwrap()).unwrap().records;
+    let back = text::parse_tabular(&std::fs::read_to_string(&held).unwrap()).unwrap().records;
+    assert_eq!((kept.len(), back.len()), (820, 91));
+    assert!(back.iter().all(|r| !kept.contains(r)), "held-back graphs are not in the training file");
+
+    let (layers, tabular) = (dir.path().join("layers.gent"), dir.path().join("tabular.gent"));
+    for (model, encoding) in [(&layers, "layers"), (&tabular, "tabular")] {
+        let out = gent()
+            .args(["llm", "train", "--steps", "5", "--batch", "2", "--encoding", encoding, "--out"])
+            .arg(model)
+            .arg(&train)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let eval = |extra: &[&std::ffi::OsStr]| {
+        gent()
+            .args(["llm", "eval", "--count", "1", "--max-edges", "4", "--max-depth", "2", "--similarity-graphs", "10", "--json"])
+            .arg("--real")
+            .arg(&held)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = eval(&[
+        "--constrained".as_ref(),
+        "--tabular".as_ref(),
+        tabular.as_os_str(),
+        "--probabilistic".as_ref(),
+        data("probabilistic").as_os_str(),
+        "--train".as_ref(),
+        train.as_os_str(),
+        "--".as_ref(),
+        layers.as_os_str(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
-    assert_eq!(r["accuracy_mean"], 1.0);
-    assert_eq!(r["accuracy_min_cell"], 1.0);
-    assert_eq!(r["cells"].as_array().unwrap().len(), 15);
-    assert!(r["kl_popular_calls"].as_f64().unwrap() >= 0.0);
-    let hh = r["heavy_hitter_top10"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&hh));
+    let methods = r["methods"].as_array().unwrap();
+    let decodings: Vec<&str> = methods.iter().map(|m| m["decoding"].as_str().unwrap()).collect();
+    assert_eq!(decodings, ["constrained", "tabular", "probabilistic"]);
+    // Constrained decoding: every cell valid whatever the (barely trained) weights.
+    assert_eq!(methods[0]["accuracy_mean"], 1.0);
+    assert_eq!(methods[0]["accuracy_min_cell"], 1.0);
+    assert_eq!(methods[0]["cells"].as_array().unwrap().len(), 7);
+    assert_eq!(methods[0]["similarity_generated"], 10);
+    let tab = methods[1]["accuracy_mean"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&tab));
+    // The probabilistic baseline has no grid accuracy (it takes no request) but always a graph.
+    assert!(methods[2]["accuracy_mean"].is_null());
+    assert_eq!(methods[2]["similarity_generated"], 10);
+    for m in methods {
+        assert!(m["kl_popular_calls"].as_f64().unwrap() >= 0.0, "{m}");
+        assert!((0.0..=1.0).contains(&m["heavy_hitter_top10"].as_f64().unwrap()), "{m}");
+    }
+
+    // Bad use: nothing to evaluate; a tabular model where a layer model belongs;
+    // the probabilistic baseline without training graphs to name its nodes.
+    let out = eval(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = eval(&["--".as_ref(), tabular.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("encoding"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = eval(&["--probabilistic".as_ref(), data("probabilistic").as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    // A tabular model generates freely, and refuses constrained decoding clearly.
+    let traces = dir.path().join("t.jsonl");
+    let out = gent()
+        .args(["llm", "generate", "--count", "2", "--conditions", "num_edges:2/depth:2", "--json", "--out"])
+        .arg(&traces)
+        .arg(&tabular)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gent()
+        .args(["llm", "generate", "--constrained", "--conditions", "num_edges:2/depth:2", "--out"])
+        .arg(&traces)
+        .arg(&tabular)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("layer encoding"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_probabilistic_baseline_follows_its_fitted_parameters() {
+    use gent::llm::baseline::Probabilistic;
+    use rand::SeedableRng;
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).collect();
+    let p = Probabilistic::load(&data("probabilistic"), &graphs).unwrap();
+    let names: std::collections::HashSet<&str> =
+        graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.as_str())).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let n = 4000;
+    let (mut calling_roots, mut first_fan_out) = (0, Vec::new());
+    for _ in 0..n {
+        let g = p.graph("S_1", &mut rng);
+        assert!(g.edges.len() <= p.max_edges);
+        assert_eq!((g.edges[0].id.as_slice(), g.edges[0].source.as_str(), g.edges[0].kind.as_str()), (&[0][..], "USER", "http"));
+        // A well-formed tree: every call's source is its parent's destination,
+        // children numbered 1, 2, ... under their parent, names from the training graphs.
+        let by_id: std::collections::HashMap<&[u32], &gent::llm::Edge> = g.edges.iter().map(|e| (e.id.as_slice(), e)).collect();
+        for e in &g.edges[1..] {
+            let parent = by_id[&e.id[..e.id.len() - 1]];
+            assert_eq!(e.source, parent.destination);
+            assert!(["rpc", "mq", "db", "mc", "http"].contains(&e.kind.as_str()), "{}", e.kind);
+            let last = *e.id.last().unwrap();
+            assert!(last == 1 || by_id.contains_key(&[&e.id[..e.id.len() - 1], &[last - 1]].concat()[..]));
+        }
+        assert!(g.edges.iter().all(|e| names.contains(e.destination.as_str())));
+        let children = g.edges.iter().filter(|e| e.id.len() == 2).count();
+        if children > 0 {
+            calling_roots += 1;
+            first_fan_out.push(children as f64);
+        }
+    }
+    // Erms: the root calls on with probability (1 - leaf(0)) × medium(0) =
+    // (1 - 0.02853) × 0.92432 = 0.8979, then makes 1 + num calls, num drawn from
+    // depth 1's distribution (1: 22.2%, 2: 47.9%, 3: 17.7%, ...).
+    let share = calling_roots as f64 / n as f64;
+    assert!((share - 0.8979).abs() < 0.03, "share of roots that call on: {share:.3}");
+    let two = first_fan_out.iter().filter(|&&c| c == 2.0).count() as f64 / first_fan_out.len() as f64;
+    let three = first_fan_out.iter().filter(|&&c| c == 3.0).count() as f64 / first_fan_out.len() as f64;
+    assert!((two - 0.2224).abs() < 0.03 && (three - 0.4788).abs() < 0.03, "fan-out 2: {two:.3}, 3: {three:.3}");
+
+    // Missing or damaged parameters are refused with the file named.
+    let dir = tempfile::tempdir().unwrap();
+    let e = Probabilistic::load(dir.path(), &graphs).unwrap_err().to_string();
+    assert!(e.contains("depthDistribution"), "{e}");
+    for f in ["communicationParadigm", "leafDistribution", "nodeDistribution"] {
+        std::fs::copy(data(&format!("probabilistic/{f}.csv.gz")), dir.path().join(format!("{f}.csv.gz"))).unwrap();
+    }
+    std::fs::write(dir.path().join("depthDistribution.csv"), ",depth,num,percentage,cumsum\n0,1,two,0.5,0.5\n").unwrap();
+    let e = Probabilistic::load(dir.path(), &graphs).unwrap_err().to_string();
+    assert!(e.contains("depthDistribution.csv line 2") && e.contains("num"), "{e}");
+    assert!(Probabilistic::load(&data("probabilistic"), &[]).is_err(), "no names to draw from");
+}
+
+#[test]
+fn a_hold_out_split_is_seeded_disjoint_and_complete() {
+    use gent::llm::eval::hold_out;
+    let (a, b) = hold_out((0..911).collect::<Vec<_>>(), 0.1, 7);
+    assert_eq!((a.len(), b.len()), (820, 91));
+    let mut all: Vec<i32> = a.iter().chain(&b).copied().collect();
+    all.sort();
+    assert_eq!(all, (0..911).collect::<Vec<_>>());
+    assert_eq!(hold_out((0..911).collect::<Vec<_>>(), 0.1, 7).1, b, "same seed, same split");
+    assert_ne!(hold_out((0..911).collect::<Vec<_>>(), 0.1, 8).1, b);
 }

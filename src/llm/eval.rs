@@ -3,16 +3,18 @@
 //!
 //! - Accuracy: over a grid of requests (num_edges × depth), the share of
 //!   generated graphs that are valid and have exactly the requested edges and depth.
-//! - Similarity to real graphs: each real graph's conditions (service, edges,
-//!   depth, latency) are requested once; the (source, destination, type) calls of
-//!   the generated graphs are compared with the real ones on the 100 most popular
-//!   real calls and one bucket for all others (KL divergence of the real
-//!   distribution from the generated one, add-½ smoothing) and by heavy hitters (the share of the real top-K calls
-//!   among the generated top-K).
+//! - Similarity to real graphs (held back from training): each real graph's
+//!   conditions (service, edges, depth, latency) are requested once; the
+//!   (source, destination, type) calls of the generated graphs are compared with
+//!   the real ones on the 100 most popular real calls and one bucket for all
+//!   others (KL divergence of the real distribution from the generated one,
+//!   add-½ smoothing), and by heavy hitters as the paper defines them: the
+//!   share of the real top-K microservices (by calls received) among the
+//!   generated top-K.
 
 use std::collections::HashMap;
 
-use super::generate::{Generator, NextToken, Outcome, Request};
+use super::generate::{Decoding, Generator, NextToken, Outcome, Request};
 use super::graph::CallGraph;
 
 /// Accuracy of one grid cell.
@@ -31,7 +33,7 @@ pub fn accuracy<M: NextToken>(
     edges: std::ops::RangeInclusive<u64>,
     depths: std::ops::RangeInclusive<u64>,
     count: usize,
-    constrained: bool,
+    decoding: Decoding,
     max_tokens: usize,
 ) -> Vec<Cell> {
     let mut cells = Vec::new();
@@ -41,19 +43,65 @@ pub fn accuracy<M: NextToken>(
                 continue;
             }
             let request = Request { service: "S_000034483".into(), num_edges, depth, latency: 100 };
-            let valid = (0..count)
-                .filter(|_| {
-                    if constrained {
-                        g.graph(&request).is_ok()
-                    } else {
-                        matches!(g.graph_free(&request, max_tokens), Outcome::Valid(_))
-                    }
-                })
-                .count();
+            let valid = (0..count).filter(|_| matches!(g.run(&request, decoding, max_tokens), Outcome::Valid(_))).count();
             cells.push(Cell { num_edges, depth, valid, tried: count });
         }
     }
     cells
+}
+
+/// The valid graphs generated for the conditions of each of `real`.
+pub fn requested<M: NextToken>(
+    g: &mut Generator<'_, M>,
+    real: &[CallGraph],
+    decoding: Decoding,
+    max_tokens: usize,
+) -> Vec<CallGraph> {
+    real.iter()
+        .filter_map(|r| {
+            let request =
+                Request { service: r.service.clone(), num_edges: r.edges.len() as u64, depth: r.depth(), latency: r.end() };
+            match g.run(&request, decoding, max_tokens) {
+                Outcome::Valid(x) => Some(x.graph),
+                Outcome::Invalid { .. } => None,
+            }
+        })
+        .collect()
+}
+
+/// How close generated graphs come to real ones.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Similarity {
+    pub kl_popular_calls: f64,
+    /// (K, share of the real top-K microservices among the generated top-K).
+    pub heavy_hitters: Vec<(usize, f64)>,
+}
+
+/// KL over the 100 most popular calls, heavy hitters at K = 10, 50, 100, 500.
+pub fn similarity(real: &[CallGraph], generated: &[CallGraph]) -> Similarity {
+    Similarity {
+        kl_popular_calls: kl_popular_calls(real, generated, 100),
+        heavy_hitters: [10, 50, 100, 500].iter().map(|&k| (k, heavy_hitters(real, generated, k))).collect(),
+    }
+}
+
+/// Records split into (training, held back): `fraction` of them, chosen by a
+/// seeded shuffle, are held back; both keep the input order.
+pub fn hold_out<T>(records: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let held = ((records.len() as f64 * fraction).round() as usize).min(records.len());
+    let mut keep = vec![true; records.len()];
+    for &i in &order[..held] {
+        keep[i] = false;
+    }
+    let (mut train, mut back) = (Vec::new(), Vec::new());
+    for (r, k) in records.into_iter().zip(keep) {
+        if k { train.push(r) } else { back.push(r) }
+    }
+    (train, back)
 }
 
 type Call = (String, String, String);
@@ -103,10 +151,24 @@ pub fn kl_popular_calls(real: &[CallGraph], generated: &[CallGraph], top: usize)
     kl
 }
 
-/// Share of the real top-`k` calls among the generated top-`k`.
+/// Microservices ranked by the calls they receive, most first (ties by name).
+fn ranked_microservices(graphs: &[CallGraph]) -> Vec<String> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for g in graphs {
+        for e in &g.edges {
+            *counts.entry(e.destination.as_str()).or_insert(0) += 1;
+        }
+    }
+    let mut v: Vec<(&str, u64)> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    v.into_iter().map(|(m, _)| m.to_string()).collect()
+}
+
+/// Share of the real top-`k` microservices (by calls received) among the
+/// generated top-`k` (§5.2's heavy hitters).
 pub fn heavy_hitters(real: &[CallGraph], generated: &[CallGraph], k: usize) -> f64 {
-    let r: Vec<Call> = ranked(&calls(real)).into_iter().take(k).map(|(c, _)| c).collect();
-    let g: std::collections::HashSet<Call> = ranked(&calls(generated)).into_iter().take(k).map(|(c, _)| c).collect();
+    let r: Vec<String> = ranked_microservices(real).into_iter().take(k).collect();
+    let g: std::collections::HashSet<String> = ranked_microservices(generated).into_iter().take(k).collect();
     if r.is_empty() {
         return 0.0;
     }

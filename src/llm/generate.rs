@@ -53,6 +53,18 @@ pub struct Request {
     pub latency: u64,
 }
 
+/// How a language model is asked for a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoding {
+    /// Layer by layer, every token masked to the format and the constraints.
+    Constrained,
+    /// Layer by layer, the model writes every token; the result is checked.
+    Free,
+    /// A model of the tabular encoding writes the whole graph; checked.
+    Tabular,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     #[error("cannot generate {num_edges} edges {depth} deep: a graph needs at least one edge per level")]
@@ -420,6 +432,69 @@ impl<'a, M: NextToken> Generator<'a, M> {
             return invalid(v.to_string(), &all_text);
         }
         Outcome::Valid(Generated { graph, layers, text: all_text })
+    }
+
+    /// One graph for `request` the `decoding` way (`max_tokens`: per layer,
+    /// or per graph for the tabular encoding).
+    pub fn run(&mut self, request: &Request, decoding: Decoding, max_tokens: usize) -> Outcome {
+        match decoding {
+            Decoding::Constrained => match self.graph(request) {
+                Ok(g) => Outcome::Valid(g),
+                Err(e) => Outcome::Invalid { reason: e.to_string(), text: String::new() },
+            },
+            Decoding::Free => self.graph_free(request, max_tokens),
+            Decoding::Tabular => self.tabular_free(request, max_tokens),
+        }
+    }
+
+    /// Generates a graph in one go in the tabular encoding (the non-recursive
+    /// baseline, §5.1): after the record head with the request's conditions,
+    /// the model writes every edge until `</edges>`; the result is checked.
+    pub fn tabular_free(&mut self, request: &Request, max_tokens: usize) -> Outcome {
+        let head = format!(
+            "[GENERATE GRAPH]id:{}/num_edges:{}/depth:{}/latency:{}\n<edges>\n",
+            request.service, request.num_edges, request.depth, request.latency
+        );
+        self.context.clear();
+        self.context.push(super::tokenizer::BOS);
+        self.force(&head);
+        let all: Vec<u32> = (0..self.tok.len() as u32).collect();
+        let mut out = head;
+        let invalid = |reason: String, text: &str| Outcome::Invalid { reason, text: text.to_string() };
+        let mut closed = false;
+        for _ in 0..max_tokens {
+            let pick = self.choose(&all);
+            if pick == super::tokenizer::EOS {
+                break;
+            }
+            self.context.push(pick);
+            out.push_str(&self.tok.decode(&[pick]));
+            if out.ends_with("</edges>") {
+                out.push('\n');
+                closed = true;
+                break;
+            }
+        }
+        if !closed {
+            return invalid(format!("no </edges> within {max_tokens} tokens"), &out);
+        }
+        let graph = match text::parse_tabular(&out).map_err(|e| e.to_string()).and_then(|d| {
+            d.records.first().ok_or_else(|| "no record".to_string()).and_then(|r| r.graph().map_err(|e| e.to_string()))
+        }) {
+            Ok(g) => g,
+            Err(reason) => return invalid(format!("unparsable graph: {reason}"), &out),
+        };
+        let asked = super::validate::Requested {
+            num_edges: Some(request.num_edges),
+            depth: Some(request.depth),
+            latency: Some(request.latency),
+        };
+        let violations = super::validate::graph(&graph, &asked);
+        let layer_violation = graph.layers().iter().find_map(|l| super::validate::layer(l).into_iter().next());
+        match violations.into_iter().next().or(layer_violation) {
+            Some(v) => invalid(v.to_string(), &out),
+            None => Outcome::Valid(Generated { graph, layers: Vec::new(), text: out }),
+        }
     }
 
     /// Generates a whole graph for `request`.

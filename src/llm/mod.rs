@@ -8,6 +8,7 @@
 //! tokens and back; `validate` checks a layer and a whole graph
 //! against the constraints of the paper's Appendix B, naming the one that failed.
 
+pub mod baseline;
 pub mod eval;
 pub mod generate;
 pub mod graph;

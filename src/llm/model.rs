@@ -27,9 +27,19 @@ pub enum ModelError {
 
 const KIND: &str = "gent-llm";
 
+/// How the model writes call graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Encoding {
+    /// Layer by layer (TraceLLM's recursive generation).
+    Layers,
+    /// A whole graph in one sequence (the paper's non-recursive baseline).
+    Tabular,
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
     kind: String,
+    encoding: Encoding,
     config: LmConfig,
     tokens: Vec<String>,
     weights: Vec<u8>,
@@ -37,6 +47,7 @@ struct Stored {
 
 /// A language model ready to generate: network, tokenizer, and where it runs.
 pub struct LanguageModel {
+    pub encoding: Encoding,
     pub config: LmConfig,
     pub tokenizer: Tokenizer,
     pub lm: Lm,
@@ -46,6 +57,7 @@ pub struct LanguageModel {
 /// Pre-training settings: which size, how long, and the condition drop rate.
 #[derive(Debug, Clone, Copy)]
 pub struct Pretraining {
+    pub encoding: Encoding,
     pub size: fn(usize) -> LmConfig,
     pub train: TrainConfig,
     /// Probability of dropping each first-layer condition but `id` (§4.1; the
@@ -54,9 +66,10 @@ pub struct Pretraining {
 }
 
 impl LanguageModel {
-    /// Pre-trains on the recursive layer encoding of `graphs`: one sequence per
-    /// layer (BOS, conditions, layer, EOS), fields and conditions shuffled.
-    /// Returns the model and the loss of every step.
+    /// Pre-trains on `graphs`. Recursive layer encoding: one sequence per
+    /// layer (BOS, conditions, layer, EOS); tabular: one per graph (BOS,
+    /// record, EOS; longer graphs are cut at the model's context). Fields and
+    /// conditions shuffled. Returns the model and the loss of every step.
     pub fn pretrain(graphs: &[CallGraph], p: &Pretraining, device: &Device) -> Result<(Self, Vec<f32>), ModelError> {
         use rand::SeedableRng;
         if graphs.is_empty() {
@@ -65,9 +78,17 @@ impl LanguageModel {
         let mut rng = rand::rngs::StdRng::seed_from_u64(p.train.seed);
         let mut layer_texts = Vec::new();
         for g in graphs {
-            for l in text::encode_layers(g, &mut rng, p.p_drop).0 {
-                let doc = text::Document { records: vec![text::Layers(vec![l])], final_newline: true };
-                layer_texts.push(text::write_layers(&doc));
+            match p.encoding {
+                Encoding::Layers => {
+                    for l in text::encode_layers(g, &mut rng, p.p_drop).0 {
+                        let doc = text::Document { records: vec![text::Layers(vec![l])], final_newline: true };
+                        layer_texts.push(text::write_layers(&doc));
+                    }
+                }
+                Encoding::Tabular => {
+                    let doc = text::Document { records: vec![text::encode_tabular(g, &mut rng, p.p_drop)], final_newline: true };
+                    layer_texts.push(text::write_tabular(&doc));
+                }
             }
         }
         let tokenizer = Tokenizer::train(layer_texts.iter().map(String::as_str), 2, 4096);
@@ -88,13 +109,14 @@ impl LanguageModel {
         // Back to a plain device for generation: weights through bytes.
         let bytes = weights::to_bytes(lm, Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
         let lm = weights::from_bytes(Lm::new(&config, device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
-        Ok((LanguageModel { config, tokenizer, lm, device: device.clone() }, losses))
+        Ok((LanguageModel { encoding: p.encoding, config, tokenizer, lm, device: device.clone() }, losses))
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
         let weights = weights::to_bytes(self.lm.clone(), Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
         Ok(crate::packet::seal(&Stored {
             kind: KIND.into(),
+            encoding: self.encoding,
             config: self.config,
             tokens: self.tokenizer.tokens().to_vec(),
             weights,
@@ -107,7 +129,13 @@ impl LanguageModel {
             return Err(ModelError::Kind(s.kind));
         }
         let lm = weights::from_bytes(Lm::new(&s.config, device)?, &s.weights).map_err(|e| ModelError::Weights(e.to_string()))?;
-        Ok(LanguageModel { config: s.config, tokenizer: Tokenizer::from_tokens(s.tokens), lm, device: device.clone() })
+        Ok(LanguageModel {
+            encoding: s.encoding,
+            config: s.config,
+            tokenizer: Tokenizer::from_tokens(s.tokens),
+            lm,
+            device: device.clone(),
+        })
     }
 }
 
