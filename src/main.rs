@@ -782,8 +782,9 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 }
                 let (mut scorer, tok) = lm.scorer();
                 let sampling = generate::Sampling { temperature, ..generate::Sampling::default() };
-                let mut g =
-                    generate::Generator::new(&mut scorer, tok, sampling, seed).map_err(|e| Failure::Other(e.to_string()))?;
+                let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed)
+                    .map_err(|e| Failure::Other(e.to_string()))?
+                    .known_destinations(&lm.destinations);
                 let started = std::time::Instant::now();
                 let cells = eval::accuracy(&mut g, 1..=max_edges, 1..=max_depth, count, decoding, lm.config.max_len);
                 let generated = eval::requested(&mut g, compared, decoding, lm.config.max_len);
@@ -897,7 +898,9 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
             let (mut scorer, tok) = lm.scorer();
             let sampling = generate::Sampling { temperature, top_k, top_p };
-            let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed).map_err(|e| Failure::Other(e.to_string()))?;
+            let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed)
+                .map_err(|e| Failure::Other(e.to_string()))?
+                .known_destinations(&lm.destinations);
             let started = std::time::Instant::now();
             let decoding = match (lm.encoding, constrained) {
                 (model::Encoding::Layers, true) => generate::Decoding::Constrained,

@@ -350,6 +350,18 @@ fn constrained_decoding_gives_only_valid_graphs_of_the_requested_size_whatever_t
         }
     }
     println!("{checked} graphs generated with random weights, all valid");
+    // Given the microservices seen in training, every destination is one of them.
+    let known: Vec<String> = train_graphs().into_iter().flat_map(|(_, g)| g.edges.into_iter().map(|e| e.destination)).collect();
+    let mut g = Generator::new(&mut model, &tok, Sampling::default(), 5).unwrap().known_destinations(&known);
+    for (num_edges, depth) in [(1, 1), (12, 3), (30, 6)] {
+        let request = Request { service: "S_000000001".into(), num_edges, depth, latency: 40 };
+        let out = g.graph(&request).unwrap();
+        let asked = Requested { num_edges: Some(num_edges), depth: Some(depth), latency: Some(40) };
+        assert_eq!(validate::graph(&out.graph, &asked), vec![], "{request:?}\n{}", out.text);
+        for e in &out.graph.edges {
+            assert!(known.contains(&e.destination), "{} was never called in training", e.destination);
+        }
+    }
     assert!(
         Generator::new(&mut model, &tok, Sampling::default(), 0)
             .unwrap()
@@ -492,6 +504,12 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
     let set = read_set(&[traces]);
     assert_eq!(set.traces.len(), 5);
     assert!(set.traces.iter().all(|t| t.spans.len() == 6));
+    // The model carries the training microservices; constrained decoding calls only those.
+    let known: std::collections::HashSet<String> =
+        train_graphs().into_iter().flat_map(|(_, g)| g.edges.into_iter().map(|e| e.destination)).collect();
+    for span in set.traces.iter().flat_map(|t| &t.spans) {
+        assert!(known.contains(span.service()), "{} was never called in training", span.service());
+    }
 
     // Bad input: conditions, a file that is not a model.
     let bad = gent()
@@ -565,6 +583,34 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    // The same seed trains the same model, weights included.
+    let again = dir.path().join("again.gent");
+    let out = gent().args(["llm", "train", "--steps", "5", "--batch", "2", "--out"]).arg(&again).arg(&train).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (The files differ in burn's random parameter ids; what they generate does not.)
+    let generated = |model: &std::path::Path, out: &std::path::Path| {
+        let run = gent()
+            .args([
+                "llm",
+                "generate",
+                "--constrained",
+                "--count",
+                "3",
+                "--conditions",
+                "num_edges:5/depth:2",
+                "--format",
+                "alibaba",
+                "--out",
+            ])
+            .arg(out)
+            .arg(model)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read_to_string(out).unwrap()
+    };
+    let first = generated(&layers, &dir.path().join("a.txt"));
+    assert!(first == generated(&again, &dir.path().join("b.txt")), "seeded training is not reproducible");
     let eval = |extra: &[&std::ffi::OsStr]| {
         gent()
             .args(["llm", "eval", "--count", "1", "--max-edges", "4", "--max-depth", "2", "--similarity-graphs", "10", "--json"])
@@ -697,4 +743,84 @@ fn a_hold_out_split_is_seeded_disjoint_and_complete() {
     assert_eq!(all, (0..911).collect::<Vec<_>>());
     assert_eq!(hold_out((0..911).collect::<Vec<_>>(), 0.1, 7).1, b, "same seed, same split");
     assert_ne!(hold_out((0..911).collect::<Vec<_>>(), 0.1, 8).1, b);
+}
+
+/// Body lines as comparable text: subgraph conditions and each block of
+/// subgraph constraints (shuffled by the encoder) put in order.
+fn normalised(body: &[text::BodyLine]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut block: Vec<String> = Vec::new();
+    let mut in_block = false;
+    for b in body {
+        match b {
+            text::BodyLine::Text(t) if t == "Subgraph constraints:" => {
+                out.push(t.clone());
+                in_block = true;
+            }
+            text::BodyLine::Text(t) if in_block => block.push(t.clone()),
+            text::BodyLine::Text(t) => out.push(t.clone()),
+            text::BodyLine::Subgraph { edge, conditions } => {
+                block.sort();
+                out.append(&mut block);
+                in_block = false;
+                let mut pairs = conditions.0.clone();
+                pairs.sort();
+                out.push(format!("subgraph {edge} {pairs:?}"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn instruction_samples_reason_as_the_papers_examples_do() {
+    use gent::llm::instruct::{self, UserInstruction};
+    use rand::SeedableRng;
+    let doc = text::parse_instructions(&read("alibaba/recursive_instruction_example.txt")).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let (mut includes, mut builds) = (0, 0);
+    for (i, r) in doc.records.iter().enumerate() {
+        let layer = r.answer.layer().unwrap();
+        // The reasoning lines are exactly the dataset's.
+        let (body, inline) = instruct::reasoning(&layer, &mut rng);
+        assert_eq!(inline, r.answer.close_inline, "record {i}");
+        assert_eq!(normalised(&body), normalised(&r.answer.body), "record {i}");
+        // Every prompt line is a template constraint of the stated requirements, or a user instruction.
+        let allowed = instruct::constraint_lines(&r.requirements.layer(0).unwrap());
+        for p in &r.prompt {
+            match UserInstruction::parse(p) {
+                Some(u @ UserInstruction::IncludeEdge { .. }) => {
+                    assert!(u.included_in(&layer.edges), "record {i}: the layer lacks {p:?}");
+                    includes += 1;
+                }
+                Some(_) => builds += 1,
+                None => assert!(allowed.contains(p), "record {i}: {p:?} is not a template line"),
+            }
+        }
+    }
+    assert_eq!((doc.records.len(), includes, builds), (24, 8, 2));
+    assert_eq!(UserInstruction::parse("Include an edge from A to B with rpc"), None);
+
+    // Samples made from training graphs read back to themselves and to their layers.
+    let sampling = instruct::Sampling { p_drop: 0.0, p_drop_line: 0.0 };
+    let mut samples = 0;
+    for (_, g) in train_graphs().iter().take(150) {
+        for (j, l) in g.layers().iter().enumerate() {
+            let user = l.edges.first().map(|e| UserInstruction::IncludeEdge {
+                source: e.source.clone(),
+                destination: e.destination.clone(),
+                kind: e.kind.clone(),
+            });
+            let sample = instruct::encode(l, j == 0, user.as_ref(), sampling, &mut rng);
+            assert!(sample.prompt.contains(&user.as_ref().unwrap().line()));
+            let written = text::write_instructions(&text::Document { records: vec![sample.clone()], final_newline: true });
+            let mut back = text::parse_instructions(&written).unwrap().records;
+            assert_eq!(back.len(), 1);
+            assert_eq!(back[0].answer.layer().unwrap(), *l, "{written}");
+            back[0].answer.line = 0;
+            assert_eq!(back[0], sample, "{written}");
+            samples += 1;
+        }
+    }
+    assert!(samples > 250, "{samples}");
 }

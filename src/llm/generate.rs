@@ -13,7 +13,8 @@
 //! bounded digit by digit, so it can only end inside its allowed range. Edge
 //! counts, edge ids, times within latency, subgraph edge budgets and depths are
 //! all bounded this way, so every generated graph is valid and has exactly the
-//! requested number of edges and depth, whatever the model's weights.
+//! requested number of edges and depth, whatever the model's weights. Given
+//! the microservices seen in training, destinations are masked to them too.
 
 use rand::{Rng, SeedableRng};
 
@@ -120,6 +121,9 @@ pub struct Generator<'a, M: NextToken> {
     rng: rand::rngs::StdRng,
     context: Vec<u32>,
     digits: [u32; 10],
+    /// The digits of every microservice a destination may name (`MS_` and
+    /// five digits), sorted; empty lets any five digits through.
+    destinations: Vec<[u8; 5]>,
 }
 
 impl<'a, M: NextToken> Generator<'a, M> {
@@ -128,7 +132,47 @@ impl<'a, M: NextToken> Generator<'a, M> {
         for (d, slot) in digits.iter_mut().enumerate() {
             *slot = tok.id(&d.to_string()).ok_or_else(|| GenerateError::MissingToken(d.to_string()))?;
         }
-        Ok(Generator { model, tok, sampling, rng: rand::rngs::StdRng::seed_from_u64(seed), context: Vec::new(), digits })
+        Ok(Generator {
+            model,
+            tok,
+            sampling,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            context: Vec::new(),
+            digits,
+            destinations: Vec::new(),
+        })
+    }
+
+    /// Constrained decoding names only these microservices as destinations
+    /// (those seen in training; names not of the `MS_` and five digits form
+    /// are left out). A tiny model spells ids close to at random; the mask
+    /// keeps every call on a real microservice, the model choosing which.
+    pub fn known_destinations(mut self, names: &[String]) -> Self {
+        let mut d: Vec<[u8; 5]> = names
+            .iter()
+            .filter_map(|n| {
+                let digits = n.strip_prefix("MS_")?.as_bytes();
+                (digits.len() == 5 && digits.iter().all(u8::is_ascii_digit)).then(|| std::array::from_fn(|i| digits[i] - b'0'))
+            })
+            .collect();
+        d.sort_unstable();
+        d.dedup();
+        self.destinations = d;
+        self
+    }
+
+    /// The digit tokens that continue `prefix` towards a known destination.
+    fn destination_digits(&self, prefix: &[u8]) -> Vec<u32> {
+        if self.destinations.is_empty() {
+            return self.digits.to_vec();
+        }
+        let mut seen = [false; 10];
+        // Sorted: the names sharing the prefix are one run.
+        let start = self.destinations.partition_point(|d| d[..prefix.len()] < *prefix);
+        for d in self.destinations[start..].iter().take_while(|d| d[..prefix.len()] == *prefix) {
+            seen[d[prefix.len()] as usize] = true;
+        }
+        (0..10).filter(|&i| seen[i]).map(|i| self.digits[i]).collect()
     }
 
     fn force(&mut self, text: &str) {
@@ -263,13 +307,14 @@ impl<'a, M: NextToken> Generator<'a, M> {
             let mut line = format!("(edge_id is {id},destination is MS_");
             self.force(&format!("(edge_id is {id},destination is"));
             self.force(" MS_");
-            let mut ms = String::new();
-            for _ in 0..5 {
-                let options = self.digits;
+            let mut ms = [0u8; 5];
+            for i in 0..5 {
+                let options = self.destination_digits(&ms[..i]);
                 let pick = self.choose(&options);
                 self.context.push(pick);
-                ms.push(char::from(b'0' + self.digits.iter().position(|&d| d == pick).unwrap_or(0) as u8));
+                ms[i] = self.digits.iter().position(|&d| d == pick).unwrap_or(0) as u8;
             }
+            let ms: String = ms.iter().map(|&d| char::from(b'0' + d)).collect();
             line.push_str(&ms);
             self.force(",type is");
             let kind = self.word(&TYPES);

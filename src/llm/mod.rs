@@ -4,7 +4,9 @@
 //! `graph` holds a call graph as edges with dot-decimal ids and cuts it into
 //! layers with their conditions (§4.2); `text` writes and reads the paper's
 //! three encodings (tabular, recursive layers, instructions with intermediate
-//! reasoning) as exact inverses; `tokenizer` turns that text into model
+//! reasoning) as exact inverses; `instruct` makes instruction-tuning samples
+//! (template constraints, user instructions, reasoning lines) from layers;
+//! `tokenizer` turns that text into model
 //! tokens and back; `validate` checks a layer and a whole graph
 //! against the constraints of the paper's Appendix B, naming the one that failed.
 
@@ -12,6 +14,7 @@ pub mod baseline;
 pub mod eval;
 pub mod generate;
 pub mod graph;
+pub mod instruct;
 pub mod model;
 pub mod text;
 pub mod tokenizer;

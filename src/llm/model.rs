@@ -19,13 +19,21 @@ pub enum ModelError {
     Packet(#[from] crate::packet::PacketError),
     #[error("weights: {0}")]
     Weights(String),
-    #[error("not a gent language model (it is a {0:?} file)")]
+    #[error("not a gent language model of this version (it is a {0:?} file; gent writes {KIND:?}: retrain it)")]
     Kind(String),
     #[error("no call graphs to train on")]
     Empty,
 }
 
-const KIND: &str = "gent-llm";
+/// The file's kind; `/2` added the training destinations. A file of another
+/// version is refused by name before its body is decoded.
+const KIND: &str = "gent-llm/2";
+
+/// The first field of every stored model, read alone to check the kind.
+#[derive(serde::Deserialize)]
+struct Head {
+    kind: String,
+}
 
 /// How the model writes call graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +50,7 @@ struct Stored {
     encoding: Encoding,
     config: LmConfig,
     tokens: Vec<String>,
+    destinations: Vec<String>,
     weights: Vec<u8>,
 }
 
@@ -50,6 +59,9 @@ pub struct LanguageModel {
     pub encoding: Encoding,
     pub config: LmConfig,
     pub tokenizer: Tokenizer,
+    /// Every microservice the training graphs call, sorted: constrained
+    /// decoding names only these.
+    pub destinations: Vec<String>,
     pub lm: Lm,
     device: Device,
 }
@@ -104,12 +116,18 @@ impl LanguageModel {
             })
             .collect();
         let train_device = device.clone().autodiff();
+        // Initial weights come from the backend's generator: seed it, or the
+        // same --seed gives different models.
+        train_device.seed(p.train.seed);
         let lm = Lm::new(&config, &train_device)?;
         let (lm, losses) = crate::nn::lm::train(lm, &sequences, &p.train, PAD, &train_device)?;
         // Back to a plain device for generation: weights through bytes.
         let bytes = weights::to_bytes(lm, Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
         let lm = weights::from_bytes(Lm::new(&config, device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
-        Ok((LanguageModel { encoding: p.encoding, config, tokenizer, lm, device: device.clone() }, losses))
+        let mut destinations: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
+        destinations.sort_unstable();
+        destinations.dedup();
+        Ok((LanguageModel { encoding: p.encoding, config, tokenizer, destinations, lm, device: device.clone() }, losses))
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
@@ -119,20 +137,23 @@ impl LanguageModel {
             encoding: self.encoding,
             config: self.config,
             tokens: self.tokenizer.tokens().to_vec(),
+            destinations: self.destinations.clone(),
             weights,
         })?)
     }
 
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
-        let s: Stored = crate::packet::open(bytes)?;
-        if s.kind != KIND {
-            return Err(ModelError::Kind(s.kind));
+        let head: Head = crate::packet::open(bytes)?;
+        if head.kind != KIND {
+            return Err(ModelError::Kind(head.kind));
         }
+        let s: Stored = crate::packet::open(bytes)?;
         let lm = weights::from_bytes(Lm::new(&s.config, device)?, &s.weights).map_err(|e| ModelError::Weights(e.to_string()))?;
         Ok(LanguageModel {
             encoding: s.encoding,
             config: s.config,
             tokenizer: Tokenizer::from_tokens(s.tokens),
+            destinations: s.destinations,
             lm,
             device: device.clone(),
         })

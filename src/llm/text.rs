@@ -673,7 +673,7 @@ const LAYER_KEYS: [&str; 10] = [
 /// `c` with its keys shuffled and, when `p_drop > 0`, each key but `id` left
 /// out with that probability (§4.1: shuffling removes spurious order, dropping
 /// lets users prompt with any subset).
-fn shuffled_conditions(c: &LayerConditions, rng: &mut impl rand::Rng, p_drop: f64) -> Conditions {
+pub fn shuffled_conditions(c: &LayerConditions, rng: &mut impl rand::Rng, p_drop: f64) -> Conditions {
     use rand::seq::SliceRandom;
     let mut keys: Vec<&str> =
         LAYER_KEYS.iter().copied().filter(|k| *k == "id" || p_drop <= 0.0 || !rng.random_bool(p_drop)).collect();
@@ -681,7 +681,7 @@ fn shuffled_conditions(c: &LayerConditions, rng: &mut impl rand::Rng, p_drop: f6
     Conditions::from_layer(c, &keys)
 }
 
-fn shuffled_fields(rng: &mut impl rand::Rng) -> [usize; 6] {
+pub fn shuffled_fields(rng: &mut impl rand::Rng) -> [usize; 6] {
     use rand::seq::SliceRandom;
     let mut order = [0, 1, 2, 3, 4, 5];
     order.shuffle(rng);
