@@ -271,6 +271,13 @@ enum LlmCommand {
         /// Probability of dropping each first-layer condition but the service id.
         #[arg(long, default_value_t = 0.5)]
         p_drop: f64,
+        /// Instruction-tuning steps after pre-training (0: none); the model then
+        /// answers questions in the instruction encoding (layer encoding only).
+        #[arg(long, default_value_t = 0)]
+        tune_steps: usize,
+        /// Share of the graphs made into instruction samples (the paper: 0.05).
+        #[arg(long, default_value_t = 0.05)]
+        tune_fraction: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, value_enum, default_value = "cpu")]
@@ -303,6 +310,10 @@ enum LlmCommand {
         /// A model trained with `--encoding tabular` (the non-recursive baseline).
         #[arg(long)]
         tabular: Option<PathBuf>,
+        /// An instruction-tuned model (`--tune-steps`): accuracy and similarity
+        /// in the instruction encoding, and instruction following (needs --train).
+        #[arg(long, requires = "train")]
+        instructed: Option<PathBuf>,
         /// Directory of the probabilistic baseline's parameters (e.g. ../shared/data/probabilistic).
         #[arg(long, requires = "train")]
         probabilistic: Option<PathBuf>,
@@ -736,6 +747,7 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
         LlmCommand::Eval {
             model: path,
             tabular,
+            instructed,
             probabilistic,
             train,
             real,
@@ -754,9 +766,12 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                     "--count, --max-edges, --max-depth and --similarity-graphs must be at least 1".into(),
                 ));
             }
-            if path.is_none() && tabular.is_none() && probabilistic.is_none() {
-                return Err(Failure::BadInput("give a model, --tabular MODEL or --probabilistic DIR to evaluate".into()));
+            if path.is_none() && tabular.is_none() && instructed.is_none() && probabilistic.is_none() {
+                return Err(Failure::BadInput(
+                    "give a model, --tabular MODEL, --instructed MODEL or --probabilistic DIR to evaluate".into(),
+                ));
             }
+            let training = if train.is_empty() { Vec::new() } else { read_call_graphs(&train)? };
             let real = read_call_graphs(&real)?;
             let compared = &real[..similarity_graphs.min(real.len())];
             let device = device(backend)?;
@@ -768,6 +783,7 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                     model::Encoding::Layers,
                 ),
                 (tabular, generate::Decoding::Tabular, model::Encoding::Tabular),
+                (instructed, generate::Decoding::Instructed, model::Encoding::Layers),
             ];
             for (file, decoding, encoding) in lms {
                 let Some(file) = file else { continue };
@@ -780,6 +796,13 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                         lm.encoding
                     )));
                 }
+                let tuned = decoding == generate::Decoding::Instructed;
+                if tuned && !lm.instructed {
+                    return Err(Failure::BadInput(format!(
+                        "{}: not instruction-tuned (train it with --tune-steps)",
+                        file.display()
+                    )));
+                }
                 let (mut scorer, tok) = lm.scorer();
                 let sampling = generate::Sampling { temperature, ..generate::Sampling::default() };
                 let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed)
@@ -789,12 +812,30 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 let cells = eval::accuracy(&mut g, 1..=max_edges, 1..=max_depth, count, decoding, lm.config.max_len);
                 let generated = eval::requested(&mut g, compared, decoding, lm.config.max_len);
                 let name = serde_json::to_value(decoding).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-                methods.push(method_report(&file.display().to_string(), &name, Some(&cells), compared, &generated, started));
+                let mut report = method_report(&file.display().to_string(), &name, Some(&cells), compared, &generated, started);
+                if tuned {
+                    let facts = gent::llm::instruct::Facts::of(&training);
+                    let high = eval::high_latency(&mut g, compared, &facts, lm.config.max_len);
+                    let uncommon = eval::uncommon_calls(&mut g, compared, &facts, lm.config.max_len);
+                    println!(
+                        "instruction following: high latency {:.3} (without the instruction {:.3}, {} requests); uncommon communication {:.3} (without {:.3}, {} layers)",
+                        high.with_instruction,
+                        high.without_instruction,
+                        high.tried,
+                        uncommon.with_instruction,
+                        uncommon.without_instruction,
+                        uncommon.tried
+                    );
+                    report["high_latency"] = serde_json::json!(high);
+                    report["uncommon_communication"] = serde_json::json!(uncommon);
+                    report["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+                }
+                methods.push(report);
             }
             if let Some(dir) = probabilistic {
                 let started = std::time::Instant::now();
-                let baseline = gent::llm::baseline::Probabilistic::load(&dir, &read_call_graphs(&train)?)
-                    .map_err(|e| Failure::BadInput(e.to_string()))?;
+                let baseline =
+                    gent::llm::baseline::Probabilistic::load(&dir, &training).map_err(|e| Failure::BadInput(e.to_string()))?;
                 let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
                 let generated: Vec<_> = compared.iter().map(|r| baseline.graph(&r.service, &mut rng)).collect();
                 methods.push(method_report("probabilistic", "probabilistic", None, compared, &generated, started));
@@ -820,11 +861,31 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 Ok(())
             }
         }
-        LlmCommand::Train { inputs, out, size, encoding, steps, batch, learning_rate, p_drop, seed, backend, json } => {
+        LlmCommand::Train {
+            inputs,
+            out,
+            size,
+            encoding,
+            steps,
+            batch,
+            learning_rate,
+            p_drop,
+            tune_steps,
+            tune_fraction,
+            seed,
+            backend,
+            json,
+        } => {
             if steps == 0 || batch == 0 || !(learning_rate > 0.0) || !(0.0..1.0).contains(&p_drop) {
                 return Err(Failure::BadInput(
                     "--steps and --batch must be at least 1, --learning-rate positive, --p-drop in [0, 1)".into(),
                 ));
+            }
+            if !(tune_fraction > 0.0 && tune_fraction <= 1.0) {
+                return Err(Failure::BadInput("--tune-fraction must be above 0 and at most 1".into()));
+            }
+            if tune_steps > 0 && matches!(encoding, LmEncoding::Tabular) {
+                return Err(Failure::BadInput("--tune-steps needs the layer encoding (instruction samples are layers)".into()));
             }
             let graphs = read_call_graphs(&inputs)?;
             let size = match size {
@@ -843,9 +904,21 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 p_drop,
             };
             let started = std::time::Instant::now();
-            let (lm, losses) =
+            let (mut lm, losses) =
                 model::LanguageModel::pretrain(&graphs, &p, &device(backend)?).map_err(|e| Failure::Other(e.to_string()))?;
             let train_seconds = started.elapsed().as_secs_f64();
+            let started = std::time::Instant::now();
+            let tune_losses = if tune_steps > 0 {
+                let t = model::Tuning {
+                    train: gent::nn::lm::TrainConfig { steps: tune_steps, batch, learning_rate, seed },
+                    fraction: tune_fraction,
+                    sampling: gent::llm::instruct::Sampling { p_drop, ..Default::default() },
+                };
+                lm.tune(&graphs, &t).map_err(|e| Failure::Other(e.to_string()))?
+            } else {
+                Vec::new()
+            };
+            let tune_seconds = started.elapsed().as_secs_f64();
             let bytes = lm.to_bytes().map_err(|e| Failure::Other(e.to_string()))?;
             std::fs::write(&out, &bytes).map_err(|e| Failure::Other(format!("{}: {e}", out.display())))?;
             let report = serde_json::json!({
@@ -855,6 +928,10 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 "first_loss": losses.first(),
                 "last_loss": losses.last(),
                 "train_seconds": train_seconds,
+                "tune_steps": tune_steps,
+                "tune_first_loss": tune_losses.first(),
+                "tune_last_loss": tune_losses.last(),
+                "tune_seconds": tune_seconds,
                 "model_bytes": bytes.len(),
             });
             tracing::info!(graphs = graphs.len(), steps, train_seconds = format!("{train_seconds:.1}"), loss = ?losses.last(), out = %out.display(), "language model written");
@@ -904,6 +981,7 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
             let started = std::time::Instant::now();
             let decoding = match (lm.encoding, constrained) {
                 (model::Encoding::Layers, true) => generate::Decoding::Constrained,
+                (model::Encoding::Layers, false) if lm.instructed => generate::Decoding::Instructed,
                 (model::Encoding::Layers, false) => generate::Decoding::Free,
                 (model::Encoding::Tabular, false) => generate::Decoding::Tabular,
                 (model::Encoding::Tabular, true) => {

@@ -824,3 +824,135 @@ fn instruction_samples_reason_as_the_papers_examples_do() {
     }
     assert!(samples > 250, "{samples}");
 }
+
+#[test]
+fn a_prompt_is_read_but_not_scored() {
+    use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax};
+    use gent::nn::lm::{Lm, LmConfig};
+    let device = gent::nn::Backend::Cpu.device().unwrap();
+    let lm = Lm::new(&LmConfig { layers: 1, ..LmConfig::tiny(20) }, &device).unwrap();
+    let s: Vec<u32> = vec![1, 7, 9, 4, 12, 3, 5, 2];
+    let from = 5;
+    let scored = lm.loss_from(&[(&s, from)], 0, &device).into_data().try_to_vec::<f32>().unwrap()[0];
+    // By hand: the mean of -log p(s[i+1]) over the positions whose target is at or after `from`.
+    let input: Vec<i64> = s[..s.len() - 1].iter().map(|&t| i64::from(t)).collect();
+    let n = input.len();
+    let logp = log_softmax(lm.forward(Tensor::<2, Int>::from_data(TensorData::new(input, [1, n]), &device)), 2);
+    let logp = logp.into_data().try_to_vec::<f32>().unwrap();
+    let terms: Vec<f32> = (from - 1..n).map(|i| -logp[i * 20 + s[i + 1] as usize]).collect();
+    let by_hand = terms.iter().sum::<f32>() / terms.len() as f32;
+    assert!((scored - by_hand).abs() < 1e-4, "{scored} vs {by_hand}");
+    let all = lm.loss(&[s.clone()], 0, &device).into_data().try_to_vec::<f32>().unwrap()[0];
+    assert!((all - scored).abs() > 1e-6, "the prompt changed nothing");
+    // A sequence that is all prompt has nothing to learn from.
+    let c = gent::nn::lm::TrainConfig { steps: 1, batch: 1, learning_rate: 1e-3, seed: 0 };
+    let train = Lm::new(&LmConfig { layers: 1, ..LmConfig::tiny(20) }, &device.clone().autodiff()).unwrap();
+    assert!(gent::nn::lm::train_from(train, &[(&s, s.len())], &c, 0, &device.autodiff()).is_err());
+}
+
+#[test]
+fn user_instructions_follow_the_training_graphs() {
+    use gent::llm::instruct::{Facts, UserInstruction};
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).collect();
+    let facts = Facts::of(&graphs);
+    // The p90 splits each well-represented service's graphs about 90/10.
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for g in &graphs {
+        *counts.entry(g.service.as_str()).or_default() += 1;
+    }
+    let service = counts.iter().max_by_key(|(s, n)| (**n, std::cmp::Reverse(**s))).map(|(s, _)| *s).unwrap();
+    let mine: Vec<&CallGraph> = graphs.iter().filter(|g| g.service == service).collect();
+    assert!(mine.len() >= 20, "{}", mine.len());
+    let high = mine.iter().filter(|g| facts.high_latency(service, g.latency())).count();
+    assert!(high * 100 <= mine.len() * 10, "{high} of {}", mine.len());
+    assert!(!facts.high_latency("S_never_seen", u64::MAX));
+    // Uncommon calls exist and are rarer than the common ones.
+    let edges: Vec<&gent::llm::Edge> = graphs.iter().flat_map(|g| &g.edges).collect();
+    let uncommon = edges.iter().filter(|e| facts.uncommon(e)).count();
+    assert!(uncommon > 0 && uncommon * 2 < edges.len(), "{uncommon} of {}", edges.len());
+    // Every first layer carries a latency instruction; other layers an edge one only for an uncommon call.
+    for g in graphs.iter().take(200) {
+        for (j, l) in g.layers().iter().enumerate() {
+            match facts.instruction(g, j, l) {
+                Some(UserInstruction::HighLatency | UserInstruction::Distributions) => assert_eq!(j, 0),
+                Some(u @ UserInstruction::IncludeEdge { .. }) => {
+                    assert!(j > 0 && u.included_in(&l.edges));
+                    assert!(l.edges.iter().any(|e| facts.uncommon(e)));
+                }
+                None => assert!(j > 0 && !l.edges.iter().any(|e| facts.uncommon(e))),
+            }
+        }
+    }
+}
+
+#[test]
+fn gent_llm_tunes_on_instructions_and_reports_instruction_following() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tuned.gent");
+    let out = gent()
+        .args(["llm", "train", "--steps", "5", "--batch", "2", "--tune-steps", "8", "--tune-fraction", "0.02", "--json", "--out"])
+        .arg(&model)
+        .arg(data("alibaba/callgraphs_train.txt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(r["tune_steps"], 8);
+    assert!(r["tune_last_loss"].as_f64().unwrap() < r["tune_first_loss"].as_f64().unwrap(), "{r}");
+
+    let train = data("alibaba/callgraphs_train.txt");
+    let out = gent()
+        .args(["llm", "eval", "--count", "1", "--max-edges", "2", "--max-depth", "1", "--similarity-graphs", "2", "--json"])
+        .arg("--instructed")
+        .arg(&model)
+        .arg("--train")
+        .arg(&train)
+        .arg("--real")
+        .arg(&train)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let m = &r["methods"][0];
+    assert_eq!(m["decoding"], "instructed");
+    assert_eq!(m["high_latency"]["tried"], 2);
+    for k in ["high_latency", "uncommon_communication"] {
+        for v in ["with_instruction", "without_instruction"] {
+            assert!((0.0..=1.0).contains(&m[k][v].as_f64().unwrap()), "{m}");
+        }
+    }
+    // The tuned model generates in the instruction encoding; constrained decoding still works.
+    for extra in [&[][..], &["--constrained"][..]] {
+        let out = gent()
+            .args(["llm", "generate", "--count", "2", "--conditions", "num_edges:3/depth:2", "--json", "--out"])
+            .arg(dir.path().join("g.jsonl"))
+            .args(extra)
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // Bad use: tuning a tabular model; --instructed with a model never tuned.
+    let out = gent()
+        .args(["llm", "train", "--steps", "1", "--encoding", "tabular", "--tune-steps", "1", "--out"])
+        .arg(dir.path().join("x.gent"))
+        .arg(&train)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let plain = dir.path().join("plain.gent");
+    let out = gent().args(["llm", "train", "--steps", "1", "--out"]).arg(&plain).arg(&train).output().unwrap();
+    assert!(out.status.success());
+    let out = gent()
+        .args(["llm", "eval", "--count", "1", "--max-edges", "1", "--max-depth", "1", "--instructed"])
+        .arg(&plain)
+        .arg("--train")
+        .arg(&train)
+        .arg("--real")
+        .arg(&train)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not instruction-tuned"), "{}", String::from_utf8_lossy(&out.stderr));
+}

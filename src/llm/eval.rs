@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use super::generate::{Decoding, Generator, NextToken, Outcome, Request};
 use super::graph::CallGraph;
+use super::instruct::{Facts, UserInstruction};
 
 /// Accuracy of one grid cell.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -173,4 +174,60 @@ pub fn heavy_hitters(real: &[CallGraph], generated: &[CallGraph], k: usize) -> f
         return 0.0;
     }
     r.iter().filter(|c| g.contains(*c)).count() as f64 / r.len() as f64
+}
+
+/// Instruction following (§5.3): the share of requests whose result has the
+/// asked-for feature, with the instruction and without it (the model's
+/// unprompted rate), over `tried` requests each.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Following {
+    pub tried: usize,
+    pub with_instruction: f64,
+    pub without_instruction: f64,
+}
+
+/// High latency: each real graph's conditions are requested (the latency
+/// bound loosened to ten times the service's training p90) with "Build a call
+/// graph with high latency" and with the distributions instruction; a result
+/// follows when it is valid and its latency exceeds that p90.
+pub fn high_latency<M: NextToken>(g: &mut Generator<'_, M>, real: &[CallGraph], facts: &Facts, max_tokens: usize) -> Following {
+    let mut f = Following::default();
+    let (mut with, mut without) = (0, 0);
+    for r in real {
+        let Some(p90) = facts.p90(&r.service) else { continue };
+        let request = Request {
+            service: r.service.clone(),
+            num_edges: r.edges.len() as u64,
+            depth: r.depth(),
+            latency: p90.saturating_mul(10).max(r.end()).max(1),
+        };
+        let high = |o: Outcome| matches!(o, Outcome::Valid(x) if x.graph.latency() > p90);
+        with += usize::from(high(g.graph_instructed(&request, &UserInstruction::HighLatency, max_tokens)));
+        without += usize::from(high(g.graph_instructed(&request, &UserInstruction::Distributions, max_tokens)));
+        f.tried += 1;
+    }
+    f.with_instruction = with as f64 / f.tried.max(1) as f64;
+    f.without_instruction = without as f64 / f.tried.max(1) as f64;
+    f
+}
+
+/// Uncommon communication: for each layer of the real graphs holding a call
+/// that is uncommon in training, that layer's conditions are asked with
+/// "Include an edge from A to B with T type" and without; a result follows
+/// when it is a valid layer with that call.
+pub fn uncommon_calls<M: NextToken>(g: &mut Generator<'_, M>, real: &[CallGraph], facts: &Facts, max_tokens: usize) -> Following {
+    let mut f = Following::default();
+    let (mut with, mut without) = (0, 0);
+    for r in real {
+        for (j, l) in r.layers().iter().enumerate() {
+            let Some(u @ UserInstruction::IncludeEdge { .. }) = facts.instruction(r, j, l) else { continue };
+            let follows = |x: Result<crate::llm::Layer, String>| x.is_ok_and(|l| u.included_in(&l.edges));
+            with += usize::from(follows(g.layer_instructed(&l.conditions, Some(&u), max_tokens)));
+            without += usize::from(follows(g.layer_instructed(&l.conditions, None, max_tokens)));
+            f.tried += 1;
+        }
+    }
+    f.with_instruction = with as f64 / f.tried.max(1) as f64;
+    f.without_instruction = without as f64 / f.tried.max(1) as f64;
+    f
 }

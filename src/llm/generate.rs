@@ -19,6 +19,7 @@
 use rand::{Rng, SeedableRng};
 
 use super::graph::{CallGraph, Edge, EdgeId, Layer, LayerConditions};
+use super::instruct::{self, UserInstruction};
 use super::text::{self, Conditions};
 use super::tokenizer::Tokenizer;
 
@@ -64,6 +65,9 @@ pub enum Decoding {
     Free,
     /// A model of the tabular encoding writes the whole graph; checked.
     Tabular,
+    /// Layer by layer as answers to instruction questions (an
+    /// instruction-tuned model), the model writing every token; checked.
+    Instructed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -427,31 +431,69 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// Generates a graph without constraints: the model writes every token,
     /// and the result is checked (the paper's setting, for accuracy figures).
     pub fn graph_free(&mut self, request: &Request, max_tokens_per_layer: usize) -> Outcome {
+        self.recursive_free(request, None, max_tokens_per_layer)
+    }
+
+    /// As [`Generator::graph_free`] for an instruction-tuned model: every
+    /// layer is asked as a question in the instruction encoding (its
+    /// conditions, the template constraints, and `user` where it applies —
+    /// a latency instruction on the first layer, an edge instruction on the
+    /// layers its source starts), and the model answers with the layer and
+    /// its reasoning.
+    pub fn graph_instructed(&mut self, request: &Request, user: &UserInstruction, max_tokens_per_layer: usize) -> Outcome {
+        self.recursive_free(request, Some(user), max_tokens_per_layer)
+    }
+
+    /// The recursive driver without constraints, in the layer encoding
+    /// (`user` none) or the instruction encoding.
+    fn recursive_free(&mut self, request: &Request, user: Option<&UserInstruction>, max_tokens_per_layer: usize) -> Outcome {
         let mut all_text = String::new();
         let invalid = |reason: String, text: &str| Outcome::Invalid { reason, text: text.to_string() };
-        let first = format!(
-            "[GENERATE GRAPH]id:{}/num_edges:{}/remaining_depth:{}/start_node:USER/start_edge_id:0/start_communication_at:0/latency:{}\n",
-            request.service,
-            request.num_edges,
-            request.depth.saturating_sub(1),
-            request.latency
-        );
-        let mut stack: Vec<(String, EdgeId, bool)> = vec![(first, Vec::new(), true)];
+        let first = LayerConditions {
+            id: Some(request.service.clone()),
+            num_edges: Some(request.num_edges),
+            remaining_depth: Some(request.depth.saturating_sub(1)),
+            start_node: Some("USER".into()),
+            start_edge_id: Some(0),
+            start_communication_at: Some(0),
+            latency: Some(request.latency),
+            ..LayerConditions::default()
+        };
+        let mut stack: Vec<(LayerConditions, EdgeId, bool)> = vec![(first, Vec::new(), true)];
         let (mut layers, mut edges) = (Vec::new(), Vec::new());
-        while let Some((prompt, prefix, is_first)) = stack.pop() {
+        while let Some((c, prefix, is_first)) = stack.pop() {
             if layers.len() as u64 >= request.num_edges.max(1) {
                 return invalid("more layers than requested edges".into(), &all_text);
             }
+            let prompt = match user {
+                None => {
+                    let mut line = String::from(if is_first { text::GENERATE } else { "" });
+                    Conditions::from_layer(&c, if is_first { &FIRST } else { &CANONICAL }).write(&mut line);
+                    line.push('\n');
+                    line
+                }
+                Some(u) => {
+                    let applies = match u {
+                        UserInstruction::IncludeEdge { source, .. } => c.start_node.as_deref() == Some(source.as_str()),
+                        _ => is_first,
+                    };
+                    question_text(&c, is_first, applies.then_some(u))
+                }
+            };
             let t = match self.free_layer(&prompt, max_tokens_per_layer) {
                 Ok(t) => t,
                 Err(reason) => return invalid(reason, &all_text),
             };
             all_text.push_str(&t);
-            let record = if is_first { t.clone() } else { format!("[GENERATE GRAPH]{t}") };
-            let layer = match text::parse_layers(&record)
-                .map_err(|e| e.to_string())
-                .and_then(|d| d.records[0].0[0].layer().map_err(|e| e.to_string()))
-            {
+            let parsed = match user {
+                None => text::parse_layers(&if is_first { t.clone() } else { format!("{}{t}", text::GENERATE) })
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| d.records[0].0[0].layer().map_err(|e| e.to_string())),
+                Some(_) => text::parse_instructions(&t)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| d.records[0].answer.layer().map_err(|e| e.to_string())),
+            };
+            let layer = match parsed {
                 Ok(l) => l,
                 Err(reason) => return invalid(format!("unparsable layer: {reason}"), &all_text),
             };
@@ -459,10 +501,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
                 return invalid(v.to_string(), &all_text);
             }
             for (id, sub) in attach(&prefix, &layer, &mut edges) {
-                let mut line = String::new();
-                Conditions::from_layer(&sub, &CANONICAL).write(&mut line);
-                line.push('\n');
-                stack.push((line, id, false));
+                stack.push((sub, id, false));
             }
             layers.push(layer);
         }
@@ -479,6 +518,25 @@ impl<'a, M: NextToken> Generator<'a, M> {
         Outcome::Valid(Generated { graph, layers, text: all_text })
     }
 
+    /// One layer under conditions `c`, asked as a question with `user` (or
+    /// none) to an instruction-tuned model: the layer, or why it failed.
+    pub fn layer_instructed(
+        &mut self,
+        c: &LayerConditions,
+        user: Option<&UserInstruction>,
+        max_tokens: usize,
+    ) -> Result<Layer, String> {
+        let first = c.start_node.as_deref() == Some("USER");
+        let t = self.free_layer(&question_text(c, first, user), max_tokens)?;
+        let layer = text::parse_instructions(&t)
+            .map_err(|e| e.to_string())
+            .and_then(|d| d.records[0].answer.layer().map_err(|e| e.to_string()))?;
+        match super::validate::layer(&layer).into_iter().next() {
+            Some(v) => Err(v.to_string()),
+            None => Ok(layer),
+        }
+    }
+
     /// One graph for `request` the `decoding` way (`max_tokens`: per layer,
     /// or per graph for the tabular encoding).
     pub fn run(&mut self, request: &Request, decoding: Decoding, max_tokens: usize) -> Outcome {
@@ -488,6 +546,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
                 Err(e) => Outcome::Invalid { reason: e.to_string(), text: String::new() },
             },
             Decoding::Free => self.graph_free(request, max_tokens),
+            Decoding::Instructed => self.graph_instructed(request, &UserInstruction::Distributions, max_tokens),
             Decoding::Tabular => self.tabular_free(request, max_tokens),
         }
     }
@@ -608,6 +667,17 @@ pub struct Generated {
     pub layers: Vec<Layer>,
     pub text: String,
 }
+
+/// The instruction question for a layer under `c`.
+fn question_text(c: &LayerConditions, first: bool, user: Option<&UserInstruction>) -> String {
+    let mut q = String::new();
+    instruct::question(c, if first { &FIRST } else { &CANONICAL }, user).write_question(&mut q);
+    q
+}
+
+/// Order of the first layer's conditions in a free prompt (the request).
+const FIRST: [&str; 7] =
+    ["id", "num_edges", "remaining_depth", "start_node", "start_edge_id", "start_communication_at", "latency"];
 
 /// Order of a subgraph's conditions as the constrained decoder writes them.
 const CANONICAL: [&str; 10] = [

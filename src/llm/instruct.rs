@@ -6,11 +6,13 @@
 //! subgraph conditions. The format is the one of
 //! `../shared/data/alibaba/recursive_instruction_example.txt`.
 
+use std::collections::{HashMap, HashSet};
+
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use super::graph::{Edge, Layer, LayerConditions};
-use super::text::{BodyLine, EdgeLine, Instruction, LayerText, shuffled_conditions, shuffled_fields};
+use super::graph::{CallGraph, Edge, Layer, LayerConditions};
+use super::text::{BodyLine, Conditions, EdgeLine, Instruction, LayerText, shuffled_conditions, shuffled_fields};
 
 /// The system prompt every sample starts with.
 pub const SYSTEM: &str = "You are a trace generator that creates traces based on given requirements.";
@@ -173,5 +175,96 @@ pub fn encode(l: &Layer, first: bool, user: Option<&UserInstruction>, s: Samplin
     let edges = l.edges.iter().map(|e| EdgeLine::from_edge(e, &shuffled_fields(rng), false)).collect();
     let (body, close_inline) = reasoning(l, rng);
     let answer = LayerText { conditions: requirements.clone(), edges, body, close_inline, line: 0 };
+    Instruction { system: SYSTEM.into(), requirements, prompt, answer }
+}
+
+/// What choosing user instructions needs to know of the training graphs
+/// (§5.3): each service's 90th-percentile latency, and how often each call
+/// occurs.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    p90: HashMap<String, u64>,
+    /// Graphs containing each (source, destination, type) call.
+    calls: HashMap<(String, String, String), usize>,
+    /// Graphs in which each microservice makes a call.
+    callers: HashMap<String, usize>,
+}
+
+impl Facts {
+    pub fn of(graphs: &[CallGraph]) -> Self {
+        let mut latencies: HashMap<&str, Vec<u64>> = HashMap::new();
+        let mut f = Facts::default();
+        for g in graphs {
+            latencies.entry(g.service.as_str()).or_default().push(g.latency());
+            let calls: HashSet<(&str, &str, &str)> =
+                g.edges.iter().map(|e| (e.source.as_str(), e.destination.as_str(), e.kind.as_str())).collect();
+            let callers: HashSet<&str> = calls.iter().map(|c| c.0).collect();
+            for (s, d, k) in calls {
+                *f.calls.entry((s.into(), d.into(), k.into())).or_default() += 1;
+            }
+            for c in callers {
+                *f.callers.entry(c.into()).or_default() += 1;
+            }
+        }
+        for (service, mut l) in latencies {
+            l.sort_unstable();
+            // Nearest rank: the smallest latency at or above 90 % of the graphs.
+            let rank = (l.len() * 9).div_ceil(10).max(1) - 1;
+            f.p90.insert(service.into(), l[rank]);
+        }
+        f
+    }
+
+    /// The service's 90th-percentile latency in training, if it was seen.
+    pub fn p90(&self, service: &str) -> Option<u64> {
+        self.p90.get(service).copied()
+    }
+
+    /// Whether a graph of `service` with this latency counts as high latency.
+    pub fn high_latency(&self, service: &str, latency: u64) -> bool {
+        self.p90(service).is_some_and(|p| latency > p)
+    }
+
+    /// A call occurring in under 10 % of the graphs where its source calls anything.
+    pub fn uncommon(&self, e: &Edge) -> bool {
+        let key = (e.source.clone(), e.destination.clone(), e.kind.clone());
+        let (calls, callers) = (self.calls.get(&key).copied().unwrap_or(0), self.callers.get(&e.source).copied().unwrap_or(0));
+        callers > 0 && calls * 10 < callers
+    }
+
+    /// The user instruction a tuning sample of layer `j` of `g` carries: the
+    /// latency instruction on the first layer, an uncommon call of the layer
+    /// on the others (none when the layer has no uncommon call).
+    pub fn instruction(&self, g: &CallGraph, j: usize, l: &Layer) -> Option<UserInstruction> {
+        if j == 0 {
+            return Some(if self.high_latency(&g.service, g.latency()) {
+                UserInstruction::HighLatency
+            } else {
+                UserInstruction::Distributions
+            });
+        }
+        l.edges.iter().find(|e| self.uncommon(e)).map(|e| UserInstruction::IncludeEdge {
+            source: e.source.clone(),
+            destination: e.destination.clone(),
+            kind: e.kind.clone(),
+        })
+    }
+}
+
+/// Instruction samples of every layer of `g`, each with the instruction `facts` choose.
+pub fn samples(g: &CallGraph, facts: &Facts, s: Sampling, rng: &mut impl Rng) -> Vec<Instruction> {
+    g.layers().iter().enumerate().map(|(j, l)| encode(l, j == 0, facts.instruction(g, j, l).as_ref(), s, rng)).collect()
+}
+
+/// The question for a layer to generate under conditions `c`: every
+/// template constraint, and the user instruction if there is one.
+pub fn question(c: &LayerConditions, keys: &[&str], user: Option<&UserInstruction>) -> Instruction {
+    let requirements = Conditions::from_layer(c, keys);
+    let mut prompt = constraint_lines(c);
+    if let Some(u) = user {
+        prompt.insert(0, u.line());
+    }
+    let answer =
+        LayerText { conditions: requirements.clone(), edges: Vec::new(), body: Vec::new(), close_inline: false, line: 0 };
     Instruction { system: SYSTEM.into(), requirements, prompt, answer }
 }

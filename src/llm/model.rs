@@ -6,6 +6,7 @@ use burn::tensor::Device;
 
 use super::generate::NextToken;
 use super::graph::CallGraph;
+use super::instruct;
 use super::text;
 use super::tokenizer::{BOS, EOS, PAD, Tokenizer};
 use crate::nn::lm::{Lm, LmConfig, LmError, TrainConfig};
@@ -23,7 +24,12 @@ pub enum ModelError {
     Kind(String),
     #[error("no call graphs to train on")]
     Empty,
+    #[error("instruction tuning needs a model of the layer encoding")]
+    NotLayers,
 }
+
+/// Graphs whose instruction samples join the tokenizer's training text.
+const INSTRUCTION_VOCABULARY_GRAPHS: usize = 100;
 
 /// The file's kind; `/2` added the training destinations. A file of another
 /// version is refused by name before its body is decoded.
@@ -51,6 +57,7 @@ struct Stored {
     config: LmConfig,
     tokens: Vec<String>,
     destinations: Vec<String>,
+    instructed: bool,
     weights: Vec<u8>,
 }
 
@@ -62,8 +69,19 @@ pub struct LanguageModel {
     /// Every microservice the training graphs call, sorted: constrained
     /// decoding names only these.
     pub destinations: Vec<String>,
+    /// Instruction-tuned: it answers questions in the instruction encoding.
+    pub instructed: bool,
     pub lm: Lm,
     device: Device,
+}
+
+/// Instruction-tuning settings (§4.3).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub train: TrainConfig,
+    /// Share of the training graphs made into instruction samples (the paper: 5 %).
+    pub fraction: f64,
+    pub sampling: instruct::Sampling,
 }
 
 /// Pre-training settings: which size, how long, and the condition drop rate.
@@ -103,7 +121,18 @@ impl LanguageModel {
                 }
             }
         }
-        let tokenizer = Tokenizer::train(layer_texts.iter().map(String::as_str), 2, 4096);
+        // The vocabulary also covers the instruction encoding's words, so a
+        // model tuned later reads its questions as words, not characters.
+        let facts = instruct::Facts::of(graphs);
+        let mut vocab_texts = layer_texts.clone();
+        if p.encoding == Encoding::Layers {
+            for g in graphs.iter().take(INSTRUCTION_VOCABULARY_GRAPHS) {
+                for sample in instruct::samples(g, &facts, instruct::Sampling::default(), &mut rng) {
+                    vocab_texts.push(text::write_instructions(&text::Document { records: vec![sample], final_newline: true }));
+                }
+            }
+        }
+        let tokenizer = Tokenizer::train(vocab_texts.iter().map(String::as_str), 2, 4096);
         let config = (p.size)(tokenizer.len());
         let sequences: Vec<Vec<u32>> = layer_texts
             .iter()
@@ -127,7 +156,63 @@ impl LanguageModel {
         let mut destinations: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
         destinations.sort_unstable();
         destinations.dedup();
-        Ok((LanguageModel { encoding: p.encoding, config, tokenizer, destinations, lm, device: device.clone() }, losses))
+        Ok((
+            LanguageModel {
+                encoding: p.encoding,
+                config,
+                tokenizer,
+                destinations,
+                instructed: false,
+                lm,
+                device: device.clone(),
+            },
+            losses,
+        ))
+    }
+
+    /// Instruction tuning (§4.3): a `t.fraction` of `graphs` (at least one)
+    /// becomes instruction samples, one per layer, each with the user
+    /// instruction its graph warrants (`instruct::Facts`), and training goes on
+    /// from the current weights, scoring only the answers: the question is a
+    /// fixed prompt. Returns the loss of every step.
+    pub fn tune(&mut self, graphs: &[CallGraph], t: &Tuning) -> Result<Vec<f32>, ModelError> {
+        use rand::SeedableRng;
+        if self.encoding != Encoding::Layers {
+            return Err(ModelError::NotLayers);
+        }
+        let facts = instruct::Facts::of(graphs);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(t.train.seed);
+        let (_, chosen) = super::eval::hold_out(graphs.to_vec(), t.fraction, t.train.seed);
+        let chosen = if chosen.is_empty() { graphs.iter().take(1).cloned().collect() } else { chosen };
+        if chosen.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        let mut sequences = Vec::new();
+        for g in &chosen {
+            for sample in instruct::samples(g, &facts, t.sampling, &mut rng) {
+                let (mut question, mut answer) = (String::new(), String::new());
+                sample.write_question(&mut question);
+                sample.write_answer(&mut answer);
+                let mut tokens = vec![BOS];
+                tokens.extend(self.tokenizer.encode(&question));
+                let from = tokens.len();
+                tokens.extend(self.tokenizer.encode(&answer));
+                tokens.push(EOS);
+                tokens.truncate(self.config.max_len);
+                sequences.push((tokens, from));
+            }
+        }
+        let scored: Vec<(&[u32], usize)> = sequences.iter().map(|(s, f)| (s.as_slice(), *f)).collect();
+        let train_device = self.device.clone().autodiff();
+        let bytes = weights::to_bytes(self.lm.clone(), Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
+        let lm =
+            weights::from_bytes(Lm::new(&self.config, &train_device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
+        let (lm, losses) = crate::nn::lm::train_from(lm, &scored, &t.train, PAD, &train_device)?;
+        let bytes = weights::to_bytes(lm, Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
+        self.lm =
+            weights::from_bytes(Lm::new(&self.config, &self.device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
+        self.instructed = true;
+        Ok(losses)
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
@@ -138,6 +223,7 @@ impl LanguageModel {
             config: self.config,
             tokens: self.tokenizer.tokens().to_vec(),
             destinations: self.destinations.clone(),
+            instructed: self.instructed,
             weights,
         })?)
     }
@@ -154,6 +240,7 @@ impl LanguageModel {
             config: s.config,
             tokenizer: Tokenizer::from_tokens(s.tokens),
             destinations: s.destinations,
+            instructed: s.instructed,
             lm,
             device: device.clone(),
         })

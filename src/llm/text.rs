@@ -29,7 +29,7 @@ fn fail<T>(line: usize, column: usize, reason: impl Into<String>) -> Result<T, T
     Err(TextError { line, column, reason: reason.into() })
 }
 
-const GENERATE: &str = "[GENERATE GRAPH]";
+pub const GENERATE: &str = "[GENERATE GRAPH]";
 
 /// `key:value` pairs joined by `/`, in written order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -613,21 +613,34 @@ pub fn parse_instructions(text: &str) -> Result<Document<Instruction>, TextError
 pub fn write_instructions(doc: &Document<Instruction>) -> String {
     let mut out = String::new();
     for r in &doc.records {
+        r.write_question(&mut out);
+        write_layer_body(&r.answer, &mut out);
+    }
+    doc.finish(out)
+}
+
+impl Instruction {
+    /// The question, up to and including the answer's header line: the
+    /// prompt a model continues with the answer layer.
+    pub fn write_question(&self, out: &mut String) {
         out.push_str(QUESTION);
-        out.push_str(&r.system);
+        out.push_str(&self.system);
         out.push_str("\nRequirements:\n");
-        r.requirements.write(&mut out);
+        self.requirements.write(out);
         out.push_str("\nConditions:\n");
-        for p in &r.prompt {
+        for p in &self.prompt {
             out.push_str(p);
             out.push('\n');
         }
         out.push('\n');
         out.push_str(ANSWER);
         out.push('\n');
-        write_layer_body(&r.answer, &mut out);
     }
-    doc.finish(out)
+
+    /// The answer layer as written after the question.
+    pub fn write_answer(&self, out: &mut String) {
+        write_layer_body(&self.answer, out);
+    }
 }
 
 impl LayerText {

@@ -142,13 +142,22 @@ impl Lm {
 
     /// Mean next-token cross-entropy of `batch` (padded with `pad`, which is not scored).
     pub fn loss(&self, batch: &[Vec<u32>], pad: u32, device: &Device) -> Tensor<1> {
-        let len = batch.iter().map(Vec::len).max().unwrap_or(2).max(2);
+        let scored: Vec<(&[u32], usize)> = batch.iter().map(|s| (s.as_slice(), 0)).collect();
+        self.loss_from(&scored, pad, device)
+    }
+
+    /// As [`Lm::loss`], each sequence scored only from its given position on:
+    /// the tokens before it are a prompt the model reads but does not learn
+    /// to write (instruction tuning).
+    pub fn loss_from(&self, batch: &[(&[u32], usize)], pad: u32, device: &Device) -> Tensor<1> {
+        let len = batch.iter().map(|(s, _)| s.len()).max().unwrap_or(2).max(2);
         let mut inputs = Vec::with_capacity(batch.len() * (len - 1));
         let mut targets = Vec::with_capacity(batch.len() * (len - 1));
-        for s in batch {
+        for &(s, from) in batch {
             for i in 0..len - 1 {
                 inputs.push(s.get(i).copied().unwrap_or(pad) as i64);
-                targets.push(s.get(i + 1).copied().unwrap_or(pad) as i64);
+                let target = if i + 1 < from { pad } else { s.get(i + 1).copied().unwrap_or(pad) };
+                targets.push(target as i64);
             }
         }
         let n = batch.len();
@@ -185,15 +194,22 @@ pub struct TrainConfig {
 
 /// Trains `model` by next-token prediction on `sequences` (token ids, BOS/EOS
 /// included, each at most `max_len`); returns the model and the loss of every step.
-pub fn train(
+pub fn train(model: Lm, sequences: &[Vec<u32>], c: &TrainConfig, pad: u32, device: &Device) -> Result<(Lm, Vec<f32>), LmError> {
+    let scored: Vec<(&[u32], usize)> = sequences.iter().map(|s| (s.as_slice(), 0)).collect();
+    train_from(model, &scored, c, pad, device)
+}
+
+/// As [`train`], each sequence scored from its given position on (see [`Lm::loss_from`]).
+pub fn train_from(
     mut model: Lm,
-    sequences: &[Vec<u32>],
+    sequences: &[(&[u32], usize)],
     c: &TrainConfig,
     pad: u32,
     device: &Device,
 ) -> Result<(Lm, Vec<f32>), LmError> {
     use rand::{Rng, SeedableRng};
-    let usable: Vec<&Vec<u32>> = sequences.iter().filter(|s| s.len() >= 2).collect();
+    // A sequence needs a token to score after its prompt.
+    let usable: Vec<(&[u32], usize)> = sequences.iter().copied().filter(|(s, from)| s.len() >= 2 && *from < s.len()).collect();
     if usable.is_empty() {
         return Err(LmError::Empty);
     }
@@ -201,8 +217,8 @@ pub fn train(
     let mut opt = AdamWConfig::new().with_grad_clipping(Some(GradientClippingConfig::Norm(1.0))).init();
     let mut losses = Vec::with_capacity(c.steps);
     for step in 0..c.steps {
-        let batch: Vec<Vec<u32>> = (0..c.batch).map(|_| usable[rng.random_range(0..usable.len())].clone()).collect();
-        let loss = model.loss(&batch, pad, device);
+        let batch: Vec<(&[u32], usize)> = (0..c.batch).map(|_| usable[rng.random_range(0..usable.len())]).collect();
+        let loss = model.loss_from(&batch, pad, device);
         losses.push(loss.clone().into_data().try_to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN));
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         // Cosine schedule (Table 3).
