@@ -901,16 +901,20 @@ fn gent_llm_tunes_on_instructions_and_reports_instruction_following() {
     assert!(r["tune_last_loss"].as_f64().unwrap() < r["tune_first_loss"].as_f64().unwrap(), "{r}");
 
     let train = data("alibaba/callgraphs_train.txt");
-    let out = gent()
-        .args(["llm", "eval", "--count", "1", "--max-edges", "2", "--max-depth", "1", "--similarity-graphs", "2", "--json"])
-        .arg("--instructed")
-        .arg(&model)
-        .arg("--train")
-        .arg(&train)
-        .arg("--real")
-        .arg(&train)
-        .output()
-        .unwrap();
+    let eval_instructed = |model: &std::path::Path, limits: &[&str]| {
+        gent()
+            .args(["llm", "eval", "--count", "1", "--max-depth", "1"])
+            .args(limits)
+            .arg("--instructed")
+            .arg(model)
+            .arg("--train")
+            .arg(&train)
+            .arg("--real")
+            .arg(&train)
+            .output()
+            .unwrap()
+    };
+    let out = eval_instructed(&model, &["--max-edges", "2", "--similarity-graphs", "2", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     let m = &r["methods"][0];
@@ -944,15 +948,7 @@ fn gent_llm_tunes_on_instructions_and_reports_instruction_following() {
     let plain = dir.path().join("plain.gent");
     let out = gent().args(["llm", "train", "--steps", "1", "--out"]).arg(&plain).arg(&train).output().unwrap();
     assert!(out.status.success());
-    let out = gent()
-        .args(["llm", "eval", "--count", "1", "--max-edges", "1", "--max-depth", "1", "--instructed"])
-        .arg(&plain)
-        .arg("--train")
-        .arg(&train)
-        .arg("--real")
-        .arg(&train)
-        .output()
-        .unwrap();
+    let out = eval_instructed(&plain, &["--max-edges", "1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not instruction-tuned"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -3,8 +3,6 @@
 mod common;
 use common::*;
 
-use std::collections::HashMap;
-
 use gent::tabular::{Column, ColumnData, ConditionalSampler, Table, TabularError, Transformer};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -12,25 +10,7 @@ use rand::rngs::StdRng;
 /// service, span name, duration (µs, log-scaled), gap from parent start (µs).
 fn span_table(files: usize) -> Table {
     let paths: Vec<_> = (0..files).map(|m| data(&format!("trainticket/12_{m:02}_trace.csv.gz"))).collect();
-    let set = read_set(&paths);
-    let (mut service, mut name, mut duration, mut gap) = (vec![], vec![], vec![], vec![]);
-    for trace in &set.traces {
-        let starts: HashMap<_, _> = trace.spans.iter().map(|s| (s.span_id, s.start)).collect();
-        for span in &trace.spans {
-            service.push(span.service().to_string());
-            name.push(span.name.clone());
-            duration.push(span.duration() as f64 / 1e3);
-            let parent = span.parent_span_id.and_then(|p| starts.get(&p)).copied().unwrap_or(span.start);
-            gap.push((span.start as f64 - parent as f64) / 1e3);
-        }
-    }
-    Table::new(vec![
-        Column::categorical("service", service),
-        Column::categorical("name", name),
-        Column::continuous("duration_us", duration, true),
-        Column::continuous("gap_us", gap, false),
-    ])
-    .unwrap()
+    gent::tabular::quality::span_table(&read_set(&paths), usize::MAX).unwrap()
 }
 
 fn std_dev(xs: &[f64]) -> f64 {

@@ -166,32 +166,30 @@ pub struct DiscreteSpan {
 /// Mean over rows of the cross-entropy between every categorical column's
 /// logits and the drawn real row's category (`real`: encoded rows).
 pub fn category_loss(raw: Tensor<2>, real: Tensor<2>, discrete: &[DiscreteSpan]) -> Tensor<1> {
-    let rows = raw.dims()[0];
-    let mut total: Option<Tensor<1>> = None;
-    for d in discrete {
-        let logits = raw.clone().slice([0..rows, d.data_offset..d.data_offset + d.width]);
-        let target = real.clone().slice([0..rows, d.data_offset..d.data_offset + d.width]);
-        let loss = log_softmax(logits, 1).mul(target).sum().neg();
-        total = Some(match total {
-            Some(t) => t.add(loss),
-            None => loss,
-        });
-    }
-    match total {
-        Some(t) => t.div_scalar(rows as f32),
-        None => Tensor::zeros([1], &raw.device()),
-    }
+    columns_cross_entropy(raw, &real, discrete, |d| d.data_offset)
 }
 
 /// Mean over rows of the cross-entropy between each row's chosen categorical
 /// column (raw logits) and the chosen category; `cond` (`[rows, cond width]`)
 /// is one-hot on exactly that category, so it also masks the other columns.
 pub fn conditional_loss(raw: Tensor<2>, cond: Tensor<2>, discrete: &[DiscreteSpan]) -> Tensor<1> {
+    columns_cross_entropy(raw, &cond, discrete, |d| d.cond_offset)
+}
+
+/// Σ over categorical columns of -Σ target · log_softmax(logits), per row:
+/// each column's logits from `raw` at its data offset, its targets from
+/// `targets` at `offset(column)`.
+fn columns_cross_entropy(
+    raw: Tensor<2>,
+    targets: &Tensor<2>,
+    discrete: &[DiscreteSpan],
+    offset: impl Fn(&DiscreteSpan) -> usize,
+) -> Tensor<1> {
     let rows = raw.dims()[0];
     let mut total: Option<Tensor<1>> = None;
     for d in discrete {
         let logits = raw.clone().slice([0..rows, d.data_offset..d.data_offset + d.width]);
-        let target = cond.clone().slice([0..rows, d.cond_offset..d.cond_offset + d.width]);
+        let target = targets.clone().slice([0..rows, offset(d)..offset(d) + d.width]);
         let loss = log_softmax(logits, 1).mul(target).sum().neg();
         total = Some(match total {
             Some(t) => t.add(loss),
