@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
-use crate::config::{ConfigError, DecompressorConfig};
+use crate::config::{ConfigError, DecompressorConfig, Engine};
 use crate::export::{self, ExportError, Exporter, WindowName};
 use crate::metrics::{DecompressorMetrics, MetricsError};
 use crate::packet::link::{self, LinkError, PacketService, PayloadKind, PushRequest, PushResponse};
@@ -35,6 +35,8 @@ pub enum DecompressorError {
     Backend(String),
     #[error("a decompressor task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Llm(String),
 }
 
 /// One window delivered (for `gent demo` and tests).
@@ -42,7 +44,8 @@ pub enum DecompressorError {
 pub struct Delivered {
     pub producer: String,
     pub window_id: u64,
-    /// `model` or `traces` (real traces: the whole window, or head-sampled).
+    /// `model` (Gen-T regenerated), `llm` (a language model regenerated the call
+    /// graphs) or `traces` (real traces: the whole window, or head-sampled).
     pub kind: &'static str,
     /// Spans the compressor saw in the window.
     pub window_spans: u64,
@@ -79,6 +82,7 @@ impl Seen {
 struct Handler {
     token: Option<String>,
     device: burn::tensor::Device,
+    llm: Option<Arc<Mutex<LlmEngine>>>,
     exporters: Arc<Vec<Exporter>>,
     metrics: DecompressorMetrics,
     seen: Mutex<Seen>,
@@ -90,13 +94,71 @@ struct Handler {
 /// Inflating a traces payload stops here.
 const MAX_TRACES_BYTES: u64 = 1 << 30;
 
-/// The payload's traces: regenerated from a model, or the real traces as sent.
-fn decode(kind: PayloadKind, payload: &[u8], device: &burn::tensor::Device) -> Result<Vec<Trace>, String> {
+/// The language model of `engine: llm`, loaded once at start.
+pub struct LlmEngine {
+    model: crate::llm::model::LanguageModel,
+    sampling: crate::llm::generate::Sampling,
+    max_edges: u64,
+}
+
+impl LlmEngine {
+    /// The engine `config` asks for (`None` for `engine: gent`).
+    fn load(config: &DecompressorConfig, device: &burn::tensor::Device) -> Result<Option<Self>, DecompressorError> {
+        if config.engine != Engine::Llm {
+            return Ok(None);
+        }
+        let c = &config.llm;
+        let path = c.model.as_deref().ok_or_else(|| DecompressorError::Llm("llm.model: engine llm needs a model file".into()))?;
+        let bytes = std::fs::read(path).map_err(|e| DecompressorError::Llm(format!("llm.model {}: {e}", path.display())))?;
+        let model = crate::llm::model::LanguageModel::from_bytes(&bytes, device)
+            .map_err(|e| DecompressorError::Llm(format!("llm.model {}: {e}", path.display())))?;
+        if model.encoding != crate::llm::model::Encoding::Layers {
+            return Err(DecompressorError::Llm(format!(
+                "llm.model {}: a tabular-encoding model cannot decode under constraints; train it with --encoding layers",
+                path.display()
+            )));
+        }
+        let sampling = crate::llm::generate::Sampling { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
+        Ok(Some(LlmEngine { model, sampling, max_edges: c.max_edges }))
+    }
+}
+
+/// A payload made traces.
+struct Decoded {
+    traces: Vec<Trace>,
+    /// `model`, `llm` or `traces` (the `kind` label of the windows metric).
+    kind: &'static str,
+    clamped: usize,
+}
+
+/// The payload's traces: regenerated from a model (by Gen-T, or by the
+/// language model when there is one and the packet carries call-graph
+/// conditions), or the real traces as sent.
+fn decode(
+    kind: PayloadKind,
+    payload: &[u8],
+    device: &burn::tensor::Device,
+    llm: Option<&Mutex<LlmEngine>>,
+) -> Result<Decoded, String> {
     match kind {
         PayloadKind::Model => {
-            let (header, model) = crate::gent::unpack(payload, device).map_err(|e| e.to_string())?;
-            let (traces, _) = model.generate(header.seed).map_err(|e| e.to_string())?;
-            Ok(traces)
+            let unpacked = crate::gent::unpack(payload, device).map_err(|e| e.to_string())?;
+            let seed = unpacked.header.seed;
+            if let (Some(llm), Some(conditions)) = (llm, &unpacked.conditions) {
+                let engine = llm.lock().unwrap_or_else(|e| e.into_inner());
+                let r = crate::llm::window::Regeneration { sampling: engine.sampling, max_edges: engine.max_edges, seed };
+                let out = crate::llm::window::regenerate(&engine.model, conditions, unpacked.header.window_start, &r)
+                    .map_err(|e| e.to_string())?;
+                return Ok(Decoded { traces: out.traces, kind: "llm", clamped: out.clamped });
+            }
+            if llm.is_some() {
+                tracing::warn!(
+                    window = unpacked.header.window_id,
+                    "the packet carries no call-graph conditions (compressor pipeline.call_graph_conditions is off); regenerating with Gen-T"
+                );
+            }
+            let (traces, _) = unpacked.model.generate(seed).map_err(|e| e.to_string())?;
+            Ok(Decoded { traces, kind: "model", clamped: 0 })
         }
         PayloadKind::Traces => {
             let mut raw = Vec::new();
@@ -109,7 +171,7 @@ fn decode(kind: PayloadKind, payload: &[u8], device: &burn::tensor::Device) -> R
             }
             let mut spans = Vec::new();
             crate::io::read_proto(&raw, &mut spans).map_err(|e| format!("traces payload: {:?}: {}", e.position, e.reason))?;
-            Ok(crate::trace::assemble(spans).traces)
+            Ok(Decoded { traces: crate::trace::assemble(spans).traces, kind: "traces", clamped: 0 })
         }
         PayloadKind::Unspecified => Err("payload kind is unspecified".into()),
     }
@@ -141,14 +203,25 @@ impl Handler {
         let kind = PayloadKind::try_from(push.kind).unwrap_or(PayloadKind::Unspecified);
         let started = Instant::now();
         let device = self.device.clone();
+        let llm = self.llm.clone();
         let payload = push.payload;
-        let traces = tokio::task::spawn_blocking(move || decode(kind, &payload, &device))
+        let decoded = tokio::task::spawn_blocking(move || decode(kind, &payload, &device, llm.as_deref()))
             .await
             .map_err(|e| Status::internal(format!("regeneration failed: {e}")))?
             .map_err(|reason| {
                 self.rejected("invalid", Status::invalid_argument(format!("window {} of {}: {reason}", key.1, key.0)))
             })?;
         let regenerate_seconds = started.elapsed().as_secs_f64();
+        let (traces, kind_label) = (decoded.traces, decoded.kind);
+        if decoded.clamped > 0 {
+            self.metrics.llm_clamped_traces.inc_by(decoded.clamped as u64);
+            tracing::warn!(
+                producer = key.0,
+                window = key.1,
+                traces = decoded.clamped,
+                "traces over llm.max_edges regenerated at that size"
+            );
+        }
         self.metrics.packets_received.inc();
         self.metrics.regenerate_seconds.observe(regenerate_seconds);
         let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
@@ -169,7 +242,6 @@ impl Handler {
                 }
             }
         }
-        let kind_label = if kind == PayloadKind::Model { "model" } else { "traces" };
         self.metrics.windows.with_label_values(&[kind_label]).inc();
         self.metrics.window_spans.inc_by(push.window_spans);
         self.metrics.spans_regenerated.inc_by(spans as u64);
@@ -237,6 +309,7 @@ pub async fn start(
 ) -> Result<Running, DecompressorError> {
     let metrics = DecompressorMetrics::new()?;
     let device = config.backend.device().map_err(|e| DecompressorError::Backend(e.to_string()))?;
+    let llm = LlmEngine::load(&config, &device)?.map(|e| Arc::new(Mutex::new(e)));
     let exporters = export::from_config(&config.exporters)?;
     for e in &exporters {
         metrics.spans_exported.with_label_values(&[e.name()]);
@@ -249,6 +322,7 @@ pub async fn start(
     let handler = Arc::new(Handler {
         token: config.link.token()?,
         device,
+        llm,
         exporters: Arc::new(exporters),
         metrics: metrics.clone(),
         seen: Mutex::new(Seen { spans: HashMap::new(), order: VecDeque::new(), capacity: config.link.remember_windows }),

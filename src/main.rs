@@ -11,6 +11,7 @@ use serde::Serialize;
 use gent::config::{CompressorConfig, ConfigError};
 use gent::gent::{GenTConfig, WindowModel};
 use gent::io::{self, Format, IoError, OutputFormat};
+use gent::llm::window::WindowConditions;
 
 // mimalloc instead of the system allocator: generation and ingest allocate
 // and free large buffers per batch, and glibc hands those back to the kernel
@@ -122,6 +123,10 @@ enum Command {
         /// Start R_G and C_G from this earlier packet's weights where they fit.
         #[arg(long)]
         warm_start: Option<PathBuf>,
+        /// Also carry each trace's call-graph conditions (service, spans, depth,
+        /// latency, start) so `gent generate --llm` can regenerate with a language model.
+        #[arg(long)]
+        call_graph_conditions: bool,
         /// Compute backend; GPU backends need the matching cargo feature.
         #[arg(long, value_enum, default_value = "cpu")]
         backend: Backend,
@@ -145,6 +150,14 @@ enum Command {
         /// Seed; the packet's own seed when absent.
         #[arg(long)]
         seed: Option<u64>,
+        /// Regenerate the call graphs with this language model (`gent llm train`)
+        /// from the conditions the packet carries (`gent train --call-graph-conditions`),
+        /// constrained decoding, instead of the packet's Gen-T model.
+        #[arg(long)]
+        llm: Option<PathBuf>,
+        /// With --llm: the largest graph written for one trace; larger traces are written at this size.
+        #[arg(long, default_value_t = 500)]
+        max_edges: u64,
         /// Compute backend; GPU backends need the matching cargo feature.
         #[arg(long, value_enum, default_value = "cpu")]
         backend: Backend,
@@ -463,11 +476,32 @@ fn main() -> ExitCode {
         Command::Compressor { config } => compressor(config.as_deref()),
         Command::Decompressor { config } => decompressor(config.as_deref()),
         Command::Demo { out, window_traces, loops, epochs, json } => demo(out, window_traces, loops, epochs, json),
-        Command::Train { inputs, out, config, epochs, chain_length, seed, f16, no_gcn, warm_start, backend, format, json } => {
-            let options = TrainOptions { out, config, epochs, chain_length, seed, f16, no_gcn, warm_start, backend };
+        Command::Train {
+            inputs,
+            out,
+            config,
+            epochs,
+            chain_length,
+            seed,
+            f16,
+            no_gcn,
+            warm_start,
+            call_graph_conditions,
+            backend,
+            format,
+            json,
+        } => {
+            let options =
+                TrainOptions { out, config, epochs, chain_length, seed, f16, no_gcn, warm_start, call_graph_conditions, backend };
             train(&inputs, format, options, json)
         }
-        Command::Generate { model, out, format, seed, backend, json } => generate(&model, &out, format, seed, backend, json),
+        Command::Generate { model, out, format, seed, llm, max_edges, backend, json } => {
+            let engine = match llm {
+                Some(path) => Engine::Llm { path, max_edges },
+                None => Engine::GenT,
+            };
+            generate(&model, &out, format, seed, engine, backend, json)
+        }
         Command::Sample { inputs, out, head, tail, seed, to, format, json } => {
             sample(&inputs, &out, head, tail, seed, to, format, json)
         }
@@ -1081,6 +1115,7 @@ struct TrainOptions {
     f16: bool,
     no_gcn: bool,
     warm_start: Option<PathBuf>,
+    call_graph_conditions: bool,
     backend: Backend,
 }
 
@@ -1129,7 +1164,9 @@ fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool
     config.validate().map_err(|e| Failure::BadInput(e.to_string()))?;
     let previous = match &o.warm_start {
         Some(path) => Some(
-            gent::gent::unpack(&read_file(path)?, &device).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?.1,
+            gent::gent::unpack(&read_file(path)?, &device)
+                .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?
+                .model,
         ),
         None => None,
     };
@@ -1138,7 +1175,9 @@ fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool
         WindowModel::train(&set.traces, &config, &device, previous.as_ref()).map_err(|e| Failure::BadInput(e.to_string()))?;
     let train_seconds = started.elapsed().as_secs_f64();
     let precision = if o.f16 { Precision::F16 } else { Precision::F32 };
-    let packet = gent::gent::pack(&model, 0, &config, precision, config.ctgan.seed).map_err(|e| Failure::Other(e.to_string()))?;
+    let conditions = o.call_graph_conditions.then(|| WindowConditions::of(&set.traces, model.window_start));
+    let packet = gent::gent::pack(&model, 0, &config, precision, config.ctgan.seed, conditions)
+        .map_err(|e| Failure::Other(e.to_string()))?;
     std::fs::write(&o.out, &packet).map_err(|e| Failure::Other(format!("{}: {e}", o.out.display())))?;
     let (raw_otlp_bytes, gzip_otlp_bytes) = otlp_sizes(&set.traces)?;
     let (roots_warm, chains_warm) = model.warm_started();
@@ -1170,7 +1209,17 @@ struct GenerateReport {
     traces: usize,
     spans: usize,
     generate_seconds: f64,
-    repairs: gent::gent::Repairs,
+    /// `gent` or `llm`.
+    engine: &'static str,
+    repairs: Option<gent::gent::Repairs>,
+    /// With --llm: traces written smaller than they were (over --max-edges).
+    clamped: Option<usize>,
+}
+
+/// What regenerates a packet's traces.
+enum Engine {
+    GenT,
+    Llm { path: PathBuf, max_edges: u64 },
 }
 
 fn generate(
@@ -1178,19 +1227,46 @@ fn generate(
     out: &std::path::Path,
     format: OutputFormat,
     seed: Option<u64>,
+    engine: Engine,
     backend: Backend,
     json: bool,
 ) -> Result<(), Failure> {
     let device = device(backend)?;
-    let (header, model) =
+    let unpacked =
         gent::gent::unpack(&read_file(packet)?, &device).map_err(|e| Failure::BadInput(format!("{}: {e}", packet.display())))?;
+    let seed = seed.unwrap_or(unpacked.header.seed);
     let started = std::time::Instant::now();
-    let (traces, repairs) = model.generate(seed.unwrap_or(header.seed)).map_err(|e| Failure::Other(e.to_string()))?;
+    let (traces, engine, repairs, clamped) = match engine {
+        Engine::GenT => {
+            let (traces, repairs) = unpacked.model.generate(seed).map_err(|e| Failure::Other(e.to_string()))?;
+            (traces, "gent", Some(repairs), None)
+        }
+        Engine::Llm { path, max_edges } => {
+            let conditions = unpacked.conditions.ok_or_else(|| {
+                Failure::BadInput(format!(
+                    "{}: the packet carries no call-graph conditions (train it with --call-graph-conditions)",
+                    packet.display()
+                ))
+            })?;
+            let lm = gent::llm::model::LanguageModel::from_bytes(&read_file(&path)?, &device)
+                .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+            let r = gent::llm::window::Regeneration { sampling: Default::default(), max_edges, seed };
+            let regenerated = gent::llm::window::regenerate(&lm, &conditions, unpacked.header.window_start, &r)
+                .map_err(|e| Failure::BadInput(format!("{}: {e}", packet.display())))?;
+            (regenerated.traces, "llm", None, Some(regenerated.clamped))
+        }
+    };
     let generate_seconds = started.elapsed().as_secs_f64();
     io::write_file(&traces, format, out)?;
-    let report =
-        GenerateReport { traces: traces.len(), spans: traces.iter().map(|t| t.spans.len()).sum(), generate_seconds, repairs };
-    tracing::info!(traces = report.traces, spans = report.spans, generate_seconds = format!("{generate_seconds:.2}"), out = %out.display(), "traces regenerated");
+    let report = GenerateReport {
+        traces: traces.len(),
+        spans: traces.iter().map(|t| t.spans.len()).sum(),
+        generate_seconds,
+        engine,
+        repairs,
+        clamped,
+    };
+    tracing::info!(traces = report.traces, spans = report.spans, engine, generate_seconds = format!("{generate_seconds:.2}"), out = %out.display(), "traces regenerated");
     if json { print_json(&report) } else { Ok(()) }
 }
 

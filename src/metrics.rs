@@ -133,8 +133,11 @@ pub struct DecompressorMetrics {
     /// Packets refused, by `reason` (unauthenticated, invalid, duplicate is not a refusal).
     pub packets_rejected: IntCounterVec,
     pub packets_duplicate: IntCounter,
-    /// Windows delivered (every exporter took them), by payload `kind` (model, traces).
+    /// Windows delivered (every exporter took them), by `kind`: model (Gen-T
+    /// regenerated), llm (a language model regenerated the call graphs), traces.
     pub windows: IntCounterVec,
+    /// Traces a language model wrote smaller than they were (over `llm.max_edges`).
+    pub llm_clamped_traces: IntCounter,
     /// Spans the compressor saw in the delivered windows.
     pub window_spans: IntCounter,
     pub spans_regenerated: IntCounter,
@@ -159,8 +162,12 @@ impl DecompressorMetrics {
             )?,
             windows: r.counter_vec(
                 "gent_windows_delivered_total",
-                "Windows regenerated and exported, by payload kind.",
+                "Windows regenerated and exported, by kind (model, llm, traces).",
                 "kind",
+            )?,
+            llm_clamped_traces: r.counter(
+                "gent_llm_clamped_traces_total",
+                "Traces a language model regenerated smaller than they were (over llm.max_edges).",
             )?,
             window_spans: r.counter("gent_delivered_window_spans_total", "Spans the compressor saw in the delivered windows.")?,
             spans_regenerated: r.counter("gent_regenerated_spans_total", "Spans regenerated (or forwarded real traces).")?,
@@ -178,7 +185,7 @@ impl DecompressorMetrics {
         for reason in ["unauthenticated", "invalid"] {
             m.packets_rejected.with_label_values(&[reason]);
         }
-        for kind in ["model", "traces"] {
+        for kind in ["model", "llm", "traces"] {
             m.windows.with_label_values(&[kind]);
         }
         Ok(m)

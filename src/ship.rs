@@ -82,14 +82,16 @@ impl ShipSink {
         // Regeneration draws trace and span ids from this seed: unique per
         // producer run and window, so two windows never regenerate the same ids.
         let seed = xxhash_rust::xxh3::xxh3_64_with_seed(self.producer.as_bytes(), c.ctgan.seed ^ window);
-        let packet = crate::gent::pack(&model, window, c, precision, seed).map_err(|e| e.to_string())?;
+        let conditions =
+            self.config.call_graph_conditions.then(|| crate::llm::window::WindowConditions::of(traces, model.window_start));
+        let packet = crate::gent::pack(&model, window, c, precision, seed, conditions).map_err(|e| e.to_string())?;
         Ok((model, packet, seconds))
     }
 
     /// Regenerates from the packet as the decompressor will, and scores it.
     fn self_evaluate(&self, real: &TraceSet, packet: &[u8]) -> Result<f64, String> {
-        let (header, model) = crate::gent::unpack(packet, &self.device).map_err(|e| e.to_string())?;
-        let (traces, _) = model.generate(header.seed).map_err(|e| e.to_string())?;
+        let unpacked = crate::gent::unpack(packet, &self.device).map_err(|e| e.to_string())?;
+        let (traces, _) = unpacked.model.generate(unpacked.header.seed).map_err(|e| e.to_string())?;
         let reference = Reference::new(real, Vec::new()).map_err(|e| e.to_string())?;
         let synthetic = TraceSet { traces, defects: Default::default() };
         Ok(reference.evaluate_any(&synthetic, 1.0).map_err(|e| e.to_string())?.overall)

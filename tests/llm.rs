@@ -534,6 +534,49 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    // A Gen-T packet with call-graph conditions regenerates through the language model.
+    let mut doc = text::parse_tabular(&read("alibaba/callgraphs_train.txt")).unwrap();
+    doc.records.truncate(20);
+    let window = dir.path().join("window.txt");
+    std::fs::write(&window, text::write_tabular(&doc)).unwrap();
+    for (flag, packet) in [(true, "with.gent"), (false, "without.gent")] {
+        let mut cmd = gent();
+        cmd.args(["train", "--epochs", "1", "--out"]).arg(dir.path().join(packet)).arg(&window);
+        if flag {
+            cmd.arg("--call-graph-conditions");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let regenerated = dir.path().join("llm.jsonl");
+    let out = gent()
+        .arg("generate")
+        .arg(dir.path().join("with.gent"))
+        .arg("--llm")
+        .arg(&model)
+        .args(["--json", "--out"])
+        .arg(&regenerated)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(report["engine"], "llm");
+    assert_eq!(report["traces"], 20);
+    let spans: usize = doc.records.iter().map(|r| r.graph().unwrap().edges.len()).sum();
+    assert_eq!(report["spans"], spans, "every trace regenerated at its size");
+    assert_eq!(read_set(&[regenerated]).traces.len(), 20);
+    let bad = gent()
+        .arg("generate")
+        .arg(dir.path().join("without.gent"))
+        .arg("--llm")
+        .arg(&model)
+        .arg("--out")
+        .arg(dir.path().join("x.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--call-graph-conditions"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
 #[test]

@@ -237,7 +237,7 @@ fn packet_push(window_id: u64) -> PushRequest {
     let device = gent::nn::Backend::Cpu.device().unwrap();
     let config = tiny_model();
     let model = gent::gent::WindowModel::train(&set.traces, &config, &device, None).unwrap();
-    let payload = gent::gent::pack(&model, window_id, &config, gent::nn::weights::Precision::F16, 1).unwrap();
+    let payload = gent::gent::pack(&model, window_id, &config, gent::nn::weights::Precision::F16, 1, None).unwrap();
     PushRequest {
         producer: "faults".into(),
         window_id,
@@ -424,4 +424,104 @@ fn sigterm_mid_window_ships_the_window_or_spools_it_for_the_next_run() {
     let files = std::fs::read_dir(&out).unwrap().count();
     assert_eq!(files, 2, "one file per window");
     assert_eq!(read_dir_traces(&out).iter().map(|t| t.spans.len()).sum::<usize>(), first + second);
+}
+
+/// The first `n` Alibaba training call graphs, as text and as traces.
+fn alibaba_window(n: usize, dir: &Path) -> (Vec<gent::llm::CallGraph>, TraceSet) {
+    let raw = std::fs::read_to_string(data("alibaba/callgraphs_train.txt")).unwrap();
+    let mut doc = gent::llm::text::parse_tabular(&raw).unwrap();
+    doc.records.truncate(n);
+    let graphs = doc.records.iter().map(|r| r.graph().unwrap()).collect();
+    let path = dir.join("window.txt");
+    std::fs::write(&path, gent::llm::text::write_tabular(&doc)).unwrap();
+    (graphs, read_set(&[path]))
+}
+
+fn model_push(payload: Vec<u8>, window_id: u64, set: &TraceSet) -> PushRequest {
+    PushRequest {
+        producer: "llm".into(),
+        window_id,
+        kind: PayloadKind::Model as i32,
+        payload,
+        window_spans: set.span_count() as u64,
+        window_traces: set.traces.len() as u64,
+        closed_unix_nano: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_packets_conditions() {
+    use gent::llm::model::{Encoding, LanguageModel, Pretraining};
+    use gent::llm::window::WindowConditions;
+    use gent::nn::lm::{LmConfig, TrainConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (graphs, set) = alibaba_window(40, dir.path());
+    assert_eq!(set.traces.len(), 40);
+
+    // The language model: a few steps on the same call graphs (any weights
+    // decode to valid graphs under constraints).
+    let device = gent::nn::Backend::Cpu.device().unwrap();
+    let tiny = |vocab| LmConfig { d_model: 32, layers: 1, heads: 2, hidden: 64, max_len: 256, ..LmConfig::tiny(vocab) };
+    let p = Pretraining {
+        encoding: Encoding::Layers,
+        size: tiny,
+        train: TrainConfig { steps: 3, batch: 2, learning_rate: 1e-3, seed: 3 },
+        p_drop: 0.5,
+    };
+    let (lm, _) = LanguageModel::pretrain(&graphs, &p, &device).unwrap();
+    let lm_path = dir.path().join("lm.gent");
+    std::fs::write(&lm_path, lm.to_bytes().unwrap()).unwrap();
+
+    let config = tiny_model();
+    let model = gent::gent::WindowModel::train(&set.traces, &config, &device, None).unwrap();
+    let conditions = WindowConditions::of(&set.traces, model.window_start);
+    assert_eq!(conditions.traces.len(), 40);
+    let precision = gent::nn::weights::Precision::F16;
+    let with = gent::gent::pack(&model, 1, &config, precision, 5, Some(conditions)).unwrap();
+    let without = gent::gent::pack(&model, 2, &config, precision, 5, None).unwrap();
+    println!("packet {} bytes without call-graph conditions, {} with", without.len(), with.len());
+
+    // A bad model file stops the decompressor with the field and file named.
+    let out = dir.path().join("regenerated");
+    let mut bad = decompressor_config(local(), &out, None);
+    bad.engine = gent::config::Engine::Llm;
+    bad.llm.model = Some(dir.path().join("window.txt"));
+    let e = decompressor::start(bad, None).await.err().expect("a call-graph file is not a language model").to_string();
+    assert!(e.contains("llm.model") && e.contains("window.txt"), "{e}");
+
+    let mut c = decompressor_config(local(), &out, None);
+    c.engine = gent::config::Engine::Llm;
+    c.llm.model = Some(lm_path);
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
+    let d = decompressor::start(c, Some(delivered_tx)).await.unwrap();
+    let mut client = PacketServiceClient::connect(format!("http://{}", d.link)).await.unwrap();
+    client.push(model_push(with, 1, &set)).await.unwrap();
+    client.push(model_push(without, 2, &set)).await.unwrap();
+    let delivered = drain(&mut delivered_rx);
+    let kinds: Vec<(u64, &str)> = delivered.iter().map(|d| (d.window_id, d.kind)).collect();
+    assert_eq!(kinds, vec![(1, "llm"), (2, "model")], "a packet without conditions falls back to Gen-T");
+    assert_eq!(d.metrics.windows.with_label_values(&["llm"]).get(), 1);
+    let files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    let llm_file = files.iter().find(|p| p.to_string_lossy().contains("-000001.")).expect("window 1 exported");
+    let regenerated = read_set(std::slice::from_ref(llm_file)).traces;
+    assert_eq!(regenerated.len(), 40);
+
+    // Trace by trace (request i regenerates as the trace with id i): the real
+    // trace's service, size, depth and start, and every span within its latency.
+    let service = |t: &Trace| {
+        let root = t.spans.iter().find(|s| s.parent_span_id.is_none()).unwrap();
+        format!("{:?}", root.resource.attributes.iter().find(|kv| kv.key == "alibaba.service_id"))
+    };
+    let key = |t: &Trace| (t.start() / 1_000_000, t.spans.len(), TraceGraph::build(t).depth(), service(t));
+    let ours: std::collections::HashMap<_, &Trace> = regenerated.iter().map(|t| (t.trace_id, t)).collect();
+    for (i, r) in set.traces.iter().enumerate() {
+        let o = ours[&gent::llm::window::trace_id(5, i)];
+        assert_eq!(key(r), key(o));
+        let latency = (r.end() - r.start()).div_ceil(1_000_000) * 1_000_000;
+        assert!(o.end() <= r.start() + latency, "trace {i}: a span outlives the latency");
+    }
+    let known: std::collections::HashSet<&str> =
+        graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.as_str())).collect();
+    assert!(regenerated.iter().flat_map(|t| &t.spans).all(|s| known.contains(s.service())));
+    d.shutdown().await.unwrap();
 }

@@ -128,8 +128,8 @@ pub fn run(
     progress("gent");
     let started = Instant::now();
     let model = WindowModel::train(&real.traces, config, device, None).map_err(|e| BenchError::Gent(e.to_string()))?;
-    let packet =
-        crate::gent::pack(&model, 0, config, Precision::F16, config.ctgan.seed).map_err(|e| BenchError::Gent(e.to_string()))?;
+    let packet = crate::gent::pack(&model, 0, config, Precision::F16, config.ctgan.seed, None)
+        .map_err(|e| BenchError::Gent(e.to_string()))?;
     let (generated, _) = model.generate(config.ctgan.seed).map_err(|e| BenchError::Gent(e.to_string()))?;
     let seconds = started.elapsed().as_secs_f64();
     let gent = Runs {

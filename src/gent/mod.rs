@@ -14,6 +14,6 @@ mod topology;
 
 pub use attributes::{AttributeConfig, AttributeSchema, KeyModel, Kind as AttributeKind};
 pub use model::{GenTConfig, ModelError, Repairs, StoredWindowModel, WindowModel};
-pub use pack::{Header, PackError, pack, unpack};
+pub use pack::{Header, PackError, Unpacked, pack, unpack};
 pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use topology::{Label, Placement, Topology, TopologyHistogram};

@@ -4,6 +4,7 @@
 use burn::tensor::Device;
 
 use super::model::{GenTConfig, ModelError, StoredWindowModel, WindowModel};
+use crate::llm::window::WindowConditions;
 use crate::nn::weights::Precision;
 use crate::packet::{self, PacketError};
 
@@ -36,15 +37,28 @@ pub struct Header {
 struct Body {
     header: Header,
     model: StoredWindowModel,
+    /// Each trace's call-graph conditions, for a decompressor that regenerates
+    /// with a language model (`engine: llm`); absent unless the compressor is
+    /// asked for them.
+    conditions: Option<WindowConditions>,
 }
 
-/// `model` as a packet.
+/// A packet opened: its header, its model ready to generate, and the
+/// call-graph conditions when it carries them.
+pub struct Unpacked {
+    pub header: Header,
+    pub model: WindowModel,
+    pub conditions: Option<WindowConditions>,
+}
+
+/// `model` as a packet, with `conditions` when given.
 pub fn pack(
     model: &WindowModel,
     window_id: u64,
     config: &GenTConfig,
     precision: Precision,
     seed: u64,
+    conditions: Option<WindowConditions>,
 ) -> Result<Vec<u8>, PackError> {
     let header = Header {
         window_id,
@@ -57,15 +71,15 @@ pub fn pack(
         seed,
         producer: format!("gent {}", env!("CARGO_PKG_VERSION")),
     };
-    Ok(packet::seal(&Body { header, model: model.to_stored(precision)? })?)
+    Ok(packet::seal(&Body { header, model: model.to_stored(precision)?, conditions })?)
 }
 
-/// The header and model of a packet, checked, ready to generate on `device`.
-pub fn unpack(bytes: &[u8], device: &Device) -> Result<(Header, WindowModel), PackError> {
+/// A packet's contents, checked, its model ready to generate on `device`.
+pub fn unpack(bytes: &[u8], device: &Device) -> Result<Unpacked, PackError> {
     let body: Body = packet::open(bytes)?;
     let model = WindowModel::from_stored(body.model, device)?;
     if model.histogram.traces() != body.header.traces || model.histogram.spans() != body.header.spans {
         return Err(ModelError::Stored("header counts disagree with the topology histogram".into()).into());
     }
-    Ok((body.header, model))
+    Ok(Unpacked { header: body.header, model, conditions: body.conditions })
 }

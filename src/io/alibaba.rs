@@ -19,7 +19,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use super::otlp::string_attribute;
 use super::{ParseError, Position};
-use crate::trace::{Resource, Scope, Span, SpanId, SpanKind, Status, TraceId};
+use crate::trace::{Resource, Scope, Span, SpanId, SpanKind, Status, Trace, TraceId};
 
 pub const RPC_TYPE_ATTRIBUTE: &str = "alibaba.rpc_type";
 pub const RPC_ID_ATTRIBUTE: &str = "alibaba.rpc_id";
@@ -45,7 +45,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
         let line = line.trim();
         if let Some(attributes) = line.strip_prefix(HEADER) {
             let service_id = graph_attribute(attributes, "id").unwrap_or_default().to_string();
-            let trace_id = xxh3_128(format!("alibaba/{ordinal}/{service_id}").as_bytes()).to_be_bytes();
+            let trace_id = graph_trace_id(ordinal, &service_id);
             ordinal += 1;
             graph = Some(Graph { trace_id, service_id, resources: HashMap::new() });
         } else if line.starts_with('(') {
@@ -90,37 +90,91 @@ fn parse_edge(line: &str, graph: &mut Graph, scope: &Arc<Scope>) -> Result<Span,
     if edge_id.is_empty() || !edge_id.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
         return Err(format!("edge_id {:?} is not dot-decimal", shorten(edge_id)));
     }
-    let destination = destination.ok_or_else(|| missing("destination"))?;
-    let rpc_type = rpc_type.ok_or_else(|| missing("type"))?;
-    let start = starts.ok_or_else(|| missing("start time"))?;
-    let end = finishes.ok_or_else(|| missing("finish time"))?;
+    let call = Call {
+        source,
+        destination: destination.ok_or_else(|| missing("destination"))?,
+        rpc_type: rpc_type.ok_or_else(|| missing("type"))?,
+        edge_id,
+        start: starts.ok_or_else(|| missing("start time"))?,
+        end: finishes.ok_or_else(|| missing("finish time"))?,
+    };
+    Ok(edge_span(&call, graph, scope))
+}
+
+/// One edge's fields, times in Unix nanoseconds.
+struct Call<'a> {
+    source: Option<&'a str>,
+    destination: &'a str,
+    rpc_type: &'a str,
+    edge_id: &'a str,
+    start: u64,
+    end: u64,
+}
+
+/// The span of one edge: a span of its destination microservice, parented by
+/// the edge whose id is its dot-decimal prefix.
+fn edge_span(call: &Call<'_>, graph: &mut Graph, scope: &Arc<Scope>) -> Span {
     let resource = graph
         .resources
-        .entry(destination.to_string())
+        .entry(call.destination.to_string())
         .or_insert_with(|| {
             let attributes = vec![string_attribute(SERVICE_ID_ATTRIBUTE, &graph.service_id)];
-            Resource::new(destination, attributes)
+            Resource::new(call.destination, attributes)
         })
         .clone();
-    let mut attributes = vec![string_attribute(RPC_TYPE_ATTRIBUTE, rpc_type), string_attribute(RPC_ID_ATTRIBUTE, edge_id)];
-    if let Some(source) = source {
+    let mut attributes =
+        vec![string_attribute(RPC_TYPE_ATTRIBUTE, call.rpc_type), string_attribute(RPC_ID_ATTRIBUTE, call.edge_id)];
+    if let Some(source) = call.source {
         attributes.push(string_attribute(UPSTREAM_ATTRIBUTE, source));
     }
-    Ok(Span {
+    Span {
         trace_id: graph.trace_id,
-        span_id: edge_span_id(&graph.trace_id, edge_id),
-        parent_span_id: edge_id.rsplit_once('.').map(|(parent, _)| edge_span_id(&graph.trace_id, parent)),
+        span_id: edge_span_id(&graph.trace_id, call.edge_id),
+        parent_span_id: call.edge_id.rsplit_once('.').map(|(parent, _)| edge_span_id(&graph.trace_id, parent)),
         resource,
         scope: scope.clone(),
-        name: rpc_type.to_string(),
-        kind: if rpc_type == "mq" { SpanKind::Consumer } else { SpanKind::Server },
+        name: call.rpc_type.to_string(),
+        kind: if call.rpc_type == "mq" { SpanKind::Consumer } else { SpanKind::Server },
         status: Status::default(),
-        start,
-        end,
+        start: call.start,
+        end: call.end,
         attributes,
         events: vec![],
         links: vec![],
-    })
+    }
+}
+
+/// A generated call graph as the spans of trace `trace_id`, spans as the
+/// reader makes them from the same graph's text; the graph's millisecond
+/// times count from `start` (Unix nanoseconds).
+pub fn call_graph_trace(g: &crate::llm::CallGraph, trace_id: TraceId, start: u64) -> Trace {
+    let scope = Arc::new(Scope::default());
+    let mut graph = Graph { trace_id, service_id: g.service.clone(), resources: HashMap::new() };
+    let at = |ms: u64| start.saturating_add(ms.saturating_mul(NANOS_PER_MILLI));
+    let mut spans: Vec<Span> = g
+        .edges
+        .iter()
+        .map(|e| {
+            let edge_id = crate::llm::graph::format_id(&e.id);
+            let call = Call {
+                source: Some(&e.source),
+                destination: &e.destination,
+                rpc_type: &e.kind,
+                edge_id: &edge_id,
+                start: at(e.start),
+                end: at(e.finish),
+            };
+            edge_span(&call, &mut graph, &scope)
+        })
+        .collect();
+    // A trace's spans are in start order (see `Trace`).
+    spans.sort_by_key(|s| s.start);
+    Trace { trace_id, spans }
+}
+
+/// The trace id the reader gives the `ordinal`-th graph of a file.
+pub fn graph_trace_id(ordinal: u64, service_id: &str) -> TraceId {
+    xxh3_128(format!("alibaba/{ordinal}/{service_id}").as_bytes()).to_be_bytes()
 }
 
 fn edge_span_id(trace_id: &TraceId, edge_id: &str) -> SpanId {

@@ -3,7 +3,7 @@
 //! lines, OTLP protobuf or Jaeger JSON. `input` finds and sniffs files, one module
 //! per format holds its reader (and writer, where there is one).
 
-mod alibaba;
+pub mod alibaba;
 mod input;
 mod jaeger;
 mod json;

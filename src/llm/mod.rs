@@ -8,7 +8,9 @@
 //! (template constraints, user instructions, reasoning lines) from layers;
 //! `tokenizer` turns that text into model
 //! tokens and back; `validate` checks a layer and a whole graph
-//! against the constraints of the paper's Appendix B, naming the one that failed.
+//! against the constraints of the paper's Appendix B, naming the one that failed;
+//! `window` turns a window's traces into generation requests for a packet and
+//! regenerates traces from them (the decompressor's `engine: llm`).
 
 pub mod baseline;
 pub mod eval;
@@ -19,6 +21,7 @@ pub mod model;
 pub mod text;
 pub mod tokenizer;
 pub mod validate;
+pub mod window;
 
 pub use graph::{CallGraph, Edge, EdgeId, Layer, LayerConditions};
 pub use text::{Conditions, TextError};

@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// First four bytes of every packet.
 pub const MAGIC: &[u8; 4] = b"GENT";
 /// The packet format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 /// Largest body accepted after decompression.
 pub const MAX_BODY_BYTES: u64 = 1 << 30;
 

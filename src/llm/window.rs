@@ -1,0 +1,162 @@
+//! A window's call graphs as requests for the language model: what the
+//! compressor carries in a packet when `pipeline.call_graph_conditions` is on,
+//! and what a decompressor with `engine: llm` regenerates from.
+//!
+//! Each trace becomes the paper's user conditions — service id, num_edges
+//! (spans), depth (levels) and latency (ms from the trace's start to its end) —
+//! plus when it started, ms after the window's start. Service ids are stored
+//! once per window and referred to by index, so a request costs a few bytes
+//! before the packet's gzip.
+
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use xxhash_rust::xxh3::xxh3_128_with_seed;
+
+use super::generate::{Decoding, Generator, Outcome, Request, Sampling};
+use super::model::{Encoding, LanguageModel};
+use crate::io::alibaba::{self, SERVICE_ID_ATTRIBUTE};
+use crate::trace::{Trace, TraceGraph};
+
+const NANOS_PER_MILLI: u64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError {
+    #[error("trace {index} of the packet's call-graph conditions: {reason}")]
+    Request { index: usize, reason: String },
+    #[error("the language model cannot regenerate call graphs: {0}")]
+    Model(String),
+}
+
+/// One trace as the language model is asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TraceRequest {
+    /// Index into [`WindowConditions::services`].
+    pub service: u32,
+    pub num_edges: u32,
+    pub depth: u32,
+    pub latency_ms: u64,
+    /// The trace's start, ms after the window's start.
+    pub start_ms: u64,
+}
+
+/// Every trace of a window as a request, in trace order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WindowConditions {
+    pub services: Vec<String>,
+    pub traces: Vec<TraceRequest>,
+}
+
+/// The service id a trace belongs to: Alibaba's `alibaba.service_id` on the
+/// root span's resource when present, else the root span's service name.
+fn service_id(trace: &Trace, graph: &TraceGraph) -> String {
+    let root = graph.roots().first().map_or(&trace.spans[0], |&r| &trace.spans[r]);
+    let id = root.resource.attributes.iter().find(|kv| kv.key == SERVICE_ID_ATTRIBUTE).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    });
+    id.unwrap_or_else(|| root.service().to_string())
+}
+
+fn millis_up(nanos: u64) -> u64 {
+    nanos.div_ceil(NANOS_PER_MILLI)
+}
+
+impl WindowConditions {
+    /// The requests of `traces`, a window starting at `window_start` (Unix ns).
+    pub fn of(traces: &[Trace], window_start: u64) -> Self {
+        let mut index = std::collections::HashMap::<String, u32>::new();
+        let mut out = WindowConditions::default();
+        for trace in traces.iter().filter(|t| !t.spans.is_empty()) {
+            let graph = TraceGraph::build(trace);
+            let service = service_id(trace, &graph);
+            let next = out.services.len() as u32;
+            let service = *index.entry(service).or_insert_with_key(|s| {
+                out.services.push(s.clone());
+                next
+            });
+            out.traces.push(TraceRequest {
+                service,
+                num_edges: trace.spans.len() as u32,
+                depth: graph.depth().max(1),
+                latency_ms: millis_up(trace.end().saturating_sub(trace.start())),
+                start_ms: trace.start().saturating_sub(window_start) / NANOS_PER_MILLI,
+            });
+        }
+        out
+    }
+
+    /// Request `index` for the generator, checked: a packet is untrusted input.
+    fn request(&self, index: usize, max_edges: u64) -> Result<(Request, bool), WindowError> {
+        let t = &self.traces[index];
+        let bad = |reason: String| WindowError::Request { index, reason };
+        let service = self
+            .services
+            .get(t.service as usize)
+            .ok_or_else(|| bad(format!("service index {} is past the {} services listed", t.service, self.services.len())))?;
+        if t.depth == 0 || u64::from(t.num_edges) < u64::from(t.depth) {
+            return Err(bad(format!("{} edges cannot make a graph {} deep", t.num_edges, t.depth)));
+        }
+        // Past the bound the graph is generated at the bound, its depth kept.
+        let clamped = u64::from(t.num_edges) > max_edges;
+        let depth = u64::from(t.depth).min(max_edges);
+        let request =
+            Request { service: service.clone(), num_edges: u64::from(t.num_edges).min(max_edges), depth, latency: t.latency_ms };
+        Ok((request, clamped))
+    }
+}
+
+/// How `engine: llm` regenerates.
+#[derive(Debug, Clone, Copy)]
+pub struct Regeneration {
+    pub sampling: Sampling,
+    /// Largest graph generated for one trace; larger requests are generated at this size.
+    pub max_edges: u64,
+    pub seed: u64,
+}
+
+/// What regeneration made of a window.
+#[derive(Debug, Default)]
+pub struct Regenerated {
+    pub traces: Vec<Trace>,
+    /// Traces generated smaller than requested (over `max_edges`).
+    pub clamped: usize,
+}
+
+/// The id regeneration gives the trace of request `index`.
+pub fn trace_id(seed: u64, index: usize) -> crate::trace::TraceId {
+    xxh3_128_with_seed(&(index as u64).to_le_bytes(), seed).to_be_bytes()
+}
+
+/// Writes each requested call graph with constrained decoding (every graph
+/// valid and of the requested size and depth) and makes it a trace starting
+/// where the real one did. Trace ids derive from `r.seed` and the trace's
+/// position, so one packet always regenerates to the same ids.
+pub fn regenerate(
+    lm: &LanguageModel,
+    conditions: &WindowConditions,
+    window_start: u64,
+    r: &Regeneration,
+) -> Result<Regenerated, WindowError> {
+    if lm.encoding != Encoding::Layers {
+        return Err(WindowError::Model("it writes whole graphs (tabular); engine llm needs the layer encoding".into()));
+    }
+    let (mut scorer, tok) = lm.scorer();
+    let mut g = Generator::new(&mut scorer, tok, r.sampling, r.seed)
+        .map_err(|e| WindowError::Model(e.to_string()))?
+        .known_destinations(&lm.destinations);
+    let mut out = Regenerated { traces: Vec::with_capacity(conditions.traces.len()), clamped: 0 };
+    for (index, t) in conditions.traces.iter().enumerate() {
+        let (request, clamped) = conditions.request(index, r.max_edges.max(1))?;
+        out.clamped += usize::from(clamped);
+        let graph = match g.run(&request, Decoding::Constrained, lm.config.max_len) {
+            Outcome::Valid(x) => x.graph,
+            // Constrained decoding makes only valid graphs; this is a bug, named.
+            Outcome::Invalid { reason, .. } => return Err(WindowError::Request { index, reason }),
+        };
+        let trace_id = trace_id(r.seed, index);
+        let start = window_start.saturating_add(t.start_ms.saturating_mul(NANOS_PER_MILLI));
+        out.traces.push(alibaba::call_graph_trace(&graph, trace_id, start));
+    }
+    Ok(out)
+}
