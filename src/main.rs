@@ -291,6 +291,17 @@ enum LlmCommand {
         /// Share of the graphs made into instruction samples (the paper: 0.05).
         #[arg(long, default_value_t = 0.05)]
         tune_fraction: f64,
+        /// Tune LoRA adapters of this rank on the attention query and key
+        /// projections, the rest frozen, merged into the weights afterwards
+        /// (the paper: 8); 0 tunes every weight.
+        #[arg(long, default_value_t = 0)]
+        lora_rank: usize,
+        /// LoRA scaling numerator: adapters add x·A·B·alpha/rank (the paper: 16).
+        #[arg(long, default_value_t = 16.0)]
+        lora_alpha: f32,
+        /// Dropout on the adapters' input while tuning (the paper: 0.1).
+        #[arg(long, default_value_t = 0.1)]
+        lora_dropout: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, value_enum, default_value = "cpu")]
@@ -906,6 +917,9 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
             p_drop,
             tune_steps,
             tune_fraction,
+            lora_rank,
+            lora_alpha,
+            lora_dropout,
             seed,
             backend,
             json,
@@ -942,16 +956,23 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 model::LanguageModel::pretrain(&graphs, &p, &device(backend)?).map_err(|e| Failure::Other(e.to_string()))?;
             let train_seconds = started.elapsed().as_secs_f64();
             let started = std::time::Instant::now();
-            let tune_losses = if tune_steps > 0 {
+            let lora =
+                (lora_rank > 0).then_some(gent::nn::lm::LoraConfig { rank: lora_rank, alpha: lora_alpha, dropout: lora_dropout });
+            let tuned = if tune_steps > 0 {
                 let t = model::Tuning {
                     train: gent::nn::lm::TrainConfig { steps: tune_steps, batch, learning_rate, seed },
                     fraction: tune_fraction,
                     sampling: gent::llm::instruct::Sampling { p_drop, ..Default::default() },
+                    lora,
                 };
-                lm.tune(&graphs, &t).map_err(|e| Failure::Other(e.to_string()))?
+                Some(lm.tune(&graphs, &t).map_err(|e| match e {
+                    model::ModelError::Lm(gent::nn::lm::LmError::Lora(_)) => Failure::BadInput(format!("--lora-*: {e}")),
+                    e => Failure::Other(e.to_string()),
+                })?)
             } else {
-                Vec::new()
+                None
             };
+            let tune_losses = tuned.as_ref().map(|t| t.losses.clone()).unwrap_or_default();
             let tune_seconds = started.elapsed().as_secs_f64();
             let bytes = lm.to_bytes().map_err(|e| Failure::Other(e.to_string()))?;
             std::fs::write(&out, &bytes).map_err(|e| Failure::Other(format!("{}: {e}", out.display())))?;
@@ -963,6 +984,8 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                 "last_loss": losses.last(),
                 "train_seconds": train_seconds,
                 "tune_steps": tune_steps,
+                "tune_lora_rank": lora.map(|c| c.rank),
+                "tune_trainable_parameters": tuned.as_ref().map(|t| t.trainable),
                 "tune_first_loss": tune_losses.first(),
                 "tune_last_loss": tune_losses.last(),
                 "tune_seconds": tune_seconds,

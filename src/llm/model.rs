@@ -9,7 +9,7 @@ use super::graph::CallGraph;
 use super::instruct;
 use super::text;
 use super::tokenizer::{BOS, EOS, PAD, Tokenizer};
-use crate::nn::lm::{Lm, LmConfig, LmError, TrainConfig};
+use crate::nn::lm::{Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfig};
 use crate::nn::weights::{self, Precision};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,12 @@ const INSTRUCTION_VOCABULARY_GRAPHS: usize = 100;
 /// The file's kind; `/2` added the training destinations. A file of another
 /// version is refused by name before its body is decoded.
 const KIND: &str = "gent-llm/2";
+
+/// The container version of model files: the packet container's layout as it
+/// was when they were introduced, kept apart from the window packet's
+/// version (`packet::FORMAT_VERSION`) so that a new packet format does not make
+/// trained language models unreadable; `KIND` versions their body.
+const CONTAINER_VERSION: u16 = 4;
 
 /// The first field of every stored model, read alone to check the kind.
 #[derive(serde::Deserialize)]
@@ -82,6 +88,25 @@ pub struct Tuning {
     /// Share of the training graphs made into instruction samples (the paper: 5 %).
     pub fraction: f64,
     pub sampling: instruct::Sampling,
+    /// Train LoRA adapters on a frozen model (merged into it afterwards)
+    /// instead of every weight.
+    pub lora: Option<LoraConfig>,
+}
+
+/// What instruction tuning did.
+#[derive(Debug, Clone)]
+pub struct Tuned {
+    /// Loss of every step.
+    pub losses: Vec<f32>,
+    /// Parameters that trained (all of them, or the adapters').
+    pub trainable: usize,
+}
+
+/// `lm`'s weights on `device` (between the autodiff device training uses
+/// and the plain one generation uses), through their bytes.
+fn moved(lm: Lm, config: &LmConfig, device: &Device) -> Result<Lm, ModelError> {
+    let bytes = weights::to_bytes(lm, Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
+    weights::from_bytes(Lm::new(config, device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))
 }
 
 /// Pre-training settings: which size, how long, and the condition drop rate.
@@ -150,9 +175,7 @@ impl LanguageModel {
         train_device.seed(p.train.seed);
         let lm = Lm::new(&config, &train_device)?;
         let (lm, losses) = crate::nn::lm::train(lm, &sequences, &p.train, PAD, &train_device)?;
-        // Back to a plain device for generation: weights through bytes.
-        let bytes = weights::to_bytes(lm, Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
-        let lm = weights::from_bytes(Lm::new(&config, device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
+        let lm = moved(lm, &config, device)?;
         let mut destinations: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
         destinations.sort_unstable();
         destinations.dedup();
@@ -174,8 +197,9 @@ impl LanguageModel {
     /// becomes instruction samples, one per layer, each with the user
     /// instruction its graph warrants (`instruct::Facts`), and training goes on
     /// from the current weights, scoring only the answers: the question is a
-    /// fixed prompt. Returns the loss of every step.
-    pub fn tune(&mut self, graphs: &[CallGraph], t: &Tuning) -> Result<Vec<f32>, ModelError> {
+    /// fixed prompt. With `t.lora` only low-rank adapters train, then merge
+    /// into the weights.
+    pub fn tune(&mut self, graphs: &[CallGraph], t: &Tuning) -> Result<Tuned, ModelError> {
         use rand::SeedableRng;
         if self.encoding != Encoding::Layers {
             return Err(ModelError::NotLayers);
@@ -204,36 +228,48 @@ impl LanguageModel {
         }
         let scored: Vec<(&[u32], usize)> = sequences.iter().map(|(s, f)| (s.as_slice(), *f)).collect();
         let train_device = self.device.clone().autodiff();
-        let bytes = weights::to_bytes(self.lm.clone(), Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
-        let lm =
-            weights::from_bytes(Lm::new(&self.config, &train_device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
-        let (lm, losses) = crate::nn::lm::train_from(lm, &scored, &t.train, PAD, &train_device)?;
-        let bytes = weights::to_bytes(lm, Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
-        self.lm =
-            weights::from_bytes(Lm::new(&self.config, &self.device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))?;
+        train_device.seed(t.train.seed);
+        let lm = moved(self.lm.clone(), &self.config, &train_device)?;
+        let (lm, tuned) = match &t.lora {
+            Some(c) => {
+                let lora = Lora::new(lm, c, &train_device)?;
+                let trainable = lora.trainable();
+                let (lora, losses) = crate::nn::lm::train_from(lora, &scored, &t.train, PAD, &train_device)?;
+                (lora.merge(), Tuned { losses, trainable })
+            }
+            None => {
+                let trainable = burn::module::Module::num_params(&lm);
+                let (lm, losses) = crate::nn::lm::train_from(lm, &scored, &t.train, PAD, &train_device)?;
+                (lm, Tuned { losses, trainable })
+            }
+        };
+        self.lm = moved(lm, &self.config, &self.device)?;
         self.instructed = true;
-        Ok(losses)
+        Ok(tuned)
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
         let weights = weights::to_bytes(self.lm.clone(), Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
-        Ok(crate::packet::seal(&Stored {
-            kind: KIND.into(),
-            encoding: self.encoding,
-            config: self.config,
-            tokens: self.tokenizer.tokens().to_vec(),
-            destinations: self.destinations.clone(),
-            instructed: self.instructed,
-            weights,
-        })?)
+        Ok(crate::packet::seal_as(
+            &Stored {
+                kind: KIND.into(),
+                encoding: self.encoding,
+                config: self.config,
+                tokens: self.tokenizer.tokens().to_vec(),
+                destinations: self.destinations.clone(),
+                instructed: self.instructed,
+                weights,
+            },
+            CONTAINER_VERSION,
+        )?)
     }
 
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
-        let head: Head = crate::packet::open(bytes)?;
+        let head: Head = crate::packet::open_as(bytes, CONTAINER_VERSION)?;
         if head.kind != KIND {
             return Err(ModelError::Kind(head.kind));
         }
-        let s: Stored = crate::packet::open(bytes)?;
+        let s: Stored = crate::packet::open_as(bytes, CONTAINER_VERSION)?;
         let lm = weights::from_bytes(Lm::new(&s.config, device)?, &s.weights).map_err(|e| ModelError::Weights(e.to_string()))?;
         Ok(LanguageModel {
             encoding: s.encoding,

@@ -3,16 +3,16 @@
 //! TraceLLM. Sizes run from `tiny` (tests, CPU) to `base` (tens of millions of
 //! parameters, for a GPU backend).
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{
-    Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, RotaryEncoding, RotaryEncodingConfig, SwiGlu,
-    SwiGluConfig,
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, RotaryEncoding,
+    RotaryEncodingConfig, SwiGlu, SwiGluConfig,
 };
 use burn::optim::{AdamWConfig, GradientsParams, grad_clipping::GradientClippingConfig};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
@@ -20,6 +20,8 @@ pub enum LmError {
     Config(String),
     #[error("nothing to train on: every sequence is empty")]
     Empty,
+    #[error("LoRA settings: {0}")]
+    Lora(String),
 }
 
 /// Model dimensions.
@@ -114,25 +116,50 @@ impl Lm {
 
     /// Next-token logits at every position: `[batch, len]` → `[batch, len, vocab]`.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.forward_adapted(tokens, None)
+    }
+
+    /// As [`Lm::forward`], each block's attention with its adapters when given.
+    fn forward_adapted(&self, tokens: Tensor<2, Int>, lora: Option<&Lora>) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
         let mut x = self.embed.forward(tokens);
         let mask = generate_autoregressive_mask(b, t, &device).unsqueeze_dim::<4>(1);
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             let h = blk.attn_norm.forward(x.clone());
-            x = x + self.attention(blk, h, mask.clone());
+            let adapter = lora.and_then(|l| l.adapters.get(i).map(|a| (a, l)));
+            x = x + self.attention(blk, h, mask.clone(), adapter);
             let h = blk.ffn_norm.forward(x.clone());
             x = x + blk.down.forward(blk.gate_up.forward(h));
         }
         self.head.forward(self.norm.forward(x))
     }
 
-    fn attention(&self, blk: &Block, x: Tensor<3>, mask: Tensor<4, burn::tensor::Bool>) -> Tensor<3> {
+    fn attention(
+        &self,
+        blk: &Block,
+        x: Tensor<3>,
+        mask: Tensor<4, burn::tensor::Bool>,
+        adapter: Option<(&Adapter, &Lora)>,
+    ) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, dh) = (self.heads, d / self.heads);
         let split = |y: Tensor<3>| y.reshape([b, t, h, dh]).swap_dims(1, 2);
-        let q = self.rope.forward(split(blk.q.forward(x.clone())));
-        let k = self.rope.forward(split(blk.k.forward(x.clone())));
+        let (mut q, mut k) = (blk.q.forward(x.clone()), blk.k.forward(x.clone()));
+        if let Some((a, l)) = adapter {
+            // x·A·B·(alpha/rank) beside the frozen projection, dropout on its input.
+            let low = |ab: &(Param<Tensor<2>>, Param<Tensor<2>>)| {
+                l.dropout
+                    .forward(x.clone())
+                    .matmul(ab.0.val().unsqueeze::<3>())
+                    .matmul(ab.1.val().unsqueeze::<3>())
+                    .mul_scalar(l.scale)
+            };
+            q = q + low(&a.q);
+            k = k + low(&a.k);
+        }
+        let q = self.rope.forward(split(q));
+        let k = self.rope.forward(split(k));
         let v = split(blk.v.forward(x));
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
         let scores = scores.mask_fill(mask.expand([b, h, t, t]), -1e9);
@@ -150,6 +177,10 @@ impl Lm {
     /// the tokens before it are a prompt the model reads but does not learn
     /// to write (instruction tuning).
     pub fn loss_from(&self, batch: &[(&[u32], usize)], pad: u32, device: &Device) -> Tensor<1> {
+        self.loss_adapted(batch, pad, device, None)
+    }
+
+    fn loss_adapted(&self, batch: &[(&[u32], usize)], pad: u32, device: &Device, lora: Option<&Lora>) -> Tensor<1> {
         let len = batch.iter().map(|(s, _)| s.len()).max().unwrap_or(2).max(2);
         let mut inputs = Vec::with_capacity(batch.len() * (len - 1));
         let mut targets = Vec::with_capacity(batch.len() * (len - 1));
@@ -163,7 +194,7 @@ impl Lm {
         let n = batch.len();
         let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [n, len - 1]), device);
         let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n * (len - 1)]), device);
-        let logits = self.forward(inputs);
+        let logits = self.forward_adapted(inputs, lora);
         let vocab = logits.dims()[2];
         CrossEntropyLossConfig::new()
             .with_pad_tokens(Some(vec![pad as usize]))
@@ -199,14 +230,32 @@ pub fn train(model: Lm, sequences: &[Vec<u32>], c: &TrainConfig, pad: u32, devic
     train_from(model, &scored, c, pad, device)
 }
 
-/// As [`train`], each sequence scored from its given position on (see [`Lm::loss_from`]).
-pub fn train_from(
-    mut model: Lm,
+/// What training optimises: a model scoring a batch by next-token cross-entropy.
+pub trait Scored: Module {
+    fn loss_from(&self, batch: &[(&[u32], usize)], pad: u32, device: &Device) -> Tensor<1>;
+}
+
+impl Scored for Lm {
+    fn loss_from(&self, batch: &[(&[u32], usize)], pad: u32, device: &Device) -> Tensor<1> {
+        Lm::loss_from(self, batch, pad, device)
+    }
+}
+
+impl Scored for Lora {
+    fn loss_from(&self, batch: &[(&[u32], usize)], pad: u32, device: &Device) -> Tensor<1> {
+        self.base.loss_adapted(batch, pad, device, Some(self))
+    }
+}
+
+/// As [`train`], each sequence scored from its given position on (see
+/// [`Lm::loss_from`]); `model` is the whole network or its LoRA adapters.
+pub fn train_from<M: Scored>(
+    mut model: M,
     sequences: &[(&[u32], usize)],
     c: &TrainConfig,
     pad: u32,
     device: &Device,
-) -> Result<(Lm, Vec<f32>), LmError> {
+) -> Result<(M, Vec<f32>), LmError> {
     use rand::{Rng, SeedableRng};
     // A sequence needs a token to score after its prompt.
     let usable: Vec<(&[u32], usize)> = sequences.iter().copied().filter(|(s, from)| s.len() >= 2 && *from < s.len()).collect();
@@ -226,4 +275,96 @@ pub fn train_from(
         model = opt.step(lr.max(c.learning_rate * 0.01), model, grads);
     }
     Ok((model, losses))
+}
+
+/// LoRA settings (Hu et al. 2022). The paper adapts the query and key
+/// projections with rank 8, alpha 16 and dropout 0.1 (Appendix A).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f64,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig { rank: 8, alpha: 16.0, dropout: 0.1 }
+    }
+}
+
+/// The low-rank matrices of one block: `(A, B)` for the query and the key
+/// projection, `A` `[d_model, rank]`, `B` `[rank, d_model]`.
+#[derive(Module, Debug)]
+struct Adapter {
+    q: (Param<Tensor<2>>, Param<Tensor<2>>),
+    k: (Param<Tensor<2>>, Param<Tensor<2>>),
+}
+
+/// A frozen language model with LoRA adapters on its attention: only the
+/// adapters train. `B` starts at zero, so tuning starts from the base model's
+/// outputs; [`Lora::merge`] folds the adapters into the weights, so the tuned
+/// model is an ordinary [`Lm`] that costs nothing extra to run.
+#[derive(Module, Debug)]
+pub struct Lora {
+    base: Lm,
+    adapters: Vec<Adapter>,
+    dropout: Dropout,
+    scale: f32,
+}
+
+impl Lora {
+    /// Adapters for every block of `base`, which is frozen; `device` must be
+    /// an autodiff device for the adapters to train.
+    pub fn new(base: Lm, c: &LoraConfig, device: &Device) -> Result<Self, LmError> {
+        if c.rank == 0 || !(c.alpha > 0.0 && c.alpha.is_finite()) || !(0.0..1.0).contains(&c.dropout) {
+            return Err(LmError::Lora(format!(
+                "rank must be positive, alpha positive, dropout in [0, 1) (got rank {}, alpha {}, dropout {})",
+                c.rank, c.alpha, c.dropout
+            )));
+        }
+        let d = base.embed.weight.val().dims()[1];
+        let pair = || {
+            // A as a Kaiming-like normal, B zero: the adapted model starts as the base.
+            let a = Tensor::<2>::random([d, c.rank], Distribution::Normal(0.0, 1.0 / (d as f64).sqrt()), device);
+            (Param::from_tensor(a), Param::from_tensor(Tensor::<2>::zeros([c.rank, d], device)))
+        };
+        let adapters = base.blocks.iter().map(|_| Adapter { q: pair(), k: pair() }).collect();
+        Ok(Lora { base: base.no_grad(), adapters, dropout: DropoutConfig::new(c.dropout).init(), scale: c.alpha / c.rank as f32 })
+    }
+
+    /// The frozen model under the adapters.
+    pub fn base(&self) -> &Lm {
+        &self.base
+    }
+
+    /// Parameters that train: the adapters'.
+    pub fn trainable(&self) -> usize {
+        self.adapters
+            .iter()
+            .map(|a| {
+                [&a.q, &a.k].iter().map(|(x, y)| x.val().shape().num_elements() + y.val().shape().num_elements()).sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Logits with the adapters, for checking a merge.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.base.forward_adapted(tokens, Some(self))
+    }
+
+    /// The base model with every adapter folded into its projection:
+    /// `W + A·B·(alpha/rank)` (a burn `Linear` computes `x·W`).
+    pub fn merge(self) -> Lm {
+        let scale = self.scale;
+        let mut base = self.base;
+        for (blk, a) in base.blocks.iter_mut().zip(self.adapters) {
+            let fold = |w: &Param<Tensor<2>>, (x, y): (Param<Tensor<2>>, Param<Tensor<2>>)| {
+                // Detached: the merged weight is a new leaf, not a node of the adapters' graph.
+                Param::from_tensor((w.val() + x.val().matmul(y.val()).mul_scalar(scale)).detach())
+            };
+            blk.q.weight = fold(&blk.q.weight, a.q);
+            blk.k.weight = fold(&blk.k.weight, a.k);
+        }
+        base
+    }
 }

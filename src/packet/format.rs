@@ -34,8 +34,8 @@ pub enum PacketError {
     TooShort { len: usize, min: usize },
     #[error("not a gent packet: it starts with {found:02x?}, not \"GENT\"")]
     Magic { found: [u8; 4] },
-    #[error("packet format version {found}; this gent reads version {FORMAT_VERSION} only")]
-    Version { found: u16 },
+    #[error("packet format version {found}; this gent reads version {expected} only")]
+    Version { found: u16, expected: u16 },
     #[error("packet checksum mismatch (stored {stored:016x}, computed {computed:016x}): the packet is damaged or truncated")]
     Checksum { stored: u64, computed: u64 },
     #[error("packet body does not inflate: {0}")]
@@ -50,10 +50,22 @@ pub enum PacketError {
 
 /// `body` as a packet.
 pub fn seal<T: Serialize>(body: &T) -> Result<Vec<u8>, PacketError> {
+    seal_as(body, FORMAT_VERSION)
+}
+
+/// The body of a packet, after checking magic, version and checksum, in that order.
+pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
+    open_as(packet, FORMAT_VERSION)
+}
+
+/// `body` in the packet container under another `version`: files that use
+/// the container (language models) version their layout apart from the
+/// window packet, so a new packet format does not orphan them.
+pub fn seal_as<T: Serialize>(body: &T, version: u16) -> Result<Vec<u8>, PacketError> {
     let encoded = postcard::to_stdvec(body).map_err(|e| PacketError::Encode(e.to_string()))?;
     let mut out = Vec::with_capacity(encoded.len() / 2 + HEADER + TRAILER);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     let mut gz = GzEncoder::new(out, Compression::best());
     gz.write_all(&encoded).map_err(|e| PacketError::Encode(e.to_string()))?;
     let mut out = gz.finish().map_err(|e| PacketError::Encode(e.to_string()))?;
@@ -62,8 +74,8 @@ pub fn seal<T: Serialize>(body: &T) -> Result<Vec<u8>, PacketError> {
     Ok(out)
 }
 
-/// The body of a packet, after checking magic, version and checksum, in that order.
-pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
+/// As [`open`], for a container written by [`seal_as`] with `expected`.
+pub fn open_as<T: DeserializeOwned>(packet: &[u8], expected: u16) -> Result<T, PacketError> {
     let min = HEADER + TRAILER + 18; // an empty gzip stream is 20 bytes; 18 is its floor
     if packet.len() < min {
         if packet.len() >= MAGIC.len() && &packet[..4] != MAGIC {
@@ -76,8 +88,8 @@ pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
         return Err(PacketError::Magic { found });
     }
     let version = u16::from_le_bytes([packet[4], packet[5]]);
-    if version != FORMAT_VERSION {
-        return Err(PacketError::Version { found: version });
+    if version != expected {
+        return Err(PacketError::Version { found: version, expected });
     }
     let (content, trailer) = packet.split_at(packet.len() - TRAILER);
     let stored = u64::from_le_bytes(trailer.try_into().unwrap_or_default());
