@@ -392,6 +392,10 @@ enum LlmCommand {
         top_p: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Run the whole context at every step instead of caching keys and
+        /// values (same output, slower; for measuring the cache).
+        #[arg(long)]
+        no_kv_cache: bool,
         /// Output file.
         #[arg(long)]
         out: PathBuf,
@@ -1003,6 +1007,7 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
             top_k,
             top_p,
             seed,
+            no_kv_cache,
             out,
             format,
             backend,
@@ -1030,7 +1035,7 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
             let bytes = read_file(&path)?;
             let lm = model::LanguageModel::from_bytes(&bytes, &device(backend)?)
                 .map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
-            let (mut scorer, tok) = lm.scorer();
+            let (mut scorer, tok) = if no_kv_cache { lm.uncached_scorer() } else { lm.scorer() };
             let sampling = generate::Sampling { temperature, top_k, top_p };
             let mut g = generate::Generator::new(&mut scorer, tok, sampling, seed)
                 .map_err(|e| Failure::Other(e.to_string()))?

@@ -205,6 +205,15 @@ fn each_appendix_b_rule_is_checked() {
     assert!(v.contains(&Violation::SubgraphEdges { edge: 1, current: 4, total: 3 }), "{v:?}");
     let v = broken(|l| l.conditions.num_edges = Some(7));
     assert!(v.contains(&Violation::EdgeBudget { expected: 5, found: 3 }), "{v:?}");
+    // A last level (remaining_depth 0, no subgraphs) must hold all its edges,
+    // even when its own count is left to the model (a first layer).
+    let v = broken(|l| {
+        l.conditions.remaining_depth = Some(0);
+        l.conditions.num_current_edges = None;
+        l.conditions.num_subgraphs = None;
+        l.subgraphs.clear();
+    });
+    assert_eq!(v, vec![Violation::EdgeBudget { expected: 3, found: 0 }], "{v:?}");
     let v = broken(|l| l.conditions.num_subgraphs = Some(2));
     assert!(v.contains(&Violation::SubgraphCount { expected: 2, found: 1 }), "{v:?}");
 
@@ -491,6 +500,28 @@ fn lora_adapters_train_alone_and_merge_into_the_weights() {
 
     let bad = LoraConfig { rank: 0, ..c };
     assert!(Lora::new(Lm::new(&config, &device).unwrap(), &bad, &device).unwrap_err().to_string().contains("rank"));
+}
+
+#[test]
+fn the_key_value_cache_gives_the_logits_of_the_whole_context() {
+    use gent::nn::lm::{KvCache, Lm, LmConfig};
+    let (tok, sequences) = layer_sequences(5, 128);
+    let config = LmConfig { d_model: 32, layers: 2, heads: 2, hidden: 64, max_len: 128, ..LmConfig::tiny(tok.len()) };
+    let device = gent::nn::Backend::Cpu.device().unwrap();
+    device.seed(4);
+    let lm = Lm::new(&config, &device).unwrap();
+    let (a, b) = (&sequences[0], &sequences[1]);
+    // Token by token, several at once, the same context again, back to a
+    // shorter prefix, another context, and one past the window (uncached).
+    let mut contexts: Vec<&[u32]> = (1..30).map(|n| &a[..n]).collect();
+    contexts.extend([&a[..37], &a[..37], &a[..20], &a[..21], &b[..15], &b[..16], &a[..a.len().min(127)]]);
+    let mut cache = KvCache::default();
+    for (i, c) in contexts.iter().enumerate() {
+        let want = lm.next_logits(c, config.max_len, &device);
+        let have = lm.next_logits_cached(c, &mut cache, config.max_len, &device);
+        let gap = want.iter().zip(&have).map(|(w, h)| (w - h).abs()).fold(0.0f32, f32::max);
+        assert!(want.len() == have.len() && gap < 1e-4, "context {i} ({} tokens): logits differ by {gap}", c.len());
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use super::graph::CallGraph;
 use super::instruct;
 use super::text;
 use super::tokenizer::{BOS, EOS, PAD, Tokenizer};
-use crate::nn::lm::{Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfig};
+use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfig};
 use crate::nn::weights::{self, Precision};
 
 #[derive(Debug, thiserror::Error)]
@@ -289,16 +289,29 @@ pub struct Scorer<'a> {
     lm: &'a Lm,
     max_len: usize,
     device: &'a Device,
+    /// `None` runs the whole context every step (for measuring the cache).
+    cache: Option<KvCache>,
 }
 
 impl LanguageModel {
+    /// The model as a next-token scorer with a key/value cache.
     pub fn scorer(&self) -> (Scorer<'_>, &Tokenizer) {
-        (Scorer { lm: &self.lm, max_len: self.config.max_len, device: &self.device }, &self.tokenizer)
+        let cache = Some(KvCache::default());
+        (Scorer { lm: &self.lm, max_len: self.config.max_len, device: &self.device, cache }, &self.tokenizer)
+    }
+
+    /// As [`LanguageModel::scorer`] without the cache: every step runs the
+    /// whole context.
+    pub fn uncached_scorer(&self) -> (Scorer<'_>, &Tokenizer) {
+        (Scorer { lm: &self.lm, max_len: self.config.max_len, device: &self.device, cache: None }, &self.tokenizer)
     }
 }
 
 impl NextToken for Scorer<'_> {
     fn logits(&mut self, context: &[u32]) -> Vec<f32> {
-        self.lm.next_logits(context, self.max_len, self.device)
+        match &mut self.cache {
+            Some(cache) => self.lm.next_logits_cached(context, cache, self.max_len, self.device),
+            None => self.lm.next_logits(context, self.max_len, self.device),
+        }
     }
 }

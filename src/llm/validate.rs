@@ -153,9 +153,10 @@ pub fn layer(l: &Layer) -> Vec<Violation> {
     {
         out.push(Violation::DepthNotReached { expected: layer - 1 });
     }
+    // With remaining_depth 0 no subgraph may follow, so the layer itself
+    // must hold every edge of num_edges (the budget left is 0).
     if let Some(expected) = remaining
         && budget != expected
-        && c.remaining_depth != Some(0)
     {
         out.push(Violation::EdgeBudget { expected, found: budget });
     }

@@ -202,6 +202,65 @@ impl Lm {
             .forward(logits.reshape([n * (len - 1), vocab]), targets)
     }
 
+    /// As [`Lm::next_logits`], reusing the keys and values `cache` holds for
+    /// the longest prefix of `context` it has seen, so each call runs the
+    /// network over the new tokens only. Generation extends one context token
+    /// by token (forced format tokens several at a time), which this turns
+    /// from quadratic into linear work. Contexts past `max_len - 1` tokens
+    /// take the uncached path (positions would shift).
+    pub fn next_logits_cached(&self, context: &[u32], cache: &mut KvCache, max_len: usize, device: &Device) -> Vec<f32> {
+        if context.is_empty() || context.len() > max_len - 1 {
+            cache.clear();
+            return self.next_logits(context, max_len, device);
+        }
+        let shared = cache.tokens.iter().zip(context).take_while(|(a, b)| a == b).count();
+        if shared == context.len() && shared == cache.tokens.len() && !cache.last.is_empty() {
+            return cache.last.clone();
+        }
+        // Keep the shared prefix, minus one token when the whole context is
+        // shared (its logits must be computed again).
+        let keep = shared.min(context.len() - 1);
+        cache.truncate(keep);
+        let new: Vec<i64> = context[keep..].iter().map(|&t| t as i64).collect();
+        let n = new.len();
+        let mut x = self.embed.forward(Tensor::<2, Int>::from_data(TensorData::new(new, [1, n]), device));
+        let first = cache.layers.is_empty();
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let h = blk.attn_norm.forward(x.clone());
+            let [_, _, d] = h.dims();
+            let (heads, dh) = (self.heads, d / self.heads);
+            let split = |y: Tensor<3>| y.reshape([1, n, heads, dh]).swap_dims(1, 2);
+            let q = self.rope.apply(split(blk.q.forward(h.clone())), keep);
+            let k = self.rope.apply(split(blk.k.forward(h.clone())), keep);
+            let v = split(blk.v.forward(h));
+            let (k, v) = match (first, cache.layers.get(i)) {
+                (false, Some((ck, cv))) => (Tensor::cat(vec![ck.clone(), k], 2), Tensor::cat(vec![cv.clone(), v], 2)),
+                _ => (k, v),
+            };
+            let total = keep + n;
+            let mut scores = q.matmul(k.clone().swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
+            if n > 1 {
+                // New token j (position keep + j) sees positions up to keep + j.
+                let mask: Vec<bool> = (0..n).flat_map(|j| (0..total).map(move |p| p > keep + j)).collect();
+                let mask = Tensor::<2, burn::tensor::Bool>::from_data(TensorData::new(mask, [n, total]), device);
+                scores = scores.mask_fill(mask.unsqueeze::<4>().expand([1, heads, n, total]), -1e9);
+            }
+            let out = softmax(scores, 3).matmul(v.clone()).swap_dims(1, 2).reshape([1, n, d]);
+            if first {
+                cache.layers.push((k, v));
+            } else {
+                cache.layers[i] = (k, v);
+            }
+            x = x + blk.o.forward(out);
+            let h = blk.ffn_norm.forward(x.clone());
+            x = x + blk.down.forward(blk.gate_up.forward(h));
+        }
+        let logits = self.head.forward(self.norm.forward(x.slice([0..1, n - 1..n])));
+        cache.tokens = context.to_vec();
+        cache.last = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
+        cache.last.clone()
+    }
+
     /// Logits for the token after `context` (its last `max_len - 1` tokens).
     pub fn next_logits(&self, context: &[u32], max_len: usize, device: &Device) -> Vec<f32> {
         let from = context.len().saturating_sub(max_len - 1);
@@ -366,5 +425,41 @@ impl Lora {
             blk.k.weight = fold(&blk.k.weight, a.k);
         }
         base
+    }
+}
+
+/// Keys and values of the context seen so far, per block (`[1, heads, len,
+/// head width]`, rotary positions applied), for [`Lm::next_logits_cached`].
+#[derive(Debug, Default)]
+pub struct KvCache {
+    tokens: Vec<u32>,
+    layers: Vec<(Tensor<4>, Tensor<4>)>,
+    /// Logits after the whole of `tokens`.
+    last: Vec<f32>,
+}
+
+impl KvCache {
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.layers.clear();
+        self.last.clear();
+    }
+
+    /// Forgets every position from `len` on.
+    fn truncate(&mut self, len: usize) {
+        self.last.clear();
+        if len == 0 {
+            self.tokens.clear();
+            self.layers.clear();
+            return;
+        }
+        if len < self.tokens.len() {
+            self.tokens.truncate(len);
+            for (k, v) in &mut self.layers {
+                let [b, h, _, dh] = k.dims();
+                *k = k.clone().slice([0..b, 0..h, 0..len, 0..dh]);
+                *v = v.clone().slice([0..b, 0..h, 0..len, 0..dh]);
+            }
+        }
     }
 }
