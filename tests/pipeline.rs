@@ -477,6 +477,12 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
     let conditions = WindowConditions::of(&set.traces, model.window_start);
     assert_eq!(conditions.traces.len(), 40);
     let precision = gent::nn::weights::Precision::F16;
+    // A packet asking for more (or fewer) traces than its window held is refused.
+    let mut short = conditions.clone();
+    short.traces.pop();
+    let bad = gent::gent::pack(&model, 1, &config, precision, 5, Some(short)).unwrap();
+    let e = gent::gent::unpack(&bad, &device).err().expect("a short request list").to_string();
+    assert!(e.contains("call-graph conditions list 39 traces, the header 40"), "{e}");
     let with = gent::gent::pack(&model, 1, &config, precision, 5, Some(conditions)).unwrap();
     let without = gent::gent::pack(&model, 2, &config, precision, 5, None).unwrap();
     println!("packet {} bytes without call-graph conditions, {} with", without.len(), with.len());

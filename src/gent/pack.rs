@@ -81,5 +81,17 @@ pub fn unpack(bytes: &[u8], device: &Device) -> Result<Unpacked, PackError> {
     if model.histogram.traces() != body.header.traces || model.histogram.spans() != body.header.spans {
         return Err(ModelError::Stored("header counts disagree with the topology histogram".into()).into());
     }
+    // One request per trace of the window: a packet cannot ask for more
+    // generation than its window held.
+    if let Some(c) = &body.conditions
+        && c.traces.len() as u64 != body.header.traces
+    {
+        return Err(ModelError::Stored(format!(
+            "the call-graph conditions list {} traces, the header {}",
+            c.traces.len(),
+            body.header.traces
+        ))
+        .into());
+    }
     Ok(Unpacked { header: body.header, model, conditions: body.conditions })
 }
