@@ -118,6 +118,12 @@ impl Allowed {
     }
 }
 
+/// The five digits of a microservice name the format can write (`MS_57649`).
+pub fn microservice_digits(name: &str) -> Option<[u8; 5]> {
+    let digits = name.strip_prefix("MS_")?.as_bytes();
+    (digits.len() == 5 && digits.iter().all(u8::is_ascii_digit)).then(|| std::array::from_fn(|i| digits[i] - b'0'))
+}
+
 pub struct Generator<'a, M: NextToken> {
     model: &'a mut M,
     tok: &'a Tokenizer,
@@ -152,13 +158,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// are left out). A tiny model spells ids close to at random; the mask
     /// keeps every call on a real microservice, the model choosing which.
     pub fn known_destinations(mut self, names: &[String]) -> Self {
-        let mut d: Vec<[u8; 5]> = names
-            .iter()
-            .filter_map(|n| {
-                let digits = n.strip_prefix("MS_")?.as_bytes();
-                (digits.len() == 5 && digits.iter().all(u8::is_ascii_digit)).then(|| std::array::from_fn(|i| digits[i] - b'0'))
-            })
-            .collect();
+        let mut d: Vec<[u8; 5]> = names.iter().filter_map(|n| microservice_digits(n)).collect();
         d.sort_unstable();
         d.dedup();
         self.destinations = d;

@@ -11,7 +11,7 @@
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
-use super::generate::{Decoding, Generator, Outcome, Request, Sampling};
+use super::generate::{Decoding, Generator, Outcome, Request, Sampling, microservice_digits};
 use super::model::{Encoding, LanguageModel};
 use crate::io::alibaba::{self, SERVICE_ID_ATTRIBUTE};
 use crate::trace::{Trace, TraceGraph};
@@ -38,11 +38,16 @@ pub struct TraceRequest {
     pub start_ms: u64,
 }
 
-/// Every trace of a window as a request, in trace order.
+/// Every trace of a window as a request, in trace order, and the
+/// microservices the window's calls reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowConditions {
     pub services: Vec<String>,
     pub traces: Vec<TraceRequest>,
+    /// Every span's service (the destination of its call), sorted: constrained
+    /// decoding calls only these, so the regenerated window calls the
+    /// microservices the real one did rather than any seen in training.
+    pub destinations: Vec<String>,
 }
 
 /// The service id a trace belongs to: Alibaba's `alibaba.service_id` on the
@@ -67,8 +72,10 @@ impl WindowConditions {
     pub fn of(traces: &[Trace], window_start: u64) -> Self {
         let mut index = std::collections::HashMap::<String, u32>::new();
         let mut out = WindowConditions::default();
+        let mut destinations = std::collections::BTreeSet::new();
         for trace in traces.iter().filter(|t| !t.spans.is_empty()) {
             let graph = TraceGraph::build(trace);
+            destinations.extend(trace.spans.iter().map(|s| s.service()));
             let service = service_id(trace, &graph);
             let next = out.services.len() as u32;
             let service = *index.entry(service).or_insert_with_key(|s| {
@@ -83,6 +90,7 @@ impl WindowConditions {
                 start_ms: trace.start().saturating_sub(window_start) / NANOS_PER_MILLI,
             });
         }
+        out.destinations = destinations.into_iter().map(str::to_string).collect();
         out
     }
 
@@ -141,10 +149,14 @@ pub fn regenerate(
     if lm.encoding != Encoding::Layers {
         return Err(WindowError::Model("it writes whole graphs (tabular); engine llm needs the layer encoding".into()));
     }
+    // The window's own microservices when the format can name them, else
+    // every one the model saw in training.
+    let window_names = conditions.destinations.iter().any(|n| microservice_digits(n).is_some());
+    let destinations = if window_names { &conditions.destinations } else { &lm.destinations };
     let (mut scorer, tok) = lm.scorer();
     let mut g = Generator::new(&mut scorer, tok, r.sampling, r.seed)
         .map_err(|e| WindowError::Model(e.to_string()))?
-        .known_destinations(&lm.destinations);
+        .known_destinations(destinations);
     let mut out = Regenerated { traces: Vec::with_capacity(conditions.traces.len()), clamped: 0 };
     for (index, t) in conditions.traces.iter().enumerate() {
         let (request, clamped) = conditions.request(index, r.max_edges.max(1))?;
