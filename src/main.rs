@@ -396,6 +396,13 @@ enum LlmCommand {
         /// values (same output, slower; for measuring the cache).
         #[arg(long)]
         no_kv_cache: bool,
+        /// User instruction (instruction-tuned models): "Build a call graph with high latency".
+        #[arg(long, conflicts_with = "include_edge")]
+        high_latency: bool,
+        /// User instruction (instruction-tuned models): "Include an edge from
+        /// SOURCE to DESTINATION with TYPE type", given as SOURCE,DESTINATION,TYPE.
+        #[arg(long, value_name = "SOURCE,DESTINATION,TYPE")]
+        include_edge: Option<String>,
         /// Output file.
         #[arg(long)]
         out: PathBuf,
@@ -755,6 +762,26 @@ fn method_report(
     })
 }
 
+/// The user instruction `gent llm generate` was given, if any.
+fn user_instruction(
+    high_latency: bool,
+    include_edge: Option<&str>,
+) -> Result<Option<gent::llm::instruct::UserInstruction>, Failure> {
+    use gent::llm::instruct::UserInstruction;
+    if high_latency {
+        return Ok(Some(UserInstruction::HighLatency));
+    }
+    let Some(edge) = include_edge else { return Ok(None) };
+    match edge.split(',').map(str::trim).collect::<Vec<_>>()[..] {
+        [source, destination, kind] if !source.is_empty() && !destination.is_empty() && !kind.is_empty() => {
+            Ok(Some(UserInstruction::IncludeEdge { source: source.into(), destination: destination.into(), kind: kind.into() }))
+        }
+        _ => Err(Failure::BadInput(format!(
+            "--include-edge {edge:?}: expected SOURCE,DESTINATION,TYPE, e.g. MS_57649,MS_03426,rpc"
+        ))),
+    }
+}
+
 fn read_call_graphs(paths: &[PathBuf]) -> Result<Vec<gent::llm::CallGraph>, Failure> {
     let mut graphs = Vec::new();
     for path in paths {
@@ -1008,11 +1035,14 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
             top_p,
             seed,
             no_kv_cache,
+            high_latency,
+            include_edge,
             out,
             format,
             backend,
             json,
         } => {
+            let user = user_instruction(high_latency, include_edge.as_deref())?;
             let c = text::Conditions::parse(&conditions, 1, 1).map_err(|e| Failure::BadInput(format!("--conditions: {e}")))?;
             let number = |key: &str, default: Option<u64>| -> Result<u64, Failure> {
                 match c.get(key) {
@@ -1053,9 +1083,21 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                     )));
                 }
             };
+            if user.is_some() && decoding != generate::Decoding::Instructed {
+                return Err(Failure::BadInput(format!(
+                    "{}: --high-latency and --include-edge are instructions for an instruction-tuned model \
+                     (gent llm train --tune-steps N) decoding freely; this model {}",
+                    path.display(),
+                    if constrained { "was asked for --constrained decoding" } else { "is not instruction-tuned" }
+                )));
+            }
             let (mut graphs, mut invalid) = (Vec::new(), Vec::new());
             for _ in 0..count {
-                match g.run(&request, decoding, lm.config.max_len) {
+                let outcome = match &user {
+                    Some(u) => g.graph_instructed(&request, u, lm.config.max_len),
+                    None => g.run(&request, decoding, lm.config.max_len),
+                };
+                match outcome {
                     generate::Outcome::Valid(x) => graphs.push(x.graph),
                     generate::Outcome::Invalid { reason, .. } if decoding == generate::Decoding::Constrained => {
                         return Err(Failure::Other(reason));

@@ -1050,7 +1050,8 @@ fn gent_llm_tunes_on_instructions_and_reports_instruction_following() {
         }
     }
     // The tuned model generates in the instruction encoding; constrained decoding still works.
-    for extra in [&[][..], &["--constrained"][..]] {
+    // With a user instruction too.
+    for extra in [&[][..], &["--constrained"][..], &["--high-latency"][..], &["--include-edge", "MS_57649,MS_03426,rpc"][..]] {
         let out = gent()
             .args(["llm", "generate", "--count", "2", "--conditions", "num_edges:3/depth:2", "--json", "--out"])
             .arg(dir.path().join("g.jsonl"))
@@ -1058,7 +1059,22 @@ fn gent_llm_tunes_on_instructions_and_reports_instruction_following() {
             .arg(&model)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Instructions are for free decoding, and take three parts.
+    for (extra, says) in [
+        (&["--high-latency", "--constrained"][..], "--constrained"),
+        (&["--include-edge", "MS_57649,rpc"][..], "SOURCE,DESTINATION,TYPE"),
+    ] {
+        let out = gent()
+            .args(["llm", "generate", "--conditions", "num_edges:3/depth:2", "--out"])
+            .arg(dir.path().join("g.jsonl"))
+            .args(extra)
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     // Bad use: tuning a tabular model; --instructed with a model never tuned.

@@ -238,8 +238,13 @@ fn packet_push(window_id: u64) -> PushRequest {
     let config = tiny_model();
     let model = gent::gent::WindowModel::train(&set.traces, &config, &device, None).unwrap();
     let payload = gent::gent::pack(&model, window_id, &config, gent::nn::weights::Precision::F16, 1, None).unwrap();
+    model_push("faults", payload, window_id, &set)
+}
+
+/// A push of a model packet of `set`.
+fn model_push(producer: &str, payload: Vec<u8>, window_id: u64, set: &TraceSet) -> PushRequest {
     PushRequest {
-        producer: "faults".into(),
+        producer: producer.into(),
         window_id,
         kind: PayloadKind::Model as i32,
         payload,
@@ -437,18 +442,6 @@ fn alibaba_window(n: usize, dir: &Path) -> (Vec<gent::llm::CallGraph>, TraceSet)
     (graphs, read_set(&[path]))
 }
 
-fn model_push(payload: Vec<u8>, window_id: u64, set: &TraceSet) -> PushRequest {
-    PushRequest {
-        producer: "llm".into(),
-        window_id,
-        kind: PayloadKind::Model as i32,
-        payload,
-        window_spans: set.span_count() as u64,
-        window_traces: set.traces.len() as u64,
-        closed_unix_nano: 0,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_packets_conditions() {
     use gent::llm::model::{Encoding, LanguageModel, Pretraining};
@@ -501,8 +494,8 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
     let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
     let d = decompressor::start(c, Some(delivered_tx)).await.unwrap();
     let mut client = PacketServiceClient::connect(format!("http://{}", d.link)).await.unwrap();
-    client.push(model_push(with, 1, &set)).await.unwrap();
-    client.push(model_push(without, 2, &set)).await.unwrap();
+    client.push(model_push("llm", with, 1, &set)).await.unwrap();
+    client.push(model_push("llm", without, 2, &set)).await.unwrap();
     let delivered = drain(&mut delivered_rx);
     let kinds: Vec<(u64, &str)> = delivered.iter().map(|d| (d.window_id, d.kind)).collect();
     assert_eq!(kinds, vec![(1, "llm"), (2, "model")], "a packet without conditions falls back to Gen-T");
