@@ -172,3 +172,32 @@ pub fn regenerate(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conditions(t: TraceRequest) -> WindowConditions {
+        WindowConditions { services: vec!["S_1".into()], traces: vec![t], destinations: vec![] }
+    }
+
+    const OK: TraceRequest = TraceRequest { service: 0, num_edges: 5, depth: 2, latency_ms: 9, start_ms: 3 };
+
+    #[test]
+    fn a_request_from_a_packet_is_checked_and_bounded() {
+        let (r, clamped) = conditions(OK).request(0, 500).unwrap();
+        assert_eq!((r.service.as_str(), r.num_edges, r.depth, r.latency, clamped), ("S_1", 5, 2, 9, false));
+        let (r, clamped) = conditions(OK).request(0, 3).unwrap();
+        assert_eq!((r.num_edges, r.depth, clamped), (3, 2, true), "clamped to the bound, depth kept");
+        let (r, _) = conditions(TraceRequest { num_edges: 900, depth: 800, ..OK }).request(0, 500).unwrap();
+        assert!(r.depth <= r.num_edges, "a clamped request stays feasible");
+        for (bad, says) in [
+            (TraceRequest { service: 1, ..OK }, "service index 1"),
+            (TraceRequest { depth: 0, ..OK }, "0 deep"),
+            (TraceRequest { num_edges: 1, depth: 2, ..OK }, "1 edges cannot make a graph 2 deep"),
+        ] {
+            let e = conditions(bad).request(0, 500).unwrap_err().to_string();
+            assert!(e.contains("trace 0") && e.contains(says), "{e}");
+        }
+    }
+}
