@@ -1128,9 +1128,14 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
                     std::fs::write(&out, &tabular).map_err(|e| Failure::Other(format!("{}: {e}", out.display())))?
                 }
                 LlmFormat::OtlpJson => {
-                    let mut spans = Vec::new();
-                    io::decode(tabular.as_bytes(), Format::Alibaba, &mut spans).map_err(|e| Failure::Other(format!("{e:?}")))?;
-                    io::write_file(&gent::trace::assemble(spans).traces, OutputFormat::OtlpJson, &out)?;
+                    // As the Alibaba reader would read the text, marked synthetic.
+                    use gent::io::alibaba::{call_graph_trace, graph_trace_id};
+                    let traces: Vec<trace::Trace> = graphs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, g)| call_graph_trace(g, graph_trace_id(i as u64, &g.service), 0))
+                        .collect();
+                    io::write_file(&traces, OutputFormat::OtlpJson, &out)?;
                 }
             }
             for reason in invalid.iter().take(3) {

@@ -585,6 +585,7 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
     let set = read_set(&[traces]);
     assert_eq!(set.traces.len(), 5);
     assert!(set.traces.iter().all(|t| t.spans.len() == 6));
+    assert!(set.traces.iter().flat_map(|t| &t.spans).all(|s| s.resource.attributes.contains(&gent::trace::synthetic_marker())));
     // The model carries the training microservices; constrained decoding calls only those.
     let known: std::collections::HashSet<String> =
         train_graphs().into_iter().flat_map(|(_, g)| g.edges.into_iter().map(|e| e.destination)).collect();

@@ -519,6 +519,10 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
         let latency = (r.end() - r.start()).div_ceil(1_000_000) * 1_000_000;
         assert!(o.end() <= r.start() + latency, "trace {i}: a span outlives the latency");
     }
+    // Marked synthetic, as Gen-T's spans are.
+    let marked = |s: &gent::trace::Span| s.resource.attributes.contains(&gent::trace::synthetic_marker());
+    assert!(regenerated.iter().flat_map(|t| &t.spans).all(marked));
+    assert!(!set.traces.iter().flat_map(|t| &t.spans).any(marked), "read graphs are not marked");
     // Calls go only to microservices the window's own calls reached.
     let known: std::collections::HashSet<&str> = set.traces.iter().flat_map(|t| t.spans.iter().map(|s| s.service())).collect();
     assert!(regenerated.iter().flat_map(|t| &t.spans).all(|s| known.contains(s.service())));

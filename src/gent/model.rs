@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use burn::tensor::Device;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -698,7 +698,7 @@ impl WindowModel {
             }
             let resource = resources
                 .entry(label.service.as_str())
-                .or_insert_with(|| Resource::new(label.service.clone(), vec![bool_attribute("gent.synthetic", true)]))
+                .or_insert_with(|| Resource::new(label.service.clone(), vec![crate::trace::synthetic_marker()]))
                 .clone();
             spans.push(Span {
                 trace_id,
@@ -719,10 +719,6 @@ impl WindowModel {
         spans.sort_by_key(|s| s.start);
         Trace { trace_id, spans }
     }
-}
-
-fn bool_attribute(key: &str, value: bool) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::BoolValue(value)) }), ..Default::default() }
 }
 
 /// Each canonical node's metadata; the gap is from the parent (roots: from the trace start).

@@ -32,6 +32,8 @@ struct Graph {
     trace_id: TraceId,
     service_id: String,
     resources: HashMap<String, Arc<Resource>>,
+    /// Generated, not read: resources carry `gent.synthetic = true`.
+    synthetic: bool,
 }
 
 pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
@@ -47,7 +49,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
             let service_id = graph_attribute(attributes, "id").unwrap_or_default().to_string();
             let trace_id = graph_trace_id(ordinal, &service_id);
             ordinal += 1;
-            graph = Some(Graph { trace_id, service_id, resources: HashMap::new() });
+            graph = Some(Graph { trace_id, service_id, resources: HashMap::new(), synthetic: false });
         } else if line.starts_with('(') {
             let graph = graph.as_mut().ok_or_else(|| ParseError::new(position, format!("edge before any {HEADER} line")))?;
             let span = parse_edge(line, graph, &scope).map_err(|e| ParseError::new(position, e))?;
@@ -118,7 +120,10 @@ fn edge_span(call: &Call<'_>, graph: &mut Graph, scope: &Arc<Scope>) -> Span {
         .resources
         .entry(call.destination.to_string())
         .or_insert_with(|| {
-            let attributes = vec![string_attribute(SERVICE_ID_ATTRIBUTE, &graph.service_id)];
+            let mut attributes = vec![string_attribute(SERVICE_ID_ATTRIBUTE, &graph.service_id)];
+            if graph.synthetic {
+                attributes.push(crate::trace::synthetic_marker());
+            }
             Resource::new(call.destination, attributes)
         })
         .clone();
@@ -145,11 +150,12 @@ fn edge_span(call: &Call<'_>, graph: &mut Graph, scope: &Arc<Scope>) -> Span {
 }
 
 /// A generated call graph as the spans of trace `trace_id`, spans as the
-/// reader makes them from the same graph's text; the graph's millisecond
+/// reader makes them from the same graph's text, resources marked
+/// `gent.synthetic = true`; the graph's millisecond
 /// times count from `start` (Unix nanoseconds).
 pub fn call_graph_trace(g: &crate::llm::CallGraph, trace_id: TraceId, start: u64) -> Trace {
     let scope = Arc::new(Scope::default());
-    let mut graph = Graph { trace_id, service_id: g.service.clone(), resources: HashMap::new() };
+    let mut graph = Graph { trace_id, service_id: g.service.clone(), resources: HashMap::new(), synthetic: true };
     let at = |ms: u64| start.saturating_add(ms.saturating_mul(NANOS_PER_MILLI));
     let mut spans: Vec<Span> = g
         .edges

@@ -10,5 +10,8 @@ mod stats;
 
 pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
 pub use graph::{TraceGraph, chains, topology_hash};
-pub use span::{Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId, UNKNOWN_SERVICE};
+pub use span::{
+    Attributes, Resource, SYNTHETIC_ATTRIBUTE, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,
+    UNKNOWN_SERVICE, synthetic_marker,
+};
 pub use stats::{Quantiles, Stats};

@@ -10,6 +10,20 @@ pub type SpanId = [u8; 8];
 /// Typed OTLP attribute values, kept as the wire types so nothing is lost.
 pub type Attributes = Vec<KeyValue>;
 
+/// Resource attribute (`true`) on every span gent regenerates, so a backend
+/// can tell synthetic spans from real ones.
+pub const SYNTHETIC_ATTRIBUTE: &str = "gent.synthetic";
+
+/// The [`SYNTHETIC_ATTRIBUTE`] key-value.
+pub fn synthetic_marker() -> KeyValue {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+    KeyValue {
+        key: SYNTHETIC_ATTRIBUTE.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::BoolValue(true)) }),
+        ..Default::default()
+    }
+}
+
 /// Service name used when a producer sends none, as the OpenTelemetry SDKs do.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
