@@ -495,6 +495,8 @@ struct ModelFile {
     gcn: Option<bool>,
     ctgan: CtganFile,
     attributes: Option<crate::gent::AttributeConfig>,
+    calibration: Option<crate::gent::CalibrationConfig>,
+    generators: Option<crate::gent::Generators>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -537,6 +539,8 @@ impl ModelFile {
         set(&mut c.chain_length, self.chain_length);
         set(&mut c.gcn, self.gcn);
         set(&mut c.attributes, self.attributes);
+        set(&mut c.calibration, self.calibration);
+        set(&mut c.generators, self.generators);
         let (n, f) = (&mut c.ctgan, self.ctgan);
         set(&mut n.epochs, f.epochs);
         set(&mut n.embedding, f.embedding);

@@ -1204,6 +1204,10 @@ struct TrainReport {
     gzip_otlp_bytes: usize,
     train_seconds: f64,
     warm_started: bool,
+    /// Where the packet's bytes go.
+    packet: gent::gent::Breakdown,
+    /// How the calibrated timing met `calibration.budget`.
+    budget: Option<gent::gent::Budget>,
 }
 
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
@@ -1251,11 +1255,14 @@ fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool
     let train_seconds = started.elapsed().as_secs_f64();
     let precision = if o.f16 { Precision::F16 } else { Precision::F32 };
     let conditions = o.call_graph_conditions.then(|| WindowConditions::of(&set.traces, model.window_start));
-    let packet = gent::gent::pack(&model, 0, &config, precision, config.ctgan.seed, conditions)
+    let packet = gent::gent::pack(&model, 0, &config, precision, config.ctgan.seed, conditions.clone())
         .map_err(|e| Failure::Other(e.to_string()))?;
+    let conditions_ref = conditions.as_ref();
     std::fs::write(&o.out, &packet).map_err(|e| Failure::Other(format!("{}: {e}", o.out.display())))?;
     let (raw_otlp_bytes, gzip_otlp_bytes) = otlp_sizes(&set.traces)?;
     let (roots_warm, chains_warm) = model.warm_started();
+    let packet_breakdown = gent::gent::breakdown(&model, &packet, &config, precision, conditions_ref)
+        .map_err(|e| Failure::Other(e.to_string()))?;
     let report = TrainReport {
         traces: model.histogram.traces(),
         spans: model.histogram.spans(),
@@ -1265,6 +1272,8 @@ fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool
         gzip_otlp_bytes,
         train_seconds,
         warm_started: roots_warm || chains_warm,
+        packet: packet_breakdown,
+        budget: model.budget,
     };
     tracing::info!(
         traces = report.traces,

@@ -3,7 +3,7 @@
 //!
 //! ```sql
 //! spans(trace_id, span_id, parent_id, service, name, kind, status,
-//!       start, "end", duration, log_duration)
+//!       start, "end", duration, log_duration, self_duration, log_self_duration)
 //! attributes(trace_id, span_id, key, value)
 //! ```
 //!
@@ -11,15 +11,19 @@
 //! lower-case (`server`, `client`, ...), `status` `UNSET`, `OK` or `ERROR`;
 //! `start` and `end` are
 //! Unix nanoseconds, `duration` nanoseconds, `log_duration` ln(1 + duration
-//! in µs) (SQLite has no logarithm). Attribute values are text (numbers in
+//! in µs) (SQLite has no logarithm). `self_duration` is the span's exclusive
+//! time: its duration minus the union of its children's intervals within it,
+//! what Jaeger's critical path is built on; `log_self_duration` its log. Attribute values are text (numbers in
 //! decimal, booleans `true`/`false`). Span ids are unique within a trace only,
 //! so joins go through `(trace_id, span_id)`, which is indexed.
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use rusqlite::Connection;
 
+use std::collections::HashMap;
+
 use super::FidelityError;
-use crate::trace::{Span, TraceSet};
+use crate::trace::{Span, SpanId, Trace, TraceSet};
 
 pub struct SpanDb {
     pub(crate) conn: Connection,
@@ -30,7 +34,8 @@ const SCHEMA: &str = r#"
 CREATE TABLE spans (
     trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT,
     service TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
-    start INTEGER NOT NULL, "end" INTEGER NOT NULL, duration INTEGER NOT NULL, log_duration REAL NOT NULL
+    start INTEGER NOT NULL, "end" INTEGER NOT NULL, duration INTEGER NOT NULL, log_duration REAL NOT NULL,
+    self_duration INTEGER NOT NULL, log_self_duration REAL NOT NULL
 );
 CREATE TABLE attributes (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL);
 "#;
@@ -68,14 +73,16 @@ impl SpanDb {
         {
             let tx = conn.transaction().map_err(sql("begin"))?;
             {
-                let insert = "INSERT INTO spans VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+                let insert = "INSERT INTO spans VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
                 let mut span_stmt = tx.prepare(insert).map_err(sql(insert))?;
                 let insert_attr = "INSERT INTO attributes VALUES (?1, ?2, ?3, ?4)";
                 let mut attr_stmt = tx.prepare(insert_attr).map_err(sql(insert_attr))?;
+                let mut exclusive = Vec::new();
                 for trace in &set.traces {
                     let trace_id = hex::encode(trace.trace_id);
-                    for span in &trace.spans {
-                        insert_span(&mut span_stmt, &trace_id, span).map_err(sql(insert))?;
+                    self_durations(trace, &mut exclusive);
+                    for (span, &own) in trace.spans.iter().zip(&exclusive) {
+                        insert_span(&mut span_stmt, &trace_id, span, own).map_err(sql(insert))?;
                         let span_id = hex::encode(span.span_id);
                         for kv in &span.attributes {
                             if let Some(v) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
@@ -120,7 +127,43 @@ impl SpanDb {
     }
 }
 
-fn insert_span(stmt: &mut rusqlite::Statement<'_>, trace_id: &str, span: &Span) -> rusqlite::Result<usize> {
+/// Each span's exclusive time (ns): its duration minus the union of its
+/// children's intervals clipped to it. Linear after one sort, so any trace
+/// shape costs its size, not its size squared.
+fn self_durations(trace: &Trace, out: &mut Vec<u64>) {
+    let index: HashMap<SpanId, usize> = trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+    let mut intervals: Vec<(usize, u64, u64)> = Vec::new();
+    for span in &trace.spans {
+        let Some(&p) = span.parent_span_id.as_ref().and_then(|id| index.get(id)) else { continue };
+        let parent = &trace.spans[p];
+        let (s, e) = (span.start.max(parent.start), span.end.min(parent.end));
+        if e > s {
+            intervals.push((p, s, e));
+        }
+    }
+    intervals.sort_unstable();
+    out.clear();
+    out.extend(trace.spans.iter().map(Span::duration));
+    let mut i = 0;
+    while i < intervals.len() {
+        let parent = intervals[i].0;
+        let (mut covered, mut from, mut to) = (0u64, intervals[i].1, intervals[i].2);
+        while i < intervals.len() && intervals[i].0 == parent {
+            let (_, s, e) = intervals[i];
+            if s > to {
+                covered += to - from;
+                (from, to) = (s, e);
+            } else {
+                to = to.max(e);
+            }
+            i += 1;
+        }
+        covered += to - from;
+        out[parent] = out[parent].saturating_sub(covered);
+    }
+}
+
+fn insert_span(stmt: &mut rusqlite::Statement<'_>, trace_id: &str, span: &Span, own: u64) -> rusqlite::Result<usize> {
     let duration = span.duration();
     stmt.execute((
         trace_id,
@@ -134,6 +177,8 @@ fn insert_span(stmt: &mut rusqlite::Statement<'_>, trace_id: &str, span: &Span) 
         span.end as i64,
         duration as i64,
         (duration as f64 / 1e3).ln_1p(),
+        own as i64,
+        (own as f64 / 1e3).ln_1p(),
     ))
 }
 

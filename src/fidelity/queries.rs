@@ -193,6 +193,18 @@ pub fn suite(real: &SpanDb) -> Result<Vec<Query>, FidelityError> {
             format!("SELECT service, start / {MINUTE}, count(*) FROM spans WHERE status = 'ERROR' GROUP BY 1, 2"),
         ),
         Query::new("red_duration", Kind::Distribution, format!("SELECT service, start / {MINUTE}, log_duration FROM spans")),
+        // Nesting: the share of a callee's spans that lie inside their caller's,
+        // as a trace view shows them.
+        Query::new(
+            "nesting",
+            Kind::Histogram,
+            "SELECT p.service, c.service, CASE WHEN c.start >= p.start AND c.\"end\" <= p.\"end\" \
+             THEN 'inside' ELSE 'outside' END, count(*) FROM spans p \
+             JOIN spans c ON c.trace_id = p.trace_id AND c.parent_id = p.span_id GROUP BY 1, 2, 3",
+        ),
+        // Self time: per service, the exclusive duration of its spans (what
+        // the critical path of a trace is made of).
+        Query::new("self_time", Kind::Distribution, "SELECT service, log_self_duration FROM spans"),
     ];
     for entry in real.column("SELECT DISTINCT service FROM spans WHERE parent_id IS NULL ORDER BY 1")? {
         let e = literal(&entry);

@@ -2,18 +2,24 @@
 //! the topology histogram H, exact counts of every topology with its nodes in
 //! canonical order, and the chain decomposition; `attributes` the span
 //! attributes modelled beside timing, status and kind; `tables` one tabular
-//! generator (a CTGAN plus the columns that are constant); `model` training
-//! T_G, R_G and C_G on a window and regenerating its traces; `pack` a
-//! model with its header in and out of a packet.
+//! generator (a CTGAN plus the columns that are constant); `starts` exact
+//! trace start counts and `timing` the calibrated timing (quantile sketches
+//! per label composed along the tree); `model` training on a window and
+//! regenerating its traces; `pack` a model with its header in and out of a
+//! packet.
 
 mod attributes;
 mod model;
 mod pack;
+mod starts;
 mod tables;
+mod timing;
 mod topology;
 
 pub use attributes::{AttributeConfig, AttributeSchema, KeyModel, Kind as AttributeKind};
-pub use model::{GenTConfig, ModelError, Repairs, StoredWindowModel, WindowModel};
-pub use pack::{Header, PackError, Unpacked, pack, unpack};
+pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindowModel, WindowModel};
+pub use starts::{StartBuckets, StartError, StartModel};
+pub use pack::{Breakdown, Header, PackError, Unpacked, breakdown, pack, unpack};
 pub use tables::{Fixed, StoredTableModel, TableModel};
+pub use timing::{CalibrationConfig, TimingError, TimingModel};
 pub use topology::{Label, Placement, Topology, TopologyHistogram};

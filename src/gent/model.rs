@@ -21,6 +21,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::attributes::{AttributeConfig, AttributeSchema, NodeValues};
+use super::starts::{StartBuckets, StartError, StartModel};
+use super::timing::{CalibrationConfig, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng};
 use super::tables::{StoredTableModel, TableModel};
 use super::topology::{Placement, Topology, TopologyHistogram};
 use crate::nn::weights::Precision;
@@ -38,6 +40,10 @@ pub enum ModelError {
     Ctgan(#[from] CtganError),
     #[error("stored model is inconsistent: {0}")]
     Stored(String),
+    #[error(transparent)]
+    Starts(#[from] StartError),
+    #[error(transparent)]
+    Timing(#[from] TimingError),
 }
 
 /// Padding label for chain positions a short chain does not have.
@@ -56,6 +62,23 @@ pub struct GenTConfig {
     pub ctgan: CtganConfig,
     /// Span attributes modelled beside timing, status and kind.
     pub attributes: AttributeConfig,
+    /// Calibrated timing and exact start counts (beyond Gen-T).
+    pub calibration: CalibrationConfig,
+    /// When R_G and C_G are trained (with calibration on).
+    pub generators: Generators,
+}
+
+/// When the metadata generators R_G and C_G are trained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Generators {
+    /// Only for what the sketches do not cover: status, kind and attributes,
+    /// when one of them varies in the window; timing comes from the sketches.
+    #[default]
+    Auto,
+    /// Always, timing included; the ranks of their durations then drive the
+    /// calibrated timing (the GANs' joint structure, the sketches' marginals).
+    Always,
 }
 
 impl GenTConfig {
@@ -65,6 +88,7 @@ impl GenTConfig {
             return Err(ModelError::Config(format!("chain_length must be at least 2, got {}", self.chain_length)));
         }
         self.ctgan.validate()?;
+        self.calibration.validate().map_err(ModelError::Config)?;
         self.attributes.validate().map_err(ModelError::Config)
     }
 }
@@ -76,6 +100,8 @@ impl Default for GenTConfig {
             gcn: true,
             ctgan: CtganConfig { generator: vec![128], critic: vec![128], epochs: 10, ..CtganConfig::default() },
             attributes: AttributeConfig::default(),
+            calibration: CalibrationConfig::default(),
+            generators: Generators::Auto,
         }
     }
 }
@@ -92,6 +118,12 @@ pub struct Repairs {
     pub end_clamped: u64,
     /// Chain nodes already filled by an earlier chain (first value kept).
     pub merges: u64,
+    /// Calibrated timing: traces moved earlier to end inside the window.
+    pub start_shifted: u64,
+    /// Calibrated timing: parents lengthened to hold a child that always lay inside them.
+    pub parent_extended: u64,
+    /// Spans whose duration a repair changed by more than 10%.
+    pub changed_over_10pct: u64,
 }
 
 /// One window's model.
@@ -105,9 +137,15 @@ pub struct WindowModel {
     pub attributes: AttributeSchema,
     /// (parent label, child label) pairs whose children always lay inside their parent.
     nested: Vec<(u32, u32)>,
-    start: TableModel,
+    start: Start,
+    /// Calibrated timing; `None` with calibration off.
+    timing: Option<TimingModel>,
+    /// Whether R_G and C_G generate timing columns.
+    timed: bool,
     roots: TableModel,
     chains: TableModel,
+    /// How the calibrated timing met the packet budget, when there is one.
+    pub budget: Option<Budget>,
 }
 
 /// [`WindowModel`] as it goes into a packet.
@@ -120,9 +158,42 @@ pub struct StoredWindowModel {
     gcn: bool,
     attributes: AttributeSchema,
     nested: Vec<(u32, u32)>,
-    start: StoredTableModel,
+    start: StoredStart,
+    timing: Option<TimingModel>,
+    timed: bool,
     roots: StoredTableModel,
     chains: StoredTableModel,
+}
+
+impl StoredWindowModel {
+    /// Each part of the stored model in its packet encoding (postcard), by
+    /// name: what `gent train --json` breaks a packet's bytes down into.
+    pub fn parts(&self) -> Vec<(&'static str, Vec<u8>)> {
+        fn encode(value: &impl serde::Serialize) -> Vec<u8> {
+            postcard::to_stdvec(value).unwrap_or_default()
+        }
+        let (sketches, node_effects) = match &self.timing {
+            Some(t) => {
+                let without_nodes = TimingModel { nodes: Vec::new(), ..t.clone() };
+                (encode(&without_nodes), encode(&t.nodes))
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let (starts, t_g) = match &self.start {
+            StoredStart::Counts(c) => (encode(c), Vec::new()),
+            StoredStart::Generator(t) => (Vec::new(), encode(t)),
+        };
+        vec![
+            ("histogram", encode(&self.histogram)),
+            ("starts", starts),
+            ("sketches", sketches),
+            ("node_effects", node_effects),
+            ("t_g", t_g),
+            ("r_g", encode(&self.roots)),
+            ("c_g", encode(&self.chains)),
+            ("other", encode(&(&self.attributes, &self.nested, self.window_start, self.window_end))),
+        ]
+    }
 }
 
 /// The context of a table's rows: vectors (row-major) and each row's topology.
@@ -322,31 +393,43 @@ fn chain_plan(topology: &Topology, chain_length: usize) -> Vec<(usize, Vec<usize
     out
 }
 
-/// The columns of a node's metadata, for position `p` of a table.
-/// `relative`: gap and duration hold [`relative`] log-ratios (signed, so not
-/// log-scaled again); otherwise microseconds, log-scaled.
-fn meta_columns(prefix: &str, metas: &[Option<Meta>], relative: bool) -> Vec<Column> {
+/// The columns of a node's metadata, for position `p` of a table: its timing
+/// when `timed`, then status and kind. `relative`: gap and duration hold
+/// [`relative`] log-ratios (signed, so not log-scaled again); otherwise
+/// microseconds, log-scaled.
+fn meta_columns(prefix: &str, metas: &[Option<Meta>], relative: bool, timed: bool) -> Vec<Column> {
     let mut columns = Vec::with_capacity(4);
-    let log = !relative;
-    let unit = if relative { "rel" } else { "us" };
-    columns.push(Column::continuous(
-        &format!("{prefix}gap_{unit}"),
-        metas.iter().map(|m| m.map_or(0.0, |m| if relative { m.gap_us } else { m.gap_us.max(0.0) })).collect(),
-        log,
-    ));
-    columns.push(Column::continuous(
-        &format!("{prefix}duration_{unit}"),
-        metas.iter().map(|m| m.map_or(0.0, |m| m.duration_us)).collect(),
-        log,
-    ));
-    columns.push(Column::categorical(
-        &format!("{prefix}status"),
-        metas.iter().map(|m| m.map_or(PAD.to_string(), |m| status_label(m.status))).collect(),
-    ));
-    columns.push(Column::categorical(
-        &format!("{prefix}kind"),
-        metas.iter().map(|m| m.map_or(PAD.to_string(), |m| m.kind.as_str().to_string())).collect(),
-    ));
+    if timed {
+        let log = !relative;
+        let unit = if relative { "rel" } else { "us" };
+        columns.push(Column::continuous(
+            &format!("{prefix}gap_{unit}"),
+            metas.iter().map(|m| m.map_or(0.0, |m| if relative { m.gap_us } else { m.gap_us.max(0.0) })).collect(),
+            log,
+        ));
+        columns.push(Column::continuous(
+            &format!("{prefix}duration_{unit}"),
+            metas.iter().map(|m| m.map_or(0.0, |m| m.duration_us)).collect(),
+            log,
+        ));
+    }
+    // Padding rows (chain positions a short chain lacks) repeat a real value
+    // when the generators carry no timing: the chain's shape already says
+    // which positions exist, and a column that varies only by padding would
+    // otherwise cost a network.
+    let pad = |label: fn(&Meta) -> String| {
+        let real = metas.iter().flatten().next().filter(|_| !timed).map(label);
+        real.unwrap_or_else(|| PAD.to_string())
+    };
+    let status = |m: &Meta| status_label(m.status);
+    let kind = |m: &Meta| m.kind.as_str().to_string();
+    for (name, label) in [("status", status as fn(&Meta) -> String), ("kind", kind)] {
+        let padding = pad(label);
+        columns.push(Column::categorical(
+            &format!("{prefix}{name}"),
+            metas.iter().map(|m| m.as_ref().map_or_else(|| padding.clone(), label)).collect(),
+        ));
+    }
     columns
 }
 
@@ -376,11 +459,15 @@ fn absolute(child: Meta, parent_duration_us: f64) -> Meta {
     Meta { gap_us: gap, duration_us: back(child.duration_us, (parent - gap).max(0.0) + 1.0), ..child }
 }
 
-/// Table columns of a node's timing, status and kind (see [`meta_columns`]).
-const META_COLUMNS: usize = 4;
+/// Table columns of a node before its attributes: timing (when the
+/// generators carry it), status and kind (see [`meta_columns`]).
+fn meta_width(timed: bool) -> usize {
+    if timed { 4 } else { 2 }
+}
 
-/// The node metadata in row `row`, columns `first..first + 4` (gap, duration, status, kind).
-fn read_meta(table: &Table, first: usize, row: usize) -> Meta {
+/// The node metadata in row `row` from column `first` on; without timing
+/// columns the gap and duration are left to the caller.
+fn read_meta(table: &Table, first: usize, row: usize, timed: bool) -> Meta {
     let number = |i: usize| match &table.columns[i].data {
         ColumnData::Continuous { values, .. } => values[row],
         ColumnData::Categorical(_) => 0.0,
@@ -389,12 +476,34 @@ fn read_meta(table: &Table, first: usize, row: usize) -> Meta {
         ColumnData::Categorical(values) => values[row].as_str(),
         ColumnData::Continuous { .. } => PAD,
     };
+    let at = if timed { first + 2 } else { first };
     Meta {
-        gap_us: number(first),
-        duration_us: number(first + 1).max(0.0),
-        status: parse_status(label(first + 2)),
-        kind: SpanKind::parse(label(first + 3)).unwrap_or_default(),
+        gap_us: if timed { number(first) } else { 0.0 },
+        duration_us: if timed { number(first + 1).max(0.0) } else { 0.0 },
+        status: parse_status(label(at)),
+        kind: SpanKind::parse(label(at + 1)).unwrap_or_default(),
     }
+}
+
+/// How a model places its traces in time.
+enum Start {
+    /// Gen-T's T_G (calibration off).
+    Generator(TableModel),
+    /// Exact counts per bucket.
+    Counts(StartModel),
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum StoredStart {
+    Generator(StoredTableModel),
+    Counts(StartModel),
+}
+
+/// Per trace to regenerate: its topology and each node's metadata and attributes.
+struct Filling {
+    order: Vec<usize>,
+    metas: Vec<Vec<Option<Meta>>>,
+    attrs: Vec<Vec<Vec<KeyValue>>>,
 }
 
 impl WindowModel {
@@ -417,13 +526,15 @@ impl WindowModel {
         let schema = AttributeSchema::infer(traces.iter().flat_map(|t| t.spans.iter()), &config.attributes);
         let attrs: Vec<Vec<NodeValues>> =
             traces.iter().zip(&placements).map(|(t, p)| p.spans.iter().map(|&i| schema.values(&t.spans[i])).collect()).collect();
+        let calibrated = config.calibration.enabled;
+        // With calibration, R_G and C_G carry timing only when asked to.
+        let timed = !calibrated || config.generators == Generators::Always;
+        let offsets: Vec<f64> = traces.iter().map(|t| us(t.start() - window_start)).collect();
 
-        // T_G: start offsets.
+        // T_G: start offsets (calibration off).
         let mut start_ctx = cond.contexts(cond.start_width());
-        let mut offsets = Vec::with_capacity(traces.len());
-        for (trace, placement) in traces.iter().zip(&placements) {
+        for placement in &placements {
             cond.push_start(&mut start_ctx, placement.topology);
-            offsets.push(us(trace.start() - window_start));
         }
         let start_columns = vec![Column::continuous("start_us", offsets.clone(), false)];
 
@@ -438,7 +549,7 @@ impl WindowModel {
                 root_attrs.push(Some(&attr[r]));
             }
         }
-        let mut root_columns = meta_columns("", &root_metas, false);
+        let mut root_columns = meta_columns("", &root_metas, false, timed);
         root_columns.extend(schema.columns("", &root_attrs));
 
         // C_G: chains.
@@ -463,40 +574,144 @@ impl WindowModel {
             .enumerate()
             .flat_map(|(p, (m, a))| {
                 let prefix = format!("n{}_", p + 1);
-                let mut columns = meta_columns(&prefix, m, true);
+                let mut columns = meta_columns(&prefix, m, true, timed);
                 columns.extend(schema.columns(&prefix, a));
                 columns
             })
             .collect();
-        // The three generators are independent: train them side by side (Gen-T
+        // The generators are independent: train them side by side (Gen-T
         // does the same on one GPU), C_G, the largest, on this thread.
         let (start, roots, chains) = std::thread::scope(|s| {
-            let start = s.spawn(|| TableModel::fit(start_columns, start_ctx.get(), config.ctgan.clone(), device, None));
+            let start = (!calibrated)
+                .then(|| s.spawn(|| TableModel::fit(start_columns, start_ctx.get(), config.ctgan.clone(), device, None)));
             let roots = s.spawn(|| {
                 TableModel::fit(root_columns, root_ctx.get(), config.ctgan.clone(), device, previous.map(|p| &p.roots))
             });
             let chains =
                 TableModel::fit(chain_columns, chain_ctx.get(), config.ctgan.clone(), device, previous.map(|p| &p.chains));
             let join = |h: std::thread::ScopedJoinHandle<'_, _>| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (join(start), join(roots), chains)
+            (start.map(join), join(roots), chains)
         });
-        let (start, roots, chains) = (start?, roots?, chains?);
-
-        let nested = nested_pairs(traces, &placements, &histogram);
-        Ok(WindowModel {
+        let start = match start {
+            Some(t_g) => Start::Generator(t_g?),
+            None => {
+                let c = &config.calibration;
+                let buckets = StartBuckets { start: c.start_bucket, topology: c.topology_bucket };
+                let starts: Vec<u64> = traces.iter().map(Trace::start).collect();
+                let topologies: Vec<usize> = placements.iter().map(|p| p.topology).collect();
+                Start::Counts(StartModel::fit(&starts, &topologies, buckets))
+            }
+        };
+        let mut nested = nested_pairs(traces, &placements, &histogram);
+        let mut model = WindowModel {
             window_start,
             window_end,
             histogram,
             chain_length: config.chain_length,
             gcn: config.gcn,
             attributes: schema,
-            nested,
+            nested: Vec::new(),
             start,
-            roots,
-            chains,
-        })
+            timing: None,
+            timed,
+            roots: roots?,
+            chains: chains?,
+            budget: None,
+        };
+        if calibrated {
+            model.fit_timing(traces, &placements, config)?;
+            let (timing, histogram) = (model.timing.as_ref(), &model.histogram);
+            // Composed parents hold their children whenever their tail is not
+            // negative; only parents whose tail sometimes was need the list.
+            nested.retain(|&(parent, _)| timing.is_some_and(|t| t.tail_can_be_negative(histogram, parent)));
+        }
+        model.nested = nested;
+        Ok(model)
     }
 
+    /// Fits the calibrated timing within the packet budget: the configured
+    /// sketches if they fit, else smaller ones (see [`timing::smaller`]).
+    fn fit_timing(&mut self, traces: &[Trace], placements: &[Placement], config: &GenTConfig) -> Result<(), ModelError> {
+        let calibration = &config.calibration;
+        let histogram = self.histogram.clone();
+        let fit = |c: &CalibrationConfig| TimingModel::fit(traces, placements, &histogram, self.window_start, c);
+        let Some(fraction) = calibration.budget else {
+            self.timing = Some(fit(calibration));
+            return Ok(());
+        };
+        let allowed = (fraction * window_gzip_bytes(traces) as f64) as usize;
+        // The packet as it would be, at the default f16 weights, with the
+        // header's settings (without the attribute key list, as packed).
+        let mut stored = self.to_stored(Precision::F16)?;
+        let settings = GenTConfig {
+            attributes: AttributeConfig { keys: Vec::new(), categorical: Vec::new(), ..config.attributes.clone() },
+            ..config.clone()
+        };
+        let header = crate::packet::compressed_len(&postcard::to_stdvec(&settings).unwrap_or_default()) + HEADER_FRAMING;
+        let (starts, topologies): (Vec<u64>, Vec<usize>) =
+            traces.iter().zip(placements).map(|(t, p)| (t.start(), p.topology)).unzip();
+        let mut current = calibration.clone();
+        loop {
+            let buckets = StartBuckets { start: current.start_bucket, topology: current.topology_bucket };
+            stored.timing = Some(fit(&current));
+            stored.start = StoredStart::Counts(StartModel::fit(&starts, &topologies, buckets));
+            let bytes = crate::packet::compressed_len(&postcard::to_stdvec(&stored).unwrap_or_default()) + header;
+            let next = super::timing::smaller(&current);
+            if bytes <= allowed || next.is_none() {
+                self.budget = Some(Budget {
+                    allowed,
+                    estimated: bytes,
+                    met: bytes <= allowed,
+                    quantiles_per_root: current.quantiles_per_root,
+                    start_bucket: current.start_bucket,
+                    node_effects: current.node_effects,
+                    segments: current.segments,
+                });
+                self.timing = stored.timing;
+                if let StoredStart::Counts(counts) = stored.start {
+                    self.start = Start::Counts(counts);
+                }
+                return Ok(());
+            }
+            current = next.expect("checked above");
+        }
+    }
+}
+
+/// How a model met its packet budget (`calibration.budget`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Budget {
+    /// Bytes the budget allows for this window.
+    pub allowed: usize,
+    /// The packet's estimated bytes (f16 weights).
+    pub estimated: usize,
+    /// Whether it fits; a window whose topologies alone exceed the budget does not.
+    pub met: bool,
+    /// The calibration that was used.
+    pub quantiles_per_root: f64,
+    #[serde(with = "humantime_serde")]
+    pub start_bucket: std::time::Duration,
+    pub node_effects: bool,
+    pub segments: bool,
+}
+
+/// Bytes a packet adds around its body: magic, version, checksum, the
+/// header's counts and the compression frame.
+const HEADER_FRAMING: usize = 64;
+
+/// The window's spans as gzip OTLP protobuf (the Collector's default level),
+/// estimated from an even sample of at most 2,000 traces scaled by spans.
+fn window_gzip_bytes(traces: &[Trace]) -> u64 {
+    let step = traces.len().div_ceil(2_000).max(1);
+    let sample: Vec<Trace> = traces.iter().step_by(step).cloned().collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let written = crate::io::write_traces(&sample, crate::io::OutputFormat::OtlpProto, &mut gz);
+    let bytes = written.and_then(|()| gz.finish()).map_or(0, |b| b.len() as u64);
+    let spans = |t: &[Trace]| t.iter().map(|t| t.spans.len() as u64).sum::<u64>().max(1);
+    bytes * spans(traces) / spans(&sample)
+}
+
+impl WindowModel {
     /// Whether R_G and C_G started from the previous window's weights.
     pub fn warm_started(&self) -> (bool, bool) {
         (self.roots.warm_started(), self.chains.warm_started())
@@ -511,7 +726,12 @@ impl WindowModel {
             gcn: self.gcn,
             attributes: self.attributes.clone(),
             nested: self.nested.clone(),
-            start: self.start.to_stored(precision)?,
+            start: match &self.start {
+                Start::Generator(t_g) => StoredStart::Generator(t_g.to_stored(precision)?),
+                Start::Counts(c) => StoredStart::Counts(c.clone()),
+            },
+            timing: self.timing.clone(),
+            timed: self.timed,
             roots: self.roots.to_stored(precision)?,
             chains: self.chains.to_stored(precision)?,
         })
@@ -533,6 +753,15 @@ impl WindowModel {
         if stored.chain_length < 2 || stored.window_end <= stored.window_start {
             return Err(ModelError::Stored("chain length or window range out of range".into()));
         }
+        if let StoredStart::Counts(c) = &stored.start {
+            c.validate(&h.counts)?;
+        }
+        if let Some(t) = &stored.timing {
+            t.validate(h)?;
+        }
+        if stored.timing.is_some() != matches!(stored.start, StoredStart::Counts(_)) {
+            return Err(ModelError::Stored("calibrated timing and start counts come together".into()));
+        }
         Ok(WindowModel {
             window_start: stored.window_start,
             window_end: stored.window_end,
@@ -540,54 +769,107 @@ impl WindowModel {
             gcn: stored.gcn,
             attributes: stored.attributes,
             nested: stored.nested,
-            start: TableModel::from_stored(stored.start, device)?,
+            start: match stored.start {
+                StoredStart::Generator(t_g) => Start::Generator(TableModel::from_stored(t_g, device)?),
+                StoredStart::Counts(c) => Start::Counts(c),
+            },
+            timing: stored.timing,
+            timed: stored.timed,
             roots: TableModel::from_stored(stored.roots, device)?,
             chains: TableModel::from_stored(stored.chains, device)?,
             histogram: stored.histogram,
+            budget: None,
         })
     }
 
     /// Regenerates the window: every topology as often as it was counted,
     /// fresh ids, timestamps inside the window. Same model and seed, same traces.
     pub fn generate(&self, seed: u64) -> Result<(Vec<Trace>, Repairs), ModelError> {
+        let mut repairs = Repairs::default();
+        let (order, starts) = self.trace_starts(seed, &mut repairs)?;
+        let nested: HashSet<(u32, u32)> = self.nested.iter().copied().collect();
+        let h = &self.histogram;
+        let mut filling = Filling {
+            metas: order.iter().map(|&t| vec![None; h.topologies[t].len()]).collect(),
+            attrs: if self.attributes.keys.is_empty() {
+                Vec::new()
+            } else {
+                order.iter().map(|&t| vec![Vec::new(); h.topologies[t].len()]).collect()
+            },
+            order,
+        };
+        let times = match &self.timing {
+            // Timing first, then status, kind and attributes given it.
+            Some(timing) if !self.timed => {
+                let times = self.compose(timing, &filling.order, &starts, None, seed, &nested, &mut repairs);
+                filling.metas = self.metas_of(&filling.order, &times);
+                self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
+                times
+            }
+            // The generators' timing sets each node's rank, the sketches its value.
+            Some(timing) => {
+                self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
+                let noise = self.generated_noise(&filling, seed);
+                self.compose(timing, &filling.order, &starts, Some(&noise), seed, &nested, &mut repairs)
+            }
+            None => {
+                self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
+                self.times_of(&filling, &starts, &nested, &mut repairs)
+            }
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut resources: HashMap<&str, Arc<Resource>> = HashMap::new();
+        let scope = Arc::new(Scope { name: "gent".into(), version: env!("CARGO_PKG_VERSION").into() });
+        let mut traces = Vec::with_capacity(filling.order.len());
+        for (i, &t) in filling.order.iter().enumerate() {
+            let node_attrs = filling.attrs.get_mut(i).map(std::mem::take).unwrap_or_default();
+            let topology = &h.topologies[t];
+            traces.push(self.build_trace(topology, &times[i], &filling.metas[i], node_attrs, &mut resources, &scope, &mut rng));
+        }
+        traces.sort_by_key(Trace::start);
+        Ok((traces, repairs))
+    }
+
+    /// Every trace to regenerate, as its topology and start time.
+    fn trace_starts(&self, seed: u64, repairs: &mut Repairs) -> Result<(Vec<usize>, Vec<u64>), ModelError> {
+        let t_g = match &self.start {
+            Start::Counts(counts) => return Ok(counts.generate(self.window_start, self.window_end, seed).into_iter().unzip()),
+            Start::Generator(t_g) => t_g,
+        };
         let h = &self.histogram;
         let cond = Conditioning::new(h, self.chain_length, us(self.window_end - self.window_start), self.gcn);
-        let mut repairs = Repairs::default();
         let order = h.expand();
-        let n = order.len();
-
-        // T_G.
         let mut ctx = cond.contexts(cond.start_width());
         for &t in &order {
             cond.push_start(&mut ctx, t);
         }
-        let table = self.start.sample(n, ctx.get(), seed ^ 0x5151)?;
+        let table = t_g.sample(order.len(), ctx.get(), seed ^ 0x5151)?;
         let window_us = cond.window_us;
-        let offsets: Vec<f64> = match &table.columns[0].data {
+        let starts = match &table.columns[0].data {
             ColumnData::Continuous { values, .. } => values
                 .iter()
                 .map(|&v| {
                     let clamped = v.clamp(0.0, window_us);
                     repairs.start_clamped += u64::from(clamped != v);
-                    clamped
+                    self.window_start + (clamped * 1e3) as u64
                 })
                 .collect(),
-            ColumnData::Categorical(_) => vec![0.0; n],
+            ColumnData::Categorical(_) => vec![self.window_start; order.len()],
         };
+        Ok((order, starts))
+    }
 
+    /// Runs R_G on the roots, then C_G chain by chain, writing what they
+    /// generate into `filling` (timing only when they carry it).
+    fn fill_metadata(&self, filling: &mut Filling, starts: &[u64], seed: u64, repairs: &mut Repairs) -> Result<(), ModelError> {
+        let h = &self.histogram;
+        let cond = Conditioning::new(h, self.chain_length, us(self.window_end - self.window_start), self.gcn);
+        let offsets: Vec<f64> = starts.iter().map(|&s| us(s.saturating_sub(self.window_start))).collect();
+        let node_width = meta_width(self.timed) + self.attributes.width();
         // R_G.
-        let mut metas: Vec<Vec<Option<Meta>>> = order.iter().map(|&t| vec![None; h.topologies[t].len()]).collect();
-        let modelled_attributes = !self.attributes.keys.is_empty();
-        let mut attrs: Vec<Vec<Vec<KeyValue>>> = if modelled_attributes {
-            order.iter().map(|&t| vec![Vec::new(); h.topologies[t].len()]).collect()
-        } else {
-            Vec::new()
-        };
-        // Columns per node in R_G and C_G tables: timing, status, kind, attributes.
-        let node_width = META_COLUMNS + self.attributes.width();
         let mut ctx = cond.contexts(cond.root_width());
         let mut slots = Vec::new();
-        for (i, &t) in order.iter().enumerate() {
+        for (i, &t) in filling.order.iter().enumerate() {
             let topology = &h.topologies[t];
             for r in topology.roots() {
                 cond.push_root(&mut ctx, t, topology.labels[r], offsets[i]);
@@ -596,22 +878,20 @@ impl WindowModel {
         }
         let table = self.roots.sample(slots.len(), ctx.get(), seed ^ 0x7272)?;
         for (row, &(i, r)) in slots.iter().enumerate() {
-            metas[i][r] = Some(read_meta(&table, 0, row));
-            if modelled_attributes {
-                attrs[i][r] = self.attributes.read(&table, META_COLUMNS, row);
-            }
+            self.write_node(filling, (i, r), &table, 0, row, None);
         }
 
         // C_G, round by round.
         let plans: Vec<Vec<(usize, Vec<usize>)>> = h.topologies.iter().map(|t| chain_plan(t, self.chain_length)).collect();
         let rounds = plans.iter().flatten().map(|(r, _)| r + 1).max().unwrap_or(0);
+        let mut filled: Vec<Vec<bool>> = filling.order.iter().map(|&t| vec![false; h.topologies[t].len()]).collect();
         for round in 0..rounds {
             let mut ctx = cond.contexts(cond.chain_width());
             let mut slots = Vec::new();
-            for (i, &t) in order.iter().enumerate() {
+            for (i, &t) in filling.order.iter().enumerate() {
                 for (r, chain) in &plans[t] {
                     if *r == round {
-                        let head = metas[i][chain[0]].unwrap_or(EMPTY_META);
+                        let head = filling.metas[i][chain[0]].unwrap_or(EMPTY_META);
                         cond.push_chain(&mut ctx, &h.topologies[t], t, chain, &head, offsets[i]);
                         slots.push((i, chain));
                     }
@@ -620,82 +900,177 @@ impl WindowModel {
             let table = self.chains.sample(slots.len(), ctx.get(), seed ^ (0x9000 + round as u64))?;
             for (row, (i, chain)) in slots.iter().enumerate() {
                 for (p, &node) in chain.iter().enumerate().skip(1) {
-                    if metas[*i][node].is_some() {
+                    if filled[*i][node] {
                         repairs.merges += 1;
                         continue;
                     }
-                    let parent = metas[*i][chain[p - 1]].map_or(0.0, |m| m.duration_us);
-                    let first = (p - 1) * node_width;
-                    metas[*i][node] = Some(absolute(read_meta(&table, first, row), parent));
-                    if modelled_attributes {
-                        attrs[*i][node] = self.attributes.read(&table, first + META_COLUMNS, row);
-                    }
+                    filled[*i][node] = true;
+                    let parent = filling.metas[*i][chain[p - 1]].map_or(0.0, |m| m.duration_us);
+                    self.write_node(filling, (*i, node), &table, (p - 1) * node_width, row, Some(parent));
                 }
             }
         }
+        Ok(())
+    }
 
-        let nested: HashSet<(u32, u32)> = self.nested.iter().copied().collect();
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut resources: HashMap<&str, Arc<Resource>> = HashMap::new();
-        let scope = Arc::new(Scope { name: "gent".into(), version: env!("CARGO_PKG_VERSION").into() });
-        let mut traces = Vec::with_capacity(n);
-        for (i, &t) in order.iter().enumerate() {
-            let topology = &h.topologies[t];
-            let trace_start = self.window_start + (offsets[i] * 1e3) as u64;
-            let node_attrs = attrs.get_mut(i).map(std::mem::take).unwrap_or_default();
-            let trace = self.build_trace(
-                topology,
-                &metas[i],
-                node_attrs,
-                trace_start,
-                &nested,
-                &mut resources,
-                &scope,
-                &mut rng,
-                &mut repairs,
-            );
-            traces.push(trace);
+    /// Writes one generated row's node into `filling`: all of it from
+    /// generators that carry timing (a chain node's relative to its parent's
+    /// duration), otherwise status, kind and attributes beside the timing
+    /// already there.
+    fn write_node(
+        &self,
+        filling: &mut Filling,
+        (i, node): (usize, usize),
+        table: &Table,
+        first: usize,
+        row: usize,
+        parent: Option<f64>,
+    ) {
+        let generated = read_meta(table, first, row, self.timed);
+        let slot = &mut filling.metas[i][node];
+        *slot = Some(match (self.timed, *slot, parent) {
+            (true, _, Some(parent)) => absolute(generated, parent),
+            (true, _, None) | (false, None, _) => generated,
+            (false, Some(timing), _) => Meta { status: generated.status, kind: generated.kind, ..timing },
+        });
+        if !filling.attrs.is_empty() {
+            filling.attrs[i][node] = self.attributes.read(table, first + meta_width(self.timed), row);
         }
-        traces.sort_by_key(Trace::start);
-        Ok((traces, repairs))
+    }
+
+    /// Calibrated times of every trace: (start, end) per node.
+    #[allow(clippy::too_many_arguments)]
+    fn compose(
+        &self,
+        timing: &TimingModel,
+        order: &[usize],
+        starts: &[u64],
+        noise: Option<&[Vec<f64>]>,
+        seed: u64,
+        nested: &HashSet<(u32, u32)>,
+        repairs: &mut Repairs,
+    ) -> Vec<Vec<(u64, u64)>> {
+        let h = &self.histogram;
+        let tables = TimingTables::new(timing, h);
+        let mut rng = timing_rng(seed);
+        let mut scratch = Scratch::default();
+        let mut fixes = TimingRepairs::default();
+        let is_nested = |p: u32, c: u32| nested.contains(&(p, c));
+        let window = (self.window_start, self.window_end);
+        let ranks = tables.ranks(h, order, starts, noise, &mut rng);
+        let times = order
+            .iter()
+            .zip(starts)
+            .zip(&ranks)
+            .map(|((&t, &start), u)| {
+                tables.compose(h, t, start, window, u, &is_nested, &mut rng, &mut fixes, &mut scratch);
+                scratch.out.clone()
+            })
+            .collect();
+        repairs.start_shifted += fixes.start_shifted;
+        repairs.end_clamped += fixes.end_clamped;
+        repairs.parent_extended += fixes.parent_extended;
+        repairs.changed_over_10pct += fixes.changed_over_10pct;
+        times
+    }
+
+    /// Node metadata with the composed timing (gap from the parent, duration),
+    /// before status and kind are generated.
+    fn metas_of(&self, order: &[usize], times: &[Vec<(u64, u64)>]) -> Vec<Vec<Option<Meta>>> {
+        order
+            .iter()
+            .zip(times)
+            .map(|(&t, times)| {
+                let topology = &self.histogram.topologies[t];
+                let trace_start = times.iter().map(|x| x.0).min().unwrap_or(0);
+                times
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(s, e))| {
+                        let base = topology.parents[k].map_or(trace_start, |p| times[p as usize].0);
+                        Some(Meta { gap_us: us(s.saturating_sub(base)), duration_us: us(e - s), ..EMPTY_META })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The normal scores of the generators' durations within each node's
+    /// label and role: the ranks the CTGANs chose, for the sketches to map.
+    fn generated_noise(&self, filling: &Filling, seed: u64) -> Vec<Vec<f64>> {
+        let h = &self.histogram;
+        let (mut values, mut groups) = (Vec::new(), Vec::new());
+        for (&t, metas) in filling.order.iter().zip(&filling.metas) {
+            let topology = &h.topologies[t];
+            let mut has_children = vec![false; topology.len()];
+            for p in topology.parents.iter().flatten() {
+                has_children[*p as usize] = true;
+            }
+            for (k, m) in metas.iter().enumerate() {
+                values.push(m.map_or(0.0, |m| m.duration_us));
+                groups.push(u64::from(topology.labels[k]) << 1 | u64::from(has_children[k]));
+            }
+        }
+        let mut scores = group_scores(&values, &groups, &mut timing_rng(seed ^ 0x6e6f_6973_65)).into_iter();
+        filling.order.iter().map(|&t| scores.by_ref().take(h.topologies[t].len()).collect()).collect()
+    }
+
+    /// Times from the generators' own timing (calibration off): gaps before
+    /// the parent clamped to zero, children that always lay inside their
+    /// parent moved and shortened to fit, everything inside the window.
+    fn times_of(&self, filling: &Filling, starts: &[u64], nested: &HashSet<(u32, u32)>, repairs: &mut Repairs) -> Vec<Vec<(u64, u64)>> {
+        let end_limit = self.window_end;
+        filling
+            .order
+            .iter()
+            .zip(&filling.metas)
+            .zip(starts)
+            .map(|((&t, metas), &trace_start)| {
+                let topology = &self.histogram.topologies[t];
+                let mut out: Vec<(u64, u64)> = Vec::with_capacity(topology.len());
+                for k in 0..topology.len() {
+                    let meta = metas[k].unwrap_or(EMPTY_META);
+                    let parent = topology.parents[k].map(|p| p as usize);
+                    if meta.gap_us < 0.0 {
+                        repairs.gap_clamped += 1;
+                    }
+                    let gap = (meta.gap_us.max(0.0) * 1e3) as u64;
+                    let base = parent.map_or(trace_start, |p| out[p].0);
+                    let mut start = base.saturating_add(gap).min(end_limit);
+                    let mut end = start.saturating_add((meta.duration_us * 1e3) as u64).min(end_limit);
+                    if let Some(p) = parent
+                        && nested.contains(&(topology.labels[p], topology.labels[k]))
+                        && end > out[p].1
+                    {
+                        start = start.min(out[p].1);
+                        end = out[p].1;
+                        repairs.end_clamped += 1;
+                    }
+                    out.push((start, end));
+                }
+                out
+            })
+            .collect()
     }
 
     #[allow(clippy::too_many_arguments)]
     fn build_trace<'a>(
         &'a self,
         topology: &Topology,
+        times: &[(u64, u64)],
         metas: &[Option<Meta>],
         mut attributes: Vec<Vec<KeyValue>>,
-        trace_start: u64,
-        nested: &HashSet<(u32, u32)>,
         resources: &mut HashMap<&'a str, Arc<Resource>>,
         scope: &Arc<Scope>,
         rng: &mut StdRng,
-        repairs: &mut Repairs,
     ) -> Trace {
         let trace_id: [u8; 16] = rng.random();
         let ids: Vec<[u8; 8]> = (0..topology.len()).map(|_| rng.random()).collect();
         let mut spans: Vec<Span> = Vec::with_capacity(topology.len());
-        let end_limit = self.window_end;
-        for k in 0..topology.len() {
+        for (k, &(start, end)) in times.iter().enumerate() {
             let meta = metas[k].unwrap_or(EMPTY_META);
             let label = &self.histogram.labels[topology.labels[k] as usize];
             let parent = topology.parents[k].map(|p| p as usize);
-            if meta.gap_us < 0.0 {
-                repairs.gap_clamped += 1;
-            }
-            let gap = (meta.gap_us.max(0.0) * 1e3) as u64;
-            let base = parent.map_or(trace_start, |p| spans[p].start);
-            let mut start = (base + gap).min(end_limit);
-            let mut end = (start + (meta.duration_us * 1e3) as u64).min(end_limit);
-            if let Some(p) = parent {
-                let pair = (topology.labels[p], topology.labels[k]);
-                if nested.contains(&pair) && end > spans[p].end {
-                    start = start.min(spans[p].end);
-                    end = spans[p].end;
-                    repairs.end_clamped += 1;
-                }
-            }
             let resource = resources
                 .entry(label.service.as_str())
                 .or_insert_with(|| Resource::new(label.service.clone(), vec![crate::trace::synthetic_marker()]))

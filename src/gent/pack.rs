@@ -25,6 +25,8 @@ pub struct Header {
     pub window_end: u64,
     pub traces: u64,
     pub spans: u64,
+    /// The settings the model was trained with (the attribute keys it
+    /// modelled are in the model itself).
     pub config: GenTConfig,
     pub precision: Precision,
     /// Seed regeneration uses unless told otherwise.
@@ -60,18 +62,72 @@ pub fn pack(
     seed: u64,
     conditions: Option<WindowConditions>,
 ) -> Result<Vec<u8>, PackError> {
-    let header = Header {
+    let header = header(model, window_id, config, precision, seed);
+    Ok(packet::seal(&Body { header, model: model.to_stored(precision)?, conditions })?)
+}
+
+fn header(model: &WindowModel, window_id: u64, config: &GenTConfig, precision: Precision, seed: u64) -> Header {
+    Header {
         window_id,
         window_start: model.window_start,
         window_end: model.window_end,
         traces: model.histogram.traces(),
         spans: model.histogram.spans(),
-        config: config.clone(),
+        config: GenTConfig {
+            attributes: super::AttributeConfig { keys: Vec::new(), categorical: Vec::new(), ..config.attributes.clone() },
+            ..config.clone()
+        },
         precision,
         seed,
         producer: format!("gent {}", env!("CARGO_PKG_VERSION")),
-    };
-    Ok(packet::seal(&Body { header, model: model.to_stored(precision)?, conditions })?)
+    }
+}
+
+/// Where a packet's bytes go: each part compressed on its own as the packet
+/// body is (so the parts add up to about the whole body), and the packet.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Breakdown {
+    pub total: usize,
+    pub header: usize,
+    pub histogram: usize,
+    pub starts: usize,
+    pub sketches: usize,
+    pub node_effects: usize,
+    pub t_g: usize,
+    pub r_g: usize,
+    pub c_g: usize,
+    pub conditions: usize,
+    pub other: usize,
+}
+
+/// The byte breakdown of `packet`, which [`pack`] made of `model` with the
+/// same arguments.
+pub fn breakdown(
+    model: &WindowModel,
+    packet: &[u8],
+    config: &GenTConfig,
+    precision: Precision,
+    conditions: Option<&WindowConditions>,
+) -> Result<Breakdown, PackError> {
+    let stored = model.to_stored(precision)?;
+    let size = |bytes: &[u8]| if bytes.is_empty() { 0 } else { packet::compressed_len(bytes) };
+    let header = postcard::to_stdvec(&header(model, 0, config, precision, 0)).unwrap_or_default();
+    let mut b = Breakdown { total: packet.len(), header: size(&header), ..Breakdown::default() };
+    for (name, bytes) in stored.parts() {
+        let n = size(&bytes);
+        match name {
+            "histogram" => b.histogram = n,
+            "starts" => b.starts = n,
+            "sketches" => b.sketches = n,
+            "node_effects" => b.node_effects = n,
+            "t_g" => b.t_g = n,
+            "r_g" => b.r_g = n,
+            "c_g" => b.c_g = n,
+            _ => b.other += n,
+        }
+    }
+    b.conditions = conditions.map_or(0, |c| size(&postcard::to_stdvec(c).unwrap_or_default()));
+    Ok(b)
 }
 
 /// A packet's contents, checked, its model ready to generate on `device`.

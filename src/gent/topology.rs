@@ -76,6 +76,7 @@ pub struct Placement {
 
 /// The histogram: distinct topologies (in order of first appearance) and their counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "Compact", try_from = "Compact")]
 pub struct TopologyHistogram {
     pub labels: Vec<Label>,
     pub topologies: Vec<Topology>,
@@ -137,6 +138,79 @@ impl TopologyHistogram {
             out.extend(std::iter::repeat_n(i, c as usize));
         }
         out
+    }
+}
+
+/// [`TopologyHistogram`] as a packet holds it: service names once, each
+/// label as its service's index and its name, and the topologies column by
+/// column (node counts, then every node's label, then every node's distance
+/// to its parent, 0 for a root), which compresses far better than nested
+/// lists of optional parents.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Compact {
+    services: Vec<String>,
+    labels: Vec<(u32, String)>,
+    lengths: Vec<u32>,
+    nodes: Vec<u32>,
+    parents: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+impl From<TopologyHistogram> for Compact {
+    fn from(h: TopologyHistogram) -> Self {
+        let mut services: Vec<String> = Vec::new();
+        let mut index: HashMap<String, u32> = HashMap::new();
+        let labels = h
+            .labels
+            .into_iter()
+            .map(|l| {
+                let next = services.len() as u32;
+                let s = *index.entry(l.service.clone()).or_insert_with(|| {
+                    services.push(l.service);
+                    next
+                });
+                (s, l.name)
+            })
+            .collect();
+        let lengths = h.topologies.iter().map(|t| t.len() as u32).collect();
+        let nodes = h.topologies.iter().flat_map(|t| t.labels.iter().copied()).collect();
+        let parents = h
+            .topologies
+            .iter()
+            .flat_map(|t| t.parents.iter().enumerate().map(|(k, p)| p.map_or(0, |p| k as u32 - p)))
+            .collect();
+        Compact { services, labels, lengths, nodes, parents, counts: h.counts }
+    }
+}
+
+impl TryFrom<Compact> for TopologyHistogram {
+    type Error = String;
+
+    fn try_from(c: Compact) -> Result<Self, String> {
+        let total: u64 = c.lengths.iter().map(|&n| u64::from(n)).sum();
+        if total != c.nodes.len() as u64 || total != c.parents.len() as u64 || c.lengths.len() != c.counts.len() {
+            return Err("the histogram's node, parent and count lists disagree in length".into());
+        }
+        let mut labels = Vec::with_capacity(c.labels.len());
+        for (s, name) in c.labels {
+            let service = c.services.get(s as usize).ok_or("a label names a missing service")?.clone();
+            labels.push(Label { service, name });
+        }
+        let (mut nodes, mut parents) = (c.nodes.into_iter(), c.parents.into_iter());
+        let mut topologies = Vec::with_capacity(c.lengths.len());
+        for &n in &c.lengths {
+            let mut t = Topology { labels: Vec::with_capacity(n as usize), parents: Vec::with_capacity(n as usize) };
+            for k in 0..n {
+                let (label, distance) = (nodes.next().unwrap_or(u32::MAX), parents.next().unwrap_or(u32::MAX));
+                if label as usize >= labels.len() || distance > k {
+                    return Err("a topology names a missing label or a parent outside it".into());
+                }
+                t.labels.push(label);
+                t.parents.push((distance > 0).then(|| k - distance));
+            }
+            topologies.push(t);
+        }
+        Ok(TopologyHistogram { labels, topologies, counts: c.counts })
     }
 }
 

@@ -1,19 +1,35 @@
 //! The packet: one window's model as bytes, self-contained, versioned and
 //! checksummed (DESIGN.md, "Packet").
 //!
-//! Layout: `GENT` magic (4 bytes), format version (u16 LE), the gzip-compressed
+//! Layout: `GENT` magic (4 bytes), format version (u16 LE), the compressed
 //! postcard encoding of the body, then an xxh3-64 checksum (u64 LE) of every
 //! byte before it. Magic and version sit outside the compression so a reader
 //! can name a foreign or newer packet before inflating anything, and the
 //! checksum covers the compressed bytes so that every bit flip is caught,
-//! including flips in gzip header fields the decoder would ignore. Inflating is
+//! including flips in header fields a decoder would ignore. Inflating is
 //! bounded by [`MAX_BODY_BYTES`], so a hostile packet cannot exhaust memory.
+//!
+//! Window packets (format 6 on) are compressed with zstd at level 19: 2–4%
+//! smaller than gzip at its best on the shared data (5,311 against 5,454 bytes
+//! for TrainTicket hour 16), and the gap grows with the packet. Other files in
+//! the container (language models) keep gzip, so the files written before stay
+//! readable.
 
 use std::io::{Read, Write};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
+
+/// How a container's body is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Gzip,
+    Zstd,
+}
+
+/// zstd's level for window packets: its best short of the memory-hungry `--ultra` levels.
+const ZSTD_LEVEL: i32 = 19;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xxhash_rust::xxh3::xxh3_64;
@@ -21,7 +37,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// First four bytes of every packet.
 pub const MAGIC: &[u8; 4] = b"GENT";
 /// The packet format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 5;
+pub const FORMAT_VERSION: u16 = 6;
 /// Largest body accepted after decompression.
 pub const MAX_BODY_BYTES: u64 = 1 << 30;
 
@@ -48,35 +64,58 @@ pub enum PacketError {
     Encode(String),
 }
 
+/// The bytes `body` takes once compressed as a window packet's body is.
+pub fn compressed_len(body: &[u8]) -> usize {
+    zstd::bulk::compress(body, ZSTD_LEVEL).map_or(body.len(), |c| c.len())
+}
+
 /// `body` as a packet.
 pub fn seal<T: Serialize>(body: &T) -> Result<Vec<u8>, PacketError> {
-    seal_as(body, FORMAT_VERSION)
+    seal_with(body, FORMAT_VERSION, Codec::Zstd)
 }
 
 /// The body of a packet, after checking magic, version and checksum, in that order.
 pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
-    open_as(packet, FORMAT_VERSION)
+    open_with(packet, FORMAT_VERSION, Codec::Zstd)
 }
 
 /// `body` in the packet container under another `version`: files that use
 /// the container (language models) version their layout apart from the
 /// window packet, so a new packet format does not orphan them.
 pub fn seal_as<T: Serialize>(body: &T, version: u16) -> Result<Vec<u8>, PacketError> {
+    seal_with(body, version, Codec::Gzip)
+}
+
+/// As [`open`], for a container written by [`seal_as`] with `expected`.
+pub fn open_as<T: DeserializeOwned>(packet: &[u8], expected: u16) -> Result<T, PacketError> {
+    open_with(packet, expected, Codec::Gzip)
+}
+
+fn seal_with<T: Serialize>(body: &T, version: u16, codec: Codec) -> Result<Vec<u8>, PacketError> {
     let encoded = postcard::to_stdvec(body).map_err(|e| PacketError::Encode(e.to_string()))?;
     let mut out = Vec::with_capacity(encoded.len() / 2 + HEADER + TRAILER);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
-    let mut gz = GzEncoder::new(out, Compression::best());
-    gz.write_all(&encoded).map_err(|e| PacketError::Encode(e.to_string()))?;
-    let mut out = gz.finish().map_err(|e| PacketError::Encode(e.to_string()))?;
+    let encode = |e: std::io::Error| PacketError::Encode(e.to_string());
+    let mut out = match codec {
+        Codec::Gzip => {
+            let mut gz = GzEncoder::new(out, Compression::best());
+            gz.write_all(&encoded).map_err(encode)?;
+            gz.finish().map_err(encode)?
+        }
+        Codec::Zstd => {
+            out.extend_from_slice(&zstd::bulk::compress(&encoded, ZSTD_LEVEL).map_err(encode)?);
+            out
+        }
+    };
     let checksum = xxh3_64(&out);
     out.extend_from_slice(&checksum.to_le_bytes());
     Ok(out)
 }
 
-/// As [`open`], for a container written by [`seal_as`] with `expected`.
-pub fn open_as<T: DeserializeOwned>(packet: &[u8], expected: u16) -> Result<T, PacketError> {
-    let min = HEADER + TRAILER + 18; // an empty gzip stream is 20 bytes; 18 is its floor
+fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec) -> Result<T, PacketError> {
+    // The smallest gzip stream is 20 bytes (18 is its floor), the smallest zstd frame 9.
+    let min = HEADER + TRAILER + if codec == Codec::Gzip { 18 } else { 9 };
     if packet.len() < min {
         if packet.len() >= MAGIC.len() && &packet[..4] != MAGIC {
             return Err(PacketError::Magic { found: packet[..4].try_into().unwrap_or_default() });
@@ -98,10 +137,13 @@ pub fn open_as<T: DeserializeOwned>(packet: &[u8], expected: u16) -> Result<T, P
         return Err(PacketError::Checksum { stored, computed });
     }
     let mut body = Vec::new();
-    GzDecoder::new(&content[HEADER..])
-        .take(MAX_BODY_BYTES + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| PacketError::Inflate(e.to_string()))?;
+    let compressed = &content[HEADER..];
+    let inflate = |e: std::io::Error| PacketError::Inflate(e.to_string());
+    match codec {
+        Codec::Gzip => GzDecoder::new(compressed).take(MAX_BODY_BYTES + 1).read_to_end(&mut body),
+        Codec::Zstd => zstd::stream::read::Decoder::new(compressed).map_err(inflate)?.take(MAX_BODY_BYTES + 1).read_to_end(&mut body),
+    }
+    .map_err(inflate)?;
     if body.len() as u64 > MAX_BODY_BYTES {
         return Err(PacketError::TooLarge);
     }

@@ -6,6 +6,7 @@
 mod gmm;
 pub mod quality;
 mod sampler;
+pub mod sketch;
 mod transformer;
 
 pub use gmm::{MAX_MODES, Mixture, WEIGHT_THRESHOLD};

@@ -1,0 +1,940 @@
+//! Calibrated timing (DESIGN.md "Gen-T model", item 9): how long spans take
+//! and where they sit in their parent, from quantile sketches composed
+//! bottom-up along the trace tree.
+//!
+//! A trace's time is spent in its leaves; a parent lasts as long as the calls
+//! it makes, laid out one after the other, plus its own work around them. So
+//! the packet carries quantile sketches of
+//! * a leaf's log duration, per label;
+//! * a parent's *tail*, the time from its last child's end to its own end
+//!   (signed: async children may end later), per label and children's labels
+//!   (a client span's overhead depends on whom it calls);
+//! * a span's *lead*, its start after the end of the siblings that started
+//!   before it (its parent's start for the first; negative when calls
+//!   overlap), per parent label and label;
+//!
+//! every sketch cut into time segments where the timing changes within the
+//! window (a fault from minute 12 on); and per label where in its parent it
+//! usually starts (the siblings' order). Spans whose children often outlive
+//! them (async work) keep their own duration instead of a tail. Per topology
+//! node a location and spread of ranks (a node of a checkout trace is slower
+//! than the same label in a browse trace), and per tail key a coupling to the
+//! children's ranks (a span and the calls it makes are slow together), shape
+//! a Gaussian copula.
+//!
+//! Regeneration draws each node's latent rank from that copula (its noise
+//! seeded, or the ranks a CTGAN generated), replaces the latents of each
+//! sketch rank for rank by the sketch's quantiles (quantile mapping: every
+//! sketch's values come back with its distribution), and composes parents
+//! from their children. Children lie inside their parents by construction,
+//! self time (lead and tail) follows its measured distribution, and nothing
+//! has to be shortened to fit.
+//!
+//! Measured against the alternatives on the shared data (BENCHMARKS.md
+//! "Calibrated timing"): per-label quantile mapping of absolute durations
+//! breaks nesting and self time; durations as ratios to the parent, top-down,
+//! multiply their errors along deep traces.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+
+use super::topology::{Placement, TopologyHistogram};
+use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_quantile};
+use crate::trace::Trace;
+
+/// Calibrated timing settings (`calibration` in config/model.yaml).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CalibrationConfig {
+    /// Calibrated timing and exact start counts; `false` is Gen-T's CTGAN
+    /// timing alone (T_G, R_G and C_G), kept for comparison.
+    pub enabled: bool,
+    /// Grid of the sketches, in natural-log units of microseconds.
+    pub resolution: f64,
+    /// Most quantiles per sketch.
+    pub max_quantiles: usize,
+    /// Quantiles per square root of the values sketched.
+    pub quantiles_per_root: f64,
+    /// Per topology node location and spread of ranks.
+    pub node_effects: bool,
+    /// Cut sketches into time segments where a label's timing changes.
+    pub segments: bool,
+    /// Exact trace start counts per this bucket.
+    #[serde(with = "humantime_serde")]
+    pub start_bucket: std::time::Duration,
+    /// Exact topology counts per this bucket; also the time unit of segments.
+    #[serde(with = "humantime_serde")]
+    pub topology_bucket: std::time::Duration,
+    /// Most packet bytes, as a fraction of the window's spans as gzip OTLP
+    /// (what forwarding them all would cost); sketches get fewer quantiles,
+    /// then lose node effects and segments, until the packet fits. `null`: no
+    /// budget. The default, 0.9%, is what 1:100 head sampling ships (its kept
+    /// traces as gzip OTLP: 0.90% of the whole on TrainTicket and hipster).
+    pub budget: Option<f64>,
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        CalibrationConfig {
+            enabled: true,
+            resolution: 1.0 / 64.0,
+            max_quantiles: 128,
+            quantiles_per_root: 3.0,
+            node_effects: true,
+            segments: true,
+            start_bucket: std::time::Duration::from_secs(10),
+            topology_bucket: std::time::Duration::from_secs(60),
+            budget: Some(0.009),
+        }
+    }
+}
+
+impl CalibrationConfig {
+    /// The first setting out of range, named.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.resolution.is_finite() && self.resolution >= 1e-4 && self.resolution <= 1.0) {
+            return Err(format!("calibration.resolution must be in [0.0001, 1], got {}", self.resolution));
+        }
+        if !(2..=crate::tabular::sketch::MAX_POINTS).contains(&self.max_quantiles) {
+            return Err(format!("calibration.max_quantiles must be in 2..=4096, got {}", self.max_quantiles));
+        }
+        if !(self.quantiles_per_root.is_finite() && self.quantiles_per_root > 0.0) {
+            return Err(format!("calibration.quantiles_per_root must be positive, got {}", self.quantiles_per_root));
+        }
+        if let Some(b) = self.budget
+            && !(b.is_finite() && b > 0.0)
+        {
+            return Err(format!("calibration.budget must be a positive fraction or null, got {b}"));
+        }
+        super::starts::StartBuckets { start: self.start_bucket, topology: self.topology_bucket }.validate()
+    }
+}
+
+/// The steps by which a model is made smaller to fit its budget, in order
+/// (measured on TrainTicket hour 16, where the budget bites, to cost the
+/// least fidelity per byte): fewer quantiles per sketch down to 1.5 per
+/// square root of the values, start counts per topology bucket instead of per
+/// start bucket, no node effects, fewer quantiles still, no time segments.
+pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
+    let mut next = config.clone();
+    if config.quantiles_per_root > 1.5 {
+        next.quantiles_per_root = (config.quantiles_per_root * 0.8).max(1.5);
+    } else if config.start_bucket < config.topology_bucket {
+        next.start_bucket = config.topology_bucket;
+    } else if config.node_effects {
+        next.node_effects = false;
+    } else if config.quantiles_per_root > 0.05 {
+        next.quantiles_per_root *= 0.7;
+    } else if config.segments {
+        next.segments = false;
+    } else {
+        return None;
+    }
+    Some(next)
+}
+
+/// A sketch cut into time segments.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Segmented {
+    /// Time buckets (since the window's first) where the second, third, ...
+    /// segment begins, increasing.
+    pub starts: Vec<u32>,
+    pub sketches: Vec<QuantileSketch>,
+}
+
+/// What a node's timing is sketched under, read off the topology alone, so
+/// a decoder derives every node's keys itself and the packet carries none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum ValueKey {
+    /// A leaf's duration, by its label.
+    Leaf(u32),
+    /// A tail, by the span's label and its children's labels (sorted): a
+    /// client span's overhead depends on whom it calls, and TrainTicket's
+    /// `HTTP POST` spans call a dozen services.
+    Tail(u32, Vec<u32>),
+}
+
+/// Every key of a histogram in one order, and each node's keys.
+pub struct Keys {
+    /// Per topology, per node: (value key, lead key) indices.
+    nodes: Vec<Vec<(u32, u32)>>,
+    values: usize,
+    leads: usize,
+}
+
+impl Keys {
+    /// The keys of `histogram`'s nodes, numbered in sorted order.
+    pub fn of(histogram: &TopologyHistogram) -> Self {
+        let mut values: HashMap<ValueKey, u32> = HashMap::new();
+        let mut leads: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut raw: Vec<Vec<(ValueKey, (u32, u32))>> = Vec::with_capacity(histogram.topologies.len());
+        for t in &histogram.topologies {
+            let children = t.children();
+            let nodes: Vec<(ValueKey, (u32, u32))> = (0..t.len())
+                .map(|k| {
+                    let value = if children[k].is_empty() {
+                        ValueKey::Leaf(t.labels[k])
+                    } else {
+                        let mut kids: Vec<u32> = children[k].iter().map(|&c| t.labels[c]).collect();
+                        kids.sort_unstable();
+                        ValueKey::Tail(t.labels[k], kids)
+                    };
+                    // Roots lead within the trace: parent label u32::MAX.
+                    let lead = (t.parents[k].map_or(u32::MAX, |p| t.labels[p as usize]), t.labels[k]);
+                    values.insert(value.clone(), 0);
+                    leads.insert(lead, 0);
+                    (value, lead)
+                })
+                .collect();
+            raw.push(nodes);
+        }
+        let mut sorted_values: Vec<ValueKey> = values.into_keys().collect();
+        sorted_values.sort_unstable();
+        let mut sorted_leads: Vec<(u32, u32)> = leads.into_keys().collect();
+        sorted_leads.sort_unstable();
+        let (value_count, lead_count) = (sorted_values.len(), sorted_leads.len());
+        let (values, leads) = (numbered(sorted_values), numbered(sorted_leads));
+        let nodes = raw.into_iter().map(|t| t.into_iter().map(|(v, l)| (values[&v], leads[&l])).collect()).collect();
+        Keys { nodes, values: value_count, leads: lead_count }
+    }
+}
+
+/// Each key mapped to its position.
+fn numbered<K: std::hash::Hash + Eq>(keys: Vec<K>) -> HashMap<K, u32> {
+    keys.into_iter().enumerate().map(|(i, k)| (k, i as u32)).collect()
+}
+
+/// The calibrated timing model of a window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TimingModel {
+    pub resolution: f64,
+    pub bucket_ns: u64,
+    /// Time bucket index of the window's start.
+    pub first_bucket: u64,
+    /// Leaf durations and tails, one per value key in [`Keys`] order.
+    pub values: Vec<Segmented>,
+    /// Leads, one per lead key in [`Keys`] order.
+    pub leads: Vec<Segmented>,
+    /// Value keys of spans whose children often outlive them (async calls,
+    /// clock skew): their sketch holds the span's own log duration, and its
+    /// children are laid out without setting it. Increasing.
+    pub detached: Vec<u32>,
+    /// Per label: its usual start within its parent, 0 (the parent's start)
+    /// to 255 (its end), which lays siblings out in their usual order.
+    pub orders: Vec<u8>,
+    /// Per topology, per node: rank location (high nibble) and spread (low
+    /// nibble); empty when node effects are off.
+    pub nodes: Vec<Vec<u8>>,
+    /// Per value key: how strongly a tail's rank follows its children's, −1
+    /// to 1 in 4 bits (0 for leaves); empty when node effects are off. A span
+    /// and the calls it makes are slow together (on TrainTicket, a query's
+    /// tail and its JDBC child correlate at 0.97: both fast, or both slow
+    /// under contention), which independent ranks would average away.
+    pub couplings: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TimingError {
+    #[error("timing model: {0}")]
+    Inconsistent(String),
+    #[error("timing model: {0}")]
+    Sketch(#[from] SketchError),
+}
+
+fn bad(what: impl Into<String>) -> TimingError {
+    TimingError::Inconsistent(what.into())
+}
+
+/// Most segments per sketch.
+const MAX_SEGMENTS: usize = 16;
+/// Fewest values on each side of a segment boundary.
+const MIN_SEGMENT: usize = 30;
+/// How far apart two segments' medians must be, in mean absolute deviations
+/// scaled by the square root of the harmonic sample size, to be cut.
+const SEGMENT_THRESHOLD: f64 = 4.0;
+/// Values a segmentation decision looks at, at most (an even sample in time).
+const SEGMENT_SAMPLE: usize = 4096;
+/// Candidate cuts tried per split, at most.
+const MAX_CANDIDATES: usize = 64;
+/// Share of spans outlived by a child above which a span keeps its own duration.
+const DETACHED_SHARE: f64 = 0.05;
+/// Node effects are shrunk towards none by count / (count + this).
+const NODE_PRIOR: f64 = 5.0;
+const LOCATION_RANGE: f64 = 2.5;
+const SPREAD_MIN: f64 = 0.05;
+const SPREAD_MAX: f64 = 1.5;
+
+/// `x` microseconds (any sign) as a signed log: sign(x)·ln(1 + |x|).
+fn signed_log(x: f64) -> f64 {
+    x.signum() * x.abs().ln_1p()
+}
+
+fn signed_exp(y: f64) -> f64 {
+    // A day at most: sketches decoded from a packet cannot overflow times.
+    y.signum() * y.abs().min(25.0).exp_m1()
+}
+
+/// One node instance's measurements, gathered at fitting.
+struct Observation {
+    label: u32,
+    /// Value and lead key indices.
+    keys: (u32, u32),
+    bucket: u32,
+    /// Leaf: log duration; with children: signed-log tail.
+    value: f64,
+    /// With children: the span's own log duration.
+    duration: Option<f64>,
+    /// A child ended after the span by more than half the span's duration:
+    /// the child is not part of the span's time (async work, skewed clocks).
+    outlived: bool,
+    /// Signed-log lead.
+    lead: f64,
+    /// Start within the parent, 0..1.
+    position: f64,
+    /// (topology, node) of the instance.
+    node: (u32, u32),
+}
+
+/// Where `trace`'s nodes start and end, in canonical order.
+fn node_times(trace: &Trace, placement: &Placement) -> Vec<(u64, u64)> {
+    placement.spans.iter().map(|&i| (trace.spans[i].start, trace.spans[i].end.max(trace.spans[i].start))).collect()
+}
+
+/// Each node's lead and position within its parent (roots: within the trace).
+fn layout(times: &[(u64, u64)], children: &[Vec<usize>], roots: &[usize], trace_start: u64) -> Vec<(f64, f64)> {
+    let mut out = vec![(0.0, 0.0); times.len()];
+    let mut place = |kids: &[usize], start: u64, end: u64| {
+        let mut kids = kids.to_vec();
+        kids.sort_by_key(|&k| times[k].0);
+        let mut cursor = start;
+        let span = end.saturating_sub(start).max(1) as f64;
+        for k in kids {
+            let lead = (times[k].0 as f64 - cursor as f64) / 1e3;
+            out[k] = (signed_log(lead), ((times[k].0.saturating_sub(start)) as f64 / span).clamp(0.0, 1.0));
+            cursor = cursor.max(times[k].1);
+        }
+    };
+    place(roots, trace_start, times.iter().map(|t| t.1).max().unwrap_or(trace_start));
+    for (p, kids) in children.iter().enumerate() {
+        if !kids.is_empty() {
+            place(kids, times[p].0, times[p].1);
+        }
+    }
+    out
+}
+
+/// Binary segmentation of `(bucket, value)` pairs sorted by bucket: the
+/// buckets where a new segment begins.
+fn segment(values: &[(u32, f64)]) -> Vec<u32> {
+    if values.len() < 2 * MIN_SEGMENT {
+        return Vec::new();
+    }
+    let step = values.len().div_ceil(SEGMENT_SAMPLE);
+    let sample: Vec<(u32, f64)> = values.iter().step_by(step).copied().collect();
+    let scale = step as f64;
+    let mut sorted: Vec<f64> = sample.iter().map(|v| v.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let spread = sorted.iter().map(|v| (v - median).abs()).sum::<f64>() / sorted.len() as f64 + 1e-9;
+    let med = |s: &[(u32, f64)]| {
+        let mut v: Vec<f64> = s.iter().map(|x| x.1).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut cuts = Vec::new();
+    let mut stack = vec![(0usize, sample.len())];
+    while let Some((a, b)) = stack.pop() {
+        if cuts.len() + 1 >= MAX_SEGMENTS {
+            break;
+        }
+        let part = &sample[a..b];
+        // Candidate cuts: where the bucket changes, at most MAX_CANDIDATES of them evenly spread.
+        let changes: Vec<usize> = (1..part.len()).filter(|&i| part[i].0 != part[i - 1].0).collect();
+        let every = changes.len().div_ceil(MAX_CANDIDATES).max(1);
+        let mut best: Option<(f64, usize)> = None;
+        for &i in changes.iter().step_by(every) {
+            let (l, r) = (i as f64 * scale, (part.len() - i) as f64 * scale);
+            if l < MIN_SEGMENT as f64 || r < MIN_SEGMENT as f64 {
+                continue;
+            }
+            let stat = (med(&part[..i]) - med(&part[i..])).abs() / spread * (l * r / (l + r)).sqrt();
+            if best.is_none_or(|(s, _)| stat > s) {
+                best = Some((stat, i));
+            }
+        }
+        if let Some((_, i)) = best.filter(|(s, _)| *s > SEGMENT_THRESHOLD) {
+            cuts.push(part[i].0);
+            stack.push((a, a + i));
+            stack.push((a + i, b));
+        }
+    }
+    cuts.sort_unstable();
+    cuts
+}
+
+/// Sketches of `values` (bucket, value), cut into segments when asked; also
+/// each value's segment index.
+fn segmented(values: &mut [(u32, f64)], config: &CalibrationConfig) -> (Segmented, Vec<u32>) {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by_key(|&i| values[i].0);
+    let sorted: Vec<(u32, f64)> = order.iter().map(|&i| values[i]).collect();
+    let starts = if config.segments { segment(&sorted) } else { Vec::new() };
+    let which: Vec<u32> = values.iter().map(|v| starts.partition_point(|&s| s <= v.0) as u32).collect();
+    let mut sketches = Vec::with_capacity(starts.len() + 1);
+    for s in 0..=starts.len() as u32 {
+        let mut part: Vec<f64> = values.iter().zip(&which).filter(|(_, w)| **w == s).map(|(v, _)| v.1).collect();
+        let sketch = QuantileSketch::of(&mut part, config.resolution, config.max_quantiles, config.quantiles_per_root)
+            .unwrap_or_else(|| QuantileSketch::of(&mut [0.0], config.resolution, 2, 1.0).expect("one value"));
+        sketches.push(sketch);
+    }
+    (Segmented { starts, sketches }, which)
+}
+
+/// Mid-ranks of `values` as probabilities in (0, 1).
+fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut out = vec![0.0; values.len()];
+    let n = values.len() as f64;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0;
+        for &k in &order[i..=j] {
+            out[k] = (mid + 0.5) / n;
+        }
+        i = j + 1;
+    }
+    out
+}
+
+fn quantize(x: f64, lo: f64, hi: f64) -> u8 {
+    ((x.clamp(lo, hi) - lo) / (hi - lo) * 15.0).round() as u8
+}
+
+fn dequantize(q: u8, lo: f64, hi: f64) -> f64 {
+    lo + f64::from(q & 15) / 15.0 * (hi - lo)
+}
+
+impl TimingModel {
+    /// Learns the timing of `traces` (one window) placed in `histogram`.
+    pub fn fit(
+        traces: &[Trace],
+        placements: &[Placement],
+        histogram: &TopologyHistogram,
+        window_start: u64,
+        config: &CalibrationConfig,
+    ) -> Self {
+        let bucket_ns = config.topology_bucket.as_nanos() as u64;
+        let first_bucket = window_start / bucket_ns;
+        let keys = Keys::of(histogram);
+        let mut observations = observe(traces, placements, histogram, &keys, bucket_ns, first_bucket);
+        let mut by_value: Vec<Vec<usize>> = vec![Vec::new(); keys.values];
+        let mut by_lead: Vec<Vec<(u32, f64)>> = vec![Vec::new(); keys.leads];
+        let mut positions = vec![(0.0f64, 0.0f64); histogram.labels.len()];
+        for (i, o) in observations.iter().enumerate() {
+            by_value[o.keys.0 as usize].push(i);
+            by_lead[o.keys.1 as usize].push((o.bucket, o.lead));
+            let p = &mut positions[o.label as usize];
+            *p = (p.0 + o.position, p.1 + 1.0);
+        }
+        // Spans whose children often end after them keep their own duration.
+        let detached: Vec<u32> = (0..keys.values as u32)
+            .filter(|&v| {
+                let members = &by_value[v as usize];
+                let outlived = members.iter().filter(|&&i| observations[i].outlived).count();
+                outlived as f64 > DETACHED_SHARE * members.len() as f64
+            })
+            .collect();
+        for &v in &detached {
+            for &i in &by_value[v as usize] {
+                let o = &mut observations[i];
+                o.value = o.duration.unwrap_or(o.value);
+            }
+        }
+        // Each observation's normal score within its sketch (key and segment).
+        let mut scores = vec![0.0f64; observations.len()];
+        let values = by_value
+            .iter()
+            .map(|members| {
+                let mut values: Vec<(u32, f64)> = members.iter().map(|&i| (observations[i].bucket, observations[i].value)).collect();
+                let (sketch, which) = segmented(&mut values, config);
+                for s in 0..sketch.sketches.len() as u32 {
+                    let part: Vec<usize> = members.iter().zip(&which).filter(|(_, w)| **w == s).map(|(&i, _)| i).collect();
+                    let values: Vec<f64> = part.iter().map(|&i| observations[i].value).collect();
+                    for (&i, u) in part.iter().zip(ranks(&values)) {
+                        scores[i] = normal_quantile(u);
+                    }
+                }
+                sketch
+            })
+            .collect();
+        let leads = by_lead.iter_mut().map(|values| segmented(values, config).0).collect();
+        let orders = positions.iter().map(|&(sum, n)| ((sum / n.max(1.0)).clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+        let (nodes, couplings) = if config.node_effects {
+            let children = children_scores(&observations, &scores, histogram);
+            (node_effects(&observations, &scores, histogram), couplings(&observations, &scores, &children, keys.values))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        TimingModel { resolution: config.resolution, bucket_ns, first_bucket, values, leads, detached, orders, nodes, couplings }
+    }
+
+    fn any_negative(&self, s: &Segmented) -> bool {
+        // (a detached key's sketch holds durations, never negative)
+        s.sketches.iter().any(|q| q.points(self.resolution).first().is_some_and(|&v| v < 0.0))
+    }
+
+    /// Whether spans of `label` with children may end before their last child.
+    pub fn tail_can_be_negative(&self, histogram: &TopologyHistogram, label: u32) -> bool {
+        let keys = Keys::of(histogram);
+        histogram.topologies.iter().zip(&keys.nodes).any(|(t, nodes)| {
+            t.labels.iter().zip(nodes).any(|(&l, &(v, _))| {
+                l == label && self.values.get(v as usize).is_some_and(|s| self.any_negative(s))
+            })
+        })
+    }
+
+    /// Checks a decoded model against its histogram before use.
+    pub fn validate(&self, histogram: &TopologyHistogram) -> Result<(), TimingError> {
+        if !(self.resolution.is_finite() && (1e-4..=1.0).contains(&self.resolution)) || self.bucket_ns == 0 {
+            return Err(bad("resolution or bucket out of range"));
+        }
+        let keys = Keys::of(histogram);
+        if self.values.len() != keys.values || self.leads.len() != keys.leads || self.orders.len() != histogram.labels.len() {
+            return Err(bad(format!(
+                "{} value, {} lead and {} order entries for {} value keys, {} lead keys and {} labels",
+                self.values.len(),
+                self.leads.len(),
+                self.orders.len(),
+                keys.values,
+                keys.leads,
+                histogram.labels.len()
+            )));
+        }
+        if self.detached.windows(2).any(|w| w[0] >= w[1]) || self.detached.last().is_some_and(|&v| v as usize >= keys.values) {
+            return Err(bad("detached keys out of order or range"));
+        }
+        for s in self.values.iter().chain(&self.leads) {
+            if s.sketches.len() != s.starts.len() + 1 || s.sketches.len() > MAX_SEGMENTS {
+                return Err(bad("a segmented sketch's starts and sketches disagree"));
+            }
+            if s.starts.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(bad("segment starts out of order"));
+            }
+            s.sketches.iter().try_for_each(QuantileSketch::validate)?;
+        }
+        if !self.couplings.is_empty() && self.couplings.len() != keys.values {
+            return Err(bad("couplings for another number of value keys"));
+        }
+        if !self.nodes.is_empty() {
+            if self.nodes.len() != histogram.topologies.len() {
+                return Err(bad("node effects for another number of topologies"));
+            }
+            if self.nodes.iter().zip(&histogram.topologies).any(|(n, t)| n.len() != t.len()) {
+                return Err(bad("node effects for another number of nodes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every node of every trace measured: its keys, time bucket, value, lead
+/// and position within its parent.
+fn observe(
+    traces: &[Trace],
+    placements: &[Placement],
+    histogram: &TopologyHistogram,
+    keys: &Keys,
+    bucket_ns: u64,
+    first_bucket: u64,
+) -> Vec<Observation> {
+    let structure: Vec<(Vec<Vec<usize>>, Vec<usize>)> =
+        histogram.topologies.iter().map(|t| (t.children(), t.roots().collect())).collect();
+    let mut observations = Vec::with_capacity(traces.iter().map(|t| t.spans.len()).sum());
+    for (trace, placement) in traces.iter().zip(placements) {
+        let topology = &histogram.topologies[placement.topology];
+        let (children, roots) = &structure[placement.topology];
+        let times = node_times(trace, placement);
+        let trace_start = trace.start();
+        let bucket = (trace_start / bucket_ns).saturating_sub(first_bucket) as u32;
+        let leads = layout(&times, children, roots, trace_start);
+        for (k, &(start, end)) in times.iter().enumerate() {
+            let own = ((end - start) as f64 / 1e3).ln_1p();
+            let (value, duration, outlived) = if children[k].is_empty() {
+                (own, None, false)
+            } else {
+                let last = children[k].iter().map(|&c| times[c].1).max().unwrap_or(end);
+                let over = last.saturating_sub(end);
+                (signed_log((end as f64 - last as f64) / 1e3), Some(own), 2 * over > end - start)
+            };
+            observations.push(Observation {
+                label: topology.labels[k],
+                keys: keys.nodes[placement.topology][k],
+                bucket,
+                value,
+                duration,
+                outlived,
+                lead: leads[k].0,
+                position: leads[k].1,
+                node: (placement.topology as u32, k as u32),
+            });
+        }
+    }
+    observations
+}
+
+/// For every observation with children, its children's normal scores
+/// summed and scaled back to unit variance (0 for leaves). Observations come
+/// trace by trace, each trace's nodes in canonical order.
+fn children_scores(observations: &[Observation], scores: &[f64], histogram: &TopologyHistogram) -> Vec<f64> {
+    let mut out = vec![0.0; observations.len()];
+    let mut first = 0;
+    while first < observations.len() {
+        let topology = &histogram.topologies[observations[first].node.0 as usize];
+        let n = topology.len();
+        let (mut sum, mut count) = (vec![0.0f64; n], vec![0u32; n]);
+        for (k, p) in topology.parents.iter().enumerate() {
+            if let Some(p) = p {
+                sum[*p as usize] += scores[first + k];
+                count[*p as usize] += 1;
+            }
+        }
+        for k in 0..n {
+            if count[k] > 0 {
+                out[first + k] = sum[k] / f64::from(count[k]).sqrt();
+            }
+        }
+        first += n;
+    }
+    out
+}
+
+/// Per value key, the shrunk correlation of its normal scores with its
+/// children's, packed in 4 bits.
+fn couplings(observations: &[Observation], scores: &[f64], children: &[f64], keys: usize) -> Vec<u8> {
+    let mut sums = vec![(0.0f64, 0.0f64, 0.0f64, 0.0f64); keys];
+    for ((o, &z), &c) in observations.iter().zip(scores).zip(children) {
+        let s = &mut sums[o.keys.0 as usize];
+        *s = (s.0 + z * c, s.1 + z * z, s.2 + c * c, s.3 + 1.0);
+    }
+    sums.iter()
+        .map(|&(zc, zz, cc, n)| {
+            let correlation = if zz > 0.0 && cc > 0.0 { zc / (zz * cc).sqrt() } else { 0.0 };
+            quantize(correlation * n / (n + NODE_PRIOR), -1.0, 1.0)
+        })
+        .collect()
+}
+
+/// Per topology node, the shrunk mean and spread of its normal scores, packed.
+fn node_effects(observations: &[Observation], scores: &[f64], histogram: &TopologyHistogram) -> Vec<Vec<u8>> {
+    let mut sums: Vec<Vec<(f64, f64, f64)>> = histogram.topologies.iter().map(|t| vec![(0.0, 0.0, 0.0); t.len()]).collect();
+    for (o, &z) in observations.iter().zip(scores) {
+        let s = &mut sums[o.node.0 as usize][o.node.1 as usize];
+        *s = (s.0 + z, s.1 + z * z, s.2 + 1.0);
+    }
+    sums.iter()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|&(sum, squares, n)| {
+                    if n == 0.0 {
+                        return quantize(0.0, -LOCATION_RANGE, LOCATION_RANGE) << 4 | quantize(1.0, SPREAD_MIN, SPREAD_MAX);
+                    }
+                    let mean = sum / n;
+                    let sd = (squares / n - mean * mean).max(0.0).sqrt();
+                    let weight = n / (n + NODE_PRIOR);
+                    let location = mean * weight;
+                    let spread = sd * weight + (1.0 - weight);
+                    quantize(location, -LOCATION_RANGE, LOCATION_RANGE) << 4 | quantize(spread, SPREAD_MIN, SPREAD_MAX)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Sketches decoded once, ready to read.
+pub struct TimingTables<'a> {
+    model: &'a TimingModel,
+    keys: Keys,
+    values: Vec<(Vec<u32>, Vec<Quantiles>)>,
+    leads: Vec<(Vec<u32>, Vec<Quantiles>)>,
+    detached: Vec<bool>,
+    /// Per topology: children of every node sorted by their labels' order, and the roots.
+    layout: Vec<(Vec<Vec<usize>>, Vec<usize>)>,
+}
+
+/// Buffers [`TimingTables::compose`] reuses from trace to trace; `out` holds
+/// the last trace's (start, end) per node.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    offset: Vec<f64>,
+    duration: Vec<f64>,
+    lead: Vec<f64>,
+    pub out: Vec<(u64, u64)>,
+}
+
+/// Repairs made while composing, reported with the model's others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimingRepairs {
+    /// Traces moved earlier so that they end inside the window.
+    pub start_shifted: u64,
+    /// Spans cut at the window's end (a trace longer than the window).
+    pub end_clamped: u64,
+    /// Parents lengthened to hold a child that always lay inside them.
+    pub parent_extended: u64,
+    /// Spans whose duration a repair changed by more than 10%.
+    pub changed_over_10pct: u64,
+}
+
+impl<'a> TimingTables<'a> {
+    /// Call [`TimingModel::validate`] first.
+    pub fn new(model: &'a TimingModel, histogram: &TopologyHistogram) -> Self {
+        let r = model.resolution;
+        let read = |s: &Segmented| (s.starts.clone(), s.sketches.iter().map(|q| Quantiles::new(q, r)).collect());
+        let values = model.values.iter().map(read).collect();
+        let leads = model.leads.iter().map(read).collect();
+        let mut detached = vec![false; model.values.len()];
+        for &v in &model.detached {
+            detached[v as usize] = true;
+        }
+        let layout = histogram
+            .topologies
+            .iter()
+            .map(|t| {
+                let mut children = t.children();
+                let order = |k: &usize| model.orders[t.labels[*k] as usize];
+                for kids in &mut children {
+                    kids.sort_by_key(order);
+                }
+                let mut roots: Vec<usize> = t.roots().collect();
+                roots.sort_by_key(order);
+                (children, roots)
+            })
+            .collect();
+        TimingTables { model, keys: Keys::of(histogram), values, leads, detached, layout }
+    }
+
+    /// Every node's rank within its sketch (key and time segment), for a
+    /// window of traces (`order`: topologies, `starts`: start times): each
+    /// node's latent normal score is its node effect applied to its noise (from
+    /// `noise`, a CTGAN's ranks, or drawn from `rng`), and the latents of a
+    /// sketch are replaced rank for rank by evenly spaced probabilities. So
+    /// the node effects and the noise decide which node gets which value, and
+    /// the values a sketch hands out follow its distribution exactly: quantile
+    /// mapping.
+    pub fn ranks(
+        &self,
+        histogram: &TopologyHistogram,
+        order: &[usize],
+        starts: &[u64],
+        noise: Option<&[Vec<f64>]>,
+        rng: &mut StdRng,
+    ) -> Vec<Vec<f64>> {
+        let mut latents: Vec<(u64, f64, u64)> = Vec::with_capacity(order.iter().map(|&t| histogram.topologies[t].len()).sum());
+        let mut own: Vec<f64> = Vec::new();
+        for (i, (&t, &start)) in order.iter().zip(starts).enumerate() {
+            let bucket = self.bucket(start);
+            let topology = &histogram.topologies[t];
+            let keys = &self.keys.nodes[t];
+            // Latents bottom-up: a tail follows its children by its coupling.
+            own.clear();
+            own.extend((0..topology.len()).map(|k| noise.map_or_else(|| StandardNormal.sample(rng), |n: &[Vec<f64>]| n[i][k])));
+            let (mut sum, mut count) = (vec![0.0f64; own.len()], vec![0u32; own.len()]);
+            for k in (0..own.len()).rev() {
+                if count[k] > 0
+                    && let Some(&c) = self.model.couplings.get(keys[k].0 as usize)
+                {
+                    let c = dequantize(c, -1.0, 1.0);
+                    own[k] = c * sum[k] / f64::from(count[k]).sqrt() + (1.0 - c * c).max(0.0).sqrt() * own[k];
+                }
+                if let Some(p) = topology.parents[k] {
+                    sum[p as usize] += own[k];
+                    count[p as usize] += 1;
+                }
+            }
+            let effects = self.model.nodes.get(t);
+            for (k, &(value_key, _)) in keys.iter().enumerate() {
+                let z = own[k];
+                let z = match effects.map(|e| e[k]) {
+                    Some(e) => dequantize(e >> 4, -LOCATION_RANGE, LOCATION_RANGE) + dequantize(e, SPREAD_MIN, SPREAD_MAX) * z,
+                    None => z,
+                };
+                let (starts, _) = &self.values[value_key as usize];
+                let group = u64::from(value_key) << 8 | starts.partition_point(|&s| s <= bucket) as u64;
+                latents.push((group, z, rng.random()));
+            }
+        }
+        let mut sorted: Vec<u32> = (0..latents.len() as u32).collect();
+        sorted.sort_unstable_by(|&a, &b| {
+            let (a, b) = (&latents[a as usize], &latents[b as usize]);
+            a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2))
+        });
+        let mut u = vec![0.0f64; latents.len()];
+        for run in sorted.chunk_by(|&a, &b| latents[a as usize].0 == latents[b as usize].0) {
+            let n = run.len() as f64;
+            for (r, &i) in run.iter().enumerate() {
+                u[i as usize] = (r as f64 + 0.5) / n;
+            }
+        }
+        let mut u = u.into_iter();
+        order.iter().map(|&t| u.by_ref().take(histogram.topologies[t].len()).collect()).collect()
+    }
+
+    fn bucket(&self, start: u64) -> u32 {
+        (start / self.model.bucket_ns).saturating_sub(self.model.first_bucket) as u32
+    }
+
+    /// The (start, end) of every node of one trace of `topology` starting at
+    /// `trace_start`, in canonical order, with each node's rank `u` from
+    /// [`TimingTables::ranks`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn compose(
+        &self,
+        histogram: &TopologyHistogram,
+        topology: usize,
+        trace_start: u64,
+        window: (u64, u64),
+        u: &[f64],
+        nested: &dyn Fn(u32, u32) -> bool,
+        rng: &mut StdRng,
+        repairs: &mut TimingRepairs,
+        scratch: &mut Scratch,
+    ) {
+        let t = &histogram.topologies[topology];
+        let n = t.len();
+        let bucket = self.bucket(trace_start);
+        let (children, roots) = &self.layout[topology];
+        // Offsets from the parent's start (roots: the trace's), and durations, in µs.
+        let Scratch { offset, duration, lead, out } = scratch;
+        for v in [&mut *offset, &mut *duration, &mut *lead] {
+            v.clear();
+            v.resize(n, 0.0);
+        }
+        let keys = &self.keys.nodes[topology];
+        for k in 0..n {
+            let (value_key, lead_key) = (keys[k].0 as usize, keys[k].1 as usize);
+            let read = |(starts, sketches): &(Vec<u32>, Vec<Quantiles>), u: f64| sketches[starts.partition_point(|&s| s <= bucket)].at(u);
+            let value = read(&self.values[value_key], u[k]);
+            duration[k] = if children[k].is_empty() || self.detached[value_key] {
+                value.min(25.0).exp_m1().max(0.0)
+            } else {
+                signed_exp(value) // the tail, until the children are laid out
+            };
+            lead[k] = signed_exp(read(&self.leads[lead_key], rng.random::<f64>()));
+        }
+        // Children before parents: canonical order puts parents first.
+        for p in (0..n).rev() {
+            let kids = &children[p];
+            if kids.is_empty() {
+                continue;
+            }
+            let (end, must_hold) = self.lay_out(kids, lead, duration, offset, |c| nested(t.labels[p], t.labels[c]));
+            if self.detached[keys[p].0 as usize] {
+                continue;
+            }
+            let tail = duration[p];
+            let natural = (end + tail).max(0.0);
+            let fitted = natural.max(must_hold);
+            if fitted > natural {
+                repairs.parent_extended += 1;
+                if fitted > natural * 1.1 {
+                    repairs.changed_over_10pct += 1;
+                }
+            }
+            duration[p] = fitted;
+        }
+        self.lay_out(roots, lead, duration, offset, |_| false);
+        // Where each node ends after the trace's start, for the trace's length
+        // (children of detached spans may end after everything else).
+        let mut length = 0.0f64;
+        for k in 0..n {
+            if let Some(p) = t.parents[k] {
+                offset[k] += offset[p as usize];
+            }
+            length = length.max(offset[k] + duration[k]);
+        }
+        // The trace must end inside the window: move it earlier, cut it if it is longer.
+        let (window_start, window_end) = window;
+        let length_ns = (length * 1e3) as u64;
+        let mut start = trace_start;
+        if start.saturating_add(length_ns) > window_end {
+            start = window_end.saturating_sub(length_ns).max(window_start);
+            repairs.start_shifted += 1;
+        }
+        out.clear();
+        out.resize(n, (0, 0));
+        for k in 0..n {
+            // Offsets are from the trace's start now; a child never starts before its parent.
+            let parent_start = t.parents[k].map_or(start, |p| out[p as usize].0);
+            let s = start.saturating_add((offset[k] * 1e3) as u64).max(parent_start).min(window_end);
+            let wanted = s.saturating_add((duration[k] * 1e3) as u64);
+            let e = wanted.min(window_end);
+            if e < wanted {
+                repairs.end_clamped += 1;
+                if (e - s) as f64 * 1.1 < (wanted - s) as f64 {
+                    repairs.changed_over_10pct += 1;
+                }
+            }
+            out[k] = (s, e);
+        }
+    }
+
+    /// Lays `kids` out one after the other with their leads; returns where the
+    /// last one ends and the end the parent must reach to hold the children
+    /// `must_nest` says always lay inside it.
+    fn lay_out(
+        &self,
+        kids: &[usize],
+        lead: &[f64],
+        duration: &[f64],
+        offset: &mut [f64],
+        must_nest: impl Fn(usize) -> bool,
+    ) -> (f64, f64) {
+        let (mut cursor, mut end, mut must_hold) = (0.0f64, 0.0f64, 0.0f64);
+        for &c in kids {
+            let s = (cursor + lead[c]).max(0.0);
+            offset[c] = s;
+            let e = s + duration[c];
+            cursor = cursor.max(e);
+            end = end.max(e);
+            if must_nest(c) {
+                must_hold = must_hold.max(e);
+            }
+        }
+        (end, must_hold)
+    }
+}
+
+/// Normal scores of `values` within groups, ties broken by `rng`: turns a
+/// CTGAN's generated durations into the noise [`TimingTables::compose`] reads.
+pub fn group_scores(values: &[f64], groups: &[u64], rng: &mut StdRng) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    let jitter: Vec<u64> = (0..values.len()).map(|_| rng.random()).collect();
+    order.sort_by(|&a, &b| groups[a].cmp(&groups[b]).then(values[a].total_cmp(&values[b])).then(jitter[a].cmp(&jitter[b])));
+    let mut out = vec![0.0; values.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && groups[order[j]] == groups[order[i]] {
+            j += 1;
+        }
+        let n = (j - i) as f64;
+        for (r, &k) in order[i..j].iter().enumerate() {
+            out[k] = normal_quantile((r as f64 + 0.5) / n);
+        }
+        i = j;
+    }
+    out
+}
+
+/// A fresh seeded generator for composing traces.
+pub fn timing_rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ 0x7469_6d69_6e67)
+}
