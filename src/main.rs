@@ -693,20 +693,25 @@ fn demo(out: PathBuf, window_traces: usize, loops: u64, epochs: Option<usize>, j
         "gent demo: compressor and decompressor on loopback; replaying the bundled TrainTicket sample (75 traces) {loops} times"
     );
     println!(
-        "{:>6}  {:>6}  {:>9}  {:>10}  {:>10}  {:>8}  {:>7}  {:>12}  regenerated traces",
-        "window", "spans", "gzip OTLP", "packet", "vs gzip", "fidelity", "shipped", "spans out"
+        "{:>6}  {:>6}  {:>9}  {:>10}  {:>8}  {:>8}  {:>16}  {:>7}  {:>9}  regenerated traces",
+        "window", "spans", "gzip OTLP", "packet", "vs gzip", "fidelity", "same bytes: head", "shipped", "spans out"
     );
     let report = runtime()?
         .block_on(gent::demo::run(&options, |w| {
             let s = &w.shipped;
+            let head = match (s.head_rate, s.head_fidelity) {
+                (Some(n), Some(f)) => format!("1:{n} {f:.3}"),
+                _ => "-".into(),
+            };
             println!(
-                "{:>6}  {:>6}  {:>7} B  {:>8} B  {:>9.1}%  {:>8}  {:>7}  {:>12}  {}",
+                "{:>6}  {:>6}  {:>7} B  {:>8} B  {:>7.1}%  {:>8}  {:>16}  {:>7}  {:>9}  {}",
                 s.window_id,
                 s.spans,
                 s.gzip_bytes,
                 s.packet_bytes,
                 100.0 * s.packet_bytes as f64 / s.gzip_bytes.max(1) as f64,
                 s.fidelity.map_or("-".into(), |f| format!("{f:.3}")),
+                head,
                 s.kind,
                 w.delivered.spans,
                 w.delivered.outputs.join(", ")

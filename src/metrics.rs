@@ -113,6 +113,7 @@ pub struct PipelineMetrics {
     /// Self-evaluated fidelity of the last window, and of every window.
     pub fidelity_last: Gauge,
     pub fidelity: Histogram,
+    pub fidelity_head_same_bytes: Gauge,
     /// Windows shipped as head-sampled traces because their fidelity was below the floor.
     pub fallback_windows: IntCounter,
     /// Windows shipped whole because their traces were smaller than their model.
@@ -251,6 +252,10 @@ impl Metrics {
                 "The same windows as gzip-compressed OTLP protobuf bytes.",
             )?,
             fidelity_last: r.gauge_f64("gent_fidelity_score", "Self-evaluated fidelity (0..1) of the last window.")?,
+            fidelity_head_same_bytes: r.gauge_f64(
+                "gent_fidelity_head_same_bytes",
+                "Fidelity (0..1) of head sampling the last window at the rate whose bytes equal its packet, on the same queries.",
+            )?,
             fidelity: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new("gent_window_fidelity", "Self-evaluated fidelity (0..1) per window.")

@@ -39,7 +39,18 @@ pub struct Shipped {
     pub kind: &'static str,
     /// Self-evaluated fidelity of the model (None when not evaluated or not trained).
     pub fidelity: Option<f64>,
+    /// Head sampling at the same bytes as the model: its rate 1:N and its
+    /// fidelity on the same queries (None when not evaluated).
+    pub head_rate: Option<u64>,
+    pub head_fidelity: Option<f64>,
     pub train_seconds: f64,
+}
+
+/// A model's self-evaluated fidelity and that of head sampling at its bytes.
+struct SelfEvaluation {
+    fidelity: f64,
+    head_rate: u64,
+    head_fidelity: f64,
 }
 
 pub struct ShipSink {
@@ -88,13 +99,21 @@ impl ShipSink {
         Ok((model, packet, seconds))
     }
 
-    /// Regenerates from the packet as the decompressor will, and scores it.
-    fn self_evaluate(&self, real: &TraceSet, packet: &[u8]) -> Result<f64, String> {
+    /// Regenerates from the packet as the decompressor will and scores it;
+    /// also scores head sampling at the rate whose bytes match the packet
+    /// (the window's gzip bytes over the packet's), the comparison that says
+    /// whether the model pays for itself.
+    fn self_evaluate(&self, real: &TraceSet, packet: &[u8], gzip_bytes: u64) -> Result<SelfEvaluation, String> {
         let unpacked = crate::gent::unpack(packet, &self.device).map_err(|e| e.to_string())?;
         let (traces, _) = unpacked.model.generate(unpacked.header.seed).map_err(|e| e.to_string())?;
         let reference = Reference::new(real, Vec::new()).map_err(|e| e.to_string())?;
         let synthetic = TraceSet { traces, defects: Default::default() };
-        Ok(reference.evaluate_any(&synthetic, 1.0).map_err(|e| e.to_string())?.overall)
+        let fidelity = reference.evaluate_any(&synthetic, 1.0).map_err(|e| e.to_string())?.overall;
+        let head_rate = (gzip_bytes as f64 / packet.len().max(1) as f64).round().max(1.0) as u64;
+        let kept = Sampler::Head { n: head_rate }.sample(&real.traces, self.config.fidelity.seed);
+        let sampled = TraceSet { traces: kept, defects: Default::default() };
+        let head_fidelity = reference.evaluate_any(&sampled, head_rate as f64).map_err(|e| e.to_string())?.overall;
+        Ok(SelfEvaluation { fidelity, head_rate, head_fidelity })
     }
 
     /// The window's traces, head-sampled 1:`n` (all of them for 1), as
@@ -128,17 +147,20 @@ impl WindowSink for ShipSink {
         m.window_gzip_bytes.inc_by(sizes.gzip);
 
         let mut fidelity = None;
+        let mut head = None;
         let mut train_seconds = 0.0;
         let trained = match self.train(traces, window.id) {
             Ok((model, packet, seconds)) => {
                 m.training_seconds.observe(seconds);
                 train_seconds = seconds;
                 if self.config.fidelity.self_evaluate {
-                    match self.self_evaluate(&window.traces, &packet) {
-                        Ok(score) => {
-                            m.fidelity_last.set(score);
-                            m.fidelity.observe(score);
-                            fidelity = Some(score);
+                    match self.self_evaluate(&window.traces, &packet, sizes.gzip) {
+                        Ok(e) => {
+                            m.fidelity_last.set(e.fidelity);
+                            m.fidelity.observe(e.fidelity);
+                            m.fidelity_head_same_bytes.set(e.head_fidelity);
+                            fidelity = Some(e.fidelity);
+                            head = Some((e.head_rate, e.head_fidelity));
                         }
                         Err(e) => tracing::warn!(window = window.id, error = %e, "self-evaluation failed"),
                     }
@@ -208,6 +230,8 @@ impl WindowSink for ShipSink {
                 packet_bytes,
                 kind,
                 fidelity,
+                head_rate: head.map(|h| h.0),
+                head_fidelity: head.map(|h| h.1),
                 train_seconds,
             });
         }

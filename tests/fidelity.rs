@@ -94,6 +94,37 @@ fn every_query_gives_the_hand_computed_answer() {
     let Answer::Histogram(af) = &a["attribute_frequency[http.request.method]"] else { panic!() };
     assert_eq!(af["frontend"], counts(&[("GET", 2.0)]));
     assert_eq!(af["cart"], counts(&[("POST", 2.0)]));
+    // Every child lies inside its parent.
+    let Answer::Histogram(n) = &a["nesting"] else { panic!() };
+    assert_eq!(n["frontend | cart"], counts(&[("inside", 2.0)]));
+    assert_eq!(n["frontend | ad"], counts(&[("inside", 1.0)]));
+    // Self time: frontend 100 − 40 − 20 = 40 µs and 200 − 100 = 100 µs; leaves their own.
+    let Answer::Distribution(st) = &a["self_time"] else { panic!() };
+    let mut front = st["frontend"].clone();
+    front.sort_by(f64::total_cmp);
+    assert_eq!(front, vec![40f64.ln_1p(), 100f64.ln_1p()]);
+    assert_eq!(st["ad"], vec![20f64.ln_1p()]);
+}
+
+#[test]
+fn self_time_counts_overlapping_children_once_and_nesting_sees_a_child_outside() {
+    // A parent of 100 µs with two children overlapping in 30..60 and 40..90
+    // (covered: 30..90, 60 µs) and a third outside it, 120..130.
+    let t = Trace {
+        trace_id: [3; 16],
+        spans: vec![
+            span(3, 1, None, "api", 100, 0, false),
+            span(3, 2, Some(1), "db", 30, 30, false),
+            span(3, 3, Some(1), "db", 50, 40, false),
+            span(3, 4, Some(1), "queue", 10, 120, false),
+        ],
+    };
+    let a = answers(&TraceSet { traces: vec![t], defects: Default::default() });
+    let Answer::Distribution(st) = &a["self_time"] else { panic!() };
+    assert_eq!(st["api"], vec![40f64.ln_1p()]);
+    let Answer::Histogram(n) = &a["nesting"] else { panic!() };
+    assert_eq!(n["api | db"], counts(&[("inside", 2.0)]));
+    assert_eq!(n["api | queue"], counts(&[("outside", 1.0)]));
 }
 
 #[test]
@@ -264,8 +295,17 @@ mod bench {
         let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         let methods = r["methods"].as_array().unwrap();
         let names: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
-        assert_eq!(names.len(), 10, "{names:?}");
+        assert_eq!(names.len(), 11, "{names:?}");
         assert!(names[0].starts_with("gent") && names.contains(&"head 1:15 + gzip") && names.contains(&"lossless zstd"));
+        // Head sampling at gent's bytes, named and scored.
+        let equal = &r["equal_bytes_head"];
+        let rate = equal["rate"].as_u64().unwrap();
+        assert!(names.contains(&format!("head 1:{rate} + gzip (gent's bytes)").as_str()), "{names:?}");
+        let (bytes, gent_bytes) = (equal["bytes"].as_f64().unwrap(), methods[0]["bytes"].as_f64().unwrap());
+        assert!(bytes < 2.0 * gent_bytes && bytes > 0.5 * gent_bytes, "1:{rate} ships {bytes} B against gent's {gent_bytes}");
+        assert_eq!(equal["gent_fidelity"], methods[0]["fidelity"]);
+        assert!(stdout.contains(&format!("buy head sampling 1:{rate}")), "the comparison is printed");
+        assert!(stdout.contains("self_time") && stdout.contains("nesting"), "every query side by side");
         let by = |name: &str| methods.iter().find(|m| m["method"] == name).unwrap();
         assert_eq!(by("lossless gzip")["ratio_to_gzip"], 1.0);
         assert_eq!(by("lossless gzip")["fidelity"], 1.0);

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use burn::tensor::Device;
 use common::{data, read_set};
-use gent::gent::{GenTConfig, StoredWindowModel, TopologyHistogram, WindowModel};
+use gent::gent::{GenTConfig, Generators, StoredWindowModel, TopologyHistogram, WindowModel};
 use gent::nn::CtganConfig;
 use gent::nn::weights::Precision;
 use gent::trace::{Trace, TraceGraph, TraceSet};
@@ -19,6 +19,18 @@ fn tiny() -> GenTConfig {
         ctgan: CtganConfig { epochs: 1, embedding: 8, generator: vec![16], critic: vec![16], seed: 3, ..CtganConfig::default() },
         ..GenTConfig::default()
     }
+}
+
+/// Tiny generators that also carry timing, their ranks driving the calibration.
+fn tiny_generators() -> GenTConfig {
+    GenTConfig { generators: Generators::Always, ..tiny() }
+}
+
+/// Gen-T's CTGAN timing alone (no calibration), tiny.
+fn tiny_uncalibrated() -> GenTConfig {
+    let mut c = tiny();
+    c.calibration.enabled = false;
+    c
 }
 
 fn topology_counts(traces: &[Trace]) -> HashMap<String, usize> {
@@ -93,8 +105,10 @@ fn check_round_trip(set: &TraceSet, name: &str, config: &GenTConfig) {
 #[test]
 fn hipster_round_trip() {
     let set = read_set(&[data("hipster")]);
-    check_round_trip(&set, "hipster, GCN", &tiny());
-    check_round_trip(&set, "hipster, one-hot topologies", &GenTConfig { gcn: false, ..tiny() });
+    check_round_trip(&set, "hipster, calibrated", &tiny());
+    check_round_trip(&set, "hipster, calibrated from GCN generators", &tiny_generators());
+    check_round_trip(&set, "hipster, one-hot topology generators", &GenTConfig { gcn: false, ..tiny_generators() });
+    check_round_trip(&set, "hipster, CTGAN timing alone", &tiny_uncalibrated());
 }
 
 #[test]
@@ -111,12 +125,12 @@ fn a_rolling_window_warm_starts_roots_and_chains_but_rebuilds_the_histogram() {
     };
     let (first, second) = (window(0..5), window(5..10));
     let device = Device::flex();
-    let previous = WindowModel::train(&first.traces, &tiny(), &device, None).unwrap();
+    let previous = WindowModel::train(&first.traces, &tiny_generators(), &device, None).unwrap();
     let packet = gent::packet::seal(&previous.to_stored(Precision::F16).unwrap()).unwrap();
     let previous = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
 
-    let cold = WindowModel::train(&second.traces, &tiny(), &device, None).unwrap();
-    let warm = WindowModel::train(&second.traces, &tiny(), &device, Some(&previous)).unwrap();
+    let cold = WindowModel::train(&second.traces, &tiny_generators(), &device, None).unwrap();
+    let warm = WindowModel::train(&second.traces, &tiny_generators(), &device, Some(&previous)).unwrap();
     assert_eq!(cold.warm_started(), (false, false));
     assert_eq!(warm.warm_started(), (true, true), "R_G and C_G start from the previous window");
     // H and T_G are the new window's own.

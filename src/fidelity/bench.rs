@@ -3,13 +3,17 @@
 //! same scores. Every method is charged for the bytes it ships and the
 //! compute it spends ([`Prices`]):
 //!
-//! * gent: the packet; training and generation time on every core;
+//! * gent: the packet; training and generation time on every core; its
+//!   regenerated traces are written as an OTLP file and scored as read back,
+//!   as a backend would receive them;
 //! * head sampling 1:N (N = 5, 10, 15, 20, 50, 100; 10 seeds): the kept
 //!   traces as gzip-compressed OTLP protobuf, counts scaled by N;
 //! * tail sampling (errors, traces slower than the real 90th percentile, and
 //!   1% of the rest): gzip OTLP of the kept traces, counts scaled by
 //!   all traces / kept traces;
-//! * lossless: every span as gzip or zstd OTLP protobuf (fidelity 1).
+//! * lossless: every span as gzip or zstd OTLP protobuf (fidelity 1);
+//! * head sampling at the rate whose gzip bytes equal gent's packet, the
+//!   comparison that says whether gent pays for itself.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -31,6 +35,8 @@ pub enum BenchError {
     Gent(String),
     #[error("encoding the traces: {0}")]
     Encode(#[from] std::io::Error),
+    #[error("reading the regenerated traces back: {0}")]
+    ReadBack(#[from] crate::io::IoError),
 }
 
 /// Head sampling rates compared.
@@ -66,6 +72,19 @@ pub struct BenchReport {
     pub gent_matches_head: Vec<u64>,
     /// The head sampling rates whose mean shipped bytes gent's packet does not exceed.
     pub gent_smaller_than_head: Vec<u64>,
+    /// Head sampling at the rate whose bytes equal gent's packet.
+    pub equal_bytes_head: EqualBytes,
+}
+
+/// The head sampling rate 1:N whose gzip bytes equal gent's packet
+/// (interpolated between the measured rates, bytes falling as 1/N), and that
+/// rate's bytes and fidelity, mean over the seeds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EqualBytes {
+    pub rate: u64,
+    pub bytes: f64,
+    pub fidelity: f64,
+    pub gent_fidelity: f64,
 }
 
 struct Runs {
@@ -130,27 +149,20 @@ pub fn run(
     let model = WindowModel::train(&real.traces, config, device, None).map_err(|e| BenchError::Gent(e.to_string()))?;
     let packet = crate::gent::pack(&model, 0, config, Precision::F16, config.ctgan.seed, None)
         .map_err(|e| BenchError::Gent(e.to_string()))?;
-    let (generated, _) = model.generate(config.ctgan.seed).map_err(|e| BenchError::Gent(e.to_string()))?;
+    let unpacked = crate::gent::unpack(&packet, device).map_err(|e| BenchError::Gent(e.to_string()))?;
+    let (generated, _) = unpacked.model.generate(config.ctgan.seed).map_err(|e| BenchError::Gent(e.to_string()))?;
     let seconds = started.elapsed().as_secs_f64();
+    let generated = read_back(&generated)?;
     let gent = Runs {
         bytes: vec![packet.len() as f64],
         seconds: vec![seconds],
-        scores: vec![reference.evaluate(&set(generated), 1.0)?],
+        scores: vec![reference.evaluate(&generated, 1.0)?],
     };
     methods.push(gent.result("gent (f16)".into(), full.gzip, &prices, cores));
 
     for n in HEAD_RATES {
         progress(&format!("head 1:{n}"));
-        let mut runs = Runs { bytes: Vec::new(), seconds: Vec::new(), scores: Vec::new() };
-        for seed in 0..SEEDS {
-            let started = Instant::now();
-            let kept = Sampler::Head { n }.sample(&real.traces, seed);
-            let bytes = wire_sizes(&kept)?.gzip;
-            runs.seconds.push(started.elapsed().as_secs_f64());
-            runs.bytes.push(bytes as f64);
-            runs.scores.push(reference.evaluate_any(&set(kept), n as f64)?);
-        }
-        methods.push(runs.result(format!("head 1:{n} + gzip"), full.gzip, &prices, cores));
+        methods.push(head(real, &reference, n, full.gzip, &prices, cores)?);
     }
 
     progress("tail");
@@ -175,11 +187,20 @@ pub fn run(
         methods.push(runs.result(name.into(), full.gzip, &prices, cores));
     }
 
+    let rate = equal_bytes_rate(&methods);
+    progress(&format!("head 1:{rate} (gent's bytes)"));
+    let same = head(real, &reference, rate, full.gzip, &prices, cores)?;
+    let equal_bytes_head = EqualBytes { rate, bytes: same.bytes, fidelity: same.fidelity, gent_fidelity: methods[0].fidelity };
+    let mut same = same;
+    same.method = format!("head 1:{rate} + gzip (gent's bytes)");
+    methods.push(same);
+
     let gent = &methods[0];
-    let head =
-        |m: &MethodResult| m.method.strip_prefix("head 1:").and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
-    let gent_matches_head = methods.iter().filter(|m| m.fidelity <= gent.fidelity).filter_map(head).collect();
-    let gent_smaller_than_head = methods.iter().filter(|m| gent.bytes <= m.bytes).filter_map(head).collect();
+    let head_rate = |m: &MethodResult| {
+        m.method.strip_prefix("head 1:").filter(|r| r.ends_with("+ gzip")).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok())
+    };
+    let gent_matches_head = methods.iter().filter(|m| m.fidelity <= gent.fidelity).filter_map(head_rate).collect();
+    let gent_smaller_than_head = methods.iter().filter(|m| gent.bytes <= m.bytes).filter_map(head_rate).collect();
     Ok(BenchReport {
         traces: real.traces.len(),
         spans: real.span_count(),
@@ -188,7 +209,45 @@ pub fn run(
         methods,
         gent_matches_head,
         gent_smaller_than_head,
+        equal_bytes_head,
     })
+}
+
+/// Head sampling 1:`n` over [`SEEDS`] seeds: gzip OTLP bytes of the kept
+/// traces, counts scaled by `n`.
+fn head(real: &TraceSet, reference: &Reference, n: u64, gzip: u64, prices: &Prices, cores: f64) -> Result<MethodResult, BenchError> {
+    let mut runs = Runs { bytes: Vec::new(), seconds: Vec::new(), scores: Vec::new() };
+    for seed in 0..SEEDS {
+        let started = Instant::now();
+        let kept = Sampler::Head { n }.sample(&real.traces, seed);
+        let bytes = wire_sizes(&kept)?.gzip;
+        runs.seconds.push(started.elapsed().as_secs_f64());
+        runs.bytes.push(bytes as f64);
+        runs.scores.push(reference.evaluate_any(&set(kept), n as f64)?);
+    }
+    Ok(runs.result(format!("head 1:{n} + gzip"), gzip, prices, cores))
+}
+
+/// The head sampling rate whose bytes equal gent's packet: interpolated in
+/// log-log between the two measured rates around it (bytes fall as about
+/// 1/N), extrapolated from the nearest pair beyond them.
+fn equal_bytes_rate(methods: &[MethodResult]) -> u64 {
+    let target = methods[0].bytes.max(1.0);
+    let points: Vec<(f64, f64)> = HEAD_RATES.iter().zip(&methods[1..]).map(|(&n, m)| ((n as f64).ln(), m.bytes.max(1.0).ln())).collect();
+    let pair = points.windows(2).find(|w| w[1].1 <= target.ln()).unwrap_or(&points[points.len() - 2..]);
+    let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+    let slope = if (y1 - y0).abs() > 1e-12 { (x1 - x0) / (y1 - y0) } else { 0.0 };
+    (x0 + (target.ln() - y0) * slope).exp().round().clamp(1.0, 1e9) as u64
+}
+
+/// `traces` written as an OTLP JSON file and read back, as a backend would
+/// receive them.
+fn read_back(traces: &[Trace]) -> Result<TraceSet, BenchError> {
+    let path = std::env::temp_dir().join(format!("gent-bench-{}-{}.jsonl", std::process::id(), rand::random::<u64>()));
+    let written = crate::io::write_file(traces, crate::io::OutputFormat::OtlpJson, &path);
+    let read = written.and_then(|()| crate::io::read_inputs(std::slice::from_ref(&path), None));
+    let _ = std::fs::remove_file(&path);
+    Ok(crate::trace::assemble(read?.spans))
 }
 
 impl MethodResult {
@@ -206,7 +265,8 @@ impl MethodResult {
 }
 
 impl BenchReport {
-    /// The table printed on stdout.
+    /// The tables printed on stdout: every method, then every query's score
+    /// side by side, then gent against head sampling at the same bytes.
     pub fn table(&self) -> String {
         let mut out = format!(
             "{:<42} {:>12} {:>9} {:>10} {:>12} {:>17}\n",
@@ -215,6 +275,38 @@ impl BenchReport {
         for m in &self.methods {
             let [method, bytes, ratio, seconds, cost, fidelity] = m.cells();
             out.push_str(&format!("{method:<42} {bytes:>12} {ratio:>9} {seconds:>10} {cost:>12} {fidelity:>17}\n"));
+        }
+        out.push('\n');
+        out.push_str(&self.query_table());
+        let e = &self.equal_bytes_head;
+        out.push_str(&format!(
+            "\ngent's {:.0} bytes buy head sampling 1:{} ({:.0} bytes): fidelity {:.3} against gent's {:.3}\n",
+            self.methods.first().map_or(0.0, |m| m.bytes),
+            e.rate,
+            e.bytes,
+            e.fidelity,
+            e.gent_fidelity
+        ));
+        out
+    }
+
+    /// Every query's score (rows) for gent, each head rate and tail sampling (columns).
+    fn query_table(&self) -> String {
+        let shown: Vec<&MethodResult> = self.methods.iter().filter(|m| !m.method.starts_with("lossless")).collect();
+        let short = |m: &MethodResult| m.method.split(" + ").next().unwrap_or(&m.method).replace(" (f16)", "").replace("tail (errors, > p90 latency, 1%)", "tail");
+        let mut out = format!("{:<44}", "query");
+        for m in &shown {
+            out.push_str(&format!(" {:>9}", short(m)));
+        }
+        out.push('\n');
+        let names: Vec<&String> = shown.first().map(|m| m.queries.keys().collect()).unwrap_or_default();
+        for name in names {
+            let label: String = name.chars().take(44).collect();
+            out.push_str(&format!("{label:<44}"));
+            for m in &shown {
+                out.push_str(&format!(" {:>9.3}", m.queries.get(name).copied().unwrap_or(0.0)));
+            }
+            out.push('\n');
         }
         out
     }

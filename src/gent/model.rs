@@ -620,10 +620,10 @@ impl WindowModel {
         };
         if calibrated {
             model.fit_timing(traces, &placements, config)?;
-            let (timing, histogram) = (model.timing.as_ref(), &model.histogram);
             // Composed parents hold their children whenever their tail is not
             // negative; only parents whose tail sometimes was need the list.
-            nested.retain(|&(parent, _)| timing.is_some_and(|t| t.tail_can_be_negative(histogram, parent)));
+            let negative = model.timing.as_ref().map(|t| t.labels_with_negative_tails(&model.histogram)).unwrap_or_default();
+            nested.retain(|(parent, _)| negative.contains(parent));
         }
         model.nested = nested;
         Ok(model)

@@ -491,14 +491,22 @@ impl TimingModel {
         s.sketches.iter().any(|q| q.points(self.resolution).first().is_some_and(|&v| v < 0.0))
     }
 
-    /// Whether spans of `label` with children may end before their last child.
-    pub fn tail_can_be_negative(&self, histogram: &TopologyHistogram, label: u32) -> bool {
+    /// The labels whose spans with children may end before their last child
+    /// (a negative tail, or a span that keeps its own duration).
+    pub fn labels_with_negative_tails(&self, histogram: &TopologyHistogram) -> std::collections::HashSet<u32> {
         let keys = Keys::of(histogram);
-        histogram.topologies.iter().zip(&keys.nodes).any(|(t, nodes)| {
-            t.labels.iter().zip(nodes).any(|(&l, &(v, _))| {
-                l == label && self.values.get(v as usize).is_some_and(|s| self.any_negative(s))
-            })
-        })
+        let negative: Vec<bool> = (0..self.values.len())
+            .map(|v| self.detached.binary_search(&(v as u32)).is_ok() || self.any_negative(&self.values[v]))
+            .collect();
+        let mut out = std::collections::HashSet::new();
+        for (t, nodes) in histogram.topologies.iter().zip(&keys.nodes) {
+            for (&label, &(v, _)) in t.labels.iter().zip(nodes) {
+                if negative.get(v as usize).copied().unwrap_or(false) {
+                    out.insert(label);
+                }
+            }
+        }
+        out
     }
 
     /// Checks a decoded model against its histogram before use.
@@ -837,6 +845,8 @@ impl<'a> TimingTables<'a> {
             }
             let (end, must_hold) = self.lay_out(kids, lead, duration, offset, |c| nested(t.labels[p], t.labels[c]));
             if self.detached[keys[p].0 as usize] {
+                // Its own duration, long enough for the children that always lay inside.
+                duration[p] = duration[p].max(must_hold);
                 continue;
             }
             let tail = duration[p];
@@ -870,12 +880,22 @@ impl<'a> TimingTables<'a> {
         }
         out.clear();
         out.resize(n, (0, 0));
+        // One rounding of trace-relative times to nanoseconds, monotone, so a
+        // child composed to end within its parent still does in integers.
+        let at = |us: f64| start.saturating_add((us * 1e3).round().max(0.0) as u64);
         for k in 0..n {
-            // Offsets are from the trace's start now; a child never starts before its parent.
-            let parent_start = t.parents[k].map_or(start, |p| out[p as usize].0);
-            let s = start.saturating_add((offset[k] * 1e3) as u64).max(parent_start).min(window_end);
-            let wanted = s.saturating_add((duration[k] * 1e3) as u64);
+            let (rel_start, rel_end) = (offset[k], offset[k] + duration[k]);
+            let (mut s, mut e) = (at(rel_start), at(rel_end));
+            if let Some(p) = t.parents[k] {
+                let (parent, p) = (out[p as usize], p as usize);
+                s = s.max(parent.0);
+                if rel_end <= offset[p] + duration[p] + 1e-6 {
+                    e = e.min(parent.1);
+                }
+            }
+            let wanted = e.max(s);
             let e = wanted.min(window_end);
+            let s = s.min(e);
             if e < wanted {
                 repairs.end_clamped += 1;
                 if (e - s) as f64 * 1.1 < (wanted - s) as f64 {
