@@ -1042,9 +1042,13 @@ impl WindowModel {
                         && nested.contains(&(topology.labels[p], topology.labels[k]))
                         && end > out[p].1
                     {
+                        let wanted = end - start;
                         start = start.min(out[p].1);
                         end = out[p].1;
                         repairs.end_clamped += 1;
+                        if (end - start) as f64 * 1.1 < wanted as f64 {
+                            repairs.changed_over_10pct += 1;
+                        }
                     }
                     out.push((start, end));
                 }
