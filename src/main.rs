@@ -1266,8 +1266,8 @@ fn train(inputs: &[PathBuf], format: Option<Format>, o: TrainOptions, json: bool
     std::fs::write(&o.out, &packet).map_err(|e| Failure::Other(format!("{}: {e}", o.out.display())))?;
     let (raw_otlp_bytes, gzip_otlp_bytes) = otlp_sizes(&set.traces)?;
     let (roots_warm, chains_warm) = model.warm_started();
-    let packet_breakdown = gent::gent::breakdown(&model, &packet, &config, precision, conditions_ref)
-        .map_err(|e| Failure::Other(e.to_string()))?;
+    let packet_breakdown =
+        gent::gent::breakdown(&model, &packet, &config, precision, conditions_ref).map_err(|e| Failure::Other(e.to_string()))?;
     let report = TrainReport {
         traces: model.histogram.traces(),
         spans: model.histogram.spans(),

@@ -153,11 +153,8 @@ pub fn run(
     let (generated, _) = unpacked.model.generate(config.ctgan.seed).map_err(|e| BenchError::Gent(e.to_string()))?;
     let seconds = started.elapsed().as_secs_f64();
     let generated = read_back(&generated)?;
-    let gent = Runs {
-        bytes: vec![packet.len() as f64],
-        seconds: vec![seconds],
-        scores: vec![reference.evaluate(&generated, 1.0)?],
-    };
+    let gent =
+        Runs { bytes: vec![packet.len() as f64], seconds: vec![seconds], scores: vec![reference.evaluate(&generated, 1.0)?] };
     methods.push(gent.result("gent (f16)".into(), full.gzip, &prices, cores));
 
     for n in HEAD_RATES {
@@ -197,7 +194,11 @@ pub fn run(
 
     let gent = &methods[0];
     let head_rate = |m: &MethodResult| {
-        m.method.strip_prefix("head 1:").filter(|r| r.ends_with("+ gzip")).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok())
+        m.method
+            .strip_prefix("head 1:")
+            .filter(|r| r.ends_with("+ gzip"))
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
     };
     let gent_matches_head = methods.iter().filter(|m| m.fidelity <= gent.fidelity).filter_map(head_rate).collect();
     let gent_smaller_than_head = methods.iter().filter(|m| gent.bytes <= m.bytes).filter_map(head_rate).collect();
@@ -215,7 +216,14 @@ pub fn run(
 
 /// Head sampling 1:`n` over [`SEEDS`] seeds: gzip OTLP bytes of the kept
 /// traces, counts scaled by `n`.
-fn head(real: &TraceSet, reference: &Reference, n: u64, gzip: u64, prices: &Prices, cores: f64) -> Result<MethodResult, BenchError> {
+fn head(
+    real: &TraceSet,
+    reference: &Reference,
+    n: u64,
+    gzip: u64,
+    prices: &Prices,
+    cores: f64,
+) -> Result<MethodResult, BenchError> {
     let mut runs = Runs { bytes: Vec::new(), seconds: Vec::new(), scores: Vec::new() };
     for seed in 0..SEEDS {
         let started = Instant::now();
@@ -233,7 +241,8 @@ fn head(real: &TraceSet, reference: &Reference, n: u64, gzip: u64, prices: &Pric
 /// 1/N), extrapolated from the nearest pair beyond them.
 fn equal_bytes_rate(methods: &[MethodResult]) -> u64 {
     let target = methods[0].bytes.max(1.0);
-    let points: Vec<(f64, f64)> = HEAD_RATES.iter().zip(&methods[1..]).map(|(&n, m)| ((n as f64).ln(), m.bytes.max(1.0).ln())).collect();
+    let points: Vec<(f64, f64)> =
+        HEAD_RATES.iter().zip(&methods[1..]).map(|(&n, m)| ((n as f64).ln(), m.bytes.max(1.0).ln())).collect();
     let pair = points.windows(2).find(|w| w[1].1 <= target.ln()).unwrap_or(&points[points.len() - 2..]);
     let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
     let slope = if (y1 - y0).abs() > 1e-12 { (x1 - x0) / (y1 - y0) } else { 0.0 };
@@ -293,7 +302,14 @@ impl BenchReport {
     /// Every query's score (rows) for gent, each head rate and tail sampling (columns).
     fn query_table(&self) -> String {
         let shown: Vec<&MethodResult> = self.methods.iter().filter(|m| !m.method.starts_with("lossless")).collect();
-        let short = |m: &MethodResult| m.method.split(" + ").next().unwrap_or(&m.method).replace(" (f16)", "").replace("tail (errors, > p90 latency, 1%)", "tail");
+        let short = |m: &MethodResult| {
+            m.method
+                .split(" + ")
+                .next()
+                .unwrap_or(&m.method)
+                .replace(" (f16)", "")
+                .replace("tail (errors, > p90 latency, 1%)", "tail")
+        };
         let mut out = format!("{:<44}", "query");
         for m in &shown {
             out.push_str(&format!(" {:>9}", short(m)));

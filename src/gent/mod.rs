@@ -18,8 +18,8 @@ mod topology;
 
 pub use attributes::{AttributeConfig, AttributeSchema, KeyModel, Kind as AttributeKind};
 pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindowModel, WindowModel};
-pub use starts::{StartBuckets, StartError, StartModel};
 pub use pack::{Breakdown, Header, PackError, Unpacked, breakdown, pack, unpack};
+pub use starts::{StartBuckets, StartError, StartModel};
 pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use timing::{CalibrationConfig, TimingError, TimingModel};
 pub use topology::{Label, Placement, Topology, TopologyHistogram};

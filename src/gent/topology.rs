@@ -174,11 +174,8 @@ impl From<TopologyHistogram> for Compact {
             .collect();
         let lengths = h.topologies.iter().map(|t| t.len() as u32).collect();
         let nodes = h.topologies.iter().flat_map(|t| t.labels.iter().copied()).collect();
-        let parents = h
-            .topologies
-            .iter()
-            .flat_map(|t| t.parents.iter().enumerate().map(|(k, p)| p.map_or(0, |p| k as u32 - p)))
-            .collect();
+        let parents =
+            h.topologies.iter().flat_map(|t| t.parents.iter().enumerate().map(|(k, p)| p.map_or(0, |p| k as u32 - p))).collect();
         Compact { services, labels, lengths, nodes, parents, counts: h.counts }
     }
 }
