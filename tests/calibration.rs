@@ -145,3 +145,88 @@ fn trainticket_hour_12_labels_keep_their_duration_quantiles() {
     assert!(within >= 0.9, "only {within:.3} of the labels within 5%");
     assert!(errors[0].0 < 0.2, "worst label {:.3}", errors[0].0);
 }
+
+/// Per (parent label, leaf label): the median share of its parent's duration
+/// the leaf lasts, with the number of such leaves.
+fn coverage(set: &TraceSet) -> HashMap<(String, String), (f64, usize)> {
+    let mut shares: HashMap<(String, String), Vec<f64>> = HashMap::new();
+    for t in &set.traces {
+        let by_id: HashMap<_, _> = t.spans.iter().map(|s| (s.span_id, s)).collect();
+        let parents: std::collections::HashSet<_> = t.spans.iter().filter_map(|s| s.parent_span_id).collect();
+        for s in t.spans.iter().filter(|s| !parents.contains(&s.span_id)) {
+            let Some(p) = s.parent_span_id.and_then(|p| by_id.get(&p)) else { continue };
+            let label = |s: &gent::trace::Span| format!("{}/{}", s.service(), s.name);
+            let share = s.duration() as f64 / p.duration().max(1) as f64;
+            shares.entry((label(p), label(s))).or_default().push(share);
+        }
+    }
+    shares
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (k, (v[v.len() / 2], v.len()))
+        })
+        .collect()
+}
+
+#[test]
+fn trainticket_hour_12_leaves_that_span_their_parent_still_do() {
+    // A gateway's filter chain lasts as long as the request it forwards,
+    // beside the client call that does the work: drawn on its own, its
+    // duration would not follow its parent's.
+    let real = hour(12);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, regenerated, _, _) = regenerate(&real, dir.path(), None);
+    let got = coverage(&regenerated);
+    let spanning: Vec<_> = coverage(&real).into_iter().filter(|(_, (share, n))| *share >= 0.9 && *n >= 100).collect();
+    assert!(!spanning.is_empty(), "hour 12 has leaves that span their parent");
+    for ((parent, leaf), (share, _)) in spanning {
+        let (regenerated_share, _) = got[&(parent.clone(), leaf.clone())];
+        println!("{leaf} under {parent}: median share {share:.3}, regenerated {regenerated_share:.3}");
+        assert!((regenerated_share - share).abs() < 0.05, "{leaf} under {parent}: {regenerated_share:.3} against {share:.3}");
+    }
+}
+
+/// Per (minute of the trace's start, service) with at least 20 spans: the
+/// mean of its spans' log durations less their label's median.
+fn minute_shifts(set: &TraceSet) -> HashMap<(u64, String), f64> {
+    let durations = log_durations(set);
+    let medians: HashMap<_, _> = durations.iter().map(|(k, v)| (k.clone(), v[v.len() / 2])).collect();
+    let mut cells: HashMap<(u64, String), (f64, usize)> = HashMap::new();
+    for t in &set.traces {
+        let minute = t.start() / 60_000_000_000;
+        for s in &t.spans {
+            let label = (s.service().to_string(), s.name.clone());
+            let c = cells.entry((minute, label.0.clone())).or_default();
+            *c = (c.0 + (s.duration() as f64 / 1e3).ln_1p() - medians[&label], c.1 + 1);
+        }
+    }
+    cells.into_iter().filter(|(_, (_, n))| *n >= 20).map(|(k, (sum, n))| (k, sum / n as f64)).collect()
+}
+
+/// Pearson correlation of paired values.
+fn correlation(pairs: &[(f64, f64)]) -> f64 {
+    let n = pairs.len() as f64;
+    let (ma, mb) = (pairs.iter().map(|p| p.0).sum::<f64>() / n, pairs.iter().map(|p| p.1).sum::<f64>() / n);
+    let cov: f64 = pairs.iter().map(|(a, b)| (a - ma) * (b - mb)).sum();
+    let (va, vb): (f64, f64) = (pairs.iter().map(|p| (p.0 - ma).powi(2)).sum(), pairs.iter().map(|p| (p.1 - mb).powi(2)).sum());
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn trainticket_hour_12_minutes_in_which_a_service_ran_slow_come_back_slow() {
+    let real = hour(12);
+    let want = minute_shifts(&real);
+    let agreement = |time_effects: bool| {
+        let mut config = GenTConfig::default();
+        config.calibration.time_effects = time_effects;
+        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
+        let (traces, _) = model.generate(7).unwrap();
+        let got = minute_shifts(&set(traces));
+        let pairs: Vec<(f64, f64)> = want.iter().filter_map(|(k, &w)| got.get(k).map(|&g| (w, g))).collect();
+        correlation(&pairs)
+    };
+    let (with, without) = (agreement(true), agreement(false));
+    println!("per minute and service, slowness agrees at {with:.3} with time effects, {without:.3} without");
+    assert!(with > without + 0.05 && with > 0.6, "with {with:.3}, without {without:.3}");
+}

@@ -22,8 +22,10 @@ use rand::{Rng, SeedableRng};
 
 use super::attributes::{AttributeConfig, AttributeSchema, NodeValues};
 use super::starts::{StartBuckets, StartError, StartModel};
-use super::timing::{CalibrationConfig, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng};
 use super::tables::{StoredTableModel, TableModel};
+use super::timing::{
+    CalibrationConfig, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng,
+};
 use super::topology::{Placement, Topology, TopologyHistogram};
 use crate::nn::weights::Precision;
 use crate::nn::{Context, CtganConfig, CtganError, GraphInput, pooled_features};
@@ -172,12 +174,12 @@ impl StoredWindowModel {
         fn encode(value: &impl serde::Serialize) -> Vec<u8> {
             postcard::to_stdvec(value).unwrap_or_default()
         }
-        let (sketches, node_effects) = match &self.timing {
+        let (sketches, node_effects, time_effects) = match &self.timing {
             Some(t) => {
-                let without_nodes = TimingModel { nodes: Vec::new(), ..t.clone() };
-                (encode(&without_nodes), encode(&t.nodes))
+                let sketches_alone = TimingModel { nodes: Vec::new(), times: Vec::new(), ..t.clone() };
+                (encode(&sketches_alone), encode(&t.nodes), encode(&t.times))
             }
-            None => (Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         let (starts, t_g) = match &self.start {
             StoredStart::Counts(c) => (encode(c), Vec::new()),
@@ -188,6 +190,7 @@ impl StoredWindowModel {
             ("starts", starts),
             ("sketches", sketches),
             ("node_effects", node_effects),
+            ("time_effects", time_effects),
             ("t_g", t_g),
             ("r_g", encode(&self.roots)),
             ("c_g", encode(&self.chains)),
@@ -635,11 +638,11 @@ impl WindowModel {
         let calibration = &config.calibration;
         let histogram = self.histogram.clone();
         let fit = |c: &CalibrationConfig| TimingModel::fit(traces, placements, &histogram, self.window_start, c);
-        let Some(fraction) = calibration.budget else {
+        let Some(rate) = calibration.budget else {
             self.timing = Some(fit(calibration));
             return Ok(());
         };
-        let allowed = (fraction * window_gzip_bytes(traces) as f64) as usize;
+        let allowed = (head_gzip_bytes(traces, rate) * BUDGET_MARGIN) as usize;
         // The packet as it would be, at the default f16 weights, with the
         // header's settings (without the attribute key list, as packed).
         let mut stored = self.to_stored(Precision::F16)?;
@@ -665,6 +668,7 @@ impl WindowModel {
                     quantiles_per_root: current.quantiles_per_root,
                     start_bucket: current.start_bucket,
                     node_effects: current.node_effects,
+                    time_effects: current.time_effects,
                     segments: current.segments,
                 });
                 self.timing = stored.timing;
@@ -692,6 +696,7 @@ pub struct Budget {
     #[serde(with = "humantime_serde")]
     pub start_bucket: std::time::Duration,
     pub node_effects: bool,
+    pub time_effects: bool,
     pub segments: bool,
 }
 
@@ -699,16 +704,34 @@ pub struct Budget {
 /// header's counts and the compression frame.
 const HEADER_FRAMING: usize = 64;
 
-/// The window's spans as gzip OTLP protobuf (the Collector's default level),
-/// estimated from an even sample of at most 2,000 traces scaled by spans.
-fn window_gzip_bytes(traces: &[Trace]) -> u64 {
-    let step = traces.len().div_ceil(2_000).max(1);
-    let sample: Vec<Trace> = traces.iter().step_by(step).cloned().collect();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let written = crate::io::write_traces(&sample, crate::io::OutputFormat::OtlpProto, &mut gz);
-    let bytes = written.and_then(|()| gz.finish()).map_or(0, |b| b.len() as u64);
-    let spans = |t: &[Trace]| t.iter().map(|t| t.spans.len() as u64).sum::<u64>().max(1);
-    bytes * spans(traces) / spans(&sample)
+/// Share of the estimated head-sampling bytes a packet may use: the
+/// estimate's spread over seeds is a few percent on windows of 2,000 traces.
+const BUDGET_MARGIN: f64 = 0.95;
+/// Seeds the head-sampling estimate averages over.
+const BUDGET_SEEDS: u64 = 5;
+/// Most kept traces gzipped per seed; more are scaled from these by spans.
+const BUDGET_SAMPLE: usize = 500;
+
+/// What head sampling 1:`rate` of `traces` ships as gzip OTLP protobuf (the
+/// Collector's default level), estimated as the mean over seeded samples,
+/// each at most [`BUDGET_SAMPLE`] traces scaled by spans. A sample of few
+/// traces compresses worse than the whole window, so the same share of the
+/// window costs more as a sample; this is what the packet replaces.
+fn head_gzip_bytes(traces: &[Trace], rate: u64) -> f64 {
+    let spans = |t: &[&Trace]| t.iter().map(|t| t.spans.len() as u64).sum::<u64>();
+    let total: u64 = (0..BUDGET_SEEDS)
+        .map(|seed| {
+            let kept: Vec<&Trace> = traces.iter().filter(|t| crate::trace::head_keeps(&t.trace_id, rate, seed)).collect();
+            let step = kept.len().div_ceil(BUDGET_SAMPLE).max(1);
+            let sample: Vec<Trace> = kept.iter().step_by(step).map(|&t| t.clone()).collect();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let written = crate::io::write_traces(&sample, crate::io::OutputFormat::OtlpProto, &mut gz);
+            let bytes = written.and_then(|()| gz.finish()).map_or(0, |b| b.len() as u64);
+            let sampled = spans(&sample.iter().collect::<Vec<_>>()).max(1);
+            bytes * spans(&kept) / sampled
+        })
+        .sum();
+    total as f64 / BUDGET_SEEDS as f64
 }
 
 impl WindowModel {
@@ -963,7 +986,8 @@ impl WindowModel {
             .zip(starts)
             .zip(&ranks)
             .map(|((&t, &start), u)| {
-                tables.compose(h, t, start, window, u, &is_nested, &mut rng, &mut fixes, &mut scratch);
+                tables.compose(h, t, start, u, &is_nested, &mut fixes, &mut scratch);
+                tables.place(h, t, start, window, &mut fixes, &mut scratch);
                 scratch.out.clone()
             })
             .collect();
@@ -1018,7 +1042,13 @@ impl WindowModel {
     /// Times from the generators' own timing (calibration off): gaps before
     /// the parent clamped to zero, children that always lay inside their
     /// parent moved and shortened to fit, everything inside the window.
-    fn times_of(&self, filling: &Filling, starts: &[u64], nested: &HashSet<(u32, u32)>, repairs: &mut Repairs) -> Vec<Vec<(u64, u64)>> {
+    fn times_of(
+        &self,
+        filling: &Filling,
+        starts: &[u64],
+        nested: &HashSet<(u32, u32)>,
+        repairs: &mut Repairs,
+    ) -> Vec<Vec<(u64, u64)>> {
         let end_limit = self.window_end;
         filling
             .order

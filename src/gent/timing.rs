@@ -60,6 +60,9 @@ pub struct CalibrationConfig {
     pub quantiles_per_root: f64,
     /// Per topology node location and spread of ranks.
     pub node_effects: bool,
+    /// Per topology bucket and service a location of ranks: the minutes in
+    /// which a service ran slow (load, contention) come back slow.
+    pub time_effects: bool,
     /// Cut sketches into time segments where a label's timing changes.
     pub segments: bool,
     /// Exact trace start counts per this bucket.
@@ -68,12 +71,11 @@ pub struct CalibrationConfig {
     /// Exact topology counts per this bucket; also the time unit of segments.
     #[serde(with = "humantime_serde")]
     pub topology_bucket: std::time::Duration,
-    /// Most packet bytes, as a fraction of the window's spans as gzip OTLP
-    /// (what forwarding them all would cost); sketches get fewer quantiles,
-    /// then lose node effects and segments, until the packet fits. `null`: no
-    /// budget. The default, 0.9%, is what 1:100 head sampling ships (its kept
-    /// traces as gzip OTLP: 0.90% of the whole on TrainTicket and hipster).
-    pub budget: Option<f64>,
+    /// Head sampling rate N (1 trace in N) whose gzip OTLP bytes on the same
+    /// window the packet must not exceed (estimated over seeded samples, less
+    /// a 5% margin); sketches get fewer quantiles, then lose time and node
+    /// effects and segments, until the packet fits. `null`: no budget.
+    pub budget: Option<u64>,
 }
 
 impl Default for CalibrationConfig {
@@ -84,10 +86,11 @@ impl Default for CalibrationConfig {
             max_quantiles: 128,
             quantiles_per_root: 3.0,
             node_effects: true,
+            time_effects: true,
             segments: true,
             start_bucket: std::time::Duration::from_secs(10),
             topology_bucket: std::time::Duration::from_secs(60),
-            budget: Some(0.009),
+            budget: Some(100),
         }
     }
 }
@@ -104,10 +107,8 @@ impl CalibrationConfig {
         if !(self.quantiles_per_root.is_finite() && self.quantiles_per_root > 0.0) {
             return Err(format!("calibration.quantiles_per_root must be positive, got {}", self.quantiles_per_root));
         }
-        if let Some(b) = self.budget
-            && !(b.is_finite() && b > 0.0)
-        {
-            return Err(format!("calibration.budget must be a positive fraction or null, got {b}"));
+        if self.budget == Some(0) {
+            return Err("calibration.budget must be a head sampling rate N of at least 1 (1:N), or null".into());
         }
         super::starts::StartBuckets { start: self.start_bucket, topology: self.topology_bucket }.validate()
     }
@@ -124,6 +125,8 @@ pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
         next.quantiles_per_root = (config.quantiles_per_root * 0.8).max(1.5);
     } else if config.start_bucket < config.topology_bucket {
         next.start_bucket = config.topology_bucket;
+    } else if config.time_effects {
+        next.time_effects = false;
     } else if config.node_effects {
         next.node_effects = false;
     } else if config.quantiles_per_root > 0.05 {
@@ -150,7 +153,7 @@ pub struct Segmented {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum ValueKey {
     /// A leaf's duration, by its label.
-    Leaf(u32),
+    Leaf(u32, u32),
     /// A tail, by the span's label and its children's labels (sorted): a
     /// client span's overhead depends on whom it calls, and TrainTicket's
     /// `HTTP POST` spans call a dozen services.
@@ -163,6 +166,11 @@ pub struct Keys {
     nodes: Vec<Vec<(u32, u32)>>,
     values: usize,
     leads: usize,
+    /// Per label, its service's index among the histogram's services (sorted).
+    service_of: Vec<u32>,
+    services: usize,
+    /// Per value key: whether it is a leaf's.
+    leaf: Vec<bool>,
 }
 
 impl Keys {
@@ -176,7 +184,7 @@ impl Keys {
             let nodes: Vec<(ValueKey, (u32, u32))> = (0..t.len())
                 .map(|k| {
                     let value = if children[k].is_empty() {
-                        ValueKey::Leaf(t.labels[k])
+                        ValueKey::Leaf(t.parents[k].map_or(u32::MAX, |p| t.labels[p as usize]), t.labels[k])
                     } else {
                         let mut kids: Vec<u32> = children[k].iter().map(|&c| t.labels[c]).collect();
                         kids.sort_unstable();
@@ -196,9 +204,15 @@ impl Keys {
         let mut sorted_leads: Vec<(u32, u32)> = leads.into_keys().collect();
         sorted_leads.sort_unstable();
         let (value_count, lead_count) = (sorted_values.len(), sorted_leads.len());
+        let leaf = sorted_values.iter().map(|v| matches!(v, ValueKey::Leaf(..))).collect();
         let (values, leads) = (numbered(sorted_values), numbered(sorted_leads));
         let nodes = raw.into_iter().map(|t| t.into_iter().map(|(v, l)| (values[&v], leads[&l])).collect()).collect();
-        Keys { nodes, values: value_count, leads: lead_count }
+        let mut services: Vec<&str> = histogram.labels.iter().map(|l| l.service.as_str()).collect();
+        services.sort_unstable();
+        services.dedup();
+        let service_of =
+            histogram.labels.iter().map(|l| services.binary_search(&l.service.as_str()).unwrap_or(0) as u32).collect();
+        Keys { nodes, values: value_count, leads: lead_count, service_of, services: services.len(), leaf }
     }
 }
 
@@ -222,6 +236,13 @@ pub struct TimingModel {
     /// clock skew): their sketch holds the span's own log duration, and its
     /// children are laid out without setting it. Increasing.
     pub detached: Vec<u32>,
+    /// Value keys of leaves that last as long as their parent, beside its
+    /// other calls (a gateway's filter chain around the request it
+    /// forwards): their sketch holds the gap from the leaf's end to its
+    /// parent's (signed log), their lead counts from the parent's start, and
+    /// they are laid out over the parent once its other children have set
+    /// its duration. Increasing.
+    pub spanning: Vec<u32>,
     /// Per label: its usual start within its parent, 0 (the parent's start)
     /// to 255 (its end), which lays siblings out in their usual order.
     pub orders: Vec<u8>,
@@ -234,6 +255,24 @@ pub struct TimingModel {
     /// tail and its JDBC child correlate at 0.97: both fast, or both slow
     /// under contention), which independent ranks would average away.
     pub couplings: Vec<u8>,
+    /// Per value key: how strongly its spans' ranks follow a rank shared by
+    /// the whole trace (high nibble) and one shared with their siblings (low
+    /// nibble), 0 to 1 in 4 bits each; empty when node effects are off. The
+    /// calls of a trace, and more so the calls one span makes, are slow
+    /// together (a loaded node, a busy connection pool, a large request), so
+    /// a parent composed of independently drawn calls is too rarely very fast
+    /// or very slow, and too often a little slow.
+    pub loadings: Vec<u8>,
+    /// Per lead key: how strongly a span's lead follows its parent's rank, −1
+    /// to 1 in 4 bits; empty when node effects are off. A call that waited a
+    /// second to start (a retry, a timeout) sits in a parent that also waited
+    /// after it: drawn apart, each lone wait would shrink the call's share of
+    /// its caller twice as often.
+    pub lead_couplings: Vec<u8>,
+    /// Per time bucket (since the first), per service (in [`Keys`] order):
+    /// the shift of its spans' ranks in that bucket, two 4-bit codes a byte
+    /// (see [`TimeEffects`]); empty when time effects are off.
+    pub times: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -261,11 +300,27 @@ const SEGMENT_SAMPLE: usize = 4096;
 const MAX_CANDIDATES: usize = 64;
 /// Share of spans outlived by a child above which a span keeps its own duration.
 const DETACHED_SHARE: f64 = 0.05;
+/// A leaf spans its parent when the spread of its gap to the parent's end is
+/// below this share of the spread of its own duration (log µs both).
+const SPANNING_SPREAD: f64 = 0.5;
+/// Least median share of its parent a spanning leaf covers.
+const SPANNING_COVER: f64 = 0.5;
+/// Fewest instances a spanning leaf is measured on.
+const SPANNING_MIN: usize = 10;
 /// Node effects are shrunk towards none by count / (count + this).
 const NODE_PRIOR: f64 = 5.0;
 const LOCATION_RANGE: f64 = 2.5;
 const SPREAD_MIN: f64 = 0.05;
 const SPREAD_MAX: f64 = 1.5;
+/// Marks a latent's group as a lead sketch's, apart from the value sketches'.
+const LEAD_GROUP: u64 = 1 << 62;
+/// Most time buckets time effects cover (a week of minutes); a longer
+/// window goes without them.
+const MAX_TIME_BUCKETS: usize = 10_080;
+/// Time effects are shrunk towards none by count / (count + this).
+const TIME_PRIOR: f64 = 10.0;
+/// A time effect's code step in normal scores: codes 1..=15 are −7..=7 steps.
+const TIME_STEP: f64 = 0.15;
 
 /// `x` microseconds (any sign) as a signed log: sign(x)·ln(1 + |x|).
 fn signed_log(x: f64) -> f64 {
@@ -303,8 +358,16 @@ fn node_times(trace: &Trace, placement: &Placement) -> Vec<(u64, u64)> {
     placement.spans.iter().map(|&i| (trace.spans[i].start, trace.spans[i].end.max(trace.spans[i].start))).collect()
 }
 
-/// Each node's lead and position within its parent (roots: within the trace).
-fn layout(times: &[(u64, u64)], children: &[Vec<usize>], roots: &[usize], trace_start: u64) -> Vec<(f64, f64)> {
+/// Each node's lead and position within its parent (roots: within the
+/// trace); a spanning node's lead counts from its parent's start and does not
+/// move the others'.
+fn layout(
+    times: &[(u64, u64)],
+    children: &[Vec<usize>],
+    roots: &[usize],
+    trace_start: u64,
+    spanning: impl Fn(usize) -> bool,
+) -> Vec<(f64, f64)> {
     let mut out = vec![(0.0, 0.0); times.len()];
     let mut place = |kids: &[usize], start: u64, end: u64| {
         let mut kids = kids.to_vec();
@@ -312,8 +375,13 @@ fn layout(times: &[(u64, u64)], children: &[Vec<usize>], roots: &[usize], trace_
         let mut cursor = start;
         let span = end.saturating_sub(start).max(1) as f64;
         for k in kids {
+            let position = ((times[k].0.saturating_sub(start)) as f64 / span).clamp(0.0, 1.0);
+            if spanning(k) {
+                out[k] = (signed_log((times[k].0 as f64 - start as f64) / 1e3), position);
+                continue;
+            }
             let lead = (times[k].0 as f64 - cursor as f64) / 1e3;
-            out[k] = (signed_log(lead), ((times[k].0.saturating_sub(start)) as f64 / span).clamp(0.0, 1.0));
+            out[k] = (signed_log(lead), position);
             cursor = cursor.max(times[k].1);
         }
     };
@@ -324,6 +392,63 @@ fn layout(times: &[(u64, u64)], children: &[Vec<usize>], roots: &[usize], trace_
         }
     }
     out
+}
+
+/// Per value key, whether its spans span their parent ([`TimingModel::spanning`]):
+/// leaves, never a root nor an only child (whose parent's tail already
+/// says how much longer it lasts), that usually cover most of their parent
+/// and whose gap to their parent's end varies much less than their own
+/// duration.
+fn spanning_keys(traces: &[Trace], placements: &[Placement], histogram: &TopologyHistogram, keys: &Keys) -> Vec<bool> {
+    // Per leaf key: its log durations, log gaps and shares of its parent,
+    // or None once it was a root or an only child.
+    #[derive(Default)]
+    struct Sample {
+        durations: Vec<f64>,
+        gaps: Vec<f64>,
+        cover: Vec<f64>,
+    }
+    let mut samples: Vec<Option<Sample>> = keys.leaf.iter().map(|&l| l.then(Sample::default)).collect();
+    let families: Vec<Vec<usize>> = histogram.topologies.iter().map(|t| t.children().iter().map(Vec::len).collect()).collect();
+    for (trace, placement) in traces.iter().zip(placements) {
+        let topology = &histogram.topologies[placement.topology];
+        let family = &families[placement.topology];
+        let times = node_times(trace, placement);
+        for (k, &(start, end)) in times.iter().enumerate() {
+            let v = keys.nodes[placement.topology][k].0 as usize;
+            match (&mut samples[v], topology.parents[k]) {
+                (None, _) => {}
+                (Some(Sample { durations, gaps, cover }), Some(p)) if family[p as usize] > 1 => {
+                    let (parent_start, parent_end) = times[p as usize];
+                    durations.push(((end - start) as f64 / 1e3).ln_1p());
+                    gaps.push(signed_log((parent_end as f64 - end as f64) / 1e3));
+                    cover.push((end - start) as f64 / parent_end.saturating_sub(parent_start).max(1) as f64);
+                }
+                (sample, _) => *sample = None,
+            }
+        }
+    }
+    samples
+        .into_iter()
+        .map(|s| {
+            s.is_some_and(|Sample { mut durations, mut gaps, mut cover }| {
+                cover.sort_by(f64::total_cmp);
+                durations.len() >= SPANNING_MIN
+                    && cover[cover.len() / 2] >= SPANNING_COVER
+                    && spread(&mut gaps) < SPANNING_SPREAD * spread(&mut durations)
+            })
+        })
+        .collect()
+}
+
+/// Mean absolute deviation of `values` from their median.
+fn spread(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let median = values[values.len() / 2];
+    values.iter().map(|v| (v - median).abs()).sum::<f64>() / values.len() as f64
 }
 
 /// Binary segmentation of `(bucket, value)` pairs sorted by bucket: the
@@ -393,6 +518,27 @@ fn segmented(values: &mut [(u32, f64)], config: &CalibrationConfig) -> (Segmente
     (Segmented { starts, sketches }, which)
 }
 
+/// The segmented sketch of the `value`s of the observations `members`; each
+/// member's normal score within its segment goes to `scores`.
+fn sketch_scored(
+    members: &[usize],
+    value: impl Fn(usize) -> f64,
+    observations: &[Observation],
+    scores: &mut [f64],
+    config: &CalibrationConfig,
+) -> Segmented {
+    let mut values: Vec<(u32, f64)> = members.iter().map(|&i| (observations[i].bucket, value(i))).collect();
+    let (sketch, which) = segmented(&mut values, config);
+    for s in 0..sketch.sketches.len() as u32 {
+        let part: Vec<usize> = members.iter().zip(&which).filter(|(_, w)| **w == s).map(|(&i, _)| i).collect();
+        let values: Vec<f64> = part.iter().map(|&i| value(i)).collect();
+        for (&i, u) in part.iter().zip(ranks(&values)) {
+            scores[i] = normal_quantile(u);
+        }
+    }
+    sketch
+}
+
 /// Mid-ranks of `values` as probabilities in (0, 1).
 fn ranks(values: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..values.len()).collect();
@@ -434,13 +580,15 @@ impl TimingModel {
         let bucket_ns = config.topology_bucket.as_nanos() as u64;
         let first_bucket = window_start / bucket_ns;
         let keys = Keys::of(histogram);
-        let mut observations = observe(traces, placements, histogram, &keys, bucket_ns, first_bucket);
+        let spanning_flags = spanning_keys(traces, placements, histogram, &keys);
+        let spanning: Vec<u32> = (0..keys.values as u32).filter(|&v| spanning_flags[v as usize]).collect();
+        let mut observations = observe(traces, placements, histogram, &keys, &spanning_flags, bucket_ns, first_bucket);
         let mut by_value: Vec<Vec<usize>> = vec![Vec::new(); keys.values];
-        let mut by_lead: Vec<Vec<(u32, f64)>> = vec![Vec::new(); keys.leads];
+        let mut by_lead: Vec<Vec<usize>> = vec![Vec::new(); keys.leads];
         let mut positions = vec![(0.0f64, 0.0f64); histogram.labels.len()];
         for (i, o) in observations.iter().enumerate() {
             by_value[o.keys.0 as usize].push(i);
-            by_lead[o.keys.1 as usize].push((o.bucket, o.lead));
+            by_lead[o.keys.1 as usize].push(i);
             let p = &mut positions[o.label as usize];
             *p = (p.0 + o.position, p.1 + 1.0);
         }
@@ -458,24 +606,13 @@ impl TimingModel {
                 o.value = o.duration.unwrap_or(o.value);
             }
         }
-        // Each observation's normal score within its sketch (key and segment).
+        // Each observation's normal score within its sketches (key and segment).
         let mut scores = vec![0.0f64; observations.len()];
-        let values = by_value
-            .iter()
-            .map(|members| {
-                let mut values: Vec<(u32, f64)> = members.iter().map(|&i| (observations[i].bucket, observations[i].value)).collect();
-                let (sketch, which) = segmented(&mut values, config);
-                for s in 0..sketch.sketches.len() as u32 {
-                    let part: Vec<usize> = members.iter().zip(&which).filter(|(_, w)| **w == s).map(|(&i, _)| i).collect();
-                    let values: Vec<f64> = part.iter().map(|&i| observations[i].value).collect();
-                    for (&i, u) in part.iter().zip(ranks(&values)) {
-                        scores[i] = normal_quantile(u);
-                    }
-                }
-                sketch
-            })
-            .collect();
-        let leads = by_lead.iter_mut().map(|values| segmented(values, config).0).collect();
+        let values =
+            by_value.iter().map(|m| sketch_scored(m, |i| observations[i].value, &observations, &mut scores, config)).collect();
+        let mut lead_scores = vec![0.0f64; observations.len()];
+        let leads =
+            by_lead.iter().map(|m| sketch_scored(m, |i| observations[i].lead, &observations, &mut lead_scores, config)).collect();
         let orders = positions.iter().map(|&(sum, n)| ((sum / n.max(1.0)).clamp(0.0, 1.0) * 255.0).round() as u8).collect();
         let (nodes, couplings) = if config.node_effects {
             let children = children_scores(&observations, &scores, histogram);
@@ -483,7 +620,29 @@ impl TimingModel {
         } else {
             (Vec::new(), Vec::new())
         };
-        TimingModel { resolution: config.resolution, bucket_ns, first_bucket, values, leads, detached, orders, nodes, couplings }
+        let loadings =
+            if config.node_effects { loadings(&observations, &scores, histogram, &nodes, keys.values) } else { Vec::new() };
+        let lead_couplings = if config.node_effects {
+            lead_couplings(&observations, &lead_scores, &scores, histogram, keys.leads)
+        } else {
+            Vec::new()
+        };
+        let times = if config.time_effects { time_effects(&observations, &scores, &nodes, &keys) } else { Vec::new() };
+        TimingModel {
+            resolution: config.resolution,
+            bucket_ns,
+            first_bucket,
+            values,
+            leads,
+            detached,
+            spanning,
+            orders,
+            nodes,
+            couplings,
+            loadings,
+            lead_couplings,
+            times,
+        }
     }
 
     fn any_negative(&self, s: &Segmented) -> bool {
@@ -529,6 +688,11 @@ impl TimingModel {
         if self.detached.windows(2).any(|w| w[0] >= w[1]) || self.detached.last().is_some_and(|&v| v as usize >= keys.values) {
             return Err(bad("detached keys out of order or range"));
         }
+        if self.spanning.windows(2).any(|w| w[0] >= w[1])
+            || self.spanning.iter().any(|&v| !keys.leaf.get(v as usize).copied().unwrap_or(false))
+        {
+            return Err(bad("spanning keys out of order, out of range or not leaves"));
+        }
         for s in self.values.iter().chain(&self.leads) {
             if s.sketches.len() != s.starts.len() + 1 || s.sketches.len() > MAX_SEGMENTS {
                 return Err(bad("a segmented sketch's starts and sketches disagree"));
@@ -537,6 +701,15 @@ impl TimingModel {
                 return Err(bad("segment starts out of order"));
             }
             s.sketches.iter().try_for_each(QuantileSketch::validate)?;
+        }
+        if !self.times.is_empty() && (keys.services == 0 || self.times.len() > (MAX_TIME_BUCKETS * keys.services).div_ceil(2)) {
+            return Err(bad(format!("{} time effect bytes for {} services", self.times.len(), keys.services)));
+        }
+        if !self.lead_couplings.is_empty() && self.lead_couplings.len() != keys.leads {
+            return Err(bad("lead couplings for another number of lead keys"));
+        }
+        if !self.loadings.is_empty() && self.loadings.len() != keys.values {
+            return Err(bad("trace loadings for another number of value keys"));
         }
         if !self.couplings.is_empty() && self.couplings.len() != keys.values {
             return Err(bad("couplings for another number of value keys"));
@@ -560,6 +733,7 @@ fn observe(
     placements: &[Placement],
     histogram: &TopologyHistogram,
     keys: &Keys,
+    spanning: &[bool],
     bucket_ns: u64,
     first_bucket: u64,
 ) -> Vec<Observation> {
@@ -572,19 +746,25 @@ fn observe(
         let times = node_times(trace, placement);
         let trace_start = trace.start();
         let bucket = (trace_start / bucket_ns).saturating_sub(first_bucket) as u32;
-        let leads = layout(&times, children, roots, trace_start);
+        let node_keys = &keys.nodes[placement.topology];
+        let spans = |k: usize| spanning[node_keys[k].0 as usize] && topology.parents[k].is_some();
+        let leads = layout(&times, children, roots, trace_start, spans);
         for (k, &(start, end)) in times.iter().enumerate() {
             let own = ((end - start) as f64 / 1e3).ln_1p();
-            let (value, duration, outlived) = if children[k].is_empty() {
-                (own, None, false)
-            } else {
-                let last = children[k].iter().map(|&c| times[c].1).max().unwrap_or(end);
-                let over = last.saturating_sub(end);
-                (signed_log((end as f64 - last as f64) / 1e3), Some(own), 2 * over > end - start)
+            let (value, duration, outlived) = match topology.parents[k] {
+                Some(p) if spans(k) => (signed_log((times[p as usize].1 as f64 - end as f64) / 1e3), None, false),
+                _ if children[k].is_empty() => (own, None, false),
+                _ => {
+                    // The tail after the last call the parent waits for (its
+                    // start when every call spans it).
+                    let last = children[k].iter().filter(|&&c| !spans(c)).map(|&c| times[c].1).max().unwrap_or(start);
+                    let over = last.saturating_sub(end);
+                    (signed_log((end as f64 - last as f64) / 1e3), Some(own), 2 * over > end - start)
+                }
             };
             observations.push(Observation {
                 label: topology.labels[k],
-                keys: keys.nodes[placement.topology][k],
+                keys: node_keys[k],
                 bucket,
                 value,
                 duration,
@@ -640,6 +820,99 @@ fn couplings(observations: &[Observation], scores: &[f64], children: &[f64], key
         .collect()
 }
 
+/// Per value key, its spans' loadings on their trace's shared rank and on
+/// their family's (siblings'), shrunk, packed in 4 bits each: from the
+/// correlation of a span's normal score (beyond its node's location) with
+/// the mean of the rest of its trace, and from the mean product of the
+/// scores of siblings (the square of a shared loading).
+fn loadings(
+    observations: &[Observation],
+    scores: &[f64],
+    histogram: &TopologyHistogram,
+    nodes: &[Vec<u8>],
+    keys: usize,
+) -> Vec<u8> {
+    let residual: Vec<f64> = observations
+        .iter()
+        .zip(scores)
+        .map(|(o, &z)| {
+            z - nodes
+                .get(o.node.0 as usize)
+                .map_or(0.0, |n| dequantize(n[o.node.1 as usize] >> 4, -LOCATION_RANGE, LOCATION_RANGE))
+        })
+        .collect();
+    // Per key: trace (product, own square, others' square, count), family (product sum, pairs, own square, count).
+    let mut trace = vec![(0.0f64, 0.0f64, 0.0f64, 0.0f64); keys];
+    let mut family = vec![(0.0f64, 0.0f64, 0.0f64, 0.0f64); keys];
+    let mut sums: Vec<(f64, u32)> = Vec::new();
+    // Observations come trace by trace, in canonical order.
+    let mut first = 0;
+    while first < observations.len() {
+        let topology = &histogram.topologies[observations[first].node.0 as usize];
+        let end = first + topology.len();
+        let e = &residual[first..end];
+        let n = e.len() as f64;
+        let total: f64 = e.iter().sum();
+        sums.clear();
+        sums.resize(e.len(), (0.0, 0));
+        for (k, p) in topology.parents.iter().enumerate() {
+            if let Some(p) = p {
+                let s = &mut sums[*p as usize];
+                *s = (s.0 + e[k], s.1 + 1);
+            }
+        }
+        for (k, &ek) in e.iter().enumerate() {
+            let key = observations[first + k].keys.0 as usize;
+            if n > 1.0 {
+                let others = (total - ek) / (n - 1.0);
+                let s = &mut trace[key];
+                *s = (s.0 + ek * others, s.1 + ek * ek, s.2 + others * others, s.3 + 1.0);
+            }
+            if let Some(p) = topology.parents[k] {
+                let (sum, m) = sums[p as usize];
+                let f = &mut family[key];
+                *f = (f.0 + ek * (sum - ek), f.1 + f64::from(m - 1), f.2 + ek * ek, f.3 + 1.0);
+            }
+        }
+        first = end;
+    }
+    trace
+        .iter()
+        .zip(&family)
+        .map(|(&(zo, zz, oo, n), &(products, pairs, squares, m))| {
+            let t = if zz > 0.0 && oo > 0.0 { (zo / (zz * oo).sqrt()).max(0.0) } else { 0.0 };
+            let f = if pairs > 0.0 && squares > 0.0 { (products / pairs / (squares / m)).clamp(0.0, 1.0).sqrt() } else { 0.0 };
+            quantize(t * n / (n + NODE_PRIOR), 0.0, 1.0) << 4 | quantize(f * pairs / (pairs + NODE_PRIOR), 0.0, 1.0)
+        })
+        .collect()
+}
+
+/// Per lead key, the shrunk correlation of its leads' normal scores with
+/// their parent's (value) score, packed in 4 bits.
+fn lead_couplings(
+    observations: &[Observation],
+    leads: &[f64],
+    scores: &[f64],
+    histogram: &TopologyHistogram,
+    keys: usize,
+) -> Vec<u8> {
+    let mut sums = vec![(0.0f64, 0.0f64, 0.0f64, 0.0f64); keys];
+    for (i, o) in observations.iter().enumerate() {
+        // Observations come trace by trace in canonical order: the parent of
+        // node k of the trace starting at i − k is at (i − k) + parent.
+        let Some(p) = histogram.topologies[o.node.0 as usize].parents[o.node.1 as usize] else { continue };
+        let (l, z) = (leads[i], scores[i - o.node.1 as usize + p as usize]);
+        let s = &mut sums[o.keys.1 as usize];
+        *s = (s.0 + l * z, s.1 + l * l, s.2 + z * z, s.3 + 1.0);
+    }
+    sums.iter()
+        .map(|&(lz, ll, zz, n)| {
+            let correlation = if ll > 0.0 && zz > 0.0 { lz / (ll * zz).sqrt() } else { 0.0 };
+            quantize(correlation * n / (n + NODE_PRIOR), -1.0, 1.0)
+        })
+        .collect()
+}
+
 /// Per topology node, the shrunk mean and spread of its normal scores, packed.
 fn node_effects(observations: &[Observation], scores: &[f64], histogram: &TopologyHistogram) -> Vec<Vec<u8>> {
     let mut sums: Vec<Vec<(f64, f64, f64)>> = histogram.topologies.iter().map(|t| vec![(0.0, 0.0, 0.0); t.len()]).collect();
@@ -667,6 +940,39 @@ fn node_effects(observations: &[Observation], scores: &[f64], histogram: &Topolo
         .collect()
 }
 
+/// Per time bucket and service, the shrunk mean of its spans' normal scores
+/// beyond their node's location, coded in 4 bits two a byte.
+fn time_effects(observations: &[Observation], scores: &[f64], nodes: &[Vec<u8>], keys: &Keys) -> Vec<u8> {
+    let buckets = observations.iter().map(|o| o.bucket as usize + 1).max().unwrap_or(0);
+    if buckets > MAX_TIME_BUCKETS || keys.services == 0 {
+        return Vec::new();
+    }
+    let mut sums = vec![(0.0f64, 0.0f64); buckets * keys.services];
+    for (o, &z) in observations.iter().zip(scores) {
+        let location =
+            nodes.get(o.node.0 as usize).map_or(0.0, |n| dequantize(n[o.node.1 as usize] >> 4, -LOCATION_RANGE, LOCATION_RANGE));
+        let s = &mut sums[o.bucket as usize * keys.services + keys.service_of[o.label as usize] as usize];
+        *s = (s.0 + z - location, s.1 + 1.0);
+    }
+    let code = |&(sum, n): &(f64, f64)| {
+        let shift = if n > 0.0 { sum / (n + TIME_PRIOR) } else { 0.0 };
+        (8.0 + (shift / TIME_STEP).round().clamp(-7.0, 7.0)) as u8
+    };
+    sums.chunks(2).map(|pair| code(&pair[0]) << 4 | pair.get(1).map_or(8, code)).collect()
+}
+
+/// The time effect of `service` in `bucket`: 0 where the model has none.
+fn time_effect(times: &[u8], services: usize, bucket: u32, service: u32) -> f64 {
+    let i = bucket as usize * services + service as usize;
+    match times.get(i / 2) {
+        Some(&b) if (service as usize) < services => {
+            let code = if i.is_multiple_of(2) { b >> 4 } else { b & 15 };
+            (f64::from(code) - 8.0) * TIME_STEP
+        }
+        _ => 0.0,
+    }
+}
+
 /// Sketches decoded once, ready to read.
 pub struct TimingTables<'a> {
     model: &'a TimingModel,
@@ -674,6 +980,7 @@ pub struct TimingTables<'a> {
     values: Vec<(Vec<u32>, Vec<Quantiles>)>,
     leads: Vec<(Vec<u32>, Vec<Quantiles>)>,
     detached: Vec<bool>,
+    spanning: Vec<bool>,
     /// Per topology: children of every node sorted by their labels' order, and the roots.
     layout: Vec<(Vec<Vec<usize>>, Vec<usize>)>,
 }
@@ -708,10 +1015,14 @@ impl<'a> TimingTables<'a> {
         let read = |s: &Segmented| (s.starts.clone(), s.sketches.iter().map(|q| Quantiles::new(q, r)).collect());
         let values = model.values.iter().map(read).collect();
         let leads = model.leads.iter().map(read).collect();
-        let mut detached = vec![false; model.values.len()];
-        for &v in &model.detached {
-            detached[v as usize] = true;
-        }
+        let flags = |keys: &[u32]| {
+            let mut out = vec![false; model.values.len()];
+            for &v in keys {
+                out[v as usize] = true;
+            }
+            out
+        };
+        let (detached, spanning) = (flags(&model.detached), flags(&model.spanning));
         let layout = histogram
             .topologies
             .iter()
@@ -726,11 +1037,12 @@ impl<'a> TimingTables<'a> {
                 (children, roots)
             })
             .collect();
-        TimingTables { model, keys: Keys::of(histogram), values, leads, detached, layout }
+        TimingTables { model, keys: Keys::of(histogram), values, leads, detached, spanning, layout }
     }
 
-    /// Every node's rank within its sketch (key and time segment), for a
-    /// window of traces (`order`: topologies, `starts`: start times): each
+    /// Every node's rank within its value sketch (key and time segment), then
+    /// every node's within its lead sketch, per trace of a window (`order`:
+    /// topologies, `starts`: start times): each
     /// node's latent normal score is its node effect applied to its noise (from
     /// `noise`, a CTGAN's ranks, or drawn from `rng`), and the latents of a
     /// sketch are replaced rank for rank by evenly spaced probabilities. So
@@ -746,7 +1058,7 @@ impl<'a> TimingTables<'a> {
         rng: &mut StdRng,
     ) -> Vec<Vec<f64>> {
         let mut latents: Vec<(u64, f64, u64)> = Vec::with_capacity(order.iter().map(|&t| histogram.topologies[t].len()).sum());
-        let mut own: Vec<f64> = Vec::new();
+        let (mut own, mut families): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
         for (i, (&t, &start)) in order.iter().zip(starts).enumerate() {
             let bucket = self.bucket(start);
             let topology = &histogram.topologies[t];
@@ -754,6 +1066,20 @@ impl<'a> TimingTables<'a> {
             // Latents bottom-up: a tail follows its children by its coupling.
             own.clear();
             own.extend((0..topology.len()).map(|k| noise.map_or_else(|| StandardNormal.sample(rng), |n: &[Vec<f64>]| n[i][k])));
+            if noise.is_none() && !self.model.loadings.is_empty() {
+                // The trace's and each family's shared ranks (a generator's
+                // ranks carry their own).
+                let shared: f64 = StandardNormal.sample(rng);
+                families.clear();
+                families.extend((0..own.len()).map(|_| -> f64 { StandardNormal.sample(rng) }));
+                for (k, (z, &(value_key, _))) in own.iter_mut().zip(keys).enumerate() {
+                    let packed = self.model.loadings[value_key as usize];
+                    let (t, f) = (dequantize(packed >> 4, 0.0, 1.0), dequantize(packed, 0.0, 1.0));
+                    let f = if topology.parents[k].is_some() { f } else { 0.0 };
+                    let family = topology.parents[k].map_or(0.0, |p| families[p as usize]);
+                    *z = t * shared + f * family + (1.0 - t * t - f * f).max(0.0).sqrt() * *z;
+                }
+            }
             let (mut sum, mut count) = (vec![0.0f64; own.len()], vec![0u32; own.len()]);
             for k in (0..own.len()).rev() {
                 if count[k] > 0
@@ -774,8 +1100,24 @@ impl<'a> TimingTables<'a> {
                     Some(e) => dequantize(e >> 4, -LOCATION_RANGE, LOCATION_RANGE) + dequantize(e, SPREAD_MIN, SPREAD_MAX) * z,
                     None => z,
                 };
+                let service = self.keys.service_of[topology.labels[k] as usize];
+                let z = z + time_effect(&self.model.times, self.keys.services, bucket, service);
                 let (starts, _) = &self.values[value_key as usize];
                 let group = u64::from(value_key) << 8 | starts.partition_point(|&s| s <= bucket) as u64;
+                latents.push((group, z, rng.random()));
+            }
+            // Leads after values: a lead follows its parent's rank by its coupling.
+            for (k, &(_, lead_key)) in keys.iter().enumerate() {
+                let noise: f64 = StandardNormal.sample(rng);
+                let z = match (topology.parents[k], self.model.lead_couplings.get(lead_key as usize)) {
+                    (Some(p), Some(&c)) => {
+                        let c = dequantize(c, -1.0, 1.0);
+                        c * own[p as usize] + (1.0 - c * c).max(0.0).sqrt() * noise
+                    }
+                    _ => noise,
+                };
+                let (starts, _) = &self.leads[lead_key as usize];
+                let group = LEAD_GROUP | u64::from(lead_key) << 8 | starts.partition_point(|&s| s <= bucket) as u64;
                 latents.push((group, z, rng.random()));
             }
         }
@@ -792,26 +1134,25 @@ impl<'a> TimingTables<'a> {
             }
         }
         let mut u = u.into_iter();
-        order.iter().map(|&t| u.by_ref().take(histogram.topologies[t].len()).collect()).collect()
+        order.iter().map(|&t| u.by_ref().take(2 * histogram.topologies[t].len()).collect()).collect()
     }
 
     fn bucket(&self, start: u64) -> u32 {
         (start / self.model.bucket_ns).saturating_sub(self.model.first_bucket) as u32
     }
 
-    /// The (start, end) of every node of one trace of `topology` starting at
-    /// `trace_start`, in canonical order, with each node's rank `u` from
-    /// [`TimingTables::ranks`].
+    /// Composes one trace of `topology` starting at `trace_start`, with its
+    /// nodes' value and lead ranks `u` from [`TimingTables::ranks`]: every
+    /// node's offset from the trace's start and duration (µs) in `scratch`,
+    /// for [`TimingTables::place`].
     #[allow(clippy::too_many_arguments)]
     pub fn compose(
         &self,
         histogram: &TopologyHistogram,
         topology: usize,
         trace_start: u64,
-        window: (u64, u64),
         u: &[f64],
         nested: &dyn Fn(u32, u32) -> bool,
-        rng: &mut StdRng,
         repairs: &mut TimingRepairs,
         scratch: &mut Scratch,
     ) {
@@ -820,22 +1161,27 @@ impl<'a> TimingTables<'a> {
         let bucket = self.bucket(trace_start);
         let (children, roots) = &self.layout[topology];
         // Offsets from the parent's start (roots: the trace's), and durations, in µs.
-        let Scratch { offset, duration, lead, out } = scratch;
+        let Scratch { offset, duration, lead, .. } = scratch;
         for v in [&mut *offset, &mut *duration, &mut *lead] {
             v.clear();
             v.resize(n, 0.0);
         }
         let keys = &self.keys.nodes[topology];
+        let spans = |k: usize| self.spanning[keys[k].0 as usize] && t.parents[k].is_some();
         for k in 0..n {
             let (value_key, lead_key) = (keys[k].0 as usize, keys[k].1 as usize);
-            let read = |(starts, sketches): &(Vec<u32>, Vec<Quantiles>), u: f64| sketches[starts.partition_point(|&s| s <= bucket)].at(u);
+            let read = |(starts, sketches): &(Vec<u32>, Vec<Quantiles>), u: f64| {
+                sketches[starts.partition_point(|&s| s <= bucket)].at(u)
+            };
             let value = read(&self.values[value_key], u[k]);
-            duration[k] = if children[k].is_empty() || self.detached[value_key] {
+            duration[k] = if spans(k) {
+                signed_exp(value) // the gap to the parent's end, until the parent is composed
+            } else if children[k].is_empty() || self.detached[value_key] {
                 value.min(25.0).exp_m1().max(0.0)
             } else {
                 signed_exp(value) // the tail, until the children are laid out
             };
-            lead[k] = signed_exp(read(&self.leads[lead_key], rng.random::<f64>()));
+            lead[k] = signed_exp(read(&self.leads[lead_key], u[n + k]));
         }
         // Children before parents: canonical order puts parents first.
         for p in (0..n).rev() {
@@ -843,33 +1189,58 @@ impl<'a> TimingTables<'a> {
             if kids.is_empty() {
                 continue;
             }
-            let (end, must_hold) = self.lay_out(kids, lead, duration, offset, |c| nested(t.labels[p], t.labels[c]));
-            if self.detached[keys[p].0 as usize] {
+            let (end, must_hold) = self.lay_out(kids, lead, duration, offset, |c| nested(t.labels[p], t.labels[c]), spans);
+            duration[p] = if self.detached[keys[p].0 as usize] {
                 // Its own duration, long enough for the children that always lay inside.
-                duration[p] = duration[p].max(must_hold);
-                continue;
-            }
-            let tail = duration[p];
-            let natural = (end + tail).max(0.0);
-            let fitted = natural.max(must_hold);
-            if fitted > natural {
-                repairs.parent_extended += 1;
-                if fitted > natural * 1.1 {
-                    repairs.changed_over_10pct += 1;
+                duration[p].max(must_hold)
+            } else {
+                let natural = (end + duration[p]).max(0.0);
+                let fitted = natural.max(must_hold);
+                if fitted > natural {
+                    repairs.parent_extended += 1;
+                    if fitted > natural * 1.1 {
+                        repairs.changed_over_10pct += 1;
+                    }
                 }
+                fitted
+            };
+            // Spanning children last until their gap before the parent's end
+            // (within it when they always were), and start no later.
+            for &c in kids.iter().filter(|&&c| spans(c)) {
+                let mut end = (duration[p] - duration[c]).max(0.0);
+                if nested(t.labels[p], t.labels[c]) {
+                    end = end.min(duration[p]);
+                }
+                offset[c] = offset[c].min(end);
+                duration[c] = end - offset[c];
             }
-            duration[p] = fitted;
         }
-        self.lay_out(roots, lead, duration, offset, |_| false);
-        // Where each node ends after the trace's start, for the trace's length
-        // (children of detached spans may end after everything else).
-        let mut length = 0.0f64;
+        self.lay_out(roots, lead, duration, offset, |_| false, |_| false);
+        // Offsets from the trace's start.
         for k in 0..n {
             if let Some(p) = t.parents[k] {
                 offset[k] += offset[p as usize];
             }
-            length = length.max(offset[k] + duration[k]);
         }
+    }
+
+    /// The (start, end) of every node of the trace [`TimingTables::compose`]
+    /// left in `scratch`, in canonical order, in `scratch.out`; the trace is
+    /// moved or cut to end inside `window`.
+    pub fn place(
+        &self,
+        histogram: &TopologyHistogram,
+        topology: usize,
+        trace_start: u64,
+        window: (u64, u64),
+        repairs: &mut TimingRepairs,
+        scratch: &mut Scratch,
+    ) {
+        let t = &histogram.topologies[topology];
+        let n = t.len();
+        let Scratch { offset, duration, out, .. } = scratch;
+        // Where the trace ends (children of detached spans may end after everything else).
+        let length = (0..n).map(|k| offset[k] + duration[k]).fold(0.0f64, f64::max);
         // The trace must end inside the window: move it earlier, cut it if it is longer.
         let (window_start, window_end) = window;
         let length_ns = (length * 1e3) as u64;
@@ -906,8 +1277,9 @@ impl<'a> TimingTables<'a> {
         }
     }
 
-    /// Lays `kids` out one after the other with their leads; returns where the
-    /// last one ends and the end the parent must reach to hold the children
+    /// Lays `kids` out one after the other with their leads (a spanning one
+    /// at its lead from the parent's start, aside); returns where the last
+    /// one ends and the end the parent must reach to hold the children
     /// `must_nest` says always lay inside it.
     fn lay_out(
         &self,
@@ -916,9 +1288,14 @@ impl<'a> TimingTables<'a> {
         duration: &[f64],
         offset: &mut [f64],
         must_nest: impl Fn(usize) -> bool,
+        spans: impl Fn(usize) -> bool,
     ) -> (f64, f64) {
         let (mut cursor, mut end, mut must_hold) = (0.0f64, 0.0f64, 0.0f64);
         for &c in kids {
+            if spans(c) {
+                offset[c] = lead[c].max(0.0);
+                continue;
+            }
             let s = (cursor + lead[c]).max(0.0);
             offset[c] = s;
             let e = s + duration[c];

@@ -37,7 +37,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// First four bytes of every packet.
 pub const MAGIC: &[u8; 4] = b"GENT";
 /// The packet format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 6;
+pub const FORMAT_VERSION: u16 = 7;
 /// Largest body accepted after decompression.
 pub const MAX_BODY_BYTES: u64 = 1 << 30;
 
@@ -141,7 +141,9 @@ fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec) ->
     let inflate = |e: std::io::Error| PacketError::Inflate(e.to_string());
     match codec {
         Codec::Gzip => GzDecoder::new(compressed).take(MAX_BODY_BYTES + 1).read_to_end(&mut body),
-        Codec::Zstd => zstd::stream::read::Decoder::new(compressed).map_err(inflate)?.take(MAX_BODY_BYTES + 1).read_to_end(&mut body),
+        Codec::Zstd => {
+            zstd::stream::read::Decoder::new(compressed).map_err(inflate)?.take(MAX_BODY_BYTES + 1).read_to_end(&mut body)
+        }
     }
     .map_err(inflate)?;
     if body.len() as u64 > MAX_BODY_BYTES {
@@ -196,8 +198,8 @@ mod tests {
     #[test]
     fn another_version_is_named() {
         let mut packet = seal(&body()).unwrap();
-        packet[4..6].copy_from_slice(&7u16.to_le_bytes());
+        packet[4..6].copy_from_slice(&8u16.to_le_bytes());
         let e = open::<Body>(&packet).unwrap_err().to_string();
-        assert!(e.contains("version 7") && e.contains(&format!("version {FORMAT_VERSION}")), "{e}");
+        assert!(e.contains("version 8") && e.contains(&format!("version {FORMAT_VERSION}")), "{e}");
     }
 }

@@ -12,6 +12,6 @@ pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
 pub use graph::{TraceGraph, chains, topology_hash};
 pub use span::{
     Attributes, Resource, SYNTHETIC_ATTRIBUTE, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,
-    UNKNOWN_SERVICE, synthetic_marker,
+    UNKNOWN_SERVICE, head_keeps, synthetic_marker,
 };
 pub use stats::{Quantiles, Stats};

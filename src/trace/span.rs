@@ -155,6 +155,15 @@ impl Span {
     }
 }
 
+/// Whether head sampling at 1:`n` with `seed` keeps the trace `trace_id`:
+/// the seeded xxh3 of the id, as a fraction of 2^64, falls below 1/n. The
+/// decision depends on the id only, as it must for every service of a trace
+/// to agree.
+pub fn head_keeps(trace_id: &TraceId, n: u64, seed: u64) -> bool {
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(trace_id, seed);
+    n <= 1 || (u128::from(hash) * u128::from(n)) >> 64 == 0
+}
+
 /// The spans of one trace id, sorted by start time, after assembly has removed
 /// duplicates and repaired defects (see [`crate::trace::assemble`]).
 #[derive(Debug, Clone, PartialEq)]
