@@ -100,16 +100,15 @@ impl ShipSink {
     }
 
     /// Regenerates from the packet as the decompressor will and scores it;
-    /// also scores head sampling at the rate whose bytes match the packet
-    /// (the window's gzip bytes over the packet's), the comparison that says
-    /// whether the model pays for itself.
-    fn self_evaluate(&self, real: &TraceSet, packet: &[u8], gzip_bytes: u64) -> Result<SelfEvaluation, String> {
+    /// also scores head sampling at the rate whose bytes match the packet,
+    /// the comparison that says whether the model pays for itself.
+    fn self_evaluate(&self, real: &TraceSet, packet: &[u8]) -> Result<SelfEvaluation, String> {
         let unpacked = crate::gent::unpack(packet, &self.device).map_err(|e| e.to_string())?;
         let (traces, _) = unpacked.model.generate(unpacked.header.seed).map_err(|e| e.to_string())?;
         let reference = Reference::new(real, Vec::new()).map_err(|e| e.to_string())?;
         let synthetic = TraceSet { traces, defects: Default::default() };
         let fidelity = reference.evaluate_any(&synthetic, 1.0).map_err(|e| e.to_string())?.overall;
-        let head_rate = (gzip_bytes as f64 / packet.len().max(1) as f64).round().max(1.0) as u64;
+        let head_rate = same_bytes_rate(&real.traces, packet.len());
         let kept = Sampler::Head { n: head_rate }.sample(&real.traces, self.config.fidelity.seed);
         let sampled = TraceSet { traces: kept, defects: Default::default() };
         let head_fidelity = reference.evaluate_any(&sampled, head_rate as f64).map_err(|e| e.to_string())?.overall;
@@ -154,7 +153,7 @@ impl WindowSink for ShipSink {
                 m.training_seconds.observe(seconds);
                 train_seconds = seconds;
                 if self.config.fidelity.self_evaluate {
-                    match self.self_evaluate(&window.traces, &packet, sizes.gzip) {
+                    match self.self_evaluate(&window.traces, &packet) {
                         Ok(e) => {
                             m.fidelity_last.set(e.fidelity);
                             m.fidelity.observe(e.fidelity);
@@ -251,4 +250,16 @@ pub fn producer_name(configured: Option<&str>) -> String {
     });
     let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     format!("{name}/{started}")
+}
+
+/// The head sampling rate whose gzip OTLP bytes on `traces` equal `packet`
+/// bytes: measured at 1:10 and 1:100 and interpolated in log-log (bytes
+/// fall as about 1/N, a little slower since few traces compress worse).
+fn same_bytes_rate(traces: &[Trace], packet: usize) -> u64 {
+    let (at_10, at_100) = (crate::gent::head_gzip_bytes(traces, 10), crate::gent::head_gzip_bytes(traces, 100));
+    if at_10 <= 0.0 || at_100 <= 0.0 {
+        return 1;
+    }
+    let slope = ((at_100 / at_10).ln() / 10f64.ln()).min(-0.1);
+    (100.0 * (packet.max(1) as f64 / at_100).powf(1.0 / slope)).round().clamp(1.0, 1e9) as u64
 }

@@ -704,11 +704,16 @@ pub struct Budget {
 /// header's counts and the compression frame.
 const HEADER_FRAMING: usize = 64;
 
-/// Share of the estimated head-sampling bytes a packet may use: the
-/// estimate's spread over seeds is a few percent on windows of 2,000 traces.
+/// Share of the estimated head-sampling bytes a packet may use: what is
+/// left of the estimate's spread over seeds.
 const BUDGET_MARGIN: f64 = 0.95;
-/// Seeds the head-sampling estimate averages over.
-const BUDGET_SEEDS: u64 = 5;
+/// Kept traces the head-sampling estimate looks at in all, over as many
+/// seeds as that takes ([`BUDGET_SEEDS`]): a small window keeps a handful of
+/// traces per seed, and one large trace more or less moves their bytes by
+/// a quarter.
+const BUDGET_KEPT: usize = 200;
+/// Fewest and most seeds the estimate averages over.
+const BUDGET_SEEDS: (u64, u64) = (5, 64);
 /// Most kept traces gzipped per seed; more are scaled from these by spans.
 const BUDGET_SAMPLE: usize = 500;
 
@@ -717,21 +722,24 @@ const BUDGET_SAMPLE: usize = 500;
 /// each at most [`BUDGET_SAMPLE`] traces scaled by spans. A sample of few
 /// traces compresses worse than the whole window, so the same share of the
 /// window costs more as a sample; this is what the packet replaces.
-fn head_gzip_bytes(traces: &[Trace], rate: u64) -> f64 {
+/// Measured in bytes, not in samples: no seed alone says what a rate costs.
+pub fn head_gzip_bytes(traces: &[Trace], rate: u64) -> f64 {
+    let expected = (traces.len() as u64 / rate.max(1)).max(1);
+    let seeds = (BUDGET_KEPT as u64).div_ceil(expected).clamp(BUDGET_SEEDS.0, BUDGET_SEEDS.1);
     let spans = |t: &[&Trace]| t.iter().map(|t| t.spans.len() as u64).sum::<u64>();
-    let total: u64 = (0..BUDGET_SEEDS)
+    let total: u64 = (0..seeds)
         .map(|seed| {
             let kept: Vec<&Trace> = traces.iter().filter(|t| crate::trace::head_keeps(&t.trace_id, rate, seed)).collect();
             let step = kept.len().div_ceil(BUDGET_SAMPLE).max(1);
-            let sample: Vec<Trace> = kept.iter().step_by(step).map(|&t| t.clone()).collect();
+            let sample: Vec<&Trace> = kept.iter().step_by(step).copied().collect();
+            let owned: Vec<Trace> = sample.iter().map(|&t| t.clone()).collect();
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            let written = crate::io::write_traces(&sample, crate::io::OutputFormat::OtlpProto, &mut gz);
+            let written = crate::io::write_traces(&owned, crate::io::OutputFormat::OtlpProto, &mut gz);
             let bytes = written.and_then(|()| gz.finish()).map_or(0, |b| b.len() as u64);
-            let sampled = spans(&sample.iter().collect::<Vec<_>>()).max(1);
-            bytes * spans(&kept) / sampled
+            bytes * spans(&kept) / spans(&sample).max(1)
         })
         .sum();
-    total as f64 / BUDGET_SEEDS as f64
+    total as f64 / seeds as f64
 }
 
 impl WindowModel {
