@@ -528,3 +528,58 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
     assert!(regenerated.iter().flat_map(|t| &t.spans).all(|s| known.contains(s.service())));
     d.shutdown().await.unwrap();
 }
+
+/// `n` spans of one trace, cloned from `template`, with the parent of span k
+/// given by `parent(k)`, 1 µs apart.
+fn hostile_trace(template: &gent::trace::Span, trace: u8, n: u32, parent: impl Fn(u32) -> Option<u32>) -> Trace {
+    let id = |k: u32| {
+        let mut id = [0u8; 8];
+        id[..4].copy_from_slice(&(k + 1).to_le_bytes());
+        id
+    };
+    let spans = (0..n)
+        .map(|k| {
+            let mut s = template.clone();
+            s.trace_id = [trace; 16];
+            s.span_id = id(k);
+            s.parent_span_id = parent(k).map(id);
+            s.start = template.start + u64::from(k) * 1_000;
+            s.end = s.start + 500;
+            s
+        })
+        .collect();
+    Trace { trace_id: [trace; 16], spans }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_cycle_and_a_flat_trace_neither_crash_nor_stall_the_pipeline() {
+    // Found by an outside probe: 30,000 spans in one parent cycle overflowed
+    // the stack of the sink thread and aborted the compressor; a trace of
+    // 10,000 root spans kept it busy for minutes in the self-evaluation.
+    let template = read_set(&[data("trainticket/16_00_trace.csv.gz")]).traces[0].spans[0].clone();
+    let n = 30_000;
+    let cycle = hostile_trace(&template, 0xc1, n, |k| Some((k + 1) % n));
+    let flat = hostile_trace(&template, 0xf1, 10_000, |_| None);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("regenerated");
+    let d = decompressor::start(decompressor_config(local(), &out, None), None).await.unwrap();
+    let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
+    let p = pipeline(format!("http://{}", d.link), &dir.path().join("spool"), None);
+    let c = gent::compressor::start_with(compressor_config(p, 2), Some(shipped_tx)).await.unwrap();
+    // The cycle in three requests of 10,000 spans, as the probe sent it.
+    let pieces = cycle.spans.chunks(10_000).map(|c| Trace { trace_id: cycle.trace_id, spans: c.to_vec() });
+    replay(&pieces.chain([flat]).collect::<Vec<_>>(), c.grpc.unwrap()).await;
+    // Once both are complete (a second idle), the next trace closes their
+    // window (two traces at most), which must ship within 30 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let more = read_set(&[data("trainticket/16_01_trace.csv.gz")]).traces;
+    replay(&more[..1], c.grpc.unwrap()).await;
+    let shipped = tokio::time::timeout(Duration::from_secs(30), shipped_rx.recv()).await.expect("shipped within 30 s").unwrap();
+    assert_eq!(shipped.spans, 40_000, "{shipped:?}");
+    // Still serving: a real file goes through, and shutdown is prompt.
+    replay(&more[1..], c.grpc.unwrap()).await;
+    let started = std::time::Instant::now();
+    c.shutdown().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15), "shutdown took {:?}", started.elapsed());
+    d.shutdown().await.unwrap();
+}

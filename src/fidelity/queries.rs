@@ -206,16 +206,16 @@ pub fn suite(real: &SpanDb) -> Result<Vec<Query>, FidelityError> {
         // the critical path of a trace is made of).
         Query::new("self_time", Kind::Distribution, "SELECT service, log_self_duration FROM spans"),
     ];
-    for entry in real.column("SELECT DISTINCT service FROM spans WHERE parent_id IS NULL ORDER BY 1")? {
+    for entry in real.column("SELECT DISTINCT service FROM traces ORDER BY 1")? {
         let e = literal(&entry);
         // Gen-T Query 2: relative duration of every sub-task of the entry's traces.
         q.push(Query::new(
             format!("subtask_durations[{entry}]"),
             Kind::Histogram,
             format!(
-                "SELECT c.service, ROUND(CAST(c.duration AS REAL) / r.duration, 1), count(*) FROM spans r \
+                "SELECT c.service, ROUND(CAST(c.duration AS REAL) / r.duration, 1), count(*) FROM traces r \
                  JOIN spans c ON c.trace_id = r.trace_id AND c.span_id != r.span_id \
-                 WHERE r.parent_id IS NULL AND r.service = {e} AND r.duration > 0 GROUP BY 1, 2"
+                 WHERE r.service = {e} AND r.duration > 0 GROUP BY 1, 2"
             ),
         ));
         // Gen-T Query 3: alarm when the entry's traces carry more than 10 errors (per minute).
@@ -225,39 +225,37 @@ pub fn suite(real: &SpanDb) -> Result<Vec<Query>, FidelityError> {
                 format!("error_alarm[{entry}]"),
                 Kind::Alarm,
                 format!(
-                    "SELECT r.start / {MINUTE}, count(*) FROM spans r JOIN spans s ON s.trace_id = r.trace_id \
-                     WHERE r.parent_id IS NULL AND r.service = {e} AND s.status = 'ERROR' GROUP BY 1"
+                    "SELECT r.start / {MINUTE}, count(*) FROM traces r JOIN spans s ON s.trace_id = r.trace_id \
+                     WHERE r.service = {e} AND s.status = 'ERROR' GROUP BY 1"
                 ),
             )
         });
         // The latency alarm operators set without error codes: minutes with more
         // traces slower than the real 90th percentile than the average minute.
         let durations =
-            real.column(&format!("SELECT duration FROM spans WHERE parent_id IS NULL AND service = {e} ORDER BY 1"))?;
+            real.column(&format!("SELECT duration FROM traces WHERE service = {e} ORDER BY 1"))?;
         if let Some(p90) = durations.get(durations.len() * 9 / 10) {
             q.push(Query::new(
                 format!("latency_alarm[{entry}]"),
                 Kind::Alarm,
                 format!(
-                    "SELECT start / {MINUTE}, count(*) FROM spans \
-                     WHERE parent_id IS NULL AND service = {e} AND duration > {p90} GROUP BY 1"
+                    "SELECT start / {MINUTE}, count(*) FROM traces WHERE service = {e} AND duration > {p90} GROUP BY 1"
                 ),
             ));
         }
         // Gen-T Query 4: histogram of each attribute of the entry's roots in failed traces.
         let keys = format!(
-            "SELECT DISTINCT a.key FROM spans r JOIN attributes a ON a.trace_id = r.trace_id AND a.span_id = r.span_id \
-             WHERE r.parent_id IS NULL AND r.service = {e} ORDER BY 1"
+            "SELECT DISTINCT a.key FROM traces r JOIN attributes a ON a.trace_id = r.trace_id AND a.span_id = r.span_id \
+             WHERE r.service = {e} ORDER BY 1"
         );
         for k in real.column(&keys)? {
             q.push(Query::new(
                 format!("failed_trace_attributes[{entry}, {k}]"),
                 Kind::Histogram,
                 format!(
-                    "SELECT a.value, count(*) FROM spans r \
+                    "SELECT a.value, count(*) FROM traces r \
                      JOIN attributes a ON a.trace_id = r.trace_id AND a.span_id = r.span_id AND a.key = {} \
-                     WHERE r.parent_id IS NULL AND r.service = {e} \
-                     AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = r.trace_id AND s.status = 'ERROR') GROUP BY 1",
+                     WHERE r.service = {e} AND r.failed = 1 GROUP BY 1",
                     literal(&k)
                 ),
             ));

@@ -2,10 +2,7 @@
 //! offending copy rejected, and each is counted by kind so `gent stats` and the
 //! metrics can report it; nothing is dropped silently.
 
-use petgraph::algo::tarjan_scc;
-use petgraph::graph::DiGraph;
 use serde::Serialize;
-use std::collections::HashMap;
 
 use super::span::{Span, SpanId, Trace};
 
@@ -123,28 +120,44 @@ fn finish_trace(mut spans: Vec<Span>, defects: &mut Defects) -> Trace {
     Trace { trace_id: spans[0].trace_id, spans }
 }
 
-/// Whether following parent links from some span comes back to a span already
-/// on the path. Spans have unique ids here (duplicates are gone).
-fn has_cycle(spans: &[Span]) -> bool {
+/// Each span's parent as an index into `spans` (None for roots and orphans).
+/// Spans have unique ids here (duplicates are gone).
+fn parent_indices(spans: &[Span]) -> Vec<Option<usize>> {
     let mut ids: Vec<(SpanId, usize)> = spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
     ids.sort_unstable();
-    let parent = |i: usize| {
-        let p = spans[i].parent_span_id?;
-        ids.binary_search_by_key(&p, |&(id, _)| id).ok().map(|k| ids[k].1)
-    };
-    // 0 = unvisited, 1 = on the current path, 2 = known to reach a root.
-    let mut state = vec![0u8; spans.len()];
+    spans
+        .iter()
+        .map(|s| {
+            let p = s.parent_span_id?;
+            ids.binary_search_by_key(&p, |&(id, _)| id).ok().map(|k| ids[k].1)
+        })
+        .collect()
+}
+
+/// Walks parent links from every span, iteratively (a cycle may be millions
+/// of spans long), calling `on_cycle` with the spans of each cycle the first
+/// time a walk closes it. Each span has at most one parent, so a walk that
+/// comes back to a span on its own path has found a simple cycle, and every
+/// cycle is found exactly once. Linear in the number of spans.
+fn walk_cycles(parents: &[Option<usize>], mut on_cycle: impl FnMut(&[usize])) {
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut state = vec![0u8; parents.len()];
+    let mut position = vec![0usize; parents.len()];
     let mut path = Vec::new();
-    for start in 0..spans.len() {
+    for start in 0..parents.len() {
         let mut node = Some(start);
         while let Some(i) = node {
             match state[i] {
                 2 => break,
-                1 => return true,
+                1 => {
+                    on_cycle(&path[position[i]..]);
+                    break;
+                }
                 _ => {
                     state[i] = 1;
+                    position[i] = path.len();
                     path.push(i);
-                    node = parent(i);
+                    node = parents[i];
                 }
             }
         }
@@ -152,42 +165,33 @@ fn has_cycle(spans: &[Span]) -> bool {
             state[i] = 2;
         }
     }
-    false
 }
 
-/// Each span has at most one parent, so every strongly connected component with
-/// more than one node (or a span parenting itself) is a simple cycle; clearing one
-/// parent link per cycle turns it back into a tree. The span cut loose is the
-/// earliest one, which is the most plausible true root.
+/// Whether following parent links from some span comes back to a span already
+/// on the path.
+fn has_cycle(spans: &[Span]) -> bool {
+    let mut found = false;
+    walk_cycles(&parent_indices(spans), |_| found = true);
+    found
+}
+
+/// Clears one parent link per parent cycle, which turns the spans back into
+/// a forest. The span cut loose is the earliest of its cycle, the most
+/// plausible true root.
 fn break_cycles(spans: &mut [Span]) -> u64 {
-    let index: HashMap<SpanId, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
-    let mut graph = DiGraph::<usize, ()>::with_capacity(spans.len(), spans.len());
-    let nodes: Vec<_> = (0..spans.len()).map(|i| graph.add_node(i)).collect();
-    for (child, span) in spans.iter().enumerate() {
-        if let Some(&parent) = span.parent_span_id.as_ref().and_then(|p| index.get(p)) {
-            graph.add_edge(nodes[child], nodes[parent], ());
-        }
-    }
-    let mut cycles = 0;
-    for component in tarjan_scc(&graph) {
-        let is_cycle = component.len() > 1 || component.iter().any(|&n| graph.find_edge(n, n).is_some());
-        if !is_cycle {
-            continue;
-        }
-        let cut = component
-            .iter()
-            .map(|&n| graph[n])
-            .min_by_key(|&i| (spans[i].start, spans[i].span_id))
-            .expect("a strongly connected component is never empty");
+    let mut cuts = Vec::new();
+    walk_cycles(&parent_indices(spans), |cycle| {
+        cuts.push(*cycle.iter().min_by_key(|&&i| (spans[i].start, spans[i].span_id)).expect("a cycle is never empty"));
+    });
+    for &cut in &cuts {
         tracing::debug!(
             trace_id = %hex::encode(spans[cut].trace_id),
             span_id = %hex::encode(spans[cut].span_id),
             "parent cycle broken: span made a fragment root"
         );
         spans[cut].parent_span_id = None;
-        cycles += 1;
     }
-    cycles
+    cuts.len() as u64
 }
 
 #[cfg(test)]
@@ -239,6 +243,31 @@ mod tests {
         assert_eq!(spans[0].parent_span_id, None);
         assert_eq!(spans[1].parent_span_id, Some([1; 8]));
         assert_eq!(spans[3].parent_span_id, None, "a self-parent is a cycle of one");
+    }
+
+    #[test]
+    fn a_cycle_of_200k_spans_is_broken_without_recursion() {
+        // A recursive search (petgraph's Tarjan) overflowed the stack here and
+        // aborted the process: one request could crash the compressor.
+        let n = 200_000u32;
+        let id = |k: u32| {
+            let mut id = [0u8; 8];
+            id[..4].copy_from_slice(&(k + 1).to_le_bytes());
+            id
+        };
+        let spans = (0..n)
+            .map(|k| Span { span_id: id(k), parent_span_id: Some(id((k + 1) % n)), ..span(1, 0, None, u64::from(k), u64::from(k) + 1) })
+            .collect();
+        let set = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || assemble(spans))
+            .unwrap()
+            .join()
+            .expect("assembly must not overflow a small stack");
+        assert_eq!(set.defects.cycles, 1);
+        let roots: Vec<_> = set.traces[0].spans.iter().filter(|s| s.parent_span_id.is_none()).collect();
+        assert_eq!(roots.len(), 1);
+        assert_eq!(roots[0].span_id, id(0), "cut at the earliest span");
     }
 
     #[test]
