@@ -296,6 +296,9 @@ pub struct LinkServerConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Largest packet accepted, bytes.
     pub max_packet_bytes: usize,
+    /// Most spans one packet may regenerate (its header's count, checked
+    /// before any generation): a packet is untrusted even behind a token.
+    pub max_window_spans: u64,
     /// How many (producer, window) ids are remembered to acknowledge a repeated push
     /// without regenerating it again.
     pub remember_windows: usize,
@@ -310,6 +313,7 @@ impl Default for LinkServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             max_packet_bytes: 64 << 20,
+            max_window_spans: crate::gent::DEFAULT_MAX_SPANS,
             remember_windows: 100_000,
         }
     }

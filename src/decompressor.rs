@@ -88,6 +88,8 @@ struct Handler {
     seen: Mutex<Seen>,
     /// One window regenerates at a time: memory stays bounded by one window.
     gate: Semaphore,
+    /// Most spans one push may regenerate (`link.max_window_spans`).
+    max_spans: u64,
     reports: Option<mpsc::UnboundedSender<Delivered>>,
 }
 
@@ -139,10 +141,11 @@ fn decode(
     payload: &[u8],
     device: &burn::tensor::Device,
     llm: Option<&Mutex<LlmEngine>>,
+    max_spans: u64,
 ) -> Result<Decoded, String> {
     match kind {
         PayloadKind::Model => {
-            let unpacked = crate::gent::unpack(payload, device).map_err(|e| e.to_string())?;
+            let unpacked = crate::gent::unpack_within(payload, device, max_spans).map_err(|e| e.to_string())?;
             let seed = unpacked.header.seed;
             if let (Some(llm), Some(conditions)) = (llm, &unpacked.conditions) {
                 let engine = llm.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,6 +174,9 @@ fn decode(
             }
             let mut spans = Vec::new();
             crate::io::read_proto(&raw, &mut spans).map_err(|e| format!("traces payload: {:?}: {}", e.position, e.reason))?;
+            if spans.len() as u64 > max_spans {
+                return Err(format!("traces payload holds {} spans, more than the limit of {max_spans} per window", spans.len()));
+            }
             Ok(Decoded { traces: crate::trace::assemble(spans).traces, kind: "traces", clamped: 0 })
         }
         PayloadKind::Unspecified => Err("payload kind is unspecified".into()),
@@ -205,7 +211,8 @@ impl Handler {
         let device = self.device.clone();
         let llm = self.llm.clone();
         let payload = push.payload;
-        let decoded = tokio::task::spawn_blocking(move || decode(kind, &payload, &device, llm.as_deref()))
+        let max_spans = self.max_spans;
+        let decoded = tokio::task::spawn_blocking(move || decode(kind, &payload, &device, llm.as_deref(), max_spans))
             .await
             .map_err(|e| Status::internal(format!("regeneration failed: {e}")))?
             .map_err(|reason| {
@@ -327,6 +334,7 @@ pub async fn start(
         metrics: metrics.clone(),
         seen: Mutex::new(Seen { spans: HashMap::new(), order: VecDeque::new(), capacity: config.link.remember_windows }),
         gate: Semaphore::new(1),
+        max_spans: config.link.max_window_spans,
         reports,
     });
     let addr = config.link.listen;

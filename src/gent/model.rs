@@ -83,11 +83,14 @@ pub enum Generators {
     Always,
 }
 
+/// Longest chain C_G generates at once; its conditioning vector grows with it.
+pub const MAX_CHAIN_LENGTH: usize = 64;
+
 impl GenTConfig {
     /// The first setting out of range, named.
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.chain_length < 2 {
-            return Err(ModelError::Config(format!("chain_length must be at least 2, got {}", self.chain_length)));
+        if !(2..=MAX_CHAIN_LENGTH).contains(&self.chain_length) {
+            return Err(ModelError::Config(format!("chain_length must be in 2..={MAX_CHAIN_LENGTH}, got {}", self.chain_length)));
         }
         self.ctgan.validate()?;
         self.calibration.validate().map_err(ModelError::Config)?;
@@ -774,14 +777,20 @@ impl WindowModel {
             return Err(ModelError::Stored("topology and count lists differ in length".into()));
         }
         for t in &h.topologies {
-            let well_formed = t.labels.len() == t.parents.len()
+            let well_formed = !t.labels.is_empty()
+                && t.labels.len() == t.parents.len()
                 && t.labels.iter().all(|&l| (l as usize) < h.labels.len())
                 && t.parents.iter().enumerate().all(|(i, p)| p.is_none_or(|p| (p as usize) < i));
             if !well_formed {
-                return Err(ModelError::Stored("a topology names a missing label or a parent after its child".into()));
+                return Err(ModelError::Stored("a topology is empty, names a missing label or a parent after its child".into()));
             }
         }
-        if stored.chain_length < 2 || stored.window_end <= stored.window_start {
+        // Every label names a node: a packet of unused labels only costs memory.
+        let nodes = h.topologies.iter().fold(0usize, |sum, t| sum.saturating_add(t.len()));
+        if h.labels.len() > nodes {
+            return Err(ModelError::Stored(format!("{} labels for {nodes} topology nodes", h.labels.len())));
+        }
+        if !(2..=MAX_CHAIN_LENGTH).contains(&stored.chain_length) || stored.window_end <= stored.window_start {
             return Err(ModelError::Stored("chain length or window range out of range".into()));
         }
         if let StoredStart::Counts(c) = &stored.start {

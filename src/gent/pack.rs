@@ -14,7 +14,14 @@ pub enum PackError {
     Packet(#[from] PacketError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("the packet asks for {spans} spans in {traces} traces, more than this decoder's limit of {limit} spans per window")]
+    TooLarge { traces: u64, spans: u64, limit: u64 },
 }
+
+/// Most spans a decoder regenerates from one packet unless told otherwise
+/// (the decompressor's `max_window_spans`): a packet is untrusted input, and
+/// its counts decide how much generation allocates.
+pub const DEFAULT_MAX_SPANS: u64 = 10_000_000;
 
 /// What a packet says about its window.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -132,13 +139,25 @@ pub fn breakdown(
     Ok(b)
 }
 
-/// A packet's contents, checked, its model ready to generate on `device`.
+/// A packet's contents, checked, its model ready to generate on `device`,
+/// within [`DEFAULT_MAX_SPANS`].
 pub fn unpack(bytes: &[u8], device: &Device) -> Result<Unpacked, PackError> {
+    unpack_within(bytes, device, DEFAULT_MAX_SPANS)
+}
+
+/// [`unpack`] for a window of at most `max_spans` spans. The counts are
+/// checked against the limit and against each other before the model is
+/// built, so no count in a packet decides an allocation unchecked.
+pub fn unpack_within(bytes: &[u8], device: &Device, max_spans: u64) -> Result<Unpacked, PackError> {
     let body: Body = packet::open(bytes)?;
-    let model = WindowModel::from_stored(body.model, device)?;
-    if model.histogram.traces() != body.header.traces || model.histogram.spans() != body.header.spans {
+    let (traces, spans) = (body.header.traces, body.header.spans);
+    if spans > max_spans {
+        return Err(PackError::TooLarge { traces, spans, limit: max_spans });
+    }
+    if body.model.histogram.traces() != traces || body.model.histogram.spans() != spans || traces > spans {
         return Err(ModelError::Stored("header counts disagree with the topology histogram".into()).into());
     }
+    let model = WindowModel::from_stored(body.model, device)?;
     // One request per trace of the window: a packet cannot ask for more
     // generation than its window held.
     if let Some(c) = &body.conditions
@@ -152,4 +171,82 @@ pub fn unpack(bytes: &[u8], device: &Device) -> Result<Unpacked, PackError> {
         .into());
     }
     Ok(Unpacked { header: body.header, model, conditions: body.conditions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{Resource, Scope, Span, SpanKind, Status, Trace};
+    use std::sync::Arc;
+
+    /// Traces of a root and one child, a second apart.
+    fn traces(n: u8) -> Vec<Trace> {
+        (0..n)
+            .map(|t| {
+                let span = |id: u8, parent: Option<u8>, start: u64, end: u64| Span {
+                    trace_id: [t; 16],
+                    span_id: [id; 8],
+                    parent_span_id: parent.map(|p| [p; 8]),
+                    resource: Resource::new("svc", vec![]),
+                    scope: Arc::new(Scope::default()),
+                    name: format!("op{id}"),
+                    kind: SpanKind::Server,
+                    status: Status::default(),
+                    start,
+                    end,
+                    attributes: vec![],
+                    events: vec![],
+                    links: vec![],
+                };
+                let base = 1_700_000_000_000_000_000 + u64::from(t) * 1_000_000_000;
+                Trace { trace_id: [t; 16], spans: vec![span(1, None, base, base + 5_000_000), span(2, Some(1), base + 1_000, base + 4_000_000)] }
+            })
+            .collect()
+    }
+
+    /// A packet of a small window, its body changed by `edit` and sealed
+    /// again with a valid checksum.
+    fn hostile(edit: impl FnOnce(&mut Body)) -> Vec<u8> {
+        let device = Device::flex();
+        let config = GenTConfig::default();
+        let model = WindowModel::train(&traces(20), &config, &device, None).unwrap();
+        let mut body: Body = packet::open(&pack(&model, 1, &config, Precision::F16, 7, None).unwrap()).unwrap();
+        edit(&mut body);
+        packet::seal(&body).unwrap()
+    }
+
+    #[test]
+    fn hostile_counts_are_refused_before_anything_is_generated() {
+        let device = Device::flex();
+        // One count of 2^32 − 1 with the header agreeing: generation would
+        // have allocated 34 GB (found by an outside probe).
+        let huge = hostile(|b| {
+            b.model.histogram.counts[0] = u32::MAX;
+            (b.header.traces, b.header.spans) = (b.model.histogram.traces(), b.model.histogram.spans());
+        });
+        let e = unpack(&huge, &device).err().expect("refused").to_string();
+        assert!(e.contains("limit of 10000000 spans"), "{e}");
+        // Above a raised limit, the start counts no longer agree with it.
+        let e = unpack_within(&huge, &device, u64::MAX).err().expect("refused").to_string();
+        assert!(!e.contains("limit"), "{e}");
+        // Counts that disagree with the header.
+        let lying = hostile(|b| b.header.spans += 1);
+        assert!(unpack(&lying, &device).err().expect("refused").to_string().contains("disagree"));
+        // A chain length that would size C_G's conditioning by a million.
+        let chains = hostile(|b| b.model.chain_length = 1_000_000);
+        assert!(unpack(&chains, &device).err().expect("refused").to_string().contains("chain length"));
+        // A topology of no nodes, and labels no node uses.
+        let empty = hostile(|b| {
+            b.model.histogram.topologies[0].labels.clear();
+            b.model.histogram.topologies[0].parents.clear();
+            (b.header.traces, b.header.spans) = (b.model.histogram.traces(), b.model.histogram.spans());
+        });
+        let e = unpack(&empty, &device).err().expect("refused").to_string();
+        assert!(e.contains("empty") || e.contains("disagree"), "{e}");
+        let labels = hostile(|b| {
+            let label = b.model.histogram.labels[0].clone();
+            b.model.histogram.labels.extend(std::iter::repeat_n(label, 1000));
+        });
+        assert!(unpack(&labels, &device).err().expect("refused").to_string().contains("labels for"));
+    }
 }

@@ -122,12 +122,13 @@ impl TopologyHistogram {
 
     /// Number of traces counted.
     pub fn traces(&self) -> u64 {
-        self.counts.iter().map(|&c| u64::from(c)).sum()
+        self.counts.iter().fold(0u64, |sum, &c| sum.saturating_add(u64::from(c)))
     }
 
     /// Number of spans in the counted traces.
     pub fn spans(&self) -> u64 {
-        self.topologies.iter().zip(&self.counts).map(|(t, &c)| t.len() as u64 * u64::from(c)).sum()
+        // Saturating: a decoded histogram is checked against limits with these.
+        self.topologies.iter().zip(&self.counts).fold(0u64, |sum, (t, &c)| sum.saturating_add((t.len() as u64).saturating_mul(u64::from(c))))
     }
 
     /// The topology index of every trace to regenerate: each topology exactly
