@@ -454,6 +454,10 @@ pub struct WindowConfig {
     /// Most spans held at once between receipt and the sink finishing with
     /// them; beyond it the receiver answers with backpressure.
     pub span_budget: usize,
+    /// Most spans of one trace a window keeps; later spans of that trace are
+    /// dropped and counted (`gent_oversized_trace_spans_total`), so one
+    /// runaway trace cannot hold the window's memory or its training.
+    pub max_spans_per_trace: usize,
 }
 
 impl Default for WindowConfig {
@@ -463,6 +467,7 @@ impl Default for WindowConfig {
             max_traces: 20_000,
             trace_idle: Duration::from_secs(5),
             span_budget: 4_000_000,
+            max_spans_per_trace: 100_000,
         }
     }
 }
@@ -585,6 +590,7 @@ impl CompressorConfig {
             ("receiver.max_attribute_value_bytes", r.max_attribute_value_bytes),
             ("window.max_traces", w.max_traces),
             ("window.span_budget", w.span_budget),
+            ("window.max_spans_per_trace", w.max_spans_per_trace),
         ];
         for (field, value) in positive {
             if value == 0 {

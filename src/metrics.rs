@@ -91,6 +91,8 @@ pub struct Metrics {
     pub late_spans: IntCounter,
     /// Exact duplicate spans dropped when a window was assembled.
     pub duplicate_spans: IntCounter,
+    /// Spans dropped because their trace already held `window.max_spans_per_trace`.
+    pub oversized_trace_spans: IntCounter,
     /// Windows the sink failed to take.
     pub sink_errors: IntCounter,
     /// Spans in closed windows (after duplicates were dropped).
@@ -298,6 +300,10 @@ impl Metrics {
                 "Spans that arrived for an already completed trace and went to the next window.",
             )?,
             duplicate_spans: counter("gent_duplicate_spans_total", "Exact duplicate spans dropped.")?,
+            oversized_trace_spans: counter(
+                "gent_oversized_trace_spans_total",
+                "Spans dropped because their trace already held window.max_spans_per_trace spans.",
+            )?,
             sink_errors: counter("gent_sink_errors_total", "Closed windows the sink failed to take.")?,
             window_spans_total: counter("gent_window_spans_total", "Spans in closed windows.")?,
             pipeline,

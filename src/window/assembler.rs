@@ -175,6 +175,11 @@ impl Assembler {
             if !self.current.open.contains_key(&id) && self.current.traces() >= self.config.max_traces {
                 closed.extend(self.close());
             }
+            if self.current.open.get(&id).is_some_and(|t| t.spans.len() >= self.config.max_spans_per_trace) {
+                // Dropped and counted; its share of the budget goes back with the batch.
+                self.metrics.oversized_trace_spans.inc();
+                continue;
+            }
             batch.held.transfer(1, &mut self.current.held);
             self.current.add(span, now);
         }
@@ -184,8 +189,12 @@ impl Assembler {
     /// A span for a completed trace: into the next window (`to_carry`) or, for a
     /// trace of the window already shipped, into this one.
     fn late(&mut self, span: Span, held: &mut Held, to_carry: bool) {
-        self.metrics.late_spans.inc();
         let window = if to_carry { &mut self.carry } else { &mut self.current };
+        if window.open.get(&span.trace_id).is_some_and(|t| t.spans.len() >= self.config.max_spans_per_trace) {
+            self.metrics.oversized_trace_spans.inc();
+            return;
+        }
+        self.metrics.late_spans.inc();
         window.late_spans += 1;
         held.transfer(1, &mut window.held);
         window.add(span, Instant::now());
@@ -286,6 +295,15 @@ mod tests {
 
     fn ids(w: &ClosedWindow) -> Vec<u8> {
         w.traces.traces.iter().map(|t| t.trace_id[0]).collect()
+    }
+
+    #[test]
+    fn spans_beyond_the_per_trace_limit_are_dropped_counted_and_give_their_budget_back() {
+        let (mut a, budget) = setup(WindowConfig { max_spans_per_trace: 3, ..WindowConfig::default() });
+        let spans = (1..=5).map(|s| span(1, s)).chain([span(2, 1)]).collect();
+        assert!(a.accept(batch(&budget, spans), Instant::now()).is_empty());
+        assert_eq!(a.metrics.oversized_trace_spans.get(), 2);
+        assert_eq!(budget.resident(), 4, "three spans of trace 1 and one of trace 2 held; the dropped two given back");
     }
 
     #[test]
