@@ -299,6 +299,8 @@ pub struct LinkServerConfig {
     /// Most spans one packet may regenerate (its header's count, checked
     /// before any generation): a packet is untrusted even behind a token.
     pub max_window_spans: u64,
+    /// Most pushes read at once (each up to `max_packet_bytes`); more wait.
+    pub max_concurrent_pushes: usize,
     /// How many (producer, window) ids are remembered to acknowledge a repeated push
     /// without regenerating it again.
     pub remember_windows: usize,
@@ -314,6 +316,7 @@ impl Default for LinkServerConfig {
             tls_key_file: None,
             max_packet_bytes: 64 << 20,
             max_window_spans: crate::gent::DEFAULT_MAX_SPANS,
+            max_concurrent_pushes: 4,
             remember_windows: 100_000,
         }
     }

@@ -287,7 +287,7 @@ impl Handler {
 #[tonic::async_trait]
 impl PacketService for Arc<Handler> {
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
-        link::authorize(&request, self.token.as_deref()).map_err(|s| self.rejected("unauthenticated", s))?;
+        // The token was checked on the headers, before the body was read (see `start`).
         self.deliver(request.into_inner()).await.map(Response::new)
     }
 }
@@ -341,7 +341,15 @@ pub async fn start(
     let listener = TcpListener::bind(addr).await.map_err(|source| LinkError::Bind { addr, source })?;
     let link_addr = listener.local_addr().unwrap_or(addr);
     let (stop, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(link::serve(handler, listener, tls, config.link.max_packet_bytes, signal(&stop_rx)));
+    let admit = {
+        let handler = handler.clone();
+        move |request: Request<()>| {
+            link::authorize(&request, handler.token.as_deref()).map_err(|s| handler.rejected("unauthenticated", s))?;
+            Ok(request)
+        }
+    };
+    let limits = (config.link.max_packet_bytes, config.link.max_concurrent_pushes);
+    let server = tokio::spawn(link::serve(handler, listener, tls, limits, admit, signal(&stop_rx)));
     let mut metrics_addr = None;
     let mut metrics_server = None;
     if let Some(addr) = config.metrics.endpoint {

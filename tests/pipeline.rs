@@ -583,3 +583,54 @@ async fn a_parent_cycle_and_a_flat_trace_neither_crash_nor_stall_the_pipeline() 
     assert!(started.elapsed() < Duration::from_secs(15), "shutdown took {:?}", started.elapsed());
     d.shutdown().await.unwrap();
 }
+
+/// Peak resident memory of process `pid`, in MiB (Linux).
+fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    kb / 1024.0
+}
+
+#[test]
+fn unauthenticated_pushes_are_refused_before_their_bodies_are_read() {
+    // Found by an outside probe: the token was checked after the 64 MiB body
+    // was buffered, and 40 concurrent unauthenticated 60 MB pushes took the
+    // decompressor to 2 GB.
+    let dir = tempfile::tempdir().unwrap();
+    let (link_port, metrics) = (free_port(), free_port());
+    let yaml = write_config(
+        &dir.path().join("decompressor.yaml"),
+        format!(
+            "link:\n  listen: 127.0.0.1:{link_port}\n  token: s3cret\nexporters:\n  files:\n    - dir: {}\n      format: otlp-json\nmetrics:\n  endpoint: 127.0.0.1:{metrics}\n",
+            dir.path().join("out").display()
+        ),
+    );
+    let mut d = gent().args(["decompressor", "--config"]).arg(&yaml).spawn().unwrap();
+    wait_listening(metrics);
+    let baseline = peak_mib(d.id());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let codes = runtime.block_on(async {
+        let payload = vec![0x5au8; 60 << 20];
+        let mut pushes = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let push = PushRequest {
+                kind: PayloadKind::Model as i32,
+                producer: "probe".into(),
+                window_id: i,
+                payload: payload.clone(),
+                ..Default::default()
+            };
+            pushes.spawn(async move {
+                let mut client = PacketServiceClient::connect(format!("http://127.0.0.1:{link_port}")).await.unwrap();
+                client.push(link::request(push, Some("wrong")).unwrap()).await.unwrap_err().code()
+            });
+        }
+        pushes.join_all().await
+    });
+    assert!(codes.iter().all(|&c| c == tonic::Code::Unauthenticated), "{codes:?}");
+    let peak = peak_mib(d.id());
+    println!("decompressor peak RSS {peak:.0} MiB (at start {baseline:.0} MiB) after 8 unauthenticated 60 MB pushes");
+    assert!(peak < baseline + 100.0, "peak {peak:.0} MiB against {baseline:.0} MiB at start");
+    sigterm(&mut d);
+}

@@ -232,15 +232,12 @@ pub fn suite(real: &SpanDb) -> Result<Vec<Query>, FidelityError> {
         });
         // The latency alarm operators set without error codes: minutes with more
         // traces slower than the real 90th percentile than the average minute.
-        let durations =
-            real.column(&format!("SELECT duration FROM traces WHERE service = {e} ORDER BY 1"))?;
+        let durations = real.column(&format!("SELECT duration FROM traces WHERE service = {e} ORDER BY 1"))?;
         if let Some(p90) = durations.get(durations.len() * 9 / 10) {
             q.push(Query::new(
                 format!("latency_alarm[{entry}]"),
                 Kind::Alarm,
-                format!(
-                    "SELECT start / {MINUTE}, count(*) FROM traces WHERE service = {e} AND duration > {p90} GROUP BY 1"
-                ),
+                format!("SELECT start / {MINUTE}, count(*) FROM traces WHERE service = {e} AND duration > {p90} GROUP BY 1"),
             ));
         }
         // Gen-T Query 4: histogram of each attribute of the entry's roots in failed traces.

@@ -199,7 +199,10 @@ mod tests {
                     links: vec![],
                 };
                 let base = 1_700_000_000_000_000_000 + u64::from(t) * 1_000_000_000;
-                Trace { trace_id: [t; 16], spans: vec![span(1, None, base, base + 5_000_000), span(2, Some(1), base + 1_000, base + 4_000_000)] }
+                Trace {
+                    trace_id: [t; 16],
+                    spans: vec![span(1, None, base, base + 5_000_000), span(2, Some(1), base + 1_000, base + 4_000_000)],
+                }
             })
             .collect()
     }

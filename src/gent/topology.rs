@@ -128,7 +128,10 @@ impl TopologyHistogram {
     /// Number of spans in the counted traces.
     pub fn spans(&self) -> u64 {
         // Saturating: a decoded histogram is checked against limits with these.
-        self.topologies.iter().zip(&self.counts).fold(0u64, |sum, (t, &c)| sum.saturating_add((t.len() as u64).saturating_mul(u64::from(c))))
+        self.topologies
+            .iter()
+            .zip(&self.counts)
+            .fold(0u64, |sum, (t, &c)| sum.saturating_add((t.len() as u64).saturating_mul(u64::from(c))))
     }
 
     /// The topology index of every trace to regenerate: each topology exactly

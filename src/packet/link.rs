@@ -103,22 +103,29 @@ pub fn server_tls(cert: &Path, key: &Path) -> Result<ServerTlsConfig, LinkError>
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves.
+/// Serves `service` on `listener`. `admit` sees each push's headers before
+/// its body is read (the bearer token is checked there, so an
+/// unauthenticated client cannot make the server buffer a packet), and at
+/// most `max_concurrent` pushes are read at once.
 pub async fn serve<S: PacketService>(
     service: S,
     listener: tokio::net::TcpListener,
     tls: Option<ServerTlsConfig>,
-    max_packet_bytes: usize,
+    limits: (usize, usize),
+    admit: impl tonic::service::Interceptor + Clone + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), LinkError> {
+    let (max_packet_bytes, max_concurrent) = limits;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder().concurrency_limit_per_connection(max_concurrent.max(1));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
     }
     // Room for the request's other fields around the payload.
     let service = PacketServiceServer::new(service).max_decoding_message_size(max_packet_bytes.saturating_add(4096));
     builder
-        .add_service(service)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_concurrent.max(1)))
+        .add_service(tonic::service::interceptor::InterceptedService::new(service, admit))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| LinkError::Serve(e.to_string()))

@@ -256,7 +256,11 @@ mod tests {
             id
         };
         let spans = (0..n)
-            .map(|k| Span { span_id: id(k), parent_span_id: Some(id((k + 1) % n)), ..span(1, 0, None, u64::from(k), u64::from(k) + 1) })
+            .map(|k| Span {
+                span_id: id(k),
+                parent_span_id: Some(id((k + 1) % n)),
+                ..span(1, 0, None, u64::from(k), u64::from(k) + 1)
+            })
             .collect();
         let set = std::thread::Builder::new()
             .stack_size(256 * 1024)
