@@ -38,8 +38,13 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const MAGIC: &[u8; 4] = b"GENT";
 /// The packet format this build writes and reads.
 pub const FORMAT_VERSION: u16 = 7;
-/// Largest body accepted after decompression.
+/// Largest body of a container file (a language model) after decompression.
 pub const MAX_BODY_BYTES: u64 = 1 << 30;
+/// Largest window packet body after decompression. A packet's body decodes
+/// into at most about 24 times its bytes (a one-byte empty string becomes a
+/// 24-byte `String`), so this keeps a hostile packet's model within about
+/// 400 MB; real window packets are kilobytes to a few megabytes.
+pub const MAX_WINDOW_BODY_BYTES: u64 = 16 << 20;
 
 const HEADER: usize = MAGIC.len() + 2;
 const TRAILER: usize = 8;
@@ -56,8 +61,10 @@ pub enum PacketError {
     Checksum { stored: u64, computed: u64 },
     #[error("packet body does not inflate: {0}")]
     Inflate(String),
-    #[error("packet body is larger than {MAX_BODY_BYTES} bytes once inflated")]
-    TooLarge,
+    #[error("packet body is larger than {limit} bytes once inflated")]
+    TooLarge { limit: u64 },
+    #[error("packet has {0} bytes after its body")]
+    Trailing(usize),
     #[error("packet body does not decode: {0}")]
     Decode(String),
     #[error("cannot encode packet: {0}")]
@@ -71,28 +78,32 @@ pub fn compressed_len(body: &[u8]) -> usize {
 
 /// `body` as a packet.
 pub fn seal<T: Serialize>(body: &T) -> Result<Vec<u8>, PacketError> {
-    seal_with(body, FORMAT_VERSION, Codec::Zstd)
+    seal_with(body, FORMAT_VERSION, Codec::Zstd, MAX_WINDOW_BODY_BYTES)
 }
 
 /// The body of a packet, after checking magic, version and checksum, in that order.
 pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
-    open_with(packet, FORMAT_VERSION, Codec::Zstd)
+    open_with(packet, FORMAT_VERSION, Codec::Zstd, MAX_WINDOW_BODY_BYTES)
 }
 
 /// `body` in the packet container under another `version`: files that use
 /// the container (language models) version their layout apart from the
 /// window packet, so a new packet format does not orphan them.
 pub fn seal_as<T: Serialize>(body: &T, version: u16) -> Result<Vec<u8>, PacketError> {
-    seal_with(body, version, Codec::Gzip)
+    seal_with(body, version, Codec::Gzip, MAX_BODY_BYTES)
 }
 
 /// As [`open`], for a container written by [`seal_as`] with `expected`.
 pub fn open_as<T: DeserializeOwned>(packet: &[u8], expected: u16) -> Result<T, PacketError> {
-    open_with(packet, expected, Codec::Gzip)
+    open_with(packet, expected, Codec::Gzip, MAX_BODY_BYTES)
 }
 
-fn seal_with<T: Serialize>(body: &T, version: u16, codec: Codec) -> Result<Vec<u8>, PacketError> {
+fn seal_with<T: Serialize>(body: &T, version: u16, codec: Codec, limit: u64) -> Result<Vec<u8>, PacketError> {
     let encoded = postcard::to_stdvec(body).map_err(|e| PacketError::Encode(e.to_string()))?;
+    // Never write what a reader would refuse.
+    if encoded.len() as u64 > limit {
+        return Err(PacketError::TooLarge { limit });
+    }
     let mut out = Vec::with_capacity(encoded.len() / 2 + HEADER + TRAILER);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
@@ -113,7 +124,7 @@ fn seal_with<T: Serialize>(body: &T, version: u16, codec: Codec) -> Result<Vec<u
     Ok(out)
 }
 
-fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec) -> Result<T, PacketError> {
+fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec, limit: u64) -> Result<T, PacketError> {
     // The smallest gzip stream is 20 bytes (18 is its floor), the smallest zstd frame 9.
     let min = HEADER + TRAILER + if codec == Codec::Gzip { 18 } else { 9 };
     if packet.len() < min {
@@ -139,17 +150,33 @@ fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec) ->
     let mut body = Vec::new();
     let compressed = &content[HEADER..];
     let inflate = |e: std::io::Error| PacketError::Inflate(e.to_string());
-    match codec {
-        Codec::Gzip => GzDecoder::new(compressed).take(MAX_BODY_BYTES + 1).read_to_end(&mut body),
-        Codec::Zstd => {
-            zstd::stream::read::Decoder::new(compressed).map_err(inflate)?.take(MAX_BODY_BYTES + 1).read_to_end(&mut body)
+    let left = match codec {
+        Codec::Gzip => {
+            // One gzip member and nothing after it.
+            let mut gz = GzDecoder::new(compressed);
+            (&mut gz).take(limit + 1).read_to_end(&mut body).map_err(inflate)?;
+            gz.into_inner().len()
         }
+        Codec::Zstd => {
+            // One zstd frame and nothing after it.
+            let frame = zstd::zstd_safe::find_frame_compressed_size(compressed)
+                .map_err(|c| PacketError::Inflate(zstd::zstd_safe::get_error_name(c).to_string()))?;
+            let decoder = zstd::stream::read::Decoder::new(&compressed[..frame]).map_err(inflate)?;
+            decoder.take(limit + 1).read_to_end(&mut body).map_err(inflate)?;
+            compressed.len() - frame
+        }
+    };
+    if body.len() as u64 > limit {
+        return Err(PacketError::TooLarge { limit });
     }
-    .map_err(inflate)?;
-    if body.len() as u64 > MAX_BODY_BYTES {
-        return Err(PacketError::TooLarge);
+    if left > 0 {
+        return Err(PacketError::Trailing(left));
     }
-    postcard::from_bytes(&body).map_err(|e| PacketError::Decode(e.to_string()))
+    let (value, rest) = postcard::take_from_bytes(&body).map_err(|e| PacketError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(PacketError::Trailing(rest.len()));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -193,6 +220,39 @@ mod tests {
                 assert!(e.to_string().contains(expected), "byte {byte}: {e}");
             }
         }
+    }
+
+    /// `body` sealed as a packet by hand: `extra` after the zstd frame,
+    /// `tail` after the encoded body.
+    fn sealed(extra: &[u8], tail: &[u8]) -> Vec<u8> {
+        let mut encoded = postcard::to_stdvec(&body()).unwrap();
+        encoded.extend_from_slice(tail);
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&zstd::bulk::compress(&encoded, ZSTD_LEVEL).unwrap());
+        out.extend_from_slice(extra);
+        let checksum = xxh3_64(&out);
+        out.extend_from_slice(&checksum.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn bytes_after_the_frame_or_the_body_are_refused() {
+        assert_eq!(open::<Body>(&sealed(&[], &[])).unwrap(), body());
+        let e = open::<Body>(&sealed(b"trailing", &[])).unwrap_err().to_string();
+        assert!(e.contains("8 bytes after"), "{e}");
+        let e = open::<Body>(&sealed(&[], &[1, 2, 3])).unwrap_err().to_string();
+        assert!(e.contains("3 bytes after"), "{e}");
+    }
+
+    #[test]
+    fn a_window_packet_inflating_past_its_cap_is_refused() {
+        let big = Body { window: 1, names: Vec::new(), weights: vec![0; (MAX_WINDOW_BODY_BYTES + 10) as usize] };
+        // Written by another producer (seal refuses to write it).
+        assert!(seal(&big).is_err());
+        let packet = seal_with(&big, FORMAT_VERSION, Codec::Zstd, u64::MAX).unwrap();
+        let e = open::<Body>(&packet).unwrap_err().to_string();
+        assert!(e.contains(&format!("larger than {MAX_WINDOW_BODY_BYTES} bytes")), "{e}");
     }
 
     #[test]

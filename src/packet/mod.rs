@@ -10,4 +10,6 @@ pub mod link;
 pub mod sender;
 pub mod spool;
 
-pub use format::{FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, PacketError, compressed_len, open, open_as, seal, seal_as};
+pub use format::{
+    FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_WINDOW_BODY_BYTES, PacketError, compressed_len, open, open_as, seal, seal_as,
+};
