@@ -83,7 +83,10 @@ pub fn seal<T: Serialize>(body: &T) -> Result<Vec<u8>, PacketError> {
 
 /// The body of a packet, after checking magic, version and checksum, in that order.
 pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
-    open_with(packet, FORMAT_VERSION, Codec::Zstd, MAX_WINDOW_BODY_BYTES)
+    open_with(packet, FORMAT_VERSION, Codec::Zstd, MAX_WINDOW_BODY_BYTES).and_then(|(value, rest)| {
+        // A window packet's body is one value and nothing after it.
+        if rest > 0 { Err(PacketError::Trailing(rest)) } else { Ok(value) }
+    })
 }
 
 /// `body` in the packet container under another `version`: files that use
@@ -93,9 +96,10 @@ pub fn seal_as<T: Serialize>(body: &T, version: u16) -> Result<Vec<u8>, PacketEr
     seal_with(body, version, Codec::Gzip, MAX_BODY_BYTES)
 }
 
-/// As [`open`], for a container written by [`seal_as`] with `expected`.
+/// As [`open`], for a container written by [`seal_as`] with `expected`;
+/// `T` may be a prefix of the body (a model file's kind is read alone first).
 pub fn open_as<T: DeserializeOwned>(packet: &[u8], expected: u16) -> Result<T, PacketError> {
-    open_with(packet, expected, Codec::Gzip, MAX_BODY_BYTES)
+    open_with(packet, expected, Codec::Gzip, MAX_BODY_BYTES).map(|(value, _)| value)
 }
 
 fn seal_with<T: Serialize>(body: &T, version: u16, codec: Codec, limit: u64) -> Result<Vec<u8>, PacketError> {
@@ -124,7 +128,8 @@ fn seal_with<T: Serialize>(body: &T, version: u16, codec: Codec, limit: u64) -> 
     Ok(out)
 }
 
-fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec, limit: u64) -> Result<T, PacketError> {
+/// The value at the start of the packet's body and how many body bytes follow it.
+fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec, limit: u64) -> Result<(T, usize), PacketError> {
     // The smallest gzip stream is 20 bytes (18 is its floor), the smallest zstd frame 9.
     let min = HEADER + TRAILER + if codec == Codec::Gzip { 18 } else { 9 };
     if packet.len() < min {
@@ -173,10 +178,7 @@ fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec, li
         return Err(PacketError::Trailing(left));
     }
     let (value, rest) = postcard::take_from_bytes(&body).map_err(|e| PacketError::Decode(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(PacketError::Trailing(rest.len()));
-    }
-    Ok(value)
+    Ok((value, rest.len()))
 }
 
 #[cfg(test)]
