@@ -179,8 +179,8 @@ impl StoredWindowModel {
         }
         let (sketches, node_effects, time_effects) = match &self.timing {
             Some(t) => {
-                let sketches_alone = TimingModel { nodes: Vec::new(), times: Vec::new(), ..t.clone() };
-                (encode(&sketches_alone), encode(&t.nodes), encode(&t.times))
+                let sketches_alone = TimingModel { nodes: Vec::new(), times: Vec::new(), bursts: Vec::new(), ..t.clone() };
+                (encode(&sketches_alone), encode(&t.nodes), encode(&(&t.times, &t.bursts)))
             }
             None => (Vec::new(), Vec::new(), Vec::new()),
         };
@@ -672,6 +672,7 @@ impl WindowModel {
                     start_bucket: current.start_bucket,
                     node_effects: current.node_effects,
                     time_effects: current.time_effects,
+                    bursts: current.bursts && current.time_effects,
                     segments: current.segments,
                 });
                 self.timing = stored.timing;
@@ -700,6 +701,7 @@ pub struct Budget {
     pub start_bucket: std::time::Duration,
     pub node_effects: bool,
     pub time_effects: bool,
+    pub bursts: bool,
     pub segments: bool,
 }
 

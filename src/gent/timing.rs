@@ -42,7 +42,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use super::topology::{Placement, TopologyHistogram};
-use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_quantile};
+use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile};
 use crate::trace::Trace;
 
 /// Calibrated timing settings (`calibration` in config/model.yaml).
@@ -63,6 +63,10 @@ pub struct CalibrationConfig {
     /// Per topology bucket and service a location of ranks: the minutes in
     /// which a service ran slow (load, contention) come back slow.
     pub time_effects: bool,
+    /// With time effects, per topology bucket and key where its timing
+    /// departed significantly from the rest of the window (a retry storm
+    /// behind one call for a few minutes), that cell's own distribution.
+    pub bursts: bool,
     /// Cut sketches into time segments where a label's timing changes.
     pub segments: bool,
     /// Exact trace start counts per this bucket.
@@ -87,6 +91,7 @@ impl Default for CalibrationConfig {
             quantiles_per_root: 3.0,
             node_effects: true,
             time_effects: true,
+            bursts: true,
             segments: true,
             start_bucket: std::time::Duration::from_secs(10),
             topology_bucket: std::time::Duration::from_secs(60),
@@ -118,13 +123,16 @@ impl CalibrationConfig {
 /// (measured on TrainTicket hour 16, where the budget bites, to cost the
 /// least fidelity per byte): fewer quantiles per sketch down to 1.5 per
 /// square root of the values, start counts per topology bucket instead of per
-/// start bucket, no node effects, fewer quantiles still, no time segments.
+/// start bucket, no bursts, no time effects, no node effects, fewer
+/// quantiles still, no time segments.
 pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
     let mut next = config.clone();
     if config.quantiles_per_root > 1.5 {
         next.quantiles_per_root = (config.quantiles_per_root * 0.8).max(1.5);
     } else if config.start_bucket < config.topology_bucket {
         next.start_bucket = config.topology_bucket;
+    } else if config.time_effects && config.bursts {
+        next.bursts = false;
     } else if config.time_effects {
         next.time_effects = false;
     } else if config.node_effects {
@@ -273,6 +281,50 @@ pub struct TimingModel {
     /// the shift of its spans' ranks in that bucket, two 4-bit codes a byte
     /// (see [`TimeEffects`]); empty when time effects are off.
     pub times: Vec<u8>,
+    /// Where one key's timing departed from its service's in one time
+    /// bucket (a retry storm behind one call, a slow dependency for a few
+    /// minutes): a shift of that key's ranks in that bucket, beyond the
+    /// service's. Only cells whose departure is significant are kept, so a
+    /// calm window carries none. Sorted by (bucket, key); empty when time
+    /// effects are off.
+    pub bursts: Vec<Burst>,
+}
+
+/// One (time bucket, key) cell's own distribution of normal scores (see
+/// [`TimingModel::bursts`]), as its distribution function at
+/// [`BURST_POINTS`]: tail shares come back as they were (a quarter of the
+/// calls timing out after a second in a minute when 2% do over the window),
+/// which a shift of every score cannot give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Burst {
+    /// Time bucket since the window's first.
+    pub bucket: u32,
+    /// A value key, or a lead key offset by the number of value keys.
+    pub key: u32,
+    /// Share of the cell's scores below each of [`BURST_POINTS`], in 255ths
+    /// (non-decreasing).
+    pub below: [u8; BURST_POINTS.len()],
+}
+
+impl Burst {
+    /// The cell's normal score at probability `u`: linear between the
+    /// stored points, a normal tail beyond them.
+    fn score(&self, u: f64) -> f64 {
+        let f = self.below.map(|b| f64::from(b) / 255.0);
+        let last = BURST_POINTS.len() - 1;
+        match f.iter().position(|&f| u < f) {
+            Some(0) => normal_quantile((u / f[0] * normal_cdf(BURST_POINTS[0])).max(1e-12)),
+            Some(i) => {
+                let (f0, f1) = (f[i - 1], f[i]);
+                BURST_POINTS[i - 1] + (u - f0) / (f1 - f0) * (BURST_POINTS[i] - BURST_POINTS[i - 1])
+            }
+            None => {
+                let above = normal_cdf(BURST_POINTS[last]);
+                let share = if f[last] < 1.0 { (u - f[last]) / (1.0 - f[last]) } else { 0.5 };
+                normal_quantile((above + share * (1.0 - above)).min(1.0 - 1e-12))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -321,6 +373,18 @@ const MAX_TIME_BUCKETS: usize = 10_080;
 const TIME_PRIOR: f64 = 10.0;
 /// A time effect's code step in normal scores: codes 1..=15 are −7..=7 steps.
 const TIME_STEP: f64 = 0.15;
+/// Normal scores at which a burst keeps its cell's distribution function:
+/// the 2.5, 10, 25, 50, 75, 90 and 97.5th percentiles of a calm cell.
+pub const BURST_POINTS: [f64; 7] = [-1.96, -1.2816, -0.6745, 0.0, 0.6745, 1.2816, 1.96];
+/// A (bucket, key) cell is a burst when a calm cell would show its mean, or
+/// its share of scores beyond ±1.28 or ±1.96, with probability below
+/// e^−this (a Chernoff bound; 6.9: 1 in 1,000, and far rarer in fact;
+/// measured against 4.6, 5.5, 9.2 and 13.8 on the shared windows)...
+const BURST_EVIDENCE: f64 = 6.9;
+/// ... over at least this many spans.
+const BURST_MIN: usize = 5;
+/// Most bursts a model keeps (the most significant).
+const MAX_BURSTS: usize = 4096;
 
 /// `x` microseconds (any sign) as a signed log: sign(x)·ln(1 + |x|).
 fn signed_log(x: f64) -> f64 {
@@ -628,6 +692,11 @@ impl TimingModel {
             Vec::new()
         };
         let times = if config.time_effects { time_effects(&observations, &scores, &nodes, &keys) } else { Vec::new() };
+        let bursts = if config.bursts && !times.is_empty() {
+            bursts(&observations, (&scores, &lead_scores), &nodes, &keys)
+        } else {
+            Vec::new()
+        };
         TimingModel {
             resolution: config.resolution,
             bucket_ns,
@@ -642,6 +711,7 @@ impl TimingModel {
             loadings,
             lead_couplings,
             times,
+            bursts,
         }
     }
 
@@ -704,6 +774,17 @@ impl TimingModel {
         }
         if !self.times.is_empty() && (keys.services == 0 || self.times.len() > (MAX_TIME_BUCKETS * keys.services).div_ceil(2)) {
             return Err(bad(format!("{} time effect bytes for {} services", self.times.len(), keys.services)));
+        }
+        if self.bursts.len() > MAX_BURSTS
+            || self.times.is_empty() && !self.bursts.is_empty()
+            || self.bursts.windows(2).any(|w| (w[0].bucket, w[0].key) >= (w[1].bucket, w[1].key))
+            || self.bursts.iter().any(|b| {
+                b.bucket as usize >= MAX_TIME_BUCKETS
+                    || b.key as usize >= keys.values + keys.leads
+                    || b.below.windows(2).any(|w| w[0] > w[1])
+            })
+        {
+            return Err(bad("bursts out of order or range, too many, or without time effects"));
         }
         if !self.lead_couplings.is_empty() && self.lead_couplings.len() != keys.leads {
             return Err(bad("lead couplings for another number of lead keys"));
@@ -832,15 +913,7 @@ fn loadings(
     nodes: &[Vec<u8>],
     keys: usize,
 ) -> Vec<u8> {
-    let residual: Vec<f64> = observations
-        .iter()
-        .zip(scores)
-        .map(|(o, &z)| {
-            z - nodes
-                .get(o.node.0 as usize)
-                .map_or(0.0, |n| dequantize(n[o.node.1 as usize] >> 4, -LOCATION_RANGE, LOCATION_RANGE))
-        })
-        .collect();
+    let residual: Vec<f64> = observations.iter().zip(scores).map(|(o, &z)| z - node_location(nodes, o.node)).collect();
     // Per key: trace (product, own square, others' square, count), family (product sum, pairs, own square, count).
     let mut trace = vec![(0.0f64, 0.0f64, 0.0f64, 0.0f64); keys];
     let mut family = vec![(0.0f64, 0.0f64, 0.0f64, 0.0f64); keys];
@@ -949,8 +1022,7 @@ fn time_effects(observations: &[Observation], scores: &[f64], nodes: &[Vec<u8>],
     }
     let mut sums = vec![(0.0f64, 0.0f64); buckets * keys.services];
     for (o, &z) in observations.iter().zip(scores) {
-        let location =
-            nodes.get(o.node.0 as usize).map_or(0.0, |n| dequantize(n[o.node.1 as usize] >> 4, -LOCATION_RANGE, LOCATION_RANGE));
+        let location = node_location(nodes, o.node);
         let s = &mut sums[o.bucket as usize * keys.services + keys.service_of[o.label as usize] as usize];
         *s = (s.0 + z - location, s.1 + 1.0);
     }
@@ -959,6 +1031,70 @@ fn time_effects(observations: &[Observation], scores: &[f64], nodes: &[Vec<u8>],
         (8.0 + (shift / TIME_STEP).round().clamp(-7.0, 7.0)) as u8
     };
     sums.chunks(2).map(|pair| code(&pair[0]) << 4 | pair.get(1).map_or(8, code)).collect()
+}
+
+/// The (bucket, key) cells whose timing departed from their key's over the
+/// window (see [`TimingModel::bursts`]): each cell's normal scores within its
+/// sketch beyond its node's location (value keys: one key serves callers
+/// of different speeds, which node effects tell apart) or lead sketch (lead
+/// keys), tested against the standard normal they follow when the key
+/// behaves alike all window.
+fn bursts(observations: &[Observation], (scores, lead_scores): (&[f64], &[f64]), nodes: &[Vec<u8>], keys: &Keys) -> Vec<Burst> {
+    let mut cells: HashMap<(u32, u32), Vec<f64>> = HashMap::new();
+    for ((o, &z), &l) in observations.iter().zip(scores).zip(lead_scores) {
+        let location = node_location(nodes, o.node);
+        cells.entry((o.bucket, o.keys.0)).or_default().push(z - location);
+        cells.entry((o.bucket, keys.values as u32 + o.keys.1)).or_default().push(l);
+    }
+    let mut found: Vec<(f64, Burst)> = cells
+        .into_iter()
+        .filter(|(_, members)| members.len() >= BURST_MIN)
+        .filter_map(|((bucket, key), members)| {
+            let evidence = burst_evidence(&members);
+            let n = members.len() as f64;
+            let below = BURST_POINTS.map(|x| {
+                let share = members.iter().filter(|&&z| z < x).count() as f64 / n;
+                (share * 255.0).round() as u8
+            });
+            (evidence >= BURST_EVIDENCE).then_some((evidence, Burst { bucket, key, below }))
+        })
+        .collect();
+    found.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then((a.1.bucket, a.1.key).cmp(&(b.1.bucket, b.1.key))));
+    found.truncate(MAX_BURSTS);
+    let mut out: Vec<Burst> = found.into_iter().map(|(_, b)| b).collect();
+    out.sort_unstable_by_key(|b| (b.bucket, b.key));
+    out
+}
+
+/// The rank location of a topology node (0 without node effects).
+fn node_location(nodes: &[Vec<u8>], (topology, node): (u32, u32)) -> f64 {
+    nodes.get(topology as usize).map_or(0.0, |n| dequantize(n[node as usize] >> 4, -LOCATION_RANGE, LOCATION_RANGE))
+}
+
+/// How unlikely a cell's normal scores are for a calm cell, as −ln of a
+/// Chernoff bound: the larger of its mean's and of its shares' beyond ±1.28
+/// and ±1.96.
+fn burst_evidence(scores: &[f64]) -> f64 {
+    let n = scores.len() as f64;
+    let mean = scores.iter().sum::<f64>() / n;
+    let mut evidence = n * mean * mean / 2.0;
+    for x in [1.2816, 1.96] {
+        let tail = 1.0 - normal_cdf(x);
+        let above = scores.iter().filter(|&&z| z > x).count() as f64 / n;
+        let below = scores.iter().filter(|&&z| z < -x).count() as f64 / n;
+        for share in [above, below] {
+            if share > tail {
+                evidence = evidence.max(n * bernoulli_divergence(share, tail));
+            }
+        }
+    }
+    evidence
+}
+
+/// KL(Bernoulli(a) ‖ Bernoulli(b)), for 0 < b < 1.
+fn bernoulli_divergence(a: f64, b: f64) -> f64 {
+    let term = |x: f64, y: f64| if x > 0.0 { x * (x / y).ln() } else { 0.0 };
+    term(a, b) + term(1.0 - a, 1.0 - b)
 }
 
 /// The time effect of `service` in `bucket`: 0 where the model has none.
@@ -983,6 +1119,8 @@ pub struct TimingTables<'a> {
     spanning: Vec<bool>,
     /// Per topology: children of every node sorted by their labels' order, and the roots.
     layout: Vec<(Vec<Vec<usize>>, Vec<usize>)>,
+    /// Bursts by (bucket, key).
+    bursts: HashMap<(u32, u32), Burst>,
 }
 
 /// Buffers [`TimingTables::compose`] reuses from trace to trace; `out` holds
@@ -1037,7 +1175,8 @@ impl<'a> TimingTables<'a> {
                 (children, roots)
             })
             .collect();
-        TimingTables { model, keys: Keys::of(histogram), values, leads, detached, spanning, layout }
+        let bursts = model.bursts.iter().map(|b| ((b.bucket, b.key), *b)).collect();
+        TimingTables { model, keys: Keys::of(histogram), values, leads, detached, spanning, layout, bursts }
     }
 
     /// Every node's rank within its value sketch (key and time segment), then
@@ -1058,6 +1197,8 @@ impl<'a> TimingTables<'a> {
         rng: &mut StdRng,
     ) -> Vec<Vec<f64>> {
         let mut latents: Vec<(u64, f64, u64)> = Vec::with_capacity(order.iter().map(|&t| histogram.topologies[t].len()).sum());
+        // Whether a latent is a burst's, which claims its own rank.
+        let mut claims: Vec<bool> = Vec::with_capacity(latents.capacity());
         let (mut own, mut families): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
         for (i, (&t, &start)) in order.iter().zip(starts).enumerate() {
             let bucket = self.bucket(start);
@@ -1096,15 +1237,25 @@ impl<'a> TimingTables<'a> {
             let effects = self.model.nodes.get(t);
             for (k, &(value_key, _)) in keys.iter().enumerate() {
                 let z = own[k];
-                let z = match effects.map(|e| e[k]) {
-                    Some(e) => dequantize(e >> 4, -LOCATION_RANGE, LOCATION_RANGE) + dequantize(e, SPREAD_MIN, SPREAD_MAX) * z,
-                    None => z,
+                let burst = self.burst(bucket, value_key);
+                let z = if let Some(b) = burst {
+                    // The cell's own distribution stands in for the node's
+                    // spread and the service's time effect.
+                    effects.map_or(0.0, |e| dequantize(e[k] >> 4, -LOCATION_RANGE, LOCATION_RANGE)) + b.score(normal_cdf(z))
+                } else {
+                    let z = match effects.map(|e| e[k]) {
+                        Some(e) => {
+                            dequantize(e >> 4, -LOCATION_RANGE, LOCATION_RANGE) + dequantize(e, SPREAD_MIN, SPREAD_MAX) * z
+                        }
+                        None => z,
+                    };
+                    let service = self.keys.service_of[topology.labels[k] as usize];
+                    z + time_effect(&self.model.times, self.keys.services, bucket, service)
                 };
-                let service = self.keys.service_of[topology.labels[k] as usize];
-                let z = z + time_effect(&self.model.times, self.keys.services, bucket, service);
                 let (starts, _) = &self.values[value_key as usize];
                 let group = u64::from(value_key) << 8 | starts.partition_point(|&s| s <= bucket) as u64;
                 latents.push((group, z, rng.random()));
+                claims.push(burst.is_some());
             }
             // Leads after values: a lead follows its parent's rank by its coupling.
             for (k, &(_, lead_key)) in keys.iter().enumerate() {
@@ -1116,9 +1267,12 @@ impl<'a> TimingTables<'a> {
                     }
                     _ => noise,
                 };
+                let burst = self.burst(bucket, self.keys.values as u32 + lead_key);
+                let z = burst.map_or(z, |b| b.score(normal_cdf(z)));
                 let (starts, _) = &self.leads[lead_key as usize];
                 let group = LEAD_GROUP | u64::from(lead_key) << 8 | starts.partition_point(|&s| s <= bucket) as u64;
                 latents.push((group, z, rng.random()));
+                claims.push(burst.is_some());
             }
         }
         let mut sorted: Vec<u32> = (0..latents.len() as u32).collect();
@@ -1129,12 +1283,24 @@ impl<'a> TimingTables<'a> {
         let mut u = vec![0.0f64; latents.len()];
         for run in sorted.chunk_by(|&a, &b| latents[a as usize].0 == latents[b as usize].0) {
             let n = run.len() as f64;
+            if run.iter().any(|&i| claims[i as usize]) {
+                claimed_ranks(run, &latents, &claims, &mut u);
+                continue;
+            }
             for (r, &i) in run.iter().enumerate() {
                 u[i as usize] = (r as f64 + 0.5) / n;
             }
         }
         let mut u = u.into_iter();
         order.iter().map(|&t| u.by_ref().take(2 * histogram.topologies[t].len()).collect()).collect()
+    }
+
+    /// The burst of `key` in `bucket`, if it has one.
+    fn burst(&self, bucket: u32, key: u32) -> Option<&Burst> {
+        if self.bursts.is_empty() {
+            return None;
+        }
+        self.bursts.get(&(bucket, key))
     }
 
     fn bucket(&self, start: u64) -> u32 {
@@ -1309,6 +1475,31 @@ impl<'a> TimingTables<'a> {
     }
 }
 
+/// The ranks of one sketch's latents (`run`, sorted by score) when bursts
+/// are among them: each burst latent takes the rank its score asks for (the
+/// free one nearest above, as they come in order), and the others fill the
+/// rest in order. So a burst's cell gets the values its distribution says
+/// while the sketch still hands out each of its values once.
+fn claimed_ranks(run: &[u32], latents: &[(u64, f64, u64)], claims: &[bool], u: &mut [f64]) {
+    let n = run.len();
+    let mut taken = vec![false; n];
+    let bursts: Vec<u32> = run.iter().copied().filter(|&i| claims[i as usize]).collect();
+    let mut next = 0usize;
+    for (j, &i) in bursts.iter().enumerate() {
+        let wanted = (normal_cdf(latents[i as usize].1) * n as f64) as usize;
+        // Leave room above for the bursts still to come.
+        let slot = wanted.max(next).min(n - (bursts.len() - j));
+        taken[slot] = true;
+        u[i as usize] = (slot as f64 + 0.5) / n as f64;
+        next = slot + 1;
+    }
+    let mut free = (0..n).filter(|&s| !taken[s]);
+    for &i in run.iter().filter(|&&i| !claims[i as usize]) {
+        let slot = free.next().unwrap_or(n - 1);
+        u[i as usize] = (slot as f64 + 0.5) / n as f64;
+    }
+}
+
 /// Normal scores of `values` within groups, ties broken by `rng`: turns a
 /// CTGAN's generated durations into the noise [`TimingTables::compose`] reads.
 pub fn group_scores(values: &[f64], groups: &[u64], rng: &mut StdRng) -> Vec<f64> {
@@ -1334,4 +1525,44 @@ pub fn group_scores(values: &[f64], groups: &[u64], rng: &mut StdRng) -> Vec<f64
 /// A fresh seeded generator for composing traces.
 pub fn timing_rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ 0x7469_6d69_6e67)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_gives_back_its_tail_shares() {
+        // A quarter of the cell above 1.96 (where a calm cell has 2.5%).
+        let burst = Burst { bucket: 0, key: 0, below: [0, 0, 13, 64, 128, 170, 191] };
+        let scores: Vec<f64> = (0..1000).map(|i| burst.score((f64::from(i) + 0.5) / 1000.0)).collect();
+        assert!(scores.windows(2).all(|w| w[0] <= w[1]), "monotone");
+        let above = scores.iter().filter(|&&z| z > 1.96).count();
+        assert!((245..=255).contains(&above), "{above} of 1000 above 1.96");
+        let below = scores.iter().filter(|&&z| z < 0.0).count();
+        assert!((245..=255).contains(&below), "{below} of 1000 below 0");
+        assert!(scores.iter().all(|z| z.is_finite()));
+    }
+
+    #[test]
+    fn calm_and_stormy_cells_are_told_apart() {
+        let calm: Vec<f64> = (0..40).map(|i| normal_quantile((f64::from(i) + 0.5) / 40.0)).collect();
+        assert!(burst_evidence(&calm) < 1.0, "{}", burst_evidence(&calm));
+        // 9 calls of 9 in the top 10% of their key.
+        let storm = [1.46, 1.47, 1.52, 1.54, 1.6, 1.68, 1.7, 2.07, 2.69];
+        assert!(burst_evidence(&storm) > BURST_EVIDENCE, "{}", burst_evidence(&storm));
+    }
+
+    #[test]
+    fn bursts_claim_their_ranks_and_the_rest_fill_in() {
+        // Six latents of one sketch, sorted by score; the two bursts ask
+        // for the top (normal score 3: slot 5) and the middle (0: slot 3).
+        let latents = [(0, -1.0, 0), (0, -0.5, 1), (0, 0.0, 2), (0, 0.2, 3), (0, 0.4, 4), (0, 3.0, 5)];
+        let claims = [false, false, true, false, false, true];
+        let run: Vec<u32> = (0..6).collect();
+        let mut u = vec![0.0; 6];
+        claimed_ranks(&run, &latents, &claims, &mut u);
+        let slots: Vec<usize> = u.iter().map(|u| (u * 6.0) as usize).collect();
+        assert_eq!(slots, vec![0, 1, 3, 2, 4, 5]);
+    }
 }
