@@ -295,7 +295,7 @@ mod bench {
         let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         let methods = r["methods"].as_array().unwrap();
         let names: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
-        assert_eq!(names.len(), 11, "{names:?}");
+        assert_eq!(names.len(), 12, "{names:?}");
         assert!(names[0].starts_with("gent") && names.contains(&"head 1:15 + gzip") && names.contains(&"lossless zstd"));
         // Head sampling at gent's bytes, named and scored.
         let equal = &r["equal_bytes_head"];
@@ -314,6 +314,10 @@ mod bench {
         assert!(h100["bytes"].as_f64() < h5["bytes"].as_f64());
         assert!(h100["fidelity"].as_f64() < h5["fidelity"].as_f64());
         assert!(r["gent_matches_head"].is_array() && r["gent_smaller_than_head"].is_array());
+        // The reference: one half of the real traces against the other scores
+        // well but not perfectly, about as well as 1:5 head sampling here.
+        let halves = by("real, half against half (reference)")["fidelity"].as_f64().unwrap();
+        assert!(halves > 0.7 && halves < 0.99, "{halves}");
         let html = std::fs::read_to_string(&report).unwrap();
         assert!(html.contains("<svg") && html.contains("head 1:15"), "the table and the plots");
         assert!(!html.contains("<script") && !html.contains("src=\"http"), "self-contained");

@@ -12,6 +12,8 @@
 //!   1% of the rest): gzip OTLP of the kept traces, counts scaled by
 //!   all traces / kept traces;
 //! * lossless: every span as gzip or zstd OTLP protobuf (fidelity 1);
+//! * a reference: one random half of the real traces scored against the
+//!   other, what an independent sample of the same traffic scores;
 //! * head sampling at the rate whose gzip bytes equal gent's packet, the
 //!   comparison that says whether gent pays for itself.
 
@@ -184,6 +186,9 @@ pub fn run(
         methods.push(runs.result(name.into(), full.gzip, &prices, cores));
     }
 
+    progress("real against real");
+    methods.push(halves(real, full.gzip, &prices, cores)?);
+
     let rate = equal_bytes_rate(&methods);
     progress(&format!("head 1:{rate} (gent's bytes)"));
     let same = head(real, &reference, rate, full.gzip, &prices, cores)?;
@@ -234,6 +239,33 @@ fn head(
         runs.scores.push(reference.evaluate_any(&set(kept), n as f64)?);
     }
     Ok(runs.result(format!("head 1:{n} + gzip"), gzip, prices, cores))
+}
+
+/// Seeded splits the real-against-real reference averages over.
+const HALVES_SEEDS: u64 = 3;
+
+/// A reference, not a method: one random half of the window's traces scored
+/// against the other half (counts scaled by their sizes), over
+/// [`HALVES_SEEDS`] splits. It is what an independent sample of the same
+/// traffic scores, so no model that does not copy the real traces can be
+/// expected to do much better (a whole-window sample would do somewhat
+/// better than a half: its sampling noise is about 1/√2 of a half's).
+fn halves(real: &TraceSet, gzip: u64, prices: &Prices, cores: f64) -> Result<MethodResult, BenchError> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut runs = Runs { bytes: Vec::new(), seconds: Vec::new(), scores: Vec::new() };
+    for seed in 0..HALVES_SEEDS {
+        let mut order: Vec<usize> = (0..real.traces.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        let (a, b) = order.split_at(order.len() / 2);
+        let pick = |ix: &[usize]| set(ix.iter().map(|&i| real.traces[i].clone()).collect());
+        let (a, b) = (pick(a), pick(b));
+        let reference = Reference::new(&a, Vec::new())?;
+        runs.bytes.push(wire_sizes(&b.traces)?.gzip as f64);
+        runs.seconds.push(0.0);
+        runs.scores.push(reference.evaluate_any(&b, a.traces.len() as f64 / b.traces.len().max(1) as f64)?);
+    }
+    Ok(runs.result("real, half against half (reference)".into(), gzip, prices, cores))
 }
 
 /// The head sampling rate whose bytes equal gent's packet: interpolated in
@@ -309,6 +341,7 @@ impl BenchReport {
                 .unwrap_or(&m.method)
                 .replace(" (f16)", "")
                 .replace("tail (errors, > p90 latency, 1%)", "tail")
+                .replace("real, half against half (reference)", "real ½")
         };
         let mut out = format!("{:<44}", "query");
         for m in &shown {
