@@ -173,7 +173,9 @@ fn decode(
                 return Err(format!("traces payload is larger than {MAX_TRACES_BYTES} bytes once inflated"));
             }
             let mut spans = Vec::new();
-            crate::io::read_proto(&raw, &mut spans).map_err(|e| format!("traces payload: {:?}: {}", e.position, e.reason))?;
+            let max = usize::try_from(max_spans).unwrap_or(usize::MAX);
+            crate::io::read_proto(&raw, &mut spans, max)
+                .map_err(|e| format!("traces payload: {:?}: {}", e.position, e.reason))?;
             if spans.len() as u64 > max_spans {
                 return Err(format!("traces payload holds {} spans, more than the limit of {max_spans} per window", spans.len()));
             }

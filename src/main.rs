@@ -28,7 +28,18 @@ use gent::trace::{self, Stats};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Most decompressed bytes of all input files one command reads (about
+    /// 5× this in memory at worst).
+    #[arg(long, global = true, default_value_t = io::DEFAULT_MAX_INPUT_BYTES)]
+    max_input_bytes: u64,
+    /// Most spans one command reads from input files (about 600 bytes of
+    /// memory each).
+    #[arg(long, global = true, default_value_t = io::DEFAULT_MAX_INPUT_SPANS)]
+    max_input_spans: usize,
 }
+
+/// The command line's bounds on reading input files, set once at start.
+static READ_LIMITS: std::sync::OnceLock<io::ReadLimits> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -492,6 +503,7 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    let _ = READ_LIMITS.set(io::ReadLimits { bytes: cli.max_input_bytes, spans: cli.max_input_spans });
     let result = match cli.command {
         Command::Stats { inputs, format, json } => stats(&inputs, format, json),
         Command::Convert { inputs, out, to, format, json } => convert(&inputs, &out, to, format, json),
@@ -581,7 +593,8 @@ struct StatsReport {
 }
 
 fn read(inputs: &[PathBuf], format: Option<Format>) -> Result<(trace::TraceSet, io::Input), Failure> {
-    let mut input = io::read_inputs(inputs, format)?;
+    let limits = READ_LIMITS.get().copied().unwrap_or_default();
+    let mut input = io::read_inputs_within(inputs, format, limits)?;
     let set = trace::assemble(std::mem::take(&mut input.spans));
     let d = &set.defects;
     if d.duplicate_spans + d.conflicting_duplicates + d.cycles + d.end_before_start > 0 {
@@ -1215,8 +1228,24 @@ struct TrainReport {
     budget: Option<gent::gent::Budget>,
 }
 
+/// A packet, model or query file, whole, within `--max-input-bytes`.
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))
+    use std::io::Read;
+    let limit = READ_LIMITS.get().copied().unwrap_or_default().bytes;
+    let file = std::fs::File::open(path).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
+    // Sized from the file's length when it has one (a pipe reads as 0), refused before reading when it is over.
+    let length = file.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::with_capacity(length.min(limit.saturating_add(1)) as usize);
+    file.take(if length > limit { 0 } else { limit.saturating_add(1) })
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
+    if length > limit || bytes.len() as u64 > limit {
+        return Err(Failure::BadInput(format!(
+            "{}: larger than {limit} bytes; raise --max-input-bytes if it is meant to be read",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 fn device(backend: Backend) -> Result<burn::tensor::Device, Failure> {

@@ -305,3 +305,74 @@ fn a_bad_file_inside_a_folder_is_named_too() {
 fn nth_line_start(text: &[u8], n: usize) -> usize {
     text.iter().enumerate().filter(|&(_, &b)| b == b'\n').nth(n - 1).map(|(i, _)| i + 1).unwrap()
 }
+
+/// Largest peak resident memory of any child process this test binary has
+/// waited for, in MiB (Linux: `ru_maxrss` is in KiB).
+fn children_peak_mib() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+/// Gzip that inflates to at least `size` bytes of `line` repeated.
+fn bomb(line: &[u8], size: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut written = 0;
+    let block: Vec<u8> = line.iter().copied().cycle().take(1 << 16).collect();
+    while written < size {
+        gz.write_all(&block).unwrap();
+        written += block.len();
+    }
+    gz.finish().unwrap()
+}
+
+#[test]
+fn bombs_are_refused_within_bounded_memory() {
+    // Found by an outside probe: a 4.4 MB gzip file took `gent stats` to
+    // 6.7–9.2 GB before the 4 GiB cap refused it, and a gzip CSV of tiny rows
+    // to 3.0 GB.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 1 GiB of zeros: over the default 128 MiB of decompressed input.
+    let zeros = write(d, "zeros.gz", &bomb(&[0], 1 << 30));
+    let r = stats_of(&zeros);
+    assert_bad_input(&r, &zeros, "", "--max-input-bytes");
+    // 520k tiny valid spans in 67 MB of CSV: over the default 500,000 spans.
+    let mut csv = b"TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n".to_vec();
+    for i in 1..=520_000u64 {
+        csv.extend_from_slice(
+            format!("{:032x},{i:016x},root,p-1-2,x,{},{},1\n", i, 1_700_000_000_000_000_000 + i, 1_700_000_000_000_001_000 + i)
+                .as_bytes(),
+        );
+    }
+    let rows = write(d, "rows.csv", &csv);
+    assert_bad_input(&stats_of(&rows), &rows, "line 500002", "more than 500000 spans (--max-input-spans)");
+    let peak = children_peak_mib();
+    println!("peak RSS of any `gent stats` here: {peak:.0} MiB");
+    assert!(peak < 512.0, "{peak:.0} MiB");
+    // Raised limits read it.
+    let r = run(&["--max-input-spans".as_ref(), "1000000".as_ref(), "stats".as_ref(), rows.as_os_str()]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}
+
+#[test]
+fn every_reader_stops_at_its_span_limit() {
+    let mut files = fixtures();
+    files.push((data("trainticket/12_00_trace.csv.gz"), Format::SpanCsv));
+    files.push((data("alibaba/callgraphs_train.txt"), Format::Alibaba));
+    for (path, format) in files {
+        let bytes = decompressed(&path);
+        let mut all = Vec::new();
+        io::decode(&bytes, format, &mut all).unwrap();
+        let n = all.len();
+        if n < 2 {
+            continue;
+        }
+        let mut spans = Vec::new();
+        io::decode_within(&bytes, format, &mut spans, n).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        let e = io::decode_within(&bytes, format, &mut Vec::new(), n - 1).unwrap_err();
+        assert!(e.reason.contains(&format!("more than {} spans", n - 1)), "{}: {}", path.display(), e.reason);
+    }
+}

@@ -233,10 +233,7 @@ async fn bad_requests_get_their_status_are_counted_and_the_daemon_keeps_serving(
     // be answered before it is all sent, and the client then sees the
     // connection close instead of the 413. The gzip one is over the limit
     // only once decompressed.
-    let over = (1..50)
-        .map(|k| requests(&traces, k * 50).remove(0).encode_to_vec())
-        .find(|b| b.len() > 80 << 10)
-        .unwrap();
+    let over = (1..50).map(|k| requests(&traces, k * 50).remove(0).encode_to_vec()).find(|b| b.len() > 80 << 10).unwrap();
     assert_eq!(post("application/x-protobuf", over.clone()).await.unwrap().status(), 413);
     let zipped = gzip(&over);
     assert!(zipped.len() < 64 << 10, "{} compressed bytes", zipped.len());

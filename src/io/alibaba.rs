@@ -36,7 +36,7 @@ struct Graph {
     synthetic: bool,
 }
 
-pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
+pub fn read(text: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseError> {
     let text =
         std::str::from_utf8(text).map_err(|e| ParseError::new(Position::Byte(e.valid_up_to() as u64), "not UTF-8 text"))?;
     let scope = Arc::new(Scope::default());
@@ -53,6 +53,9 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
         } else if line.starts_with('(') {
             let graph = graph.as_mut().ok_or_else(|| ParseError::new(position, format!("edge before any {HEADER} line")))?;
             let span = parse_edge(line, graph, &scope).map_err(|e| ParseError::new(position, e))?;
+            if out.len() >= max {
+                return Err(ParseError::new(position, format!("more than {max} spans (--max-input-spans)")));
+            }
             out.push(span);
         } else if !(line.is_empty() || line == "<edges>" || line == "</edges>") {
             return Err(ParseError::new(position, format!("unexpected line {:?}", shorten(line))));
@@ -216,7 +219,7 @@ mod tests {
             (destination is MS_2,type is rpc,communication starts at 1 milliseconds,edge_id is 0.1,source is MS_1,communication finishes at 3 milliseconds)\n\
             </edges>\n";
         let mut spans = Vec::new();
-        read(text.as_bytes(), &mut spans).unwrap();
+        read(text.as_bytes(), &mut spans, usize::MAX).unwrap();
         assert_eq!(spans.len(), 2);
         assert_eq!(spans[1].parent_span_id, Some(spans[0].span_id));
         assert_eq!(spans[1].service(), "MS_2");
@@ -227,7 +230,7 @@ mod tests {
     #[test]
     fn malformed_edges_name_their_line() {
         let text = "[GENERATE GRAPH]id:S_1\n<edges>\n(source is USER,edge_id is x.1,type is http)\n";
-        let err = read(text.as_bytes(), &mut Vec::new()).unwrap_err();
+        let err = read(text.as_bytes(), &mut Vec::new(), usize::MAX).unwrap_err();
         assert_eq!(err.position, Position::Line { line: 3, column: 1 });
         assert!(err.reason.contains("edge_id"));
     }

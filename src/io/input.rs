@@ -8,8 +8,28 @@ use super::{Format, IoError, ParseError, Position};
 use super::{alibaba, jaeger, otlp, span_csv, zipkin};
 use crate::trace::Span;
 
-/// Largest decompressed file accepted, so a gzip bomb cannot exhaust memory.
-pub const MAX_FILE_BYTES: u64 = 4 << 30;
+/// Default bound on the decompressed bytes of all files one command reads.
+pub const DEFAULT_MAX_INPUT_BYTES: u64 = 128 << 20;
+/// Default bound on the spans one command reads.
+pub const DEFAULT_MAX_INPUT_SPANS: usize = 500_000;
+
+/// What one reading of input files may hold, so that a gzip bomb or a file
+/// of millions of tiny spans is refused before it takes the machine's
+/// memory: the decompressed bytes of all files together (each file is
+/// inflated into memory whole, at most up to what is left), and the spans
+/// (checked after each file; a file's own spans are bounded by its bytes).
+/// Reading costs about 600 bytes of memory per span on top of the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    pub bytes: u64,
+    pub spans: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits { bytes: DEFAULT_MAX_INPUT_BYTES, spans: DEFAULT_MAX_INPUT_SPANS }
+    }
+}
 
 /// What a set of input paths yielded.
 #[derive(Debug, Default)]
@@ -28,11 +48,17 @@ pub struct Input {
 /// labels and notes beside their traces. A trace file that fails to decode is
 /// always an error.
 pub fn read_inputs(paths: &[PathBuf], format: Option<Format>) -> Result<Input, IoError> {
+    read_inputs_within(paths, format, ReadLimits::default())
+}
+
+/// [`read_inputs`] within `limits`.
+pub fn read_inputs_within(paths: &[PathBuf], format: Option<Format>, limits: ReadLimits) -> Result<Input, IoError> {
     let mut input = Input::default();
+    let mut left = Left { limits, bytes: limits.bytes };
     for path in paths {
         if path.is_dir() {
             for file in files_below(path)? {
-                match read_file(&file, format, &mut input.spans) {
+                match read_within(&file, format, &mut input.spans, &mut left) {
                     Ok(found) => input.files.push((file, found)),
                     Err(IoError::Unrecognised { path }) => {
                         tracing::warn!(path = %path.display(), "skipped: not a trace file");
@@ -42,7 +68,7 @@ pub fn read_inputs(paths: &[PathBuf], format: Option<Format>) -> Result<Input, I
                 }
             }
         } else if path.exists() {
-            let found = read_file(path, format, &mut input.spans)?;
+            let found = read_within(path, format, &mut input.spans, &mut left)?;
             input.files.push((path.clone(), found));
         } else {
             return Err(IoError::Missing { path: path.clone() });
@@ -74,20 +100,49 @@ fn files_below(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
     Ok(files)
 }
 
-/// Reads one file (gzip or not) into `out`, returning the format it was read as.
+/// What is left of a reading's [`ReadLimits`].
+struct Left {
+    limits: ReadLimits,
+    bytes: u64,
+}
+
+/// Reads one file (gzip or not) into `out`, returning the format it was read
+/// as, within the default [`ReadLimits`].
 pub fn read_file(path: &Path, format: Option<Format>, out: &mut Vec<Span>) -> Result<Format, IoError> {
-    let raw = std::fs::read(path).map_err(|source| IoError::Read { path: path.into(), source })?;
-    let bytes = gunzip(raw).map_err(|e| match e {
-        GunzipError::TooLarge => IoError::TooLarge { path: path.into(), limit: MAX_FILE_BYTES },
+    let limits = ReadLimits::default();
+    read_within(path, format, out, &mut Left { limits, bytes: limits.bytes })
+}
+
+fn read_within(path: &Path, format: Option<Format>, out: &mut Vec<Span>, left: &mut Left) -> Result<Format, IoError> {
+    let too_large = || IoError::TooLarge { path: path.into(), limit: left.limits.bytes };
+    let file = std::fs::File::open(path).map_err(|source| IoError::Read { path: path.into(), source })?;
+    // A file longer than what is left is refused unread (a pipe's length reads as 0).
+    let length = file.metadata().map_or(0, |m| m.len());
+    if length > left.bytes {
+        return Err(too_large());
+    }
+    let mut raw = Vec::with_capacity(length as usize);
+    file.take(left.bytes + 1).read_to_end(&mut raw).map_err(|source| IoError::Read { path: path.into(), source })?;
+    if raw.len() as u64 > left.bytes {
+        return Err(too_large());
+    }
+    let bytes = gunzip(raw, left.bytes).map_err(|e| match e {
+        GunzipError::TooLarge => too_large(),
         GunzipError::Corrupt(e) => IoError::Gzip { path: path.into(), position: e.position, reason: e.reason },
     })?;
-    let format = match format.or_else(|| sniff(&bytes)) {
+    left.bytes -= bytes.len() as u64;
+    read_bytes(path, &bytes, format, out, left.limits.spans)
+}
+
+/// Decodes one file's decompressed `bytes` into `out`, which may hold at most `max` spans.
+fn read_bytes(path: &Path, bytes: &[u8], format: Option<Format>, out: &mut Vec<Span>, max: usize) -> Result<Format, IoError> {
+    let format = match format.or_else(|| sniff(bytes)) {
         Some(f) => f,
         None if bytes.iter().all(u8::is_ascii_whitespace) => return Ok(Format::OtlpJson),
         None => return Err(IoError::Unrecognised { path: path.into() }),
     };
     let before = out.len();
-    decode(&bytes, format, out).map_err(|e| {
+    decode_within(bytes, format, out, max).map_err(|e| {
         out.truncate(before);
         IoError::Parse { path: path.into(), format, position: e.position, reason: e.reason }
     })?;
@@ -99,18 +154,18 @@ enum GunzipError {
     Corrupt(ParseError),
 }
 
-/// Decompresses gzip (recognised by its magic bytes, whatever the file is called);
-/// other content passes through untouched.
-fn gunzip(raw: Vec<u8>) -> Result<Vec<u8>, GunzipError> {
+/// Decompresses gzip (recognised by its magic bytes, whatever the file is called)
+/// to at most `limit` bytes; other content passes through untouched.
+fn gunzip(raw: Vec<u8>, limit: u64) -> Result<Vec<u8>, GunzipError> {
     if !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(raw);
     }
     let mut compressed: &[u8] = &raw;
-    let mut text = Vec::with_capacity(raw.len() * 6);
+    let mut text = Vec::with_capacity((raw.len() * 6).min(limit as usize));
     let decoder = flate2::read::MultiGzDecoder::new(&mut compressed);
-    let result = decoder.take(MAX_FILE_BYTES + 1).read_to_end(&mut text);
+    let result = decoder.take(limit + 1).read_to_end(&mut text);
     match result {
-        Ok(n) if n as u64 > MAX_FILE_BYTES => Err(GunzipError::TooLarge),
+        Ok(n) if n as u64 > limit => Err(GunzipError::TooLarge),
         Ok(_) => Ok(text),
         Err(e) => {
             // The decoder reads ahead through a buffer, so this is where the
@@ -126,13 +181,18 @@ fn gunzip(raw: Vec<u8>) -> Result<Vec<u8>, GunzipError> {
 
 /// Decodes an in-memory (decompressed) file of a known format into `out`.
 pub fn decode(bytes: &[u8], format: Format, out: &mut Vec<Span>) -> Result<(), ParseError> {
+    decode_within(bytes, format, out, usize::MAX)
+}
+
+/// [`decode`], failing before `out` holds more than `max` spans.
+pub fn decode_within(bytes: &[u8], format: Format, out: &mut Vec<Span>, max: usize) -> Result<(), ParseError> {
     match format {
-        Format::OtlpProto => otlp::read_proto(bytes, out),
-        Format::OtlpJson => otlp::read_json(bytes, out),
-        Format::Jaeger => jaeger::read(bytes, out),
-        Format::Zipkin => zipkin::read(bytes, out),
-        Format::SpanCsv => span_csv::read(bytes, out),
-        Format::Alibaba => alibaba::read(bytes, out),
+        Format::OtlpProto => otlp::read_proto(bytes, out, max),
+        Format::OtlpJson => otlp::read_json(bytes, out, max),
+        Format::Jaeger => jaeger::read(bytes, out, max),
+        Format::Zipkin => zipkin::read(bytes, out, max),
+        Format::SpanCsv => span_csv::read(bytes, out, max),
+        Format::Alibaba => alibaba::read(bytes, out, max),
     }
 }
 
@@ -183,12 +243,13 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(&b"hello world ".repeat(1000)).unwrap();
         let gz = enc.finish().unwrap();
-        assert_eq!(gunzip(gz.clone()).ok().unwrap().len(), 12_000);
+        assert_eq!(gunzip(gz.clone(), 1 << 20).ok().unwrap().len(), 12_000);
+        assert!(matches!(gunzip(gz.clone(), 11_999), Err(GunzipError::TooLarge)));
         let cut = gz[..gz.len() / 2].to_vec();
-        match gunzip(cut) {
+        match gunzip(cut, 1 << 20) {
             Err(GunzipError::Corrupt(e)) => assert!(matches!(e.position, Position::Byte(_))),
             _ => panic!("a truncated gzip stream must fail"),
         }
-        assert_eq!(gunzip(b"plain".to_vec()).ok().unwrap(), b"plain");
+        assert_eq!(gunzip(b"plain".to_vec(), 1 << 20).ok().unwrap(), b"plain");
     }
 }

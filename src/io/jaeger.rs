@@ -89,7 +89,7 @@ struct Log {
     fields: Vec<Tag>,
 }
 
-pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
+pub fn read(text: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseError> {
     let file: File = parse_all(text)?;
     for raw_trace in file.data {
         let trace: TraceIn = parse_element(text, raw_trace)?;
@@ -108,6 +108,9 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
                 }
             };
             let span = convert(span, resource).map_err(|e| error_at(text, raw_span, e))?;
+            if out.len() >= max {
+                return Err(error_at(text, raw_span, format!("more than {max} spans (--max-input-spans)")));
+            }
             out.push(span);
         }
     }

@@ -15,7 +15,10 @@ mod zipkin;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use input::{Input, MAX_FILE_BYTES, decode, read_file, read_inputs, sniff};
+pub use input::{
+    DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_INPUT_SPANS, Input, ReadLimits, decode, decode_within, read_file, read_inputs,
+    read_inputs_within, sniff,
+};
 pub use otlp::{
     SNAKE_CASE, read_proto, resource_from_otlp, scope_from_otlp, snake_case_spans, span_from_otlp, spans_from_request, to_request,
 };
@@ -114,7 +117,10 @@ pub enum IoError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: cannot write: {source}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("{path}: larger than {limit} bytes once decompressed; split it into smaller files")]
+    #[error(
+        "{path}: the input is larger than {limit} bytes once decompressed (all files together); \
+         raise --max-input-bytes or read fewer files at once"
+    )]
     TooLarge { path: PathBuf, limit: u64 },
     #[error(
         "{path}: format not recognised (expected OTLP protobuf or JSON, Jaeger JSON, Zipkin v2 \

@@ -21,9 +21,14 @@ const SERVICE_NAME: &str = "service.name";
 /// Converts a decoded export request into spans, appending to `out`. On error
 /// nothing is appended; the message names the offending span by its path.
 pub fn spans_from_request(request: ExportTraceServiceRequest, out: &mut Vec<Span>) -> Result<(), String> {
+    spans_from_request_within(request, out, usize::MAX)
+}
+
+/// [`spans_from_request`], failing once `out` would hold more than `max` spans.
+pub fn spans_from_request_within(request: ExportTraceServiceRequest, out: &mut Vec<Span>, max: usize) -> Result<(), String> {
     let before = out.len();
     for (i, rs) in request.resource_spans.into_iter().enumerate() {
-        if let Err(e) = spans_from_resource_spans(rs, out) {
+        if let Err(e) = spans_from_resource_spans(rs, out, max) {
             out.truncate(before);
             return Err(format!("resourceSpans[{i}].{e}"));
         }
@@ -31,12 +36,15 @@ pub fn spans_from_request(request: ExportTraceServiceRequest, out: &mut Vec<Span
     Ok(())
 }
 
-fn spans_from_resource_spans(rs: ResourceSpans, out: &mut Vec<Span>) -> Result<(), String> {
+fn spans_from_resource_spans(rs: ResourceSpans, out: &mut Vec<Span>, max: usize) -> Result<(), String> {
     let resource = resource_from_otlp(rs.resource.unwrap_or_default());
     for (j, ss) in rs.scope_spans.into_iter().enumerate() {
         let scope = scope_from_otlp(ss.scope);
         for (k, span) in ss.spans.into_iter().enumerate() {
             let span = span_from_otlp(span, &resource, &scope).map_err(|e| format!("scopeSpans[{j}].spans[{k}]: {e}"))?;
+            if out.len() >= max {
+                return Err(format!("scopeSpans[{j}].spans[{k}]: more than {max} spans (--max-input-spans)"));
+            }
             out.push(span);
         }
     }
@@ -168,10 +176,10 @@ pub(super) fn string_attribute(key: &str, value: &str) -> KeyValue {
 /// Reads one protobuf `ExportTraceServiceRequest` (or `TracesData`: same field 1).
 /// A file is all or nothing: the first span with an invalid id fails it, at the
 /// byte offset of that span.
-pub fn read_proto(bytes: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
+pub fn read_proto(bytes: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseError> {
     let before = out.len();
     let mut first_invalid = None;
-    let decoded = super::otlp_wire::decode_request(bytes, out, &mut |offset, reason| {
+    let decoded = super::otlp_wire::decode_request_within(bytes, out, max, &mut |offset, reason| {
         first_invalid.get_or_insert((offset, reason));
     });
     let error = match (decoded, first_invalid) {
@@ -190,7 +198,7 @@ pub fn read_proto(bytes: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
 
 /// Reads OTLP JSON: a single request object, or several (JSON lines as the
 /// Collector's file exporter writes them, or simply concatenated).
-pub fn read_json(bytes: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
+pub fn read_json(bytes: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseError> {
     let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<ExportTraceServiceRequest>();
     loop {
         let start = stream.byte_offset();
@@ -201,7 +209,7 @@ pub fn read_json(bytes: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
         let start = start + bytes[start..].iter().take_while(|b| b.is_ascii_whitespace()).count();
         let at = |reason| ParseError::new(Position::of_offset(bytes, start), reason);
         let before = out.len();
-        spans_from_request(request, out).map_err(at)?;
+        spans_from_request_within(request, out, max).map_err(at)?;
         // Unknown fields are ignored by the OTLP JSON rules, so snake_case
         // names (protobuf's "preserve field names" output) would silently yield
         // nothing; refuse them instead of losing the spans.

@@ -113,15 +113,31 @@ fn message<M: Message + Default>(bytes: &[u8], offset: usize, what: &str) -> Res
 /// into `out`. A span with an invalid id is left out and its offset and reason
 /// handed to `invalid`; a malformed message fails whole, naming the byte offset.
 pub fn decode_request(buf: &[u8], out: &mut Vec<Span>, invalid: &mut dyn FnMut(usize, String)) -> Result<(), WireError> {
+    decode_request_within(buf, out, usize::MAX, invalid)
+}
+
+/// [`decode_request`], failing at the span that would make `out` hold more
+/// than `max` spans.
+pub fn decode_request_within(
+    buf: &[u8],
+    out: &mut Vec<Span>,
+    max: usize,
+    invalid: &mut dyn FnMut(usize, String),
+) -> Result<(), WireError> {
     for field in Fields::new(buf, 0) {
         if let (1, Value::Bytes(rs), offset) = field? {
-            resource_spans(rs, offset, out, invalid)?;
+            resource_spans(rs, offset, (out, max), invalid)?;
         }
     }
     Ok(())
 }
 
-fn resource_spans(buf: &[u8], base: usize, out: &mut Vec<Span>, invalid: &mut dyn FnMut(usize, String)) -> Result<(), WireError> {
+fn resource_spans(
+    buf: &[u8],
+    base: usize,
+    (out, max): (&mut Vec<Span>, usize),
+    invalid: &mut dyn FnMut(usize, String),
+) -> Result<(), WireError> {
     // Field order is not guaranteed on the wire: find the resource first.
     let mut resource = None;
     let mut scopes = Vec::new();
@@ -134,7 +150,7 @@ fn resource_spans(buf: &[u8], base: usize, out: &mut Vec<Span>, invalid: &mut dy
     }
     let resource = resource_from_otlp(resource.unwrap_or_default());
     for (ss, offset) in scopes {
-        scope_spans(ss, offset, &resource, out, invalid)?;
+        scope_spans(ss, offset, &resource, (&mut *out, max), invalid)?;
     }
     Ok(())
 }
@@ -143,7 +159,7 @@ fn scope_spans(
     buf: &[u8],
     base: usize,
     resource: &Arc<Resource>,
-    out: &mut Vec<Span>,
+    (out, max): (&mut Vec<Span>, usize),
     invalid: &mut dyn FnMut(usize, String),
 ) -> Result<(), WireError> {
     let mut scope = None;
@@ -156,6 +172,10 @@ fn scope_spans(
         }
     }
     let scope = scope_from_otlp(scope);
+    if out.len().saturating_add(spans.len()) > max {
+        let offset = spans.first().map_or(base, |s| s.1);
+        return Err(WireError { offset, reason: format!("more than {max} spans (--max-input-spans)") });
+    }
     out.reserve(spans.len());
     for (bytes, offset) in spans {
         match span(bytes, offset, resource, &scope)? {

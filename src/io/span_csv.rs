@@ -24,7 +24,7 @@ pub fn is_header(head: &[u8]) -> bool {
     COLUMNS.iter().all(|c| names.contains(c))
 }
 
-pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
+pub fn read(text: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text);
     let headers =
         reader.byte_headers().map_err(|e| ParseError::new(Position::Line { line: 1, column: 1 }, e.to_string()))?.clone();
@@ -50,6 +50,12 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
         let line = record.position().map_or(line, |p| p.line());
         let span = parse_row(&record, &index, &mut pods, &scope)
             .map_err(|reason| ParseError::new(Position::Line { line, column: 1 }, reason))?;
+        if out.len() >= max {
+            return Err(ParseError::new(
+                Position::Line { line, column: 1 },
+                format!("more than {max} spans (--max-input-spans)"),
+            ));
+        }
         out.push(span);
     }
 }
@@ -129,7 +135,7 @@ mod tests {
             04b0385e1feaf140061fb1ec80a57a73,ed5bfe495229b1cf,root,a-b-c,op,1,2,0\n\
             04b0385e1feaf140061fb1ec80a57a73,zz,root,a-b-c,op,1,2,0\n";
         let mut out = Vec::new();
-        let err = read(text, &mut out).unwrap_err();
+        let err = read(text, &mut out, usize::MAX).unwrap_err();
         assert_eq!(err.position, Position::Line { line: 3, column: 1 });
         assert!(err.reason.contains("SpanID"), "{}", err.reason);
     }

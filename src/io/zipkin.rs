@@ -65,7 +65,7 @@ struct Annotation {
     value: String,
 }
 
-pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
+pub fn read(text: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseError> {
     let raws: Vec<&RawValue> = parse_all(text)?;
     let mut parts = Vec::with_capacity(raws.len());
     for raw in raws {
@@ -83,6 +83,10 @@ pub fn read(text: &[u8], out: &mut Vec<Span>) -> Result<(), ParseError> {
         spans.push(span);
     }
     split_shared_spans(&mut spans, &shared);
+    // The document is parsed whole first, so its bytes bound what it holds.
+    if out.len().saturating_add(spans.len()) > max {
+        return Err(ParseError::new(super::Position::Byte(0), format!("more than {max} spans (--max-input-spans)")));
+    }
     out.extend(spans);
     Ok(())
 }
