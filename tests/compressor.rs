@@ -200,6 +200,11 @@ async fn bad_requests_get_their_status_are_counted_and_the_daemon_keeps_serving(
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert!(body["message"].as_str().unwrap().contains("undecodable OTLP JSON"), "{body}");
+    // A JSON array is not a request (serde would read `[]` as an empty one).
+    for not_an_object in [&b"[]"[..], b" [[]]", b"null"] {
+        let r = post("application/json", not_an_object.to_vec()).await.unwrap();
+        assert_eq!(r.status(), 400, "{}", String::from_utf8_lossy(not_an_object));
+    }
     // snake_case JSON would read as nothing: refused, not silently accepted.
     let snake = serde_json::to_string(&valid).unwrap().replace("resourceSpans", "resource_spans");
     let r = post("application/json", snake.into_bytes()).await.unwrap();
@@ -300,9 +305,9 @@ async fn bad_requests_get_their_status_are_counted_and_the_daemon_keeps_serving(
         let running = &running;
         async move { metric(running, &format!(r#"gent_refused_spans_total{{reason="{reason}"}}"#)).await }
     };
-    // HTTP garbage, truncated, invalid JSON, snake_case JSON, bad gzip; gRPC
-    // garbage, truncated.
-    assert_eq!(refused("decode_error").await, 7.0);
+    // HTTP garbage, truncated, invalid JSON, three JSON non-objects, snake_case
+    // JSON, bad gzip; gRPC garbage, truncated.
+    assert_eq!(refused("decode_error").await, 10.0);
     assert_eq!(refused("unsupported_media_type").await, 2.0);
     // HTTP plain and gzip, gRPC.
     assert_eq!(refused("too_large").await, 3.0);

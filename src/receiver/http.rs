@@ -120,6 +120,11 @@ async fn decode(ingest: &Ingest, headers: &HeaderMap, body: Body, encoding: Enco
         Encoding::Protobuf => Ok(Payload::Protobuf(bytes)),
         Encoding::Json => {
             let refuse = |message: String| (StatusCode::BAD_REQUEST, ingest.refuse_undecoded(RefusalReason::Decode, message));
+            // serde reads a struct from an array too (`[]` would be an empty
+            // request): the OTLP JSON encoding of a message is an object.
+            if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(refuse("undecodable OTLP JSON payload: not a JSON object".into()));
+            }
             let request: ExportTraceServiceRequest =
                 serde_json::from_slice(&bytes).map_err(|e| refuse(format!("undecodable OTLP JSON payload: {e}")))?;
             // Unknown (snake_case) names would otherwise be accepted as nothing.
