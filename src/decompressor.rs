@@ -175,10 +175,7 @@ fn decode(
             let mut spans = Vec::new();
             let max = usize::try_from(max_spans).unwrap_or(usize::MAX);
             crate::io::read_proto(&raw, &mut spans, max)
-                .map_err(|e| format!("traces payload: {:?}: {}", e.position, e.reason))?;
-            if spans.len() as u64 > max_spans {
-                return Err(format!("traces payload holds {} spans, more than the limit of {max_spans} per window", spans.len()));
-            }
+                .map_err(|e| format!("traces payload: {:?}: {} (link.max_window_spans)", e.position, e.reason))?;
             Ok(Decoded { traces: crate::trace::assemble(spans).traces, kind: "traces", clamped: 0 })
         }
         PayloadKind::Unspecified => Err("payload kind is unspecified".into()),

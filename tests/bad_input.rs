@@ -348,7 +348,7 @@ fn bombs_are_refused_within_bounded_memory() {
         );
     }
     let rows = write(d, "rows.csv", &csv);
-    assert_bad_input(&stats_of(&rows), &rows, "line 500002", "more than 500000 spans (--max-input-spans)");
+    assert_bad_input(&stats_of(&rows), &rows, "line 500002", "more than 500000 spans (raise --max-input-spans)");
     let peak = children_peak_mib();
     println!("peak RSS of any `gent stats` here: {peak:.0} MiB");
     assert!(peak < 512.0, "{peak:.0} MiB");

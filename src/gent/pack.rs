@@ -176,27 +176,15 @@ pub fn unpack_within(bytes: &[u8], device: &Device, max_spans: u64) -> Result<Un
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{Resource, Scope, Span, SpanKind, Status, Trace};
-    use std::sync::Arc;
+    use crate::trace::{Span, Trace};
 
     /// Traces of a root and one child, a second apart.
     fn traces(n: u8) -> Vec<Trace> {
         (0..n)
             .map(|t| {
                 let span = |id: u8, parent: Option<u8>, start: u64, end: u64| Span {
-                    trace_id: [t; 16],
-                    span_id: [id; 8],
-                    parent_span_id: parent.map(|p| [p; 8]),
-                    resource: Resource::new("svc", vec![]),
-                    scope: Arc::new(Scope::default()),
                     name: format!("op{id}"),
-                    kind: SpanKind::Server,
-                    status: Status::default(),
-                    start,
-                    end,
-                    attributes: vec![],
-                    events: vec![],
-                    links: vec![],
+                    ..crate::trace::test_span(t, id, parent, start, end)
                 };
                 let base = 1_700_000_000_000_000_000 + u64::from(t) * 1_000_000_000;
                 Trace {

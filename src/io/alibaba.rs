@@ -54,7 +54,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseErr
             let graph = graph.as_mut().ok_or_else(|| ParseError::new(position, format!("edge before any {HEADER} line")))?;
             let span = parse_edge(line, graph, &scope).map_err(|e| ParseError::new(position, e))?;
             if out.len() >= max {
-                return Err(ParseError::new(position, format!("more than {max} spans (--max-input-spans)")));
+                return Err(ParseError::new(position, super::too_many_spans(max)));
             }
             out.push(span);
         } else if !(line.is_empty() || line == "<edges>" || line == "</edges>") {

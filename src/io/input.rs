@@ -17,8 +17,8 @@ pub const DEFAULT_MAX_INPUT_SPANS: usize = 500_000;
 /// of millions of tiny spans is refused before it takes the machine's
 /// memory: the decompressed bytes of all files together (each file is
 /// inflated into memory whole, at most up to what is left), and the spans
-/// (checked after each file; a file's own spans are bounded by its bytes).
-/// Reading costs about 600 bytes of memory per span on top of the text.
+/// (every reader checks before it adds one). Reading costs about 600 bytes
+/// of memory per span on top of the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLimits {
     pub bytes: u64,
@@ -144,7 +144,11 @@ fn read_bytes(path: &Path, bytes: &[u8], format: Option<Format>, out: &mut Vec<S
     let before = out.len();
     decode_within(bytes, format, out, max).map_err(|e| {
         out.truncate(before);
-        IoError::Parse { path: path.into(), format, position: e.position, reason: e.reason }
+        let mut reason = e.reason;
+        if reason.ends_with(&super::too_many_spans(max)) {
+            reason.push_str(" (raise --max-input-spans)");
+        }
+        IoError::Parse { path: path.into(), format, position: e.position, reason }
     })?;
     Ok(format)
 }

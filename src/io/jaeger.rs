@@ -109,7 +109,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseErr
             };
             let span = convert(span, resource).map_err(|e| error_at(text, raw_span, e))?;
             if out.len() >= max {
-                return Err(error_at(text, raw_span, format!("more than {max} spans (--max-input-spans)")));
+                return Err(error_at(text, raw_span, super::too_many_spans(max)));
             }
             out.push(span);
         }

@@ -110,6 +110,11 @@ impl ParseError {
     }
 }
 
+/// What every reader says when its span limit stops it.
+pub fn too_many_spans(max: usize) -> String {
+    format!("more than {max} spans")
+}
+
 /// Errors of reading and writing trace files.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {

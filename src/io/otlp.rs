@@ -43,7 +43,7 @@ fn spans_from_resource_spans(rs: ResourceSpans, out: &mut Vec<Span>, max: usize)
         for (k, span) in ss.spans.into_iter().enumerate() {
             let span = span_from_otlp(span, &resource, &scope).map_err(|e| format!("scopeSpans[{j}].spans[{k}]: {e}"))?;
             if out.len() >= max {
-                return Err(format!("scopeSpans[{j}].spans[{k}]: more than {max} spans (--max-input-spans)"));
+                return Err(format!("scopeSpans[{j}].spans[{k}]: {}", super::too_many_spans(max)));
             }
             out.push(span);
         }

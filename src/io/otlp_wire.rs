@@ -174,7 +174,7 @@ fn scope_spans(
     let scope = scope_from_otlp(scope);
     if out.len().saturating_add(spans.len()) > max {
         let offset = spans.first().map_or(base, |s| s.1);
-        return Err(WireError { offset, reason: format!("more than {max} spans (--max-input-spans)") });
+        return Err(WireError { offset, reason: super::too_many_spans(max) });
     }
     out.reserve(spans.len());
     for (bytes, offset) in spans {

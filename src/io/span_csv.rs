@@ -51,10 +51,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseErr
         let span = parse_row(&record, &index, &mut pods, &scope)
             .map_err(|reason| ParseError::new(Position::Line { line, column: 1 }, reason))?;
         if out.len() >= max {
-            return Err(ParseError::new(
-                Position::Line { line, column: 1 },
-                format!("more than {max} spans (--max-input-spans)"),
-            ));
+            return Err(ParseError::new(Position::Line { line, column: 1 }, super::too_many_spans(max)));
         }
         out.push(span);
     }

@@ -85,7 +85,7 @@ pub fn read(text: &[u8], out: &mut Vec<Span>, max: usize) -> Result<(), ParseErr
     split_shared_spans(&mut spans, &shared);
     // The document is parsed whole first, so its bytes bound what it holds.
     if out.len().saturating_add(spans.len()) > max {
-        return Err(ParseError::new(super::Position::Byte(0), format!("more than {max} spans (--max-input-spans)")));
+        return Err(ParseError::new(super::Position::Byte(0), super::too_many_spans(max)));
     }
     out.extend(spans);
     Ok(())

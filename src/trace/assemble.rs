@@ -197,26 +197,7 @@ fn break_cycles(spans: &mut [Span]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::span::{Resource, Scope, SpanKind, Status};
-    use std::sync::Arc;
-
-    fn span(trace: u8, id: u8, parent: Option<u8>, start: u64, end: u64) -> Span {
-        Span {
-            trace_id: [trace; 16],
-            span_id: [id; 8],
-            parent_span_id: parent.map(|p| [p; 8]),
-            resource: Resource::new("svc", vec![]),
-            scope: Arc::new(Scope::default()),
-            name: "op".into(),
-            kind: SpanKind::Server,
-            status: Status::default(),
-            start,
-            end,
-            attributes: vec![],
-            events: vec![],
-            links: vec![],
-        }
-    }
+    use crate::trace::span::test_span as span;
 
     #[test]
     fn exact_duplicates_are_dropped_and_conflicts_rejected() {

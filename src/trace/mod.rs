@@ -10,6 +10,8 @@ mod stats;
 
 pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
 pub use graph::{TraceGraph, chains, topology_hash};
+#[cfg(test)]
+pub(crate) use span::test_span;
 pub use span::{
     Attributes, Resource, SYNTHETIC_ATTRIBUTE, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,
     UNKNOWN_SERVICE, head_keeps, synthetic_marker,

@@ -182,3 +182,23 @@ impl Trace {
         self.spans.iter().map(|s| s.end).max().unwrap_or(0)
     }
 }
+
+/// A minimal span for unit tests: service `svc`, name `op`, ids repeated bytes.
+#[cfg(test)]
+pub(crate) fn test_span(trace: u8, id: u8, parent: Option<u8>, start: u64, end: u64) -> Span {
+    Span {
+        trace_id: [trace; 16],
+        span_id: [id; 8],
+        parent_span_id: parent.map(|p| [p; 8]),
+        resource: Resource::new("svc", vec![]),
+        scope: Arc::new(Scope::default()),
+        name: "op".into(),
+        kind: SpanKind::Server,
+        status: Status::default(),
+        start,
+        end,
+        attributes: vec![],
+        events: vec![],
+        links: vec![],
+    }
+}
