@@ -6,7 +6,7 @@ COPY . .
 RUN cargo build --release --locked --bin gent
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/gent /usr/local/bin/gent
 COPY config /etc/gent
 # The bundled TrainTicket sample (see data/sample/SOURCE.md), traffic for `gent replay`.

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::CompressorConfig;
-use crate::metrics::{Metrics, MetricsError};
+use crate::metrics::{Metrics, MetricsError, Readiness};
 use crate::packet::link::ClientSettings;
 use crate::packet::sender::{self, SenderError, SenderSettings, Stop};
 use crate::packet::spool::Spool;
@@ -154,7 +154,10 @@ pub async fn start_with(
     if let Some(addr) = config.metrics.endpoint {
         let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
         metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-        metrics_server = Some(tokio::spawn(crate::metrics::serve(metrics.registry.clone(), listener, signal(&metrics_rx))));
+        let ready = readiness(stop_rx.clone(), budget.clone(), config.receiver.max_spans_per_request, link.as_ref());
+        let stats = metrics.connections.stats("metrics");
+        let serve = crate::metrics::serve(metrics.registry.clone(), ready, listener, stats, signal(&metrics_rx));
+        metrics_server = Some(tokio::spawn(serve));
     }
     tracing::info!(?grpc, ?http, metrics = ?metrics_addr, "compressor listening");
     Ok(Running {
@@ -170,6 +173,23 @@ pub async fn start_with(
         sink,
         metrics_server,
         link,
+    })
+}
+
+/// `/readyz` for the compressor. The receivers are bound before it serves; it is
+/// not ready while shutting down, while a full-size request would be refused for
+/// want of span budget, or while the spool cannot take a packet.
+fn readiness(stopping: watch::Receiver<bool>, budget: Budget, max_request: usize, link: Option<&Link>) -> Readiness {
+    let spool = link.map(|l| l.spool.clone());
+    Arc::new(move || {
+        if *stopping.borrow() {
+            return Err("shutting down".into());
+        }
+        let free = budget.free();
+        if free < max_request.min(budget.total()) {
+            return Err(format!("span budget spent ({} of {} spans held); retry later", budget.resident(), budget.total()));
+        }
+        spool.as_ref().map_or(Ok(()), |s| s.check_writable())
     })
 }
 
@@ -263,5 +283,25 @@ pub(crate) async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_while_stopping_or_without_room_for_a_full_request() {
+        let gauge = prometheus::IntGauge::new("resident", "test").unwrap();
+        let budget = Budget::new(100, gauge);
+        let (stop, stopping) = watch::channel(false);
+        let ready = readiness(stopping, budget.clone(), 40, None);
+        assert_eq!(ready(), Ok(()));
+        let held = budget.try_reserve(61).unwrap();
+        assert!(ready().unwrap_err().contains("span budget spent (61 of 100"), "{:?}", ready());
+        drop(held);
+        assert_eq!(ready(), Ok(()));
+        stop.send(true).unwrap();
+        assert_eq!(ready(), Err("shutting down".into()));
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::receiver::connections::ConnectionConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -304,6 +306,10 @@ pub struct LinkServerConfig {
     /// How many (producer, window) ids are remembered to acknowledge a repeated push
     /// without regenerating it again.
     pub remember_windows: usize,
+    /// Connection limits and timeouts; `request_timeout` covers regenerating and
+    /// exporting the window (default 10 minutes).
+    #[serde(default = "ConnectionConfig::link", deserialize_with = "ConnectionConfig::deserialize_link")]
+    pub connections: ConnectionConfig,
 }
 
 impl Default for LinkServerConfig {
@@ -318,6 +324,7 @@ impl Default for LinkServerConfig {
             max_window_spans: crate::gent::DEFAULT_MAX_SPANS,
             max_concurrent_pushes: 4,
             remember_windows: 100_000,
+            connections: ConnectionConfig::link(),
         }
     }
 }
@@ -425,6 +432,8 @@ pub struct ReceiverConfig {
     /// HTTP `Retry-After`).
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Connection limits and timeouts, for both gRPC and HTTP.
+    pub connections: ConnectionConfig,
 }
 
 impl Default for ReceiverConfig {
@@ -438,6 +447,7 @@ impl Default for ReceiverConfig {
             max_attributes_per_span: 128,
             max_attribute_value_bytes: 64 << 10,
             retry_after: Duration::from_secs(1),
+            connections: ConnectionConfig::default(),
         }
     }
 }
@@ -618,6 +628,7 @@ impl CompressorConfig {
         if r.grpc.is_none() && r.http.is_none() {
             return Err(("receiver", "grpc and http are both off: nothing could be received".into()));
         }
+        r.connections.validate().map_err(|reason| ("receiver.connections", reason))?;
         if let Some(p) = &self.pipeline {
             let f = &p.fidelity;
             if !(0.0..=1.0).contains(&f.floor) {
@@ -669,6 +680,7 @@ impl DecompressorConfig {
         if l.tls_cert_file.is_some() != l.tls_key_file.is_some() {
             return Err(("link.tls_cert_file", "tls_cert_file and tls_key_file go together".into()));
         }
+        l.connections.validate().map_err(|reason| ("link.connections", reason))?;
         self.validate_llm()?;
         let e = &self.exporters;
         for (field, exporter) in [("exporters.otlp_grpc", &e.otlp_grpc), ("exporters.otlp_http", &e.otlp_http)] {
@@ -730,6 +742,23 @@ mod tests {
         let path = Path::new("d.yaml");
         assert_eq!(DecompressorConfig::parse(shipped.as_bytes(), path).unwrap(), DecompressorConfig::default());
         assert_eq!(DecompressorConfig::parse(b"", path).unwrap(), DecompressorConfig::default());
+    }
+
+    #[test]
+    fn a_connections_section_written_in_part_keeps_its_servers_defaults() {
+        let d = |text: &str| DecompressorConfig::parse(text.as_bytes(), Path::new("d.yaml"));
+        let link = d("link:\n  connections:\n    idle_timeout: 5s\n    keepalive_interval: null\n").unwrap().link.connections;
+        assert_eq!(link.idle_timeout, Duration::from_secs(5));
+        assert_eq!(link.request_timeout, ConnectionConfig::link().request_timeout);
+        assert_eq!(link.keepalive_interval, None);
+        let e = d("link:\n  connections:\n    idle: 5s\n").unwrap_err().to_string();
+        assert!(e.contains("idle"), "{e}");
+        let e = d("link:\n  connections:\n    idle_timeout: 0s\n").unwrap_err().to_string();
+        assert!(e.contains("link.connections") && e.contains("idle_timeout"), "{e}");
+        let r = parse("receiver:\n  connections:\n    max_connections: 8\n").unwrap().receiver.connections;
+        assert_eq!((r.max_connections, r.request_timeout), (8, ConnectionConfig::default().request_timeout));
+        let e = parse("receiver:\n  connections:\n    max_connections: 0\n").unwrap_err().to_string();
+        assert!(e.contains("receiver.connections") && e.contains("max_connections"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::{ConfigError, DecompressorConfig, Engine};
 use crate::export::{self, ExportError, Exporter, WindowName};
-use crate::metrics::{DecompressorMetrics, MetricsError};
+use crate::metrics::{DecompressorMetrics, MetricsError, Readiness};
 use crate::packet::link::{self, LinkError, PacketService, PayloadKind, PushRequest, PushResponse};
 use crate::trace::Trace;
 
@@ -347,14 +347,25 @@ pub async fn start(
             Ok(request)
         }
     };
-    let limits = (config.link.max_packet_bytes, config.link.max_concurrent_pushes);
+    let limits = link::ServerLimits {
+        max_packet_bytes: config.link.max_packet_bytes,
+        max_concurrent: config.link.max_concurrent_pushes,
+        connections: config.link.connections.clone(),
+        stats: metrics.connections.stats("link"),
+    };
     let server = tokio::spawn(link::serve(handler, listener, tls, limits, admit, signal(&stop_rx)));
     let mut metrics_addr = None;
     let mut metrics_server = None;
     if let Some(addr) = config.metrics.endpoint {
         let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
         metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-        metrics_server = Some(tokio::spawn(crate::metrics::serve(metrics.registry.clone(), listener, signal(&stop_rx))));
+        // The link is bound before this serves; ready until shutdown begins.
+        let stopping = stop_rx.clone();
+        let ready: Readiness =
+            Arc::new(move || if *stopping.borrow() { Err("shutting down".into()) } else { Ok(()) });
+        let stats = metrics.connections.stats("metrics");
+        let serve = crate::metrics::serve(metrics.registry.clone(), ready, listener, stats, signal(&stop_rx));
+        metrics_server = Some(tokio::spawn(serve));
     }
     tracing::info!(link = %link_addr, metrics = ?metrics_addr, "decompressor listening");
     Ok(Running { link: link_addr, metrics_addr, metrics, stop, server, metrics_server })

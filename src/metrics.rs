@@ -3,7 +3,11 @@
 
 use std::net::SocketAddr;
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::receiver::connections::{self, ConnectionConfig, ConnectionStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -34,10 +38,12 @@ pub enum RefusalReason {
     QueueFull,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The request (its body, mostly) took longer than `request_timeout`.
+    Timeout,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 9] = [
+    pub const ALL: [RefusalReason; 10] = [
         RefusalReason::Decode,
         RefusalReason::TooLarge,
         RefusalReason::TooManySpans,
@@ -47,6 +53,7 @@ impl RefusalReason {
         RefusalReason::AttributeTooLarge,
         RefusalReason::QueueFull,
         RefusalReason::ShuttingDown,
+        RefusalReason::Timeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -60,6 +67,7 @@ impl RefusalReason {
             RefusalReason::AttributeTooLarge => "attribute_too_large",
             RefusalReason::QueueFull => "queue_full",
             RefusalReason::ShuttingDown => "shutting_down",
+            RefusalReason::Timeout => "timeout",
         }
     }
 }
@@ -99,6 +107,39 @@ pub struct Metrics {
     pub window_spans_total: IntCounter,
     /// The pipeline's half: training, packets, self-evaluation, the link.
     pub pipeline: PipelineMetrics,
+    pub connections: ConnectionMetrics,
+}
+
+/// The connections of every server a daemon runs, by `server`.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    open: IntGaugeVec,
+    idle_closed: IntCounterVec,
+}
+
+impl ConnectionMetrics {
+    fn new(r: &Reg, servers: &[&str]) -> Result<Self, MetricsError> {
+        let open = IntGaugeVec::new(Opts::new("gent_connections", "Connections open now, by server."), &["server"])?;
+        r.0.register(Box::new(open.clone()))?;
+        let idle_closed = r.counter_vec(
+            "gent_connections_idle_closed_total",
+            "Connections closed after idle_timeout with no request in flight, by server.",
+            "server",
+        )?;
+        let m = ConnectionMetrics { open, idle_closed };
+        for server in servers {
+            m.stats(server);
+        }
+        Ok(m)
+    }
+
+    /// The handles one server reports through.
+    pub fn stats(&self, server: &str) -> ConnectionStats {
+        ConnectionStats {
+            open: self.open.with_label_values(&[server]),
+            idle_closed: self.idle_closed.with_label_values(&[server]),
+        }
+    }
 }
 
 /// What the compressor does with closed windows.
@@ -150,6 +191,7 @@ pub struct DecompressorMetrics {
     pub regenerate_seconds: Histogram,
     /// Seconds from a window's close at the compressor to its export, last window.
     pub lag_seconds: Gauge,
+    pub connections: ConnectionMetrics,
 }
 
 impl DecompressorMetrics {
@@ -183,6 +225,7 @@ impl DecompressorMetrics {
             regenerate_seconds: r.histogram("gent_regenerate_seconds", "Seconds to verify and regenerate one window.", 0.01)?,
             lag_seconds: r
                 .gauge_f64("gent_lag_seconds", "Seconds from window close at the compressor to export, last window.")?,
+            connections: ConnectionMetrics::new(&r, &["link", "metrics"])?,
             registry,
         };
         for reason in ["unauthenticated", "invalid"] {
@@ -307,6 +350,7 @@ impl Metrics {
             sink_errors: counter("gent_sink_errors_total", "Closed windows the sink failed to take.")?,
             window_spans_total: counter("gent_window_spans_total", "Spans in closed windows.")?,
             pipeline,
+            connections: ConnectionMetrics::new(&r, &["grpc", "http", "metrics"])?,
             registry,
         };
         // Every reason is visible from the start, at zero.
@@ -331,19 +375,48 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` from `registry` until `shutdown` resolves.
+/// Whether a daemon can take work now: `Err` says why not (shutting down, span
+/// budget spent, spool not writable).
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves, until `shutdown` resolves:
+/// - `GET /metrics`: `registry` in Prometheus text format;
+/// - `GET /healthz`: 200 while the process serves (liveness);
+/// - `GET /readyz`: 200 when `ready` says so, else 503 with its reason (readiness).
 pub async fn serve(
     registry: Registry,
+    ready: Readiness,
     listener: tokio::net::TcpListener,
+    stats: ConnectionStats,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::http::{StatusCode, header::CONTENT_TYPE};
     use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&registry)) }
-        }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&registry)) }
+            }),
+        )
+        .route("/healthz", get(|| async { ([(CONTENT_TYPE, TEXT)], "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready() {
+                        Ok(()) => (StatusCode::OK, [(CONTENT_TYPE, TEXT)], "ready\n".to_string()),
+                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, [(CONTENT_TYPE, TEXT)], format!("not ready: {reason}\n")),
+                    }
+                }
+            }),
+        )
+        .layer(connections::TrackLayer);
+    let config = ConnectionConfig::default();
+    let listener = connections::Listener::new(listener, &config, stats);
+    connections::serve_http(listener, app, &config, |_| {}, shutdown).await;
+    Ok(())
 }

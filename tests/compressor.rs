@@ -155,10 +155,18 @@ async fn every_otlp_flavour_lands_in_the_windows_and_the_metrics() {
 
 /// A gRPC request with an arbitrary payload, sent as raw HTTP/2.
 async fn raw_grpc(running: &Running, payload: &[u8]) -> (String, String) {
+    raw_grpc_messages(running, &[payload]).await
+}
+
+/// A gRPC `Export` call carrying `messages` (unary calls carry exactly one).
+async fn raw_grpc_messages(running: &Running, messages: &[&[u8]]) -> (String, String) {
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    body.extend_from_slice(payload);
+    let mut body = Vec::new();
+    for payload in messages {
+        body.push(0u8);
+        body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        body.extend_from_slice(payload);
+    }
     let response = client
         .post(format!("http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export", running.grpc.unwrap()))
         .header("content-type", "application/grpc")
@@ -258,6 +266,20 @@ async fn bad_requests_get_their_status_are_counted_and_the_daemon_keeps_serving(
     assert_eq!(code, "3", "{message}");
     let (code, _) = raw_grpc(&running, &valid_bytes[..valid_bytes.len() - 9]).await;
     assert_eq!(code, "3");
+    // A unary call with two messages, or none, is refused whole.
+    let (code, message) = raw_grpc_messages(&running, &[&valid_bytes, &valid_bytes]).await;
+    assert_eq!(code, "3", "{message}");
+    assert!(message.contains("more%20than%20one%20request%20message"), "{message}");
+    let (code, message) = raw_grpc_messages(&running, &[]).await;
+    assert_eq!(code, "3", "{message}");
+    // A header with a byte HTTP forbids (DEL): hyper answers 400 before the
+    // handler runs; it is counted all the same.
+    let mut socket = std::net::TcpStream::connect(running.http.unwrap()).unwrap();
+    socket.write_all(b"POST /v1/traces HTTP/1.1\r\nhost: gent\r\nx-bad: a\x7fb\r\ncontent-length: 0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = std::io::Read::read_to_string(&mut socket, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
     let mut grpc = grpc_client(&running).await;
     let status = grpc.export(ExportTraceServiceRequest::decode(&big[..]).unwrap()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
@@ -306,8 +328,9 @@ async fn bad_requests_get_their_status_are_counted_and_the_daemon_keeps_serving(
         async move { metric(running, &format!(r#"gent_refused_spans_total{{reason="{reason}"}}"#)).await }
     };
     // HTTP garbage, truncated, invalid JSON, three JSON non-objects, snake_case
-    // JSON, bad gzip; gRPC garbage, truncated.
-    assert_eq!(refused("decode_error").await, 10.0);
+    // JSON, bad gzip, a DEL in a header; gRPC garbage, truncated, two messages,
+    // no message.
+    assert_eq!(refused("decode_error").await, 13.0);
     assert_eq!(refused("unsupported_media_type").await, 2.0);
     // HTTP plain and gzip, gRPC.
     assert_eq!(refused("too_large").await, 3.0);
@@ -427,4 +450,134 @@ fn a_bad_config_is_refused_with_the_field_named() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.yaml") && stderr.contains("duraton"), "{stderr}");
+}
+
+/// How long until the server closed `socket` (read end or reset), reading and
+/// dropping whatever it answers; `None` if it was still open after `limit`.
+fn closed_within(mut socket: std::net::TcpStream, start: std::time::Instant, limit: Duration) -> Option<Duration> {
+    use std::io::Read;
+    socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match socket.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// Writes `prefix`, then one byte of `trickle` every 200 ms until the socket fails.
+fn trickle(socket: &std::net::TcpStream, prefix: &[u8], byte: u8) {
+    let mut writer = socket.try_clone().unwrap();
+    writer.write_all(prefix).unwrap();
+    std::thread::spawn(move || while writer.write_all(&[byte]).is_ok() {
+        std::thread::sleep(Duration::from_millis(200));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slow_and_surplus_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.receiver.connections.idle_timeout = Duration::from_secs(1);
+    cfg.receiver.connections.request_timeout = Duration::from_secs(2);
+    cfg.receiver.connections.max_connections = 6;
+    let running = compressor::start(cfg).await.unwrap();
+    let (http, grpc) = (running.http.unwrap(), running.grpc.unwrap());
+    let valid = requests(&hour_16()[..5], 60).remove(0).encode_to_vec();
+    let connect = |addr| std::net::TcpStream::connect(addr).unwrap();
+    let post = |length: usize| {
+        format!("POST /v1/traces HTTP/1.1\r\nhost: gent\r\ncontent-type: application/x-protobuf\r\ncontent-length: {length}\r\n\r\n")
+    };
+    let start = std::time::Instant::now();
+
+    // Idle: HTTP silent, HTTP after a finished keep-alive request, headers
+    // trickled a byte at a time, gRPC silent, gRPC after the HTTP/2 preface.
+    let silent = connect(http);
+    let kept_alive = connect(http);
+    let mut request = post(valid.len()).into_bytes();
+    request.extend_from_slice(&valid);
+    (&kept_alive).write_all(&request).unwrap();
+    let headers = connect(http);
+    trickle(&headers, b"POST /v1/traces HTTP/1.1\r\n", b'x');
+    let grpc_silent = connect(grpc);
+    let grpc_preface = connect(grpc);
+    // The client preface and an empty SETTINGS frame.
+    (&grpc_preface).write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    // Slow: a body trickled in is cut off at request_timeout with 408.
+    let slow = connect(http);
+    trickle(&slow, post(100_000).as_bytes(), 0);
+    let mut slow_answer = slow.try_clone().unwrap();
+
+    let limit = Duration::from_secs(5);
+    let idle: Vec<_> = [silent, kept_alive, headers, grpc_silent, grpc_preface]
+        .into_iter()
+        .map(|s| std::thread::spawn(move || closed_within(s, start, limit)))
+        .collect();
+    for (mode, closed) in ["http silent", "http keep-alive", "http trickled headers", "grpc silent", "grpc preface"]
+        .into_iter()
+        .zip(idle)
+    {
+        let closed = closed.join().unwrap().unwrap_or_else(|| panic!("{mode}: still open after {limit:?}"));
+        assert!(closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500), "{mode}: closed after {closed:?}");
+    }
+    let mut answer = String::new();
+    slow_answer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = std::io::Read::read_to_string(&mut slow_answer, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "slow body answered {answer:?}");
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+
+    // The limit: six silent connections fill the HTTP server; a seventh client
+    // is served once they have been closed as idle, and not before.
+    let start = std::time::Instant::now();
+    let hogs: Vec<_> = (0..6).map(|_| connect(http)).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metric(&running, r#"gent_connections{server="http"}"#).await, 6.0);
+    let r = reqwest::Client::new()
+        .post(format!("http://{http}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(valid.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(start.elapsed() >= Duration::from_millis(900), "served after {:?}, past the limit", start.elapsed());
+    drop(hogs);
+
+    assert!(metric(&running, r#"gent_connections_idle_closed_total{server="http"}"#).await >= 9.0);
+    assert!(metric(&running, r#"gent_connections_idle_closed_total{server="grpc"}"#).await >= 2.0);
+    assert_eq!(metric(&running, r#"gent_refused_spans_total{reason="timeout"}"#).await, 1.0);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_follow_the_span_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.window.span_budget = 1000;
+    cfg.receiver.max_spans_per_request = 1000;
+    // The window stays open, so accepted spans hold their budget.
+    cfg.window.duration = Duration::from_secs(600);
+    let running = compressor::start(cfg).await.unwrap();
+    let get = |path: &'static str| {
+        let url = format!("http://{}{path}", running.metrics_addr.unwrap());
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok\n".into()));
+    assert_eq!(get("/readyz").await, (200, "ready\n".into()));
+
+    // One accepted span leaves less than a full-size request of budget.
+    let valid = requests(&hour_16()[..5], 60).remove(0);
+    grpc_client(&running).await.export(valid).await.unwrap();
+    let (code, reason) = get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(reason.contains("span budget spent"), "{reason}");
+    assert_eq!(get("/healthz").await.0, 200);
+    running.shutdown().await.unwrap();
 }

@@ -306,7 +306,18 @@ async fn a_corrupted_packet_is_rejected_counted_and_set_aside_and_the_next_one_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_without_the_right_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let d = decompressor::start(decompressor_config(local(), &dir.path().join("out"), Some("right")), None).await.unwrap();
+    let mut config = decompressor_config(local(), &dir.path().join("out"), Some("right"));
+    config.link.connections.idle_timeout = Duration::from_secs(1);
+    let d = decompressor::start(config, None).await.unwrap();
+    // A client that connects and says nothing is closed after idle_timeout.
+    let silent = std::net::TcpStream::connect(d.link).unwrap();
+    let opened = std::time::Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The server's HTTP/2 SETTINGS come first; then the end of the stream.
+        while matches!(std::io::Read::read(&mut &silent, &mut [0u8; 64]), Ok(n) if n > 0) {}
+        opened.elapsed()
+    });
     let push = packet_push(1);
     let mut client = PacketServiceClient::connect(format!("http://{}", d.link)).await.unwrap();
     for token in [None, Some("wrong"), Some("righ")] {
@@ -317,6 +328,10 @@ async fn a_push_without_the_right_token_is_refused() {
     assert_eq!(d.metrics.packets_received.get(), 0, "nothing was regenerated for them");
     client.push(link::request(push, Some("right")).unwrap()).await.unwrap();
     assert_eq!(d.metrics.packets_received.get(), 1);
+    let closed = closed.await.unwrap();
+    assert!(closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500), "closed after {closed:?}");
+    let idle = d.metrics.connections.stats("link").idle_closed.get();
+    assert!(idle >= 1, "{idle} link connections closed as idle");
     d.shutdown().await.unwrap();
 }
 

@@ -60,7 +60,7 @@ pub fn read_inputs_within(paths: &[PathBuf], format: Option<Format>, limits: Rea
             for file in files_below(path)? {
                 match read_within(&file, format, &mut input.spans, &mut left) {
                     Ok(found) => input.files.push((file, found)),
-                    Err(IoError::Unrecognised { path }) => {
+                    Err(IoError::Unrecognised { path, .. }) => {
                         tracing::warn!(path = %path.display(), "skipped: not a trace file");
                         input.skipped.push(path);
                     }
@@ -139,7 +139,7 @@ fn read_bytes(path: &Path, bytes: &[u8], format: Option<Format>, out: &mut Vec<S
     let format = match format.or_else(|| sniff(bytes)) {
         Some(f) => f,
         None if bytes.iter().all(u8::is_ascii_whitespace) => return Ok(Format::OtlpJson),
-        None => return Err(IoError::Unrecognised { path: path.into() }),
+        None => return Err(unrecognised(path, bytes)),
     };
     let before = out.len();
     decode_within(bytes, format, out, max).map_err(|e| {
@@ -151,6 +151,17 @@ fn read_bytes(path: &Path, bytes: &[u8], format: Option<Format>, out: &mut Vec<S
         IoError::Parse { path: path.into(), format, position: e.position, reason }
     })?;
     Ok(format)
+}
+
+/// Where a file's content starts and what is there, for a file no reader takes.
+fn unrecognised(path: &Path, bytes: &[u8]) -> IoError {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+    let head = &bytes[start..bytes.len().min(start + 24)];
+    let found = match std::str::from_utf8(head) {
+        Ok(text) if !text.chars().any(char::is_control) => format!("with {text:?}"),
+        _ => format!("with bytes {}", head.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")),
+    };
+    IoError::Unrecognised { path: path.into(), position: Position::of_offset(bytes, start), found }
 }
 
 enum GunzipError {
@@ -239,6 +250,14 @@ mod tests {
         assert_eq!(sniff(&[0x0a, 0x03, 1, 2, 3]), Some(Format::OtlpProto));
         assert_eq!(sniff(b"{\"inject_time\": 1}"), None);
         assert_eq!(sniff(b"# README"), None);
+    }
+
+    #[test]
+    fn an_unrecognised_file_is_reported_with_where_its_content_starts() {
+        let e = unrecognised(Path::new("f"), b"\n\n  # README").to_string();
+        assert!(e.starts_with("f: line 3, column 3: format not recognised: the content starts with \"# README\""), "{e}");
+        let e = unrecognised(Path::new("f"), &[0xff, 0x00, 0x7f]).to_string();
+        assert!(e.contains("line 1, column 1") && e.contains("with bytes ff 00 7f"), "{e}");
     }
 
     #[test]

@@ -128,10 +128,11 @@ pub enum IoError {
     )]
     TooLarge { path: PathBuf, limit: u64 },
     #[error(
-        "{path}: format not recognised (expected OTLP protobuf or JSON, Jaeger JSON, Zipkin v2 \
-         JSON, span CSV or Alibaba call-graph text); force one with --format"
+        "{path}: {position}: format not recognised: the content starts {found} (expected OTLP \
+         protobuf or JSON, Jaeger JSON, Zipkin v2 JSON, span CSV or Alibaba call-graph text); \
+         force one with --format"
     )]
-    Unrecognised { path: PathBuf },
+    Unrecognised { path: PathBuf, position: Position, found: String },
     #[error("{path}: {position}: invalid {format}: {reason}")]
     Parse { path: PathBuf, format: Format, position: Position, reason: String },
     #[error("{path}: {position}: corrupt gzip stream: {reason}")]

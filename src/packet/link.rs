@@ -8,6 +8,8 @@ use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
+use crate::receiver;
+
 /// The generated messages, client and server of proto/gent.proto.
 pub mod proto {
     tonic::include_proto!("gent.link.v1");
@@ -102,7 +104,15 @@ pub fn server_tls(cert: &Path, key: &Path) -> Result<ServerTlsConfig, LinkError>
     Ok(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves.
+/// What the link server holds its clients to.
+pub struct ServerLimits {
+    pub max_packet_bytes: usize,
+    /// Pushes read at once.
+    pub max_concurrent: usize,
+    pub connections: receiver::connections::ConnectionConfig,
+    pub stats: receiver::connections::ConnectionStats,
+}
+
 /// Serves `service` on `listener`. `admit` sees each push's headers before
 /// its body is read (the bearer token is checked there, so an
 /// unauthenticated client cannot make the server buffer a packet), and at
@@ -111,19 +121,20 @@ pub async fn serve<S: PacketService>(
     service: S,
     listener: tokio::net::TcpListener,
     tls: Option<ServerTlsConfig>,
-    limits: (usize, usize),
+    limits: ServerLimits,
     admit: impl tonic::service::Interceptor + Clone + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), LinkError> {
-    let (max_packet_bytes, max_concurrent) = limits;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder().concurrency_limit_per_connection(max_concurrent.max(1));
+    let ServerLimits { max_packet_bytes, max_concurrent, connections, stats } = limits;
+    let incoming = receiver::connections::Listener::new(listener, &connections, stats).incoming();
+    let mut builder = receiver::connections::grpc_server(&connections).concurrency_limit_per_connection(max_concurrent.max(1));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
     }
     // Room for the request's other fields around the payload.
     let service = PacketServiceServer::new(service).max_decoding_message_size(max_packet_bytes.saturating_add(4096));
     builder
+        .layer(receiver::connections::TrackLayer)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_concurrent.max(1)))
         .add_service(tonic::service::interceptor::InterceptedService::new(service, admit))
         .serve_with_incoming_shutdown(incoming, shutdown)

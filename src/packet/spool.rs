@@ -182,6 +182,22 @@ impl Spool {
         self.len() == 0
     }
 
+    /// Whether a packet could be spooled now: not when the spool is full (training
+    /// waits) or its folder does not take a file (probed by writing one).
+    pub fn check_writable(&self) -> Result<(), String> {
+        let (bytes, full) = {
+            let s = self.lock();
+            (s.bytes, !s.entries.is_empty() && s.bytes >= self.max_bytes)
+        };
+        if full {
+            return Err(format!("spool full ({bytes} of {} bytes): the decompressor is not taking packets", self.max_bytes));
+        }
+        let probe = self.dir.join(".readyz.partial");
+        std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)).map_err(|e| {
+            format!("spool folder {} is not writable: {e}", self.dir.display())
+        })
+    }
+
     /// From now on `put` never waits (shutdown must not hang on a full spool).
     pub fn close(&self) {
         self.lock().closing = true;
@@ -246,5 +262,19 @@ mod tests {
         spool.remove(seq).unwrap();
         writer.join().unwrap();
         assert_eq!(spool.oldest().unwrap().unwrap().1.window_id, 2);
+    }
+
+    #[test]
+    fn readiness_says_when_a_packet_could_not_be_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("spool");
+        let spool = Spool::open(&folder, 100, None).unwrap();
+        assert_eq!(spool.check_writable(), Ok(()));
+        spool.put(&push(1, 120)).unwrap();
+        assert!(spool.check_writable().unwrap_err().starts_with("spool full"), "{:?}", spool.check_writable());
+        let (seq, _) = spool.oldest().unwrap().unwrap();
+        spool.remove(seq).unwrap();
+        std::fs::remove_dir_all(&folder).unwrap();
+        assert!(spool.check_writable().unwrap_err().contains("is not writable"), "{:?}", spool.check_writable());
     }
 }

@@ -17,7 +17,7 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, Protocol, ReceiverError, Refusal};
+use super::{Ingest, Protocol, ReceiverError, Refusal, connections};
 use crate::metrics::RefusalReason;
 
 /// Set on refusals our handler made (and counted), so the layer leaves them be.
@@ -54,20 +54,34 @@ impl Decoder for RawDecoder {
     }
 }
 
-/// The unary handler.
+/// The handler. `Export` is unary, but it is served as a client stream so that
+/// a call carrying a second message is refused (tonic's unary path reads the
+/// first and drops the rest unseen).
 struct Export(Arc<Ingest>);
 
-impl tonic::server::UnaryService<Bytes> for Export {
+impl tonic::server::ClientStreamingService<Bytes> for Export {
     type Response = ExportTraceServiceResponse;
-    type Future = std::future::Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ExportTraceServiceResponse>, Status>> + Send>>;
 
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let ingest = &self.0;
-        let bytes = request.into_inner();
-        ingest.metrics().received_bytes.with_label_values(&[Protocol::Grpc.label()]).inc_by(bytes.len() as u64);
-        std::future::ready(match ingest.export_protobuf(&bytes, Protocol::Grpc) {
-            Ok(accepted) => Ok(Response::new(accepted.response())),
-            Err(refusal) => Err(status(refusal, ingest.limits().retry_after)),
+    fn call(&mut self, request: Request<tonic::Streaming<Bytes>>) -> Self::Future {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            let retry_after = ingest.limits().retry_after;
+            let refuse = |message: &str| status(ingest.refuse_undecoded(RefusalReason::Decode, message.into()), retry_after);
+            let mut messages = request.into_inner();
+            // Framing, decompression and size errors come back as tonic's own
+            // statuses, which `classify` counts.
+            let Some(bytes) = messages.message().await? else {
+                return Err(refuse("unary Export call without a request message"));
+            };
+            if messages.message().await?.is_some() {
+                return Err(refuse("unary Export call with more than one request message"));
+            }
+            ingest.metrics().received_bytes.with_label_values(&[Protocol::Grpc.label()]).inc_by(bytes.len() as u64);
+            match ingest.export_protobuf(&bytes, Protocol::Grpc) {
+                Ok(accepted) => Ok(Response::new(accepted.response())),
+                Err(refusal) => Err(status(refusal, retry_after)),
+            }
         })
     }
 }
@@ -110,7 +124,7 @@ where
                 .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(limit);
-            Ok(grpc.unary(Export(ingest), request).await)
+            Ok(grpc.client_streaming(Export(ingest), request).await)
         })
     }
 }
@@ -138,10 +152,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
     let outcome_ingest = ingest.clone();
+    let limits = &ingest.limits().connections;
+    let incoming = connections::Listener::new(listener, limits, ingest.metrics().connections.stats("grpc")).incoming();
+    let builder = connections::grpc_server(limits);
     let service = TraceServiceServer { ingest };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    builder
         .layer(tower::util::MapResponseLayer::new(move |response| classify(&outcome_ingest, response)))
+        .layer(connections::TrackLayer)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -166,6 +183,8 @@ fn classify<B>(ingest: &Ingest, mut response: http::Response<B>) -> http::Respon
         Code::Unimplemented => (RefusalReason::UnsupportedMedia, Code::Unimplemented),
         // Protobuf or decompression failure: the payload is bad, not the server.
         Code::Internal => (RefusalReason::Decode, Code::InvalidArgument),
+        // request_timeout (tonic answers CANCELLED): the client was too slow.
+        Code::Cancelled => (RefusalReason::Timeout, Code::DeadlineExceeded),
         _ => return response,
     };
     ingest.refuse_undecoded(reason, message);

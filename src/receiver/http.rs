@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use super::{Ingest, Protocol, ReceiverError, Refusal};
+use super::{Ingest, Protocol, ReceiverError, Refusal, connections};
 use crate::io;
 use crate::metrics::RefusalReason;
 
@@ -31,15 +31,20 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReceiverError> {
+    let limits = ingest.limits().connections.clone();
+    let listener = connections::Listener::new(listener, &limits, ingest.metrics().connections.stats("http"));
+    let counter = ingest.clone();
+    let malformed = move |e: &hyper::Error| {
+        counter.refuse_undecoded(RefusalReason::Decode, format!("malformed HTTP request: {e}"));
+    };
     let app = axum::Router::new()
         .route("/v1/traces", axum::routing::post(export))
         // The body limit is enforced (and counted) by `export` itself.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(connections::TrackLayer)
         .with_state(ingest);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| ReceiverError::Serve { protocol: "http", reason: e.to_string() })
+    connections::serve_http(listener, app, &limits, malformed, shutdown).await;
+    Ok(())
 }
 
 async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
@@ -55,7 +60,13 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
             return failure(Encoding::Protobuf, StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal, &ingest);
         }
     };
-    let exported = match decode(&ingest, &headers, body, encoding).await {
+    // A body trickled in slowly must not hold the connection (and its memory).
+    let timeout = ingest.limits().connections.request_timeout;
+    let decoded = tokio::time::timeout(timeout, decode(&ingest, &headers, body, encoding)).await.unwrap_or_else(|_| {
+        let message = format!("request body not received within request_timeout ({})", humantime::format_duration(timeout));
+        Err((StatusCode::REQUEST_TIMEOUT, ingest.refuse_undecoded(RefusalReason::Timeout, message)))
+    });
+    let exported = match decoded {
         Ok(Payload::Protobuf(bytes)) => ingest.export_protobuf(&bytes, Protocol::Http),
         Ok(Payload::Json(request)) => ingest.export(request, Protocol::Http),
         Err((code, refusal)) => return failure(encoding, code, refusal, &ingest),
@@ -142,6 +153,7 @@ fn failure(encoding: Encoding, code: StatusCode, refusal: Refusal, ingest: &Inge
     let grpc_code = match code {
         StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
         StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+        StatusCode::REQUEST_TIMEOUT => tonic::Code::DeadlineExceeded,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => tonic::Code::Unimplemented,
         _ => tonic::Code::InvalidArgument,
     };

@@ -3,6 +3,7 @@
 //! for the window assembler, answering as the OTLP specification asks: success,
 //! partial success for spans that fail validation, or a refusal with a reason.
 
+pub mod connections;
 mod grpc;
 mod http;
 

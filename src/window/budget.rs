@@ -37,6 +37,11 @@ impl Budget {
         self.total
     }
 
+    /// Spans that could be reserved now.
+    pub fn free(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+
     /// An empty holding to move spans' shares into.
     pub fn empty(&self) -> Held {
         Held { count: 0, budget: self.clone() }
