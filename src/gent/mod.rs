@@ -18,7 +18,10 @@ mod topology;
 
 pub use attributes::{AttributeConfig, AttributeSchema, KeyModel, Kind as AttributeKind};
 pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindowModel, WindowModel, head_gzip_bytes};
-pub use pack::{Breakdown, DEFAULT_MAX_SPANS, Header, PackError, Unpacked, breakdown, pack, unpack, unpack_within};
+pub use pack::{
+    Breakdown, Contents, DEFAULT_MAX_SPANS, Header, PackError, Unpacked, breakdown, open_contents, pack, seal_contents, unpack,
+    unpack_within,
+};
 pub use starts::{StartBuckets, StartError, StartModel};
 pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use timing::{CalibrationConfig, TimingError, TimingModel};

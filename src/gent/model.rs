@@ -384,6 +384,33 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
 }
 
+/// Rounds of C_G that run one after another. A topology deeper than this
+/// (about 128 levels at the default chain length) has its deeper chains
+/// sampled in one last round, before their heads' metadata is known, so that
+/// generation costs a bounded number of network calls whatever the depth a
+/// packet claims (a million-node chain took 500,000 calls).
+const MAX_SEQUENTIAL_ROUNDS: usize = 64;
+
+/// The chains of every trace to generate (by its index in `order`), grouped
+/// by round; within the last round, in round order, so that a chain's head is
+/// written before the chain.
+fn rounds<'a>(order: &[usize], plans: &'a [Vec<(usize, Vec<usize>)>]) -> Vec<Vec<(usize, &'a [usize])>> {
+    let mut rounds: Vec<Vec<(usize, usize, &[usize])>> = Vec::new();
+    for (i, &t) in order.iter().enumerate() {
+        for (r, chain) in &plans[t] {
+            let slot = (*r).min(MAX_SEQUENTIAL_ROUNDS);
+            if rounds.len() <= slot {
+                rounds.resize_with(slot + 1, Vec::new);
+            }
+            rounds[slot].push((*r, i, chain));
+        }
+    }
+    if let Some(last) = rounds.get_mut(MAX_SEQUENTIAL_ROUNDS) {
+        last.sort_by_key(|&(r, ..)| r);
+    }
+    rounds.into_iter().map(|slots| slots.into_iter().map(|(_, i, chain)| (i, chain)).collect()).collect()
+}
+
 /// Chains of every topology and the round each is generated in.
 fn chain_plan(topology: &Topology, chain_length: usize) -> Vec<(usize, Vec<usize>)> {
     let chains = topology.chains(chain_length);
@@ -804,6 +831,20 @@ impl WindowModel {
         if stored.timing.is_some() != matches!(stored.start, StoredStart::Counts(_)) {
             return Err(ModelError::Stored("calibrated timing and start counts come together".into()));
         }
+        let roots = TableModel::from_stored(stored.roots, device)?;
+        let chains = TableModel::from_stored(stored.chains, device)?;
+        // Generation reads each node's columns at fixed places in R_G's and
+        // C_G's tables: their widths must be what the settings imply.
+        let node = meta_width(stored.timed) + stored.attributes.width();
+        if roots.width() != node || chains.width() != (stored.chain_length - 1) * node {
+            return Err(ModelError::Stored(format!(
+                "R_G has {} columns and C_G {}; chain length {} with {node} columns per node needs {node} and {}",
+                roots.width(),
+                chains.width(),
+                stored.chain_length,
+                (stored.chain_length - 1) * node
+            )));
+        }
         Ok(WindowModel {
             window_start: stored.window_start,
             window_end: stored.window_end,
@@ -812,13 +853,19 @@ impl WindowModel {
             attributes: stored.attributes,
             nested: stored.nested,
             start: match stored.start {
-                StoredStart::Generator(t_g) => Start::Generator(TableModel::from_stored(t_g, device)?),
+                StoredStart::Generator(t_g) => {
+                    let t_g = TableModel::from_stored(t_g, device)?;
+                    if t_g.width() == 0 {
+                        return Err(ModelError::Stored("T_G has no start column".into()));
+                    }
+                    Start::Generator(t_g)
+                }
                 StoredStart::Counts(c) => Start::Counts(c),
             },
             timing: stored.timing,
             timed: stored.timed,
-            roots: TableModel::from_stored(stored.roots, device)?,
-            chains: TableModel::from_stored(stored.chains, device)?,
+            roots,
+            chains,
             histogram: stored.histogram,
             budget: None,
         })
@@ -923,32 +970,26 @@ impl WindowModel {
             self.write_node(filling, (i, r), &table, 0, row, None);
         }
 
-        // C_G, round by round.
+        // C_G, round by round: a chain's head is a node of the round before.
         let plans: Vec<Vec<(usize, Vec<usize>)>> = h.topologies.iter().map(|t| chain_plan(t, self.chain_length)).collect();
-        let rounds = plans.iter().flatten().map(|(r, _)| r + 1).max().unwrap_or(0);
         let mut filled: Vec<Vec<bool>> = filling.order.iter().map(|&t| vec![false; h.topologies[t].len()]).collect();
-        for round in 0..rounds {
+        for (round, slots) in rounds(&filling.order, &plans).into_iter().enumerate() {
             let mut ctx = cond.contexts(cond.chain_width());
-            let mut slots = Vec::new();
-            for (i, &t) in filling.order.iter().enumerate() {
-                for (r, chain) in &plans[t] {
-                    if *r == round {
-                        let head = filling.metas[i][chain[0]].unwrap_or(EMPTY_META);
-                        cond.push_chain(&mut ctx, &h.topologies[t], t, chain, &head, offsets[i]);
-                        slots.push((i, chain));
-                    }
-                }
+            for &(i, chain) in &slots {
+                let t = filling.order[i];
+                let head = filling.metas[i][chain[0]].unwrap_or(EMPTY_META);
+                cond.push_chain(&mut ctx, &h.topologies[t], t, chain, &head, offsets[i]);
             }
             let table = self.chains.sample(slots.len(), ctx.get(), seed ^ (0x9000 + round as u64))?;
-            for (row, (i, chain)) in slots.iter().enumerate() {
+            for (row, &(i, chain)) in slots.iter().enumerate() {
                 for (p, &node) in chain.iter().enumerate().skip(1) {
-                    if filled[*i][node] {
+                    if filled[i][node] {
                         repairs.merges += 1;
                         continue;
                     }
-                    filled[*i][node] = true;
-                    let parent = filling.metas[*i][chain[p - 1]].map_or(0.0, |m| m.duration_us);
-                    self.write_node(filling, (*i, node), &table, (p - 1) * node_width, row, Some(parent));
+                    filled[i][node] = true;
+                    let parent = filling.metas[i][chain[p - 1]].map_or(0.0, |m| m.duration_us);
+                    self.write_node(filling, (i, node), &table, (p - 1) * node_width, row, Some(parent));
                 }
             }
         }

@@ -42,14 +42,29 @@ pub struct Header {
     pub producer: String,
 }
 
+/// Everything a packet holds, as stored: unchecked until [`unpack`] builds a
+/// model from it. Tools and tests open and re-seal packets with it
+/// ([`open_contents`], [`seal_contents`]), e.g. to craft hostile ones whose
+/// checksum is valid.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Body {
-    header: Header,
-    model: StoredWindowModel,
+pub struct Contents {
+    pub header: Header,
+    pub model: StoredWindowModel,
     /// Each trace's call-graph conditions, for a decompressor that regenerates
     /// with a language model (`engine: llm`); absent unless the compressor is
     /// asked for them.
-    conditions: Option<WindowConditions>,
+    pub conditions: Option<WindowConditions>,
+}
+
+/// A packet's contents after its container checks (magic, version, checksum,
+/// inflation limit), before any of the model's own.
+pub fn open_contents(bytes: &[u8]) -> Result<Contents, PackError> {
+    Ok(packet::open(bytes)?)
+}
+
+/// `contents` sealed as a packet.
+pub fn seal_contents(contents: &Contents) -> Result<Vec<u8>, PackError> {
+    Ok(packet::seal(contents)?)
 }
 
 /// A packet opened: its header, its model ready to generate, and the
@@ -70,7 +85,7 @@ pub fn pack(
     conditions: Option<WindowConditions>,
 ) -> Result<Vec<u8>, PackError> {
     let header = header(model, window_id, config, precision, seed);
-    Ok(packet::seal(&Body { header, model: model.to_stored(precision)?, conditions })?)
+    Ok(packet::seal(&Contents { header, model: model.to_stored(precision)?, conditions })?)
 }
 
 fn header(model: &WindowModel, window_id: u64, config: &GenTConfig, precision: Precision, seed: u64) -> Header {
@@ -149,7 +164,7 @@ pub fn unpack(bytes: &[u8], device: &Device) -> Result<Unpacked, PackError> {
 /// checked against the limit and against each other before the model is
 /// built, so no count in a packet decides an allocation unchecked.
 pub fn unpack_within(bytes: &[u8], device: &Device, max_spans: u64) -> Result<Unpacked, PackError> {
-    let body: Body = packet::open(bytes)?;
+    let body = open_contents(bytes)?;
     let (traces, spans) = (body.header.traces, body.header.spans);
     if spans > max_spans {
         return Err(PackError::TooLarge { traces, spans, limit: max_spans });
@@ -197,11 +212,11 @@ mod tests {
 
     /// A packet of a small window, its body changed by `edit` and sealed
     /// again with a valid checksum.
-    fn hostile(edit: impl FnOnce(&mut Body)) -> Vec<u8> {
+    fn hostile(edit: impl FnOnce(&mut Contents)) -> Vec<u8> {
         let device = Device::flex();
         let config = GenTConfig::default();
         let model = WindowModel::train(&traces(20), &config, &device, None).unwrap();
-        let mut body: Body = packet::open(&pack(&model, 1, &config, Precision::F16, 7, None).unwrap()).unwrap();
+        let mut body: Contents = packet::open(&pack(&model, 1, &config, Precision::F16, 7, None).unwrap()).unwrap();
         edit(&mut body);
         packet::seal(&body).unwrap()
     }

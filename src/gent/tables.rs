@@ -87,14 +87,21 @@ impl TableModel {
                 Some(Fixed::Number { value, log }) => Column::continuous(name, vec![*value; rows], *log),
                 Some(Fixed::Label(label)) => Column::categorical(name, vec![label.clone(); rows]),
                 None => match generated.next() {
-                    Some(c) if rows > 0 => c,
-                    // Nothing was learnt (no rows at training): an empty column.
-                    _ => Column::continuous(name, Vec::new(), false),
+                    Some(c) if c.len() == rows => c,
+                    // Nothing was learnt (no rows at training), yet rows are
+                    // asked for (a packet's topologies may say so): zeros, so
+                    // that every column has a value for every row.
+                    _ => Column::continuous(name, vec![0.0; rows], false),
                 },
             };
             columns.push(column);
         }
         Ok(Table { columns })
+    }
+
+    /// Columns in every table this model samples.
+    pub fn width(&self) -> usize {
+        self.names.len()
     }
 
     pub fn to_stored(&self, precision: Precision) -> Result<StoredTableModel, CtganError> {

@@ -237,6 +237,28 @@ pub fn write_json_lines(traces: &[Trace], out: &mut dyn std::io::Write) -> std::
 }
 
 pub fn write_proto(traces: &[Trace], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    let request = to_request(traces.iter().flat_map(|t| &t.spans));
-    out.write_all(&request.encode_to_vec())
+    // Requests of about PROTO_CHUNK_SPANS spans each, one after another: in
+    // protobuf, concatenated messages are one message with the repeated
+    // fields joined, so the file is one request, and memory stays bounded by
+    // the chunk, not the window (a window of millions of spans built whole
+    // took as much again in prost structs and bytes).
+    let mut buffer = Vec::new();
+    let mut start = 0;
+    while start < traces.len() {
+        let mut end = start;
+        let mut spans = 0;
+        while end < traces.len() && (end == start || spans + traces[end].spans.len() <= PROTO_CHUNK_SPANS) {
+            spans += traces[end].spans.len();
+            end += 1;
+        }
+        buffer.clear();
+        to_request(traces[start..end].iter().flat_map(|t| &t.spans)).encode(&mut buffer).map_err(std::io::Error::other)?;
+        out.write_all(&buffer)?;
+        start = end;
+    }
+    Ok(())
 }
+
+/// Spans per request in a protobuf file written by [`write_proto`] (a single
+/// trace larger than this is written whole).
+const PROTO_CHUNK_SPANS: usize = 10_000;

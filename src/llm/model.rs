@@ -270,6 +270,7 @@ impl LanguageModel {
             return Err(ModelError::Kind(head.kind));
         }
         let s: Stored = crate::packet::open_as(bytes, CONTAINER_VERSION)?;
+        check_sizes(&s)?;
         let lm = weights::from_bytes(Lm::new(&s.config, device)?, &s.weights).map_err(|e| ModelError::Weights(e.to_string()))?;
         Ok(LanguageModel {
             encoding: s.encoding,
@@ -281,6 +282,28 @@ impl LanguageModel {
             device: device.clone(),
         })
     }
+}
+
+/// A model file's sizes agree with each other before any network is built from
+/// them: its config decides what `Lm::new` allocates, so a config larger than
+/// the weights the file carries (at least 2 bytes each) is refused.
+fn check_sizes(s: &Stored) -> Result<(), ModelError> {
+    s.config.validate()?;
+    if s.config.vocab != s.tokens.len() || s.tokens.len() <= EOS as usize {
+        return Err(ModelError::Weights(format!(
+            "the config's vocabulary of {} does not match the file's {} tokens",
+            s.config.vocab,
+            s.tokens.len()
+        )));
+    }
+    let parameters = s.config.min_parameters().unwrap_or(usize::MAX);
+    if parameters.saturating_mul(2) > s.weights.len() {
+        return Err(ModelError::Weights(format!(
+            "the config asks for at least {parameters} parameters, the file holds {} bytes of weights",
+            s.weights.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The model scores the next token; the generator needs the tokenizer apart,

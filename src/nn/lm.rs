@@ -58,9 +58,29 @@ impl LmConfig {
         if self.d_model % self.heads != 0 || (self.d_model / self.heads) % 2 != 0 {
             return Err(LmError::Config(format!("d_model {} must split into {} heads of even width", self.d_model, self.heads)));
         }
+        // The rotary table is max_len × d_model floats and is not stored in a
+        // model file, so its size is bounded here.
+        if self.max_len > MAX_CONTEXT {
+            return Err(LmError::Config(format!("max_len {} is over the limit of {MAX_CONTEXT} tokens", self.max_len)));
+        }
+        if self.min_parameters().is_none() {
+            return Err(LmError::Config("sizes overflow".into()));
+        }
         Ok(())
     }
+
+    /// At least how many parameters the network has (embedding, output head,
+    /// attention and feed-forward matrices; norms left out), `None` on overflow.
+    /// A model file must hold weights for this many.
+    pub fn min_parameters(&self) -> Option<usize> {
+        let d = self.d_model;
+        let per_block = d.checked_mul(d)?.checked_mul(4)?.checked_add(d.checked_mul(self.hidden)?.checked_mul(3)?)?;
+        self.vocab.checked_mul(d)?.checked_mul(2)?.checked_add(per_block.checked_mul(self.layers)?)
+    }
 }
+
+/// Longest context a language model may have.
+pub const MAX_CONTEXT: usize = 1 << 16;
 
 #[derive(Module, Debug)]
 struct Block {

@@ -102,8 +102,24 @@ pub fn open_as<T: DeserializeOwned>(packet: &[u8], expected: u16) -> Result<T, P
     open_with(packet, expected, Codec::Gzip, MAX_BODY_BYTES).map(|(value, _)| value)
 }
 
+/// The body bytes (postcard) of a container file written by [`seal_as`] with
+/// `version`, after the container's checks: for tools and tests that rewrite
+/// containers, e.g. to craft hostile ones whose checksum is valid.
+pub fn open_body_as(packet: &[u8], version: u16) -> Result<Vec<u8>, PacketError> {
+    inflate(packet, version, Codec::Gzip, MAX_BODY_BYTES)
+}
+
+/// `body` (postcard bytes) sealed as [`seal_as`] seals an encoded value.
+pub fn seal_body_as(body: &[u8], version: u16) -> Result<Vec<u8>, PacketError> {
+    seal_encoded(body.to_vec(), version, Codec::Gzip, MAX_BODY_BYTES)
+}
+
 fn seal_with<T: Serialize>(body: &T, version: u16, codec: Codec, limit: u64) -> Result<Vec<u8>, PacketError> {
     let encoded = postcard::to_stdvec(body).map_err(|e| PacketError::Encode(e.to_string()))?;
+    seal_encoded(encoded, version, codec, limit)
+}
+
+fn seal_encoded(encoded: Vec<u8>, version: u16, codec: Codec, limit: u64) -> Result<Vec<u8>, PacketError> {
     // Never write what a reader would refuse.
     if encoded.len() as u64 > limit {
         return Err(PacketError::TooLarge { limit });
@@ -130,6 +146,13 @@ fn seal_with<T: Serialize>(body: &T, version: u16, codec: Codec, limit: u64) -> 
 
 /// The value at the start of the packet's body and how many body bytes follow it.
 fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec, limit: u64) -> Result<(T, usize), PacketError> {
+    let body = inflate(packet, expected, codec, limit)?;
+    let (value, rest) = postcard::take_from_bytes(&body).map_err(|e| PacketError::Decode(e.to_string()))?;
+    Ok((value, rest.len()))
+}
+
+/// The packet's body after magic, version and checksum checks, inflated within `limit`.
+fn inflate(packet: &[u8], expected: u16, codec: Codec, limit: u64) -> Result<Vec<u8>, PacketError> {
     // The smallest gzip stream is 20 bytes (18 is its floor), the smallest zstd frame 9.
     let min = HEADER + TRAILER + if codec == Codec::Gzip { 18 } else { 9 };
     if packet.len() < min {
@@ -177,8 +200,7 @@ fn open_with<T: DeserializeOwned>(packet: &[u8], expected: u16, codec: Codec, li
     if left > 0 {
         return Err(PacketError::Trailing(left));
     }
-    let (value, rest) = postcard::take_from_bytes(&body).map_err(|e| PacketError::Decode(e.to_string()))?;
-    Ok((value, rest.len()))
+    Ok(body)
 }
 
 #[cfg(test)]
