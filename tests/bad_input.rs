@@ -103,7 +103,10 @@ fn every_reader_survives_being_fed_another_format() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("GENT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn every_reader_survives_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -306,14 +309,6 @@ fn nth_line_start(text: &[u8], n: usize) -> usize {
     text.iter().enumerate().filter(|&(_, &b)| b == b'\n').nth(n - 1).map(|(i, _)| i + 1).unwrap()
 }
 
-/// Largest peak resident memory of any child process this test binary has
-/// waited for, in MiB (Linux: `ru_maxrss` is in KiB).
-fn children_peak_mib() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
-    usage.ru_maxrss as f64 / 1024.0
-}
 
 /// Gzip that inflates to at least `size` bytes of `line` repeated.
 fn bomb(line: &[u8], size: usize) -> Vec<u8> {

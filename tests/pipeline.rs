@@ -33,16 +33,6 @@ fn free_port() -> u16 {
 }
 
 /// Gen-T with networks small enough for a test.
-fn tiny_model() -> gent::gent::GenTConfig {
-    let mut m = gent::gent::GenTConfig::default();
-    m.ctgan.epochs = 1;
-    m.ctgan.embedding = 16;
-    m.ctgan.generator = vec![16];
-    m.ctgan.critic = vec![16];
-    m.ctgan.graph_embedding = 8;
-    m.ctgan.batch = 100;
-    m
-}
 
 fn pipeline(endpoint: String, spool: &Path, token: Option<&str>) -> PipelineConfig {
     let mut p = PipelineConfig {
@@ -459,9 +449,7 @@ fn alibaba_window(n: usize, dir: &Path) -> (Vec<gent::llm::CallGraph>, TraceSet)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_packets_conditions() {
-    use gent::llm::model::{Encoding, LanguageModel, Pretraining};
     use gent::llm::window::WindowConditions;
-    use gent::nn::lm::{LmConfig, TrainConfig};
     let dir = tempfile::tempdir().unwrap();
     let (graphs, set) = alibaba_window(40, dir.path());
     assert_eq!(set.traces.len(), 40);
@@ -469,14 +457,7 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
     // The language model: a few steps on the same call graphs (any weights
     // decode to valid graphs under constraints).
     let device = gent::nn::Backend::Cpu.device().unwrap();
-    let tiny = |vocab| LmConfig { d_model: 32, layers: 1, heads: 2, hidden: 64, max_len: 256, ..LmConfig::tiny(vocab) };
-    let p = Pretraining {
-        encoding: Encoding::Layers,
-        size: tiny,
-        train: TrainConfig { steps: 3, batch: 2, learning_rate: 1e-3, seed: 3 },
-        p_drop: 0.5,
-    };
-    let (lm, _) = LanguageModel::pretrain(&graphs, &p, &device).unwrap();
+    let lm = tiny_language_model(&graphs, 3);
     let lm_path = dir.path().join("lm.gent");
     std::fs::write(&lm_path, lm.to_bytes().unwrap()).unwrap();
 

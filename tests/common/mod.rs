@@ -46,3 +46,39 @@ pub fn read_set(paths: &[PathBuf]) -> TraceSet {
 pub fn gent() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_gent"))
 }
+
+/// Gen-T settings small enough for tests: one epoch, 16-wide networks.
+pub fn tiny_model() -> gent::gent::GenTConfig {
+    let mut m = gent::gent::GenTConfig::default();
+    m.ctgan.epochs = 1;
+    m.ctgan.embedding = 16;
+    m.ctgan.generator = vec![16];
+    m.ctgan.critic = vec![16];
+    m.ctgan.graph_embedding = 8;
+    m.ctgan.batch = 100;
+    m
+}
+
+/// The largest peak RSS of any child process waited for so far, MiB.
+pub fn children_peak_mib() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) }, 0);
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+/// A language model of a few pre-training steps on `graphs` (any weights decode
+/// to valid graphs under constraints): d_model 32, one layer, two heads, hidden 64.
+pub fn tiny_language_model(graphs: &[gent::llm::CallGraph], steps: usize) -> gent::llm::model::LanguageModel {
+    use gent::llm::model::{Encoding, LanguageModel, Pretraining};
+    use gent::nn::lm::{LmConfig, TrainConfig};
+    let tiny = |vocab| LmConfig { d_model: 32, layers: 1, heads: 2, hidden: 64, max_len: 256, ..LmConfig::tiny(vocab) };
+    let p = Pretraining {
+        encoding: Encoding::Layers,
+        size: tiny,
+        train: TrainConfig { steps, batch: 2, learning_rate: 1e-3, seed: 3 },
+        p_drop: 0.5,
+    };
+    let device = gent::nn::Backend::Cpu.device().unwrap();
+    LanguageModel::pretrain(graphs, &p, &device).unwrap().0
+}
