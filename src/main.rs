@@ -803,7 +803,7 @@ fn user_instruction(
 fn read_call_graphs(paths: &[PathBuf]) -> Result<Vec<gent::llm::CallGraph>, Failure> {
     let mut graphs = Vec::new();
     for path in paths {
-        let raw = std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+        let raw = read_text(path)?;
         let doc = gent::llm::text::parse_tabular(&raw).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
         for r in &doc.records {
             graphs.push(r.graph().map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?);
@@ -824,7 +824,7 @@ fn llm_command(command: LlmCommand) -> Result<(), Failure> {
             }
             let mut records = Vec::new();
             for path in &inputs {
-                let raw = std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+                let raw = read_text(path)?;
                 let doc = text::parse_tabular(&raw).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
                 records.extend(doc.records);
             }
@@ -1226,6 +1226,13 @@ struct TrainReport {
     packet: gent::gent::Breakdown,
     /// How the calibrated timing met `calibration.budget`.
     budget: Option<gent::gent::Budget>,
+}
+
+/// A text file (call graphs) within `--max-input-bytes`.
+fn read_text(path: &std::path::Path) -> Result<String, Failure> {
+    String::from_utf8(read_file(path)?).map_err(|e| {
+        Failure::BadInput(format!("{}: byte {}: not UTF-8 text", path.display(), e.utf8_error().valid_up_to()))
+    })
 }
 
 /// A packet, model or query file, whole, within `--max-input-bytes`.

@@ -371,3 +371,27 @@ fn every_reader_stops_at_its_span_limit() {
         assert!(e.reason.contains(&format!("more than {} spans", n - 1)), "{}: {}", path.display(), e.reason);
     }
 }
+
+#[test]
+fn call_graph_files_are_read_within_the_byte_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read(data("alibaba/callgraphs_train.txt")).unwrap();
+    let graphs = write(dir.path(), "graphs.txt", &text[..text.len().min(64 * 1024)]);
+    let split = |limit: &str| {
+        gent()
+            .args(["llm", "split", "--max-input-bytes", limit, "--train"])
+            .arg(dir.path().join("train.txt"))
+            .arg("--held-back")
+            .arg(dir.path().join("back.txt"))
+            .arg(&graphs)
+            .output()
+            .unwrap()
+    };
+    let refused = split("1000");
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--max-input-bytes"));
+    let binary = write(dir.path(), "binary.txt", b"[GENERATE GRAPH]\xff\xfe");
+    let out = gent().args(["llm", "split", "--train", "t", "--held-back", "b"]).arg(&binary).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("byte 16: not UTF-8"), "{}", String::from_utf8_lossy(&out.stderr));
+}
