@@ -1357,8 +1357,13 @@ fn generate(
     json: bool,
 ) -> Result<(), Failure> {
     let device = device(backend)?;
-    let unpacked =
-        gent::gent::unpack(&read_file(packet)?, &device).map_err(|e| Failure::BadInput(format!("{}: {e}", packet.display())))?;
+    // A packet is read like any input: it may not ask for more spans than
+    // --max-input-spans, which also bounds what generating it holds in memory.
+    let max_spans = READ_LIMITS.get().copied().unwrap_or_default().spans as u64;
+    let unpacked = gent::gent::unpack_within(&read_file(packet)?, &device, max_spans).map_err(|e| {
+        let raise = if matches!(e, gent::gent::PackError::TooLarge { .. }) { " (raise --max-input-spans)" } else { "" };
+        Failure::BadInput(format!("{}: {e}{raise}", packet.display()))
+    })?;
     let seed = seed.unwrap_or(unpacked.header.seed);
     let started = std::time::Instant::now();
     let (traces, engine, repairs, clamped) = match engine {

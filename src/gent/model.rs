@@ -391,6 +391,9 @@ fn us(ns: u64) -> f64 {
 /// packet claims (a million-node chain took 500,000 calls).
 const MAX_SEQUENTIAL_ROUNDS: usize = 64;
 
+/// Most chains sampled by one C_G call.
+const ROUND_ROWS: usize = 65_536;
+
 /// The chains of every trace to generate (by its index in `order`), grouped
 /// by round; within the last round, in round order, so that a chain's head is
 /// written before the chain.
@@ -973,14 +976,22 @@ impl WindowModel {
         // C_G, round by round: a chain's head is a node of the round before.
         let plans: Vec<Vec<(usize, Vec<usize>)>> = h.topologies.iter().map(|t| chain_plan(t, self.chain_length)).collect();
         let mut filled: Vec<Vec<bool>> = filling.order.iter().map(|&t| vec![false; h.topologies[t].len()]).collect();
-        for (round, slots) in rounds(&filling.order, &plans).into_iter().enumerate() {
+        let all = rounds(&filling.order, &plans);
+        // A round of many chains goes in parts, so that its context and table
+        // stay bounded (the first part keeps the round's seed).
+        let parts = all
+            .iter()
+            .enumerate()
+            .flat_map(|(round, slots)| slots.chunks(ROUND_ROWS).enumerate().map(move |(k, part)| (round, k, part)));
+        for (round, k, slots) in parts {
             let mut ctx = cond.contexts(cond.chain_width());
-            for &(i, chain) in &slots {
+            for &(i, chain) in slots {
                 let t = filling.order[i];
                 let head = filling.metas[i][chain[0]].unwrap_or(EMPTY_META);
                 cond.push_chain(&mut ctx, &h.topologies[t], t, chain, &head, offsets[i]);
             }
-            let table = self.chains.sample(slots.len(), ctx.get(), seed ^ (0x9000 + round as u64))?;
+            let part_seed = seed ^ (0x9000 + round as u64) ^ (k as u64).wrapping_mul(0xa076_1d64_78bd_642f);
+            let table = self.chains.sample(slots.len(), ctx.get(), part_seed)?;
             for (row, &(i, chain)) in slots.iter().enumerate() {
                 for (p, &node) in chain.iter().enumerate().skip(1) {
                     if filled[i][node] {
