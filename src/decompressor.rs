@@ -361,8 +361,7 @@ pub async fn start(
         metrics_addr = Some(listener.local_addr().unwrap_or(addr));
         // The link is bound before this serves; ready until shutdown begins.
         let stopping = stop_rx.clone();
-        let ready: Readiness =
-            Arc::new(move || if *stopping.borrow() { Err("shutting down".into()) } else { Ok(()) });
+        let ready: Readiness = Arc::new(move || if *stopping.borrow() { Err("shutting down".into()) } else { Ok(()) });
         let stats = metrics.connections.stats("metrics");
         let serve = crate::metrics::serve(metrics.registry.clone(), ready, listener, stats, signal(&stop_rx));
         metrics_server = Some(tokio::spawn(serve));

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::receiver::connections::{self, ConnectionConfig, ConnectionStats};
 
@@ -409,7 +411,9 @@ pub async fn serve(
                 async move {
                     match ready() {
                         Ok(()) => (StatusCode::OK, [(CONTENT_TYPE, TEXT)], "ready\n".to_string()),
-                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, [(CONTENT_TYPE, TEXT)], format!("not ready: {reason}\n")),
+                        Err(reason) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, [(CONTENT_TYPE, TEXT)], format!("not ready: {reason}\n"))
+                        }
                     }
                 }
             }),

@@ -309,7 +309,6 @@ fn nth_line_start(text: &[u8], n: usize) -> usize {
     text.iter().enumerate().filter(|&(_, &b)| b == b'\n').nth(n - 1).map(|(i, _)| i + 1).unwrap()
 }
 
-
 /// Gzip that inflates to at least `size` bytes of `line` repeated.
 fn bomb(line: &[u8], size: usize) -> Vec<u8> {
     use std::io::Write;

@@ -473,8 +473,10 @@ fn closed_within(mut socket: std::net::TcpStream, start: std::time::Instant, lim
 fn trickle(socket: &std::net::TcpStream, prefix: &[u8], byte: u8) {
     let mut writer = socket.try_clone().unwrap();
     writer.write_all(prefix).unwrap();
-    std::thread::spawn(move || while writer.write_all(&[byte]).is_ok() {
-        std::thread::sleep(Duration::from_millis(200));
+    std::thread::spawn(move || {
+        while writer.write_all(&[byte]).is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
     });
 }
 
@@ -490,7 +492,9 @@ async fn idle_slow_and_surplus_connections_are_closed() {
     let valid = requests(&hour_16()[..5], 60).remove(0).encode_to_vec();
     let connect = |addr| std::net::TcpStream::connect(addr).unwrap();
     let post = |length: usize| {
-        format!("POST /v1/traces HTTP/1.1\r\nhost: gent\r\ncontent-type: application/x-protobuf\r\ncontent-length: {length}\r\n\r\n")
+        format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: gent\r\ncontent-type: application/x-protobuf\r\ncontent-length: {length}\r\n\r\n"
+        )
     };
     let start = std::time::Instant::now();
 
@@ -517,9 +521,8 @@ async fn idle_slow_and_surplus_connections_are_closed() {
         .into_iter()
         .map(|s| std::thread::spawn(move || closed_within(s, start, limit)))
         .collect();
-    for (mode, closed) in ["http silent", "http keep-alive", "http trickled headers", "grpc silent", "grpc preface"]
-        .into_iter()
-        .zip(idle)
+    for (mode, closed) in
+        ["http silent", "http keep-alive", "http trickled headers", "grpc silent", "grpc preface"].into_iter().zip(idle)
     {
         let closed = closed.join().unwrap().unwrap_or_else(|| panic!("{mode}: still open after {limit:?}"));
         assert!(closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500), "{mode}: closed after {closed:?}");

@@ -164,11 +164,11 @@ pub fn unpack(bytes: &[u8], device: &Device) -> Result<Unpacked, PackError> {
 /// checked against the limit and against each other before the model is
 /// built, so no count in a packet decides an allocation unchecked.
 pub fn unpack_within(bytes: &[u8], device: &Device, max_spans: u64) -> Result<Unpacked, PackError> {
-    let body = open_contents(bytes)?;
+    let body: Contents = packet::open_checked(bytes, |header: &Header| {
+        let (traces, spans) = (header.traces, header.spans);
+        if spans > max_spans { Err(PackError::TooLarge { traces, spans, limit: max_spans }) } else { Ok(()) }
+    })?;
     let (traces, spans) = (body.header.traces, body.header.spans);
-    if spans > max_spans {
-        return Err(PackError::TooLarge { traces, spans, limit: max_spans });
-    }
     if body.model.histogram.traces() != traces || body.model.histogram.spans() != spans || traces > spans {
         return Err(ModelError::Stored("header counts disagree with the topology histogram".into()).into());
     }

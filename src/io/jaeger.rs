@@ -261,47 +261,63 @@ struct SpanOut<'a> {
 struct TraceOut<'a> {
     #[serde(rename = "traceID")]
     trace_id: String,
-    spans: Vec<SpanOut<'a>>,
+    spans: SpansOut<'a>,
     processes: HashMap<String, Process>,
     warnings: Option<()>,
 }
 
 #[derive(Serialize)]
 struct FileOut<'a> {
-    data: Vec<TraceOut<'a>>,
+    data: Traces<'a>,
     total: usize,
     limit: usize,
     offset: usize,
     errors: Option<()>,
 }
 
+/// The file's traces, each converted as it is written, so that writing holds
+/// one trace's Jaeger form at a time rather than the window's.
+struct Traces<'a>(&'a [Trace]);
+
+impl Serialize for Traces<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(trace_out))
+    }
+}
+
 /// Writes Jaeger JSON; times are rounded down to Jaeger's microseconds.
 pub fn write(traces: &[Trace], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    let data: Vec<TraceOut> = traces.iter().map(trace_out).collect();
-    let file = FileOut { total: data.len(), data, limit: 0, offset: 0, errors: None };
+    let file = FileOut { total: traces.len(), data: Traces(traces), limit: 0, offset: 0, errors: None };
     serde_json::to_writer(&mut *out, &file)?;
     out.write_all(b"\n")
+}
+
+/// One trace's spans, each converted as it is written (a trace may hold
+/// hundreds of thousands), with the process id of each span's resource.
+struct SpansOut<'a> {
+    spans: &'a [Span],
+    process_ids: HashMap<*const Resource, String>,
+}
+
+impl Serialize for SpansOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let id = |span: &Span| self.process_ids.get(&Arc::as_ptr(&span.resource)).cloned().unwrap_or_default();
+        serializer.collect_seq(self.spans.iter().map(|span| span_out(span, id(span))))
+    }
 }
 
 fn trace_out(trace: &Trace) -> TraceOut<'_> {
     let mut processes: HashMap<String, Process> = HashMap::new();
     let mut process_ids: HashMap<*const Resource, String> = HashMap::new();
-    let spans = trace
-        .spans
-        .iter()
-        .map(|span| {
-            let process_id = process_ids
-                .entry(Arc::as_ptr(&span.resource))
-                .or_insert_with(|| {
-                    let id = format!("p{}", processes.len() + 1);
-                    let tags = span.resource.attributes.iter().map(kv_to_tag).collect();
-                    processes.insert(id.clone(), Process { service_name: span.resource.service.clone(), tags });
-                    id
-                })
-                .clone();
-            span_out(span, process_id)
-        })
-        .collect();
+    for span in &trace.spans {
+        process_ids.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
+            let id = format!("p{}", processes.len() + 1);
+            let tags = span.resource.attributes.iter().map(kv_to_tag).collect();
+            processes.insert(id.clone(), Process { service_name: span.resource.service.clone(), tags });
+            id
+        });
+    }
+    let spans = SpansOut { spans: &trace.spans, process_ids };
     TraceOut { trace_id: hex::encode(trace.trace_id), spans, processes, warnings: None }
 }
 

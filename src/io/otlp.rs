@@ -227,38 +227,84 @@ pub fn snake_case_spans(text: &[u8]) -> bool {
     ["\"resource_spans\"", "\"scope_spans\""].iter().any(|key| memchr::memmem::find(text, key.as_bytes()).is_some())
 }
 
-/// OTLP JSON lines: one request per trace, so a reader can stream it.
+/// OTLP JSON lines: one request per trace, so a reader can stream it (a
+/// trace of more than [`REQUEST_SPANS`] spans takes several lines).
 pub fn write_json_lines(traces: &[Trace], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    for trace in traces {
-        serde_json::to_writer(&mut *out, &to_request(&trace.spans))?;
+    for part in traces.iter().flat_map(|t| t.spans.chunks(REQUEST_SPANS)) {
+        serde_json::to_writer(&mut *out, &to_request(part))?;
         out.write_all(b"\n")?;
     }
     Ok(())
 }
 
 pub fn write_proto(traces: &[Trace], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    // Requests of about PROTO_CHUNK_SPANS spans each, one after another: in
+    // Requests of at most REQUEST_SPANS spans each, one after another: in
     // protobuf, concatenated messages are one message with the repeated
     // fields joined, so the file is one request, and memory stays bounded by
-    // the chunk, not the window (a window of millions of spans built whole
-    // took as much again in prost structs and bytes).
+    // the request, not the window or the largest trace (a window of millions
+    // of spans built whole took as much again in prost structs and bytes).
+    // Whole traces share a request while they fit.
+    let mut parts = traces.iter().flat_map(|t| t.spans.chunks(REQUEST_SPANS)).peekable();
     let mut buffer = Vec::new();
-    let mut start = 0;
-    while start < traces.len() {
-        let mut end = start;
-        let mut spans = 0;
-        while end < traces.len() && (end == start || spans + traces[end].spans.len() <= PROTO_CHUNK_SPANS) {
-            spans += traces[end].spans.len();
-            end += 1;
+    let mut request: Vec<&[Span]> = Vec::new();
+    while let Some(first) = parts.next() {
+        let mut spans = first.len();
+        request.clear();
+        request.push(first);
+        while let Some(next) = parts.next_if(|p| spans + p.len() <= REQUEST_SPANS) {
+            spans += next.len();
+            request.push(next);
         }
         buffer.clear();
-        to_request(traces[start..end].iter().flat_map(|t| &t.spans)).encode(&mut buffer).map_err(std::io::Error::other)?;
+        to_request(request.iter().flat_map(|p| p.iter())).encode(&mut buffer).map_err(std::io::Error::other)?;
         out.write_all(&buffer)?;
-        start = end;
     }
     Ok(())
 }
 
-/// Spans per request in a protobuf file written by [`write_proto`] (a single
-/// trace larger than this is written whole).
-const PROTO_CHUNK_SPANS: usize = 10_000;
+/// Most spans in one request written by [`write_proto`] or one line written
+/// by [`write_json_lines`]: what converting a request to OTLP holds at once.
+const REQUEST_SPANS: usize = 10_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::test_span;
+
+    /// A trace of more spans than one request takes several (lines, or
+    /// protobuf messages one after another) and reads back whole; smaller
+    /// traces share a request while they fit.
+    #[test]
+    fn a_trace_over_one_request_is_written_in_parts_and_reads_back_whole() {
+        let n = 2 * REQUEST_SPANS as u64 + 5;
+        // One resource and scope throughout, so each request has one of each.
+        let base = test_span(1, 1, None, 1_000, 1_000_000);
+        let span = |k: u64| Span {
+            span_id: (k + 1).to_be_bytes(),
+            parent_span_id: k.checked_sub(1).map(|p| (p + 1).to_be_bytes()),
+            start: 1_000 + k,
+            ..base.clone()
+        };
+        let large = Trace { trace_id: [1; 16], spans: (0..n).map(span).collect() };
+        let small = |t: u8| Trace { trace_id: [t; 16], spans: vec![Span { trace_id: [t; 16], ..base.clone() }] };
+        let traces = [small(2), large, small(3), small(4)];
+
+        let mut json = Vec::new();
+        write_json_lines(&traces, &mut json).unwrap();
+        assert_eq!(json.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count(), 1 + 3 + 2);
+        let mut proto = Vec::new();
+        write_proto(&traces, &mut proto).unwrap();
+        // Requests: [small 2], [10,000 of the large], [10,000], [5, small 3, small 4].
+        let request = ExportTraceServiceRequest::decode(&proto[..]).unwrap();
+        let sizes: Vec<usize> = request.resource_spans.iter().map(|r| r.scope_spans[0].spans.len()).collect();
+        assert_eq!(sizes.len(), 4, "requests of {:?} spans", &sizes[..sizes.len().min(8)]);
+        assert_eq!(sizes, [1, REQUEST_SPANS, REQUEST_SPANS, 7]);
+
+        for (bytes, read) in [(&json, read_json as fn(&[u8], &mut Vec<Span>, usize) -> _), (&proto, read_proto)] {
+            let mut spans = Vec::new();
+            read(bytes, &mut spans, usize::MAX).unwrap();
+            assert_eq!(spans.len() as u64, n + 3);
+            assert_eq!(spans.iter().filter(|s| s.trace_id == [1; 16]).count() as u64, n);
+        }
+    }
+}

@@ -89,6 +89,23 @@ pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
     })
 }
 
+/// As [`open`], but the body is decoded only once `check` has accepted its
+/// prefix `P` (a window packet's header): a packet whose counts are out of
+/// bounds is refused before the rest of its body takes memory.
+pub fn open_checked<P, T, E>(packet: &[u8], check: impl FnOnce(&P) -> Result<(), E>) -> Result<T, E>
+where
+    P: DeserializeOwned,
+    T: DeserializeOwned,
+    E: From<PacketError>,
+{
+    let body = inflate(packet, FORMAT_VERSION, Codec::Zstd, MAX_WINDOW_BODY_BYTES)?;
+    let decode = |e: postcard::Error| PacketError::Decode(e.to_string());
+    let (prefix, _) = postcard::take_from_bytes::<P>(&body).map_err(decode)?;
+    check(&prefix)?;
+    let (value, rest) = postcard::take_from_bytes(&body).map_err(decode)?;
+    if rest.is_empty() { Ok(value) } else { Err(PacketError::Trailing(rest.len()).into()) }
+}
+
 /// `body` in the packet container under another `version`: files that use
 /// the container (language models) version their layout apart from the
 /// window packet, so a new packet format does not orphan them.

@@ -11,6 +11,6 @@ pub mod sender;
 pub mod spool;
 
 pub use format::{
-    FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_WINDOW_BODY_BYTES, PacketError, compressed_len, open, open_as, open_body_as, seal,
-    seal_as, seal_body_as,
+    FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_WINDOW_BODY_BYTES, PacketError, compressed_len, open, open_as, open_body_as,
+    open_checked, seal, seal_as, seal_body_as,
 };

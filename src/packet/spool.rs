@@ -193,9 +193,9 @@ impl Spool {
             return Err(format!("spool full ({bytes} of {} bytes): the decompressor is not taking packets", self.max_bytes));
         }
         let probe = self.dir.join(".readyz.partial");
-        std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)).map_err(|e| {
-            format!("spool folder {} is not writable: {e}", self.dir.display())
-        })
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| format!("spool folder {} is not writable: {e}", self.dir.display()))
     }
 
     /// From now on `put` never waits (shutdown must not hang on a full spool).

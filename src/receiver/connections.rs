@@ -240,7 +240,12 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(inner: TcpListener, config: &ConnectionConfig, stats: ConnectionStats) -> Self {
-        Listener { inner, permits: Arc::new(Semaphore::new(config.max_connections.max(1))), idle_timeout: config.idle_timeout, stats }
+        Listener {
+            inner,
+            permits: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            idle_timeout: config.idle_timeout,
+            stats,
+        }
     }
 
     /// The next connection, once there is room for it.

@@ -61,7 +61,8 @@ struct Export(Arc<Ingest>);
 
 impl tonic::server::ClientStreamingService<Bytes> for Export {
     type Response = ExportTraceServiceResponse;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ExportTraceServiceResponse>, Status>> + Send>>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ExportTraceServiceResponse>, Status>> + Send>>;
 
     fn call(&mut self, request: Request<tonic::Streaming<Bytes>>) -> Self::Future {
         let ingest = self.0.clone();
