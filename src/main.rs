@@ -520,10 +520,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let _ = READ_LIMITS.set(io::ReadLimits { bytes: cli.max_input_bytes, spans: cli.max_input_spans });
-    if !matches!(
+    // An operator's own MIMALLOC_PURGE_DELAY wins.
+    let daemon = matches!(
         cli.command,
         Command::Compressor { .. } | Command::Decompressor { .. } | Command::Demo { .. } | Command::Replay { .. }
-    ) {
+    );
+    if !daemon && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         purge_freed_memory_at_once();
     }
     let result = match cli.command {
