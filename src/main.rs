@@ -19,21 +19,6 @@ use gent::llm::window::WindowConditions;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay`: the same index in its v2 and v3 headers,
-/// which libmimalloc-sys does not name.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Has mimalloc hand freed pages back to the kernel at once. A one-shot
-/// command's memory peaks in phases (decode, generate, write), and mimalloc
-/// otherwise keeps what one phase freed for up to a second (its v3 default)
-/// while the next allocates: generating
-/// the largest crafted packet --max-input-spans admits peaked at 489 MiB with
-/// the default delay and 263 MiB with none. The daemons keep the default: they
-/// reuse what a window freed for the next one.
-fn purge_freed_memory_at_once() {
-    // SAFETY: sets an integer option, which mimalloc allows at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
 use gent::nn::Backend;
 use gent::nn::weights::Precision;
 use gent::replay::{ReplayOptions, ReplayProtocol};
@@ -52,6 +37,22 @@ struct Cli {
     /// memory each).
     #[arg(long, global = true, default_value_t = io::DEFAULT_MAX_INPUT_SPANS)]
     max_input_spans: usize,
+}
+
+/// mimalloc's `mi_option_purge_delay`: the same index in its v2 and v3 headers,
+/// which libmimalloc-sys does not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Has mimalloc hand freed pages back to the kernel at once. A one-shot
+/// command's memory peaks in phases (decode, generate, write), and mimalloc
+/// otherwise keeps what one phase freed for up to a second (its v3 default)
+/// while the next allocates: generating the largest crafted packet
+/// --max-input-spans admits peaked at 489 MiB with the default delay and
+/// 263 MiB with none. The daemons keep the default: they reuse what a window
+/// freed for the next one.
+fn purge_freed_memory_at_once() {
+    // SAFETY: sets an integer option, which mimalloc allows at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }
 
 /// The command line's bounds on reading input files, set once at start.

@@ -83,10 +83,7 @@ pub fn seal<T: Serialize>(body: &T) -> Result<Vec<u8>, PacketError> {
 
 /// The body of a packet, after checking magic, version and checksum, in that order.
 pub fn open<T: DeserializeOwned>(packet: &[u8]) -> Result<T, PacketError> {
-    open_with(packet, FORMAT_VERSION, Codec::Zstd, MAX_WINDOW_BODY_BYTES).and_then(|(value, rest)| {
-        // A window packet's body is one value and nothing after it.
-        if rest > 0 { Err(PacketError::Trailing(rest)) } else { Ok(value) }
-    })
+    open_checked(packet, |_: &()| Ok(()))
 }
 
 /// As [`open`], but the body is decoded only once `check` has accepted its
@@ -103,6 +100,7 @@ where
     let (prefix, _) = postcard::take_from_bytes::<P>(&body).map_err(decode)?;
     check(&prefix)?;
     let (value, rest) = postcard::take_from_bytes(&body).map_err(decode)?;
+    // A window packet's body is one value and nothing after it.
     if rest.is_empty() { Ok(value) } else { Err(PacketError::Trailing(rest.len()).into()) }
 }
 
