@@ -137,11 +137,15 @@ pub struct FidelityConfig {
     pub fallback_head: u64,
     /// Seed of that sampling (which trace ids are kept).
     pub seed: u64,
+    /// A window of more spans is self-evaluated, and its gzip size measured,
+    /// on a 1:k sample of its traces of about this many spans, so the work per
+    /// window stays bounded whatever its size; 0 uses every span.
+    pub sample_spans: usize,
 }
 
 impl Default for FidelityConfig {
     fn default() -> Self {
-        FidelityConfig { self_evaluate: true, floor: 0.3, fallback_head: 10, seed: 0 }
+        FidelityConfig { self_evaluate: true, floor: 0.3, fallback_head: 10, seed: 0, sample_spans: 50_000 }
     }
 }
 

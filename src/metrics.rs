@@ -293,10 +293,13 @@ impl Metrics {
             training_seconds: r.histogram("gent_training_seconds", "Seconds to train one window's model.", 0.05)?,
             training_errors: counter("gent_training_errors_total", "Windows whose model could not be trained or packed.")?,
             packet_bytes: counter("gent_packet_bytes_total", "Bytes of packets produced for the link.")?,
-            window_raw_bytes: counter("gent_window_raw_bytes_total", "The same windows as raw OTLP protobuf bytes.")?,
+            window_raw_bytes: counter(
+                "gent_window_raw_bytes_total",
+                "The same windows as raw OTLP protobuf bytes (estimated from a trace sample above pipeline.fidelity.sample_spans).",
+            )?,
             window_gzip_bytes: counter(
                 "gent_window_gzip_bytes_total",
-                "The same windows as gzip-compressed OTLP protobuf bytes.",
+                "The same windows as gzip-compressed OTLP protobuf bytes (estimated from a trace sample above pipeline.fidelity.sample_spans).",
             )?,
             fidelity_last: r.gauge_f64("gent_fidelity_score", "Self-evaluated fidelity (0..1) of the last window.")?,
             fidelity_head_same_bytes: r.gauge_f64(

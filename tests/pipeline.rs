@@ -630,3 +630,41 @@ fn unauthenticated_pushes_are_refused_before_their_bodies_are_read() {
     assert!(peak < baseline + 100.0, "peak {peak:.0} MiB against {baseline:.0} MiB at start");
     sigterm(&mut d);
 }
+
+/// The compressor's self-check of a large window works on a bounded sample:
+/// TrainTicket hour 12 (216k spans) is scored on about 50,000 real spans and
+/// the same share of the regenerated ones, close to the whole-window score,
+/// with head sampling at the packet's bytes still below the model.
+#[test]
+fn a_large_window_is_self_evaluated_on_a_bounded_sample_close_to_the_whole() {
+    let files: Vec<_> = (0..60).map(|m| data(&format!("trainticket/12_{m:02}_trace.csv.gz"))).collect();
+    let real = read_set(&files);
+    let device = burn::tensor::Device::flex();
+    let config = gent::config::pipeline_model();
+    let model = gent::gent::WindowModel::train(&real.traces, &config, &device, None).unwrap();
+    let packet = gent::gent::pack(&model, 1, &config, gent::nn::weights::Precision::F16, 7, None).unwrap();
+    let mut f = gent::config::FidelityConfig::default();
+    let timed = |f: &gent::config::FidelityConfig| {
+        let started = std::time::Instant::now();
+        let e = gent::ship::self_evaluate(&real, &packet, &device, f).unwrap();
+        (e, started.elapsed().as_secs_f64())
+    };
+    let (sampled, sampled_s) = timed(&f);
+    f.sample_spans = 0;
+    let (whole, whole_s) = timed(&f);
+    println!(
+        "hour 12 ({} spans): whole window {:.3} (head 1:{} {:.3}) in {whole_s:.1} s; sample of {} spans {:.3} (head {:.3}) in {sampled_s:.1} s",
+        real.span_count(),
+        whole.fidelity,
+        whole.head_rate,
+        whole.head_fidelity,
+        sampled.scored_spans,
+        sampled.fidelity,
+        sampled.head_fidelity
+    );
+    assert_eq!(whole.scored_spans, real.span_count());
+    assert!((40_000..=60_000).contains(&sampled.scored_spans), "{} spans scored", sampled.scored_spans);
+    assert_eq!(sampled.head_rate, whole.head_rate, "the same bytes, the same head rate");
+    assert!((sampled.fidelity - whole.fidelity).abs() < 0.06, "{:.3} against {:.3}", sampled.fidelity, whole.fidelity);
+    assert!(sampled.fidelity > sampled.head_fidelity, "the model beats head sampling at its bytes on the sample too");
+}
