@@ -125,7 +125,7 @@ pub async fn start_with(
         None => files.unwrap_or_else(|| Box::new(DiscardSink)),
     };
     let (window_tx, window_rx) = mpsc::channel(1);
-    let sink = window::run_sink(sink, window_rx, metrics.clone()).map_err(CompressorError::Thread)?;
+    let sink = window::run_sink(sink, window_rx, metrics.clone(), config.window.duration).map_err(CompressorError::Thread)?;
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
     let assembler = Assembler::new(config.window.clone(), budget.clone(), metrics.clone());
     let assembler = tokio::spawn(assembler.run(queue_rx, window_tx));

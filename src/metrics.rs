@@ -105,6 +105,9 @@ pub struct Metrics {
     pub oversized_trace_spans: IntCounter,
     /// Windows the sink failed to take.
     pub sink_errors: IntCounter,
+    /// Seconds the sink spent on each window, and each window waited for it.
+    pub sink_seconds: Histogram,
+    pub sink_wait_seconds: Histogram,
     /// Spans in closed windows (after duplicates were dropped).
     pub window_spans_total: IntCounter,
     /// The pipeline's half: training, packets, self-evaluation, the link.
@@ -353,6 +356,16 @@ impl Metrics {
                 "Spans dropped because their trace already held window.max_spans_per_trace spans.",
             )?,
             sink_errors: counter("gent_sink_errors_total", "Closed windows the sink failed to take.")?,
+            sink_seconds: r.histogram(
+                "gent_sink_seconds",
+                "Seconds the sink spent on one closed window (assembly, training, self-evaluation, spooling); above window.duration the sink cannot keep up: closed windows wait and the receivers push back.",
+                0.05,
+            )?,
+            sink_wait_seconds: r.histogram(
+                "gent_sink_wait_seconds",
+                "Seconds a closed window waited for the sink to take it.",
+                0.05,
+            )?,
             window_spans_total: counter("gent_window_spans_total", "Spans in closed windows.")?,
             pipeline,
             connections: ConnectionMetrics::new(&r, &["grpc", "http", "metrics"])?,

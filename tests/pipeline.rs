@@ -181,6 +181,9 @@ async fn trainticket_hour_16_is_regenerated_with_its_topologies_and_both_sides_a
     assert_eq!(sample(&d_text, "gent_exported_spans_total{exporter=\"file_otlp_json\"}"), spans_in as f64);
     assert!(sample(&c_text, "gent_packet_bytes_total") > 0.0 && sample(&c_text, "gent_window_gzip_bytes_total") > 0.0);
     assert_eq!(sample(&c_text, "gent_training_seconds_count"), windows);
+    assert_eq!(sample(&c_text, "gent_sink_seconds_count"), windows);
+    assert_eq!(sample(&c_text, "gent_sink_wait_seconds_count"), windows);
+    assert!(sample(&c_text, "gent_sink_seconds_sum") >= sample(&c_text, "gent_training_seconds_sum"));
     assert_eq!(sample(&c_text, "gent_spool_packets"), 0.0);
 }
 

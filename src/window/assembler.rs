@@ -251,7 +251,7 @@ impl Assembler {
     }
 }
 
-fn unix_nano_now() -> u64 {
+pub(super) fn unix_nano_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 

@@ -3,10 +3,11 @@
 //! spans stay counted against the budget, so a slow sink pushes back on clients.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::assembler::{ClosedWindow, RawWindow};
+use super::assembler::{ClosedWindow, RawWindow, unix_nano_now};
 use crate::io::{self, IoError, OutputFormat};
 use crate::metrics::Metrics;
 
@@ -69,14 +70,29 @@ pub fn run_sink(
     mut sink: Box<dyn WindowSink>,
     mut input: mpsc::Receiver<RawWindow>,
     metrics: Metrics,
+    window_duration: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("gent-sink".into()).spawn(move || {
         while let Some(raw) = input.blocking_recv() {
+            let started = Instant::now();
+            let waited = unix_nano_now().saturating_sub(raw.end_unix_nano) as f64 / 1e9;
+            metrics.sink_wait_seconds.observe(waited);
             let window = raw.assemble();
             record(&metrics, &window);
             if let Err(e) = sink.take(&window) {
                 metrics.sink_errors.inc();
                 tracing::error!(window = window.id, error = %e, "sink failed to take window");
+            }
+            let took = started.elapsed();
+            metrics.sink_seconds.observe(took.as_secs_f64());
+            if took > window_duration {
+                tracing::warn!(
+                    window = window.id,
+                    seconds = format!("{:.1}", took.as_secs_f64()),
+                    window_seconds = window_duration.as_secs_f64(),
+                    "the sink took longer than a window lasts: closed windows wait and the receivers push back \
+                     (lower pipeline.fidelity.sample_spans or window.max_traces, or add cores)"
+                );
             }
             // Dropping the window gives its spans' budget back.
         }
