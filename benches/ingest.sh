@@ -4,16 +4,16 @@
 # loopback. Runs gent, rotel, gent, rotel (ROUNDS times) and prints spans/s and
 # peak resident memory (VmHWM) of each receiver.
 #
-# Usage: [SPAN_BUDGET=N] benches/ingest.sh [LOOPS] [ROUNDS]
+# Usage: [SPAN_BUDGET=N] [GENT=path/to/gent] benches/ingest.sh [LOOPS] [ROUNDS]
 # (needs .ci/interop's venv for rotel; SPAN_BUDGET sets gent's window.span_budget)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 loops=${1:-5}
 rounds=${2:-2}
-gent=target/release/gent
+gent=${GENT:-target/release/gent}
 venv=target/interop/venv
 data=${GENT_DATA:-../shared/data}
-rotel=$(find "$venv" -name rotel-agent -type f | head -1)
+rotel=$(find -L "$venv" -name rotel-agent -type f | head -1)
 [ -x "$gent" ] && [ -n "$rotel" ] || { echo "build gent and run .ci/interop first" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -28,8 +28,10 @@ peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 run() {  # $1 = gent|rotel
   local grpc; grpc=$(port)
   if [ "$1" = gent ]; then
-    printf 'receiver:\n  grpc: 127.0.0.1:%s\n  http: null\nmetrics:\n  endpoint: null\nwindow:\n  span_budget: %s\n' \
-      "$grpc" "${SPAN_BUDGET:-4000000}" > "$work/gent.yaml"
+    # The shipped defaults (pipeline on, windows trained as they close), with
+    # the spool kept out of the working tree.
+    printf 'receiver:\n  grpc: 127.0.0.1:%s\n  http: null\nmetrics:\n  endpoint: null\nwindow:\n  span_budget: %s\npipeline:\n  link:\n    spool_dir: %s\n' \
+      "$grpc" "${SPAN_BUDGET:-4000000}" "$work/spool" > "$work/gent.yaml"
     "$gent" compressor --config "$work/gent.yaml" 2> "$work/gent.log" &
   else
     "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$grpc" --otlp-http-endpoint "127.0.0.1:$(port)" \

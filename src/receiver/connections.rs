@@ -303,16 +303,26 @@ impl Connection {
 
     /// Ready with an error once the connection has been idle for the timeout;
     /// otherwise arms the clock for the moment it would be.
+    ///
+    /// This runs on every read that finds the socket empty, so the busy case
+    /// stays cheap: while a request is in flight no clock is needed (the last
+    /// request's end wakes the reader, which then arms it), and the waker is
+    /// cloned only when it changed. Resetting the timer on every such read cost
+    /// a timer-wheel update per read under load.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
-            *lock(&self.state.reader) = Some(cx.waker().clone());
-            let now = Instant::now();
-            let deadline = match self.state.active.load(Ordering::Acquire) {
-                // Busy: look again later (the last request's end wakes us sooner).
-                0 => *lock(&self.state.idle_since) + self.idle_timeout,
-                _ => now + self.idle_timeout,
-            };
-            if deadline <= now {
+            {
+                let mut reader = lock(&self.state.reader);
+                if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *reader = Some(cx.waker().clone());
+                }
+            }
+            // Read after the waker is stored: a request ending now still wakes us.
+            if self.state.active.load(Ordering::Acquire) > 0 {
+                return Poll::Pending;
+            }
+            let deadline = *lock(&self.state.idle_since) + self.idle_timeout;
+            if deadline <= Instant::now() {
                 self.stats.idle_closed.inc();
                 return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle for longer than idle_timeout"));
             }
