@@ -528,10 +528,14 @@ fn segment(values: &[(u32, f64)]) -> Vec<u32> {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     let spread = sorted.iter().map(|v| (v - median).abs()).sum::<f64>() / sorted.len() as f64 + 1e-9;
-    let med = |s: &[(u32, f64)]| {
-        let mut v: Vec<f64> = s.iter().map(|x| x.1).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    // The middle order statistic by selection, not a sort: this runs twice for
+    // every candidate cut, and was most of the training time of large windows.
+    let mut scratch = Vec::with_capacity(sample.len());
+    let mut med = |s: &[(u32, f64)]| {
+        scratch.clear();
+        scratch.extend(s.iter().map(|x| x.1));
+        let middle = scratch.len() / 2;
+        *scratch.select_nth_unstable_by(middle, f64::total_cmp).1
     };
     let mut cuts = Vec::new();
     let mut stack = vec![(0usize, sample.len())];
