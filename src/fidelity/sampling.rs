@@ -111,28 +111,30 @@ impl Sampler {
     }
 }
 
+const MINUTE_NS: u64 = 60_000_000_000;
+
 /// A stratified 1:`k` sample of `traces` for measuring a large window: the
 /// indices of every `k`-th trace (from a seeded phase) in order of entry point
-/// (the first span's service and name), span count and start. Each kind of
+/// (the first span's service and name), span count, minute and length. Each kind of
 /// trace and each stretch of time keeps its share within one trace, so two
 /// such samples (of real and regenerated traces) differ far less than two
 /// random ones: a count per minute is not noise. Returned in input order.
-const MINUTE_NS: u64 = 60_000_000_000;
-
 pub fn stratified(traces: &[Trace], k: u64, seed: u64) -> Vec<usize> {
     if k <= 1 {
         return (0..traces.len()).collect();
     }
-    fn entry(t: &Trace) -> (&str, &str) {
-        t.spans.first().map_or(("", ""), |s| (s.service(), s.name.as_str()))
-    }
+    // Keys computed once: a trace's start and end walk its spans.
+    let keys: Vec<(&str, &str, usize, u64, u64)> = traces
+        .iter()
+        .map(|t| {
+            let (service, name) = t.spans.first().map_or(("", ""), |s| (s.service(), s.name.as_str()));
+            let start = t.start();
+            // Within a minute, by length: the sample keeps each minute's spread of durations too.
+            (service, name, t.spans.len(), start / MINUTE_NS, t.end().saturating_sub(start))
+        })
+        .collect();
     let mut order: Vec<usize> = (0..traces.len()).collect();
-    // Within a minute, by length: the sample keeps each minute's spread of durations too.
-    let key = |t: &Trace| (t.spans.len(), t.start() / MINUTE_NS, t.end().saturating_sub(t.start()));
-    order.sort_unstable_by(|&a, &b| {
-        let (ta, tb) = (&traces[a], &traces[b]);
-        (entry(ta), key(ta), a).cmp(&(entry(tb), key(tb), b))
-    });
+    order.sort_unstable_by(|&a, &b| (&keys[a], a).cmp(&(&keys[b], b)));
     let phase = (seed % k) as usize;
     let mut kept: Vec<usize> = order.into_iter().skip(phase).step_by(k as usize).collect();
     kept.sort_unstable();
