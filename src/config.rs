@@ -91,6 +91,11 @@ pub struct PipelineConfig {
     /// per trace), for decompressors that regenerate with a language model
     /// (`engine: llm`).
     pub call_graph_conditions: bool,
+    /// Most spans a window's timing and generators are fitted on (0: all). A
+    /// larger window is fitted on a share of its traces, each topology and
+    /// stretch of the window keeping its share, so training time stops growing
+    /// with the window; the topology histogram and the start counts stay exact.
+    pub train_spans: usize,
     pub fidelity: FidelityConfig,
     pub link: LinkClientConfig,
 }
@@ -113,6 +118,7 @@ impl Default for PipelineConfig {
             backend: crate::nn::Backend::Cpu,
             raw_when_smaller: true,
             call_graph_conditions: false,
+            train_spans: 250_000,
             fidelity: FidelityConfig::default(),
             link: LinkClientConfig::default(),
         }

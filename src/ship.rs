@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{FidelityConfig, PipelineConfig};
 use crate::fidelity::Reference;
-use crate::fidelity::sampling::{Sampler, stratified};
+use crate::fidelity::sampling::{Sampler, Stratum, stratified, stratum, systematic};
 use crate::gent::{GenTConfig, WindowModel};
 use crate::metrics::PipelineMetrics;
 use crate::nn::weights::Precision;
@@ -95,7 +95,8 @@ impl ShipSink {
         let c: &GenTConfig = &self.config.model;
         let previous = if self.config.warm_start { self.previous.as_ref() } else { None };
         let started = Instant::now();
-        let model = WindowModel::train(traces, c, &self.device, previous).map_err(|e| e.to_string())?;
+        let model =
+            WindowModel::train_within(traces, c, &self.device, previous, self.config.train_spans).map_err(|e| e.to_string())?;
         let seconds = started.elapsed().as_secs_f64();
         let precision = if self.config.f16 { Precision::F16 } else { Precision::F32 };
         // Regeneration draws trace and span ids from this seed: unique per
@@ -236,12 +237,14 @@ impl WindowSink for ShipSink {
 /// also scores head sampling at the rate whose bytes match the packet,
 /// the comparison that says whether the model pays for itself.
 ///
-/// A window over `fidelity.sample_spans` is scored on a 1:k sample, so the
-/// SQL work per window stays bounded: the same stratified share of its real
-/// and of its regenerated traces (each entry point, trace size, minute and
-/// spread of durations keeps its share), and head sampling's counts scaled
-/// to that share. Two samples still differ a little, so a sampled score runs
-/// a little below a whole-window one (0.88 against 0.92 on TrainTicket hour 12).
+/// A window over `fidelity.sample_spans` is scored on a 1:k share, so the
+/// work per window stays bounded: a stratified 1:k sample of its real traces
+/// (each entry point, trace size, minute and spread of durations keeps its
+/// share), the same share of strata regenerated from the packet (only those
+/// traces are built, [`crate::gent::WindowModel::generate_only`]), and head
+/// sampling's counts scaled to that share. Two samples differ a little, so a
+/// sampled score runs a little below a whole-window one (see the pipeline
+/// test on TrainTicket hour 12).
 pub fn self_evaluate(
     real: &TraceSet,
     packet: &[u8],
@@ -252,13 +255,27 @@ pub fn self_evaluate(
     // Not the head sampler's seed: at equal rates the two would keep the same traces.
     let sample_seed = f.seed ^ SAMPLE_SEED;
     let unpacked = crate::gent::unpack(packet, device).map_err(|e| e.to_string())?;
-    let (traces, _) = unpacked.model.generate(unpacked.header.seed).map_err(|e| e.to_string())?;
-    let traces = if k == 1 {
-        traces
-    } else {
-        let kept = stratified(&traces, k, sample_seed);
-        keep(traces, &kept)
+    let model = &unpacked.model;
+    // Only the share the score reads is regenerated, picked as the real
+    // sample is: by stratum, then (length unknown before timing) by start.
+    let pick = |topologies: &[usize], starts: &[u64]| {
+        if k == 1 {
+            return (0..topologies.len()).collect();
+        }
+        let h = &model.histogram;
+        let keys: Vec<(Stratum<'_>, u64)> = topologies
+            .iter()
+            .zip(starts)
+            .map(|(&t, &start)| {
+                let topology = &h.topologies[t];
+                let entry = topology.roots().next().and_then(|r| h.labels.get(topology.labels[r] as usize));
+                let (service, name) = entry.map_or(("", ""), |l| (l.service.as_str(), l.name.as_str()));
+                (stratum(service, name, topology.len(), start), start)
+            })
+            .collect();
+        systematic(&keys, k, sample_seed)
     };
+    let (traces, _) = model.generate_only(unpacked.header.seed, pick).map_err(|e| e.to_string())?;
     let (reference, scored_spans) = if k == 1 {
         (Reference::new(real, Vec::new()), real.span_count())
     } else {
@@ -277,18 +294,6 @@ pub fn self_evaluate(
     let sampled = TraceSet { traces: kept, defects: Default::default() };
     let head_fidelity = reference.evaluate_any(&sampled, rate as f64 / k as f64).map_err(|e| e.to_string())?.overall;
     Ok(SelfEvaluation { fidelity, head_rate, head_fidelity, scored_spans })
-}
-
-/// The traces of `traces` at the (ascending) indices `kept`.
-fn keep(traces: Vec<Trace>, kept: &[usize]) -> Vec<Trace> {
-    let mut next = kept.iter().peekable();
-    let mut out = Vec::with_capacity(kept.len());
-    for (i, t) in traces.into_iter().enumerate() {
-        if next.next_if(|&&k| k == i).is_some() {
-            out.push(t);
-        }
-    }
-    out
 }
 
 /// This compressor's name on the link: the configured name (or host name) and

@@ -265,3 +265,36 @@ fn trainticket_hour_12_minutes_of_a_retry_storm_come_back_with_it() {
     println!("per minute, traces slower than the real p90 agree at {with:.3} with bursts, {without:.3} without");
     assert!(with > without + 0.2 && with > 0.7, "with {with:.3}, without {without:.3}");
 }
+
+#[test]
+fn trainticket_hour_12_fitted_on_half_its_spans_keeps_its_structure_and_nearly_its_fidelity() {
+    let real = hour(12);
+    let device = Device::flex();
+    let config = GenTConfig::default();
+    let reference = Reference::new(&real, Vec::new()).unwrap();
+    let score = |max_spans: usize| {
+        let started = std::time::Instant::now();
+        let model = WindowModel::train_within(&real.traces, &config, &device, None, max_spans).unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let packet = gent::gent::pack(&model, 1, &config, Precision::F16, 7, None).unwrap();
+        let unpacked = gent::gent::unpack(&packet, &device).unwrap();
+        let (traces, _) = unpacked.model.generate(unpacked.header.seed).unwrap();
+        let report = reference.evaluate_any(&set(traces), 1.0).unwrap();
+        (model, report, seconds, packet.len())
+    };
+    let (whole, whole_report, whole_seconds, whole_bytes) = score(0);
+    let (part, part_report, part_seconds, part_bytes) = score(100_000);
+    println!(
+        "whole window: {:.3} in {whole_seconds:.2} s, {whole_bytes} B; fitted on ~100k spans: {:.3} in {part_seconds:.2} s, {part_bytes} B",
+        whole_report.overall, part_report.overall
+    );
+    for (w, p) in whole_report.queries.iter().zip(&part_report.queries) {
+        println!("  {:<44} {:.3} {:.3}", w.name, w.score, p.score);
+    }
+    // The histogram (and so every topology's count) is the whole window's.
+    assert_eq!(whole.histogram, part.histogram);
+    for exact in ["trigger_correlations", "call_counts"] {
+        assert_eq!(part_report.queries.iter().find(|q| q.name == exact).map(|q| q.score), Some(1.0), "{exact}");
+    }
+    assert!(part_report.overall >= whole_report.overall - 0.05, "{:.3} against {:.3}", part_report.overall, whole_report.overall);
+}

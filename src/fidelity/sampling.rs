@@ -124,19 +124,38 @@ pub fn stratified(traces: &[Trace], k: u64, seed: u64) -> Vec<usize> {
         return (0..traces.len()).collect();
     }
     // Keys computed once: a trace's start and end walk its spans.
-    let keys: Vec<(&str, &str, usize, u64, u64)> = traces
+    let keys: Vec<(Stratum<'_>, u64)> = traces
         .iter()
         .map(|t| {
             let (service, name) = t.spans.first().map_or(("", ""), |s| (s.service(), s.name.as_str()));
             let start = t.start();
             // Within a minute, by length: the sample keeps each minute's spread of durations too.
-            (service, name, t.spans.len(), start / MINUTE_NS, t.end().saturating_sub(start))
+            (stratum(service, name, t.spans.len(), start), t.end().saturating_sub(start))
         })
         .collect();
-    let mut order: Vec<usize> = (0..traces.len()).collect();
+    systematic(&keys, k, seed)
+}
+
+/// What a stratified sample keeps the shares of: entry point (service,
+/// name), span count and minute.
+pub type Stratum<'a> = (&'a str, &'a str, usize, u64);
+
+/// The stratum of a trace starting at `start` (Unix ns).
+pub fn stratum<'a>(service: &'a str, name: &'a str, spans: usize, start: u64) -> Stratum<'a> {
+    (service, name, spans, start / MINUTE_NS)
+}
+
+/// The indices (ascending) of every `k`-th item in order of `keys` (ties in
+/// input order), from a phase set by `seed`. Two lists whose strata hold
+/// the same counts give the same number of items per stratum, whatever
+/// the keys within one: the sample of [`stratified`] on real traces and this
+/// on regenerated ones keyed by stratum and start (exact counts per
+/// topology and minute) line up stratum for stratum.
+pub fn systematic<K: Ord>(keys: &[K], k: u64, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
     order.sort_unstable_by(|&a, &b| (&keys[a], a).cmp(&(&keys[b], b)));
-    let phase = (seed % k) as usize;
-    let mut kept: Vec<usize> = order.into_iter().skip(phase).step_by(k as usize).collect();
+    let phase = (seed % k.max(1)) as usize;
+    let mut kept: Vec<usize> = order.into_iter().skip(phase).step_by(k.max(1) as usize).collect();
     kept.sort_unstable();
     kept
 }

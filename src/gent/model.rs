@@ -26,7 +26,7 @@ use super::tables::{StoredTableModel, TableModel};
 use super::timing::{
     CalibrationConfig, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng,
 };
-use super::topology::{Placement, Topology, TopologyHistogram};
+use super::topology::{Placement, Topology, TopologyHistogram, share};
 use crate::nn::weights::Precision;
 use crate::nn::{Context, CtganConfig, CtganError, GraphInput, pooled_features};
 use crate::tabular::{Column, ColumnData, Table};
@@ -550,18 +550,38 @@ impl WindowModel {
         device: &Device,
         previous: Option<&WindowModel>,
     ) -> Result<Self, ModelError> {
-        if traces.is_empty() {
+        Self::train_within(traces, config, device, previous, 0)
+    }
+
+    /// Learns the model of `all` (one window), fitting the timing and the
+    /// generators on about `max_spans` of its spans (0: all of them), so the
+    /// work per window stops growing with the window. The histogram and the
+    /// start counts are always exact; see [`fit_sample`] for the share.
+    pub fn train_within(
+        all: &[Trace],
+        config: &GenTConfig,
+        device: &Device,
+        previous: Option<&WindowModel>,
+        max_spans: usize,
+    ) -> Result<Self, ModelError> {
+        if all.is_empty() {
             return Err(ModelError::Empty);
         }
         config.validate()?;
-        let window_start = traces.iter().map(Trace::start).min().unwrap_or(0);
-        let window_end = traces.iter().map(Trace::end).max().unwrap_or(window_start).max(window_start + 1);
-        let (histogram, placements) = TopologyHistogram::build(traces);
+        let window_start = all.iter().map(Trace::start).min().unwrap_or(0);
+        let window_end = all.iter().map(Trace::end).max().unwrap_or(window_start).max(window_start + 1);
+        let (histogram, all_placements) = TopologyHistogram::build(all);
+        let arrivals: Arrivals = all.iter().zip(&all_placements).map(|(t, p)| (t.start(), p.topology)).unzip();
+        let sample = fit_sample(all, &histogram, &arrivals, max_spans, config.ctgan.seed);
+        let (sampled, sampled_placements): (Vec<Trace>, Vec<Placement>) =
+            sample.iter().flatten().map(|&i| (all[i].clone(), all_placements[i].clone())).unzip();
+        let (traces, placements) =
+            if sample.is_some() { (&sampled[..], &sampled_placements[..]) } else { (all, &all_placements[..]) };
         let cond = Conditioning::new(&histogram, config.chain_length, us(window_end - window_start), config.gcn);
-        let metas: Vec<Vec<Meta>> = traces.iter().zip(&placements).map(|(t, p)| node_metas(t, p, &histogram)).collect();
+        let metas: Vec<Vec<Meta>> = traces.iter().zip(placements).map(|(t, p)| node_metas(t, p, &histogram)).collect();
         let schema = AttributeSchema::infer(traces.iter().flat_map(|t| t.spans.iter()), &config.attributes);
         let attrs: Vec<Vec<NodeValues>> =
-            traces.iter().zip(&placements).map(|(t, p)| p.spans.iter().map(|&i| schema.values(&t.spans[i])).collect()).collect();
+            traces.iter().zip(placements).map(|(t, p)| p.spans.iter().map(|&i| schema.values(&t.spans[i])).collect()).collect();
         let calibrated = config.calibration.enabled;
         // With calibration, R_G and C_G carry timing only when asked to.
         let timed = !calibrated || config.generators == Generators::Always;
@@ -569,7 +589,7 @@ impl WindowModel {
 
         // T_G: start offsets (calibration off).
         let mut start_ctx = cond.contexts(cond.start_width());
-        for placement in &placements {
+        for placement in placements {
             cond.push_start(&mut start_ctx, placement.topology);
         }
         let start_columns = vec![Column::continuous("start_us", offsets.clone(), false)];
@@ -633,12 +653,10 @@ impl WindowModel {
             None => {
                 let c = &config.calibration;
                 let buckets = StartBuckets { start: c.start_bucket, topology: c.topology_bucket };
-                let starts: Vec<u64> = traces.iter().map(Trace::start).collect();
-                let topologies: Vec<usize> = placements.iter().map(|p| p.topology).collect();
-                Start::Counts(StartModel::fit(&starts, &topologies, buckets))
+                Start::Counts(StartModel::fit(&arrivals.0, &arrivals.1, buckets))
             }
         };
-        let mut nested = nested_pairs(traces, &placements, &histogram);
+        let mut nested = nested_pairs(traces, placements, &histogram);
         let mut model = WindowModel {
             window_start,
             window_end,
@@ -655,7 +673,7 @@ impl WindowModel {
             budget: None,
         };
         if calibrated {
-            model.fit_timing(traces, &placements, config)?;
+            model.fit_timing((traces, placements), all, &arrivals, config)?;
             // Composed parents hold their children whenever their tail is not
             // negative; only parents whose tail sometimes was need the list.
             let negative = model.timing.as_ref().map(|t| t.labels_with_negative_tails(&model.histogram)).unwrap_or_default();
@@ -665,9 +683,16 @@ impl WindowModel {
         Ok(model)
     }
 
-    /// Fits the calibrated timing within the packet budget: the configured
-    /// sketches if they fit, else smaller ones (see [`timing::smaller`]).
-    fn fit_timing(&mut self, traces: &[Trace], placements: &[Placement], config: &GenTConfig) -> Result<(), ModelError> {
+    /// Fits the calibrated timing on `fitted` (traces and placements) within
+    /// the packet budget of the whole window `all`: the configured sketches if
+    /// they fit, else smaller ones (see [`timing::smaller`]).
+    fn fit_timing(
+        &mut self,
+        (traces, placements): (&[Trace], &[Placement]),
+        all: &[Trace],
+        (starts, topologies): &Arrivals,
+        config: &GenTConfig,
+    ) -> Result<(), ModelError> {
         let calibration = &config.calibration;
         let histogram = self.histogram.clone();
         let fit = |c: &CalibrationConfig| TimingModel::fit(traces, placements, &histogram, self.window_start, c);
@@ -675,7 +700,7 @@ impl WindowModel {
             self.timing = Some(fit(calibration));
             return Ok(());
         };
-        let allowed = (head_gzip_bytes(traces, rate) * BUDGET_MARGIN) as usize;
+        let allowed = (head_gzip_bytes(all, rate) * BUDGET_MARGIN) as usize;
         // The packet as it would be, at the default f16 weights, with the
         // header's settings (without the attribute key list, as packed).
         let mut stored = self.to_stored(Precision::F16)?;
@@ -684,13 +709,11 @@ impl WindowModel {
             ..config.clone()
         };
         let header = crate::packet::compressed_len(&postcard::to_stdvec(&settings).unwrap_or_default()) + HEADER_FRAMING;
-        let (starts, topologies): (Vec<u64>, Vec<usize>) =
-            traces.iter().zip(placements).map(|(t, p)| (t.start(), p.topology)).unzip();
         let mut current = calibration.clone();
         loop {
             let buckets = StartBuckets { start: current.start_bucket, topology: current.topology_bucket };
             stored.timing = Some(fit(&current));
-            stored.start = StoredStart::Counts(StartModel::fit(&starts, &topologies, buckets));
+            stored.start = StoredStart::Counts(StartModel::fit(starts, topologies, buckets));
             let bytes = crate::packet::compressed_len(&postcard::to_stdvec(&stored).unwrap_or_default()) + header;
             let next = super::timing::smaller(&current);
             if bytes <= allowed || next.is_none() {
@@ -877,8 +900,27 @@ impl WindowModel {
     /// Regenerates the window: every topology as often as it was counted,
     /// fresh ids, timestamps inside the window. Same model and seed, same traces.
     pub fn generate(&self, seed: u64) -> Result<(Vec<Trace>, Repairs), ModelError> {
+        self.generate_only(seed, |topologies, _| (0..topologies.len()).collect())
+    }
+
+    /// Regenerates only the traces `select` picks: it is given every trace's
+    /// topology and start (Unix ns) and returns indices into them,
+    /// ascending. They are timed as a window of that many traces, so a
+    /// stratified 1:k pick gives what a 1:k sample of [`WindowModel::generate`]
+    /// would, at 1/k of the work (the compressor's self-evaluation of large
+    /// windows).
+    pub fn generate_only(
+        &self,
+        seed: u64,
+        select: impl FnOnce(&[usize], &[u64]) -> Vec<usize>,
+    ) -> Result<(Vec<Trace>, Repairs), ModelError> {
         let mut repairs = Repairs::default();
-        let (order, starts) = self.trace_starts(seed, &mut repairs)?;
+        let (mut order, mut starts) = self.trace_starts(seed, &mut repairs)?;
+        let kept = select(&order, &starts);
+        if kept.len() < order.len() {
+            let valid = kept.iter().filter(|&&i| i < order.len());
+            (order, starts) = valid.map(|&i| (order[i], starts[i])).unzip();
+        }
         let nested: HashSet<(u32, u32)> = self.nested.iter().copied().collect();
         let h = &self.histogram;
         let mut filling = Filling {
@@ -1222,6 +1264,54 @@ fn node_metas(trace: &Trace, placement: &Placement, histogram: &TopologyHistogra
         .collect()
 }
 
+/// Each trace's start and topology.
+type Arrivals = (Vec<u64>, Vec<usize>);
+
+/// The traces (indices, ascending) a window over `max_spans` spans is fitted
+/// on, or `None` for all of them (`max_spans` 0, or a window within it).
+///
+/// A 1:k [`share`] for k = spans / `max_spans` rounded up: each entry point,
+/// trace size and minute keep their share. A topology the share missed still
+/// gets one trace, so every node of the histogram has timing observations;
+/// those extra traces are bounded by another `max_spans` spans, taken for the
+/// most frequent topologies first (a window of millions of distinct
+/// topologies regenerates the rarest with placeholder timing rather than
+/// train on all).
+fn fit_sample(
+    traces: &[Trace],
+    histogram: &TopologyHistogram,
+    (starts, of): &Arrivals,
+    max_spans: usize,
+    seed: u64,
+) -> Option<Vec<usize>> {
+    let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+    if max_spans == 0 || spans <= max_spans {
+        return None;
+    }
+    let mut kept = share(histogram, of, starts, spans.div_ceil(max_spans), seed);
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); histogram.topologies.len()];
+    for (i, &t) in of.iter().enumerate() {
+        members[t].push(i);
+    }
+    for &i in &kept {
+        members[of[i]].clear();
+    }
+    // Topologies the share missed: one trace each, the most frequent first.
+    let mut rare: Vec<&Vec<usize>> = members.iter().filter(|m| !m.is_empty()).collect();
+    rare.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    let mut extra = 0;
+    for m in rare {
+        let i = m[(seed as usize ^ m.len()) % m.len()];
+        extra += traces[i].spans.len();
+        if extra > max_spans {
+            break;
+        }
+        kept.push(i);
+    }
+    kept.sort_unstable();
+    Some(kept)
+}
+
 /// Label pairs (parent, child) whose every child lay inside its parent.
 fn nested_pairs(traces: &[Trace], placements: &[Placement], histogram: &TopologyHistogram) -> Vec<(u32, u32)> {
     let mut inside: HashMap<(u32, u32), bool> = HashMap::new();
@@ -1237,4 +1327,46 @@ fn nested_pairs(traces: &[Trace], placements: &[Placement], histogram: &Topology
     let mut pairs: Vec<(u32, u32)> = inside.into_iter().filter(|(_, v)| *v).map(|(k, _)| k).collect();
     pairs.sort_unstable();
     pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::test_span;
+
+    /// A trace whose root has `children` children.
+    fn trace(children: u8, start: u64) -> Trace {
+        let mut spans = vec![test_span(0, 0, None, start, start + 100)];
+        spans.extend((1..=children).map(|c| test_span(0, c, Some(0), start + 1, start + 50)));
+        Trace { trace_id: [0; 16], spans }
+    }
+
+    #[test]
+    fn a_fit_sample_keeps_every_topology_s_share_and_one_of_each_rare_topology_within_bounds() {
+        // 1,000 traces of one topology, 30 of another, 2 and 1 of two rare ones.
+        let counts = [(1u8, 1000usize), (2, 30), (3, 2), (4, 1)];
+        let traces: Vec<Trace> = counts.iter().flat_map(|&(c, n)| (0..n).map(move |i| trace(c, i as u64 * 1000))).collect();
+        let (histogram, placements) = TopologyHistogram::build(&traces);
+        assert_eq!(histogram.topologies.len(), 4);
+        let arrivals: Arrivals = traces.iter().zip(&placements).map(|(t, p)| (t.start(), p.topology)).unzip();
+        let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+        let sample = |max: usize, seed: u64| fit_sample(&traces, &histogram, &arrivals, max, seed);
+        assert_eq!(sample(spans, 1), None, "a window within the limit is fitted whole");
+        assert_eq!(sample(0, 1), None, "0 keeps every span");
+        let kept = sample(200, 1).unwrap();
+        assert!(kept.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
+        let per_topology = |t: usize| kept.iter().filter(|&&i| placements[i].topology == t).count();
+        // Every 11th trace (2,131 spans / 200) of the common topology, spread over its starts.
+        let common: Vec<usize> = kept.iter().copied().filter(|&i| placements[i].topology == placements[0].topology).collect();
+        assert!((1000 / 11..=1000usize.div_ceil(11)).contains(&common.len()));
+        assert!(common.windows(2).all(|w| w[1] - w[0] == 11), "evenly spread over the window");
+        for t in 0..4 {
+            assert!(per_topology(t) >= 1, "topology {t} kept no trace");
+        }
+        let kept_spans: usize = kept.iter().map(|&i| traces[i].spans.len()).sum();
+        assert!(kept_spans <= 2 * 200, "{kept_spans} spans");
+        // Seeded: the same seed keeps the same traces; another seed others.
+        assert_eq!(sample(200, 1).unwrap(), kept);
+        assert_ne!(sample(200, 2).unwrap(), kept);
+    }
 }

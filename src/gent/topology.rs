@@ -74,6 +74,25 @@ pub struct Placement {
     pub spans: Vec<usize>,
 }
 
+/// A 1:`k` share of a window's traces, given each one's topology and start:
+/// the indices (ascending) of every k-th trace, from a seeded phase, in order
+/// of entry label, node count, minute and start. Each entry point, trace size
+/// and minute keeps its share, as in a stratified sample; a topology with
+/// fewer than k traces is kept about count / k of the time.
+pub fn share(histogram: &TopologyHistogram, topologies: &[usize], starts: &[u64], k: usize, seed: u64) -> Vec<usize> {
+    let k = k.max(1);
+    let key = |i: usize| {
+        let t = &histogram.topologies[topologies[i]];
+        let entry = t.roots().next().map_or(u32::MAX, |r| t.labels[r]);
+        (entry, t.len(), starts[i] / 60_000_000_000, starts[i])
+    };
+    let mut order: Vec<usize> = (0..topologies.len().min(starts.len())).collect();
+    order.sort_by_cached_key(|&i| key(i));
+    let mut kept: Vec<usize> = order.into_iter().skip((seed % k as u64) as usize).step_by(k).collect();
+    kept.sort_unstable();
+    kept
+}
+
 /// The histogram: distinct topologies (in order of first appearance) and their counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(into = "Compact", try_from = "Compact")]
