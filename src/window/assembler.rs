@@ -89,6 +89,22 @@ impl Window {
         self.open.len() + self.completed.len()
     }
 
+    /// Files up to `n` spans of trace `id`, within `max_spans` per trace;
+    /// returns how many were filed.
+    fn add_run(&mut self, id: TraceId, run: &mut impl Iterator<Item = Span>, n: usize, max_spans: usize, now: Instant) -> usize {
+        let trace = self.open.entry(id).or_insert_with(|| OpenTrace { spans: Vec::new(), last_arrival: now });
+        trace.last_arrival = now;
+        let room = max_spans.saturating_sub(trace.spans.len()).min(n);
+        if trace.spans.is_empty() {
+            // Most traces arrive in one request: no slack for them.
+            trace.spans.reserve_exact(room);
+        } else {
+            trace.spans.reserve(room);
+        }
+        trace.spans.extend(run.by_ref().take(room));
+        room
+    }
+
     fn add(&mut self, span: Span, now: Instant) {
         let trace = self.open.entry(span.trace_id).or_insert_with(|| OpenTrace { spans: Vec::new(), last_arrival: now });
         trace.last_arrival = now;
@@ -157,17 +173,21 @@ impl Assembler {
         self.metrics.queue_spans.sub(batch.spans.len() as i64);
         // OTLP lists spans by resource, so one request interleaves its traces.
         // Filed trace by trace, a window that fills up mid-request closes between
-        // two traces instead of cutting the traces in flight in two.
-        batch.spans.sort_by_key(|s| s.trace_id);
+        // two traces instead of cutting the traces in flight in two; and each
+        // trace's spans are filed as one run (one lookup, one exact allocation).
+        let mut spans = std::mem::take(&mut batch.spans);
+        spans.sort_by_key(|s| s.trace_id);
+        let runs = runs(&spans);
+        let mut spans = spans.into_iter();
         let mut closed = Vec::new();
-        for span in batch.spans.drain(..) {
-            let id = span.trace_id;
+        for (id, n) in runs {
+            let mut run = spans.by_ref().take(n);
             if self.current.completed.contains_key(&id) {
-                self.late(span, &mut batch.held, true);
+                run.for_each(|span| self.late(span, &mut batch.held, true));
                 continue;
             }
             if self.shipped.contains(&id) && !self.current.open.contains_key(&id) {
-                self.late(span, &mut batch.held, false);
+                run.for_each(|span| self.late(span, &mut batch.held, false));
                 continue;
             }
             // The window closes when a trace beyond `max_traces` arrives, so
@@ -175,13 +195,11 @@ impl Assembler {
             if !self.current.open.contains_key(&id) && self.current.traces() >= self.config.max_traces {
                 closed.extend(self.close());
             }
-            if self.current.open.get(&id).is_some_and(|t| t.spans.len() >= self.config.max_spans_per_trace) {
-                // Dropped and counted; its share of the budget goes back with the batch.
-                self.metrics.oversized_trace_spans.inc();
-                continue;
-            }
-            batch.held.transfer(1, &mut self.current.held);
-            self.current.add(span, now);
+            let filed = self.current.add_run(id, &mut run, n, self.config.max_spans_per_trace, now);
+            run.for_each(drop);
+            // The dropped ones are counted; their share of the budget goes back with the batch.
+            self.metrics.oversized_trace_spans.inc_by((n - filed) as u64);
+            batch.held.transfer(filed, &mut self.current.held);
         }
         closed
     }
@@ -249,6 +267,19 @@ impl Assembler {
         closed.extend(self.close());
         closed
     }
+}
+
+/// Each run of equal trace ids in `spans` (sorted by trace id): the id and
+/// the run's length.
+fn runs(spans: &[Span]) -> Vec<(TraceId, usize)> {
+    let mut runs: Vec<(TraceId, usize)> = Vec::new();
+    for span in spans {
+        match runs.last_mut() {
+            Some((id, n)) if *id == span.trace_id => *n += 1,
+            _ => runs.push((span.trace_id, 1)),
+        }
+    }
+    runs
 }
 
 pub(super) fn unix_nano_now() -> u64 {
