@@ -81,14 +81,20 @@ pub fn assemble_grouped(groups: impl IntoIterator<Item = Vec<Span>>) -> TraceSet
         }
         debug_assert!(group.iter().all(|s| s.trace_id == group[0].trace_id));
         group.sort_by_key(|s| s.span_id);
-        let mut kept: Vec<Span> = Vec::with_capacity(group.len());
-        for span in group {
-            match kept.last() {
-                Some(last) if last.span_id == span.span_id => record_duplicate(last, &span, &mut defects),
-                _ => kept.push(span),
+        // In place: the first of each span id stays, the window is not copied.
+        group.dedup_by(|later, kept| {
+            let duplicate = later.span_id == kept.span_id;
+            if duplicate {
+                record_duplicate(kept, later, &mut defects);
             }
+            duplicate
+        });
+        // Traces that came in several requests grew by doubling: give the
+        // slack back, as the window is held until its model is shipped.
+        if group.capacity() > group.len() + group.len() / 4 {
+            group.shrink_to_fit();
         }
-        traces.push(finish_trace(kept, &mut defects));
+        traces.push(finish_trace(group, &mut defects));
     }
     traces.sort_by_key(|t| (t.start(), t.trace_id));
     TraceSet { traces, defects }
