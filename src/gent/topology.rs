@@ -106,7 +106,9 @@ impl TopologyHistogram {
     /// Counts the topologies of `traces`; also returns where each trace landed.
     pub fn build(traces: &[Trace]) -> (Self, Vec<Placement>) {
         let mut histogram = TopologyHistogram::default();
-        let mut label_index: HashMap<Label, u32> = HashMap::new();
+        // Keyed by the spans' own strings: a label is copied once, when new,
+        // not twice per span.
+        let mut label_index: HashMap<(&str, &str), u32> = HashMap::new();
         let mut by_shape: HashMap<Topology, usize> = HashMap::new();
         let mut placements = Vec::with_capacity(traces.len());
         for trace in traces {
@@ -119,10 +121,9 @@ impl TopologyHistogram {
             let mut labels = Vec::with_capacity(order.len());
             for &i in &order {
                 let span = &trace.spans[i];
-                let label = Label { service: span.service().to_string(), name: span.name.clone() };
                 let next = label_index.len() as u32;
-                labels.push(*label_index.entry(label.clone()).or_insert_with(|| {
-                    histogram.labels.push(label);
+                labels.push(*label_index.entry((span.service(), span.name.as_str())).or_insert_with(|| {
+                    histogram.labels.push(Label { service: span.service().to_string(), name: span.name.clone() });
                     next
                 }));
             }
