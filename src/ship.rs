@@ -1,10 +1,13 @@
 //! Closed windows become packets on the link. For each window, on the sink
-//! thread (the receivers keep accepting meanwhile): train the Gen-T model,
-//! warm-started from the previous window; pack it; regenerate a sample from the
-//! packet itself and score it against the window with the fidelity suite; if
-//! the score is under the configured floor (or training failed), ship the
-//! window's head-sampled real traces instead, so an operator never silently
-//! loses visibility; spool the result for the sender.
+//! thread (the receivers keep accepting meanwhile): fold its traces into a
+//! [`WindowDigest`] (exact histogram and start counts, a bounded share to
+//! train on, a bounded sample to score against) and give their budget back;
+//! train the Gen-T model on the digest, warm-started from the previous
+//! window; pack it; regenerate a sample from the packet itself and score it
+//! against the scoring sample with the fidelity suite; if the score is under
+//! the configured floor (or training failed), ship the window's head-sampled
+//! real traces instead, so an operator never silently loses visibility; spool
+//! the result for the sender.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -15,13 +18,14 @@ use tokio::sync::mpsc;
 
 use crate::config::{FidelityConfig, PipelineConfig};
 use crate::fidelity::Reference;
-use crate::fidelity::sampling::{Sampler, Stratum, stratified, stratum, systematic};
-use crate::gent::{GenTConfig, WindowModel};
+use crate::fidelity::sampling::{Stratum, stratum, systematic};
+use crate::gent::{DigestConfig, GenTConfig, WindowDigest, WindowModel};
 use crate::metrics::PipelineMetrics;
 use crate::nn::weights::Precision;
 use crate::packet::link::{PayloadKind, PushRequest};
 use crate::packet::spool::Spool;
 use crate::trace::{Trace, TraceSet};
+use crate::llm::window::WindowConditions;
 use crate::window::{ClosedWindow, SinkError, WindowSink};
 
 /// Seeds (xor the fidelity seed) the 1:k sample a large window is measured on.
@@ -91,64 +95,93 @@ impl ShipSink {
     }
 
     /// Trains and packs; returns the model, its packet and the training time.
-    fn train(&self, traces: &[Trace], window: u64) -> Result<(WindowModel, Vec<u8>, f64), String> {
+    fn train(
+        &self,
+        digest: &WindowDigest,
+        conditions: Option<WindowConditions>,
+        window: u64,
+    ) -> Result<(WindowModel, Vec<u8>, f64), String> {
         let c: &GenTConfig = &self.config.model;
         let previous = if self.config.warm_start { self.previous.as_ref() } else { None };
         let started = Instant::now();
-        let model =
-            WindowModel::train_within(traces, c, &self.device, previous, self.config.train_spans).map_err(|e| e.to_string())?;
+        let model = WindowModel::train_digest(digest, c, &self.device, previous).map_err(|e| e.to_string())?;
         let seconds = started.elapsed().as_secs_f64();
         let precision = if self.config.f16 { Precision::F16 } else { Precision::F32 };
         // Regeneration draws trace and span ids from this seed: unique per
         // producer run and window, so two windows never regenerate the same ids.
         let seed = xxhash_rust::xxh3::xxh3_64_with_seed(self.producer.as_bytes(), c.ctgan.seed ^ window);
-        let conditions =
-            self.config.call_graph_conditions.then(|| crate::llm::window::WindowConditions::of(traces, model.window_start));
         let packet = crate::gent::pack(&model, window, c, precision, seed, conditions).map_err(|e| e.to_string())?;
         Ok((model, packet, seconds))
     }
 
-    /// The window's traces, head-sampled 1:`n` (all of them for 1), as
-    /// gzip-compressed OTLP protobuf.
-    fn traces_payload(&self, traces: &[Trace], n: u64) -> Result<Vec<u8>, String> {
-        let request = if n == 1 {
-            crate::io::to_request(traces.iter().flat_map(|t| &t.spans))
-        } else {
-            let kept = Sampler::Head { n }.sample(traces, self.config.fidelity.seed);
-            crate::io::to_request(kept.iter().flat_map(|t| &t.spans))
-        };
+
+    /// The window's traces (all of them for `n` = 1, which only a whole
+    /// digest has), else head-sampled 1:`n` or, past the share's rate, at
+    /// the share's; as gzip-compressed OTLP protobuf, with the rate.
+    fn traces_payload(&self, digest: &WindowDigest, n: u64) -> Result<(u64, Vec<u8>), String> {
+        let (rate, kept) = digest.head_sample(n);
+        let request = crate::io::to_request(kept.iter().flat_map(|t| &t.spans));
         let raw = request.encode_to_vec();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&raw).map_err(|e| e.to_string())?;
-        gz.finish().map_err(|e| e.to_string())
+        Ok((rate, gz.finish().map_err(|e| e.to_string())?))
     }
 }
 
+/// How the compressor folds a window: the share within `train_spans` (0:
+/// all), seeded as the fallback's head sampling (so the share holds the
+/// fallback's traces), and a scoring sample within `f.sample_spans` (0: all)
+/// with a seed of its own.
+pub fn digest_config(train_spans: usize, f: &FidelityConfig) -> DigestConfig {
+    DigestConfig {
+        share_spans: train_spans,
+        seed: f.seed,
+        check_spans: if f.sample_spans == 0 { usize::MAX } else { f.sample_spans },
+        check_seed: f.seed ^ SAMPLE_SEED,
+    }
+}
+
+/// The window's OTLP sizes: exact when the scoring sample is the whole
+/// window, else the sample's scaled by spans (estimates).
+fn wire_sizes(digest: &WindowDigest) -> std::io::Result<crate::fidelity::cost::WireSizes> {
+    let sample: &[Trace] = digest.check.as_ref().map_or(digest.share(), |(_, traces)| traces);
+    let s = crate::fidelity::cost::wire_sizes(sample)?;
+    let sampled: usize = sample.iter().map(|t| t.spans.len()).sum();
+    let scale = |bytes: u64| (bytes as f64 * digest.spans as f64 / sampled.max(1) as f64).round() as u64;
+    Ok(crate::fidelity::cost::WireSizes { raw: scale(s.raw), gzip: scale(s.gzip), zstd: scale(s.zstd) })
+}
+
 impl WindowSink for ShipSink {
-    fn take(&mut self, window: &ClosedWindow) -> Result<(), SinkError> {
+    fn take(&mut self, window: &mut ClosedWindow) -> Result<(), SinkError> {
         if let Some(also) = &mut self.also {
             also.take(window)?;
         }
-        let traces = &window.traces.traces;
+        let traces = std::mem::take(&mut window.traces.traces);
         if traces.is_empty() {
             return Ok(());
         }
+        // Call-graph conditions are one request per trace: taken before the fold.
+        let conditions = self.config.call_graph_conditions.then(|| {
+            let start = traces.iter().map(Trace::start).min().unwrap_or(0);
+            WindowConditions::of(&traces, start)
+        });
+        let digest = WindowDigest::of(traces, digest_config(self.config.train_spans, &self.config.fidelity));
+        // Only the digest's samples are left: the receivers may fill the next window.
+        window.held.release();
         let m = &self.metrics;
-        let f = &self.config.fidelity;
-        let (sizes, _) = crate::fidelity::cost::wire_sizes_within(traces, f.sample_spans, f.seed ^ SAMPLE_SEED)
-            .map_err(|e| ship_error(window.id, e))?;
+        let sizes = wire_sizes(&digest).map_err(|e| ship_error(window.id, e))?;
         m.window_raw_bytes.inc_by(sizes.raw);
         m.window_gzip_bytes.inc_by(sizes.gzip);
 
         let mut fidelity = None;
         let mut head = None;
         let mut train_seconds = 0.0;
-        let trained = match self.train(traces, window.id) {
+        let trained = match self.train(&digest, conditions, window.id) {
             Ok((model, packet, seconds)) => {
                 m.training_seconds.observe(seconds);
                 train_seconds = seconds;
                 if self.config.fidelity.self_evaluate {
-                    match self_evaluate(&window.traces, &packet, &self.device, &self.config.fidelity) {
+                    match self_evaluate(&digest, &packet, &self.device) {
                         Ok(e) => {
                             m.fidelity_last.set(e.fidelity);
                             m.fidelity.observe(e.fidelity);
@@ -172,10 +205,13 @@ impl WindowSink for ShipSink {
         let faithful = fidelity.is_none_or(|f| f >= floor);
         // What the model would cost on the link; a model that failed costs "infinity".
         let model_bytes = trained.as_ref().map_or(u64::MAX, |p| p.len() as u64);
-        let (kind, label, payload) = if self.config.raw_when_smaller && sizes.gzip <= model_bytes {
+        // Only a whole digest holds every trace; a larger window's gzip is
+        // far above its model anyway.
+        let (kind, label, payload) = if self.config.raw_when_smaller && digest.whole() && sizes.gzip <= model_bytes {
             // Lossless and cheaper: the model does not pay for itself on a window this small.
             m.raw_windows.inc();
-            (PayloadKind::Traces, "raw", self.traces_payload(traces, 1).map_err(|e| ship_error(window.id, e))?)
+            let (_, payload) = self.traces_payload(&digest, 1).map_err(|e| ship_error(window.id, e))?;
+            (PayloadKind::Traces, "raw", payload)
         } else if let (Some(packet), true) = (trained, faithful) {
             (PayloadKind::Model, "model", packet)
         } else {
@@ -190,7 +226,11 @@ impl WindowSink for ShipSink {
             }
             m.fallback_windows.inc();
             let n = self.config.fidelity.fallback_head;
-            (PayloadKind::Traces, "sampled", self.traces_payload(traces, n).map_err(|e| ship_error(window.id, e))?)
+            let (rate, payload) = self.traces_payload(&digest, n).map_err(|e| ship_error(window.id, e))?;
+            if rate > n {
+                tracing::warn!(window = window.id, head = n, rate, "window larger than its share: head-sampled at the share's rate");
+            }
+            (PayloadKind::Traces, "sampled", payload)
         };
         let packet_bytes = payload.len() as u64;
         m.packet_bytes.inc_by(packet_bytes);
@@ -199,8 +239,8 @@ impl WindowSink for ShipSink {
             window_id: window.id,
             kind: kind as i32,
             payload,
-            window_spans: window.traces.span_count() as u64,
-            window_traces: traces.len() as u64,
+            window_spans: digest.spans,
+            window_traces: digest.traces() as u64,
             closed_unix_nano: window.end_unix_nano,
         };
         self.spool.put(&push).map_err(|e| ship_error(window.id, e))?;
@@ -217,8 +257,8 @@ impl WindowSink for ShipSink {
         if let Some(reports) = &self.reports {
             let _ = reports.send(Shipped {
                 window_id: window.id,
-                traces: traces.len(),
-                spans: window.traces.span_count(),
+                traces: digest.traces(),
+                spans: digest.spans as usize,
                 raw_bytes: sizes.raw,
                 gzip_bytes: sizes.gzip,
                 packet_bytes,
@@ -238,26 +278,27 @@ impl WindowSink for ShipSink {
 /// the comparison that says whether the model pays for itself.
 ///
 /// A window over `fidelity.sample_spans` is scored on a 1:k share, so the
-/// work per window stays bounded: a stratified 1:k sample of its real traces
-/// (each entry point, trace size, minute and spread of durations keeps its
-/// share), the same share of strata regenerated from the packet (only those
-/// traces are built, [`crate::gent::WindowModel::generate_only`]), and head
-/// sampling's counts scaled to that share. Two samples differ a little, so a
-/// sampled score runs a little below a whole-window one (see the pipeline
-/// test on TrainTicket hour 12).
+/// work per window stays bounded: the digest's scoring sample (head sampling
+/// 1:k with a seed of its own, not the traces the model was fitted on), the
+/// same share of strata regenerated from the packet (each entry point, trace
+/// size and minute keeps its share; only those traces are built,
+/// [`crate::gent::WindowModel::generate_only`]), and head sampling's counts
+/// scaled to that share. Two samples differ a little, so a sampled score
+/// runs a little below a whole-window one (see the pipeline test on
+/// TrainTicket hour 12).
 pub fn self_evaluate(
-    real: &TraceSet,
+    digest: &WindowDigest,
     packet: &[u8],
     device: &burn::tensor::Device,
-    f: &FidelityConfig,
 ) -> Result<SelfEvaluation, String> {
-    let k = crate::fidelity::cost::sample_rate(real.span_count(), f.sample_spans);
-    // Not the head sampler's seed: at equal rates the two would keep the same traces.
-    let sample_seed = f.seed ^ SAMPLE_SEED;
+    let (k, real) = match &digest.check {
+        Some((k, traces)) => (*k, traces.clone()),
+        None => (digest.share_rate, digest.share().to_vec()),
+    };
     let unpacked = crate::gent::unpack(packet, device).map_err(|e| e.to_string())?;
     let model = &unpacked.model;
-    // Only the share the score reads is regenerated, picked as the real
-    // sample is: by stratum, then (length unknown before timing) by start.
+    // Only the share the score reads is regenerated, by stratum, then
+    // (length unknown before timing) by start.
     let pick = |topologies: &[usize], starts: &[u64]| {
         if k == 1 {
             return (0..topologies.len()).collect();
@@ -273,25 +314,20 @@ pub fn self_evaluate(
                 (stratum(service, name, topology.len(), start), start)
             })
             .collect();
-        systematic(&keys, k, sample_seed)
+        // The real sample's phase: the two line up stratum for stratum.
+        systematic(&keys, k, digest.check_seed)
     };
     let (traces, _) = model.generate_only(unpacked.header.seed, pick).map_err(|e| e.to_string())?;
-    let (reference, scored_spans) = if k == 1 {
-        (Reference::new(real, Vec::new()), real.span_count())
-    } else {
-        let kept: Vec<Trace> = stratified(&real.traces, k, sample_seed).into_iter().map(|i| real.traces[i].clone()).collect();
-        let spans = kept.iter().map(|t| t.spans.len()).sum();
-        (Reference::new(&TraceSet { traces: kept, defects: Default::default() }, Vec::new()), spans)
-    };
-    let reference = reference.map_err(|e| e.to_string())?;
+    let real = TraceSet { traces: real, defects: Default::default() };
+    let scored_spans = real.span_count();
+    let reference = Reference::new(&real, Vec::new()).map_err(|e| e.to_string())?;
     let synthetic = TraceSet { traces, defects: Default::default() };
     let fidelity = reference.evaluate_any(&synthetic, 1.0).map_err(|e| e.to_string())?.overall;
-    let head_rate = same_bytes_rate(&real.traces, packet.len());
+    let head_rate = same_bytes_rate(digest, packet.len());
     // Never more traces than the sample: a packet larger than the sample's
     // own bytes is compared with head sampling at the sample's rate.
-    let rate = head_rate.max(k);
-    let kept = Sampler::Head { n: rate }.sample(&real.traces, f.seed);
-    let sampled = TraceSet { traces: kept, defects: Default::default() };
+    let (rate, kept) = digest.head_sample(head_rate.max(k));
+    let sampled = TraceSet { traces: kept.into_iter().cloned().collect(), defects: Default::default() };
     let head_fidelity = reference.evaluate_any(&sampled, rate as f64 / k as f64).map_err(|e| e.to_string())?.overall;
     Ok(SelfEvaluation { fidelity, head_rate, head_fidelity, scored_spans })
 }
@@ -310,11 +346,11 @@ pub fn producer_name(configured: Option<&str>) -> String {
     format!("{name}/{started}")
 }
 
-/// The head sampling rate whose gzip OTLP bytes on `traces` equal `packet`
+/// The head sampling rate whose gzip OTLP bytes on the window equal `packet`
 /// bytes: measured at 1:10 and 1:100 and interpolated in log-log (bytes
 /// fall as about 1/N, a little slower since few traces compress worse).
-fn same_bytes_rate(traces: &[Trace], packet: usize) -> u64 {
-    let (at_10, at_100) = (crate::gent::head_gzip_bytes(traces, 10), crate::gent::head_gzip_bytes(traces, 100));
+fn same_bytes_rate(digest: &WindowDigest, packet: usize) -> u64 {
+    let (at_10, at_100) = (digest.head_gzip_bytes(10), digest.head_gzip_bytes(100));
     if at_10 <= 0.0 || at_100 <= 0.0 {
         return 1;
     }

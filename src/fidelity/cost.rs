@@ -44,30 +44,6 @@ pub fn wire_sizes(traces: &[crate::trace::Trace]) -> std::io::Result<WireSizes> 
     Ok(WireSizes { raw: raw.len() as u64, gzip, zstd })
 }
 
-/// The 1:k trace sampling rate that brings `spans` down to about `max_spans`
-/// (1 when they fit, or when `max_spans` is 0: no bound).
-pub fn sample_rate(spans: usize, max_spans: usize) -> u64 {
-    if max_spans == 0 { 1 } else { spans.div_ceil(max_spans).max(1) as u64 }
-}
-
-/// [`wire_sizes`] of a window, estimated above `max_spans` spans from a
-/// stratified 1:k sample of its traces ([`super::sampling::stratified`]), scaled by
-/// the window's spans over the sample's. Costs time and memory in proportion
-/// to the sample, not the window. Returns whether the sizes are estimates.
-pub fn wire_sizes_within(traces: &[crate::trace::Trace], max_spans: usize, seed: u64) -> std::io::Result<(WireSizes, bool)> {
-    let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
-    let k = sample_rate(spans, max_spans);
-    if k == 1 {
-        return Ok((wire_sizes(traces)?, false));
-    }
-    let sample: Vec<crate::trace::Trace> =
-        super::sampling::stratified(traces, k, seed).into_iter().map(|i| traces[i].clone()).collect();
-    let sampled: usize = sample.iter().map(|t| t.spans.len()).sum();
-    let s = wire_sizes(&sample)?;
-    let scale = |bytes: u64| (bytes as f64 * spans as f64 / sampled.max(1) as f64).round() as u64;
-    Ok((WireSizes { raw: scale(s.raw), gzip: scale(s.gzip), zstd: scale(s.zstd) }, true))
-}
-
 #[cfg(test)]
 mod tests {
     use super::Prices;

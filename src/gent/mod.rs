@@ -4,11 +4,13 @@
 //! attributes modelled beside timing, status and kind; `tables` one tabular
 //! generator (a CTGAN plus the columns that are constant); `starts` exact
 //! trace start counts and `timing` the calibrated timing (quantile sketches
-//! per label composed along the tree); `model` training on a window and
+//! per label composed along the tree); `digest` a window folded trace by
+//! trace into what its model is trained on; `model` training on a window and
 //! regenerating its traces; `pack` a model with its header in and out of a
 //! packet.
 
 mod attributes;
+mod digest;
 mod model;
 mod pack;
 mod starts;
@@ -17,6 +19,7 @@ mod timing;
 mod topology;
 
 pub use attributes::{AttributeConfig, AttributeSchema, KeyModel, Kind as AttributeKind};
+pub use digest::{Digest, DigestConfig, WindowDigest};
 pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindowModel, WindowModel, head_gzip_bytes};
 pub use pack::{
     Breakdown, Contents, DEFAULT_MAX_SPANS, Header, PackError, Unpacked, breakdown, open_contents, pack, seal_contents, unpack,
@@ -25,4 +28,4 @@ pub use pack::{
 pub use starts::{StartBuckets, StartError, StartModel};
 pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use timing::{CalibrationConfig, TimingError, TimingModel};
-pub use topology::{Label, Placement, Topology, TopologyHistogram};
+pub use topology::{HistogramBuilder, Label, Placement, Topology, TopologyHistogram};

@@ -26,7 +26,8 @@ use super::tables::{StoredTableModel, TableModel};
 use super::timing::{
     CalibrationConfig, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng,
 };
-use super::topology::{Placement, Topology, TopologyHistogram, share};
+use super::digest::{DigestConfig, WindowDigest};
+use super::topology::{Placement, Topology, TopologyHistogram};
 use crate::nn::weights::Precision;
 use crate::nn::{Context, CtganConfig, CtganError, GraphInput, pooled_features};
 use crate::tabular::{Column, ColumnData, Table};
@@ -554,9 +555,10 @@ impl WindowModel {
     }
 
     /// Learns the model of `all` (one window), fitting the timing and the
-    /// generators on about `max_spans` of its spans (0: all of them), so the
-    /// work per window stops growing with the window. The histogram and the
-    /// start counts are always exact; see [`fit_sample`] for the share.
+    /// generators on a share of about `max_spans` of its spans (0: all of
+    /// them), so the work per window stops growing with the window. The
+    /// histogram and the start counts are always exact; see
+    /// [`super::digest`] for the share.
     pub fn train_within(
         all: &[Trace],
         config: &GenTConfig,
@@ -564,19 +566,28 @@ impl WindowModel {
         previous: Option<&WindowModel>,
         max_spans: usize,
     ) -> Result<Self, ModelError> {
-        if all.is_empty() {
+        let digest = WindowDigest::of(
+            all.iter().cloned(),
+            DigestConfig { share_spans: max_spans, seed: config.ctgan.seed, check_spans: 0, check_seed: 0 },
+        );
+        Self::train_digest(&digest, config, device, previous)
+    }
+
+    /// Learns the model of a folded window: the histogram and the start
+    /// counts over all its traces, timing and generators on its share.
+    pub fn train_digest(
+        digest: &WindowDigest,
+        config: &GenTConfig,
+        device: &Device,
+        previous: Option<&WindowModel>,
+    ) -> Result<Self, ModelError> {
+        if digest.fitted.is_empty() {
             return Err(ModelError::Empty);
         }
         config.validate()?;
-        let window_start = all.iter().map(Trace::start).min().unwrap_or(0);
-        let window_end = all.iter().map(Trace::end).max().unwrap_or(window_start).max(window_start + 1);
-        let (histogram, all_placements) = TopologyHistogram::build(all);
-        let arrivals: Arrivals = all.iter().zip(&all_placements).map(|(t, p)| (t.start(), p.topology)).unzip();
-        let sample = fit_sample(all, &histogram, &arrivals, max_spans, config.ctgan.seed);
-        let (sampled, sampled_placements): (Vec<Trace>, Vec<Placement>) =
-            sample.iter().flatten().map(|&i| (all[i].clone(), all_placements[i].clone())).unzip();
-        let (traces, placements) =
-            if sample.is_some() { (&sampled[..], &sampled_placements[..]) } else { (all, &all_placements[..]) };
+        let (window_start, window_end) = (digest.window_start, digest.window_end);
+        let histogram = digest.histogram.clone();
+        let (traces, placements) = (&digest.fitted[..], &digest.placements[..]);
         let cond = Conditioning::new(&histogram, config.chain_length, us(window_end - window_start), config.gcn);
         let metas: Vec<Vec<Meta>> = traces.iter().zip(placements).map(|(t, p)| node_metas(t, p, &histogram)).collect();
         let schema = AttributeSchema::infer(traces.iter().flat_map(|t| t.spans.iter()), &config.attributes);
@@ -653,7 +664,7 @@ impl WindowModel {
             None => {
                 let c = &config.calibration;
                 let buckets = StartBuckets { start: c.start_bucket, topology: c.topology_bucket };
-                Start::Counts(StartModel::fit(&arrivals.0, &arrivals.1, buckets))
+                Start::Counts(StartModel::fit(&digest.starts, &digest.topologies, buckets))
             }
         };
         let mut nested = nested_pairs(traces, placements, &histogram);
@@ -673,7 +684,7 @@ impl WindowModel {
             budget: None,
         };
         if calibrated {
-            model.fit_timing((traces, placements), all, &arrivals, config)?;
+            model.fit_timing(digest, config)?;
             // Composed parents hold their children whenever their tail is not
             // negative; only parents whose tail sometimes was need the list.
             let negative = model.timing.as_ref().map(|t| t.labels_with_negative_tails(&model.histogram)).unwrap_or_default();
@@ -683,16 +694,12 @@ impl WindowModel {
         Ok(model)
     }
 
-    /// Fits the calibrated timing on `fitted` (traces and placements) within
-    /// the packet budget of the whole window `all`: the configured sketches if
-    /// they fit, else smaller ones (see [`timing::smaller`]).
-    fn fit_timing(
-        &mut self,
-        (traces, placements): (&[Trace], &[Placement]),
-        all: &[Trace],
-        (starts, topologies): &Arrivals,
-        config: &GenTConfig,
-    ) -> Result<(), ModelError> {
+    /// Fits the calibrated timing on the digest's fitted traces within the
+    /// packet budget of its whole window: the configured sketches if they
+    /// fit, else smaller ones (see [`timing::smaller`]).
+    fn fit_timing(&mut self, digest: &WindowDigest, config: &GenTConfig) -> Result<(), ModelError> {
+        let (traces, placements) = (&digest.fitted[..], &digest.placements[..]);
+        let (starts, topologies) = (&digest.starts, &digest.topologies);
         let calibration = &config.calibration;
         let histogram = self.histogram.clone();
         let fit = |c: &CalibrationConfig| TimingModel::fit(traces, placements, &histogram, self.window_start, c);
@@ -700,7 +707,7 @@ impl WindowModel {
             self.timing = Some(fit(calibration));
             return Ok(());
         };
-        let allowed = (head_gzip_bytes(all, rate) * BUDGET_MARGIN) as usize;
+        let allowed = (digest.head_gzip_bytes(rate) * BUDGET_MARGIN) as usize;
         // The packet as it would be, at the default f16 weights, with the
         // header's settings (without the attribute key list, as packed).
         let mut stored = self.to_stored(Precision::F16)?;
@@ -782,22 +789,39 @@ const BUDGET_SAMPLE: usize = 500;
 /// window costs more as a sample; this is what the packet replaces.
 /// Measured in bytes, not in samples: no seed alone says what a rate costs.
 pub fn head_gzip_bytes(traces: &[Trace], rate: u64) -> f64 {
-    let expected = (traces.len() as u64 / rate.max(1)).max(1);
+    head_gzip_bytes_from(traces, (1, 0), rate)
+}
+
+/// [`head_gzip_bytes`] of a window of which `share` is a head sample
+/// 1:`share_rate` with `share_seed` (rate 1: the whole window). Each seed
+/// samples the share at the rate that, with the share's, comes nearest
+/// `rate` from below, and scales its bytes by what is left; a whole window
+/// is sampled at `rate` exactly.
+pub(crate) fn head_gzip_bytes_from(share: &[Trace], (share_rate, share_seed): (u64, u64), rate: u64) -> f64 {
+    let (q, rate) = (share_rate.max(1), rate.max(1));
+    // Within a share, never its own seed: those samples would nest in it.
+    let seed_of = |i: u64| if q == 1 { i } else { share_seed.wrapping_add(i + 1) };
+    let within = (rate / q).max(1);
+    // The window's spans a seed's sample of the share stands for, per span.
+    let scale = (q * within) as f64 / rate as f64;
+    let expected = (share.len() as u64 * q / rate).max(1);
     let seeds = (BUDGET_KEPT as u64).div_ceil(expected).clamp(BUDGET_SEEDS.0, BUDGET_SEEDS.1);
     let spans = |t: &[&Trace]| t.iter().map(|t| t.spans.len() as u64).sum::<u64>();
-    let total: u64 = (0..seeds)
+    let total: f64 = (0..seeds)
         .map(|seed| {
-            let kept: Vec<&Trace> = traces.iter().filter(|t| crate::trace::head_keeps(&t.trace_id, rate, seed)).collect();
+            let kept: Vec<&Trace> =
+                share.iter().filter(|t| crate::trace::head_keeps(&t.trace_id, within, seed_of(seed))).collect();
             let step = kept.len().div_ceil(BUDGET_SAMPLE).max(1);
             let sample: Vec<&Trace> = kept.iter().step_by(step).copied().collect();
             let owned: Vec<Trace> = sample.iter().map(|&t| t.clone()).collect();
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             let written = crate::io::write_traces(&owned, crate::io::OutputFormat::OtlpProto, &mut gz);
             let bytes = written.and_then(|()| gz.finish()).map_or(0, |b| b.len() as u64);
-            bytes * spans(&kept) / spans(&sample).max(1)
+            // Integer first, as a whole window always was: byte-identical budgets.
+            (bytes * spans(&kept) / spans(&sample).max(1)) as f64 * scale
         })
         .sum();
-    total as f64 / seeds as f64
+    total / seeds as f64
 }
 
 impl WindowModel {
@@ -1264,54 +1288,6 @@ fn node_metas(trace: &Trace, placement: &Placement, histogram: &TopologyHistogra
         .collect()
 }
 
-/// Each trace's start and topology.
-type Arrivals = (Vec<u64>, Vec<usize>);
-
-/// The traces (indices, ascending) a window over `max_spans` spans is fitted
-/// on, or `None` for all of them (`max_spans` 0, or a window within it).
-///
-/// A 1:k [`share`] for k = spans / `max_spans` rounded up: each entry point,
-/// trace size and minute keep their share. A topology the share missed still
-/// gets one trace, so every node of the histogram has timing observations;
-/// those extra traces are bounded by another `max_spans` spans, taken for the
-/// most frequent topologies first (a window of millions of distinct
-/// topologies regenerates the rarest with placeholder timing rather than
-/// train on all).
-fn fit_sample(
-    traces: &[Trace],
-    histogram: &TopologyHistogram,
-    (starts, of): &Arrivals,
-    max_spans: usize,
-    seed: u64,
-) -> Option<Vec<usize>> {
-    let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
-    if max_spans == 0 || spans <= max_spans {
-        return None;
-    }
-    let mut kept = share(histogram, of, starts, spans.div_ceil(max_spans), seed);
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); histogram.topologies.len()];
-    for (i, &t) in of.iter().enumerate() {
-        members[t].push(i);
-    }
-    for &i in &kept {
-        members[of[i]].clear();
-    }
-    // Topologies the share missed: one trace each, the most frequent first.
-    let mut rare: Vec<&Vec<usize>> = members.iter().filter(|m| !m.is_empty()).collect();
-    rare.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    let mut extra = 0;
-    for m in rare {
-        let i = m[(seed as usize ^ m.len()) % m.len()];
-        extra += traces[i].spans.len();
-        if extra > max_spans {
-            break;
-        }
-        kept.push(i);
-    }
-    kept.sort_unstable();
-    Some(kept)
-}
-
 /// Label pairs (parent, child) whose every child lay inside its parent.
 fn nested_pairs(traces: &[Trace], placements: &[Placement], histogram: &TopologyHistogram) -> Vec<(u32, u32)> {
     let mut inside: HashMap<(u32, u32), bool> = HashMap::new();
@@ -1327,46 +1303,4 @@ fn nested_pairs(traces: &[Trace], placements: &[Placement], histogram: &Topology
     let mut pairs: Vec<(u32, u32)> = inside.into_iter().filter(|(_, v)| *v).map(|(k, _)| k).collect();
     pairs.sort_unstable();
     pairs
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::trace::test_span;
-
-    /// A trace whose root has `children` children.
-    fn trace(children: u8, start: u64) -> Trace {
-        let mut spans = vec![test_span(0, 0, None, start, start + 100)];
-        spans.extend((1..=children).map(|c| test_span(0, c, Some(0), start + 1, start + 50)));
-        Trace { trace_id: [0; 16], spans }
-    }
-
-    #[test]
-    fn a_fit_sample_keeps_every_topology_s_share_and_one_of_each_rare_topology_within_bounds() {
-        // 1,000 traces of one topology, 30 of another, 2 and 1 of two rare ones.
-        let counts = [(1u8, 1000usize), (2, 30), (3, 2), (4, 1)];
-        let traces: Vec<Trace> = counts.iter().flat_map(|&(c, n)| (0..n).map(move |i| trace(c, i as u64 * 1000))).collect();
-        let (histogram, placements) = TopologyHistogram::build(&traces);
-        assert_eq!(histogram.topologies.len(), 4);
-        let arrivals: Arrivals = traces.iter().zip(&placements).map(|(t, p)| (t.start(), p.topology)).unzip();
-        let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
-        let sample = |max: usize, seed: u64| fit_sample(&traces, &histogram, &arrivals, max, seed);
-        assert_eq!(sample(spans, 1), None, "a window within the limit is fitted whole");
-        assert_eq!(sample(0, 1), None, "0 keeps every span");
-        let kept = sample(200, 1).unwrap();
-        assert!(kept.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
-        let per_topology = |t: usize| kept.iter().filter(|&&i| placements[i].topology == t).count();
-        // Every 11th trace (2,131 spans / 200) of the common topology, spread over its starts.
-        let common: Vec<usize> = kept.iter().copied().filter(|&i| placements[i].topology == placements[0].topology).collect();
-        assert!((1000 / 11..=1000usize.div_ceil(11)).contains(&common.len()));
-        assert!(common.windows(2).all(|w| w[1] - w[0] == 11), "evenly spread over the window");
-        for t in 0..4 {
-            assert!(per_topology(t) >= 1, "topology {t} kept no trace");
-        }
-        let kept_spans: usize = kept.iter().map(|&i| traces[i].spans.len()).sum();
-        assert!(kept_spans <= 2 * 200, "{kept_spans} spans");
-        // Seeded: the same seed keeps the same traces; another seed others.
-        assert_eq!(sample(200, 1).unwrap(), kept);
-        assert_ne!(sample(200, 2).unwrap(), kept);
-    }
 }

@@ -74,25 +74,6 @@ pub struct Placement {
     pub spans: Vec<usize>,
 }
 
-/// A 1:`k` share of a window's traces, given each one's topology and start:
-/// the indices (ascending) of every k-th trace, from a seeded phase, in order
-/// of entry label, node count, minute and start. Each entry point, trace size
-/// and minute keeps its share, as in a stratified sample; a topology with
-/// fewer than k traces is kept about count / k of the time.
-pub fn share(histogram: &TopologyHistogram, topologies: &[usize], starts: &[u64], k: usize, seed: u64) -> Vec<usize> {
-    let k = k.max(1);
-    let key = |i: usize| {
-        let t = &histogram.topologies[topologies[i]];
-        let entry = t.roots().next().map_or(u32::MAX, |r| t.labels[r]);
-        (entry, t.len(), starts[i] / 60_000_000_000, starts[i])
-    };
-    let mut order: Vec<usize> = (0..topologies.len().min(starts.len())).collect();
-    order.sort_by_cached_key(|&i| key(i));
-    let mut kept: Vec<usize> = order.into_iter().skip((seed % k as u64) as usize).step_by(k).collect();
-    kept.sort_unstable();
-    kept
-}
-
 /// The histogram: distinct topologies (in order of first appearance) and their counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(into = "Compact", try_from = "Compact")]
@@ -105,39 +86,9 @@ pub struct TopologyHistogram {
 impl TopologyHistogram {
     /// Counts the topologies of `traces`; also returns where each trace landed.
     pub fn build(traces: &[Trace]) -> (Self, Vec<Placement>) {
-        let mut histogram = TopologyHistogram::default();
-        // Keyed by the spans' own strings: a label is copied once, when new,
-        // not twice per span.
-        let mut label_index: HashMap<(&str, &str), u32> = HashMap::new();
-        let mut by_shape: HashMap<Topology, usize> = HashMap::new();
-        let mut placements = Vec::with_capacity(traces.len());
-        for trace in traces {
-            let graph = TraceGraph::build(trace);
-            let order = canonical_preorder(&graph);
-            let mut position = vec![u32::MAX; graph.len()];
-            for (k, &i) in order.iter().enumerate() {
-                position[i] = k as u32;
-            }
-            let mut labels = Vec::with_capacity(order.len());
-            for &i in &order {
-                let span = &trace.spans[i];
-                let next = label_index.len() as u32;
-                labels.push(*label_index.entry((span.service(), span.name.as_str())).or_insert_with(|| {
-                    histogram.labels.push(Label { service: span.service().to_string(), name: span.name.clone() });
-                    next
-                }));
-            }
-            let parents = order.iter().map(|&i| graph.parent(i).map(|p| position[p])).collect();
-            let topology = Topology { labels, parents };
-            let index = *by_shape.entry(topology.clone()).or_insert_with(|| {
-                histogram.topologies.push(topology);
-                histogram.counts.push(0);
-                histogram.topologies.len() - 1
-            });
-            histogram.counts[index] += 1;
-            placements.push(Placement { topology: index, spans: order });
-        }
-        (histogram, placements)
+        let mut builder = HistogramBuilder::default();
+        let placements = traces.iter().map(|t| builder.add(t)).collect();
+        (builder.finish(), placements)
     }
 
     /// Number of traces counted.
@@ -162,6 +113,63 @@ impl TopologyHistogram {
             out.extend(std::iter::repeat_n(i, c as usize));
         }
         out
+    }
+}
+
+/// A histogram counted one trace at a time, as a window's traces complete:
+/// the trace can be dropped once added.
+#[derive(Debug, Default)]
+pub struct HistogramBuilder {
+    histogram: TopologyHistogram,
+    /// Label index by service, then span name: looked up by the span's own
+    /// strings, so a label is copied once, when new.
+    labels: HashMap<String, HashMap<String, u32>>,
+    shapes: HashMap<Topology, usize>,
+}
+
+impl HistogramBuilder {
+    /// Counts `trace`'s topology; returns where it landed.
+    pub fn add(&mut self, trace: &Trace) -> Placement {
+        let graph = TraceGraph::build(trace);
+        let order = canonical_preorder(&graph);
+        let mut position = vec![u32::MAX; graph.len()];
+        for (k, &i) in order.iter().enumerate() {
+            position[i] = k as u32;
+        }
+        let labels = order.iter().map(|&i| self.label(&trace.spans[i])).collect();
+        let parents = order.iter().map(|&i| graph.parent(i).map(|p| position[p])).collect();
+        let topology = Topology { labels, parents };
+        let h = &mut self.histogram;
+        let index = match self.shapes.get(&topology) {
+            Some(&index) => index,
+            None => {
+                h.topologies.push(topology.clone());
+                h.counts.push(0);
+                self.shapes.insert(topology, h.topologies.len() - 1);
+                h.topologies.len() - 1
+            }
+        };
+        h.counts[index] = h.counts[index].saturating_add(1);
+        Placement { topology: index, spans: order }
+    }
+
+    fn label(&mut self, span: &crate::trace::Span) -> u32 {
+        if let Some(&l) = self.labels.get(span.service()).and_then(|names| names.get(span.name.as_str())) {
+            return l;
+        }
+        let next = self.histogram.labels.len() as u32;
+        self.histogram.labels.push(Label { service: span.service().to_string(), name: span.name.clone() });
+        self.labels.entry(span.service().to_string()).or_default().insert(span.name.clone(), next);
+        next
+    }
+
+    /// The histogram so far.
+    pub fn histogram(&self) -> &TopologyHistogram {
+        &self.histogram
+    }
+
+    pub fn finish(self) -> TopologyHistogram {
+        self.histogram
     }
 }
 

@@ -74,14 +74,20 @@ impl Held {
     pub fn absorb(&mut self, mut other: Held) {
         self.count += std::mem::take(&mut other.count);
     }
+
+    /// Gives the share back now (the spans are gone before the holder is).
+    pub fn release(&mut self) {
+        let n = std::mem::take(&mut self.count);
+        if n > 0 {
+            self.budget.semaphore.add_permits(n);
+            self.budget.update_gauge();
+        }
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.count > 0 {
-            self.budget.semaphore.add_permits(self.count);
-            self.budget.update_gauge();
-        }
+        self.release();
     }
 }
 

@@ -1,6 +1,7 @@
 //! Where closed windows go. The sink runs on its own thread because what it does
-//! with a window (later: train a model) is CPU-bound; while it works, the window's
-//! spans stay counted against the budget, so a slow sink pushes back on clients.
+//! with a window (train a model) is CPU-bound; until it lets go of the window's
+//! spans, they stay counted against the budget, so a slow sink pushes back on
+//! clients.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,9 +24,10 @@ pub enum SinkError {
     Ship { window: u64, reason: String },
 }
 
-/// Takes each closed window.
+/// Takes each closed window. A sink may take the traces out of it and give
+/// their share of the budget back early ([`crate::window::Held::release`]).
 pub trait WindowSink: Send + 'static {
-    fn take(&mut self, window: &ClosedWindow) -> Result<(), SinkError>;
+    fn take(&mut self, window: &mut ClosedWindow) -> Result<(), SinkError>;
 }
 
 /// Writes each window as OTLP JSON lines to `<dir>/window-<id>.jsonl`.
@@ -41,7 +43,7 @@ impl OtlpJsonDirSink {
 }
 
 impl WindowSink for OtlpJsonDirSink {
-    fn take(&mut self, window: &ClosedWindow) -> Result<(), SinkError> {
+    fn take(&mut self, window: &mut ClosedWindow) -> Result<(), SinkError> {
         // Written under a temporary name and renamed, so a reader of the folder
         // never sees half a window.
         let name = format!("window-{:06}-{}.jsonl", window.id, window.start_unix_nano);
@@ -58,7 +60,7 @@ impl WindowSink for OtlpJsonDirSink {
 pub struct DiscardSink;
 
 impl WindowSink for DiscardSink {
-    fn take(&mut self, _: &ClosedWindow) -> Result<(), SinkError> {
+    fn take(&mut self, _: &mut ClosedWindow) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -77,9 +79,9 @@ pub fn run_sink(
             let started = Instant::now();
             let waited = unix_nano_now().saturating_sub(raw.end_unix_nano) as f64 / 1e9;
             metrics.sink_wait_seconds.observe(waited);
-            let window = raw.assemble();
+            let mut window = raw.assemble();
             record(&metrics, &window);
-            if let Err(e) = sink.take(&window) {
+            if let Err(e) = sink.take(&mut window) {
                 metrics.sink_errors.inc();
                 tracing::error!(window = window.id, error = %e, "sink failed to take window");
             }

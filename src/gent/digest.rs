@@ -1,0 +1,424 @@
+//! A window folded one trace at a time into what its model is trained and
+//! checked on (issue 20), so a closed window never needs its spans whole and
+//! the work per window stops growing with the window:
+//!
+//! - the exact topology histogram, and each trace's start and topology (the
+//!   start counts);
+//! - the *share*: a head sample of whole traces whose rate rises to stay
+//!   within a span budget; timing and generators are fitted on it, and it is
+//!   the window's head sample for the fallback and for estimating what head
+//!   sampling costs;
+//! - one trace of each topology the share misses, within another budget, so
+//!   every node of the histogram has timing observations;
+//! - apart, a sample to score the model against (not the traces it was
+//!   fitted on): a head sample with a seed of its own, within
+//!   [`CHECK_POOL`] times the scoring budget, thinned when the window closes
+//!   to a stratified sample within the budget ([`crate::trace::stratified`]:
+//!   each entry point, span count and minute keeps its share and its spread
+//!   of lengths, so it and a regenerated sample differ far less than two
+//!   random ones).
+//!
+//! A window within the share's budget keeps every trace, in arrival order,
+//! and trains exactly as on the whole window.
+
+use std::collections::HashMap;
+
+use super::topology::{HistogramBuilder, Placement, TopologyHistogram};
+use crate::trace::{Trace, head_keeps};
+
+/// How large the samples of a [`Digest`] may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestConfig {
+    /// Most spans of the share (0: every trace).
+    pub share_spans: usize,
+    /// Seed of the share's head sampling: the fallback's, so the share is
+    /// the window's head sample at whichever rate it reached.
+    pub seed: u64,
+    /// Most spans of the scoring sample (0: none is kept).
+    pub check_spans: usize,
+    /// Sets the scoring sample's phase within each stratum.
+    pub check_seed: u64,
+}
+
+/// A consistent head sample 1:`rate` (the traces whose id hash falls below
+/// 2^64 / rate) whose rate rises by a quarter (at least 1) each time its
+/// spans pass the budget. Raising the rate only drops traces, so the sample
+/// is always exactly the head sample at its current rate, whatever order the
+/// traces came in. Each trace is held with its arrival number and `P`.
+#[derive(Debug)]
+struct HeadSample<P> {
+    budget: usize,
+    seed: u64,
+    rate: u64,
+    spans: usize,
+    traces: Vec<(u64, Trace, P)>,
+}
+
+impl<P> HeadSample<P> {
+    fn new(budget: usize, seed: u64) -> Self {
+        HeadSample { budget, seed, rate: 1, spans: 0, traces: Vec::new() }
+    }
+
+    fn keeps(&self, trace: &Trace) -> bool {
+        head_keeps(&trace.trace_id, self.rate, self.seed)
+    }
+
+    /// Adds `trace` (which [`Self::keeps`]); raises the rate while over
+    /// budget (never below one trace).
+    fn add(&mut self, arrival: u64, trace: Trace, with: P) {
+        self.spans += trace.spans.len();
+        self.traces.push((arrival, trace, with));
+        while self.budget > 0 && self.spans > self.budget && self.traces.len() > 1 {
+            self.rate = (self.rate + self.rate / 4).max(self.rate + 1);
+            let (rate, seed) = (self.rate, self.seed);
+            self.traces.retain(|(_, t, _)| head_keeps(&t.trace_id, rate, seed));
+            self.spans = self.traces.iter().map(|(_, t, _)| t.spans.len()).sum();
+        }
+    }
+
+    /// The traces in arrival order.
+    fn into_traces(self) -> impl Iterator<Item = (u64, Trace, P)> {
+        let mut traces = self.traces;
+        traces.sort_unstable_by_key(|t| t.0);
+        traces.into_iter()
+    }
+}
+
+/// How many times the scoring budget the scoring pool may hold: the
+/// stratified thinning at the close has that much room to balance strata
+/// (at the defaults, 250,000 spans: a window within the share's budget is
+/// thinned from all its traces).
+const CHECK_POOL: usize = 5;
+
+/// Thins the scoring pool (head sampling 1:q) to a stratified 1:j sample
+/// within `budget` spans; returns the rate q·j and the traces in arrival order.
+fn stratified_check(pool: HeadSample<()>, budget: usize, seed: u64) -> (u64, Vec<Trace>) {
+    let q = pool.rate;
+    let traces: Vec<Trace> = pool.into_traces().map(|(_, t, ())| t).collect();
+    let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+    let j = spans.div_ceil(budget.max(1)).max(1) as u64;
+    if j == 1 {
+        return (q, traces);
+    }
+    let kept = crate::trace::stratified(&traces, j, seed);
+    let mut keep = vec![false; traces.len()];
+    for i in kept {
+        keep[i] = true;
+    }
+    let thinned = traces.into_iter().zip(keep).filter(|(_, k)| *k).map(|(t, _)| t).collect();
+    (q.saturating_mul(j), thinned)
+}
+
+/// A window being folded.
+#[derive(Debug)]
+pub struct Digest {
+    config: DigestConfig,
+    histogram: HistogramBuilder,
+    starts: Vec<u64>,
+    topologies: Vec<usize>,
+    window: Option<(u64, u64)>,
+    spans: u64,
+    share: HeadSample<Placement>,
+    /// Per topology, the trace of lowest hash seen: (arrival, hash, trace, placement).
+    rare: HashMap<usize, (u64, u64, Trace, Placement)>,
+    rare_spans: usize,
+    check: Option<HeadSample<()>>,
+}
+
+impl Digest {
+    pub fn new(config: DigestConfig) -> Self {
+        Digest {
+            config,
+            histogram: HistogramBuilder::default(),
+            starts: Vec::new(),
+            topologies: Vec::new(),
+            window: None,
+            spans: 0,
+            share: HeadSample::new(config.share_spans, config.seed),
+            rare: HashMap::new(),
+            rare_spans: 0,
+            check: (config.check_spans > 0)
+                .then(|| HeadSample::new(config.check_spans.saturating_mul(CHECK_POOL), config.check_seed)),
+        }
+    }
+
+    /// Folds one assembled trace in; what no sample keeps is dropped.
+    pub fn add(&mut self, trace: Trace) {
+        if trace.spans.is_empty() {
+            return;
+        }
+        let arrival = self.starts.len() as u64;
+        let placement = self.histogram.add(&trace);
+        let (start, end) = (trace.start(), trace.end());
+        self.window = Some(self.window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+        self.starts.push(start);
+        self.topologies.push(placement.topology);
+        self.spans += trace.spans.len() as u64;
+        if let Some(check) = &mut self.check
+            && check.keeps(&trace)
+        {
+            check.add(arrival, trace.clone(), ());
+        }
+        if self.config.share_spans > 0 {
+            self.offer_rare(arrival, &trace, &placement);
+        }
+        if self.share.keeps(&trace) {
+            self.share.add(arrival, trace, placement);
+        }
+    }
+
+    /// Keeps `trace` as its topology's representative if its hash is the
+    /// lowest of the topology's so far and the budget allows.
+    fn offer_rare(&mut self, arrival: u64, trace: &Trace, placement: &Placement) {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&trace.trace_id, self.config.seed);
+        let n = trace.spans.len();
+        let freed = match self.rare.get(&placement.topology) {
+            Some(held) if hash >= held.1 => return,
+            Some(held) => held.2.spans.len(),
+            None => 0,
+        };
+        if self.rare_spans - freed + n <= self.config.share_spans {
+            self.rare_spans = self.rare_spans - freed + n;
+            self.rare.insert(placement.topology, (arrival, hash, trace.clone(), placement.clone()));
+        }
+    }
+
+    /// Spans folded so far.
+    pub fn spans(&self) -> u64 {
+        self.spans
+    }
+
+    pub fn finish(self) -> WindowDigest {
+        let (window_start, window_end) = self.window.unwrap_or((0, 1));
+        let share_rate = self.share.rate;
+        let mut fitted: Vec<(u64, Trace, Placement)> = self.share.into_traces().collect();
+        let shared = fitted.len();
+        if share_rate > 1 {
+            // Topologies the share missed, in arrival order after it.
+            let mut covered = vec![false; self.histogram.histogram().topologies.len()];
+            for (_, _, p) in &fitted {
+                covered[p.topology] = true;
+            }
+            let mut rare: Vec<(u64, Trace, Placement)> =
+                self.rare.into_values().filter(|r| !covered[r.3.topology]).map(|(a, _, t, p)| (a, t, p)).collect();
+            rare.sort_unstable_by_key(|r| r.0);
+            fitted.extend(rare);
+        }
+        let (fitted, placements): (Vec<Trace>, Vec<Placement>) = fitted.into_iter().map(|(_, t, p)| (t, p)).unzip();
+        let check = self.check.map(|pool| stratified_check(pool, self.config.check_spans, self.config.check_seed));
+        WindowDigest {
+            histogram: self.histogram.finish(),
+            starts: self.starts,
+            topologies: self.topologies,
+            window_start,
+            window_end: window_end.max(window_start + 1),
+            spans: self.spans,
+            seed: self.config.seed,
+            check_seed: self.config.check_seed,
+            share_rate,
+            shared,
+            fitted,
+            placements,
+            check,
+        }
+    }
+}
+
+/// A folded window: what a model is trained and checked on.
+#[derive(Debug)]
+pub struct WindowDigest {
+    pub histogram: TopologyHistogram,
+    /// Each trace's start and topology, in arrival order.
+    pub starts: Vec<u64>,
+    pub topologies: Vec<usize>,
+    pub window_start: u64,
+    pub window_end: u64,
+    pub spans: u64,
+    /// Seed of the share's head sampling.
+    pub seed: u64,
+    /// Seed of the scoring sample: also the phase of its stratified thinning.
+    pub check_seed: u64,
+    /// The share is head sampling 1:`share_rate` (1: every trace).
+    pub share_rate: u64,
+    /// How many of `fitted`, from the front, are the share; the rest are
+    /// the topologies it missed.
+    pub shared: usize,
+    /// The traces timing and generators are fitted on, with their
+    /// placements in `histogram`: every trace, in arrival order, when
+    /// `share_rate` is 1.
+    pub fitted: Vec<Trace>,
+    pub placements: Vec<Placement>,
+    /// The scoring sample: its rate 1:k and its traces in arrival order
+    /// (None when not asked for).
+    pub check: Option<(u64, Vec<Trace>)>,
+}
+
+impl WindowDigest {
+    /// Folds `traces` (one window) in order.
+    pub fn of(traces: impl IntoIterator<Item = Trace>, config: DigestConfig) -> Self {
+        let mut digest = Digest::new(config);
+        for trace in traces {
+            digest.add(trace);
+        }
+        digest.finish()
+    }
+
+    pub fn traces(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether `fitted` is the whole window, in arrival order.
+    pub fn whole(&self) -> bool {
+        self.share_rate == 1
+    }
+
+    /// The share: a head sample 1:`share_rate` of the window.
+    pub fn share(&self) -> &[Trace] {
+        &self.fitted[..self.shared]
+    }
+
+    /// The window's head sample 1:max(`n`, share rate) (the share's seed),
+    /// with that rate.
+    pub fn head_sample(&self, n: u64) -> (u64, Vec<&Trace>) {
+        let rate = n.max(self.share_rate);
+        (rate, self.share().iter().filter(|t| head_keeps(&t.trace_id, rate, self.seed)).collect())
+    }
+
+    /// What head sampling 1:`rate` of the window ships as gzip OTLP protobuf
+    /// ([`super::model::head_gzip_bytes`]): exact for a whole window,
+    /// estimated from the share otherwise.
+    pub fn head_gzip_bytes(&self, rate: u64) -> f64 {
+        super::model::head_gzip_bytes_from(self.share(), (self.share_rate, self.seed), rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::test_span;
+
+    /// Trace `n` (its id from `n`), whose root has `children` children.
+    fn trace(n: u32, children: u8) -> Trace {
+        let start = u64::from(n) * 1000;
+        let mut spans = vec![test_span(0, 0, None, start, start + 100)];
+        spans.extend((1..=children).map(|c| test_span(0, c, Some(0), start + 1, start + 50)));
+        let mut trace_id = [0; 16];
+        trace_id[..4].copy_from_slice(&n.to_le_bytes());
+        for s in &mut spans {
+            s.trace_id = trace_id;
+        }
+        Trace { trace_id, spans }
+    }
+
+    /// 1,000 traces of one topology, 30 of another, 2 and 1 of two rare ones.
+    fn window() -> Vec<Trace> {
+        let counts = [(1u8, 1000u32), (2, 30), (3, 2), (4, 1)];
+        let mut n = 0;
+        let mut traces = Vec::new();
+        for (children, count) in counts {
+            for _ in 0..count {
+                traces.push(trace(n, children));
+                n += 1;
+            }
+        }
+        traces
+    }
+
+    fn config(share_spans: usize) -> DigestConfig {
+        DigestConfig { share_spans, seed: 7, check_spans: 300, check_seed: 8 }
+    }
+
+    #[test]
+    fn a_window_within_the_budget_is_kept_whole_in_arrival_order() {
+        let traces = window();
+        let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+        for budget in [0, spans] {
+            let d = WindowDigest::of(traces.clone(), config(budget));
+            assert!(d.whole());
+            assert_eq!(d.fitted, traces);
+            let (histogram, placements) = TopologyHistogram::build(&traces);
+            assert_eq!((d.histogram, d.placements), (histogram, placements));
+            assert_eq!(d.starts, traces.iter().map(Trace::start).collect::<Vec<_>>());
+            assert_eq!((d.window_start, d.window_end), (0, 1_032_100));
+            assert_eq!(d.spans, spans as u64);
+        }
+    }
+
+    #[test]
+    fn a_larger_window_keeps_exact_counts_a_head_sample_within_budget_and_every_topology() {
+        let traces = window();
+        let d = WindowDigest::of(traces.clone(), config(300));
+        let (histogram, _) = TopologyHistogram::build(&traces);
+        assert_eq!(d.histogram, histogram, "counts stay exact");
+        assert_eq!(d.starts.len(), traces.len());
+        assert!(d.share_rate > 1);
+        let share_spans: usize = d.share().iter().map(|t| t.spans.len()).sum();
+        assert!((100..=300).contains(&share_spans), "{share_spans} spans in the share");
+        // The share is exactly the head sample at its rate, in arrival order.
+        let expected: Vec<&Trace> = traces.iter().filter(|t| head_keeps(&t.trace_id, d.share_rate, 7)).collect();
+        assert_eq!(d.share().iter().collect::<Vec<_>>(), expected);
+        // Every topology has a fitted trace, the extra ones within another budget.
+        for t in 0..4 {
+            assert!(d.placements.iter().any(|p| p.topology == t), "topology {t} has no fitted trace");
+        }
+        let extra: usize = d.fitted[d.shared..].iter().map(|t| t.spans.len()).sum();
+        assert!(extra <= 300);
+        for (trace, placement) in d.fitted.iter().zip(&d.placements) {
+            assert_eq!(TopologyHistogram::build(std::slice::from_ref(trace)).0.topologies[0], histogram.topologies[placement.topology]);
+        }
+        // Whatever the order the traces complete in, the same share.
+        let reversed = WindowDigest::of(traces.iter().rev().cloned(), config(300));
+        assert_eq!(reversed.share_rate, d.share_rate);
+        let mut ids: Vec<_> = reversed.share().iter().map(|t| t.trace_id).collect();
+        ids.sort_unstable();
+        let mut expected_ids: Vec<_> = expected.iter().map(|t| t.trace_id).collect();
+        expected_ids.sort_unstable();
+        assert_eq!(ids, expected_ids);
+        // The scoring sample: within its budget, every k-th of each stratum.
+        let (rate, check) = d.check.as_ref().unwrap();
+        assert!(*rate > 1 && !check.is_empty());
+        assert!(check.iter().map(|t| t.spans.len()).sum::<usize>() <= 300);
+        assert_ne!(check.iter().map(|t| t.trace_id).collect::<Vec<_>>(), expected_ids);
+    }
+
+    #[test]
+    fn the_scoring_sample_of_a_window_within_its_pool_keeps_each_kind_and_minute_within_one_trace() {
+        // 3 kinds of trace (0, 1, 2 children) over 10 minutes, 40 of each kind a minute.
+        let minute = 60_000_000_000;
+        let traces: Vec<Trace> = (0..1200u32)
+            .map(|i| {
+                let mut t = trace(i, (i % 3) as u8);
+                let shift = u64::from((i / 3) % 10) * minute;
+                for s in &mut t.spans {
+                    (s.start, s.end) = (s.start + shift, s.end + shift);
+                }
+                t
+            })
+            .collect();
+        let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+        // The pool holds the whole window; the sample is within a fifth of it.
+        let d = WindowDigest::of(traces, DigestConfig { share_spans: 0, seed: 1, check_spans: spans / 5, check_seed: 3 });
+        let (rate, check) = d.check.unwrap();
+        assert_eq!(rate, 5);
+        assert_eq!(check.len(), 240);
+        let mut cells = HashMap::new();
+        for t in &check {
+            *cells.entry((t.spans.len(), t.start() / minute)).or_insert(0) += 1;
+        }
+        assert_eq!(cells.len(), 30, "every kind in every minute");
+        assert!(cells.values().all(|&c| c == 8), "{cells:?}");
+    }
+
+    #[test]
+    fn the_head_sampling_bytes_of_a_share_are_near_those_of_the_whole_window() {
+        let traces: Vec<Trace> = (0..20_000).map(|n| trace(n, (n % 5) as u8)).collect();
+        let exact = super::super::model::head_gzip_bytes(&traces, 100);
+        let d = WindowDigest::of(traces, config(6_000));
+        assert!(d.share_rate >= 6, "rate {}", d.share_rate);
+        let estimate = d.head_gzip_bytes(100);
+        assert!((estimate / exact - 1.0).abs() < 0.25, "estimate {estimate:.0} against exact {exact:.0}");
+        let (rate, kept) = d.head_sample(10);
+        assert_eq!(rate, d.share_rate.max(10));
+        assert!(kept.iter().all(|t| head_keeps(&t.trace_id, rate, 7)));
+    }
+}
