@@ -187,6 +187,55 @@ async fn trainticket_hour_16_is_regenerated_with_its_topologies_and_both_sides_a
     assert_eq!(sample(&c_text, "gent_spool_packets"), 0.0);
 }
 
+/// Windows over `pipeline.train_spans` are fitted on their share and still
+/// regenerate every topology exactly; and a window whose model falls below
+/// the floor ships exactly its head sample 1:`fallback_head`, which the
+/// share holds (its rate stays under 10 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_over_the_share_keep_exact_topologies_and_fall_back_to_exactly_their_head_sample() {
+    let files: Vec<_> = (0..10).map(|m| data(&format!("trainticket/16_{m:02}_trace.csv.gz"))).collect();
+    let input = read_set(&files);
+    for floor in [0.0, 1.0] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("regenerated");
+        let d = decompressor::start(decompressor_config(local(), &out, None), None).await.unwrap();
+        let mut p = pipeline(format!("http://{}", d.link), &dir.path().join("spool"), None);
+        // Two windows, each about three times its share.
+        p.train_spans = input.span_count() / 6;
+        p.fidelity.floor = floor;
+        let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
+        let c = gent::compressor::start_with(compressor_config(p, input.traces.len() / 2 + 1), Some(shipped_tx)).await.unwrap();
+        replay(&input.traces, c.grpc.unwrap()).await;
+        c.shutdown().await.unwrap();
+        d.shutdown().await.unwrap();
+        let shipped: Vec<Shipped> = drain(&mut shipped_rx);
+        let kinds: Vec<(usize, &str, Option<f64>)> = shipped.iter().map(|s| (s.spans, s.kind, s.fidelity)).collect();
+        println!("floor {floor}: {} spans, train_spans {}; windows (spans, kind, fidelity) {kinds:?}", input.span_count(), input.span_count() / 6);
+        assert!(shipped.len() >= 2, "{} windows", shipped.len());
+        assert_eq!(shipped.iter().map(|s| s.spans).sum::<usize>(), input.span_count());
+        let regenerated = read_dir_traces(&out);
+        if floor == 0.0 {
+            assert!(shipped.iter().all(|s| s.kind == "model" && s.fidelity.is_some()), "{shipped:?}");
+            assert_eq!(topology_counts(&regenerated), topology_counts(&input.traces), "every topology as often as in the input");
+        } else {
+            assert!(shipped.iter().all(|s| s.kind == "sampled"), "{shipped:?}");
+            // The replay gave the traces fresh ids (each XORed with one random
+            // key): find the key under which the delivered traces are exactly
+            // the head sample 1:10 of what the compressor received.
+            let xor = |a: &[u8; 16], b: &[u8; 16]| -> [u8; 16] { std::array::from_fn(|i| a[i] ^ b[i]) };
+            let delivered: std::collections::BTreeSet<[u8; 16]> = regenerated.iter().map(|t| t.trace_id).collect();
+            assert!(!delivered.is_empty());
+            let first = *delivered.first().unwrap();
+            let sample = |key: &[u8; 16]| -> std::collections::BTreeSet<[u8; 16]> {
+                input.traces.iter().map(|t| xor(&t.trace_id, key)).filter(|id| gent::trace::head_keeps(id, 10, 0)).collect()
+            };
+            let exact = input.traces.iter().any(|t| sample(&xor(&t.trace_id, &first)) == delivered);
+            assert!(exact, "the {} delivered traces are not the head sample 1:10 of the window", delivered.len());
+            assert_eq!(regenerated.len(), delivered.len());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_closed_while_the_decompressor_is_down_arrive_once_when_it_is_up() {
     let input = read_set(&[data("trainticket/16_00_trace.csv.gz"), data("trainticket/16_01_trace.csv.gz")]);
