@@ -166,8 +166,9 @@ impl WindowSink for ShipSink {
             WindowConditions::of(&traces, start)
         });
         let digest = WindowDigest::of(traces, digest_config(self.config.train_spans, &self.config.fidelity));
-        // Only the digest's samples are left: the receivers may fill the next window.
-        window.held.release();
+        // Only the digest's samples are left, and stay counted: the receivers
+        // may fill the next window with the rest of the budget.
+        window.held.release_all_but(digest.held_spans());
         let m = &self.metrics;
         let sizes = wire_sizes(&digest).map_err(|e| ship_error(window.id, e))?;
         m.window_raw_bytes.inc_by(sizes.raw);

@@ -267,6 +267,12 @@ impl WindowDigest {
         self.starts.len()
     }
 
+    /// Spans the digest holds (fitted and scoring traces).
+    pub fn held_spans(&self) -> usize {
+        let check = self.check.as_ref().map_or(0, |(_, t)| t.iter().map(|t| t.spans.len()).sum());
+        self.fitted.iter().map(|t| t.spans.len()).sum::<usize>() + check
+    }
+
     /// Whether `fitted` is the whole window, in arrival order.
     pub fn whole(&self) -> bool {
         self.share_rate == 1

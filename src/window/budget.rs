@@ -75,9 +75,11 @@ impl Held {
         self.count += std::mem::take(&mut other.count);
     }
 
-    /// Gives the share back now (the spans are gone before the holder is).
-    pub fn release(&mut self) {
-        let n = std::mem::take(&mut self.count);
+    /// Gives back all but `keep` spans' share now (the rest of the spans
+    /// are gone before the holder is).
+    pub fn release_all_but(&mut self, keep: usize) {
+        let n = self.count.saturating_sub(keep);
+        self.count -= n;
         if n > 0 {
             self.budget.semaphore.add_permits(n);
             self.budget.update_gauge();
@@ -87,7 +89,7 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.release();
+        self.release_all_but(0);
     }
 }
 

@@ -25,7 +25,7 @@ pub enum SinkError {
 }
 
 /// Takes each closed window. A sink may take the traces out of it and give
-/// their share of the budget back early ([`crate::window::Held::release`]).
+/// their share of the budget back early ([`crate::window::Held::release_all_but`]).
 pub trait WindowSink: Send + 'static {
     fn take(&mut self, window: &mut ClosedWindow) -> Result<(), SinkError>;
 }
