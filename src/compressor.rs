@@ -17,7 +17,7 @@ use crate::packet::sender::{self, SenderError, SenderSettings, Stop};
 use crate::packet::spool::Spool;
 use crate::receiver::{self, Ingest, ReceiverError};
 use crate::ship::{ShipSink, Shipped};
-use crate::window::{self, Assembler, Budget, DiscardSink, OtlpJsonDirSink, SinkError, WindowSink};
+use crate::window::{self, Assembler, Budget, DiscardSink, FoldConfig, FoldError, Folder, WindowSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompressorError {
@@ -26,9 +26,7 @@ pub enum CompressorError {
     #[error(transparent)]
     Receiver(#[from] ReceiverError),
     #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error("cannot start the sink thread: {0}")]
-    Thread(std::io::Error),
+    Fold(#[from] FoldError),
     #[error("a compressor task failed: {0}")]
     Task(String),
     #[error(transparent)]
@@ -91,10 +89,7 @@ pub async fn start_with(
     let budget = Budget::new(config.window.span_budget, metrics.resident_spans.clone());
     metrics.span_budget.set(config.window.span_budget as i64);
 
-    let files: Option<Box<dyn WindowSink>> = match &config.sink.otlp_json_dir {
-        Some(dir) => Some(Box::new(OtlpJsonDirSink::new(dir.clone())?)),
-        None => None,
-    };
+    let mut fold = FoldConfig { json_dir: config.sink.otlp_json_dir.clone(), ..FoldConfig::default() };
     let mut link = None;
     let sink: Box<dyn WindowSink> = match &config.pipeline {
         Some(p) => {
@@ -120,12 +115,17 @@ pub async fn start_with(
             let producer = crate::ship::producer_name(p.link.producer.as_deref());
             tracing::info!(producer, endpoint = p.link.endpoint, "shipping window models over the link");
             link = Some(Link { spool: spool.clone(), sender, drain, abandon, drain_timeout: p.link.drain_timeout });
-            Box::new(ShipSink::new(p.clone(), device, spool, producer, metrics.pipeline.clone(), files, reports))
+            fold.digest = Some(crate::ship::digest_config(p.train_spans, &p.fidelity));
+            fold.conditions = p.call_graph_conditions;
+            Box::new(ShipSink::new(p.clone(), device, spool, producer, metrics.pipeline.clone(), reports))
         }
-        None => files.unwrap_or_else(|| Box::new(DiscardSink)),
+        None => Box::new(DiscardSink),
     };
-    let (window_tx, window_rx) = mpsc::channel(1);
-    let sink = window::run_sink(sink, window_rx, metrics.clone(), config.window.duration).map_err(CompressorError::Thread)?;
+    let folder = Folder::new(fold, budget.clone(), metrics.clone())?;
+    // Room for a few batches of completed traces: their spans stay counted
+    // against the budget, which bounds what waits here.
+    let (window_tx, window_rx) = mpsc::channel(16);
+    let sink = window::spawn(folder, sink, window_rx, metrics.clone(), config.window.duration)?;
     let (queue_tx, queue_rx) = mpsc::unbounded_channel();
     let assembler = Assembler::new(config.window.clone(), budget.clone(), metrics.clone());
     let assembler = tokio::spawn(assembler.run(queue_rx, window_tx));

@@ -20,12 +20,12 @@ use crate::config::{FidelityConfig, PipelineConfig};
 use crate::fidelity::Reference;
 use crate::fidelity::sampling::{Stratum, stratum, systematic};
 use crate::gent::{DigestConfig, GenTConfig, WindowDigest, WindowModel};
+use crate::llm::window::WindowConditions;
 use crate::metrics::PipelineMetrics;
 use crate::nn::weights::Precision;
 use crate::packet::link::{PayloadKind, PushRequest};
 use crate::packet::spool::Spool;
 use crate::trace::{Trace, TraceSet};
-use crate::llm::window::WindowConditions;
 use crate::window::{ClosedWindow, SinkError, WindowSink};
 
 /// Seeds (xor the fidelity seed) the 1:k sample a large window is measured on.
@@ -72,8 +72,6 @@ pub struct ShipSink {
     spool: Arc<Spool>,
     producer: String,
     metrics: PipelineMetrics,
-    /// The plain window sink (OTLP JSON files), when also configured.
-    also: Option<Box<dyn WindowSink>>,
     reports: Option<mpsc::UnboundedSender<Shipped>>,
 }
 
@@ -88,10 +86,9 @@ impl ShipSink {
         spool: Arc<Spool>,
         producer: String,
         metrics: PipelineMetrics,
-        also: Option<Box<dyn WindowSink>>,
         reports: Option<mpsc::UnboundedSender<Shipped>>,
     ) -> Self {
-        ShipSink { config, device, previous: None, spool, producer, metrics, also, reports }
+        ShipSink { config, device, previous: None, spool, producer, metrics, reports }
     }
 
     /// Trains and packs; returns the model, its packet and the training time.
@@ -113,7 +110,6 @@ impl ShipSink {
         let packet = crate::gent::pack(&model, window, c, precision, seed, conditions).map_err(|e| e.to_string())?;
         Ok((model, packet, seconds))
     }
-
 
     /// The window's traces (all of them for `n` = 1, which only a whole
     /// digest has), else head-sampled 1:`n` or, past the share's rate, at
@@ -153,21 +149,14 @@ fn wire_sizes(digest: &WindowDigest) -> std::io::Result<crate::fidelity::cost::W
 
 impl WindowSink for ShipSink {
     fn take(&mut self, window: &mut ClosedWindow) -> Result<(), SinkError> {
-        if let Some(also) = &mut self.also {
-            also.take(window)?;
-        }
-        let traces = std::mem::take(&mut window.traces.traces);
-        if traces.is_empty() {
+        let Some(digest) = window.digest.take() else {
+            return Err(ship_error(window.id, "the window was folded without a digest"));
+        };
+        if digest.traces() == 0 {
             return Ok(());
         }
-        // Call-graph conditions are one request per trace: taken before the fold.
-        let conditions = self.config.call_graph_conditions.then(|| {
-            let start = traces.iter().map(Trace::start).min().unwrap_or(0);
-            WindowConditions::of(&traces, start)
-        });
-        let digest = WindowDigest::of(traces, digest_config(self.config.train_spans, &self.config.fidelity));
-        // Only the digest's samples are left, and stay counted: the receivers
-        // may fill the next window with the rest of the budget.
+        let conditions = window.conditions.take();
+        // The pool the scoring sample was thinned from is gone.
         window.held.release_all_but(digest.held_spans());
         let m = &self.metrics;
         let sizes = wire_sizes(&digest).map_err(|e| ship_error(window.id, e))?;
@@ -229,7 +218,12 @@ impl WindowSink for ShipSink {
             let n = self.config.fidelity.fallback_head;
             let (rate, payload) = self.traces_payload(&digest, n).map_err(|e| ship_error(window.id, e))?;
             if rate > n {
-                tracing::warn!(window = window.id, head = n, rate, "window larger than its share: head-sampled at the share's rate");
+                tracing::warn!(
+                    window = window.id,
+                    head = n,
+                    rate,
+                    "window larger than its share: head-sampled at the share's rate"
+                );
             }
             (PayloadKind::Traces, "sampled", payload)
         };
@@ -287,11 +281,7 @@ impl WindowSink for ShipSink {
 /// scaled to that share. Two samples differ a little, so a sampled score
 /// runs a little below a whole-window one (see the pipeline test on
 /// TrainTicket hour 12).
-pub fn self_evaluate(
-    digest: &WindowDigest,
-    packet: &[u8],
-    device: &burn::tensor::Device,
-) -> Result<SelfEvaluation, String> {
+pub fn self_evaluate(digest: &WindowDigest, packet: &[u8], device: &burn::tensor::Device) -> Result<SelfEvaluation, String> {
     let (k, real) = match &digest.check {
         Some((k, traces)) => (*k, traces.clone()),
         None => (digest.share_rate, digest.share().to_vec()),

@@ -210,7 +210,11 @@ async fn windows_over_the_share_keep_exact_topologies_and_fall_back_to_exactly_t
         d.shutdown().await.unwrap();
         let shipped: Vec<Shipped> = drain(&mut shipped_rx);
         let kinds: Vec<(usize, &str, Option<f64>)> = shipped.iter().map(|s| (s.spans, s.kind, s.fidelity)).collect();
-        println!("floor {floor}: {} spans, train_spans {}; windows (spans, kind, fidelity) {kinds:?}", input.span_count(), input.span_count() / 6);
+        println!(
+            "floor {floor}: {} spans, train_spans {}; windows (spans, kind, fidelity) {kinds:?}",
+            input.span_count(),
+            input.span_count() / 6
+        );
         assert!(shipped.len() >= 2, "{} windows", shipped.len());
         assert_eq!(shipped.iter().map(|s| s.spans).sum::<usize>(), input.span_count());
         let regenerated = read_dir_traces(&out);

@@ -22,6 +22,7 @@
 //! and trains exactly as on the whole window.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::topology::{HistogramBuilder, Placement, TopologyHistogram};
 use crate::trace::{Trace, head_keeps};
@@ -44,14 +45,15 @@ pub struct DigestConfig {
 /// 2^64 / rate) whose rate rises by a quarter (at least 1) each time its
 /// spans pass the budget. Raising the rate only drops traces, so the sample
 /// is always exactly the head sample at its current rate, whatever order the
-/// traces came in. Each trace is held with its arrival number and `P`.
+/// traces came in. Each trace is held with its arrival number and `P`,
+/// shared with the other samples that keep it.
 #[derive(Debug)]
 struct HeadSample<P> {
     budget: usize,
     seed: u64,
     rate: u64,
     spans: usize,
-    traces: Vec<(u64, Trace, P)>,
+    traces: Vec<(u64, Arc<Trace>, P)>,
 }
 
 impl<P> HeadSample<P> {
@@ -65,7 +67,7 @@ impl<P> HeadSample<P> {
 
     /// Adds `trace` (which [`Self::keeps`]); raises the rate while over
     /// budget (never below one trace).
-    fn add(&mut self, arrival: u64, trace: Trace, with: P) {
+    fn add(&mut self, arrival: u64, trace: Arc<Trace>, with: P) {
         self.spans += trace.spans.len();
         self.traces.push((arrival, trace, with));
         while self.budget > 0 && self.spans > self.budget && self.traces.len() > 1 {
@@ -77,7 +79,7 @@ impl<P> HeadSample<P> {
     }
 
     /// The traces in arrival order.
-    fn into_traces(self) -> impl Iterator<Item = (u64, Trace, P)> {
+    fn into_traces(self) -> impl Iterator<Item = (u64, Arc<Trace>, P)> {
         let mut traces = self.traces;
         traces.sort_unstable_by_key(|t| t.0);
         traces.into_iter()
@@ -92,9 +94,9 @@ const CHECK_POOL: usize = 5;
 
 /// Thins the scoring pool (head sampling 1:q) to a stratified 1:j sample
 /// within `budget` spans; returns the rate q·j and the traces in arrival order.
-fn stratified_check(pool: HeadSample<()>, budget: usize, seed: u64) -> (u64, Vec<Trace>) {
+fn stratified_check(pool: HeadSample<()>, budget: usize, seed: u64) -> (u64, Vec<Arc<Trace>>) {
     let q = pool.rate;
-    let traces: Vec<Trace> = pool.into_traces().map(|(_, t, ())| t).collect();
+    let traces: Vec<Arc<Trace>> = pool.into_traces().map(|(_, t, ())| t).collect();
     let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
     let j = spans.div_ceil(budget.max(1)).max(1) as u64;
     if j == 1 {
@@ -120,7 +122,7 @@ pub struct Digest {
     spans: u64,
     share: HeadSample<Placement>,
     /// Per topology, the trace of lowest hash seen: (arrival, hash, trace, placement).
-    rare: HashMap<usize, (u64, u64, Trace, Placement)>,
+    rare: HashMap<usize, (u64, u64, Arc<Trace>, Placement)>,
     rare_spans: usize,
     check: Option<HeadSample<()>>,
 }
@@ -154,6 +156,8 @@ impl Digest {
         self.starts.push(start);
         self.topologies.push(placement.topology);
         self.spans += trace.spans.len() as u64;
+        // The samples share one copy of a trace they both keep.
+        let trace = Arc::new(trace);
         if let Some(check) = &mut self.check
             && check.keeps(&trace)
         {
@@ -169,7 +173,7 @@ impl Digest {
 
     /// Keeps `trace` as its topology's representative if its hash is the
     /// lowest of the topology's so far and the budget allows.
-    fn offer_rare(&mut self, arrival: u64, trace: &Trace, placement: &Placement) {
+    fn offer_rare(&mut self, arrival: u64, trace: &Arc<Trace>, placement: &Placement) {
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&trace.trace_id, self.config.seed);
         let n = trace.spans.len();
         let freed = match self.rare.get(&placement.topology) {
@@ -188,10 +192,18 @@ impl Digest {
         self.spans
     }
 
-    pub fn finish(self) -> WindowDigest {
+    /// Spans the samples hold now: an upper bound, as a trace two samples
+    /// keep is held once and counted twice.
+    pub fn held_spans(&self) -> usize {
+        self.share.spans + self.rare_spans + self.check.as_ref().map_or(0, |c| c.spans)
+    }
+
+    pub fn finish(mut self) -> WindowDigest {
         let (window_start, window_end) = self.window.unwrap_or((0, 1));
+        // Thinned first, so only the scoring traces the share also keeps are copied.
+        let check = self.check.map(|pool| stratified_check(pool, self.config.check_spans, self.config.check_seed));
         let share_rate = self.share.rate;
-        let mut fitted: Vec<(u64, Trace, Placement)> = self.share.into_traces().collect();
+        let mut fitted: Vec<(u64, Arc<Trace>, Placement)> = self.share.into_traces().collect();
         let shared = fitted.len();
         if share_rate > 1 {
             // Topologies the share missed, in arrival order after it.
@@ -199,13 +211,18 @@ impl Digest {
             for (_, _, p) in &fitted {
                 covered[p.topology] = true;
             }
-            let mut rare: Vec<(u64, Trace, Placement)> =
-                self.rare.into_values().filter(|r| !covered[r.3.topology]).map(|(a, _, t, p)| (a, t, p)).collect();
+            let mut rare: Vec<(u64, Arc<Trace>, Placement)> = std::mem::take(&mut self.rare)
+                .into_values()
+                .filter(|r| !covered[r.3.topology])
+                .map(|(a, _, t, p)| (a, t, p))
+                .collect();
             rare.sort_unstable_by_key(|r| r.0);
             fitted.extend(rare);
         }
-        let (fitted, placements): (Vec<Trace>, Vec<Placement>) = fitted.into_iter().map(|(_, t, p)| (t, p)).unzip();
-        let check = self.check.map(|pool| stratified_check(pool, self.config.check_spans, self.config.check_seed));
+        // Representatives the share covers let go of the traces they share.
+        self.rare.clear();
+        let (fitted, placements): (Vec<Trace>, Vec<Placement>) = fitted.into_iter().map(|(_, t, p)| (owned(t), p)).unzip();
+        let check = check.map(|(rate, traces)| (rate, traces.into_iter().map(owned).collect()));
         WindowDigest {
             histogram: self.histogram.finish(),
             starts: self.starts,
@@ -222,6 +239,11 @@ impl Digest {
             check,
         }
     }
+}
+
+/// The trace itself, copied only if another sample still shares it.
+fn owned(trace: Arc<Trace>) -> Trace {
+    Arc::try_unwrap(trace).unwrap_or_else(|shared| (*shared).clone())
 }
 
 /// A folded window: what a model is trained and checked on.
@@ -370,7 +392,10 @@ mod tests {
         let extra: usize = d.fitted[d.shared..].iter().map(|t| t.spans.len()).sum();
         assert!(extra <= 300);
         for (trace, placement) in d.fitted.iter().zip(&d.placements) {
-            assert_eq!(TopologyHistogram::build(std::slice::from_ref(trace)).0.topologies[0], histogram.topologies[placement.topology]);
+            assert_eq!(
+                TopologyHistogram::build(std::slice::from_ref(trace)).0.topologies[0],
+                histogram.topologies[placement.topology]
+            );
         }
         // Whatever the order the traces complete in, the same share.
         let reversed = WindowDigest::of(traces.iter().rev().cloned(), config(300));

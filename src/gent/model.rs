@@ -21,12 +21,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::attributes::{AttributeConfig, AttributeSchema, NodeValues};
+use super::digest::{DigestConfig, WindowDigest};
 use super::starts::{StartBuckets, StartError, StartModel};
 use super::tables::{StoredTableModel, TableModel};
 use super::timing::{
     CalibrationConfig, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng,
 };
-use super::digest::{DigestConfig, WindowDigest};
 use super::topology::{Placement, Topology, TopologyHistogram};
 use crate::nn::weights::Precision;
 use crate::nn::{Context, CtganConfig, CtganError, GraphInput, pooled_features};

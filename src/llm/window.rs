@@ -70,28 +70,9 @@ fn millis_up(nanos: u64) -> u64 {
 impl WindowConditions {
     /// The requests of `traces`, a window starting at `window_start` (Unix ns).
     pub fn of(traces: &[Trace], window_start: u64) -> Self {
-        let mut index = std::collections::HashMap::<String, u32>::new();
-        let mut out = WindowConditions::default();
-        let mut destinations = std::collections::BTreeSet::new();
-        for trace in traces.iter().filter(|t| !t.spans.is_empty()) {
-            let graph = TraceGraph::build(trace);
-            destinations.extend(trace.spans.iter().map(|s| s.service()));
-            let service = service_id(trace, &graph);
-            let next = out.services.len() as u32;
-            let service = *index.entry(service).or_insert_with_key(|s| {
-                out.services.push(s.clone());
-                next
-            });
-            out.traces.push(TraceRequest {
-                service,
-                num_edges: trace.spans.len() as u32,
-                depth: graph.depth().max(1),
-                latency_ms: millis_up(trace.end().saturating_sub(trace.start())),
-                start_ms: trace.start().saturating_sub(window_start) / NANOS_PER_MILLI,
-            });
-        }
-        out.destinations = destinations.into_iter().map(str::to_string).collect();
-        out
+        let mut builder = ConditionsBuilder::default();
+        traces.iter().for_each(|t| builder.add(t));
+        builder.finish(window_start)
     }
 
     /// Request `index` for the generator, checked: a packet is untrusted input.
@@ -111,6 +92,54 @@ impl WindowConditions {
         let request =
             Request { service: service.clone(), num_edges: u64::from(t.num_edges).min(max_edges), depth, latency: t.latency_ms };
         Ok((request, clamped))
+    }
+}
+
+/// A window's conditions, built one trace at a time as traces complete (the
+/// compressor folds a window without holding it).
+#[derive(Debug, Default)]
+pub struct ConditionsBuilder {
+    index: std::collections::HashMap<String, u32>,
+    out: WindowConditions,
+    /// Each request's start (Unix ns): the window's start is known at the end.
+    starts: Vec<u64>,
+    destinations: std::collections::BTreeSet<String>,
+}
+
+impl ConditionsBuilder {
+    pub fn add(&mut self, trace: &Trace) {
+        if trace.spans.is_empty() {
+            return;
+        }
+        let graph = TraceGraph::build(trace);
+        for span in &trace.spans {
+            if !self.destinations.contains(span.service()) {
+                self.destinations.insert(span.service().to_string());
+            }
+        }
+        let service = service_id(trace, &graph);
+        let next = self.out.services.len() as u32;
+        let service = *self.index.entry(service).or_insert_with_key(|s| {
+            self.out.services.push(s.clone());
+            next
+        });
+        self.starts.push(trace.start());
+        self.out.traces.push(TraceRequest {
+            service,
+            num_edges: trace.spans.len() as u32,
+            depth: graph.depth().max(1),
+            latency_ms: millis_up(trace.end().saturating_sub(trace.start())),
+            start_ms: 0,
+        });
+    }
+
+    /// The conditions of a window starting at `window_start` (Unix ns).
+    pub fn finish(mut self, window_start: u64) -> WindowConditions {
+        for (request, start) in self.out.traces.iter_mut().zip(self.starts) {
+            request.start_ms = start.saturating_sub(window_start) / NANOS_PER_MILLI;
+        }
+        self.out.destinations = self.destinations.into_iter().collect();
+        self.out
     }
 }
 

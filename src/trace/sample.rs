@@ -12,7 +12,7 @@ const MINUTE_NS: u64 = 60_000_000_000;
 /// trace and each stretch of time keeps its share within one trace, so two
 /// such samples (of real and regenerated traces) differ far less than two
 /// random ones: a count per minute is not noise. Returned in input order.
-pub fn stratified(traces: &[Trace], k: u64, seed: u64) -> Vec<usize> {
+pub fn stratified<T: std::borrow::Borrow<Trace>>(traces: &[T], k: u64, seed: u64) -> Vec<usize> {
     if k <= 1 {
         return (0..traces.len()).collect();
     }
@@ -20,6 +20,7 @@ pub fn stratified(traces: &[Trace], k: u64, seed: u64) -> Vec<usize> {
     let keys: Vec<(Stratum<'_>, u64)> = traces
         .iter()
         .map(|t| {
+            let t: &Trace = t.borrow();
             let (service, name) = t.spans.first().map_or(("", ""), |s| (s.service(), s.name.as_str()));
             let start = t.start();
             // Within a minute, by length: the sample keeps each minute's spread of durations too.
@@ -83,5 +84,4 @@ mod tests {
         assert_ne!(stratified(&traces, 8, 3), stratified(&traces, 8, 4), "the seed sets the phase");
         assert_eq!(stratified(&traces, 1, 3).len(), 1200);
     }
-
 }

@@ -1,8 +1,11 @@
 //! Groups spans by trace id into windows. A window closes when it has been open
-//! for `duration`, or when it holds `max_traces` traces and another one begins. A trace is complete once no span
-//! of it arrived for `trace_idle`, or when its window closes; a span arriving
-//! for a completed trace (in this window or the one shipped before) goes to the
-//! next window and counts as late.
+//! for `duration`, or when it holds `max_traces` traces and another one begins
+//! (a memory guard). A trace is complete once no span of it arrived for
+//! `trace_idle`, or when its window closes; completed traces leave at once
+//! ([`WindowEvent::Completed`]) to be folded into the window's state, so the
+//! assembler holds only traces still open. A span arriving for a completed
+//! trace (in this window or the one closed before) goes to the next window and
+//! counts as late.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,7 +15,7 @@ use tokio::sync::mpsc;
 use super::budget::{Budget, Held};
 use crate::config::WindowConfig;
 use crate::metrics::Metrics;
-use crate::trace::{self, Span, TraceId, TraceSet};
+use crate::trace::{Span, TraceId};
 
 /// Spans accepted by a receiver, with their share of the budget.
 pub struct Batch {
@@ -20,42 +23,30 @@ pub struct Batch {
     pub held: Held,
 }
 
-/// A closed window as the assembler leaves it: spans grouped by trace, not yet
-/// repaired. [`RawWindow::assemble`] (run on the sink's thread, off the async
-/// runtime) turns it into a [`ClosedWindow`].
+/// What the assembler hands on, in order: the traces of the open window as
+/// they complete, then the window's close with its last traces.
+pub enum WindowEvent {
+    Completed(Completed),
+    Closed(RawWindow),
+}
+
+/// Traces of the open window completed since the last event: spans grouped
+/// by trace, not yet repaired, with their share of the budget.
+pub struct Completed {
+    pub groups: Vec<Vec<Span>>,
+    pub held: Held,
+}
+
+/// A window's close as the assembler leaves it, with the traces that were
+/// still open (grouped by trace, not yet repaired).
 pub struct RawWindow {
     /// Sequence number of the window since the daemon started, from 1.
     pub id: u64,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
-    groups: Vec<Vec<Span>>,
+    pub last: Completed,
     /// Spans that arrived late (for a trace completed earlier) and landed here.
     pub late_spans: u64,
-    held: Held,
-}
-
-impl RawWindow {
-    pub fn assemble(self) -> ClosedWindow {
-        ClosedWindow {
-            id: self.id,
-            start_unix_nano: self.start_unix_nano,
-            end_unix_nano: self.end_unix_nano,
-            traces: trace::assemble_grouped(self.groups),
-            late_spans: self.late_spans,
-            held: self.held,
-        }
-    }
-}
-
-/// A closed window, as the sink receives it. Dropping it gives its spans'
-/// share of the budget back.
-pub struct ClosedWindow {
-    pub id: u64,
-    pub start_unix_nano: u64,
-    pub end_unix_nano: u64,
-    pub traces: TraceSet,
-    pub late_spans: u64,
-    pub held: Held,
 }
 
 struct OpenTrace {
@@ -68,8 +59,12 @@ struct Window {
     opened: Instant,
     opened_unix_nano: u64,
     open: HashMap<TraceId, OpenTrace>,
-    completed: HashMap<TraceId, Vec<Span>>,
+    /// Ids of the traces completed (to tell late spans).
+    completed: HashSet<TraceId>,
+    /// Completed traces not handed on yet, with their spans' budget.
+    ready: Completed,
     late_spans: u64,
+    /// The open traces' budget.
     held: Held,
 }
 
@@ -79,10 +74,25 @@ impl Window {
             opened: Instant::now(),
             opened_unix_nano: unix_nano_now(),
             open: HashMap::new(),
-            completed: HashMap::new(),
+            completed: HashSet::new(),
+            ready: Completed { groups: Vec::new(), held: budget.empty() },
             late_spans: 0,
             held: budget.empty(),
         }
+    }
+
+    /// Moves open trace `id` to the ready ones.
+    fn complete(&mut self, id: TraceId) {
+        if let Some(trace) = self.open.remove(&id) {
+            self.held.transfer(trace.spans.len(), &mut self.ready.held);
+            self.ready.groups.push(trace.spans);
+            self.completed.insert(id);
+        }
+    }
+
+    /// The ready traces, leaving none.
+    fn take_ready(&mut self, budget: &Budget) -> Completed {
+        std::mem::replace(&mut self.ready, Completed { groups: Vec::new(), held: budget.empty() })
     }
 
     fn traces(&self) -> usize {
@@ -120,7 +130,7 @@ pub struct Assembler {
     current: Window,
     /// Late spans for traces completed in the current window: they open the next one.
     carry: Window,
-    /// Traces of the window shipped last, to recognise late spans for them.
+    /// Traces of the window closed last, to recognise late spans for them.
     shipped: HashSet<TraceId>,
 }
 
@@ -132,8 +142,9 @@ impl Assembler {
     }
 
     /// Runs until `input` is closed (every receiver gone), then closes the open
-    /// windows so nothing accepted is lost. Closed windows go to `output`.
-    pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Batch>, output: mpsc::Sender<RawWindow>) {
+    /// windows so nothing accepted is lost. Completed traces and closed
+    /// windows go to `output`.
+    pub async fn run(mut self, mut input: mpsc::UnboundedReceiver<Batch>, output: mpsc::Sender<WindowEvent>) {
         let tick = (self.config.trace_idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,8 +162,8 @@ impl Assembler {
                     None => break,
                 },
                 _ = ticker.tick() => {
-                    if let Some(window) = self.tick(Instant::now()) {
-                        if output.send(window).await.is_err() {
+                    if let Some(event) = self.tick(Instant::now()) {
+                        if output.send(event).await.is_err() {
                             tracing::error!("window sink stopped; closing the assembler");
                             return;
                         }
@@ -169,7 +180,7 @@ impl Assembler {
     }
 
     /// Files a batch's spans; returns the windows that filled up meanwhile.
-    pub fn accept(&mut self, mut batch: Batch, now: Instant) -> Vec<RawWindow> {
+    pub fn accept(&mut self, mut batch: Batch, now: Instant) -> Vec<WindowEvent> {
         self.metrics.queue_spans.sub(batch.spans.len() as i64);
         // OTLP lists spans by resource, so one request interleaves its traces.
         // Filed trace by trace, a window that fills up mid-request closes between
@@ -182,7 +193,7 @@ impl Assembler {
         let mut closed = Vec::new();
         for (id, n) in runs {
             let mut run = spans.by_ref().take(n);
-            if self.current.completed.contains_key(&id) {
+            if self.current.completed.contains(&id) {
                 run.for_each(|span| self.late(span, &mut batch.held, true));
                 continue;
             }
@@ -193,7 +204,7 @@ impl Assembler {
             // The window closes when a trace beyond `max_traces` arrives, so
             // the traces already in it keep gathering their spans until then.
             if !self.current.open.contains_key(&id) && self.current.traces() >= self.config.max_traces {
-                closed.extend(self.close());
+                closed.extend(self.close().map(WindowEvent::Closed));
             }
             let filed = self.current.add_run(id, &mut run, n, self.config.max_spans_per_trace, now);
             run.for_each(drop);
@@ -218,23 +229,25 @@ impl Assembler {
         window.add(span, Instant::now());
     }
 
-    /// Completes idle traces and closes the window when its time is up.
-    pub fn tick(&mut self, now: Instant) -> Option<RawWindow> {
+    /// Completes idle traces and closes the window when its time is up;
+    /// returns the close, else the traces completed since the last tick.
+    pub fn tick(&mut self, now: Instant) -> Option<WindowEvent> {
         let idle = self.config.trace_idle;
         let done: Vec<TraceId> =
             self.current.open.iter().filter(|(_, t)| now.duration_since(t.last_arrival) >= idle).map(|(id, _)| *id).collect();
         for id in done {
-            if let Some(trace) = self.current.open.remove(&id) {
-                self.current.completed.insert(id, trace.spans);
-            }
+            self.current.complete(id);
         }
         if now.duration_since(self.current.opened) >= self.config.duration {
-            return self.close();
+            return self.close().map(WindowEvent::Closed);
         }
-        None
+        if self.current.ready.groups.is_empty() {
+            return None;
+        }
+        Some(WindowEvent::Completed(self.current.take_ready(&self.budget)))
     }
 
-    /// Closes the current window (if it holds anything) and opens the next,
+    /// Closes the current window (if it held anything) and opens the next,
     /// seeded with the carried late spans.
     fn close(&mut self) -> Option<RawWindow> {
         let next = std::mem::replace(&mut self.carry, Window::new(&self.budget));
@@ -242,29 +255,29 @@ impl Assembler {
         // The new window's clock starts now, whenever its carried spans came.
         self.current.opened = Instant::now();
         self.current.opened_unix_nano = unix_nano_now();
-        for (id, trace) in window.open.drain() {
-            window.completed.insert(id, trace.spans);
+        let open: Vec<TraceId> = window.open.keys().copied().collect();
+        for id in open {
+            window.complete(id);
         }
         if window.completed.is_empty() {
             return None;
         }
-        self.shipped = window.completed.keys().copied().collect();
         let closed = RawWindow {
             id: self.next_id,
             start_unix_nano: window.opened_unix_nano,
             end_unix_nano: unix_nano_now(),
-            groups: window.completed.into_values().collect(),
+            last: window.take_ready(&self.budget),
             late_spans: window.late_spans,
-            held: window.held,
         };
+        self.shipped = window.completed;
         self.next_id += 1;
         Some(closed)
     }
 
     /// Closes everything still open: the current window, then the carried spans.
-    pub fn flush(&mut self) -> Vec<RawWindow> {
-        let mut closed: Vec<RawWindow> = self.close().into_iter().collect();
-        closed.extend(self.close());
+    pub fn flush(&mut self) -> Vec<WindowEvent> {
+        let mut closed: Vec<WindowEvent> = self.close().into_iter().map(WindowEvent::Closed).collect();
+        closed.extend(self.close().map(WindowEvent::Closed));
         closed
     }
 }
@@ -320,11 +333,42 @@ mod tests {
         Batch { held: budget.try_reserve(spans.len()).unwrap(), spans }
     }
 
-    fn assembled(raw: Vec<RawWindow>) -> Vec<ClosedWindow> {
-        raw.into_iter().map(RawWindow::assemble).collect()
+    /// A window as the events tell it: every trace, completed or last.
+    struct Closed {
+        id: u64,
+        traces: crate::trace::TraceSet,
+        late_spans: u64,
+        held: Held,
     }
 
-    fn ids(w: &ClosedWindow) -> Vec<u8> {
+    /// Gathers the completed traces handed on so far into the windows closed
+    /// since; `pending` holds those of the window still open.
+    fn gather(events: impl IntoIterator<Item = WindowEvent>, pending: &mut Vec<Completed>) -> Vec<Closed> {
+        let mut closed = Vec::new();
+        for event in events {
+            match event {
+                WindowEvent::Completed(c) => pending.push(c),
+                WindowEvent::Closed(raw) => {
+                    pending.push(raw.last);
+                    let mut held = pending[0].held.split(0);
+                    let mut groups = Vec::new();
+                    for c in pending.drain(..) {
+                        held.absorb(c.held);
+                        groups.extend(c.groups);
+                    }
+                    let traces = crate::trace::assemble_grouped(groups);
+                    closed.push(Closed { id: raw.id, traces, late_spans: raw.late_spans, held });
+                }
+            }
+        }
+        closed
+    }
+
+    fn assembled(events: Vec<WindowEvent>) -> Vec<Closed> {
+        gather(events, &mut Vec::new())
+    }
+
+    fn ids(w: &Closed) -> Vec<u8> {
         w.traces.traces.iter().map(|t| t.trace_id[0]).collect()
     }
 
@@ -349,9 +393,9 @@ mod tests {
         drop(closed);
         assert_eq!(budget.resident(), 1, "trace 3 is still held");
         assert!(a.tick(t0 + Duration::from_secs(1)).is_none());
-        let w = a.tick(Instant::now() + Duration::from_secs(11)).expect("time is up").assemble();
-        assert_eq!(ids(&w), [3]);
-        assert_eq!(w.id, 2);
+        let w = assembled(a.tick(Instant::now() + Duration::from_secs(11)).into_iter().collect());
+        assert_eq!(ids(&w[0]), [3]);
+        assert_eq!(w[0].id, 2);
     }
 
     #[test]
@@ -372,9 +416,11 @@ mod tests {
         let (mut a, budget) = setup(config);
         let t0 = Instant::now();
         a.accept(batch(&budget, vec![span(1, 1)]), t0);
-        a.tick(t0 + Duration::from_secs(2)); // trace 1 completes
+        // Trace 1 completes and is handed on at once.
+        let completed = a.tick(t0 + Duration::from_secs(2)).into_iter().collect::<Vec<_>>();
+        assert!(matches!(&completed[..], [WindowEvent::Completed(c)] if c.groups.len() == 1 && c.held.count() == 1));
         a.accept(batch(&budget, vec![span(1, 2), span(2, 1)]), t0 + Duration::from_secs(2));
-        let windows = assembled(a.flush());
+        let windows = assembled(completed.into_iter().chain(a.flush()).collect());
         assert_eq!(windows.len(), 2);
         assert_eq!((ids(&windows[0]), windows[0].late_spans), (vec![1, 2], 0));
         assert_eq!(windows[0].traces.span_count(), 2);
@@ -382,6 +428,21 @@ mod tests {
         assert_eq!(windows[1].traces.traces[0].spans[0].span_id, [2; 8]);
         drop(windows);
         assert_eq!(budget.resident(), 0);
+    }
+
+    #[test]
+    fn the_assembler_holds_only_open_traces() {
+        let config = WindowConfig { trace_idle: Duration::from_secs(1), ..Default::default() };
+        let (mut a, budget) = setup(config);
+        let t0 = Instant::now();
+        a.accept(batch(&budget, vec![span(1, 1), span(1, 2), span(2, 1)]), t0);
+        a.accept(batch(&budget, vec![span(3, 1)]), t0 + Duration::from_secs(1));
+        let Some(WindowEvent::Completed(c)) = a.tick(t0 + Duration::from_millis(1500)) else { panic!("traces 1 and 2 complete") };
+        assert_eq!((c.groups.len(), c.held.count()), (2, 3));
+        assert_eq!((a.current.open.len(), a.current.held.count(), a.current.ready.held.count()), (1, 1, 0));
+        assert!(a.tick(t0 + Duration::from_millis(1600)).is_none(), "nothing new completed");
+        drop(c);
+        assert_eq!(budget.resident(), 1);
     }
 
     #[test]

@@ -70,6 +70,13 @@ impl Held {
         to.count += n;
     }
 
+    /// Splits `n` spans' share (at most all) off into a holding of its own.
+    pub fn split(&mut self, n: usize) -> Held {
+        let mut to = Held { count: 0, budget: self.budget.clone() };
+        self.transfer(n, &mut to);
+        to
+    }
+
     /// Takes over all of `other`.
     pub fn absorb(&mut self, mut other: Held) {
         self.count += std::mem::take(&mut other.count);

@@ -1,13 +1,16 @@
-//! Spans from the receivers become windows of assembled traces.
+//! Spans from the receivers become folded windows.
 //!
 //! `budget` bounds the spans held anywhere on the way; `assembler` groups spans
-//! by trace id and closes windows by time or trace count; `sink` takes closed
-//! windows (for now: writes them as OTLP JSON).
+//! by trace id, hands traces on as they complete and closes windows by time;
+//! `fold` folds each window's traces as they complete into the state its model
+//! is trained on; `sink` takes closed windows (train and ship, or discard).
 
 mod assembler;
 mod budget;
+mod fold;
 mod sink;
 
-pub use assembler::{Assembler, Batch, ClosedWindow, RawWindow};
+pub use assembler::{Assembler, Batch, Completed, RawWindow, WindowEvent};
 pub use budget::{Budget, Held};
-pub use sink::{DiscardSink, OtlpJsonDirSink, SinkError, WindowSink, run_sink};
+pub use fold::{ClosedWindow, FoldConfig, FoldError, Folder, spawn};
+pub use sink::{DiscardSink, SinkError, WindowSink};
