@@ -117,7 +117,8 @@ pub async fn start_with(
             link = Some(Link { spool: spool.clone(), sender, drain, abandon, drain_timeout: p.link.drain_timeout });
             fold.digest = Some(crate::ship::digest_config(p.train_spans, &p.fidelity));
             fold.conditions = p.call_graph_conditions;
-            Box::new(ShipSink::new(p.clone(), device, spool, producer, metrics.pipeline.clone(), reports))
+            let duration = config.window.duration;
+            Box::new(ShipSink::new(p.clone(), device, spool, producer, metrics.pipeline.clone(), reports, duration))
         }
         None => Box::new(DiscardSink),
     };

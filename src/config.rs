@@ -469,7 +469,9 @@ pub struct WindowConfig {
     /// A window closes this long after it opened...
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
-    /// ...or once it holds this many traces, whichever comes first.
+    /// ...or once it holds this many traces, whichever comes first: a memory
+    /// guard (a window keeps about 40 bytes per trace it saw, to tell late
+    /// spans and count starts), not the normal way windows close.
     pub max_traces: usize,
     /// A trace is complete when no span of it has arrived for this long.
     #[serde(with = "humantime_serde")]
@@ -487,7 +489,7 @@ impl Default for WindowConfig {
     fn default() -> Self {
         WindowConfig {
             duration: Duration::from_secs(60),
-            max_traces: 20_000,
+            max_traces: 2_000_000,
             trace_idle: Duration::from_secs(5),
             span_budget: 4_000_000,
             max_spans_per_trace: 100_000,

@@ -151,6 +151,9 @@ impl ConnectionMetrics {
 #[derive(Clone)]
 pub struct PipelineMetrics {
     pub training_seconds: Histogram,
+    /// Share of the configured training steps windows train with now.
+    pub training_step_share: Gauge,
+    pub self_evaluation_seconds: Histogram,
     pub training_errors: IntCounter,
     /// Bytes of packets produced (model or fallback payloads).
     pub packet_bytes: IntCounter,
@@ -294,6 +297,15 @@ impl Metrics {
         let histogram = |name: &str, help: &str| r.histogram(name, help, 1.0);
         let pipeline = PipelineMetrics {
             training_seconds: r.histogram("gent_training_seconds", "Seconds to train one window's model.", 0.05)?,
+            training_step_share: r.gauge_f64(
+                "gent_training_step_share",
+                "Share (0..1] of pipeline.model.ctgan.max_steps (or epochs) windows train with: below 1 after a window took the sink longer than window.duration.",
+            )?,
+            self_evaluation_seconds: r.histogram(
+                "gent_self_evaluation_seconds",
+                "Seconds to regenerate one window from its packet and score it.",
+                0.05,
+            )?,
             training_errors: counter("gent_training_errors_total", "Windows whose model could not be trained or packed.")?,
             packet_bytes: counter("gent_packet_bytes_total", "Bytes of packets produced for the link.")?,
             window_raw_bytes: counter(
@@ -355,7 +367,7 @@ impl Metrics {
                 "gent_oversized_trace_spans_total",
                 "Spans dropped because their trace already held window.max_spans_per_trace spans.",
             )?,
-            sink_errors: counter("gent_sink_errors_total", "Closed windows the sink failed to take.")?,
+            sink_errors: counter("gent_sink_errors_total", "Closed windows the sink failed to take, and failed writes of windows to sink.otlp_json_dir.")?,
             sink_seconds: r.histogram(
                 "gent_sink_seconds",
                 "Seconds the sink spent on one closed window (assembly, training, self-evaluation, spooling); above window.duration the sink cannot keep up: closed windows wait and the receivers push back.",

@@ -11,7 +11,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use tokio::sync::mpsc;
@@ -73,6 +73,10 @@ pub struct ShipSink {
     producer: String,
     metrics: PipelineMetrics,
     reports: Option<mpsc::UnboundedSender<Shipped>>,
+    /// How long a window lasts: the sink must finish one within it.
+    window_duration: Duration,
+    /// Share of the configured training steps windows train with (see [`paced_share`]).
+    step_share: f64,
 }
 
 fn ship_error(window: u64, reason: impl std::fmt::Display) -> SinkError {
@@ -87,8 +91,10 @@ impl ShipSink {
         producer: String,
         metrics: PipelineMetrics,
         reports: Option<mpsc::UnboundedSender<Shipped>>,
+        window_duration: Duration,
     ) -> Self {
-        ShipSink { config, device, previous: None, spool, producer, metrics, reports }
+        metrics.training_step_share.set(1.0);
+        ShipSink { config, device, previous: None, spool, producer, metrics, reports, window_duration, step_share: 1.0 }
     }
 
     /// Trains and packs; returns the model, its packet and the training time.
@@ -101,7 +107,8 @@ impl ShipSink {
         let c: &GenTConfig = &self.config.model;
         let previous = if self.config.warm_start { self.previous.as_ref() } else { None };
         let started = Instant::now();
-        let model = WindowModel::train_digest(digest, c, &self.device, previous).map_err(|e| e.to_string())?;
+        let paced = paced_config(c, self.step_share);
+        let model = WindowModel::train_digest(digest, &paced, &self.device, previous).map_err(|e| e.to_string())?;
         let seconds = started.elapsed().as_secs_f64();
         let precision = if self.config.f16 { Precision::F16 } else { Precision::F32 };
         // Regeneration draws trace and span ids from this seed: unique per
@@ -149,6 +156,32 @@ fn wire_sizes(digest: &WindowDigest) -> std::io::Result<crate::fidelity::cost::W
 
 impl WindowSink for ShipSink {
     fn take(&mut self, window: &mut ClosedWindow) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let (outcome, train_seconds) = self.ship(window);
+        let share = paced_share(self.step_share, started.elapsed().as_secs_f64(), train_seconds, self.window_duration);
+        if share != self.step_share {
+            tracing::warn!(
+                window = window.id,
+                seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+                share = format!("{share:.2}"),
+                "training paced to finish each window within window.duration: it now takes this share of its steps"
+            );
+            self.step_share = share;
+            self.metrics.training_step_share.set(share);
+        }
+        outcome
+    }
+}
+
+impl ShipSink {
+    /// Trains, checks and spools one window; returns the training seconds too.
+    fn ship(&mut self, window: &mut ClosedWindow) -> (Result<(), SinkError>, f64) {
+        let mut train_seconds = 0.0;
+        let outcome = self.ship_timed(window, &mut train_seconds);
+        (outcome, train_seconds)
+    }
+
+    fn ship_timed(&mut self, window: &mut ClosedWindow, train_seconds: &mut f64) -> Result<(), SinkError> {
         let Some(digest) = window.digest.take() else {
             return Err(ship_error(window.id, "the window was folded without a digest"));
         };
@@ -165,13 +198,17 @@ impl WindowSink for ShipSink {
 
         let mut fidelity = None;
         let mut head = None;
-        let mut train_seconds = 0.0;
+        let mut evaluate_seconds = 0.0;
         let trained = match self.train(&digest, conditions, window.id) {
             Ok((model, packet, seconds)) => {
                 m.training_seconds.observe(seconds);
-                train_seconds = seconds;
+                *train_seconds = seconds;
                 if self.config.fidelity.self_evaluate {
-                    match self_evaluate(&digest, &packet, &self.device) {
+                    let started = Instant::now();
+                    let evaluation = self_evaluate(&digest, &packet, &self.device);
+                    evaluate_seconds = started.elapsed().as_secs_f64();
+                    m.self_evaluation_seconds.observe(evaluate_seconds);
+                    match evaluation {
                         Ok(e) => {
                             m.fidelity_last.set(e.fidelity);
                             m.fidelity.observe(e.fidelity);
@@ -247,6 +284,7 @@ impl WindowSink for ShipSink {
             gzip_bytes = sizes.gzip,
             fidelity = fidelity.map(|f| format!("{f:.3}")),
             train_seconds = format!("{train_seconds:.1}"),
+            evaluate_seconds = format!("{evaluate_seconds:.1}"),
             "window spooled for the link"
         );
         if let Some(reports) = &self.reports {
@@ -261,11 +299,43 @@ impl WindowSink for ShipSink {
                 fidelity,
                 head_rate: head.map(|h| h.0),
                 head_fidelity: head.map(|h| h.1),
-                train_seconds,
+                train_seconds: *train_seconds,
             });
         }
         Ok(())
     }
+}
+
+/// The share of its training steps the next window trains with, after one
+/// that took the sink `took` seconds, `trained` of them training: so that
+/// the sink keeps within 80 % of a window's duration (closed windows never
+/// queue up behind training), and back up by a quarter a window while it has
+/// room to spare. Never below 2 % of the steps.
+pub fn paced_share(share: f64, took: f64, trained: f64, window: Duration) -> f64 {
+    let budget = window.as_secs_f64() * 0.8;
+    let next = if took > budget && trained > 0.0 {
+        // Only training shortens: the rest of the sink's time is fixed.
+        share * (budget - (took - trained)).max(0.0) / trained
+    } else if took < budget / 2.0 {
+        share * 1.25
+    } else {
+        share
+    };
+    next.clamp(0.02, 1.0)
+}
+
+/// `config` with `share` of its training: of `ctgan.max_steps`, or of the
+/// epochs when steps are not capped.
+fn paced_config(config: &GenTConfig, share: f64) -> GenTConfig {
+    let mut c = config.clone();
+    if share < 1.0 {
+        let scaled = |n: usize| ((n as f64 * share).ceil() as usize).max(1);
+        match c.ctgan.max_steps {
+            Some(max) => c.ctgan.max_steps = Some(scaled(max)),
+            None => c.ctgan.epochs = scaled(c.ctgan.epochs),
+        }
+    }
+    c
 }
 
 /// Regenerates from the packet as the decompressor will and scores it;
@@ -286,7 +356,8 @@ pub fn self_evaluate(digest: &WindowDigest, packet: &[u8], device: &burn::tensor
         Some((k, traces)) => (*k, traces.clone()),
         None => (digest.share_rate, digest.share().to_vec()),
     };
-    let unpacked = crate::gent::unpack(packet, device).map_err(|e| e.to_string())?;
+    // Its own packet, of a window of any size: only the sample is regenerated.
+    let unpacked = crate::gent::unpack_within(packet, device, digest.spans).map_err(|e| e.to_string())?;
     let model = &unpacked.model;
     // Only the share the score reads is regenerated, by stratum, then
     // (length unknown before timing) by start.
@@ -347,4 +418,27 @@ fn same_bytes_rate(digest: &WindowDigest, packet: usize) -> u64 {
     }
     let slope = ((at_100 / at_10).ln() / 10f64.ln()).min(-0.1);
     (100.0 * (packet.max(1) as f64 / at_100).powf(1.0 / slope)).round().clamp(1.0, 1e9) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_is_paced_to_finish_within_the_window_and_recovers_when_there_is_room() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(paced_share(1.0, 30.0, 25.0, minute), 1.0, "within 80 % of the window: kept");
+        // 90 s, 80 of them training, against a 48 s budget: training gets 38 s of its 80.
+        let share = paced_share(1.0, 90.0, 80.0, minute);
+        assert!((share - 38.0 / 80.0).abs() < 1e-9, "{share}");
+        assert_eq!(paced_share(share, 10.0, 8.0, minute), share * 1.25, "room to spare: back up by a quarter");
+        assert_eq!(paced_share(0.9, 10.0, 8.0, minute), 1.0, "never above every step");
+        assert_eq!(paced_share(0.5, 500.0, 1.0, minute), 0.02, "never below 2 %");
+        let c = GenTConfig::default();
+        let mut capped = c.clone();
+        capped.ctgan.max_steps = Some(500);
+        assert_eq!(paced_config(&capped, 0.1).ctgan.max_steps, Some(50));
+        let uncapped = paced_config(&c, 0.25);
+        assert_eq!((uncapped.ctgan.max_steps, uncapped.ctgan.epochs), (None, c.ctgan.epochs.div_ceil(4)));
+    }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::budget::{Budget, Held};
+use super::open::{Names, OpenSpan};
 use crate::config::WindowConfig;
 use crate::metrics::Metrics;
 use crate::trace::{Span, TraceId};
@@ -30,10 +31,10 @@ pub enum WindowEvent {
     Closed(RawWindow),
 }
 
-/// Traces of the open window completed since the last event: spans grouped
-/// by trace, not yet repaired, with their share of the budget.
+/// Traces of the open window completed since the last event: each trace's
+/// spans in compact form, not yet repaired, with their share of the budget.
 pub struct Completed {
-    pub groups: Vec<Vec<Span>>,
+    pub groups: Vec<(TraceId, Vec<OpenSpan>)>,
     pub held: Held,
 }
 
@@ -50,7 +51,7 @@ pub struct RawWindow {
 }
 
 struct OpenTrace {
-    spans: Vec<Span>,
+    spans: Vec<OpenSpan>,
     last_arrival: Instant,
 }
 
@@ -85,7 +86,7 @@ impl Window {
     fn complete(&mut self, id: TraceId) {
         if let Some(trace) = self.open.remove(&id) {
             self.held.transfer(trace.spans.len(), &mut self.ready.held);
-            self.ready.groups.push(trace.spans);
+            self.ready.groups.push((id, trace.spans));
             self.completed.insert(id);
         }
     }
@@ -101,7 +102,15 @@ impl Window {
 
     /// Files up to `n` spans of trace `id`, within `max_spans` per trace;
     /// returns how many were filed.
-    fn add_run(&mut self, id: TraceId, run: &mut impl Iterator<Item = Span>, n: usize, max_spans: usize, now: Instant) -> usize {
+    fn add_run(
+        &mut self,
+        id: TraceId,
+        run: &mut impl Iterator<Item = Span>,
+        n: usize,
+        max_spans: usize,
+        now: Instant,
+        names: &mut Names,
+    ) -> usize {
         let trace = self.open.entry(id).or_insert_with(|| OpenTrace { spans: Vec::new(), last_arrival: now });
         trace.last_arrival = now;
         let room = max_spans.saturating_sub(trace.spans.len()).min(n);
@@ -111,14 +120,14 @@ impl Window {
         } else {
             trace.spans.reserve(room);
         }
-        trace.spans.extend(run.by_ref().take(room));
+        trace.spans.extend(run.by_ref().take(room).map(|span| OpenSpan::new(span, names)));
         room
     }
 
-    fn add(&mut self, span: Span, now: Instant) {
+    fn add(&mut self, span: Span, now: Instant, names: &mut Names) {
         let trace = self.open.entry(span.trace_id).or_insert_with(|| OpenTrace { spans: Vec::new(), last_arrival: now });
         trace.last_arrival = now;
-        trace.spans.push(span);
+        trace.spans.push(OpenSpan::new(span, names));
     }
 }
 
@@ -132,13 +141,15 @@ pub struct Assembler {
     carry: Window,
     /// Traces of the window closed last, to recognise late spans for them.
     shipped: HashSet<TraceId>,
+    /// The open spans' names.
+    names: Names,
 }
 
 impl Assembler {
     pub fn new(config: WindowConfig, budget: Budget, metrics: Metrics) -> Self {
         let current = Window::new(&budget);
         let carry = Window::new(&budget);
-        Assembler { config, budget, metrics, next_id: 1, current, carry, shipped: HashSet::new() }
+        Assembler { config, budget, metrics, next_id: 1, current, carry, shipped: HashSet::new(), names: Names::default() }
     }
 
     /// Runs until `input` is closed (every receiver gone), then closes the open
@@ -206,7 +217,7 @@ impl Assembler {
             if !self.current.open.contains_key(&id) && self.current.traces() >= self.config.max_traces {
                 closed.extend(self.close().map(WindowEvent::Closed));
             }
-            let filed = self.current.add_run(id, &mut run, n, self.config.max_spans_per_trace, now);
+            let filed = self.current.add_run(id, &mut run, n, self.config.max_spans_per_trace, now, &mut self.names);
             run.for_each(drop);
             // The dropped ones are counted; their share of the budget goes back with the batch.
             self.metrics.oversized_trace_spans.inc_by((n - filed) as u64);
@@ -226,7 +237,7 @@ impl Assembler {
         self.metrics.late_spans.inc();
         window.late_spans += 1;
         held.transfer(1, &mut window.held);
-        window.add(span, Instant::now());
+        window.add(span, Instant::now(), &mut self.names);
     }
 
     /// Completes idle traces and closes the window when its time is up;
@@ -271,6 +282,7 @@ impl Assembler {
         };
         self.shipped = window.completed;
         self.next_id += 1;
+        self.names.prune();
         Some(closed)
     }
 
@@ -354,7 +366,7 @@ mod tests {
                     let mut groups = Vec::new();
                     for c in pending.drain(..) {
                         held.absorb(c.held);
-                        groups.extend(c.groups);
+                        groups.extend(c.groups.into_iter().map(|(id, spans)| super::super::open::into_spans(id, spans)));
                     }
                     let traces = crate::trace::assemble_grouped(groups);
                     closed.push(Closed { id: raw.id, traces, late_spans: raw.late_spans, held });

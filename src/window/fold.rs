@@ -128,7 +128,7 @@ impl Folder {
     /// the window keeps no sample of.
     pub fn fold(&mut self, completed: Completed) {
         let Completed { groups, held } = completed;
-        let set = trace::assemble_grouped(groups);
+        let set = trace::assemble_grouped(groups.into_iter().map(|(id, spans)| super::open::into_spans(id, spans)));
         let f = &mut self.open;
         f.held.absorb(held);
         f.duplicate_spans += set.defects.duplicate_spans;
