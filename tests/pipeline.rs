@@ -727,3 +727,61 @@ fn a_large_window_is_self_evaluated_on_a_bounded_sample_close_to_the_whole() {
     assert!((sampled.fidelity - whole.fidelity).abs() < 0.06, "{:.3} against {:.3}", sampled.fidelity, whole.fidelity);
     assert!(sampled.fidelity > sampled.head_fidelity, "the model beats head sampling at its bytes on the sample too");
 }
+
+/// Each topology of `h`, by its labels and shape (label indices differ
+/// between histograms), with its count.
+fn histogram_counts(h: &gent::gent::TopologyHistogram) -> BTreeMap<(Vec<gent::gent::Label>, Vec<Option<u32>>), u64> {
+    let mut counts = BTreeMap::new();
+    for (t, &n) in h.topologies.iter().zip(&h.counts) {
+        let labels = t.labels.iter().map(|&l| h.labels[l as usize].clone()).collect();
+        *counts.entry((labels, t.parents.clone())).or_insert(0) += u64::from(n);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_of_over_5_million_spans_is_folded_as_it_fills_and_its_packet_counts_every_topology_exactly() {
+    let files: Vec<_> = std::fs::read_dir(data("trainticket"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("_trace.csv.gz"))
+        .collect();
+    let input = read_set(&files);
+    let loops = 5_000_000 / input.span_count() as u64 + 1;
+    let dir = tempfile::tempdir().unwrap();
+    // Nobody listens on the link: the window's packet stays in the spool.
+    let mut p = pipeline(format!("http://127.0.0.1:{}", free_port()), &dir.path().join("spool"), None);
+    p.link.drain_timeout = Duration::from_millis(100);
+    p.fidelity.self_evaluate = false;
+    let mut config = compressor_config(p, usize::MAX);
+    config.window.max_traces = 2_000_000;
+    let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
+    let c = gent::compressor::start_with(config, Some(shipped_tx)).await.unwrap();
+    let options = ReplayOptions {
+        endpoint: format!("http://{}", c.grpc.unwrap()),
+        protocol: ReplayProtocol::Grpc,
+        rate: None,
+        loops,
+        batch_spans: 512,
+        concurrency: 4,
+    };
+    let report = gent::replay::replay(&input.traces, &options).await.unwrap();
+    assert_eq!(report.spans_sent, loops * input.span_count() as u64);
+    // Folded as it filled: far fewer spans held than the window has.
+    let resident = c.budget.resident();
+    c.shutdown().await.unwrap();
+    assert!(resident < 2_000_000, "{resident} spans held at the end of a {} span window", report.spans_sent);
+    let shipped = drain(&mut shipped_rx);
+    assert_eq!(shipped.len(), 1, "one window");
+    assert_eq!(shipped[0].spans as u64, report.spans_sent);
+
+    let spool = Spool::open(&dir.path().join("spool"), u64::MAX, None).unwrap();
+    let (_, push) = spool.oldest().unwrap().expect("the window's packet is spooled");
+    assert_eq!(push.window_spans, report.spans_sent);
+    let device = gent::nn::Backend::Cpu.device().unwrap();
+    let unpacked = gent::gent::unpack_within(&push.payload, &device, u64::MAX).unwrap();
+    let mut expected = histogram_counts(&gent::gent::TopologyHistogram::build(&input.traces).0);
+    expected.values_mut().for_each(|n| *n *= loops);
+    assert_eq!(histogram_counts(&unpacked.model.histogram), expected, "every topology counted exactly, {loops} passes");
+    assert!(push.payload.len() < 200_000, "a packet of the usual size: {} bytes", push.payload.len());
+}

@@ -34,6 +34,9 @@ pub enum FoldError {
     Thread { name: &'static str, source: std::io::Error },
 }
 
+/// Traces made spans in full and folded at once.
+const FOLD_TRACES: usize = 1024;
+
 /// What a window is folded into.
 #[derive(Debug, Clone, Default)]
 pub struct FoldConfig {
@@ -125,12 +128,23 @@ impl Folder {
     }
 
     /// Folds a batch of the open window's completed traces and drops what
-    /// the window keeps no sample of.
+    /// the window keeps no sample of. A few traces at a time: they are spans
+    /// in full only while folded (a window's close completes every open
+    /// trace at once).
     pub fn fold(&mut self, completed: Completed) {
-        let Completed { groups, held } = completed;
+        let Completed { mut groups, held } = completed;
+        self.open.held.absorb(held);
+        let mut rest = groups.len();
+        while rest > 0 {
+            let part = groups.split_off(rest.saturating_sub(FOLD_TRACES));
+            rest = groups.len();
+            self.fold_part(part);
+        }
+    }
+
+    fn fold_part(&mut self, groups: Vec<(trace::TraceId, Vec<super::open::OpenSpan>)>) {
         let set = trace::assemble_grouped(groups.into_iter().map(|(id, spans)| super::open::into_spans(id, spans)));
         let f = &mut self.open;
-        f.held.absorb(held);
         f.duplicate_spans += set.defects.duplicate_spans;
         f.traces += set.traces.len() as u64;
         f.spans += set.span_count() as u64;
