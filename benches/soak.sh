@@ -96,7 +96,7 @@ dlink=$(port); dmetrics=$(port); sink=$(port)
 "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$sink" --otlp-http-endpoint "127.0.0.1:$(port)" \
   --exporter blackhole > "$work/rotel.log" 2>&1 &
 wait_port "$sink"
-printf 'link:\n  listen: 127.0.0.1:%s\n  max_window_spans: 50000000\nmetrics:\n  endpoint: 127.0.0.1:%s\nexporters:\n  otlp_grpc:\n    endpoint: http://127.0.0.1:%s\n  files: []\n' \
+printf 'link:\n  listen: 127.0.0.1:%s\nmetrics:\n  endpoint: 127.0.0.1:%s\nexporters:\n  otlp_grpc:\n    endpoint: http://127.0.0.1:%s\n  files: []\n' \
   "$dlink" "$dmetrics" "$sink" > "$work/decompressor.yaml"
 RUST_LOG=info "$gent" decompressor --config "$work/decompressor.yaml" 2> "$out/decompressor.log" &
 dpid=$!

@@ -125,24 +125,41 @@ impl LlmEngine {
     }
 }
 
-/// A payload made traces.
-struct Decoded {
+/// Regenerated spans handed to the exporters at once: a larger window is
+/// regenerated and exported in parts, so memory holds one part whatever the
+/// window's size.
+const PART_SPANS: u64 = 500_000;
+
+/// Part of a payload made traces.
+struct Part {
     traces: Vec<Trace>,
     /// `model`, `llm` or `traces` (the `kind` label of the windows metric).
     kind: &'static str,
     clamped: usize,
+    index: usize,
+    of: usize,
+    seconds: f64,
 }
 
-/// The payload's traces: regenerated from a model (by Gen-T, or by the
-/// language model when there is one and the packet carries call-graph
-/// conditions), or the real traces as sent.
-fn decode(
+impl Part {
+    fn whole(traces: Vec<Trace>, kind: &'static str, clamped: usize, started: Instant) -> Self {
+        Part { traces, kind, clamped, index: 0, of: 1, seconds: started.elapsed().as_secs_f64() }
+    }
+}
+
+/// The payload's traces, handed to `each` part by part until it returns
+/// false: regenerated from a model (by Gen-T, in parts of about
+/// [`PART_SPANS`] spans; or by the language model when there is one and the
+/// packet carries call-graph conditions), or the real traces as sent.
+fn decode_parts(
     kind: PayloadKind,
     payload: &[u8],
     device: &burn::tensor::Device,
     llm: Option<&Mutex<LlmEngine>>,
     max_spans: u64,
-) -> Result<Decoded, String> {
+    mut each: impl FnMut(Part) -> bool,
+) -> Result<(), String> {
+    let started = Instant::now();
     match kind {
         PayloadKind::Model => {
             let unpacked = crate::gent::unpack_within(payload, device, max_spans).map_err(|e| e.to_string())?;
@@ -152,7 +169,8 @@ fn decode(
                 let r = crate::llm::window::Regeneration { sampling: engine.sampling, max_edges: engine.max_edges, seed };
                 let out = crate::llm::window::regenerate(&engine.model, conditions, unpacked.header.window_start, &r)
                     .map_err(|e| e.to_string())?;
-                return Ok(Decoded { traces: out.traces, kind: "llm", clamped: out.clamped });
+                each(Part::whole(out.traces, "llm", out.clamped, started));
+                return Ok(());
             }
             if llm.is_some() {
                 tracing::warn!(
@@ -160,8 +178,16 @@ fn decode(
                     "the packet carries no call-graph conditions (compressor pipeline.call_graph_conditions is off); regenerating with Gen-T"
                 );
             }
-            let (traces, _) = unpacked.model.generate(seed).map_err(|e| e.to_string())?;
-            Ok(Decoded { traces, kind: "model", clamped: 0 })
+            let of = unpacked.header.spans.div_ceil(PART_SPANS).max(1) as usize;
+            let (mut index, mut started) = (0, started);
+            let each_part = |traces, _| {
+                let part = Part { traces, kind: "model", clamped: 0, index, of, seconds: started.elapsed().as_secs_f64() };
+                index += 1;
+                let go_on = each(part);
+                started = Instant::now();
+                go_on
+            };
+            unpacked.model.generate_parts(seed, of, each_part).map_err(|e| e.to_string())
         }
         PayloadKind::Traces => {
             let mut raw = Vec::new();
@@ -176,7 +202,8 @@ fn decode(
             let max = usize::try_from(max_spans).unwrap_or(usize::MAX);
             crate::io::read_proto(&raw, &mut spans, max)
                 .map_err(|e| format!("traces payload: {:?}: {} (link.max_window_spans)", e.position, e.reason))?;
-            Ok(Decoded { traces: crate::trace::assemble(spans).traces, kind: "traces", clamped: 0 })
+            each(Part::whole(crate::trace::assemble(spans).traces, "traces", 0, started));
+            Ok(())
         }
         PayloadKind::Unspecified => Err("payload kind is unspecified".into()),
     }
@@ -206,48 +233,66 @@ impl Handler {
             return Ok(PushResponse { duplicate: true, spans });
         }
         let kind = PayloadKind::try_from(push.kind).unwrap_or(PayloadKind::Unspecified);
-        let started = Instant::now();
         let device = self.device.clone();
         let llm = self.llm.clone();
         let payload = push.payload;
         let max_spans = self.max_spans;
-        let decoded = tokio::task::spawn_blocking(move || decode(kind, &payload, &device, llm.as_deref(), max_spans))
-            .await
-            .map_err(|e| Status::internal(format!("regeneration failed: {e}")))?
-            .map_err(|reason| {
-                self.rejected("invalid", Status::invalid_argument(format!("window {} of {}: {reason}", key.1, key.0)))
-            })?;
-        let regenerate_seconds = started.elapsed().as_secs_f64();
-        let (traces, kind_label) = (decoded.traces, decoded.kind);
-        if decoded.clamped > 0 {
-            self.metrics.llm_clamped_traces.inc_by(decoded.clamped as u64);
-            tracing::warn!(
-                producer = key.0,
-                window = key.1,
-                traces = decoded.clamped,
-                "traces over llm.max_edges regenerated at that size"
-            );
-        }
-        self.metrics.packets_received.inc();
-        self.metrics.regenerate_seconds.observe(regenerate_seconds);
-        let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
-        let count = traces.len();
-        let traces = Arc::new(traces);
-        let name = WindowName { producer: key.0.clone(), window_id: key.1 };
+        // Regenerated part by part on a blocking thread, each part exported
+        // while the next is built; one part waits at most.
+        let (parts_tx, mut parts) = mpsc::channel::<Part>(1);
+        let worker = tokio::task::spawn_blocking(move || {
+            decode_parts(kind, &payload, &device, llm.as_deref(), max_spans, |part| parts_tx.blocking_send(part).is_ok())
+        });
+        let (mut spans, mut count, mut regenerate_seconds, mut kind_label) = (0usize, 0usize, 0.0, "model");
         let mut outputs = Vec::with_capacity(self.exporters.len());
-        for exporter in self.exporters.iter() {
-            match exporter.export(&name, traces.clone()).await {
-                Ok(place) => {
-                    self.metrics.spans_exported.with_label_values(&[exporter.name()]).inc_by(spans as u64);
-                    outputs.push(place);
-                }
-                Err(e) => {
-                    self.metrics.export_errors.with_label_values(&[exporter.name()]).inc();
-                    tracing::error!(producer = key.0, window = key.1, error = %e, "export failed; the compressor will push the window again");
-                    return Err(Status::unavailable(format!("export failed: {e}")));
+        while let Some(part) = parts.recv().await {
+            if part.index == 0 {
+                self.metrics.packets_received.inc();
+            }
+            if part.clamped > 0 {
+                self.metrics.llm_clamped_traces.inc_by(part.clamped as u64);
+                tracing::warn!(
+                    producer = key.0,
+                    window = key.1,
+                    traces = part.clamped,
+                    "traces over llm.max_edges regenerated at that size"
+                );
+            }
+            regenerate_seconds += part.seconds;
+            kind_label = part.kind;
+            let part_spans: usize = part.traces.iter().map(|t| t.spans.len()).sum();
+            spans += part_spans;
+            count += part.traces.len();
+            let name =
+                WindowName { producer: key.0.clone(), window_id: key.1, part: (part.of > 1).then_some((part.index, part.of)) };
+            let traces = Arc::new(part.traces);
+            for exporter in self.exporters.iter() {
+                match exporter.export(&name, traces.clone()).await {
+                    Ok(place) => {
+                        self.metrics.spans_exported.with_label_values(&[exporter.name()]).inc_by(part_spans as u64);
+                        outputs.push(place);
+                    }
+                    Err(e) => {
+                        self.metrics.export_errors.with_label_values(&[exporter.name()]).inc();
+                        tracing::error!(producer = key.0, window = key.1, error = %e, "export failed; the compressor will push the window again");
+                        return Err(Status::unavailable(format!("export failed: {e}")));
+                    }
                 }
             }
         }
+        match worker.await {
+            Err(e) => return Err(Status::internal(format!("regeneration failed: {e}"))),
+            // Nothing was exported: the packet itself is at fault.
+            Ok(Err(reason)) if count == 0 => {
+                let status = Status::invalid_argument(format!("window {} of {}: {reason}", key.1, key.0));
+                return Err(self.rejected("invalid", status));
+            }
+            Ok(Err(reason)) => {
+                return Err(Status::internal(format!("window {} of {}: regeneration failed in part: {reason}", key.1, key.0)));
+            }
+            Ok(Ok(())) => {}
+        }
+        self.metrics.regenerate_seconds.observe(regenerate_seconds);
         self.metrics.windows.with_label_values(&[kind_label]).inc();
         self.metrics.window_spans.inc_by(push.window_spans);
         self.metrics.spans_regenerated.inc_by(spans as u64);

@@ -319,3 +319,43 @@ fn a_bad_model_config_file_is_refused_naming_the_setting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("epochs must be at least 1"));
 }
+
+#[test]
+fn a_window_regenerated_in_parts_has_every_topology_as_often_and_fresh_ids_in_each_part() {
+    let set = read_set(&[data("trainticket/12_00_trace.csv.gz"), data("trainticket/12_01_trace.csv.gz")]);
+    let device = Device::flex();
+    let model = WindowModel::train(&set.traces, &tiny(), &device, None).unwrap();
+    let whole = model.generate(9).unwrap().0;
+    let mut one = Vec::new();
+    model
+        .generate_parts(9, 1, |traces, _| {
+            one.push(traces);
+            true
+        })
+        .unwrap();
+    assert_eq!(one, vec![whole], "one part is the whole window");
+
+    let mut parts = Vec::new();
+    model
+        .generate_parts(9, 4, |traces, _| {
+            parts.push(traces);
+            true
+        })
+        .unwrap();
+    assert_eq!(parts.len(), 4);
+    let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+    assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "parts of even size: {sizes:?}");
+    let all: Vec<Trace> = parts.into_iter().flatten().collect();
+    assert_eq!(topology_counts(&all), topology_counts(&set.traces), "every topology as often as counted");
+    let ids: HashSet<_> = all.iter().map(|t| t.trace_id).collect();
+    assert_eq!(ids.len(), all.len(), "no trace id twice across parts");
+
+    let mut seen = 0;
+    model
+        .generate_parts(9, 4, |_, _| {
+            seen += 1;
+            false
+        })
+        .unwrap();
+    assert_eq!(seen, 1, "stops when told");
+}

@@ -39,14 +39,20 @@ pub enum ExportError {
 pub struct WindowName {
     pub producer: String,
     pub window_id: u64,
+    /// Part `.0` of `.1`, for a window regenerated in parts.
+    pub part: Option<(usize, usize)>,
 }
 
 impl WindowName {
-    /// `<producer>-<id>` with anything but letters, digits, `.`, `_` and `-` as `_`.
+    /// `<producer>-<id>` with anything but letters, digits, `.`, `_` and `-`
+    /// as `_`, and `.part-<n>` for a window's parts after the first.
     fn file_stem(&self) -> String {
         let producer: String =
             self.producer.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-        format!("window-{producer}-{:06}", self.window_id)
+        match self.part {
+            Some((part, _)) if part > 0 => format!("window-{producer}-{:06}.part-{part:04}", self.window_id),
+            _ => format!("window-{producer}-{:06}", self.window_id),
+        }
     }
 }
 

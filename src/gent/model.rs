@@ -945,6 +945,41 @@ impl WindowModel {
             let valid = kept.iter().filter(|&&i| i < order.len());
             (order, starts) = valid.map(|&i| (order[i], starts[i])).unzip();
         }
+        let traces = self.build_traces(order, starts, seed, &mut repairs)?;
+        Ok((traces, repairs))
+    }
+
+    /// Regenerates the window in `parts` parts, handing each to `each` as it
+    /// is built (it returns false to stop), so memory holds one part: part p
+    /// is every `parts`-th of the window's traces from the p-th (each part a
+    /// slice across topologies and time, timed as a window of its own, as
+    /// [`Self::generate_only`] does) with noise and ids of its own. Together
+    /// the parts hold every topology as often as it was counted. One part is
+    /// [`Self::generate`].
+    pub fn generate_parts(
+        &self,
+        seed: u64,
+        parts: usize,
+        mut each: impl FnMut(Vec<Trace>, Repairs) -> bool,
+    ) -> Result<(), ModelError> {
+        let parts = parts.max(1);
+        let mut repairs = Repairs::default();
+        let (order, starts) = self.trace_starts(seed, &mut repairs)?;
+        for part in 0..parts {
+            let (o, s) = (part..order.len()).step_by(parts).map(|i| (order[i], starts[i])).unzip();
+            let noise = if parts == 1 { seed } else { xxhash_rust::xxh3::xxh3_64_with_seed(&(part as u64).to_le_bytes(), seed) };
+            let traces = self.build_traces(o, s, noise, &mut repairs)?;
+            if !each(traces, std::mem::take(&mut repairs)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The traces of topologies `order` starting at `starts`, timed and
+    /// filled with `seed`'s noise, sorted by start.
+    fn build_traces(&self, order: Vec<usize>, starts: Vec<u64>, seed: u64, out: &mut Repairs) -> Result<Vec<Trace>, ModelError> {
+        let mut repairs = std::mem::take(out);
         let nested: HashSet<(u32, u32)> = self.nested.iter().copied().collect();
         let h = &self.histogram;
         let mut filling = Filling {
@@ -985,7 +1020,8 @@ impl WindowModel {
             traces.push(self.build_trace(topology, &times[i], &filling.metas[i], node_attrs, &mut resources, &scope, &mut rng));
         }
         traces.sort_by_key(Trace::start);
-        Ok((traces, repairs))
+        *out = repairs;
+        Ok(traces)
     }
 
     /// Every trace to regenerate, as its topology and start time.

@@ -1,6 +1,7 @@
 //! Groups spans by trace id into windows. A window closes when it has been open
-//! for `duration`, or when it holds `max_traces` traces and another one begins
-//! (a memory guard). A trace is complete once no span of it arrived for
+//! for `duration`, or when it holds `max_traces` traces or `max_spans` spans
+//! and another trace begins (guards of memory and of the decompressor's
+//! limit). A trace is complete once no span of it arrived for
 //! `trace_idle`, or when its window closes; completed traces leave at once
 //! ([`WindowEvent::Completed`]) to be folded into the window's state, so the
 //! assembler holds only traces still open. A span arriving for a completed
@@ -65,6 +66,8 @@ struct Window {
     /// Completed traces not handed on yet, with their spans' budget.
     ready: Completed,
     late_spans: u64,
+    /// Spans filed in this window.
+    spans: usize,
     /// The open traces' budget.
     held: Held,
 }
@@ -78,6 +81,7 @@ impl Window {
             completed: HashSet::new(),
             ready: Completed { groups: Vec::new(), held: budget.empty() },
             late_spans: 0,
+            spans: 0,
             held: budget.empty(),
         }
     }
@@ -121,6 +125,7 @@ impl Window {
             trace.spans.reserve(room);
         }
         trace.spans.extend(run.by_ref().take(room).map(|span| OpenSpan::new(span, names)));
+        self.spans += room;
         room
     }
 
@@ -128,6 +133,7 @@ impl Window {
         let trace = self.open.entry(span.trace_id).or_insert_with(|| OpenTrace { spans: Vec::new(), last_arrival: now });
         trace.last_arrival = now;
         trace.spans.push(OpenSpan::new(span, names));
+        self.spans += 1;
     }
 }
 
@@ -212,9 +218,11 @@ impl Assembler {
                 run.for_each(|span| self.late(span, &mut batch.held, false));
                 continue;
             }
-            // The window closes when a trace beyond `max_traces` arrives, so
+            // The window closes when a trace beyond `max_traces` (or
+            // `max_spans`) arrives, so
             // the traces already in it keep gathering their spans until then.
-            if !self.current.open.contains_key(&id) && self.current.traces() >= self.config.max_traces {
+            let full = self.current.traces() >= self.config.max_traces || self.current.spans >= self.config.max_spans;
+            if !self.current.open.contains_key(&id) && full {
                 closed.extend(self.close().map(WindowEvent::Closed));
             }
             let filed = self.current.add_run(id, &mut run, n, self.config.max_spans_per_trace, now, &mut self.names);
@@ -408,6 +416,15 @@ mod tests {
         let w = assembled(a.tick(Instant::now() + Duration::from_secs(11)).into_iter().collect());
         assert_eq!(ids(&w[0]), [3]);
         assert_eq!(w[0].id, 2);
+    }
+
+    #[test]
+    fn a_window_closes_at_max_spans_when_another_trace_begins() {
+        let (mut a, budget) = setup(WindowConfig { max_spans: 3, ..WindowConfig::default() });
+        let spans = vec![span(1, 1), span(1, 2), span(2, 1), span(2, 2), span(3, 1)];
+        let mut closed = assembled(a.accept(batch(&budget, spans), Instant::now()));
+        closed.extend(assembled(a.flush()));
+        assert_eq!(closed.iter().map(ids).collect::<Vec<_>>(), vec![vec![1, 2], vec![3]]);
     }
 
     #[test]
