@@ -473,9 +473,10 @@ pub struct WindowConfig {
     /// guard (a window keeps about 40 bytes per trace it saw, to tell late
     /// spans and count starts), not the normal way windows close.
     pub max_traces: usize,
-    /// ...or once it holds this many spans and another trace begins: the
+    /// ...or before a new trace takes it past this many spans: the
     /// decompressor regenerates at most `link.max_window_spans` (10,000,000 by
-    /// default) spans a window, so the two defaults agree.
+    /// default) spans a window. Open traces still grow until the close, so
+    /// the default leaves a tenth of room.
     pub max_spans: usize,
     /// A trace is complete when no span of it has arrived for this long.
     #[serde(with = "humantime_serde")]
@@ -494,7 +495,7 @@ impl Default for WindowConfig {
         WindowConfig {
             duration: Duration::from_secs(60),
             max_traces: 2_000_000,
-            max_spans: 10_000_000,
+            max_spans: 9_000_000,
             trace_idle: Duration::from_secs(5),
             span_budget: 4_000_000,
             max_spans_per_trace: 100_000,

@@ -218,10 +218,11 @@ impl Assembler {
                 run.for_each(|span| self.late(span, &mut batch.held, false));
                 continue;
             }
-            // The window closes when a trace beyond `max_traces` (or
-            // `max_spans`) arrives, so
+            // The window closes when a trace beyond `max_traces` (or one
+            // that would take it past `max_spans`) arrives, so
             // the traces already in it keep gathering their spans until then.
-            let full = self.current.traces() >= self.config.max_traces || self.current.spans >= self.config.max_spans;
+            let full = self.current.traces() >= self.config.max_traces
+                || (self.current.spans > 0 && self.current.spans + n > self.config.max_spans);
             if !self.current.open.contains_key(&id) && full {
                 closed.extend(self.close().map(WindowEvent::Closed));
             }
@@ -419,12 +420,12 @@ mod tests {
     }
 
     #[test]
-    fn a_window_closes_at_max_spans_when_another_trace_begins() {
-        let (mut a, budget) = setup(WindowConfig { max_spans: 3, ..WindowConfig::default() });
+    fn a_window_closes_before_a_new_trace_takes_it_past_max_spans() {
+        let (mut a, budget) = setup(WindowConfig { max_spans: 4, ..WindowConfig::default() });
         let spans = vec![span(1, 1), span(1, 2), span(2, 1), span(2, 2), span(3, 1)];
         let mut closed = assembled(a.accept(batch(&budget, spans), Instant::now()));
         closed.extend(assembled(a.flush()));
-        assert_eq!(closed.iter().map(ids).collect::<Vec<_>>(), vec![vec![1, 2], vec![3]]);
+        assert_eq!(closed.iter().map(ids).collect::<Vec<_>>(), vec![vec![1, 2], vec![3]], "trace 3 would pass 4 spans");
     }
 
     #[test]
