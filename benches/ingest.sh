@@ -4,8 +4,11 @@
 # loopback. Runs gent, rotel, gent, rotel (ROUNDS times) and prints spans/s and
 # peak resident memory (VmHWM) of each receiver.
 #
-# Usage: [SPAN_BUDGET=N] [GENT=path/to/gent] benches/ingest.sh [LOOPS] [ROUNDS]
+# Usage: [SPAN_BUDGET=N] [GENT=path/to/gent] [LOAD=otlp] benches/ingest.sh [LOOPS] [ROUNDS]
 # (needs .ci/interop's venv for rotel; SPAN_BUDGET sets gent's window.span_budget)
+# LOAD=otlp: the load is examples/otlp_load instead (no gent code: its own CSV
+# reader and opentelemetry-proto's tonic client), Online Boutique, 512-span
+# requests over 4 streams for LOAD_SECONDS (default 60); LOOPS is then ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 loops=${1:-5}
@@ -40,14 +43,25 @@ run() {  # $1 = gent|rotel
   local pid=$!
   wait_port "$grpc"
   local report
-  report=$("$gent" replay "$data"/trainticket/12_*_trace.csv.gz --loop "$loops" \
-    --endpoint "http://127.0.0.1:$grpc" --json 2>/dev/null | tail -1)
+  if [ "${LOAD:-replay}" = otlp ]; then
+    report=$(target/release/examples/otlp_load "http://127.0.0.1:$grpc" "${LOAD_SECONDS:-60}" 4 512 \
+      "$data"/hipster/*_trace.csv.gz | tail -1 | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"spans_sent": r["spans_accepted"], "seconds": r["seconds"], "spans_per_second": r["spans_per_second"], "retries": r["requests_refused"]}))')
+  else
+    report=$("$gent" replay "$data"/trainticket/12_*_trace.csv.gz --loop "$loops" \
+      --endpoint "http://127.0.0.1:$grpc" --json 2>/dev/null | tail -1)
+  fi
   local peak; peak=$(peak_kib "$pid")
   kill -TERM "$pid"; wait "$pid" || true
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%-6s %10d spans %7.2f s %10.0f spans/s %8.1f MiB peak RSS %d retries" % (sys.argv[2], r["spans_sent"], r["seconds"], r["spans_per_second"], int(sys.argv[3])/1024, r["retries"]))' "$report" "$1" "$peak" | tee -a "$work/results"
 }
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load: TrainTicket hour 12 x $loops passes, gRPC, batch 512, 8 in flight"
+if [ "${LOAD:-replay}" = otlp ]; then
+  [ -x target/release/examples/otlp_load ] || { echo "cargo build --release --example otlp_load first" >&2; exit 1; }
+  load="examples/otlp_load, Online Boutique, ${LOAD_SECONDS:-60} s, gRPC, batch 512, 4 streams"
+else
+  load="gent replay, TrainTicket hour 12 x $loops passes, gRPC, batch 512, 8 in flight"
+fi
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load: $load"
 for _ in $(seq "$rounds"); do
   run gent
   run rotel

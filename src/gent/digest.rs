@@ -20,12 +20,15 @@
 //!
 //! A window within the share's budget keeps every trace, in arrival order,
 //! and trains exactly as on the whole window.
+//!
+//! The samples hold their traces packed ([`PackedTrace`], about a third of
+//! the bytes) while the window fills, and unpack them when it closes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::topology::{HistogramBuilder, Placement, TopologyHistogram};
-use crate::trace::{Trace, head_keeps};
+use crate::trace::{Names, PackedTrace, Trace, TraceId, head_keeps};
 
 /// How large the samples of a [`Digest`] may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +56,7 @@ struct HeadSample<P> {
     seed: u64,
     rate: u64,
     spans: usize,
-    traces: Vec<(u64, Arc<Trace>, P)>,
+    traces: Vec<(u64, Arc<PackedTrace>, P)>,
 }
 
 impl<P> HeadSample<P> {
@@ -61,25 +64,25 @@ impl<P> HeadSample<P> {
         HeadSample { budget, seed, rate: 1, spans: 0, traces: Vec::new() }
     }
 
-    fn keeps(&self, trace: &Trace) -> bool {
-        head_keeps(&trace.trace_id, self.rate, self.seed)
+    fn keeps(&self, trace_id: &TraceId) -> bool {
+        head_keeps(trace_id, self.rate, self.seed)
     }
 
     /// Adds `trace` (which [`Self::keeps`]); raises the rate while over
     /// budget (never below one trace).
-    fn add(&mut self, arrival: u64, trace: Arc<Trace>, with: P) {
-        self.spans += trace.spans.len();
+    fn add(&mut self, arrival: u64, trace: Arc<PackedTrace>, with: P) {
+        self.spans += trace.span_count();
         self.traces.push((arrival, trace, with));
         while self.budget > 0 && self.spans > self.budget && self.traces.len() > 1 {
             self.rate = (self.rate + self.rate / 4).max(self.rate + 1);
             let (rate, seed) = (self.rate, self.seed);
             self.traces.retain(|(_, t, _)| head_keeps(&t.trace_id, rate, seed));
-            self.spans = self.traces.iter().map(|(_, t, _)| t.spans.len()).sum();
+            self.spans = self.traces.iter().map(|(_, t, _)| t.span_count()).sum();
         }
     }
 
     /// The traces in arrival order.
-    fn into_traces(self) -> impl Iterator<Item = (u64, Arc<Trace>, P)> {
+    fn into_traces(self) -> impl Iterator<Item = (u64, Arc<PackedTrace>, P)> {
         let mut traces = self.traces;
         traces.sort_unstable_by_key(|t| t.0);
         traces.into_iter()
@@ -94,20 +97,17 @@ const CHECK_POOL: usize = 5;
 
 /// Thins the scoring pool (head sampling 1:q) to a stratified 1:j sample
 /// within `budget` spans; returns the rate q·j and the traces in arrival order.
-fn stratified_check(pool: HeadSample<()>, budget: usize, seed: u64) -> (u64, Vec<Arc<Trace>>) {
+fn stratified_check(pool: HeadSample<()>, budget: usize, seed: u64) -> (u64, Vec<Trace>) {
     let q = pool.rate;
-    let traces: Vec<Arc<Trace>> = pool.into_traces().map(|(_, t, ())| t).collect();
-    let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+    let traces: Vec<Arc<PackedTrace>> = pool.into_traces().map(|(_, t, ())| t).collect();
+    let spans: usize = traces.iter().map(|t| t.span_count()).sum();
     let j = spans.div_ceil(budget.max(1)).max(1) as u64;
     if j == 1 {
-        return (q, traces);
+        return (q, traces.iter().map(|t| t.unpack()).collect());
     }
-    let kept = crate::trace::stratified(&traces, j, seed);
-    let mut keep = vec![false; traces.len()];
-    for i in kept {
-        keep[i] = true;
-    }
-    let thinned = traces.into_iter().zip(keep).filter(|(_, k)| *k).map(|(t, _)| t).collect();
+    // Keyed as `crate::trace::stratified` keys full traces.
+    let keys: Vec<_> = traces.iter().map(|t| t.stratum()).collect();
+    let thinned = crate::trace::systematic(&keys, j, seed).into_iter().map(|i| traces[i].unpack()).collect();
     (q.saturating_mul(j), thinned)
 }
 
@@ -122,9 +122,11 @@ pub struct Digest {
     spans: u64,
     share: HeadSample<Placement>,
     /// Per topology, the trace of lowest hash seen: (arrival, hash, trace, placement).
-    rare: HashMap<usize, (u64, u64, Arc<Trace>, Placement)>,
+    rare: HashMap<usize, (u64, u64, Arc<PackedTrace>, Placement)>,
     rare_spans: usize,
     check: Option<HeadSample<()>>,
+    /// The names and attribute sets of the packed traces.
+    names: Names,
 }
 
 impl Digest {
@@ -141,6 +143,7 @@ impl Digest {
             rare_spans: 0,
             check: (config.check_spans > 0)
                 .then(|| HeadSample::new(config.check_spans.saturating_mul(CHECK_POOL), config.check_seed)),
+            names: Names::default(),
         }
     }
 
@@ -156,35 +159,43 @@ impl Digest {
         self.starts.push(start);
         self.topologies.push(placement.topology);
         self.spans += trace.spans.len() as u64;
-        // The samples share one copy of a trace they both keep.
-        let trace = Arc::new(trace);
-        if let Some(check) = &mut self.check
-            && check.keeps(&trace)
-        {
-            check.add(arrival, trace.clone(), ());
+        let id = trace.trace_id;
+        let to_check = self.check.as_ref().is_some_and(|c| c.keeps(&id));
+        let rare = self.rare_room(&trace, &placement);
+        let to_share = self.share.keeps(&id);
+        if !(to_check || rare.is_some() || to_share) {
+            return;
         }
-        if self.config.share_spans > 0 {
-            self.offer_rare(arrival, &trace, &placement);
+        // Packed once; the samples share the copy.
+        let packed = Arc::new(PackedTrace::pack(&trace, &mut self.names));
+        drop(trace);
+        if to_check && let Some(check) = &mut self.check {
+            check.add(arrival, packed.clone(), ());
         }
-        if self.share.keeps(&trace) {
-            self.share.add(arrival, trace, placement);
+        if let Some((hash, spans)) = rare {
+            self.rare_spans = spans;
+            self.rare.insert(placement.topology, (arrival, hash, packed.clone(), placement.clone()));
+        }
+        if to_share {
+            self.share.add(arrival, packed, placement);
         }
     }
 
-    /// Keeps `trace` as its topology's representative if its hash is the
-    /// lowest of the topology's so far and the budget allows.
-    fn offer_rare(&mut self, arrival: u64, trace: &Arc<Trace>, placement: &Placement) {
+    /// Whether `trace` becomes its topology's representative (its hash is the
+    /// lowest of the topology's so far and the budget allows): its hash and
+    /// the representatives' spans with it.
+    fn rare_room(&self, trace: &Trace, placement: &Placement) -> Option<(u64, usize)> {
+        if self.config.share_spans == 0 {
+            return None;
+        }
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&trace.trace_id, self.config.seed);
-        let n = trace.spans.len();
         let freed = match self.rare.get(&placement.topology) {
-            Some(held) if hash >= held.1 => return,
-            Some(held) => held.2.spans.len(),
+            Some(held) if hash >= held.1 => return None,
+            Some(held) => held.2.span_count(),
             None => 0,
         };
-        if self.rare_spans - freed + n <= self.config.share_spans {
-            self.rare_spans = self.rare_spans - freed + n;
-            self.rare.insert(placement.topology, (arrival, hash, trace.clone(), placement.clone()));
-        }
+        let spans = self.rare_spans - freed + trace.spans.len();
+        (spans <= self.config.share_spans).then_some((hash, spans))
     }
 
     /// Spans folded so far.
@@ -200,10 +211,10 @@ impl Digest {
 
     pub fn finish(mut self) -> WindowDigest {
         let (window_start, window_end) = self.window.unwrap_or((0, 1));
-        // Thinned first, so only the scoring traces the share also keeps are copied.
+        // Thinned first, so only the kept scoring traces are unpacked.
         let check = self.check.map(|pool| stratified_check(pool, self.config.check_spans, self.config.check_seed));
         let share_rate = self.share.rate;
-        let mut fitted: Vec<(u64, Arc<Trace>, Placement)> = self.share.into_traces().collect();
+        let mut fitted: Vec<(u64, Arc<PackedTrace>, Placement)> = self.share.into_traces().collect();
         let shared = fitted.len();
         if share_rate > 1 {
             // Topologies the share missed, in arrival order after it.
@@ -211,7 +222,7 @@ impl Digest {
             for (_, _, p) in &fitted {
                 covered[p.topology] = true;
             }
-            let mut rare: Vec<(u64, Arc<Trace>, Placement)> = std::mem::take(&mut self.rare)
+            let mut rare: Vec<(u64, Arc<PackedTrace>, Placement)> = std::mem::take(&mut self.rare)
                 .into_values()
                 .filter(|r| !covered[r.3.topology])
                 .map(|(a, _, t, p)| (a, t, p))
@@ -219,10 +230,8 @@ impl Digest {
             rare.sort_unstable_by_key(|r| r.0);
             fitted.extend(rare);
         }
-        // Representatives the share covers let go of the traces they share.
         self.rare.clear();
-        let (fitted, placements): (Vec<Trace>, Vec<Placement>) = fitted.into_iter().map(|(_, t, p)| (owned(t), p)).unzip();
-        let check = check.map(|(rate, traces)| (rate, traces.into_iter().map(owned).collect()));
+        let (fitted, placements): (Vec<Trace>, Vec<Placement>) = fitted.into_iter().map(|(_, t, p)| (t.unpack(), p)).unzip();
         WindowDigest {
             histogram: self.histogram.finish(),
             starts: self.starts,
@@ -239,11 +248,6 @@ impl Digest {
             check,
         }
     }
-}
-
-/// The trace itself, copied only if another sample still shares it.
-fn owned(trace: Arc<Trace>) -> Trace {
-    Arc::try_unwrap(trace).unwrap_or_else(|shared| (*shared).clone())
 }
 
 /// A folded window: what a model is trained and checked on.

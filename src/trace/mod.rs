@@ -1,16 +1,18 @@
 //! The internal trace model: spans, traces assembled from them, and the shapes
 //! derived from a trace (DAG, canonical topology, chains) that the models learn from.
-//! `span` holds the data, `assemble` turns loose spans into repaired traces,
+//! `span` holds the data, `open` the same in compact form (open traces, samples), `assemble` turns loose spans into repaired traces,
 //! `graph` the DAG and its topology, `sample` stratified samples, `stats` the summary behind `gent stats`.
 
 mod assemble;
 mod graph;
+mod open;
 mod sample;
 mod span;
 mod stats;
 
 pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
 pub use graph::{TraceGraph, chains, topology_hash};
+pub use open::{Names, OpenSpan, PackedTrace, into_spans};
 pub use sample::{Stratum, stratified, stratum, systematic};
 #[cfg(test)]
 pub(crate) use span::test_span;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::budget::{Budget, Held};
-use super::open::{Names, OpenSpan};
+use crate::trace::{Names, OpenSpan};
 use crate::config::WindowConfig;
 use crate::metrics::Metrics;
 use crate::trace::{Span, TraceId};
@@ -375,7 +375,7 @@ mod tests {
                     let mut groups = Vec::new();
                     for c in pending.drain(..) {
                         held.absorb(c.held);
-                        groups.extend(c.groups.into_iter().map(|(id, spans)| super::super::open::into_spans(id, spans)));
+                        groups.extend(c.groups.into_iter().map(|(id, spans)| crate::trace::into_spans(id, spans)));
                     }
                     let traces = crate::trace::assemble_grouped(groups);
                     closed.push(Closed { id: raw.id, traces, late_spans: raw.late_spans, held });

@@ -142,8 +142,8 @@ impl Folder {
         }
     }
 
-    fn fold_part(&mut self, groups: Vec<(trace::TraceId, Vec<super::open::OpenSpan>)>) {
-        let set = trace::assemble_grouped(groups.into_iter().map(|(id, spans)| super::open::into_spans(id, spans)));
+    fn fold_part(&mut self, groups: Vec<(trace::TraceId, Vec<trace::OpenSpan>)>) {
+        let set = trace::assemble_grouped(groups.into_iter().map(|(id, spans)| trace::into_spans(id, spans)));
         let f = &mut self.open;
         f.duplicate_spans += set.defects.duplicate_spans;
         f.traces += set.traces.len() as u64;

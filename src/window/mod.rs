@@ -1,7 +1,7 @@
 //! Spans from the receivers become folded windows.
 //!
 //! `budget` bounds the spans held anywhere on the way; `assembler` groups spans
-//! by trace id, holding open traces in the compact form of `open`, hands
+//! by trace id, holding open traces in compact form ([`crate::trace::OpenSpan`]), hands
 //! traces on as they complete and closes windows by time;
 //! `fold` folds each window's traces as they complete into the state its model
 //! is trained on; `sink` takes closed windows (train and ship, or discard).
@@ -9,7 +9,6 @@
 mod assembler;
 mod budget;
 mod fold;
-mod open;
 mod sink;
 
 pub use assembler::{Assembler, Batch, Completed, RawWindow, WindowEvent};
