@@ -33,8 +33,9 @@ run() {  # $1 = gent|rotel
   if [ "$1" = gent ]; then
     # The shipped defaults (pipeline on, windows trained as they close), with
     # the spool kept out of the working tree.
-    printf 'receiver:\n  grpc: 127.0.0.1:%s\n  http: null\nmetrics:\n  endpoint: null\nwindow:\n  span_budget: %s\npipeline:\n  link:\n    spool_dir: %s\n' \
-      "$grpc" "${SPAN_BUDGET:-4000000}" "$work/spool" > "$work/gent.yaml"
+    printf 'receiver:\n  grpc: 127.0.0.1:%s\n  http: null\nmetrics:\n  endpoint: null\npipeline:\n  link:\n    spool_dir: %s\n' \
+      "$grpc" "$work/spool" > "$work/gent.yaml"
+    [ -n "${SPAN_BUDGET:-}" ] && printf 'window:\n  span_budget: %s\n' "$SPAN_BUDGET" >> "$work/gent.yaml"
     "$gent" compressor --config "$work/gent.yaml" 2> "$work/gent.log" &
   else
     "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$grpc" --otlp-http-endpoint "127.0.0.1:$(port)" \

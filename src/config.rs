@@ -180,7 +180,9 @@ pub struct LinkClientConfig {
     pub retry_initial: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
-    /// Deadline of one push.
+    /// Deadline of one push of a small window; a larger one gets a second
+    /// more per 50,000 spans (the decompressor answers once it has exported
+    /// the whole window: 300 s for 9,000,000 spans).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// At shutdown, how long to keep trying to deliver spooled packets before
@@ -482,7 +484,11 @@ pub struct WindowConfig {
     #[serde(with = "humantime_serde")]
     pub trace_idle: Duration,
     /// Most spans held at once between receipt and the sink finishing with
-    /// them; beyond it the receiver answers with backpressure.
+    /// them; beyond it the receiver answers with backpressure. Open traces
+    /// stay for `trace_idle` after their last span, so the budget over
+    /// `trace_idle` bounds the sustained rate (3,000,000 / 5 s: about 500,000
+    /// spans/s after the windows' samples); each resident span costs about
+    /// 100–150 bytes (more with attributes no other span shares).
     pub span_budget: usize,
     /// Most spans of one trace a window keeps; later spans of that trace are
     /// dropped and counted (`gent_oversized_trace_spans_total`), so one
@@ -497,7 +503,7 @@ impl Default for WindowConfig {
             max_traces: 2_000_000,
             max_spans: 9_000_000,
             trace_idle: Duration::from_secs(5),
-            span_budget: 4_000_000,
+            span_budget: 3_000_000,
             max_spans_per_trace: 100_000,
         }
     }

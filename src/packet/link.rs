@@ -46,6 +46,8 @@ pub struct ClientSettings {
     pub token: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_domain: Option<String>,
+    /// Deadline of a push of a small window (the sender lengthens it for
+    /// large ones).
     pub timeout: Duration,
 }
 
@@ -56,7 +58,6 @@ pub fn channel(s: &ClientSettings) -> Result<Channel, LinkError> {
     let mut endpoint = Endpoint::from_shared(s.endpoint.clone())
         .map_err(|e| bad(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(s.timeout)
         .tcp_nodelay(true);
     if let Some(ca) = &s.tls_ca_file {
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));

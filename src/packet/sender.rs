@@ -36,6 +36,17 @@ pub struct Stop {
     pub abandon: watch::Receiver<bool>,
 }
 
+/// The slowest regeneration and export the deadline of a push allows for:
+/// the decompressor answers only once it has exported the whole window.
+const MIN_SPANS_PER_SECOND: u64 = 50_000;
+
+/// How long a push of a window of `spans` spans may take: `timeout`, plus a
+/// second per [`MIN_SPANS_PER_SECOND`] spans (a fixed deadline would cut
+/// off, and so retry from scratch, every large window on a slow decompressor).
+pub fn push_deadline(timeout: Duration, spans: u64) -> Duration {
+    timeout + Duration::from_secs(spans / MIN_SPANS_PER_SECOND)
+}
+
 /// Runs until told to stop.
 pub async fn run(
     spool: Arc<Spool>,
@@ -70,7 +81,14 @@ pub async fn run(
             continue;
         };
         let (producer, window_id) = (push.producer.clone(), push.window_id);
-        let outcome = client.push(link::request(push, token.as_deref())?).await;
+        let deadline = push_deadline(settings.link.timeout, push.window_spans);
+        let mut request = link::request(push, token.as_deref())?;
+        // The decompressor sees the deadline too (grpc-timeout) and stops there.
+        request.set_timeout(deadline);
+        let outcome = match tokio::time::timeout(deadline, client.push(request)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {deadline:?}"))),
+        };
         match outcome {
             Ok(response) => {
                 spool.remove(seq)?;
@@ -103,5 +121,19 @@ pub async fn run(
                 backoff = (backoff * 2).min(settings.retry_max);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_s_deadline_grows_with_its_window() {
+        let base = Duration::from_secs(120);
+        assert_eq!(push_deadline(base, 0), base);
+        assert_eq!(push_deadline(base, 10_000), base);
+        assert_eq!(push_deadline(base, 9_000_000), Duration::from_secs(300));
+        assert_eq!(push_deadline(base, u64::MAX), base + Duration::from_secs(u64::MAX / MIN_SPANS_PER_SECOND));
     }
 }

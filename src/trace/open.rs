@@ -11,7 +11,7 @@
 //! spans again on the fold thread, off the receivers' runtime.
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
+use foldhash::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
