@@ -183,11 +183,8 @@ async fn main() {
     let deadline = started + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for _ in 0..streams {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-            .expect("ENDPOINT")
-            .connect()
-            .await
-            .expect("connect");
+        let channel =
+            tonic::transport::Endpoint::from_shared(endpoint.clone()).expect("ENDPOINT").connect().await.expect("connect");
         let mut client = TraceServiceClient::new(channel);
         let (requests, next, accepted, refused) = (requests.clone(), next.clone(), accepted.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {

@@ -182,7 +182,7 @@ impl ShipSink {
     }
 
     fn ship_timed(&mut self, window: &mut ClosedWindow, train_seconds: &mut f64) -> Result<(), SinkError> {
-        let Some(digest) = window.digest.take() else {
+        let Some(mut digest) = window.digest.take() else {
             return Err(ship_error(window.id, "the window was folded without a digest"));
         };
         if digest.traces() == 0 {
@@ -205,7 +205,7 @@ impl ShipSink {
                 *train_seconds = seconds;
                 if self.config.fidelity.self_evaluate {
                     let started = Instant::now();
-                    let evaluation = self_evaluate(&digest, &packet, &self.device);
+                    let evaluation = self_evaluate(&mut digest, &packet, &self.device);
                     evaluate_seconds = started.elapsed().as_secs_f64();
                     m.self_evaluation_seconds.observe(evaluate_seconds);
                     match evaluation {
@@ -351,11 +351,14 @@ fn paced_config(config: &GenTConfig, share: f64) -> GenTConfig {
 /// scaled to that share. Two samples differ a little, so a sampled score
 /// runs a little below a whole-window one (see the pipeline test on
 /// TrainTicket hour 12).
-pub fn self_evaluate(digest: &WindowDigest, packet: &[u8], device: &burn::tensor::Device) -> Result<SelfEvaluation, String> {
-    let (k, real) = match &digest.check {
-        Some((k, traces)) => (*k, traces.clone()),
+///
+/// Takes the digest's scoring sample (scored once; moved, not copied).
+pub fn self_evaluate(digest: &mut WindowDigest, packet: &[u8], device: &burn::tensor::Device) -> Result<SelfEvaluation, String> {
+    let (k, real) = match digest.check.take() {
+        Some(check) => check,
         None => (digest.share_rate, digest.share().to_vec()),
     };
+    let digest = &*digest;
     // Its own packet, of a window of any size: only the sample is regenerated.
     let unpacked = crate::gent::unpack_within(packet, device, digest.spans).map_err(|e| e.to_string())?;
     let model = &unpacked.model;

@@ -298,8 +298,11 @@ impl<'a> Conditioning<'a> {
         Conditioning { histogram, chain_length, window_us, codes, graphs }
     }
 
-    fn contexts(&self, width: usize) -> Contexts<'_> {
-        Contexts { values: Vec::new(), width, topologies: Vec::new(), graphs: self.graphs.as_deref() }
+    /// Empty contexts of `width` with room for `rows` rows: exact, as a
+    /// window's may take a hundred megabytes.
+    fn contexts(&self, width: usize, rows: usize) -> Contexts<'_> {
+        let values = Vec::with_capacity(width.saturating_mul(rows));
+        Contexts { values, width, topologies: Vec::with_capacity(rows), graphs: self.graphs.as_deref() }
     }
 
     /// Columns of the one-hot topology id: none when a GCN embeds the topology.
@@ -599,43 +602,54 @@ impl WindowModel {
         let offsets: Vec<f64> = traces.iter().map(|t| us(t.start() - window_start)).collect();
 
         // T_G: start offsets (calibration off).
-        let mut start_ctx = cond.contexts(cond.start_width());
-        for placement in placements {
-            cond.push_start(&mut start_ctx, placement.topology);
-        }
         let start_columns = vec![Column::continuous("start_us", offsets.clone(), false)];
+        let start_ctx = (!calibrated).then(|| {
+            let mut ctx = cond.contexts(cond.start_width(), placements.len());
+            for placement in placements {
+                cond.push_start(&mut ctx, placement.topology);
+            }
+            ctx
+        });
 
         // R_G: roots.
-        let mut root_ctx = cond.contexts(cond.root_width());
         let (mut root_metas, mut root_attrs) = (Vec::new(), Vec::new());
-        for (((placement, meta), attr), &offset) in placements.iter().zip(&metas).zip(&attrs).zip(&offsets) {
-            let topology = &histogram.topologies[placement.topology];
-            for r in topology.roots() {
-                cond.push_root(&mut root_ctx, placement.topology, topology.labels[r], offset);
+        for (placement, (meta, attr)) in placements.iter().zip(metas.iter().zip(&attrs)) {
+            for r in histogram.topologies[placement.topology].roots() {
                 root_metas.push(Some(meta[r]));
                 root_attrs.push(Some(&attr[r]));
             }
         }
         let mut root_columns = meta_columns("", &root_metas, false, timed);
         root_columns.extend(schema.columns("", &root_attrs));
+        // Contexts only for a table a CTGAN learns: with calibration on, every
+        // column is often constant, and a window's contexts take ~240 bytes a row.
+        let root_ctx = TableModel::learns(&root_columns).then(|| {
+            let mut ctx = cond.contexts(cond.root_width(), root_metas.len());
+            for (placement, &offset) in placements.iter().zip(&offsets) {
+                let topology = &histogram.topologies[placement.topology];
+                for r in topology.roots() {
+                    cond.push_root(&mut ctx, placement.topology, topology.labels[r], offset);
+                }
+            }
+            ctx
+        });
+        drop((root_metas, root_attrs));
 
         // C_G: chains.
         let plans: Vec<Vec<(usize, Vec<usize>)>> =
             histogram.topologies.iter().map(|t| chain_plan(t, config.chain_length)).collect();
-        let mut chain_ctx = cond.contexts(cond.chain_width());
         let mut positions: Vec<Vec<Option<Meta>>> = vec![Vec::new(); config.chain_length - 1];
         let mut position_attrs: Vec<Vec<Option<&NodeValues>>> = vec![Vec::new(); config.chain_length - 1];
-        for (((placement, meta), attr), &offset) in placements.iter().zip(&metas).zip(&attrs).zip(&offsets) {
-            let topology = &histogram.topologies[placement.topology];
+        for (placement, (meta, attr)) in placements.iter().zip(metas.iter().zip(&attrs)) {
             for (_, chain) in &plans[placement.topology] {
-                cond.push_chain(&mut chain_ctx, topology, placement.topology, chain, &meta[chain[0]], offset);
                 for (p, (column, attr_column)) in positions.iter_mut().zip(&mut position_attrs).enumerate() {
                     column.push(chain.get(p + 1).map(|&n| relative(meta[n], meta[chain[p]].duration_us)));
                     attr_column.push(chain.get(p + 1).map(|&n| &attr[n]));
                 }
             }
         }
-        let chain_columns = positions
+        let chain_rows = positions.first().map_or(0, Vec::len);
+        let chain_columns: Vec<Column> = positions
             .iter()
             .zip(&position_attrs)
             .enumerate()
@@ -646,16 +660,29 @@ impl WindowModel {
                 columns
             })
             .collect();
+        drop((positions, position_attrs));
+        let chain_ctx = TableModel::learns(&chain_columns).then(|| {
+            let mut ctx = cond.contexts(cond.chain_width(), chain_rows);
+            for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
+                let topology = &histogram.topologies[placement.topology];
+                for (_, chain) in &plans[placement.topology] {
+                    cond.push_chain(&mut ctx, topology, placement.topology, chain, &meta[chain[0]], offset);
+                }
+            }
+            ctx
+        });
         // The generators are independent: train them side by side (Gen-T
         // does the same on one GPU), C_G, the largest, on this thread.
         let (start, roots, chains) = std::thread::scope(|s| {
-            let start = (!calibrated)
-                .then(|| s.spawn(|| TableModel::fit(start_columns, start_ctx.get(), config.ctgan.clone(), device, None)));
+            let start = start_ctx
+                .as_ref()
+                .map(|ctx| s.spawn(|| TableModel::fit(start_columns, ctx.get(), config.ctgan.clone(), device, None)));
             let roots = s.spawn(|| {
-                TableModel::fit(root_columns, root_ctx.get(), config.ctgan.clone(), device, previous.map(|p| &p.roots))
+                let ctx = root_ctx.as_ref().and_then(Contexts::get);
+                TableModel::fit(root_columns, ctx, config.ctgan.clone(), device, previous.map(|p| &p.roots))
             });
-            let chains =
-                TableModel::fit(chain_columns, chain_ctx.get(), config.ctgan.clone(), device, previous.map(|p| &p.chains));
+            let ctx = chain_ctx.as_ref().and_then(Contexts::get);
+            let chains = TableModel::fit(chain_columns, ctx, config.ctgan.clone(), device, previous.map(|p| &p.chains));
             let join = |h: std::thread::ScopedJoinHandle<'_, _>| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             (start.map(join), join(roots), chains)
         });
@@ -1033,7 +1060,7 @@ impl WindowModel {
         let h = &self.histogram;
         let cond = Conditioning::new(h, self.chain_length, us(self.window_end - self.window_start), self.gcn);
         let order = h.expand();
-        let mut ctx = cond.contexts(cond.start_width());
+        let mut ctx = cond.contexts(cond.start_width(), order.len());
         for &t in &order {
             cond.push_start(&mut ctx, t);
         }
@@ -1060,17 +1087,19 @@ impl WindowModel {
         let cond = Conditioning::new(h, self.chain_length, us(self.window_end - self.window_start), self.gcn);
         let offsets: Vec<f64> = starts.iter().map(|&s| us(s.saturating_sub(self.window_start))).collect();
         let node_width = meta_width(self.timed) + self.attributes.width();
-        // R_G.
-        let mut ctx = cond.contexts(cond.root_width());
+        // R_G (contexts only for a CTGAN: constants need none).
+        let mut ctx = cond.contexts(cond.root_width(), 0);
         let mut slots = Vec::new();
         for (i, &t) in filling.order.iter().enumerate() {
             let topology = &h.topologies[t];
             for r in topology.roots() {
-                cond.push_root(&mut ctx, t, topology.labels[r], offsets[i]);
+                if self.roots.learned() {
+                    cond.push_root(&mut ctx, t, topology.labels[r], offsets[i]);
+                }
                 slots.push((i, r));
             }
         }
-        let table = self.roots.sample(slots.len(), ctx.get(), seed ^ 0x7272)?;
+        let table = self.roots.sample(slots.len(), ctx.get().filter(|_| self.roots.learned()), seed ^ 0x7272)?;
         for (row, &(i, r)) in slots.iter().enumerate() {
             self.write_node(filling, (i, r), &table, 0, row, None);
         }
@@ -1086,14 +1115,15 @@ impl WindowModel {
             .enumerate()
             .flat_map(|(round, slots)| slots.chunks(ROUND_ROWS).enumerate().map(move |(k, part)| (round, k, part)));
         for (round, k, slots) in parts {
-            let mut ctx = cond.contexts(cond.chain_width());
-            for &(i, chain) in slots {
+            let learned = self.chains.learned();
+            let mut ctx = cond.contexts(cond.chain_width(), if learned { slots.len() } else { 0 });
+            for &(i, chain) in slots.iter().filter(|_| learned) {
                 let t = filling.order[i];
                 let head = filling.metas[i][chain[0]].unwrap_or(EMPTY_META);
                 cond.push_chain(&mut ctx, &h.topologies[t], t, chain, &head, offsets[i]);
             }
             let part_seed = seed ^ (0x9000 + round as u64) ^ (k as u64).wrapping_mul(0xa076_1d64_78bd_642f);
-            let table = self.chains.sample(slots.len(), ctx.get(), part_seed)?;
+            let table = self.chains.sample(slots.len(), ctx.get().filter(|_| learned), part_seed)?;
             for (row, &(i, chain)) in slots.iter().enumerate() {
                 for (p, &node) in chain.iter().enumerate().skip(1) {
                     if filled[i][node] {

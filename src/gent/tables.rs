@@ -48,6 +48,17 @@ fn constant(column: &Column) -> Option<Fixed> {
 }
 
 impl TableModel {
+    /// Whether [`Self::fit`] trains a CTGAN on `columns` (some column varies),
+    /// and so reads a context.
+    pub fn learns(columns: &[Column]) -> bool {
+        columns.first().is_some_and(|c| c.len() > 0) && columns.iter().any(|c| constant(c).is_none())
+    }
+
+    /// Whether a CTGAN was trained (else every column is a constant).
+    pub fn learned(&self) -> bool {
+        self.ctgan.is_some()
+    }
+
     /// Learns `columns` (all of one length, possibly zero) given the per-row
     /// `context`; `previous` warm-starts the CTGAN when it fits.
     pub fn fit(

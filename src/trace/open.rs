@@ -10,8 +10,8 @@
 //! pointer, only for the spans that have them. A completed trace becomes
 //! spans again on the fold thread, off the receivers' runtime.
 
-use std::borrow::Borrow;
 use foldhash::HashSet;
+use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 

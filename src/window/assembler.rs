@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::budget::{Budget, Held};
-use crate::trace::{Names, OpenSpan};
 use crate::config::WindowConfig;
 use crate::metrics::Metrics;
+use crate::trace::{Names, OpenSpan};
 use crate::trace::{Span, TraceId};
 
 /// Spans accepted by a receiver, with their share of the budget.
