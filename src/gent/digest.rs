@@ -167,8 +167,7 @@ impl Digest {
             return;
         }
         // Packed once; the samples share the copy.
-        let packed = Arc::new(PackedTrace::pack(&trace, &mut self.names));
-        drop(trace);
+        let packed = Arc::new(PackedTrace::pack(trace, &mut self.names));
         if to_check && let Some(check) = &mut self.check {
             check.add(arrival, packed.clone(), ());
         }

@@ -197,8 +197,10 @@ pub struct PackedTrace {
 }
 
 impl PackedTrace {
-    pub fn pack(trace: &Trace, names: &mut Names) -> Self {
-        let spans = trace.spans.iter().map(|s| OpenSpan::new(s.clone(), names)).collect();
+    /// Packs `trace`, taken by value: its strings and attribute sets move
+    /// into the packed spans or the table, nothing is copied twice.
+    pub fn pack(trace: Trace, names: &mut Names) -> Self {
+        let spans = trace.spans.into_iter().map(|s| OpenSpan::new(s, names)).collect();
         PackedTrace { trace_id: trace.trace_id, spans }
     }
 
@@ -286,7 +288,7 @@ mod tests {
         let mut root = super::super::span::test_span(4, 1, None, 10, 40);
         root.attributes = vec![KeyValue { key: "http.route".into(), ..Default::default() }];
         let trace = Trace { trace_id: root.trace_id, spans: vec![root, super::super::span::test_span(4, 2, Some(1), 12, 30)] };
-        let packed = PackedTrace::pack(&trace, &mut names);
+        let packed = PackedTrace::pack(trace.clone(), &mut names);
         assert_eq!(packed.span_count(), 2);
         assert_eq!(packed.unpack(), trace);
         let first = &trace.spans[0];
