@@ -1088,18 +1088,19 @@ impl WindowModel {
         let offsets: Vec<f64> = starts.iter().map(|&s| us(s.saturating_sub(self.window_start))).collect();
         let node_width = meta_width(self.timed) + self.attributes.width();
         // R_G (contexts only for a CTGAN: constants need none).
+        let learned = self.roots.learned();
         let mut ctx = cond.contexts(cond.root_width(), 0);
         let mut slots = Vec::new();
         for (i, &t) in filling.order.iter().enumerate() {
             let topology = &h.topologies[t];
             for r in topology.roots() {
-                if self.roots.learned() {
+                if learned {
                     cond.push_root(&mut ctx, t, topology.labels[r], offsets[i]);
                 }
                 slots.push((i, r));
             }
         }
-        let table = self.roots.sample(slots.len(), ctx.get().filter(|_| self.roots.learned()), seed ^ 0x7272)?;
+        let table = self.roots.sample(slots.len(), ctx.get().filter(|_| learned), seed ^ 0x7272)?;
         for (row, &(i, r)) in slots.iter().enumerate() {
             self.write_node(filling, (i, r), &table, 0, row, None);
         }
