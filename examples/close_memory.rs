@@ -67,7 +67,7 @@ fn main() {
             digest.add(t);
         }
     }
-    println!("spans {}", digest.spans());
+    println!("spans {}; the samples hold {} of the span budget", digest.spans(), digest.held_spans());
     stage("digest filled", base);
     let digest = digest.finish();
     stage("finish (unpacked)", base);

@@ -69,16 +69,18 @@ impl<P> HeadSample<P> {
     }
 
     /// Adds `trace` (which [`Self::keeps`]); raises the rate while over
-    /// budget (never below one trace).
-    fn add(&mut self, arrival: u64, trace: Arc<PackedTrace>, with: P) {
+    /// budget (never below one trace). Returns whether the rate rose.
+    fn add(&mut self, arrival: u64, trace: Arc<PackedTrace>, with: P) -> bool {
         self.spans += trace.span_count();
         self.traces.push((arrival, trace, with));
+        let rate = self.rate;
         while self.budget > 0 && self.spans > self.budget && self.traces.len() > 1 {
             self.rate = (self.rate + self.rate / 4).max(self.rate + 1);
             let (rate, seed) = (self.rate, self.seed);
             self.traces.retain(|(_, t, _)| head_keeps(&t.trace_id, rate, seed));
             self.spans = self.traces.iter().map(|(_, t, _)| t.span_count()).sum();
         }
+        self.rate != rate
     }
 
     /// The traces in arrival order.
@@ -90,10 +92,13 @@ impl<P> HeadSample<P> {
 }
 
 /// How many times the scoring budget the scoring pool may hold: the
-/// stratified thinning at the close has that much room to balance strata
-/// (at the defaults, 250,000 spans: a window within the share's budget is
-/// thinned from all its traces).
-const CHECK_POOL: usize = 5;
+/// stratified thinning at the close has that much room to balance strata.
+/// The pool's spans count against the span budget while the window fills,
+/// so each multiple costs the receiver room for open traces (at the
+/// defaults, 50,000 spans of 3,000,000: 1.7 %); at 5 the pool held about
+/// 210,000 spans of a TrainTicket window of 4.7 M, at 2 about 100,000, and
+/// a sample thinned 1:2 already keeps every stratum's share within one trace.
+const CHECK_POOL: usize = 2;
 
 /// Thins the scoring pool (head sampling 1:q) to a stratified 1:j sample
 /// within `budget` spans; returns the rate q·j and the traces in arrival order.
@@ -121,10 +126,16 @@ pub struct Digest {
     window: Option<(u64, u64)>,
     spans: u64,
     share: HeadSample<Placement>,
-    /// Per topology, the trace of lowest hash seen: (arrival, hash, trace, placement).
+    /// Per topology, the trace of lowest hash seen: (arrival, hash, trace,
+    /// placement). The share keeps the traces of lowest hash too (same hash,
+    /// same seed), so a topology the share covers has its representative in
+    /// the share: only the others hold spans of their own.
     rare: HashMap<usize, (u64, u64, Arc<PackedTrace>, Placement)>,
+    /// Spans of the representatives the share does not hold.
     rare_spans: usize,
     check: Option<HeadSample<()>>,
+    /// Spans of the scoring pool the share does not hold.
+    check_spans: usize,
     /// The names and attribute sets of the packed traces.
     names: Names,
 }
@@ -141,6 +152,7 @@ impl Digest {
             share: HeadSample::new(config.share_spans, config.seed),
             rare: HashMap::new(),
             rare_spans: 0,
+            check_spans: 0,
             check: (config.check_spans > 0)
                 .then(|| HeadSample::new(config.check_spans.saturating_mul(CHECK_POOL), config.check_seed)),
             names: Names::default(),
@@ -167,34 +179,77 @@ impl Digest {
             return;
         }
         // Packed once; the samples share the copy.
+        let spans = trace.spans.len();
         let packed = Arc::new(PackedTrace::pack(trace, &mut self.names));
+        let rare = rare.map(|hash| (hash, placement.clone()));
+        if to_share && self.share.add(arrival, packed.clone(), placement) {
+            self.recount();
+        }
+        let in_share = self.share.keeps(&id);
+        if let Some((hash, placement)) = rare {
+            let held = (arrival, hash, packed.clone(), placement);
+            if let Some(old) = self.rare.insert(held.3.topology, held)
+                && !self.share.keeps(&old.2.trace_id)
+            {
+                self.rare_spans -= old.2.span_count();
+            }
+            if !in_share {
+                self.rare_spans += spans;
+            }
+        }
         if to_check && let Some(check) = &mut self.check {
-            check.add(arrival, packed.clone(), ());
+            if check.add(arrival, packed, ()) {
+                self.recount();
+            } else if !in_share {
+                self.check_spans += spans;
+            }
         }
-        if let Some((hash, spans)) = rare {
-            self.rare_spans = spans;
-            self.rare.insert(placement.topology, (arrival, hash, packed.clone(), placement.clone()));
+        self.evict_rare();
+    }
+
+    /// Counts again the spans of the representatives and the scoring pool
+    /// the share does not hold (after a sample's rate rose).
+    fn recount(&mut self) {
+        let outside = |t: &PackedTrace| if self.share.keeps(&t.trace_id) { 0 } else { t.span_count() };
+        self.rare_spans = self.rare.values().map(|r| outside(&r.2)).sum();
+        self.check_spans = self.check.as_ref().map_or(0, |c| c.traces.iter().map(|(_, t, ())| outside(t)).sum());
+    }
+
+    /// Drops representatives the share no longer holds, highest hash first,
+    /// while they are over their budget: the share's rate rising can leave
+    /// more of them outside it than the budget allows.
+    fn evict_rare(&mut self) {
+        if self.rare_spans <= self.config.share_spans {
+            return;
         }
-        if to_share {
-            self.share.add(arrival, packed, placement);
+        let mut outside: Vec<(u64, usize, usize)> = (self.rare.iter())
+            .filter(|(_, r)| !self.share.keeps(&r.2.trace_id))
+            .map(|(&topology, r)| (r.1, topology, r.2.span_count()))
+            .collect();
+        outside.sort_unstable();
+        while self.rare_spans > self.config.share_spans
+            && let Some((_, topology, spans)) = outside.pop()
+        {
+            self.rare.remove(&topology);
+            self.rare_spans -= spans;
         }
     }
 
     /// Whether `trace` becomes its topology's representative (its hash is the
-    /// lowest of the topology's so far and the budget allows): its hash and
-    /// the representatives' spans with it.
-    fn rare_room(&self, trace: &Trace, placement: &Placement) -> Option<(u64, usize)> {
+    /// lowest of the topology's so far and the representatives the share
+    /// does not hold stay within the budget): its hash.
+    fn rare_room(&self, trace: &Trace, placement: &Placement) -> Option<u64> {
         if self.config.share_spans == 0 {
             return None;
         }
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&trace.trace_id, self.config.seed);
         let freed = match self.rare.get(&placement.topology) {
             Some(held) if hash >= held.1 => return None,
-            Some(held) => held.2.span_count(),
-            None => 0,
+            Some(held) if !self.share.keeps(&held.2.trace_id) => held.2.span_count(),
+            _ => 0,
         };
-        let spans = self.rare_spans - freed + trace.spans.len();
-        (spans <= self.config.share_spans).then_some((hash, spans))
+        let added = if self.share.keeps(&trace.trace_id) { 0 } else { trace.spans.len() };
+        (self.rare_spans - freed + added <= self.config.share_spans).then_some(hash)
     }
 
     /// Spans folded so far.
@@ -202,10 +257,11 @@ impl Digest {
         self.spans
     }
 
-    /// Spans the samples hold now: an upper bound, as a trace two samples
-    /// keep is held once and counted twice.
+    /// Spans the samples hold now, each trace the share holds counted once
+    /// (the samples share one copy); a representative also in the scoring
+    /// pool is counted twice.
     pub fn held_spans(&self) -> usize {
-        self.share.spans + self.rare_spans + self.check.as_ref().map_or(0, |c| c.spans)
+        self.share.spans + self.rare_spans + self.check_spans
     }
 
     pub fn finish(mut self) -> WindowDigest {
@@ -415,6 +471,51 @@ mod tests {
         assert_ne!(check.iter().map(|t| t.trace_id).collect::<Vec<_>>(), expected_ids);
     }
 
+    /// The spans the samples of `d` hold, each shared copy once, plus the
+    /// representatives outside the share that the scoring pool holds too
+    /// (counted twice by design); and the representatives' own spans.
+    fn held_by_hand(d: &Digest) -> (usize, usize) {
+        let mut seen = std::collections::HashSet::new();
+        let mut held = 0;
+        let share = d.share.traces.iter().map(|(_, t, _)| t);
+        let rare = d.rare.values().map(|r| &r.2);
+        let check = d.check.iter().flat_map(|c| c.traces.iter().map(|(_, t, ())| t));
+        for t in share.chain(rare).chain(check) {
+            if seen.insert(Arc::as_ptr(t)) {
+                held += t.span_count();
+            }
+        }
+        let rare_outside: Vec<&Arc<PackedTrace>> =
+            d.rare.values().map(|r| &r.2).filter(|t| !d.share.keeps(&t.trace_id)).collect();
+        let twice: usize = (d.check.iter().flat_map(|c| c.traces.iter()))
+            .filter(|(_, t, ())| rare_outside.iter().any(|r| Arc::ptr_eq(r, t)))
+            .map(|(_, t, ())| t.span_count())
+            .sum();
+        (held + twice, rare_outside.iter().map(|t| t.span_count()).sum())
+    }
+
+    #[test]
+    fn the_samples_count_each_trace_they_share_once_and_keep_the_representatives_within_budget() {
+        // Many topologies (1 to 40 children), so representatives outside the share fill their budget.
+        let traces: Vec<Trace> = (0..4000).map(|n| trace(n, (n % 40 + 1) as u8)).collect();
+        for budget in [300, 2_000] {
+            let mut d = Digest::new(config(budget));
+            for t in &traces {
+                d.add(t.clone());
+                let (held, rare) = held_by_hand(&d);
+                assert_eq!(d.held_spans(), held, "after {} traces", d.starts.len());
+                assert_eq!(d.rare_spans, rare);
+                assert!(rare <= budget, "representatives outside the share: {rare} spans");
+            }
+            assert!(d.share.rate > 1);
+        }
+        // A window within the share's budget: every trace held once.
+        let mut d = Digest::new(config(0));
+        traces[..100].iter().for_each(|t| d.add(t.clone()));
+        let spans: usize = traces[..100].iter().map(|t| t.spans.len()).sum();
+        assert_eq!(d.held_spans(), spans);
+    }
+
     #[test]
     fn the_scoring_sample_of_a_window_within_its_pool_keeps_each_kind_and_minute_within_one_trace() {
         // 3 kinds of trace (0, 1, 2 children) over 10 minutes, 40 of each kind a minute.
@@ -430,17 +531,18 @@ mod tests {
             })
             .collect();
         let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
-        // The pool holds the whole window; the sample is within a fifth of it.
-        let d = WindowDigest::of(traces, DigestConfig { share_spans: 0, seed: 1, check_spans: spans / 5, check_seed: 3 });
+        // The pool holds the whole window; the sample is within a half of it.
+        let budget = spans / CHECK_POOL;
+        let d = WindowDigest::of(traces, DigestConfig { share_spans: 0, seed: 1, check_spans: budget, check_seed: 3 });
         let (rate, check) = d.check.unwrap();
-        assert_eq!(rate, 5);
-        assert_eq!(check.len(), 240);
+        assert_eq!(rate, CHECK_POOL as u64);
+        assert_eq!(check.len(), 1200 / CHECK_POOL);
         let mut cells = HashMap::new();
         for t in &check {
             *cells.entry((t.spans.len(), t.start() / minute)).or_insert(0) += 1;
         }
         assert_eq!(cells.len(), 30, "every kind in every minute");
-        assert!(cells.values().all(|&c| c == 8), "{cells:?}");
+        assert!(cells.values().all(|&c| c == 40 / CHECK_POOL), "{cells:?}");
     }
 
     #[test]
