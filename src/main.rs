@@ -43,17 +43,24 @@ struct Cli {
 /// which libmimalloc-sys does not name.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Has mimalloc hand freed pages back to the kernel at once. A one-shot
-/// command's memory peaks in phases (decode, generate, write), and mimalloc
-/// otherwise keeps what one phase freed for up to a second (its v3 default)
-/// while the next allocates: generating the largest crafted packet
-/// --max-input-spans admits peaked at 489 MiB with the default delay and
-/// 263 MiB with none. The daemons keep the default: they reuse what a window
-/// freed for the next one.
-fn purge_freed_memory_at_once() {
+/// How long mimalloc keeps freed pages before handing them back to the
+/// kernel, in ms. A one-shot command's memory peaks in phases (decode,
+/// generate, write), and mimalloc otherwise keeps what one phase freed for up
+/// to a second (its v3 default) while the next allocates: generating the
+/// largest crafted packet --max-input-spans admits peaked at 489 MiB with
+/// the default delay and 263 MiB with none. The daemons free a window's
+/// traces as they complete and allocate the next ones at once, so no delay
+/// at all costs them a page fault per reuse; a tenth of a second returns
+/// what a closed window's training freed before the open traces climb
+/// again (BENCHMARKS.md "Samples counted once", the soak: RSS at the budget
+/// 542–600 → 507–586 MiB).
+fn set_purge_delay(ms: std::ffi::c_long) {
     // SAFETY: sets an integer option, which mimalloc allows at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
 }
+
+/// The purge delay of the long-running commands, in ms.
+const DAEMON_PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// The command line's bounds on reading input files, set once at start.
 static READ_LIMITS: std::sync::OnceLock<io::ReadLimits> = std::sync::OnceLock::new();
@@ -526,8 +533,8 @@ fn main() -> ExitCode {
         cli.command,
         Command::Compressor { .. } | Command::Decompressor { .. } | Command::Demo { .. } | Command::Replay { .. }
     );
-    if !daemon && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        purge_freed_memory_at_once();
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        set_purge_delay(if daemon { DAEMON_PURGE_DELAY_MS } else { 0 });
     }
     let result = match cli.command {
         Command::Stats { inputs, format, json } => stats(&inputs, format, json),
@@ -1572,7 +1579,9 @@ mod tests {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             assert!([1000, 10].contains(&get()), "{}", get());
         }
-        purge_freed_memory_at_once();
+        set_purge_delay(0);
         assert_eq!(get(), 0);
+        set_purge_delay(DAEMON_PURGE_DELAY_MS);
+        assert_eq!(get(), DAEMON_PURGE_DELAY_MS);
     }
 }
