@@ -123,8 +123,10 @@ pub struct HistogramBuilder {
     histogram: TopologyHistogram,
     /// Label index by service, then span name: looked up by the span's own
     /// strings, so a label is copied once, when new.
-    labels: HashMap<String, HashMap<String, u32>>,
-    shapes: HashMap<Topology, usize>,
+    /// Both maps are probed for every trace a window folds: foldhash, not
+    /// SipHash (nothing is iterated, so their order never shows).
+    labels: foldhash::HashMap<String, foldhash::HashMap<String, u32>>,
+    shapes: foldhash::HashMap<Topology, usize>,
 }
 
 impl HistogramBuilder {

@@ -10,7 +10,6 @@
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::Bfs;
-use std::collections::HashMap;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::span::{SpanId, Trace};
@@ -18,7 +17,8 @@ use super::span::{SpanId, Trace};
 /// A trace as a forest over its spans: node `i` is `trace.spans[i]`, edges run
 /// parent → child. Spans whose parent is missing from the trace are fragment roots.
 #[derive(Debug, Clone)]
-pub struct TraceGraph {
+pub struct TraceGraph<'a> {
+    trace: &'a Trace,
     graph: DiGraph<(), ()>,
     /// Children of each node in canonical order.
     children: Vec<Vec<usize>>,
@@ -31,16 +31,16 @@ pub struct TraceGraph {
     depth: Vec<u32>,
     /// Merkle hash of each node's labelled subtree.
     subtree_hash: Vec<u64>,
-    labels: Vec<String>,
 }
 
-impl TraceGraph {
+impl<'a> TraceGraph<'a> {
     /// Builds the forest. Expects the parent links to be acyclic, as
     /// [`crate::trace::assemble`] guarantees; spans on a cycle that survived
     /// anyway are unreachable from every root and left out of the topology.
-    pub fn build(trace: &Trace) -> Self {
+    pub fn build(trace: &'a Trace) -> Self {
         let n = trace.spans.len();
-        let index: HashMap<SpanId, usize> = trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+        // Built for every trace a window folds: foldhash, not SipHash.
+        let index: foldhash::HashMap<SpanId, usize> = trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
         let mut graph = DiGraph::with_capacity(n, n);
         for _ in 0..n {
             graph.add_node(());
@@ -57,8 +57,8 @@ impl TraceGraph {
                 None => {}
             }
         }
-        let labels = trace.spans.iter().map(|s| label(s.service(), &s.name)).collect();
         let mut this = TraceGraph {
+            trace,
             graph,
             children: vec![Vec::new(); n],
             parent,
@@ -66,13 +66,19 @@ impl TraceGraph {
             orphans,
             depth: vec![0; n],
             subtree_hash: vec![0; n],
-            labels,
         };
-        this.order_canonically(trace);
+        this.order_canonically();
         this
     }
 
-    fn order_canonically(&mut self, trace: &Trace) {
+    /// Appends node `i`'s label, `service/name` escaped (see [`label_into`]).
+    fn label_into(&self, i: usize, out: &mut String) {
+        let span = &self.trace.spans[i];
+        label_into(span.service(), &span.name, out);
+    }
+
+    fn order_canonically(&mut self) {
+        let trace = self.trace;
         let n = self.parent.len();
         let mut roots: Vec<usize> = (0..n).filter(|&i| self.parent[i].is_none()).collect();
         // Breadth-first from every root gives depths and an order whose reverse
@@ -90,12 +96,16 @@ impl TraceGraph {
             }
         }
         let tie = |i: usize| (trace.spans[i].start, trace.spans[i].span_id);
+        // One buffer for every label hashed, not a string per span.
+        let mut label = String::new();
         for &i in order.iter().rev() {
             let mut kids: Vec<usize> =
                 self.graph.neighbors_directed(NodeIndex::new(i), Direction::Outgoing).map(|c| c.index()).collect();
             kids.sort_by_key(|&c| (self.subtree_hash[c], tie(c)));
             let mut hasher = Xxh3::new();
-            hasher.update(self.labels[i].as_bytes());
+            label.clear();
+            self.label_into(i, &mut label);
+            hasher.update(label.as_bytes());
             for &c in &kids {
                 hasher.update(&self.subtree_hash[c].to_le_bytes());
             }
@@ -162,7 +172,7 @@ impl TraceGraph {
             match step {
                 Step::Text(t) => out.push_str(t),
                 Step::Open(i) => {
-                    out.push_str(&self.labels[i]);
+                    self.label_into(i, &mut out);
                     let kids = &self.children[i];
                     if kids.is_empty() {
                         continue;
@@ -228,23 +238,26 @@ pub fn topology_hash(canonical: &str) -> u64 {
     xxh3_64(canonical.as_bytes())
 }
 
-/// `service/name`, with the characters the canonical string uses as syntax
-/// escaped so different topologies can never serialise alike.
-fn label(service: &str, name: &str) -> String {
-    let mut out = String::with_capacity(service.len() + name.len() + 1);
-    escape_into(service, &mut out);
+/// Appends `service/name`, with the characters the canonical string uses as
+/// syntax escaped so different topologies can never serialise alike.
+fn label_into(service: &str, name: &str, out: &mut String) {
+    escape_into(service, out);
     out.push('/');
-    escape_into(name, &mut out);
-    out
+    escape_into(name, out);
 }
 
 fn escape_into(text: &str, out: &mut String) {
-    for c in text.chars() {
-        if matches!(c, '\\' | '/' | '(' | ')' | ',' | '|') {
+    // One pass over the bytes, copying the runs between syntax characters
+    // whole: every one is ASCII, so each sits on a character boundary.
+    let mut run = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if matches!(b, b'\\' | b'/' | b'(' | b')' | b',' | b'|') {
+            out.push_str(&text[run..i]);
             out.push('\\');
+            run = i;
         }
-        out.push(c);
     }
+    out.push_str(&text[run..]);
 }
 
 #[cfg(test)]
@@ -304,6 +317,25 @@ mod tests {
         let a = trace(vec![span(1, None, "a", "b(c)", 0)]);
         let b = trace(vec![span(1, None, "a", "b", 0), span(2, Some(1), "c", "", 1)]);
         assert_ne!(TraceGraph::build(&a).canonical_string(), TraceGraph::build(&b).canonical_string());
+    }
+
+    #[test]
+    fn escaping_copies_runs_and_escapes_each_syntax_character() {
+        let by_char = |text: &str| {
+            let mut out = String::new();
+            for c in text.chars() {
+                if matches!(c, '\\' | '/' | '(' | ')' | ',' | '|') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out
+        };
+        for text in ["", "GET /cart", "é/ü(x,y)|z\\", "//", "名前/サービス", "(", "plain"] {
+            let mut out = String::from("prefix");
+            escape_into(text, &mut out);
+            assert_eq!(out, format!("prefix{}", by_char(text)), "{text:?}");
+        }
     }
 
     #[test]
