@@ -121,24 +121,38 @@ impl TopologyHistogram {
 #[derive(Debug, Default)]
 pub struct HistogramBuilder {
     histogram: TopologyHistogram,
-    /// Label index by service, then span name: looked up by the span's own
-    /// strings, so a label is copied once, when new.
-    /// Both maps are probed for every trace a window folds: foldhash, not
-    /// SipHash (nothing is iterated, so their order never shows).
-    labels: foldhash::HashMap<String, foldhash::HashMap<String, u32>>,
+    /// Every label seen, by service, then span name: looked up by the span's
+    /// own strings, so a label is copied and escaped once, when new. Both
+    /// maps are probed for every trace a window folds: foldhash, not SipHash
+    /// (nothing is iterated, so their order never shows).
+    seen: foldhash::HashMap<String, foldhash::HashMap<String, u32>>,
+    /// Per label seen: its escaped form, hashed into the topology, and its
+    /// index in the histogram (`u32::MAX` until a counted topology names
+    /// it: labels are numbered in canonical order, as they always were).
+    escaped: Vec<String>,
+    indices: Vec<u32>,
+    /// The trace being added: each span's label seen (reused).
+    span_labels: Vec<u32>,
     shapes: foldhash::HashMap<Topology, usize>,
 }
 
 impl HistogramBuilder {
     /// Counts `trace`'s topology; returns where it landed.
     pub fn add(&mut self, trace: &Trace) -> Placement {
-        let graph = TraceGraph::build(trace);
+        let mut span_labels = std::mem::take(&mut self.span_labels);
+        span_labels.clear();
+        span_labels.extend(trace.spans.iter().map(|s| self.seen(s)));
+        let escaped = &self.escaped;
+        let graph = TraceGraph::build_labelled(trace, |i, hasher| {
+            hasher.update(escaped[span_labels[i] as usize].as_bytes());
+        });
         let order = canonical_preorder(&graph);
         let mut position = vec![u32::MAX; graph.len()];
         for (k, &i) in order.iter().enumerate() {
             position[i] = k as u32;
         }
-        let labels = order.iter().map(|&i| self.label(&trace.spans[i])).collect();
+        let labels = order.iter().map(|&i| self.label(span_labels[i], &trace.spans[i])).collect();
+        self.span_labels = span_labels;
         let parents = order.iter().map(|&i| graph.parent(i).map(|p| position[p])).collect();
         let topology = Topology { labels, parents };
         let h = &mut self.histogram;
@@ -155,14 +169,26 @@ impl HistogramBuilder {
         Placement { topology: index, spans: order }
     }
 
-    fn label(&mut self, span: &crate::trace::Span) -> u32 {
-        if let Some(&l) = self.labels.get(span.service()).and_then(|names| names.get(span.name.as_str())) {
+    /// The label seen of `span`, escaped and remembered when new.
+    fn seen(&mut self, span: &crate::trace::Span) -> u32 {
+        if let Some(&l) = self.seen.get(span.service()).and_then(|names| names.get(span.name.as_str())) {
             return l;
         }
-        let next = self.histogram.labels.len() as u32;
-        self.histogram.labels.push(Label { service: span.service().to_string(), name: span.name.clone() });
-        self.labels.entry(span.service().to_string()).or_default().insert(span.name.clone(), next);
+        let next = self.escaped.len() as u32;
+        self.escaped.push(crate::trace::escaped_label(span.service(), &span.name));
+        self.indices.push(u32::MAX);
+        self.seen.entry(span.service().to_string()).or_default().insert(span.name.clone(), next);
         next
+    }
+
+    /// The histogram's index of the label seen `seen`, numbered when first counted.
+    fn label(&mut self, seen: u32, span: &crate::trace::Span) -> u32 {
+        let index = &mut self.indices[seen as usize];
+        if *index == u32::MAX {
+            *index = self.histogram.labels.len() as u32;
+            self.histogram.labels.push(Label { service: span.service().to_string(), name: span.name.clone() });
+        }
+        *index
     }
 
     /// The histogram so far.

@@ -38,6 +38,20 @@ impl<'a> TraceGraph<'a> {
     /// [`crate::trace::assemble`] guarantees; spans on a cycle that survived
     /// anyway are unreachable from every root and left out of the topology.
     pub fn build(trace: &'a Trace) -> Self {
+        // One buffer for every label hashed, not a string per span.
+        let mut label = String::new();
+        Self::build_labelled(trace, |i, hasher| {
+            label.clear();
+            let span = &trace.spans[i];
+            label_into(span.service(), &span.name, &mut label);
+            hasher.update(label.as_bytes());
+        })
+    }
+
+    /// [`Self::build`] with each span's escaped label (see [`escaped_label`])
+    /// fed to the hasher by the caller, e.g. from a cache of the labels seen:
+    /// a window folds millions of traces over a few hundred labels.
+    pub fn build_labelled(trace: &'a Trace, hash_label: impl FnMut(usize, &mut Xxh3)) -> Self {
         let n = trace.spans.len();
         // Built for every trace a window folds: foldhash, not SipHash.
         let index: foldhash::HashMap<SpanId, usize> = trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
@@ -67,7 +81,7 @@ impl<'a> TraceGraph<'a> {
             depth: vec![0; n],
             subtree_hash: vec![0; n],
         };
-        this.order_canonically();
+        this.order_canonically(hash_label);
         this
     }
 
@@ -77,7 +91,7 @@ impl<'a> TraceGraph<'a> {
         label_into(span.service(), &span.name, out);
     }
 
-    fn order_canonically(&mut self) {
+    fn order_canonically(&mut self, mut hash_label: impl FnMut(usize, &mut Xxh3)) {
         let trace = self.trace;
         let n = self.parent.len();
         let mut roots: Vec<usize> = (0..n).filter(|&i| self.parent[i].is_none()).collect();
@@ -96,16 +110,13 @@ impl<'a> TraceGraph<'a> {
             }
         }
         let tie = |i: usize| (trace.spans[i].start, trace.spans[i].span_id);
-        // One buffer for every label hashed, not a string per span.
-        let mut label = String::new();
+        let mut hasher = Xxh3::new();
         for &i in order.iter().rev() {
             let mut kids: Vec<usize> =
                 self.graph.neighbors_directed(NodeIndex::new(i), Direction::Outgoing).map(|c| c.index()).collect();
             kids.sort_by_key(|&c| (self.subtree_hash[c], tie(c)));
-            let mut hasher = Xxh3::new();
-            label.clear();
-            self.label_into(i, &mut label);
-            hasher.update(label.as_bytes());
+            hasher.reset();
+            hash_label(i, &mut hasher);
             for &c in &kids {
                 hasher.update(&self.subtree_hash[c].to_le_bytes());
             }
@@ -236,6 +247,13 @@ pub fn chains(roots: &[usize], children: &[Vec<usize>], chain_length: usize) -> 
 /// xxh3-64 of a canonical topology string.
 pub fn topology_hash(canonical: &str) -> u64 {
     xxh3_64(canonical.as_bytes())
+}
+
+/// `service/name` escaped as the canonical string spells it.
+pub fn escaped_label(service: &str, name: &str) -> String {
+    let mut out = String::with_capacity(service.len() + name.len() + 1);
+    label_into(service, name, &mut out);
+    out
 }
 
 /// Appends `service/name`, with the characters the canonical string uses as

@@ -11,7 +11,7 @@ mod span;
 mod stats;
 
 pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
-pub use graph::{TraceGraph, chains, topology_hash};
+pub use graph::{TraceGraph, chains, escaped_label, topology_hash};
 pub use open::{Names, OpenSpan, PackedTrace, into_spans};
 pub use sample::{Stratum, stratified, stratum, systematic};
 #[cfg(test)]
