@@ -281,3 +281,48 @@ fn canonical_preorder(graph: &TraceGraph) -> Vec<usize> {
     }
     order
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{Resource, test_span};
+
+    /// Trace `n`: a root and three children (service, name) whose labels
+    /// need escaping, so the cached escaped labels decide their order.
+    fn trace(n: u8, children: [(&str, &str); 3]) -> Trace {
+        let mut spans = vec![test_span(n, 1, None, 0, 100)];
+        for (k, (service, name)) in children.iter().enumerate() {
+            let mut child = test_span(n, k as u8 + 2, Some(1), 10 + k as u64, 20);
+            child.name = (*name).into();
+            child.resource = Resource::new(*service, vec![]);
+            spans.push(child);
+        }
+        Trace { trace_id: spans[0].trace_id, spans }
+    }
+
+    #[test]
+    fn cached_labels_place_nodes_as_the_graph_orders_them_and_number_labels_in_canonical_order() {
+        let (a, b, c) = (("front", "GET /a(b)"), ("cart/v2", "x,y"), ("front", "a|b"));
+        let traces = [trace(1, [a, b, c]), trace(2, [c, a, b]), trace(3, [("front", "z"), c, b])];
+        let mut builder = HistogramBuilder::default();
+        let mut expected_labels: Vec<Label> = Vec::new();
+        for t in &traces {
+            let placement = builder.add(t);
+            let graph = TraceGraph::build(t);
+            assert_eq!(placement.spans, canonical_preorder(&graph), "canonical order of trace {:?}", t.trace_id);
+            for &i in &placement.spans {
+                let label = Label { service: t.spans[i].service().to_string(), name: t.spans[i].name.clone() };
+                if !expected_labels.contains(&label) {
+                    expected_labels.push(label);
+                }
+            }
+            let h = builder.histogram();
+            let topology = &h.topologies[placement.topology];
+            let names: Vec<&str> = topology.labels.iter().map(|&l| h.labels[l as usize].name.as_str()).collect();
+            let expected: Vec<&str> = placement.spans.iter().map(|&i| t.spans[i].name.as_str()).collect();
+            assert_eq!(names, expected);
+        }
+        assert_eq!(builder.histogram().labels, expected_labels);
+        assert_eq!(builder.histogram().counts, vec![2, 1], "the first two traces share a topology, the third does not");
+    }
+}
