@@ -102,63 +102,51 @@ impl OpenSpan {
     }
 }
 
-/// An interned span name: one thin pointer in the span (an `Arc<str>` is two
-/// words), which is 8 of its bytes, 80 instead of 88, on every resident span.
-#[derive(Debug, Clone)]
-struct Name(Arc<Box<str>>);
+/// An interned value behind one thin pointer (an `Arc<str>` or `Arc<[u8]>`
+/// is two words), compared and hashed as the value itself so that lookups
+/// by a borrowed `&str` or `&[u8]` find it.
+#[derive(Debug)]
+struct Shared<T: ?Sized>(Arc<Box<T>>);
 
-impl Borrow<str> for Name {
-    fn borrow(&self) -> &str {
+impl<T: ?Sized> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<T: ?Sized> Borrow<T> for Shared<T> {
+    fn borrow(&self) -> &T {
         &self.0
     }
 }
 
-impl PartialEq for Name {
+impl<T: ?Sized + PartialEq> PartialEq for Shared<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.0[..] == other.0[..]
+        **self.0 == **other.0
     }
 }
 
-impl Eq for Name {}
+impl<T: ?Sized + Eq> Eq for Shared<T> {}
 
-impl Hash for Name {
+impl<T: ?Sized + Hash> Hash for Shared<T> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // As `str` hashes, so that lookups by a borrowed name find it.
-        self.0[..].hash(state)
+        (**self.0).hash(state)
     }
 }
+
+/// An interned span name: thin, 8 of a span's bytes (80 instead of 88 on
+/// every resident span).
+type Name = Shared<str>;
 
 /// A span's attributes, encoded as a protobuf `KeyValueList` and shared by
 /// every open span with the same set (one pointer in the span).
-#[derive(Debug, Clone)]
-struct Blob(Arc<Box<[u8]>>);
+type Blob = Shared<[u8]>;
 
 impl Blob {
     fn decode(&self) -> Attributes {
         // The bytes are our own encoding of a list the receiver decoded
         // within prost's limits, so decoding them again cannot fail.
         KeyValueList::decode(&self.0[..]).map(|list| list.values).unwrap_or_default()
-    }
-}
-
-impl Borrow<[u8]> for Blob {
-    fn borrow(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl PartialEq for Blob {
-    fn eq(&self, other: &Self) -> bool {
-        self.0[..] == other.0[..]
-    }
-}
-
-impl Eq for Blob {}
-
-impl Hash for Blob {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // As `[u8]` hashes, so that lookups by a borrowed slice find it.
-        self.0[..].hash(state)
     }
 }
 
@@ -176,7 +164,7 @@ impl Names {
         if let Some(known) = self.table.get(name) {
             return known.clone();
         }
-        let name = Name(Arc::new(name.into()));
+        let name = Shared(Arc::new(name.into()));
         if self.table.len() < MAX_INTERNED {
             self.table.insert(name.clone());
         }
@@ -190,7 +178,7 @@ impl Names {
         if let Some(known) = self.attributes.get(&self.scratch[..]) {
             return known.clone();
         }
-        let set = Blob(Arc::new(self.scratch.as_slice().into()));
+        let set = Shared(Arc::new(self.scratch.as_slice().into()));
         if self.attributes.len() < MAX_INTERNED && self.scratch.len() <= MAX_INTERNED_SET_BYTES {
             self.attributes.insert(set.clone());
         }
