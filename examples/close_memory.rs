@@ -52,7 +52,7 @@ fn main() {
     let set = gent::trace::assemble(gent::io::read_inputs(&files, None).unwrap().spans);
     let base_traces = set.traces;
     let config = gent::config::PipelineConfig::default();
-    let dc = gent::ship::digest_config(config.train_spans, &config.fidelity);
+    let dc = gent::ship::digest_config(&config, gent::config::WindowConfig::default().duration);
     let base = NOW.load(Relaxed);
 
     PEAK.store(base, Relaxed);

@@ -115,7 +115,7 @@ pub async fn start_with(
             let producer = crate::ship::producer_name(p.link.producer.as_deref());
             tracing::info!(producer, endpoint = p.link.endpoint, "shipping window models over the link");
             link = Some(Link { spool: spool.clone(), sender, drain, abandon, drain_timeout: p.link.drain_timeout });
-            fold.digest = Some(crate::ship::digest_config(p.train_spans, &p.fidelity));
+            fold.digest = Some(crate::ship::digest_config(p, config.window.duration));
             fold.conditions = p.call_graph_conditions;
             let duration = config.window.duration;
             Box::new(ShipSink::new(p.clone(), device, spool, producer, metrics.pipeline.clone(), reports, duration))

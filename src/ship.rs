@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::config::{FidelityConfig, PipelineConfig};
+use crate::config::PipelineConfig;
 use crate::fidelity::Reference;
 use crate::fidelity::sampling::{Stratum, stratum, systematic};
 use crate::gent::{DigestConfig, GenTConfig, WindowDigest, WindowModel};
@@ -133,14 +133,19 @@ impl ShipSink {
 
 /// How the compressor folds a window: the share within `train_spans` (0:
 /// all), seeded as the fallback's head sampling (so the share holds the
-/// fallback's traces), and a scoring sample within `f.sample_spans` (0: all)
-/// with a seed of its own.
-pub fn digest_config(train_spans: usize, f: &FidelityConfig) -> DigestConfig {
+/// fallback's traces), a scoring sample within `fidelity.sample_spans` (0:
+/// all) with a seed of its own, and every trace's timing binned per minute
+/// when a window of `window` spans three time buckets or more (fewer gain
+/// nothing over the share, and the bins cost the fold a hash per span).
+pub fn digest_config(p: &PipelineConfig, window: std::time::Duration) -> DigestConfig {
+    let (f, calibration) = (&p.fidelity, &p.model.calibration);
+    let timed = calibration.enabled && calibration.time_effects && window >= 3 * calibration.topology_bucket;
     DigestConfig {
-        share_spans: train_spans,
+        share_spans: p.train_spans,
         seed: f.seed,
         check_spans: if f.sample_spans == 0 { usize::MAX } else { f.sample_spans },
         check_seed: f.seed ^ SAMPLE_SEED,
+        cells_bucket_ns: if timed { calibration.topology_bucket.as_nanos() as u64 } else { 0 },
     }
 }
 

@@ -266,35 +266,65 @@ fn trainticket_hour_12_minutes_of_a_retry_storm_come_back_with_it() {
     assert!(with > without + 0.2 && with > 0.7, "with {with:.3}, without {without:.3}");
 }
 
+/// Issue 20: a window larger than its share is fitted on a head sample of
+/// its traces, and read minute by minute off every trace (the bins it
+/// folded). Hour 12 fitted on about 100k of its 216k spans scores within
+/// 0.02 of the whole window overall and in every timing query but
+/// bottlenecks, as means over 8 generation seeds (one seed's latency alarm
+/// moves by ±0.1).
 #[test]
 fn trainticket_hour_12_fitted_on_half_its_spans_keeps_its_structure_and_nearly_its_fidelity() {
     let real = hour(12);
     let device = Device::flex();
     let config = GenTConfig::default();
     let reference = Reference::new(&real, Vec::new()).unwrap();
+    const SEEDS: u64 = 8;
     let score = |max_spans: usize| {
         let started = std::time::Instant::now();
         let model = WindowModel::train_within(&real.traces, &config, &device, None, max_spans).unwrap();
         let seconds = started.elapsed().as_secs_f64();
         let packet = gent::gent::pack(&model, 1, &config, Precision::F16, 7, None).unwrap();
         let unpacked = gent::gent::unpack(&packet, &device).unwrap();
-        let (traces, _) = unpacked.model.generate(unpacked.header.seed).unwrap();
-        let report = reference.evaluate_any(&set(traces), 1.0).unwrap();
-        (model, report, seconds, packet.len())
+        let mut means: Vec<(String, f64)> = Vec::new();
+        let mut overall = 0.0;
+        for seed in 1..=SEEDS {
+            let (traces, _) = unpacked.model.generate(seed).unwrap();
+            let report = reference.evaluate_any(&set(traces), 1.0).unwrap();
+            if means.is_empty() {
+                means = report.queries.iter().map(|q| (q.name.clone(), 0.0)).collect();
+            }
+            for (mean, q) in means.iter_mut().zip(&report.queries) {
+                assert_eq!(mean.0, q.name);
+                mean.1 += q.score / SEEDS as f64;
+            }
+            overall += report.overall / SEEDS as f64;
+        }
+        (model, overall, means, seconds, packet.len())
     };
-    let (whole, whole_report, whole_seconds, whole_bytes) = score(0);
-    let (part, part_report, part_seconds, part_bytes) = score(100_000);
+    let (whole, whole_overall, whole_queries, whole_seconds, whole_bytes) = score(0);
+    let (part, part_overall, part_queries, part_seconds, part_bytes) = score(100_000);
     println!(
-        "whole window: {:.3} in {whole_seconds:.2} s, {whole_bytes} B; fitted on ~100k spans: {:.3} in {part_seconds:.2} s, {part_bytes} B",
-        whole_report.overall, part_report.overall
+        "whole window: {whole_overall:.3} in {whole_seconds:.2} s, {whole_bytes} B; fitted on ~100k spans: {part_overall:.3} in {part_seconds:.2} s, {part_bytes} B"
     );
-    for (w, p) in whole_report.queries.iter().zip(&part_report.queries) {
-        println!("  {:<44} {:.3} {:.3}", w.name, w.score, p.score);
+    for (w, p) in whole_queries.iter().zip(&part_queries) {
+        println!("  {:<44} {:.4} {:.4}", w.0, w.1, p.1);
     }
     // The histogram (and so every topology's count) is the whole window's.
     assert_eq!(whole.histogram, part.histogram);
+    let part_score = |name: &str| part_queries.iter().find(|q| q.0 == name).map(|q| q.1);
     for exact in ["trigger_correlations", "call_counts"] {
-        assert_eq!(part_report.queries.iter().find(|q| q.name == exact).map(|q| q.score), Some(1.0), "{exact}");
+        assert_eq!(part_score(exact), Some(1.0), "{exact}");
     }
-    assert!(part_report.overall >= whole_report.overall - 0.05, "{:.3} against {:.3}", part_report.overall, whole_report.overall);
+    assert!(part_overall >= whole_overall - 0.02, "{part_overall:.3} against {whole_overall:.3}");
+    // Bottlenecks are not yet within 0.02 (0.692 against 0.726): the ratio
+    // of a call to its caller's length follows each topology node's rank
+    // location, which is fitted on the share (BENCHMARKS.md, session 14).
+    let timing = [("bottlenecks", 0.04), ("red_duration", 0.02), ("subtask_durations", 0.02)];
+    let timing = timing.into_iter().chain([("latency_alarm", 0.02), ("nesting", 0.02), ("self_time", 0.02)]);
+    for (query, within) in timing {
+        for (name, w) in whole_queries.iter().filter(|q| q.0.starts_with(query)) {
+            let p = part_score(name).unwrap();
+            assert!(p >= w - within, "{name}: {p:.4} fitted on the share against {w:.4} on the whole window");
+        }
+    }
 }

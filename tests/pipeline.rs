@@ -702,7 +702,9 @@ fn a_large_window_is_self_evaluated_on_a_bounded_sample_close_to_the_whole() {
     let packet = gent::gent::pack(&model, 1, &config, gent::nn::weights::Precision::F16, 7, None).unwrap();
     let mut f = gent::config::FidelityConfig::default();
     let timed = |f: &gent::config::FidelityConfig| {
-        let mut digest = gent::gent::WindowDigest::of(real.traces.clone(), gent::ship::digest_config(250_000, f));
+        let pipeline = gent::config::PipelineConfig { train_spans: 250_000, fidelity: f.clone(), ..Default::default() };
+        let hour = std::time::Duration::from_secs(3600);
+        let mut digest = gent::gent::WindowDigest::of(real.traces.clone(), gent::ship::digest_config(&pipeline, hour));
         assert!(digest.whole(), "hour 12 is within the share's budget");
         let started = std::time::Instant::now();
         let e = gent::ship::self_evaluate(&mut digest, &packet, &device).unwrap();

@@ -18,6 +18,10 @@
 //!   of lengths, so it and a regenerated sample differ far less than two
 //!   random ones).
 //!
+//! - per time bucket and topology node, every trace's timing binned
+//!   ([`TimeCells`]), so what happens minute by minute is read off all the
+//!   window's traces, not only the share's;
+//!
 //! A window within the share's budget keeps every trace, in arrival order,
 //! and trains exactly as on the whole window.
 //!
@@ -27,6 +31,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::cells::TimeCells;
 use super::topology::{HistogramBuilder, Placement, TopologyHistogram};
 use crate::trace::{Names, PackedTrace, Trace, TraceId, head_keeps};
 
@@ -42,7 +47,14 @@ pub struct DigestConfig {
     pub check_spans: usize,
     /// Sets the scoring sample's phase within each stratum.
     pub check_seed: u64,
+    /// Width of the time buckets every trace's timing is binned in
+    /// ([`TimeCells`]; the timing's topology bucket), 0: none.
+    pub cells_bucket_ns: u64,
 }
+
+/// Most distinct bins [`TimeCells`] hold (about 30 bytes each): a window
+/// with more goes without them.
+const CELL_LIMIT: usize = 1 << 19;
 
 /// A consistent head sample 1:`rate` (the traces whose id hash falls below
 /// 2^64 / rate) whose rate rises by a quarter (at least 1) each time its
@@ -138,6 +150,7 @@ pub struct Digest {
     check_spans: usize,
     /// The names and attribute sets of the packed traces.
     names: Names,
+    cells: Option<TimeCells>,
 }
 
 impl Digest {
@@ -156,6 +169,7 @@ impl Digest {
             check: (config.check_spans > 0)
                 .then(|| HeadSample::new(config.check_spans.saturating_mul(CHECK_POOL), config.check_seed)),
             names: Names::default(),
+            cells: (config.cells_bucket_ns > 0).then(|| TimeCells::new(config.cells_bucket_ns, CELL_LIMIT)),
         }
     }
 
@@ -166,6 +180,9 @@ impl Digest {
         }
         let arrival = self.starts.len() as u64;
         let placement = self.histogram.add(&trace);
+        if let Some(cells) = &mut self.cells {
+            cells.add(&trace, &placement, &self.histogram.histogram().topologies[placement.topology]);
+        }
         let (start, end) = (trace.start(), trace.end());
         self.window = Some(self.window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         self.starts.push(start);
@@ -287,6 +304,8 @@ impl Digest {
         }
         self.rare.clear();
         let (fitted, placements): (Vec<Trace>, Vec<Placement>) = fitted.into_iter().map(|(_, t, p)| (t.unpack(), p)).unzip();
+        // The share holds every trace of a window within its budget.
+        let cells = self.cells.filter(|c| share_rate > 1 && !c.overflowed());
         WindowDigest {
             histogram: self.histogram.finish(),
             starts: self.starts,
@@ -301,6 +320,7 @@ impl Digest {
             fitted,
             placements,
             check,
+            cells,
         }
     }
 }
@@ -332,6 +352,9 @@ pub struct WindowDigest {
     /// The scoring sample: its rate 1:k and its traces in arrival order
     /// (None when not asked for).
     pub check: Option<(u64, Vec<Trace>)>,
+    /// Every trace's timing binned per time bucket and node: only for a
+    /// window larger than its share, when asked for and within its limit.
+    pub cells: Option<TimeCells>,
 }
 
 impl WindowDigest {
@@ -412,7 +435,22 @@ mod tests {
     }
 
     fn config(share_spans: usize) -> DigestConfig {
-        DigestConfig { share_spans, seed: 7, check_spans: 300, check_seed: 8 }
+        DigestConfig { share_spans, seed: 7, check_spans: 300, check_seed: 8, cells_bucket_ns: 0 }
+    }
+
+    #[test]
+    fn every_trace_is_binned_only_for_a_window_larger_than_its_share() {
+        let traces = window();
+        let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+        let binned = |budget: usize| DigestConfig { cells_bucket_ns: 10_000, ..config(budget) };
+        assert!(WindowDigest::of(traces.clone(), binned(spans)).cells.is_none(), "the share is the whole window");
+        let d = WindowDigest::of(traces.clone(), binned(300));
+        let cells = d.cells.as_ref().expect("bins of every trace");
+        // Every span's lead is binned once, whichever sample kept its trace.
+        let leads: u64 =
+            cells.bins().filter(|b| b.quantity == super::super::cells::Quantity::Lead).map(|b| u64::from(b.count)).sum();
+        assert_eq!(leads, spans as u64);
+        assert!(WindowDigest::of(traces, config(300)).cells.is_none(), "not asked for");
     }
 
     #[test]
@@ -533,7 +571,10 @@ mod tests {
         let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
         // The pool holds the whole window; the sample is within a half of it.
         let budget = spans / CHECK_POOL;
-        let d = WindowDigest::of(traces, DigestConfig { share_spans: 0, seed: 1, check_spans: budget, check_seed: 3 });
+        let d = WindowDigest::of(
+            traces,
+            DigestConfig { share_spans: 0, seed: 1, check_spans: budget, check_seed: 3, cells_bucket_ns: 0 },
+        );
         let (rate, check) = d.check.unwrap();
         assert_eq!(rate, CHECK_POOL as u64);
         assert_eq!(check.len(), 1200 / CHECK_POOL);

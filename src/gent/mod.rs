@@ -10,6 +10,7 @@
 //! packet.
 
 mod attributes;
+mod cells;
 mod digest;
 mod model;
 mod pack;
@@ -19,6 +20,7 @@ mod timing;
 mod topology;
 
 pub use attributes::{AttributeConfig, AttributeSchema, KeyModel, Kind as AttributeKind};
+pub use cells::{Bin, Quantity, TimeCells};
 pub use digest::{Digest, DigestConfig, WindowDigest};
 pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindowModel, WindowModel, head_gzip_bytes};
 pub use pack::{

@@ -571,7 +571,14 @@ impl WindowModel {
     ) -> Result<Self, ModelError> {
         let digest = WindowDigest::of(
             all.iter().cloned(),
-            DigestConfig { share_spans: max_spans, seed: config.ctgan.seed, check_spans: 0, check_seed: 0 },
+            DigestConfig {
+                share_spans: max_spans,
+                seed: config.ctgan.seed,
+                check_spans: 0,
+                check_seed: 0,
+                // A window fitted whole needs no bins.
+                cells_bucket_ns: if max_spans > 0 { config.calibration.topology_bucket.as_nanos() as u64 } else { 0 },
+            },
         );
         Self::train_digest(&digest, config, device, previous)
     }
@@ -729,7 +736,8 @@ impl WindowModel {
         let (starts, topologies) = (&digest.starts, &digest.topologies);
         let calibration = &config.calibration;
         let histogram = self.histogram.clone();
-        let fit = |c: &CalibrationConfig| TimingModel::fit(traces, placements, &histogram, self.window_start, c);
+        let cells = digest.cells.as_ref();
+        let fit = |c: &CalibrationConfig| TimingModel::fit(traces, placements, &histogram, self.window_start, c, cells);
         let Some(rate) = calibration.budget else {
             self.timing = Some(fit(calibration));
             return Ok(());

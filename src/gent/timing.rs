@@ -41,6 +41,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
+use super::cells::{Quantity, TimeCells};
 use super::topology::{Placement, TopologyHistogram};
 use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile};
 use crate::trace::Trace;
@@ -387,7 +388,7 @@ const BURST_MIN: usize = 5;
 const MAX_BURSTS: usize = 4096;
 
 /// `x` microseconds (any sign) as a signed log: sign(x)·ln(1 + |x|).
-fn signed_log(x: f64) -> f64 {
+pub(super) fn signed_log(x: f64) -> f64 {
     x.signum() * x.abs().ln_1p()
 }
 
@@ -644,6 +645,7 @@ impl TimingModel {
         histogram: &TopologyHistogram,
         window_start: u64,
         config: &CalibrationConfig,
+        cells: Option<&TimeCells>,
     ) -> Self {
         let bucket_ns = config.topology_bucket.as_nanos() as u64;
         let first_bucket = window_start / bucket_ns;
@@ -676,12 +678,24 @@ impl TimingModel {
         }
         // Each observation's normal score within its sketches (key and segment).
         let mut scores = vec![0.0f64; observations.len()];
-        let values =
+        let mut values: Vec<Segmented> =
             by_value.iter().map(|m| sketch_scored(m, |i| observations[i].value, &observations, &mut scores, config)).collect();
         let mut lead_scores = vec![0.0f64; observations.len()];
-        let leads =
+        let leads: Vec<Segmented> =
             by_lead.iter().map(|m| sketch_scored(m, |i| observations[i].lead, &observations, &mut lead_scores, config)).collect();
         let orders = positions.iter().map(|&(sum, n)| ((sum / n.max(1.0)).clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+        // Every trace's scores where the window folded them ([`TimeCells`]):
+        // what happens minute by minute and the sketches of rare keys are
+        // read off them, off the share's elsewhere.
+        let whole = cells.filter(|c| c.bucket_ns() == bucket_ns && config.time_effects).map(|c| {
+            let flags = WholeFlags { spanning: &spanning_flags, detached: &detached };
+            let counts: Vec<usize> = by_value.iter().map(Vec::len).collect();
+            WholeScores::of(c, first_bucket, &keys, histogram, flags, (&values, &leads), (&counts, config))
+        });
+        let mut whole = whole.unwrap_or_default();
+        for (v, sketch) in std::mem::take(&mut whole.rare) {
+            values[v as usize] = Segmented { starts: Vec::new(), sketches: vec![sketch] };
+        }
         let (nodes, couplings) = if config.node_effects {
             let children = children_scores(&observations, &scores, histogram);
             (node_effects(&observations, &scores, histogram), couplings(&observations, &scores, &children, keys.values))
@@ -695,9 +709,10 @@ impl TimingModel {
         } else {
             Vec::new()
         };
-        let times = if config.time_effects { time_effects(&observations, &scores, &nodes, &keys) } else { Vec::new() };
+        let whole = whole.into_cells(&nodes, &keys, histogram);
+        let times = if config.time_effects { time_effects(&observations, &scores, &nodes, &keys, &whole) } else { Vec::new() };
         let bursts = if config.bursts && !times.is_empty() {
-            bursts(&observations, (&scores, &lead_scores), &nodes, &keys)
+            bursts(&observations, (&scores, &lead_scores), &nodes, &keys, whole)
         } else {
             Vec::new()
         };
@@ -1018,17 +1033,26 @@ fn node_effects(observations: &[Observation], scores: &[f64], histogram: &Topolo
 }
 
 /// Per time bucket and service, the shrunk mean of its spans' normal scores
-/// beyond their node's location, coded in 4 bits two a byte.
-fn time_effects(observations: &[Observation], scores: &[f64], nodes: &[Vec<u8>], keys: &Keys) -> Vec<u8> {
-    let buckets = observations.iter().map(|o| o.bucket as usize + 1).max().unwrap_or(0);
+/// beyond their node's location, coded in 4 bits two a byte; keys `whole`
+/// covers count every trace's spans, the others the share's.
+fn time_effects(observations: &[Observation], scores: &[f64], nodes: &[Vec<u8>], keys: &Keys, whole: &WholeCells) -> Vec<u8> {
+    let buckets = (observations.iter().map(|o| o.bucket as usize + 1).max().unwrap_or(0))
+        .max(whole.services.keys().map(|&(b, _)| b as usize + 1).max().unwrap_or(0));
     if buckets > MAX_TIME_BUCKETS || keys.services == 0 {
         return Vec::new();
     }
     let mut sums = vec![(0.0f64, 0.0f64); buckets * keys.services];
     for (o, &z) in observations.iter().zip(scores) {
+        if whole.covers(o.keys.0) {
+            continue;
+        }
         let location = node_location(nodes, o.node);
         let s = &mut sums[o.bucket as usize * keys.services + keys.service_of[o.label as usize] as usize];
         *s = (s.0 + z - location, s.1 + 1.0);
+    }
+    for (&(bucket, service), &(sum, n)) in &whole.services {
+        let s = &mut sums[bucket as usize * keys.services + service as usize];
+        *s = (s.0 + sum, s.1 + n);
     }
     let code = |&(sum, n): &(f64, f64)| {
         let shift = if n > 0.0 { sum / (n + TIME_PRIOR) } else { 0.0 };
@@ -1037,27 +1061,242 @@ fn time_effects(observations: &[Observation], scores: &[f64], nodes: &[Vec<u8>],
     sums.chunks(2).map(|pair| code(&pair[0]) << 4 | pair.get(1).map_or(8, code)).collect()
 }
 
+/// What decides a node's value at fitting: the value keys that span their
+/// parent and those that keep their own duration.
+struct WholeFlags<'a> {
+    spanning: &'a [bool],
+    detached: &'a [u32],
+}
+
+/// Every trace's scores, from the bins a window folded ([`TimeCells`]):
+/// each bin ranked within its key's segment over the whole window, as
+/// [`sketch_scored`] ranks the share's values.
+#[derive(Default)]
+struct WholeScores {
+    /// Value keys: keys below this are value keys, the rest lead keys
+    /// (offset as in [`Burst::key`]).
+    values: usize,
+    /// Per value key, then per lead key: whether every node of it has its
+    /// value (lead) binned. A parent with a spanning child has not: its tail
+    /// counts from its last other child, and its children's leads skip the
+    /// spanning one, which the fold cannot tell; nor has a detached parent.
+    covered: Vec<bool>,
+    scored: Vec<Scored>,
+    /// Sketches of value keys the share holds too few values of, from the
+    /// bins (see [`RARE_KEY`]).
+    rare: Vec<(u32, QuantileSketch)>,
+}
+
+/// A value key with fewer values than this in the share, not cut into
+/// segments, whose bins hold at least twice as many, is sketched from its
+/// bins: a rare call (a few a minute over an hour) otherwise comes back
+/// with the few values of the traces the share happened to keep.
+const RARE_KEY: usize = 64;
+/// Most values a rare key's sketch is drawn from (its bins spread evenly
+/// within each bin).
+const RARE_VALUES: usize = 1 << 14;
+
+/// One ranked bin: (bucket, key, a node of the key, normal score, spans).
+type Scored = (u32, u32, (u32, u32), f32, u32);
+
+/// One bin ready to rank: (segment, value, spans, bucket, node).
+type Ranked = (u32, f64, u32, u32, (u32, u32));
+
+impl WholeScores {
+    fn of(
+        cells: &TimeCells,
+        first_bucket: u64,
+        keys: &Keys,
+        histogram: &TopologyHistogram,
+        flags: WholeFlags,
+        (values, leads): (&[Segmented], &[Segmented]),
+        (share_counts, config): (&[usize], &CalibrationConfig),
+    ) -> Self {
+        let quantities = node_quantities(keys, histogram, &flags);
+        let mut covered = vec![true; keys.values + keys.leads];
+        for (t, q) in quantities.iter().enumerate() {
+            for (k, &(value, lead)) in q.iter().enumerate() {
+                let (v, l) = keys.nodes[t][k];
+                covered[v as usize] &= value.is_some();
+                covered[keys.values + l as usize] &= lead;
+            }
+        }
+        // Per key (value keys, then lead keys): its bins.
+        let mut bins: Vec<Vec<Ranked>> = vec![Vec::new(); covered.len()];
+        for bin in cells.bins() {
+            let (t, k) = (bin.node.0 as usize, bin.node.1 as usize);
+            let Some(&(value, _)) = quantities.get(t).and_then(|q| q.get(k)) else { continue };
+            let Some(bucket) = bin.bucket.checked_sub(first_bucket).and_then(|b| u32::try_from(b).ok()) else { continue };
+            let (v, l) = keys.nodes[t][k];
+            let (key, sketch) = if bin.quantity == Quantity::Lead {
+                (keys.values + l as usize, &leads[l as usize])
+            } else if value == Some(bin.quantity) {
+                (v as usize, &values[v as usize])
+            } else {
+                continue;
+            };
+            if covered[key] {
+                let segment = sketch.starts.partition_point(|&s| s <= bucket) as u32;
+                bins[key].push((segment, bin.value, bin.count, bucket, (t as u32, k as u32)));
+            }
+        }
+        let rare = (bins.iter().enumerate().take(keys.values))
+            .filter(|&(v, _)| values[v].starts.is_empty() && share_counts[v] < RARE_KEY && covered[v])
+            .filter_map(|(v, b)| rare_sketch(b, share_counts[v], config).map(|s| (v as u32, s)))
+            .collect();
+        let mut out = WholeScores { values: keys.values, covered, scored: Vec::with_capacity(cells.len()), rare };
+        for (key, members) in bins.into_iter().enumerate() {
+            out.rank(key as u32, members);
+        }
+        out
+    }
+
+    /// Ranks one key's bins within each segment (mid-ranks, a bin's spans
+    /// tied).
+    fn rank(&mut self, key: u32, mut members: Vec<Ranked>) {
+        members.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        for segment in members.chunk_by(|a, b| a.0 == b.0) {
+            let n: f64 = segment.iter().map(|m| f64::from(m.2)).sum();
+            let mut before = 0.0;
+            for tied in segment.chunk_by(|a, b| a.1 == b.1) {
+                let count: f64 = tied.iter().map(|m| f64::from(m.2)).sum();
+                let z = normal_quantile((before + (count - 1.0) / 2.0 + 0.5) / n) as f32;
+                before += count;
+                self.scored.extend(tied.iter().map(|&(_, _, spans, bucket, node)| (bucket, key, node, z, spans)));
+            }
+        }
+    }
+
+    /// The scores per cell, value scores beyond their key's mean node
+    /// location (the bins do not say which node a span was: a key whose
+    /// nodes differ in speed mixes them).
+    fn into_cells(self, nodes: &[Vec<u8>], keys: &Keys, histogram: &TopologyHistogram) -> WholeCells {
+        let mut locations = vec![(0.0f64, 0.0f64); keys.values];
+        for (t, topology_keys) in keys.nodes.iter().enumerate() {
+            let n = f64::from(histogram.counts[t]);
+            for (k, &(v, _)) in topology_keys.iter().enumerate() {
+                let l = &mut locations[v as usize];
+                *l = (l.0 + n * node_location(nodes, (t as u32, k as u32)), l.1 + n);
+            }
+        }
+        let mut out = WholeCells { covered: self.covered, ..Default::default() };
+        for (bucket, key, node, z, spans) in self.scored {
+            let (z, w) = (f64::from(z), f64::from(spans));
+            if (key as usize) < self.values {
+                let (sum, n) = locations[key as usize];
+                let score = z - sum / n.max(1.0);
+                out.cells.entry((bucket, key)).or_default().push((score, w));
+                let label = histogram.topologies[node.0 as usize].labels[node.1 as usize];
+                let s = out.services.entry((bucket, keys.service_of[label as usize])).or_default();
+                *s = (s.0 + score * w, s.1 + w);
+            } else {
+                out.cells.entry((bucket, key)).or_default().push((z, w));
+            }
+        }
+        out
+    }
+}
+
+/// The sketch of a rare key's bins, when they hold at least twice the
+/// share's `share_count` values and at most [`RARE_VALUES`].
+fn rare_sketch(bins: &[Ranked], share_count: usize, config: &CalibrationConfig) -> Option<QuantileSketch> {
+    let n: usize = bins.iter().map(|b| b.2 as usize).sum();
+    if n < 2 * share_count.max(1) || n > RARE_VALUES {
+        return None;
+    }
+    let width = 1.0 / super::cells::BINS_PER_UNIT;
+    let mut spread: Vec<f64> = Vec::with_capacity(n);
+    for &(_, value, count, _, _) in bins {
+        let c = f64::from(count);
+        spread.extend((0..count).map(|j| value + ((f64::from(j) + 0.5) / c - 0.5) * width));
+    }
+    QuantileSketch::of(&mut spread, config.resolution, config.max_quantiles, config.quantiles_per_root)
+}
+
+/// Every trace's scores per (time bucket, key), where [`WholeScores`] has
+/// them.
+#[derive(Default)]
+struct WholeCells {
+    /// As [`WholeScores::covered`].
+    covered: Vec<bool>,
+    /// (bucket, key as in [`Burst::key`]) → (normal score, beyond the node's
+    /// location for value keys; spans).
+    cells: HashMap<(u32, u32), Vec<(f64, f64)>>,
+    /// (bucket, service) → (sum of value scores, spans).
+    services: HashMap<(u32, u32), (f64, f64)>,
+}
+
+impl WholeCells {
+    fn covers(&self, key: u32) -> bool {
+        self.covered.get(key as usize).copied().unwrap_or(false)
+    }
+}
+
+/// Per topology, per node: the quantity its value is (as [`observe`] sets
+/// it) or None where the bins cannot give it, and whether its lead is as
+/// binned (no sibling spans their parent).
+fn node_quantities(keys: &Keys, histogram: &TopologyHistogram, flags: &WholeFlags) -> Vec<Vec<(Option<Quantity>, bool)>> {
+    let mut detached = vec![false; keys.values];
+    for &v in flags.detached {
+        detached[v as usize] = true;
+    }
+    let spanning = |t: usize, k: usize| flags.spanning[keys.nodes[t][k].0 as usize];
+    (histogram.topologies.iter().enumerate())
+        .map(|(t, topology)| {
+            let children = topology.children();
+            let any_spanning = |kids: &[usize]| kids.iter().any(|&c| spanning(t, c));
+            (0..topology.len())
+                .map(|k| {
+                    let value = match topology.parents[k] {
+                        Some(p) if spanning(t, k) => (children[p as usize].len() > 1).then_some(Quantity::Gap),
+                        _ if children[k].is_empty() => Some(Quantity::Own),
+                        // A parent's own duration is not binned (its
+                        // children outliving it is rare).
+                        _ if detached[keys.nodes[t][k].0 as usize] || any_spanning(&children[k]) => None,
+                        _ => Some(Quantity::Tail),
+                    };
+                    let lead = topology.parents[k].is_none_or(|p| !any_spanning(&children[p as usize]));
+                    (value, lead)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The (bucket, key) cells whose timing departed from their key's over the
 /// window (see [`TimingModel::bursts`]): each cell's normal scores within its
 /// sketch beyond its node's location (value keys: one key serves callers
 /// of different speeds, which node effects tell apart) or lead sketch (lead
 /// keys), tested against the standard normal they follow when the key
 /// behaves alike all window.
-fn bursts(observations: &[Observation], (scores, lead_scores): (&[f64], &[f64]), nodes: &[Vec<u8>], keys: &Keys) -> Vec<Burst> {
-    let mut cells: HashMap<(u32, u32), Vec<f64>> = HashMap::new();
+fn bursts(
+    observations: &[Observation],
+    (scores, lead_scores): (&[f64], &[f64]),
+    nodes: &[Vec<u8>],
+    keys: &Keys,
+    mut whole: WholeCells,
+) -> Vec<Burst> {
+    let mut cells = std::mem::take(&mut whole.cells);
     for ((o, &z), &l) in observations.iter().zip(scores).zip(lead_scores) {
-        let location = node_location(nodes, o.node);
-        cells.entry((o.bucket, o.keys.0)).or_default().push(z - location);
-        cells.entry((o.bucket, keys.values as u32 + o.keys.1)).or_default().push(l);
+        if !whole.covers(o.keys.0) {
+            let location = node_location(nodes, o.node);
+            cells.entry((o.bucket, o.keys.0)).or_default().push((z - location, 1.0));
+        }
+        let lead = keys.values as u32 + o.keys.1;
+        if !whole.covers(lead) {
+            cells.entry((o.bucket, lead)).or_default().push((l, 1.0));
+        }
     }
     let mut found: Vec<(f64, Burst)> = cells
         .into_iter()
-        .filter(|(_, members)| members.len() >= BURST_MIN)
         .filter_map(|((bucket, key), members)| {
+            let n: f64 = members.iter().map(|m| m.1).sum();
+            if n < BURST_MIN as f64 {
+                return None;
+            }
             let evidence = burst_evidence(&members);
-            let n = members.len() as f64;
             let below = BURST_POINTS.map(|x| {
-                let share = members.iter().filter(|&&z| z < x).count() as f64 / n;
+                let share = members.iter().filter(|m| m.0 < x).map(|m| m.1).sum::<f64>() / n;
                 (share * 255.0).round() as u8
             });
             (evidence >= BURST_EVIDENCE).then_some((evidence, Burst { bucket, key, below }))
@@ -1078,14 +1317,14 @@ fn node_location(nodes: &[Vec<u8>], (topology, node): (u32, u32)) -> f64 {
 /// How unlikely a cell's normal scores are for a calm cell, as −ln of a
 /// Chernoff bound: the larger of its mean's and of its shares' beyond ±1.28
 /// and ±1.96.
-fn burst_evidence(scores: &[f64]) -> f64 {
-    let n = scores.len() as f64;
-    let mean = scores.iter().sum::<f64>() / n;
+fn burst_evidence(scores: &[(f64, f64)]) -> f64 {
+    let n: f64 = scores.iter().map(|s| s.1).sum();
+    let mean = scores.iter().map(|s| s.0 * s.1).sum::<f64>() / n;
     let mut evidence = n * mean * mean / 2.0;
     for x in [1.2816, 1.96] {
         let tail = 1.0 - normal_cdf(x);
-        let above = scores.iter().filter(|&&z| z > x).count() as f64 / n;
-        let below = scores.iter().filter(|&&z| z < -x).count() as f64 / n;
+        let above = scores.iter().filter(|s| s.0 > x).map(|s| s.1).sum::<f64>() / n;
+        let below = scores.iter().filter(|s| s.0 < -x).map(|s| s.1).sum::<f64>() / n;
         for share in [above, below] {
             if share > tail {
                 evidence = evidence.max(n * bernoulli_divergence(share, tail));
@@ -1550,10 +1789,10 @@ mod tests {
 
     #[test]
     fn calm_and_stormy_cells_are_told_apart() {
-        let calm: Vec<f64> = (0..40).map(|i| normal_quantile((f64::from(i) + 0.5) / 40.0)).collect();
+        let calm: Vec<(f64, f64)> = (0..40).map(|i| (normal_quantile((f64::from(i) + 0.5) / 40.0), 1.0)).collect();
         assert!(burst_evidence(&calm) < 1.0, "{}", burst_evidence(&calm));
         // 9 calls of 9 in the top 10% of their key.
-        let storm = [1.46, 1.47, 1.52, 1.54, 1.6, 1.68, 1.7, 2.07, 2.69];
+        let storm = [1.46, 1.47, 1.52, 1.54, 1.6, 1.68, 1.7, 2.07, 2.69].map(|z| (z, 1.0));
         assert!(burst_evidence(&storm) > BURST_EVIDENCE, "{}", burst_evidence(&storm));
     }
 
