@@ -13,7 +13,10 @@
 //! parent's end (leaves with siblings), tails after their last child
 //! (parents) and leads, in bins of 1/8 of a log unit (13% of a duration).
 //! The close ranks every bin within its key over the whole window
-//! ([`super::timing`]).
+//! ([`super::timing`]). Per topology node it keeps only the sum, sum of
+//! squares and count of the node's duration (leaves) or tail (parents),
+//! from which the close approximates each node's rank location over every
+//! trace.
 //!
 //! Keys are [`super::timing`]'s, read off the topology (a leaf's label and
 //! its parent's, a parent's label and its children's), numbered here as
@@ -88,6 +91,10 @@ pub struct TimeCells {
     /// Per value key, then per lead key: one of its nodes.
     value_nodes: Vec<(u32, u32)>,
     lead_nodes: Vec<(u32, u32)>,
+    /// Per topology, per node: the sum, the sum of squares and the count of
+    /// its leaf duration or parent tail (no bins: a window has too many
+    /// nodes), from which the close approximates each node's rank location.
+    moments: Vec<Vec<(f64, f64, u32)>>,
     /// Per node, scratch: the last end among its children and how many.
     children: Vec<(u64, u32)>,
     /// Scratch: (parent, start, node) of every node, for the leads.
@@ -142,14 +149,22 @@ impl TimeCells {
                 *c = (c.0.max(times(k).1), c.1 + 1);
             }
         }
+        let mut moments = std::mem::take(&mut self.moments[placement.topology]);
         for (k, &(value, _)) in node_keys.iter().enumerate() {
             let (start, end) = times(k);
             let (last, kids) = self.children[k];
+            let x = if kids == 0 {
+                ((end - start) as f64 / 1e3).ln_1p()
+            } else {
+                super::timing::signed_log((end as f64 - last as f64) / 1e3)
+            };
+            let m = &mut moments[k];
+            *m = (m.0 + x, m.1 + x * x, m.2 + 1);
             if kids == 0 {
-                self.bump(bucket, value, Quantity::Own, ((end - start) as f64 / 1e3).ln_1p());
+                self.bump(bucket, value, Quantity::Own, x);
             }
             if kids > 0 {
-                self.bump(bucket, value, Quantity::Tail, super::timing::signed_log((end as f64 - last as f64) / 1e3));
+                self.bump(bucket, value, Quantity::Tail, x);
             } else if let Some(p) = topology.parents[k]
                 && self.children[p as usize].1 > 1
             {
@@ -159,6 +174,7 @@ impl TimeCells {
         }
         self.leads(bucket, trace.start(), &node_keys, &times, topology);
         self.node_keys[placement.topology] = node_keys;
+        self.moments[placement.topology] = moments;
         if self.counts.len() > self.limit {
             self.overflow();
         }
@@ -192,6 +208,7 @@ impl TimeCells {
             })
             .collect();
         self.node_keys.push(keys);
+        self.moments.push(vec![(0.0, 0.0, 0); topology.len()]);
     }
 
     /// Bins each node's lead: siblings in order of start, each counted from
@@ -229,10 +246,17 @@ impl TimeCells {
         self.overflowed = true;
         self.counts = HashMap::default();
         self.node_keys = Vec::new();
+        self.moments = Vec::new();
         self.values = HashMap::default();
         self.leads = HashMap::default();
         self.children = Vec::new();
         self.order = Vec::new();
+    }
+
+    /// The (sum, sum of squares, count) of node `k` of topology `t`'s leaf
+    /// duration or parent tail.
+    pub fn moments(&self, t: usize, k: usize) -> Option<(f64, f64, u32)> {
+        self.moments.get(t).and_then(|m| m.get(k)).copied()
     }
 
     /// Every bin held, in no particular order, each named by a node of its key.
