@@ -52,7 +52,7 @@ pub struct DigestConfig {
     pub cells_bucket_ns: u64,
 }
 
-/// Most distinct bins [`TimeCells`] hold (about 30 bytes each): a window
+/// Most distinct bins [`TimeCells`] hold (25–50 bytes each in the hash table): a window
 /// with more goes without them.
 const CELL_LIMIT: usize = 1 << 19;
 
