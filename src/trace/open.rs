@@ -214,7 +214,11 @@ impl PackedTrace {
     /// Packs `trace`, taken by value: its strings and attribute sets move
     /// into the packed spans or the table, nothing is copied twice.
     pub fn pack(trace: Trace, names: &mut Names) -> Self {
-        let spans = trace.spans.into_iter().map(|s| OpenSpan::new(s, names)).collect();
+        // Not `collect()`: std collects a mapped `vec::IntoIter` in place,
+        // and the packed spans would keep the full spans' buffer (200 bytes
+        // and the buffer's spare room a span instead of 80).
+        let mut spans = Vec::with_capacity(trace.spans.len());
+        spans.extend(trace.spans.into_iter().map(|s| OpenSpan::new(s, names)));
         PackedTrace { trace_id: trace.trace_id, spans }
     }
 
@@ -301,9 +305,13 @@ mod tests {
         let mut names = Names::default();
         let mut root = super::super::span::test_span(4, 1, None, 10, 40);
         root.attributes = vec![KeyValue { key: "http.route".into(), ..Default::default() }];
-        let trace = Trace { trace_id: root.trace_id, spans: vec![root, super::super::span::test_span(4, 2, Some(1), 12, 30)] };
-        let packed = PackedTrace::pack(trace.clone(), &mut names);
+        // A buffer with room to spare, as a trace's spans grow by pushing.
+        let mut spans = Vec::with_capacity(64);
+        spans.extend([root, super::super::span::test_span(4, 2, Some(1), 12, 30)]);
+        let trace = Trace { trace_id: spans[0].trace_id, spans: spans.clone() };
+        let packed = PackedTrace::pack(Trace { trace_id: trace.trace_id, spans }, &mut names);
         assert_eq!(packed.span_count(), 2);
+        assert_eq!(packed.spans.capacity(), 2, "a packed trace keeps no buffer of the full spans' size");
         assert_eq!(packed.unpack(), trace);
         let first = &trace.spans[0];
         let key = (super::super::stratum(first.service(), &first.name, 2, trace.start()), trace.end() - trace.start());
