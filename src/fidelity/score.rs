@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::tabular::quality::w1;
+
 /// F1 of the candidate set against the real one (1 when both are empty).
 pub fn f1(real: &BTreeSet<String>, candidate: &BTreeSet<String>) -> f64 {
     if real.is_empty() && candidate.is_empty() {
@@ -50,25 +52,6 @@ pub fn histogram(real: &BTreeMap<String, f64>, candidate: &BTreeMap<String, f64>
         .sum::<f64>()
         / 2.0;
     (1.0 - tv).clamp(0.0, 1.0)
-}
-
-/// Wasserstein-1 distance between two samples, by matching 1,000 quantiles.
-pub fn w1(a: &[f64], b: &[f64]) -> f64 {
-    if a.is_empty() || b.is_empty() {
-        return f64::INFINITY;
-    }
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let q = 1000;
-    let at = |v: &[f64], u: f64| v[((u * v.len() as f64) as usize).min(v.len() - 1)];
-    (0..q)
-        .map(|i| {
-            let u = (i as f64 + 0.5) / q as f64;
-            (at(&a, u) - at(&b, u)).abs()
-        })
-        .sum::<f64>()
-        / q as f64
 }
 
 /// A value distribution's score: `max(0, 1 − W1(real, candidate) / s)`, with

@@ -152,11 +152,42 @@ fn edge_span(call: &Call<'_>, graph: &mut Graph, scope: &Arc<Scope>) -> Span {
     }
 }
 
+/// An edge's dot-decimal path: `0.2.1` as `[0, 2, 1]`.
+pub type EdgeId = Vec<u32>;
+
+/// One call of a [`CallGraph`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    pub id: EdgeId,
+    pub source: String,
+    pub destination: String,
+    /// Communication type: `http`, `rpc`, `mc`, `db`, `mq`, ...
+    pub kind: String,
+    /// Communication start and finish, milliseconds from the graph's start.
+    pub start: u64,
+    pub finish: u64,
+}
+
+/// A microservice call graph as TraceLLM writes it (its layers, and the
+/// model that generates them, are `crate::llm`'s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallGraph {
+    /// Service id, e.g. `S_000034483`.
+    pub service: String,
+    /// In depth-first order of their ids.
+    pub edges: Vec<Edge>,
+}
+
+/// `[0, 2, 1]` as `0.2.1`.
+pub fn format_id(id: &[u32]) -> String {
+    id.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+}
+
 /// A generated call graph as the spans of trace `trace_id`, spans as the
 /// reader makes them from the same graph's text, resources marked
 /// `gent.synthetic = true`; the graph's millisecond
 /// times count from `start` (Unix nanoseconds).
-pub fn call_graph_trace(g: &crate::llm::CallGraph, trace_id: TraceId, start: u64) -> Trace {
+pub fn call_graph_trace(g: &CallGraph, trace_id: TraceId, start: u64) -> Trace {
     let scope = Arc::new(Scope::default());
     let mut graph = Graph { trace_id, service_id: g.service.clone(), resources: HashMap::new(), synthetic: true };
     let at = |ms: u64| start.saturating_add(ms.saturating_mul(NANOS_PER_MILLI));
@@ -164,7 +195,7 @@ pub fn call_graph_trace(g: &crate::llm::CallGraph, trace_id: TraceId, start: u64
         .edges
         .iter()
         .map(|e| {
-            let edge_id = crate::llm::graph::format_id(&e.id);
+            let edge_id = format_id(&e.id);
             let call = Call {
                 source: Some(&e.source),
                 destination: &e.destination,

@@ -8,32 +8,9 @@
 
 use std::collections::BTreeMap;
 
-/// `0.2.1` as `[0, 2, 1]`.
-pub type EdgeId = Vec<u32>;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Edge {
-    pub id: EdgeId,
-    pub source: String,
-    pub destination: String,
-    /// Communication type: `http`, `rpc`, `mc`, `db`, `mq`, ...
-    pub kind: String,
-    /// Communication start and finish, milliseconds from the graph's start.
-    pub start: u64,
-    pub finish: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallGraph {
-    /// Service id, e.g. `S_000034483`.
-    pub service: String,
-    /// In depth-first order of their ids.
-    pub edges: Vec<Edge>,
-}
-
-pub fn format_id(id: &[u32]) -> String {
-    id.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
-}
+// The graph itself is what the Alibaba reader reads (`crate::io::alibaba`);
+// here, its decomposition into layers.
+pub use crate::io::alibaba::{CallGraph, Edge, EdgeId, format_id};
 
 /// What a layer must satisfy, as the paper's `key:value` conditions. Fields are
 /// optional because the paper drops conditions at random during training.

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 /// Padding, start and end of a sequence.
 pub const PAD: u32 = 0;
-pub const BOS: u32 = 1;
+pub const BOS: u32 = crate::nn::lm::START;
 pub const EOS: u32 = 2;
 const SPECIALS: [&str; 3] = ["<pad>", "<bos>", "<eos>"];
 

@@ -14,6 +14,10 @@ use burn::optim::{AdamWConfig, GradientsParams, grad_clipping::GradientClippingC
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
+/// The token every sequence starts with, which an empty context stands
+/// for (the tokenizer's BOS is this id).
+pub const START: u32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LmError {
     #[error("language model settings: {0}")]
@@ -285,7 +289,7 @@ impl Lm {
     pub fn next_logits(&self, context: &[u32], max_len: usize, device: &Device) -> Vec<f32> {
         let from = context.len().saturating_sub(max_len - 1);
         let ctx: Vec<i64> = context[from..].iter().map(|&t| t as i64).collect();
-        let ctx = if ctx.is_empty() { vec![super::super::llm::tokenizer::BOS as i64] } else { ctx };
+        let ctx = if ctx.is_empty() { vec![START as i64] } else { ctx };
         let t = ctx.len();
         let logits = self.forward(Tensor::<2, Int>::from_data(TensorData::new(ctx, [1, t]), device));
         let vocab = logits.dims()[2];
