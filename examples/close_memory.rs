@@ -52,7 +52,7 @@ fn main() {
     let set = gent::trace::assemble(gent::io::read_inputs(&files, None).unwrap().spans);
     let base_traces = set.traces;
     let config = gent::config::PipelineConfig::default();
-    let dc = gent::ship::digest_config(&config, gent::config::WindowConfig::default().duration);
+    let dc = gent::pipeline::ship::digest_config(&config, gent::config::WindowConfig::default().duration);
     let base = NOW.load(Relaxed);
 
     PEAK.store(base, Relaxed);
@@ -88,7 +88,7 @@ fn main() {
     drop(model);
     stage("packed", base);
     let mut digest = digest;
-    let e = gent::ship::self_evaluate(&mut digest, &packet, &device).unwrap();
+    let e = gent::pipeline::ship::self_evaluate(&mut digest, &packet, &device).unwrap();
     stage("self-evaluated", base);
     println!("fidelity {:.3} of {} spans scored", e.fidelity, e.scored_spans);
 }

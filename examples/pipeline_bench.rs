@@ -38,7 +38,7 @@ async fn main() {
     d_config.metrics.endpoint = None;
     d_config.exporters.files = vec![FileExporterConfig { dir: dir.path().join("out"), format: FileFormat::OtlpJson }];
     let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
-    let d = gent::decompressor::start(d_config, Some(delivered_tx)).await.unwrap();
+    let d = gent::pipeline::decompressor::start(d_config, Some(delivered_tx)).await.unwrap();
 
     let mut pipeline = PipelineConfig {
         link: LinkClientConfig {
@@ -64,7 +64,7 @@ async fn main() {
     c_config.window.duration = Duration::from_secs(3600);
     c_config.pipeline = Some(pipeline);
     let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
-    let c = gent::compressor::start_with(c_config, Some(shipped_tx)).await.unwrap();
+    let c = gent::pipeline::compressor::start_with(c_config, Some(shipped_tx)).await.unwrap();
 
     let started = Instant::now();
     let options = ReplayOptions {

@@ -15,9 +15,9 @@ use crate::config::{
     CompressorConfig, DecompressorConfig, ExportersConfig, FileExporterConfig, FileFormat, LinkClientConfig, LinkServerConfig,
     MetricsConfig, PipelineConfig, ReceiverConfig, SinkConfig, WindowConfig,
 };
-use crate::decompressor::Delivered;
+use crate::pipeline::decompressor::Delivered;
 use crate::replay::{ReplayOptions, ReplayProtocol};
-use crate::ship::Shipped;
+use crate::pipeline::ship::Shipped;
 
 /// The bundled sample (data/sample, TrainTicket hour 16, two minutes), built
 /// into the binary so the demo runs from any folder.
@@ -33,9 +33,9 @@ pub enum DemoError {
     #[error(transparent)]
     Read(#[from] crate::io::IoError),
     #[error(transparent)]
-    Compressor(#[from] crate::compressor::CompressorError),
+    Compressor(#[from] crate::pipeline::compressor::CompressorError),
     #[error(transparent)]
-    Decompressor(#[from] crate::decompressor::DecompressorError),
+    Decompressor(#[from] crate::pipeline::decompressor::DecompressorError),
     #[error(transparent)]
     Replay(#[from] crate::replay::ReplayError),
     #[error("window {0} was shipped but never delivered")]
@@ -101,7 +101,7 @@ pub async fn run(o: &DemoOptions, mut each: impl FnMut(&DemoWindow)) -> Result<D
         ],
     };
     let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
-    let decompressor = crate::decompressor::start(
+    let decompressor = crate::pipeline::decompressor::start(
         DecompressorConfig {
             link: LinkServerConfig { listen: loopback(), token: Some(token.clone()), ..Default::default() },
             exporters,
@@ -127,7 +127,7 @@ pub async fn run(o: &DemoOptions, mut each: impl FnMut(&DemoWindow)) -> Result<D
         pipeline.model.ctgan.epochs = e;
     }
     let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
-    let compressor = crate::compressor::start_with(
+    let compressor = crate::pipeline::compressor::start_with(
         CompressorConfig {
             receiver: ReceiverConfig { grpc: Some(loopback()), http: None, ..Default::default() },
             window: WindowConfig {

@@ -718,7 +718,7 @@ fn compressor(config: Option<&std::path::Path>) -> Result<(), Failure> {
         Some(path) => CompressorConfig::load(path)?,
         None => CompressorConfig::default(),
     };
-    runtime()?.block_on(gent::compressor::run(config)).map_err(|e| Failure::Other(e.to_string()))
+    runtime()?.block_on(gent::pipeline::compressor::run(config)).map_err(|e| Failure::Other(e.to_string()))
 }
 
 fn decompressor(config: Option<&std::path::Path>) -> Result<(), Failure> {
@@ -726,7 +726,7 @@ fn decompressor(config: Option<&std::path::Path>) -> Result<(), Failure> {
         Some(path) => gent::config::DecompressorConfig::load(path)?,
         None => gent::config::DecompressorConfig::default(),
     };
-    runtime()?.block_on(gent::decompressor::run(config)).map_err(|e| Failure::Other(e.to_string()))
+    runtime()?.block_on(gent::pipeline::decompressor::run(config)).map_err(|e| Failure::Other(e.to_string()))
 }
 
 fn demo(out: PathBuf, window_traces: usize, loops: u64, epochs: Option<usize>, json: bool) -> Result<(), Failure> {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use gent::compressor::{self, Running};
+use gent::pipeline::compressor::{self, Running};
 use gent::config::CompressorConfig;
 use gent::io;
 use gent::trace::Trace;

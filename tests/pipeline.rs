@@ -15,12 +15,12 @@ use gent::config::{
     CompressorConfig, DecompressorConfig, ExportersConfig, FileExporterConfig, FileFormat, LinkClientConfig, LinkServerConfig,
     PipelineConfig,
 };
-use gent::decompressor::{self, Delivered};
+use gent::pipeline::decompressor::{self, Delivered};
 use gent::packet::link::{self, ClientSettings, PacketServiceClient, PayloadKind, PushRequest};
 use gent::packet::sender::{self, SenderSettings, Stop};
 use gent::packet::spool::Spool;
 use gent::replay::{ReplayOptions, ReplayProtocol};
-use gent::ship::Shipped;
+use gent::pipeline::ship::Shipped;
 use gent::trace::{Trace, TraceGraph, TraceSet};
 use tokio::sync::{mpsc, watch};
 
@@ -135,7 +135,7 @@ async fn trainticket_hour_16_is_regenerated_with_its_topologies_and_both_sides_a
     let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
     let p = pipeline(format!("http://{}", d.link), &dir.path().join("spool"), Some("t0ken"));
     let max_traces = input.traces.len() / 3 + 1;
-    let c = gent::compressor::start_with(compressor_config(p, max_traces), Some(shipped_tx)).await.unwrap();
+    let c = gent::pipeline::compressor::start_with(compressor_config(p, max_traces), Some(shipped_tx)).await.unwrap();
     replay(&input.traces, c.grpc.unwrap()).await;
     let compressor_metrics = c.metrics_addr.unwrap();
     // Shutdown flushes the last window and waits for the link to deliver it.
@@ -204,7 +204,7 @@ async fn windows_over_the_share_keep_exact_topologies_and_fall_back_to_exactly_t
         p.train_spans = input.span_count() / 6;
         p.fidelity.floor = floor;
         let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
-        let c = gent::compressor::start_with(compressor_config(p, input.traces.len() / 2 + 1), Some(shipped_tx)).await.unwrap();
+        let c = gent::pipeline::compressor::start_with(compressor_config(p, input.traces.len() / 2 + 1), Some(shipped_tx)).await.unwrap();
         replay(&input.traces, c.grpc.unwrap()).await;
         c.shutdown().await.unwrap();
         d.shutdown().await.unwrap();
@@ -247,7 +247,7 @@ async fn windows_closed_while_the_decompressor_is_down_arrive_once_when_it_is_up
     let port = free_port();
     let p = pipeline(format!("http://127.0.0.1:{port}"), &dir.path().join("spool"), None);
     let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
-    let c = gent::compressor::start_with(compressor_config(p, input.traces.len() / 3 + 1), Some(shipped_tx)).await.unwrap();
+    let c = gent::pipeline::compressor::start_with(compressor_config(p, input.traces.len() / 3 + 1), Some(shipped_tx)).await.unwrap();
     replay(&input.traces, c.grpc.unwrap()).await;
     // Windows close by trace count with nobody listening: they wait in the
     // spool while the sender retries. The last one closes at shutdown.
@@ -617,7 +617,7 @@ async fn a_parent_cycle_and_a_flat_trace_neither_crash_nor_stall_the_pipeline() 
     let d = decompressor::start(decompressor_config(local(), &out, None), None).await.unwrap();
     let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
     let p = pipeline(format!("http://{}", d.link), &dir.path().join("spool"), None);
-    let c = gent::compressor::start_with(compressor_config(p, 2), Some(shipped_tx)).await.unwrap();
+    let c = gent::pipeline::compressor::start_with(compressor_config(p, 2), Some(shipped_tx)).await.unwrap();
     // The cycle in three requests of 10,000 spans, as the probe sent it.
     let pieces = cycle.spans.chunks(10_000).map(|c| Trace { trace_id: cycle.trace_id, spans: c.to_vec() });
     replay(&pieces.chain([flat]).collect::<Vec<_>>(), c.grpc.unwrap()).await;
@@ -704,10 +704,10 @@ fn a_large_window_is_self_evaluated_on_a_bounded_sample_close_to_the_whole() {
     let timed = |f: &gent::config::FidelityConfig| {
         let pipeline = gent::config::PipelineConfig { train_spans: 250_000, fidelity: f.clone(), ..Default::default() };
         let hour = std::time::Duration::from_secs(3600);
-        let mut digest = gent::gent::WindowDigest::of(real.traces.clone(), gent::ship::digest_config(&pipeline, hour));
+        let mut digest = gent::gent::WindowDigest::of(real.traces.clone(), gent::pipeline::ship::digest_config(&pipeline, hour));
         assert!(digest.whole(), "hour 12 is within the share's budget");
         let started = std::time::Instant::now();
-        let e = gent::ship::self_evaluate(&mut digest, &packet, &device).unwrap();
+        let e = gent::pipeline::ship::self_evaluate(&mut digest, &packet, &device).unwrap();
         (e, started.elapsed().as_secs_f64())
     };
     let (sampled, sampled_s) = timed(&f);
@@ -758,7 +758,7 @@ async fn a_window_of_over_5_million_spans_is_folded_as_it_fills_and_its_packet_c
     let mut config = compressor_config(p, usize::MAX);
     config.window.max_traces = 2_000_000;
     let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
-    let c = gent::compressor::start_with(config, Some(shipped_tx)).await.unwrap();
+    let c = gent::pipeline::compressor::start_with(config, Some(shipped_tx)).await.unwrap();
     let options = ReplayOptions {
         endpoint: format!("http://{}", c.grpc.unwrap()),
         protocol: ReplayProtocol::Grpc,

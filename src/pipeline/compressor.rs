@@ -16,7 +16,8 @@ use crate::packet::link::ClientSettings;
 use crate::packet::sender::{self, SenderError, SenderSettings, Stop};
 use crate::packet::spool::Spool;
 use crate::receiver::{self, Ingest, ReceiverError};
-use crate::ship::{ShipSink, Shipped};
+use super::lifecycle::{serve_metrics, signal, wait_for_signal};
+use super::ship::{ShipSink, Shipped};
 use crate::window::{self, Assembler, Budget, DiscardSink, FoldConfig, FoldError, Folder, WindowSink};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +69,6 @@ async fn bind(addr: SocketAddr, protocol: &'static str) -> Result<TcpListener, R
     TcpListener::bind(addr).await.map_err(|source| ReceiverError::Bind { protocol, addr, source })
 }
 
-fn signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut rx = rx.clone();
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
-}
-
 /// Binds every listener and starts every task.
 pub async fn start(config: CompressorConfig) -> Result<Running, CompressorError> {
     start_with(config, None).await
@@ -112,10 +106,10 @@ pub async fn start_with(
             let (abandon, abandon_rx) = watch::channel(false);
             let stop = Stop { drain: drain_rx, abandon: abandon_rx };
             let sender = tokio::spawn(sender::run(spool.clone(), settings, metrics.pipeline.clone(), stop));
-            let producer = crate::ship::producer_name(p.link.producer.as_deref());
+            let producer = crate::pipeline::ship::producer_name(p.link.producer.as_deref());
             tracing::info!(producer, endpoint = p.link.endpoint, "shipping window models over the link");
             link = Some(Link { spool: spool.clone(), sender, drain, abandon, drain_timeout: p.link.drain_timeout });
-            fold.digest = Some(crate::ship::digest_config(p, config.window.duration));
+            fold.digest = Some(crate::pipeline::ship::digest_config(p, config.window.duration));
             fold.conditions = p.call_graph_conditions;
             let duration = config.window.duration;
             Box::new(ShipSink::new(p.clone(), device, spool, producer, metrics.pipeline.clone(), reports, duration))
@@ -150,16 +144,10 @@ pub async fn start_with(
     drop(ingest);
 
     let (stop_metrics, metrics_rx) = watch::channel(false);
-    let mut metrics_addr = None;
-    let mut metrics_server = None;
-    if let Some(addr) = config.metrics.endpoint {
-        let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
-        metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-        let ready = readiness(stop_rx.clone(), budget.clone(), config.receiver.max_spans_per_request, link.as_ref());
-        let stats = metrics.connections.stats("metrics");
-        let serve = crate::metrics::serve(metrics.registry.clone(), ready, listener, stats, signal(&metrics_rx));
-        metrics_server = Some(tokio::spawn(serve));
-    }
+    let ready = readiness(stop_rx.clone(), budget.clone(), config.receiver.max_spans_per_request, link.as_ref());
+    let stats = metrics.connections.stats("metrics");
+    let (metrics_addr, metrics_server) =
+        serve_metrics(config.metrics.endpoint, metrics.registry.clone(), ready, stats, &metrics_rx).await?;
     tracing::info!(?grpc, ?http, metrics = ?metrics_addr, "compressor listening");
     Ok(Running {
         grpc,
@@ -262,29 +250,6 @@ pub async fn run(config: CompressorConfig) -> Result<(), CompressorError> {
     wait_for_signal().await;
     tracing::info!("shutting down: flushing open windows");
     running.shutdown().await
-}
-
-pub(crate) async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]

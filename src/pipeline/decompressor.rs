@@ -19,6 +19,7 @@ use crate::config::{ConfigError, DecompressorConfig, Engine};
 use crate::export::{self, ExportError, Exporter, WindowName};
 use crate::metrics::{DecompressorMetrics, MetricsError, Readiness};
 use crate::packet::link::{self, LinkError, PacketService, PayloadKind, PushRequest, PushResponse};
+use super::lifecycle::{serve_metrics, signal, wait_for_signal};
 use crate::trace::Trace;
 
 #[derive(Debug, thiserror::Error)]
@@ -346,13 +347,6 @@ pub struct Running {
     metrics_server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-fn signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut rx = rx.clone();
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
-}
-
 /// Binds and starts serving; `reports` (if given) hears of every delivered window.
 pub async fn start(
     config: DecompressorConfig,
@@ -399,18 +393,12 @@ pub async fn start(
         stats: metrics.connections.stats("link"),
     };
     let server = tokio::spawn(link::serve(handler, listener, tls, limits, admit, signal(&stop_rx)));
-    let mut metrics_addr = None;
-    let mut metrics_server = None;
-    if let Some(addr) = config.metrics.endpoint {
-        let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
-        metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-        // The link is bound before this serves; ready until shutdown begins.
-        let stopping = stop_rx.clone();
-        let ready: Readiness = Arc::new(move || if *stopping.borrow() { Err("shutting down".into()) } else { Ok(()) });
-        let stats = metrics.connections.stats("metrics");
-        let serve = crate::metrics::serve(metrics.registry.clone(), ready, listener, stats, signal(&stop_rx));
-        metrics_server = Some(tokio::spawn(serve));
-    }
+    // The link is bound before this serves; ready until shutdown begins.
+    let stopping = stop_rx.clone();
+    let ready: Readiness = Arc::new(move || if *stopping.borrow() { Err("shutting down".into()) } else { Ok(()) });
+    let stats = metrics.connections.stats("metrics");
+    let (metrics_addr, metrics_server) =
+        serve_metrics(config.metrics.endpoint, metrics.registry.clone(), ready, stats, &stop_rx).await?;
     tracing::info!(link = %link_addr, metrics = ?metrics_addr, "decompressor listening");
     Ok(Running { link: link_addr, metrics_addr, metrics, stop, server, metrics_server })
 }
@@ -432,7 +420,7 @@ impl Running {
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(config: DecompressorConfig) -> Result<(), DecompressorError> {
     let running = start(config, None).await?;
-    crate::compressor::wait_for_signal().await;
+    wait_for_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await
 }
