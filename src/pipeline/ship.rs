@@ -79,8 +79,25 @@ pub struct ShipSink {
     step_share: f64,
 }
 
-fn ship_error(window: u64, reason: impl std::fmt::Display) -> SinkError {
-    SinkError::Ship { window, reason: reason.to_string() }
+/// Why a window could not be trained, checked or spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("the window was folded without a digest")]
+    NoDigest,
+    #[error("training: {0}")]
+    Train(#[from] crate::gent::ModelError),
+    #[error("packing or unpacking: {0}")]
+    Pack(#[from] crate::gent::PackError),
+    #[error("scoring: {0}")]
+    Score(#[from] crate::fidelity::FidelityError),
+    #[error("encoding the window's traces: {0}")]
+    Encode(#[from] std::io::Error),
+    #[error("spooling: {0}")]
+    Spool(#[from] crate::packet::spool::SpoolError),
+}
+
+fn ship_error(window: u64, e: ShipError) -> SinkError {
+    SinkError::Take { window, source: Box::new(e) }
 }
 
 impl ShipSink {
@@ -103,31 +120,31 @@ impl ShipSink {
         digest: &WindowDigest,
         conditions: Option<WindowConditions>,
         window: u64,
-    ) -> Result<(WindowModel, Vec<u8>, f64), String> {
+    ) -> Result<(WindowModel, Vec<u8>, f64), ShipError> {
         let c: &GenTConfig = &self.config.model;
         let previous = if self.config.warm_start { self.previous.as_ref() } else { None };
         let started = Instant::now();
         let paced = paced_config(c, self.step_share);
-        let model = WindowModel::train_digest(digest, &paced, &self.device, previous).map_err(|e| e.to_string())?;
+        let model = WindowModel::train_digest(digest, &paced, &self.device, previous)?;
         let seconds = started.elapsed().as_secs_f64();
         let precision = if self.config.f16 { Precision::F16 } else { Precision::F32 };
         // Regeneration draws trace and span ids from this seed: unique per
         // producer run and window, so two windows never regenerate the same ids.
         let seed = xxhash_rust::xxh3::xxh3_64_with_seed(self.producer.as_bytes(), c.ctgan.seed ^ window);
-        let packet = crate::gent::pack(&model, window, c, precision, seed, conditions).map_err(|e| e.to_string())?;
+        let packet = crate::gent::pack(&model, window, c, precision, seed, conditions)?;
         Ok((model, packet, seconds))
     }
 
     /// The window's traces (all of them for `n` = 1, which only a whole
     /// digest has), else head-sampled 1:`n` or, past the share's rate, at
     /// the share's; as gzip-compressed OTLP protobuf, with the rate.
-    fn traces_payload(&self, digest: &WindowDigest, n: u64) -> Result<(u64, Vec<u8>), String> {
+    fn traces_payload(&self, digest: &WindowDigest, n: u64) -> Result<(u64, Vec<u8>), ShipError> {
         let (rate, kept) = digest.head_sample(n);
         let request = crate::io::to_request(kept.iter().flat_map(|t| &t.spans));
         let raw = request.encode_to_vec();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&raw).map_err(|e| e.to_string())?;
-        Ok((rate, gz.finish().map_err(|e| e.to_string())?))
+        gz.write_all(&raw)?;
+        Ok((rate, gz.finish()?))
     }
 }
 
@@ -188,7 +205,7 @@ impl ShipSink {
 
     fn ship_timed(&mut self, window: &mut ClosedWindow, train_seconds: &mut f64) -> Result<(), SinkError> {
         let Some(mut digest) = window.digest.take() else {
-            return Err(ship_error(window.id, "the window was folded without a digest"));
+            return Err(ship_error(window.id, ShipError::NoDigest));
         };
         if digest.traces() == 0 {
             return Ok(());
@@ -197,7 +214,7 @@ impl ShipSink {
         // The pool the scoring sample was thinned from is gone.
         window.held.release_all_but(digest.held_spans());
         let m = &self.metrics;
-        let sizes = wire_sizes(&digest).map_err(|e| ship_error(window.id, e))?;
+        let sizes = wire_sizes(&digest).map_err(|e| ship_error(window.id, e.into()))?;
         m.window_raw_bytes.inc_by(sizes.raw);
         m.window_gzip_bytes.inc_by(sizes.gzip);
 
@@ -280,7 +297,7 @@ impl ShipSink {
             window_traces: digest.traces() as u64,
             closed_unix_nano: window.end_unix_nano,
         };
-        self.spool.put(&push).map_err(|e| ship_error(window.id, e))?;
+        self.spool.put(&push).map_err(|e| ship_error(window.id, e.into()))?;
         let kind = label;
         tracing::info!(
             window = window.id,
@@ -358,14 +375,14 @@ fn paced_config(config: &GenTConfig, share: f64) -> GenTConfig {
 /// TrainTicket hour 12).
 ///
 /// Takes the digest's scoring sample (scored once; moved, not copied).
-pub fn self_evaluate(digest: &mut WindowDigest, packet: &[u8], device: &burn::tensor::Device) -> Result<SelfEvaluation, String> {
+pub fn self_evaluate(digest: &mut WindowDigest, packet: &[u8], device: &burn::tensor::Device) -> Result<SelfEvaluation, ShipError> {
     let (k, real) = match digest.check.take() {
         Some(check) => check,
         None => (digest.share_rate, digest.share().to_vec()),
     };
     let digest = &*digest;
     // Its own packet, of a window of any size: only the sample is regenerated.
-    let unpacked = crate::gent::unpack_within(packet, device, digest.spans).map_err(|e| e.to_string())?;
+    let unpacked = crate::gent::unpack_within(packet, device, digest.spans)?;
     let model = &unpacked.model;
     // Only the share the score reads is regenerated, by stratum, then
     // (length unknown before timing) by start.
@@ -387,18 +404,18 @@ pub fn self_evaluate(digest: &mut WindowDigest, packet: &[u8], device: &burn::te
         // The real sample's phase: the two line up stratum for stratum.
         systematic(&keys, k, digest.check_seed)
     };
-    let (traces, _) = model.generate_only(unpacked.header.seed, pick).map_err(|e| e.to_string())?;
+    let (traces, _) = model.generate_only(unpacked.header.seed, pick)?;
     let real = TraceSet { traces: real, defects: Default::default() };
     let scored_spans = real.span_count();
-    let reference = Reference::new(&real, Vec::new()).map_err(|e| e.to_string())?;
+    let reference = Reference::new(&real, Vec::new())?;
     let synthetic = TraceSet { traces, defects: Default::default() };
-    let fidelity = reference.evaluate_any(&synthetic, 1.0).map_err(|e| e.to_string())?.overall;
+    let fidelity = reference.evaluate_any(&synthetic, 1.0)?.overall;
     let head_rate = same_bytes_rate(digest, packet.len());
     // Never more traces than the sample: a packet larger than the sample's
     // own bytes is compared with head sampling at the sample's rate.
     let (rate, kept) = digest.head_sample(head_rate.max(k));
     let sampled = TraceSet { traces: kept.into_iter().cloned().collect(), defects: Default::default() };
-    let head_fidelity = reference.evaluate_any(&sampled, rate as f64 / k as f64).map_err(|e| e.to_string())?.overall;
+    let head_fidelity = reference.evaluate_any(&sampled, rate as f64 / k as f64)?.overall;
     Ok(SelfEvaluation { fidelity, head_rate, head_fidelity, scored_spans })
 }
 

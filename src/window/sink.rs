@@ -11,10 +11,12 @@ use super::assembler::unix_nano_now;
 use super::fold::ClosedWindow;
 use crate::metrics::Metrics;
 
+/// Why a sink could not take a window: the sink's own error, kept whole
+/// (`source()` gives it back, typed).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("window {window}: {reason}")]
-    Ship { window: u64, reason: String },
+    #[error("window {window}: {source}")]
+    Take { window: u64, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 /// Takes each closed window. A sink may take the digest out of it and give
