@@ -16,8 +16,8 @@ use crate::config::{
     MetricsConfig, PipelineConfig, ReceiverConfig, SinkConfig, WindowConfig,
 };
 use crate::pipeline::decompressor::Delivered;
-use crate::replay::{ReplayOptions, ReplayProtocol};
 use crate::pipeline::ship::Shipped;
+use crate::replay::{ReplayOptions, ReplayProtocol};
 
 /// The bundled sample (data/sample, TrainTicket hour 16, two minutes), built
 /// into the binary so the demo runs from any folder.

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use gent::pipeline::compressor::{self, Running};
 use gent::config::CompressorConfig;
 use gent::io;
+use gent::pipeline::compressor::{self, Running};
 use gent::trace::Trace;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};

@@ -15,12 +15,12 @@ use gent::config::{
     CompressorConfig, DecompressorConfig, ExportersConfig, FileExporterConfig, FileFormat, LinkClientConfig, LinkServerConfig,
     PipelineConfig,
 };
-use gent::pipeline::decompressor::{self, Delivered};
 use gent::packet::link::{self, ClientSettings, PacketServiceClient, PayloadKind, PushRequest};
 use gent::packet::sender::{self, SenderSettings, Stop};
 use gent::packet::spool::Spool;
-use gent::replay::{ReplayOptions, ReplayProtocol};
+use gent::pipeline::decompressor::{self, Delivered};
 use gent::pipeline::ship::Shipped;
+use gent::replay::{ReplayOptions, ReplayProtocol};
 use gent::trace::{Trace, TraceGraph, TraceSet};
 use tokio::sync::{mpsc, watch};
 
@@ -204,7 +204,9 @@ async fn windows_over_the_share_keep_exact_topologies_and_fall_back_to_exactly_t
         p.train_spans = input.span_count() / 6;
         p.fidelity.floor = floor;
         let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
-        let c = gent::pipeline::compressor::start_with(compressor_config(p, input.traces.len() / 2 + 1), Some(shipped_tx)).await.unwrap();
+        let c = gent::pipeline::compressor::start_with(compressor_config(p, input.traces.len() / 2 + 1), Some(shipped_tx))
+            .await
+            .unwrap();
         replay(&input.traces, c.grpc.unwrap()).await;
         c.shutdown().await.unwrap();
         d.shutdown().await.unwrap();
@@ -247,7 +249,8 @@ async fn windows_closed_while_the_decompressor_is_down_arrive_once_when_it_is_up
     let port = free_port();
     let p = pipeline(format!("http://127.0.0.1:{port}"), &dir.path().join("spool"), None);
     let (shipped_tx, mut shipped_rx) = mpsc::unbounded_channel();
-    let c = gent::pipeline::compressor::start_with(compressor_config(p, input.traces.len() / 3 + 1), Some(shipped_tx)).await.unwrap();
+    let c =
+        gent::pipeline::compressor::start_with(compressor_config(p, input.traces.len() / 3 + 1), Some(shipped_tx)).await.unwrap();
     replay(&input.traces, c.grpc.unwrap()).await;
     // Windows close by trace count with nobody listening: they wait in the
     // spool while the sender retries. The last one closes at shutdown.

@@ -10,14 +10,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::lifecycle::{serve_metrics, signal, wait_for_signal};
+use super::ship::{ShipSink, Shipped};
 use crate::config::CompressorConfig;
 use crate::metrics::{Metrics, MetricsError, Readiness};
 use crate::packet::link::ClientSettings;
 use crate::packet::sender::{self, SenderError, SenderSettings, Stop};
 use crate::packet::spool::Spool;
 use crate::receiver::{self, Ingest, ReceiverError};
-use super::lifecycle::{serve_metrics, signal, wait_for_signal};
-use super::ship::{ShipSink, Shipped};
 use crate::window::{self, Assembler, Budget, DiscardSink, FoldConfig, FoldError, Folder, WindowSink};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +106,10 @@ pub async fn start_with(
             let (abandon, abandon_rx) = watch::channel(false);
             let stop = Stop { drain: drain_rx, abandon: abandon_rx };
             let sender = tokio::spawn(sender::run(spool.clone(), settings, metrics.pipeline.clone(), stop));
-            let producer = crate::pipeline::ship::producer_name(p.link.producer.as_deref());
+            let producer = super::ship::producer_name(p.link.producer.as_deref());
             tracing::info!(producer, endpoint = p.link.endpoint, "shipping window models over the link");
             link = Some(Link { spool: spool.clone(), sender, drain, abandon, drain_timeout: p.link.drain_timeout });
-            fold.digest = Some(crate::pipeline::ship::digest_config(p, config.window.duration));
+            fold.digest = Some(super::ship::digest_config(p, config.window.duration));
             fold.conditions = p.call_graph_conditions;
             let duration = config.window.duration;
             Box::new(ShipSink::new(p.clone(), device, spool, producer, metrics.pipeline.clone(), reports, duration))

@@ -15,11 +15,11 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
+use super::lifecycle::{serve_metrics, signal, wait_for_signal};
 use crate::config::{ConfigError, DecompressorConfig, Engine};
 use crate::export::{self, ExportError, Exporter, WindowName};
 use crate::metrics::{DecompressorMetrics, MetricsError, Readiness};
 use crate::packet::link::{self, LinkError, PacketService, PayloadKind, PushRequest, PushResponse};
-use super::lifecycle::{serve_metrics, signal, wait_for_signal};
 use crate::trace::Trace;
 
 #[derive(Debug, thiserror::Error)]

@@ -375,7 +375,11 @@ fn paced_config(config: &GenTConfig, share: f64) -> GenTConfig {
 /// TrainTicket hour 12).
 ///
 /// Takes the digest's scoring sample (scored once; moved, not copied).
-pub fn self_evaluate(digest: &mut WindowDigest, packet: &[u8], device: &burn::tensor::Device) -> Result<SelfEvaluation, ShipError> {
+pub fn self_evaluate(
+    digest: &mut WindowDigest,
+    packet: &[u8],
+    device: &burn::tensor::Device,
+) -> Result<SelfEvaluation, ShipError> {
     let (k, real) = match digest.check.take() {
         Some(check) => check,
         None => (digest.share_rate, digest.share().to_vec()),
