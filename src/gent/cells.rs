@@ -31,7 +31,7 @@
 
 use foldhash::HashMap;
 
-use super::topology::{Placement, Topology};
+use super::topology::{Label, Placement, Topology, TopologyHistogram};
 use crate::trace::Trace;
 
 /// What a node's bin measures.
@@ -67,11 +67,11 @@ pub struct Bin {
     pub count: u32,
 }
 
-/// A value key as the fold numbers it: a leaf's (parent label, label), a
+/// A value key as the fold numbers it: a leaf's (entry label, parent label, label), a
 /// parent's label and its children's labels, sorted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ValueKey {
-    Leaf(u32, u32),
+    Leaf(u32, u32, u32),
     Tail(u32, Vec<u32>),
 }
 
@@ -127,12 +127,13 @@ impl TimeCells {
 
     /// Folds one trace placed in `topology` in. Topologies are numbered in
     /// order of first appearance, so a new one is the next number.
-    pub fn add(&mut self, trace: &Trace, placement: &Placement, topology: &Topology) {
+    pub fn add(&mut self, trace: &Trace, placement: &Placement, histogram: &TopologyHistogram) {
         if self.overflowed {
             return;
         }
+        let Some(topology) = histogram.topologies.get(placement.topology) else { return self.overflow() };
         if placement.topology == self.node_keys.len() {
-            self.number(placement.topology as u32, topology);
+            self.number(placement.topology as u32, topology, &histogram.labels);
         }
         let Some(held) = self.node_keys.get_mut(placement.topology) else { return self.overflow() };
         let node_keys = std::mem::take(held);
@@ -181,14 +182,15 @@ impl TimeCells {
     }
 
     /// Numbers the keys of a new topology's nodes.
-    fn number(&mut self, t: u32, topology: &Topology) {
+    fn number(&mut self, t: u32, topology: &Topology, labels: &[Label]) {
         let children = topology.children();
+        let entries = topology.entries(labels);
         let keys = (0..topology.len())
             .map(|k| {
                 let parent = topology.parents[k].map_or(u32::MAX, |p| topology.labels[p as usize]);
                 let label = topology.labels[k];
                 let value = if children[k].is_empty() {
-                    ValueKey::Leaf(parent, label)
+                    ValueKey::Leaf(entries[k], parent, label)
                 } else {
                     let mut kids: Vec<u32> = children[k].iter().map(|&c| topology.labels[c]).collect();
                     kids.sort_unstable();
@@ -291,7 +293,7 @@ mod tests {
         let trace = Trace { trace_id: [0; 16], spans };
         let (histogram, placements) = TopologyHistogram::build(std::slice::from_ref(&trace));
         let mut cells = TimeCells::new(60_000_000_000, 100);
-        cells.add(&trace, &placements[0], &histogram.topologies[0]);
+        cells.add(&trace, &placements[0], &histogram);
         assert!(cells.bins().all(|b| b.bucket == 1 && b.node.0 == 0));
         let mut got: Vec<(u8, i64, u32)> =
             cells.bins().map(|b| (b.quantity as u8, (b.value * BINS_PER_UNIT).round() as i64, b.count)).collect();
@@ -322,7 +324,7 @@ mod tests {
         for i in 0..10u64 {
             let trace = Trace { trace_id: [i as u8; 16], spans: vec![test_span(0, 0, None, i * 1_000, i * 1_000 + 7)] };
             let (histogram, placements) = TopologyHistogram::build(std::slice::from_ref(&trace));
-            cells.add(&trace, &placements[0], &histogram.topologies[0]);
+            cells.add(&trace, &placements[0], &histogram);
         }
         assert!(cells.overflowed() && cells.is_empty());
     }

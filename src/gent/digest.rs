@@ -181,7 +181,7 @@ impl Digest {
         let arrival = self.starts.len() as u64;
         let placement = self.histogram.add(&trace);
         if let Some(cells) = &mut self.cells {
-            cells.add(&trace, &placement, &self.histogram.histogram().topologies[placement.topology]);
+            cells.add(&trace, &placement, self.histogram.histogram());
         }
         let (start, end) = (trace.start(), trace.end());
         self.window = Some(self.window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));

@@ -5,7 +5,9 @@
 //! A trace's time is spent in its leaves; a parent lasts as long as the calls
 //! it makes, laid out one after the other, plus its own work around them. So
 //! the packet carries quantile sketches of
-//! * a leaf's log duration, per label;
+//! * a leaf's log duration, per label, its parent's label and the span
+//!   through which the trace entered its service (one query runs slower
+//!   for one endpoint than for another);
 //! * a parent's *tail*, the time from its last child's end to its own end
 //!   (signed: async children may end later), per label and children's labels
 //!   (a client span's overhead depends on whom it calls);
@@ -18,9 +20,11 @@
 //! usually starts (the siblings' order). Spans whose children often outlive
 //! them (async work) keep their own duration instead of a tail. Per topology
 //! node a location and spread of ranks (a node of a checkout trace is slower
-//! than the same label in a browse trace), and per tail key a coupling to the
-//! children's ranks (a span and the calls it makes are slow together), shape
-//! a Gaussian copula.
+//! than the same label in a browse trace), per tail key couplings of its
+//! tail and its whole length to the children's durations (a span and the
+//! calls it makes are slow together), and per lead key couplings to the
+//! parent's rank and the span's own duration (a call queues before a slow
+//! server span), shape a Gaussian copula.
 //!
 //! Regeneration draws each node's latent rank from that copula (its noise
 //! seeded, or the ranks a CTGAN generated), replaces the latents of each
@@ -161,8 +165,9 @@ pub struct Segmented {
 /// a decoder derives every node's keys itself and the packet carries none.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum ValueKey {
-    /// A leaf's duration, by its label.
-    Leaf(u32, u32),
+    /// A leaf's duration, by its service's entry, its parent's label and
+    /// its label (see [`super::topology::Topology::entries`]).
+    Leaf(u32, u32, u32),
     /// A tail, by the span's label and its children's labels (sorted): a
     /// client span's overhead depends on whom it calls, and TrainTicket's
     /// `HTTP POST` spans call a dozen services.
@@ -190,10 +195,11 @@ impl Keys {
         let mut raw: Vec<Vec<(ValueKey, (u32, u32))>> = Vec::with_capacity(histogram.topologies.len());
         for t in &histogram.topologies {
             let children = t.children();
+            let entries = t.entries(&histogram.labels);
             let nodes: Vec<(ValueKey, (u32, u32))> = (0..t.len())
                 .map(|k| {
                     let value = if children[k].is_empty() {
-                        ValueKey::Leaf(t.parents[k].map_or(u32::MAX, |p| t.labels[p as usize]), t.labels[k])
+                        ValueKey::Leaf(entries[k], t.parents[k].map_or(u32::MAX, |p| t.labels[p as usize]), t.labels[k])
                     } else {
                         let mut kids: Vec<u32> = children[k].iter().map(|&c| t.labels[c]).collect();
                         kids.sort_unstable();
@@ -258,11 +264,14 @@ pub struct TimingModel {
     /// Per topology, per node: rank location (high nibble) and spread (low
     /// nibble); empty when node effects are off.
     pub nodes: Vec<Vec<u8>>,
-    /// Per value key: how strongly a tail's rank follows its children's, −1
-    /// to 1 in 4 bits (0 for leaves); empty when node effects are off. A span
-    /// and the calls it makes are slow together (on TrainTicket, a query's
-    /// tail and its JDBC child correlate at 0.97: both fast, or both slow
-    /// under contention), which independent ranks would average away.
+    /// Per value key, two couplings to its children's duration ranks, −1 to
+    /// 1 in 4 bits each (0 for leaves); empty when node effects are off.
+    /// Low nibble, its tail's: a span and the calls it makes are slow
+    /// together (on TrainTicket, a query's tail and its JDBC child correlate
+    /// at 0.97: both fast, or both slow under contention), which independent
+    /// ranks would average away. High nibble, its own duration's: how much
+    /// of its length its calls decide, which carries a slow query up a chain
+    /// of wrapping spans to the client that waits for it.
     pub couplings: Vec<u8>,
     /// Per value key: how strongly its spans' ranks follow a rank shared by
     /// the whole trace (high nibble) and one shared with their siblings (low
@@ -272,11 +281,14 @@ pub struct TimingModel {
     /// a parent composed of independently drawn calls is too rarely very fast
     /// or very slow, and too often a little slow.
     pub loadings: Vec<u8>,
-    /// Per lead key: how strongly a span's lead follows its parent's rank, −1
-    /// to 1 in 4 bits; empty when node effects are off. A call that waited a
-    /// second to start (a retry, a timeout) sits in a parent that also waited
-    /// after it: drawn apart, each lone wait would shrink the call's share of
-    /// its caller twice as often.
+    /// Per lead key, two couplings, −1 to 1 in 4 bits each; empty when node
+    /// effects are off. Low nibble, to its parent's rank: a call that waited
+    /// a second to start (a retry, a timeout) sits in a parent that also
+    /// waited after it. High nibble, to its own span's duration rank: a
+    /// request queues before its server span starts when the service is
+    /// loaded, and then runs slow (the lead of TrainTicket's server spans
+    /// correlates with their duration at 0.5–0.7 in normal scores). Drawn
+    /// apart, a call's share of its caller spreads far wider than it does.
     pub lead_couplings: Vec<u8>,
     /// Per time bucket (since the first), per service (in [`Keys`] order):
     /// the shift of its spans' ranks in that bucket, two 4-bit codes a byte
@@ -407,6 +419,8 @@ struct Observation {
     value: f64,
     /// With children: the span's own log duration.
     duration: Option<f64>,
+    /// Every node: its own log duration.
+    log_duration: f64,
     /// A child ended after the span by more than half the span's duration:
     /// the child is not part of the span's time (async work, skewed clocks).
     outlived: bool,
@@ -696,11 +710,12 @@ impl TimingModel {
         for (v, sketch) in std::mem::take(&mut whole.rare) {
             values[v as usize] = Segmented { starts: Vec::new(), sketches: vec![sketch] };
         }
+        let durations = if config.node_effects { duration_scores(&observations, &by_value) } else { Vec::new() };
         let (nodes, couplings) = if config.node_effects {
-            let children = children_scores(&observations, &scores, histogram);
+            let children = children_scores(&observations, &durations, histogram);
             (
                 node_effects(&observations, &scores, histogram, &whole.locations),
-                couplings(&observations, &scores, &children, keys.values),
+                couplings(&observations, (&scores, &durations), &children, keys.values),
             )
         } else {
             (Vec::new(), Vec::new())
@@ -708,7 +723,7 @@ impl TimingModel {
         let loadings =
             if config.node_effects { loadings(&observations, &scores, histogram, &nodes, keys.values) } else { Vec::new() };
         let lead_couplings = if config.node_effects {
-            lead_couplings(&observations, &lead_scores, &scores, histogram, keys.leads)
+            lead_couplings(&observations, &lead_scores, (&scores, &durations), histogram, keys.leads)
         } else {
             Vec::new()
         };
@@ -871,6 +886,7 @@ fn observe(
                 bucket,
                 value,
                 duration,
+                log_duration: own,
                 outlived,
                 lead: leads[k].0,
                 position: leads[k].1,
@@ -907,18 +923,39 @@ fn children_scores(observations: &[Observation], scores: &[f64], histogram: &Top
     out
 }
 
-/// Per value key, the shrunk correlation of its normal scores with its
-/// children's, packed in 4 bits.
-fn couplings(observations: &[Observation], scores: &[f64], children: &[f64], keys: usize) -> Vec<u8> {
-    let mut sums = vec![(0.0f64, 0.0f64, 0.0f64, 0.0f64); keys];
-    for ((o, &z), &c) in observations.iter().zip(scores).zip(children) {
+/// Every observation's normal score of its own log duration among its value
+/// key's (a parent's composed length, where its value is its tail).
+fn duration_scores(observations: &[Observation], by_value: &[Vec<usize>]) -> Vec<f64> {
+    let mut out = vec![0.0; observations.len()];
+    for members in by_value {
+        let values: Vec<f64> = members.iter().map(|&i| observations[i].log_duration).collect();
+        for (&i, u) in members.iter().zip(ranks(&values)) {
+            out[i] = normal_quantile(u);
+        }
+    }
+    out
+}
+
+/// Per value key, two shrunk correlations with its children's duration
+/// scores, 4 bits each: its tail's normal score (low nibble; a client's
+/// overhead grows with the server span it waits for) and its own duration's
+/// (high nibble; how much of a parent's length its calls decide, which
+/// carries a slow query up a chain of wrappers to the client that waits).
+fn couplings(observations: &[Observation], (scores, durations): (&[f64], &[f64]), children: &[f64], keys: usize) -> Vec<u8> {
+    // Per key: tail·children, tail², children², duration·children, duration², count.
+    let mut sums = vec![[0.0f64; 6]; keys];
+    for (((o, &z), &d), &c) in observations.iter().zip(scores).zip(durations).zip(children) {
         let s = &mut sums[o.keys.0 as usize];
-        *s = (s.0 + z * c, s.1 + z * z, s.2 + c * c, s.3 + 1.0);
+        for (a, x) in s.iter_mut().zip([z * c, z * z, c * c, d * c, d * d, 1.0]) {
+            *a += x;
+        }
     }
     sums.iter()
-        .map(|&(zc, zz, cc, n)| {
-            let correlation = if zz > 0.0 && cc > 0.0 { zc / (zz * cc).sqrt() } else { 0.0 };
-            quantize(correlation * n / (n + NODE_PRIOR), -1.0, 1.0)
+        .map(|&[zc, zz, cc, dc, dd, n]| {
+            let shrink = n / (n + NODE_PRIOR);
+            let tail = quantize(correlation(zc, zz, cc) * shrink, -1.0, 1.0);
+            let duration = quantize(correlation(dc, dd, cc) * shrink, -1.0, 1.0);
+            duration << 4 | tail
         })
         .collect()
 }
@@ -982,30 +1019,42 @@ fn loadings(
         .collect()
 }
 
-/// Per lead key, the shrunk correlation of its leads' normal scores with
-/// their parent's (value) score, packed in 4 bits.
+/// Per lead key, two shrunk correlations of its leads' normal scores, 4 bits
+/// each: with their parent's value score (low nibble) and with their own
+/// span's duration score (high nibble; a call queued before it starts when
+/// the service is loaded, and then runs slow).
 fn lead_couplings(
     observations: &[Observation],
     leads: &[f64],
-    scores: &[f64],
+    (scores, durations): (&[f64], &[f64]),
     histogram: &TopologyHistogram,
     keys: usize,
 ) -> Vec<u8> {
-    let mut sums = vec![(0.0f64, 0.0f64, 0.0f64, 0.0f64); keys];
+    // Per key: lead·parent, lead², parent², lead·duration, duration², count.
+    let mut sums = vec![[0.0f64; 6]; keys];
     for (i, o) in observations.iter().enumerate() {
         // Observations come trace by trace in canonical order: the parent of
         // node k of the trace starting at i − k is at (i − k) + parent.
         let Some(p) = histogram.topologies[o.node.0 as usize].parents[o.node.1 as usize] else { continue };
-        let (l, z) = (leads[i], scores[i - o.node.1 as usize + p as usize]);
+        let (l, z, d) = (leads[i], scores[i - o.node.1 as usize + p as usize], durations[i]);
         let s = &mut sums[o.keys.1 as usize];
-        *s = (s.0 + l * z, s.1 + l * l, s.2 + z * z, s.3 + 1.0);
+        for (a, x) in s.iter_mut().zip([l * z, l * l, z * z, l * d, d * d, 1.0]) {
+            *a += x;
+        }
     }
     sums.iter()
-        .map(|&(lz, ll, zz, n)| {
-            let correlation = if ll > 0.0 && zz > 0.0 { lz / (ll * zz).sqrt() } else { 0.0 };
-            quantize(correlation * n / (n + NODE_PRIOR), -1.0, 1.0)
+        .map(|&[lz, ll, zz, ld, dd, n]| {
+            let shrink = n / (n + NODE_PRIOR);
+            let parent = quantize(correlation(lz, ll, zz) * shrink, -1.0, 1.0);
+            let own = quantize(correlation(ld, ll, dd) * shrink, -1.0, 1.0);
+            own << 4 | parent
         })
         .collect()
+}
+
+/// The correlation of x and y from the sums of xy, x² and y² (0 when either is constant).
+fn correlation(xy: f64, xx: f64, yy: f64) -> f64 {
+    if xx > 0.0 && yy > 0.0 { xy / (xx * yy).sqrt() } else { 0.0 }
 }
 
 /// Per topology node, the shrunk mean and spread of its normal scores, packed.
@@ -1554,7 +1603,7 @@ impl<'a> TimingTables<'a> {
             let bucket = self.bucket(start);
             let topology = &histogram.topologies[t];
             let keys = &self.keys.nodes[t];
-            // Latents bottom-up: a tail follows its children by its coupling.
+            // Latents bottom-up: a tail follows its children's durations by its coupling.
             own.clear();
             own.extend((0..topology.len()).map(|k| noise.map_or_else(|| StandardNormal.sample(rng), |n: &[Vec<f64>]| n[i][k])));
             if noise.is_none() && !self.model.loadings.is_empty() {
@@ -1571,16 +1620,23 @@ impl<'a> TimingTables<'a> {
                     *z = t * shared + f * family + (1.0 - t * t - f * f).max(0.0).sqrt() * *z;
                 }
             }
+            // Children's duration latents, summed per parent: a leaf's is its
+            // own; a parent's follows its children's by its duration coupling.
             let (mut sum, mut count) = (vec![0.0f64; own.len()], vec![0u32; own.len()]);
+            let mut durations = vec![0.0f64; own.len()];
             for k in (0..own.len()).rev() {
+                let mut duration = own[k];
                 if count[k] > 0
                     && let Some(&c) = self.model.couplings.get(keys[k].0 as usize)
                 {
-                    let c = dequantize(c, -1.0, 1.0);
-                    own[k] = c * sum[k] / f64::from(count[k]).sqrt() + (1.0 - c * c).max(0.0).sqrt() * own[k];
+                    let children = sum[k] / f64::from(count[k]).sqrt();
+                    let (tail, whole) = (dequantize(c, -1.0, 1.0), dequantize(c >> 4, -1.0, 1.0));
+                    duration = whole * children + (1.0 - whole * whole).max(0.0).sqrt() * own[k];
+                    own[k] = tail * children + (1.0 - tail * tail).max(0.0).sqrt() * own[k];
                 }
+                durations[k] = duration;
                 if let Some(p) = topology.parents[k] {
-                    sum[p as usize] += own[k];
+                    sum[p as usize] += duration;
                     count[p as usize] += 1;
                 }
             }
@@ -1612,8 +1668,9 @@ impl<'a> TimingTables<'a> {
                 let noise: f64 = StandardNormal.sample(rng);
                 let z = match (topology.parents[k], self.model.lead_couplings.get(lead_key as usize)) {
                     (Some(p), Some(&c)) => {
-                        let c = dequantize(c, -1.0, 1.0);
-                        c * own[p as usize] + (1.0 - c * c).max(0.0).sqrt() * noise
+                        let (parent, duration) = (dequantize(c, -1.0, 1.0), dequantize(c >> 4, -1.0, 1.0));
+                        let rest = 1.0 - parent * parent - duration * duration;
+                        parent * own[p as usize] + duration * durations[k] + rest.max(0.0).sqrt() * noise
                     }
                     _ => noise,
                 };

@@ -52,6 +52,25 @@ impl Topology {
         children
     }
 
+    /// Per node, the label of the span through which its trace entered the
+    /// node's service (its nearest ancestor whose parent runs in another
+    /// service, or the root), `u32::MAX` for a node that is such an entry
+    /// itself. What a query or a lock costs depends on the endpoint that
+    /// runs it, not only on the method around it.
+    pub fn entries(&self, labels: &[Label]) -> Vec<u32> {
+        let service = |k: usize| labels.get(self.labels[k] as usize).map(|l| l.service.as_str());
+        let mut out = vec![u32::MAX; self.len()];
+        // Parents precede their children, so one pass sees every parent's entry first.
+        for k in 0..self.len() {
+            if let Some(p) = self.parents[k].map(|p| p as usize)
+                && service(p) == service(k)
+            {
+                out[k] = if out[p] == u32::MAX { self.labels[p] } else { out[p] };
+            }
+        }
+        out
+    }
+
     /// Edges (parent, child) in pre-order of the child.
     pub fn edges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.parents.iter().enumerate().filter_map(|(i, p)| p.map(|p| (p as usize, i)))
@@ -298,6 +317,23 @@ mod tests {
             spans.push(child);
         }
         Trace { trace_id: spans[0].trace_id, spans }
+    }
+
+    #[test]
+    fn a_node_s_entry_is_the_span_its_trace_entered_its_service_through() {
+        let label = |service: &str, name: &str| Label { service: service.into(), name: name.into() };
+        // 0 front GET → 1 front handler → 2 db query → 3 db plan → 4 db read; 1 → 5 front render.
+        let labels = vec![
+            label("front", "GET"),
+            label("front", "handler"),
+            label("db", "query"),
+            label("db", "plan"),
+            label("db", "read"),
+            label("front", "render"),
+        ];
+        let topology = Topology { labels: (0..6).collect(), parents: vec![None, Some(0), Some(1), Some(2), Some(3), Some(1)] };
+        let entered = u32::MAX;
+        assert_eq!(topology.entries(&labels), vec![entered, 0, entered, 2, 2, 0]);
     }
 
     #[test]

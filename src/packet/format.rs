@@ -37,7 +37,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// First four bytes of every packet.
 pub const MAGIC: &[u8; 4] = b"GENT";
 /// The packet format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 8;
+pub const FORMAT_VERSION: u16 = 9;
 /// Largest body of a container file (a language model) after decompression.
 pub const MAX_BODY_BYTES: u64 = 1 << 30;
 /// Largest window packet body after decompression. A packet's body decodes
@@ -297,8 +297,11 @@ mod tests {
     #[test]
     fn another_version_is_named() {
         let mut packet = seal(&body()).unwrap();
-        packet[4..6].copy_from_slice(&9u16.to_le_bytes());
+        packet[4..6].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         let e = open::<Body>(&packet).unwrap_err().to_string();
-        assert!(e.contains("version 9") && e.contains(&format!("version {FORMAT_VERSION}")), "{e}");
+        assert!(
+            e.contains(&format!("version {}", FORMAT_VERSION + 1)) && e.contains(&format!("version {FORMAT_VERSION}")),
+            "{e}"
+        );
     }
 }
