@@ -290,6 +290,16 @@ pub struct TimingModel {
     /// correlates with their duration at 0.5–0.7 in normal scores). Drawn
     /// apart, a call's share of its caller spreads far wider than it does.
     pub lead_couplings: Vec<u8>,
+    /// Per lead key: the share of calls, 0 to 1 in 4 bits, whose lead is as
+    /// extreme as their parent's rank when that rank is in its top decile;
+    /// empty when node effects are off. A retried call waits before its
+    /// server span and its caller waits after it, in the same calls (on
+    /// TrainTicket hour 12, 22 of the 24 auth → verification calls whose
+    /// lead exceeds half a second also have a tail that does): drawn apart,
+    /// as a Gaussian copula does whatever its correlation, a second of
+    /// waiting lands in half as many calls again, and too many traces are
+    /// slow.
+    pub lead_tails: Vec<u8>,
     /// Per time bucket (since the first), per service (in [`Keys`] order):
     /// the shift of its spans' ranks in that bucket, two 4-bit codes a byte
     /// (see [`TimeEffects`]); empty when time effects are off.
@@ -727,6 +737,11 @@ impl TimingModel {
         } else {
             Vec::new()
         };
+        let lead_tails = if config.node_effects {
+            lead_tails(&observations, &lead_scores, &scores, histogram, keys.leads)
+        } else {
+            Vec::new()
+        };
         let whole = whole.into_cells(&nodes, &keys, histogram);
         let times = if config.time_effects { time_effects(&observations, &scores, &nodes, &keys, &whole) } else { Vec::new() };
         let bursts = if config.bursts && !times.is_empty() {
@@ -747,6 +762,7 @@ impl TimingModel {
             couplings,
             loadings,
             lead_couplings,
+            lead_tails,
             times,
             bursts,
         }
@@ -825,6 +841,9 @@ impl TimingModel {
         }
         if !self.lead_couplings.is_empty() && self.lead_couplings.len() != keys.leads {
             return Err(bad("lead couplings for another number of lead keys"));
+        }
+        if !self.lead_tails.is_empty() && self.lead_tails.len() != keys.leads {
+            return Err(bad("lead tails for another number of lead keys"));
         }
         if !self.loadings.is_empty() && self.loadings.len() != keys.values {
             return Err(bad("trace loadings for another number of value keys"));
@@ -1048,6 +1067,48 @@ fn lead_couplings(
             let parent = quantize(correlation(lz, ll, zz) * shrink, -1.0, 1.0);
             let own = quantize(correlation(ld, ll, dd) * shrink, -1.0, 1.0);
             own << 4 | parent
+        })
+        .collect()
+}
+
+/// Normal score above which a rank is in its top decile.
+const TOP_DECILE: f64 = 1.281_551_565_544_600_5;
+
+/// Added to a latent to rank it above every latent a copula draws.
+const ABOVE_DRAWN: f64 = 16.0;
+
+/// Per lead key, the shrunk share π of calls whose lead follows their
+/// parent's rank in its top decile ([`TimingModel::lead_tails`]), in 4 bits:
+/// of the calls whose parent is in its top decile, a share `c` has its lead
+/// in its own top decile against `q` of all calls, so π = (c − q) / (1 − q).
+fn lead_tails(
+    observations: &[Observation],
+    leads: &[f64],
+    scores: &[f64],
+    histogram: &TopologyHistogram,
+    keys: usize,
+) -> Vec<u8> {
+    // Per key: parents in their top decile, those whose lead is too, leads in theirs, count.
+    let mut counts = vec![[0u32; 4]; keys];
+    for (i, o) in observations.iter().enumerate() {
+        let Some(p) = histogram.topologies[o.node.0 as usize].parents[o.node.1 as usize] else { continue };
+        let (lead_top, parent_top) = (leads[i] > TOP_DECILE, scores[i - o.node.1 as usize + p as usize] > TOP_DECILE);
+        let c = &mut counts[o.keys.1 as usize];
+        c[0] += u32::from(parent_top);
+        c[1] += u32::from(parent_top && lead_top);
+        c[2] += u32::from(lead_top);
+        c[3] += 1;
+    }
+    counts
+        .iter()
+        .map(|&[parents, both, tops, n]| {
+            if parents == 0 || n == 0 {
+                return 0;
+            }
+            let (c, q) = (f64::from(both) / f64::from(parents), f64::from(tops) / f64::from(n));
+            let share = if q < 1.0 { ((c - q) / (1.0 - q)).clamp(0.0, 1.0) } else { 0.0 };
+            let parents = f64::from(parents);
+            quantize(share * parents / (parents + NODE_PRIOR), 0.0, 1.0)
         })
         .collect()
 }
@@ -1599,6 +1660,9 @@ impl<'a> TimingTables<'a> {
         // Whether a latent is a burst's, which claims its own rank.
         let mut claims: Vec<bool> = Vec::with_capacity(latents.capacity());
         let (mut own, mut families): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+        // (lead latent, its parent's value latent) of calls that may follow
+        // their parent into its top decile.
+        let mut followers: Vec<(u32, u32)> = Vec::new();
         for (i, (&t, &start)) in order.iter().zip(starts).enumerate() {
             let bucket = self.bucket(start);
             let topology = &histogram.topologies[t];
@@ -1641,6 +1705,7 @@ impl<'a> TimingTables<'a> {
                 }
             }
             let effects = self.model.nodes.get(t);
+            let values_from = latents.len();
             for (k, &(value_key, _)) in keys.iter().enumerate() {
                 let z = own[k];
                 let burst = self.burst(bucket, value_key);
@@ -1674,6 +1739,14 @@ impl<'a> TimingTables<'a> {
                     }
                     _ => noise,
                 };
+                // A share of calls follows its parent into its top decile
+                // (decided once the parents are ranked, below).
+                if let (Some(p), Some(&share)) = (topology.parents[k], self.model.lead_tails.get(lead_key as usize))
+                    && share > 0
+                    && rng.random::<f64>() < dequantize(share, 0.0, 1.0)
+                {
+                    followers.push((latents.len() as u32, (values_from + p as usize) as u32));
+                }
                 let burst = self.burst(bucket, self.keys.values as u32 + lead_key);
                 let z = burst.map_or(z, |b| b.score(normal_cdf(z)));
                 let (starts, _) = &self.leads[lead_key as usize];
@@ -1682,21 +1755,21 @@ impl<'a> TimingTables<'a> {
                 claims.push(burst.is_some());
             }
         }
-        let mut sorted: Vec<u32> = (0..latents.len() as u32).collect();
-        sorted.sort_unstable_by(|&a, &b| {
-            let (a, b) = (&latents[a as usize], &latents[b as usize]);
-            a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2))
-        });
         let mut u = vec![0.0f64; latents.len()];
-        for run in sorted.chunk_by(|&a, &b| latents[a as usize].0 == latents[b as usize].0) {
-            let n = run.len() as f64;
-            if run.iter().any(|&i| claims[i as usize]) {
-                claimed_ranks(run, &latents, &claims, &mut u);
-                continue;
+        rank_within_groups((0..latents.len() as u32).collect(), &latents, &claims, &mut u);
+        // Calls whose parent ranked in its top decile rank above every drawn
+        // lead, in their parents' order; the leads are ranked again.
+        let mut moved = false;
+        for &(lead, parent) in &followers {
+            let parent = u[parent as usize];
+            if parent > 0.9 {
+                latents[lead as usize].1 = ABOVE_DRAWN + parent;
+                moved = true;
             }
-            for (r, &i) in run.iter().enumerate() {
-                u[i as usize] = (r as f64 + 0.5) / n;
-            }
+        }
+        if moved {
+            let leads = (0..latents.len() as u32).filter(|&i| latents[i as usize].0 & LEAD_GROUP != 0).collect();
+            rank_within_groups(leads, &latents, &claims, &mut u);
         }
         let mut u = u.into_iter();
         order.iter().map(|&t| u.by_ref().take(2 * histogram.topologies[t].len()).collect()).collect()
@@ -1904,6 +1977,25 @@ fn claimed_ranks(run: &[u32], latents: &[(u64, f64, u64)], claims: &[bool], u: &
     for &i in run.iter().filter(|&&i| !claims[i as usize]) {
         let slot = free.next().unwrap_or(n - 1);
         u[i as usize] = (slot as f64 + 0.5) / n as f64;
+    }
+}
+
+/// Ranks the latents `members` within their groups (ties by their third
+/// field) into `u`: evenly spaced probabilities, bursts claiming theirs.
+fn rank_within_groups(mut members: Vec<u32>, latents: &[(u64, f64, u64)], claims: &[bool], u: &mut [f64]) {
+    members.sort_unstable_by(|&a, &b| {
+        let (a, b) = (&latents[a as usize], &latents[b as usize]);
+        a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2))
+    });
+    for run in members.chunk_by(|&a, &b| latents[a as usize].0 == latents[b as usize].0) {
+        let n = run.len() as f64;
+        if run.iter().any(|&i| claims[i as usize]) {
+            claimed_ranks(run, latents, claims, u);
+            continue;
+        }
+        for (r, &i) in run.iter().enumerate() {
+            u[i as usize] = (r as f64 + 0.5) / n;
+        }
     }
 }
 
