@@ -1,0 +1,686 @@
+//! `gent llm`: TraceLLM, call graphs written layer by layer by a language
+//! model. `split` and `train` prepare it, `generate` asks it for graphs,
+//! `eval` sets it beside the tabular and probabilistic baselines.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Subcommand;
+use serde::Serialize;
+
+use gent::io::{self, OutputFormat};
+use gent::llm::eval::{self as lm_eval, Cell, Following};
+use gent::llm::generate::{self, Decoding, Generator, Outcome};
+use gent::llm::instruct::{Facts, UserInstruction};
+use gent::llm::model::{self, Encoding, LanguageModel};
+use gent::llm::{CallGraph, text};
+use gent::nn::Backend;
+use gent::nn::lm::{LmConfig, LmError, LoraConfig, TrainConfig};
+
+use super::args::{read_file, read_text};
+use super::{Failure, device, report, write};
+
+#[derive(Subcommand)]
+pub enum LlmCommand {
+    /// Pre-train a language model on call graphs (tabular Alibaba text) in the
+    /// recursive layer encoding, and write it.
+    Train(TrainArgs),
+    /// Split call graphs (tabular text) into a training file and a held-back
+    /// file for evaluation, by a seeded shuffle.
+    Split(SplitArgs),
+    /// Accuracy over a grid of requests and similarity to real call graphs,
+    /// for each method given, side by side.
+    Eval(EvalArgs),
+    /// Generate call graphs layer by layer from conditions.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Call-graph files in the tabular encoding (e.g. ../shared/data/alibaba/callgraphs_train.txt).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Model file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Model size: tiny (~0.1 M parameters), small (~5 M), base (~30 M, for a GPU).
+    #[arg(long, value_enum, default_value = "tiny")]
+    size: LmSize,
+    /// layers: TraceLLM's recursive layer encoding; tabular: whole graphs in
+    /// one sequence (the paper's non-recursive baseline).
+    #[arg(long, value_enum, default_value = "layers")]
+    encoding: LmEncoding,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Sequences (layers) per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    learning_rate: f64,
+    /// Probability of dropping each first-layer condition but the service id.
+    #[arg(long, default_value_t = 0.5)]
+    p_drop: f64,
+    /// Instruction-tuning steps after pre-training (0: none); the model then
+    /// answers questions in the instruction encoding (layer encoding only).
+    #[arg(long, default_value_t = 0)]
+    tune_steps: usize,
+    /// Share of the graphs made into instruction samples (the paper: 0.05).
+    #[arg(long, default_value_t = 0.05)]
+    tune_fraction: f64,
+    /// Tune LoRA adapters of this rank on the attention query and key
+    /// projections, the rest frozen, merged into the weights afterwards
+    /// (the paper: 8); 0 tunes every weight.
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
+    /// LoRA scaling numerator: adapters add x·A·B·alpha/rank (the paper: 16).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f32,
+    /// Dropout on the adapters' input while tuning (the paper: 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    lora_dropout: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SplitArgs {
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Where the training graphs go.
+    #[arg(long)]
+    train: PathBuf,
+    /// Where the held-back graphs go.
+    #[arg(long)]
+    held_back: PathBuf,
+    /// Share of the graphs held back.
+    #[arg(long, default_value_t = 0.1)]
+    fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Recursive (layer encoding) model file from `gent llm train`.
+    model: Option<PathBuf>,
+    /// A model trained with `--encoding tabular` (the non-recursive baseline).
+    #[arg(long)]
+    tabular: Option<PathBuf>,
+    /// An instruction-tuned model (`--tune-steps`): accuracy and similarity
+    /// in the instruction encoding, and instruction following (needs --train).
+    #[arg(long, requires = "train")]
+    instructed: Option<PathBuf>,
+    /// Directory of the probabilistic baseline's parameters (e.g. ../shared/data/probabilistic).
+    #[arg(long, requires = "train")]
+    probabilistic: Option<PathBuf>,
+    /// The training graphs (tabular text): the probabilistic baseline names its nodes after their microservices.
+    #[arg(long, num_args = 1..)]
+    train: Vec<PathBuf>,
+    /// Real call graphs (tabular text) to compare with, held back from training (`gent llm split`).
+    #[arg(long, required = true, num_args = 1..)]
+    real: Vec<PathBuf>,
+    /// Decode the recursive model with constraints (otherwise freely, as the paper).
+    #[arg(long)]
+    constrained: bool,
+    /// Graphs per grid cell.
+    #[arg(long, default_value_t = 5)]
+    count: usize,
+    /// Grid: num_edges 1..=max_edges × depth 1..=max_depth.
+    #[arg(long, default_value_t = 30)]
+    max_edges: u64,
+    #[arg(long, default_value_t = 6)]
+    max_depth: u64,
+    /// Real graphs whose conditions are requested for the similarity figures.
+    #[arg(long, default_value_t = 200)]
+    similarity_graphs: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Model file from `gent llm train`.
+    model: PathBuf,
+    /// `num_edges:N/depth:D/id:S_…[/latency:MS]` (latency defaults to 1000 ms).
+    #[arg(long)]
+    conditions: String,
+    /// Graphs to generate.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Mask every token that would break the format or a constraint: every graph is valid.
+    #[arg(long)]
+    constrained: bool,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Keep the k best tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run the whole context at every step instead of caching keys and
+    /// values (same output, slower; for measuring the cache).
+    #[arg(long)]
+    no_kv_cache: bool,
+    /// User instruction (instruction-tuned models): "Build a call graph with high latency".
+    #[arg(long, conflicts_with = "include_edge")]
+    high_latency: bool,
+    /// User instruction (instruction-tuned models): "Include an edge from
+    /// SOURCE to DESTINATION with TYPE type", given as SOURCE,DESTINATION,TYPE.
+    #[arg(long, value_name = "SOURCE,DESTINATION,TYPE")]
+    include_edge: Option<String>,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "otlp-json")]
+    format: LlmFormat,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LmEncoding {
+    Layers,
+    Tabular,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LmSize {
+    Tiny,
+    Small,
+    Base,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LlmFormat {
+    /// OTLP JSON lines: each graph a trace, each call a span of its destination.
+    OtlpJson,
+    /// The tabular Alibaba call-graph text (`[GENERATE GRAPH]…`).
+    Alibaba,
+}
+
+pub fn run(command: LlmCommand) -> Result<(), Failure> {
+    match command {
+        LlmCommand::Split(a) => split(a),
+        LlmCommand::Eval(a) => eval(a),
+        LlmCommand::Train(a) => train(a),
+        LlmCommand::Generate(a) => generate(a),
+    }
+}
+
+/// A call-graph file's parse error, named by its path.
+fn in_file(path: &Path) -> impl Fn(text::TextError) -> Failure + '_ {
+    move |e| Failure::BadInput(format!("{}: {e}", path.display()))
+}
+
+fn read_records(paths: &[PathBuf]) -> Result<Vec<text::Tabular>, Failure> {
+    let mut records = Vec::new();
+    for path in paths {
+        records.extend(text::parse_tabular(&read_text(path)?).map_err(in_file(path))?.records);
+    }
+    Ok(records)
+}
+
+fn read_call_graphs(paths: &[PathBuf]) -> Result<Vec<CallGraph>, Failure> {
+    let mut graphs = Vec::new();
+    for path in paths {
+        let doc = text::parse_tabular(&read_text(path)?).map_err(in_file(path))?;
+        for r in &doc.records {
+            graphs.push(r.graph().map_err(in_file(path))?);
+        }
+    }
+    if graphs.is_empty() {
+        return Err(Failure::BadInput("the input holds no call graphs".into()));
+    }
+    Ok(graphs)
+}
+
+fn split(a: SplitArgs) -> Result<(), Failure> {
+    if !(0.0..1.0).contains(&a.fraction) || a.fraction == 0.0 {
+        return Err(Failure::BadInput("--fraction must be above 0 and below 1".into()));
+    }
+    let (kept, back) = lm_eval::hold_out(read_records(&a.inputs)?, a.fraction, a.seed);
+    for (path, records) in [(&a.train, kept), (&a.held_back, back)] {
+        let n = records.len();
+        write(path, text::write_tabular(&text::Document { records, final_newline: true }))?;
+        tracing::info!(graphs = n, file = %path.display(), "call graphs written");
+    }
+    Ok(())
+}
+
+/// One method's figures for `gent llm eval`: grid accuracy (language models
+/// only) and similarity of its graphs to the real ones.
+#[derive(Serialize)]
+struct MethodReport {
+    method: String,
+    decoding: String,
+    accuracy_mean: Option<f64>,
+    accuracy_min_cell: Option<f64>,
+    cells: Option<Vec<Cell>>,
+    similarity_generated: usize,
+    kl_popular_calls: f64,
+    heavy_hitter_top10: Option<f64>,
+    heavy_hitter_top50: Option<f64>,
+    heavy_hitter_top100: Option<f64>,
+    heavy_hitter_top500: Option<f64>,
+    seconds: f64,
+    /// Instruction-tuned models: following "high latency".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    high_latency: Option<Following>,
+    /// Instruction-tuned models: following "include an uncommon edge".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uncommon_communication: Option<Following>,
+}
+
+#[derive(Serialize)]
+struct EvalReport {
+    similarity_requests: usize,
+    methods: Vec<MethodReport>,
+}
+
+impl MethodReport {
+    fn new(method: &str, decoding: &str, cells: Option<Vec<Cell>>, real: &[CallGraph], generated: &[CallGraph]) -> Self {
+        let s = lm_eval::similarity(real, generated);
+        let hh = |k: usize| s.heavy_hitters.iter().find(|(x, _)| *x == k).map(|(_, v)| *v);
+        let (mean, worst) = match &cells {
+            Some(cells) => {
+                let tried: usize = cells.iter().map(|c| c.tried).sum();
+                let valid: usize = cells.iter().map(|c| c.valid).sum();
+                let worst = cells.iter().map(|c| c.valid as f64 / c.tried.max(1) as f64).fold(1.0, f64::min);
+                (Some(valid as f64 / tried.max(1) as f64), Some(worst))
+            }
+            None => (None, None),
+        };
+        MethodReport {
+            method: method.into(),
+            decoding: decoding.into(),
+            accuracy_mean: mean,
+            accuracy_min_cell: worst,
+            cells,
+            similarity_generated: generated.len(),
+            kl_popular_calls: s.kl_popular_calls,
+            heavy_hitter_top10: hh(10),
+            heavy_hitter_top50: hh(50),
+            heavy_hitter_top100: hh(100),
+            heavy_hitter_top500: hh(500),
+            seconds: 0.0,
+            high_latency: None,
+            uncommon_communication: None,
+        }
+    }
+
+    fn print(&self) {
+        let accuracy = self
+            .accuracy_mean
+            .map_or("n/a".to_string(), |a| format!("{a:.3} (worst cell {:.3})", self.accuracy_min_cell.unwrap_or(0.0)));
+        println!(
+            "{:<14} {:<40} accuracy {} | KL of popular calls {:.3} | heavy hitters top-10 {:.2}, top-100 {:.2} | {:.1} s",
+            self.decoding,
+            self.method,
+            accuracy,
+            self.kl_popular_calls,
+            self.heavy_hitter_top10.unwrap_or(f64::NAN),
+            self.heavy_hitter_top100.unwrap_or(f64::NAN),
+            self.seconds,
+        );
+    }
+}
+
+/// The name `--json` gives a decoding (its serde name).
+fn decoding_name(decoding: Decoding) -> String {
+    serde_json::to_value(decoding).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// A model file, checked to be of the encoding (and tuning) the method needs.
+fn load_model(
+    file: &Path,
+    decoding: Decoding,
+    encoding: Encoding,
+    device: &burn::tensor::Device,
+) -> Result<LanguageModel, Failure> {
+    let lm = LanguageModel::from_bytes(&read_file(file)?, device)
+        .map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))?;
+    if lm.encoding != encoding {
+        return Err(Failure::BadInput(format!(
+            "{}: a model of the {:?} encoding, where one of the {encoding:?} encoding is expected",
+            file.display(),
+            lm.encoding
+        )));
+    }
+    if decoding == Decoding::Instructed && !lm.instructed {
+        return Err(Failure::BadInput(format!("{}: not instruction-tuned (train it with --tune-steps)", file.display())));
+    }
+    Ok(lm)
+}
+
+/// Evaluates one language model: grid accuracy, similarity to `compared`,
+/// and for a tuned model instruction following.
+fn eval_model(
+    a: &EvalArgs,
+    file: &Path,
+    decoding: Decoding,
+    lm: &LanguageModel,
+    compared: &[CallGraph],
+    training: &[CallGraph],
+) -> Result<MethodReport, Failure> {
+    let (mut scorer, tok) = lm.scorer();
+    let sampling = generate::Sampling { temperature: a.temperature, ..generate::Sampling::default() };
+    let mut g = Generator::new(&mut scorer, tok, sampling, a.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
+    let started = Instant::now();
+    let max_len = lm.config.max_len;
+    let cells = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
+    let generated = lm_eval::requested(&mut g, compared, decoding, max_len);
+    let mut r = MethodReport::new(&file.display().to_string(), &decoding_name(decoding), Some(cells), compared, &generated);
+    if decoding == Decoding::Instructed {
+        let facts = Facts::of(training);
+        let high = lm_eval::high_latency(&mut g, compared, &facts, max_len);
+        let uncommon = lm_eval::uncommon_calls(&mut g, compared, &facts, max_len);
+        println!(
+            "instruction following: high latency {:.3} (without the instruction {:.3}, {} requests); uncommon communication {:.3} (without {:.3}, {} layers)",
+            high.with_instruction,
+            high.without_instruction,
+            high.tried,
+            uncommon.with_instruction,
+            uncommon.without_instruction,
+            uncommon.tried
+        );
+        r.high_latency = Some(high);
+        r.uncommon_communication = Some(uncommon);
+    }
+    r.seconds = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+fn eval(a: EvalArgs) -> Result<(), Failure> {
+    if a.count == 0 || a.max_edges == 0 || a.max_depth == 0 || a.similarity_graphs == 0 {
+        return Err(Failure::BadInput("--count, --max-edges, --max-depth and --similarity-graphs must be at least 1".into()));
+    }
+    if a.model.is_none() && a.tabular.is_none() && a.instructed.is_none() && a.probabilistic.is_none() {
+        return Err(Failure::BadInput(
+            "give a model, --tabular MODEL, --instructed MODEL or --probabilistic DIR to evaluate".into(),
+        ));
+    }
+    let training = if a.train.is_empty() { Vec::new() } else { read_call_graphs(&a.train)? };
+    let real = read_call_graphs(&a.real)?;
+    let compared = &real[..a.similarity_graphs.min(real.len())];
+    let device = device(a.backend)?;
+    let recursive = if a.constrained { Decoding::Constrained } else { Decoding::Free };
+    let lms = [
+        (&a.model, recursive, Encoding::Layers),
+        (&a.tabular, Decoding::Tabular, Encoding::Tabular),
+        (&a.instructed, Decoding::Instructed, Encoding::Layers),
+    ];
+    let mut methods = Vec::new();
+    for (file, decoding, encoding) in lms {
+        let Some(file) = file else { continue };
+        let lm = load_model(file, decoding, encoding, &device)?;
+        methods.push(eval_model(&a, file, decoding, &lm, compared, &training)?);
+    }
+    if let Some(dir) = &a.probabilistic {
+        let started = Instant::now();
+        let baseline = gent::llm::baseline::Probabilistic::load(dir, &training).map_err(Failure::bad)?;
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(a.seed);
+        let generated: Vec<_> = compared.iter().map(|r| baseline.graph(&r.service, &mut rng)).collect();
+        let mut r = MethodReport::new("probabilistic", "probabilistic", None, compared, &generated);
+        r.seconds = started.elapsed().as_secs_f64();
+        methods.push(r);
+    }
+    methods.iter().for_each(MethodReport::print);
+    report(a.json, &EvalReport { similarity_requests: compared.len(), methods })
+}
+
+#[derive(Serialize)]
+struct TrainReport {
+    graphs: usize,
+    vocabulary: usize,
+    steps: usize,
+    first_loss: Option<f32>,
+    last_loss: Option<f32>,
+    train_seconds: f64,
+    tune_steps: usize,
+    tune_lora_rank: Option<usize>,
+    tune_trainable_parameters: Option<usize>,
+    tune_first_loss: Option<f32>,
+    tune_last_loss: Option<f32>,
+    tune_seconds: f64,
+    model_bytes: usize,
+}
+
+impl TrainArgs {
+    fn check(&self) -> Result<(), Failure> {
+        if self.steps == 0 || self.batch == 0 || !(self.learning_rate > 0.0) || !(0.0..1.0).contains(&self.p_drop) {
+            return Err(Failure::BadInput(
+                "--steps and --batch must be at least 1, --learning-rate positive, --p-drop in [0, 1)".into(),
+            ));
+        }
+        if !(self.tune_fraction > 0.0 && self.tune_fraction <= 1.0) {
+            return Err(Failure::BadInput("--tune-fraction must be above 0 and at most 1".into()));
+        }
+        if self.tune_steps > 0 && matches!(self.encoding, LmEncoding::Tabular) {
+            return Err(Failure::BadInput("--tune-steps needs the layer encoding (instruction samples are layers)".into()));
+        }
+        Ok(())
+    }
+
+    fn pretraining(&self) -> model::Pretraining {
+        let size = match self.size {
+            LmSize::Tiny => LmConfig::tiny,
+            LmSize::Small => LmConfig::small,
+            LmSize::Base => LmConfig::base,
+        };
+        let encoding = match self.encoding {
+            LmEncoding::Layers => Encoding::Layers,
+            LmEncoding::Tabular => Encoding::Tabular,
+        };
+        let train = TrainConfig { steps: self.steps, batch: self.batch, learning_rate: self.learning_rate, seed: self.seed };
+        model::Pretraining { encoding, size, train, p_drop: self.p_drop }
+    }
+
+    fn lora(&self) -> Option<LoraConfig> {
+        (self.lora_rank > 0).then_some(LoraConfig { rank: self.lora_rank, alpha: self.lora_alpha, dropout: self.lora_dropout })
+    }
+
+    fn tuning(&self) -> model::Tuning {
+        model::Tuning {
+            train: TrainConfig { steps: self.tune_steps, batch: self.batch, learning_rate: self.learning_rate, seed: self.seed },
+            fraction: self.tune_fraction,
+            sampling: gent::llm::instruct::Sampling { p_drop: self.p_drop, ..Default::default() },
+            lora: self.lora(),
+        }
+    }
+}
+
+fn train(a: TrainArgs) -> Result<(), Failure> {
+    a.check()?;
+    let graphs = read_call_graphs(&a.inputs)?;
+    let started = Instant::now();
+    let (mut lm, losses) = LanguageModel::pretrain(&graphs, &a.pretraining(), &device(a.backend)?).map_err(Failure::other)?;
+    let train_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let tuned = match a.tune_steps {
+        0 => None,
+        _ => Some(lm.tune(&graphs, &a.tuning()).map_err(|e| match e {
+            model::ModelError::Lm(LmError::Lora(_)) => Failure::BadInput(format!("--lora-*: {e}")),
+            e => Failure::other(e),
+        })?),
+    };
+    let tune_seconds = started.elapsed().as_secs_f64();
+    let bytes = lm.to_bytes().map_err(Failure::other)?;
+    write(&a.out, &bytes)?;
+    let tune_losses = tuned.as_ref().map(|t| t.losses.as_slice()).unwrap_or_default();
+    let r = TrainReport {
+        graphs: graphs.len(),
+        vocabulary: lm.tokenizer.len(),
+        steps: a.steps,
+        first_loss: losses.first().copied(),
+        last_loss: losses.last().copied(),
+        train_seconds,
+        tune_steps: a.tune_steps,
+        tune_lora_rank: a.lora().map(|c| c.rank),
+        tune_trainable_parameters: tuned.as_ref().map(|t| t.trainable),
+        tune_first_loss: tune_losses.first().copied(),
+        tune_last_loss: tune_losses.last().copied(),
+        tune_seconds,
+        model_bytes: bytes.len(),
+    };
+    tracing::info!(graphs = graphs.len(), steps = a.steps, train_seconds = format!("{train_seconds:.1}"), loss = ?losses.last(), out = %a.out.display(), "language model written");
+    report(a.json, &r)
+}
+
+#[derive(Serialize)]
+struct GenerateReport {
+    requested: usize,
+    valid: usize,
+    invalid: usize,
+    accuracy: f64,
+    seconds: f64,
+    out: String,
+}
+
+/// The user instruction `gent llm generate` was given, if any.
+fn user_instruction(high_latency: bool, include_edge: Option<&str>) -> Result<Option<UserInstruction>, Failure> {
+    if high_latency {
+        return Ok(Some(UserInstruction::HighLatency));
+    }
+    let Some(edge) = include_edge else { return Ok(None) };
+    match edge.split(',').map(str::trim).collect::<Vec<_>>()[..] {
+        [source, destination, kind] if !source.is_empty() && !destination.is_empty() && !kind.is_empty() => {
+            Ok(Some(UserInstruction::IncludeEdge { source: source.into(), destination: destination.into(), kind: kind.into() }))
+        }
+        _ => Err(Failure::BadInput(format!(
+            "--include-edge {edge:?}: expected SOURCE,DESTINATION,TYPE, e.g. MS_57649,MS_03426,rpc"
+        ))),
+    }
+}
+
+/// The request `--conditions` spells.
+fn request(conditions: &str) -> Result<generate::Request, Failure> {
+    let c = text::Conditions::parse(conditions, 1, 1).map_err(|e| Failure::BadInput(format!("--conditions: {e}")))?;
+    let number = |key: &str, default: Option<u64>| -> Result<u64, Failure> {
+        match c.get(key) {
+            Some(v) => v.parse().map_err(|_| Failure::BadInput(format!("--conditions: {key}:{v} is not a whole number"))),
+            None => default.ok_or_else(|| Failure::BadInput(format!("--conditions must give {key}"))),
+        }
+    };
+    let request = generate::Request {
+        service: c.get("id").unwrap_or("S_000000000").to_string(),
+        num_edges: number("num_edges", None)?,
+        depth: number("depth", None)?,
+        latency: number("latency", Some(1000))?,
+    };
+    if request.depth == 0 || request.num_edges < request.depth {
+        return Err(Failure::BadInput(format!(
+            "--conditions: {} edges cannot make a graph {} deep",
+            request.num_edges, request.depth
+        )));
+    }
+    Ok(request)
+}
+
+/// How this model decodes, given `--constrained` and any user instruction.
+fn decoding_for(a: &GenerateArgs, lm: &LanguageModel, instructed: bool) -> Result<Decoding, Failure> {
+    let decoding = match (lm.encoding, a.constrained) {
+        (Encoding::Layers, true) => Decoding::Constrained,
+        (Encoding::Layers, false) if lm.instructed => Decoding::Instructed,
+        (Encoding::Layers, false) => Decoding::Free,
+        (Encoding::Tabular, false) => Decoding::Tabular,
+        (Encoding::Tabular, true) => {
+            return Err(Failure::BadInput(format!(
+                "{}: constrained decoding needs a model of the layer encoding; this one writes whole graphs (tabular)",
+                a.model.display()
+            )));
+        }
+    };
+    if instructed && decoding != Decoding::Instructed {
+        return Err(Failure::BadInput(format!(
+            "{}: --high-latency and --include-edge are instructions for an instruction-tuned model \
+             (gent llm train --tune-steps N) decoding freely; this model {}",
+            a.model.display(),
+            if a.constrained { "was asked for --constrained decoding" } else { "is not instruction-tuned" }
+        )));
+    }
+    Ok(decoding)
+}
+
+fn generate(a: GenerateArgs) -> Result<(), Failure> {
+    let user = user_instruction(a.high_latency, a.include_edge.as_deref())?;
+    let request = request(&a.conditions)?;
+    let lm = LanguageModel::from_bytes(&read_file(&a.model)?, &device(a.backend)?)
+        .map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
+    let decoding = decoding_for(&a, &lm, user.is_some())?;
+    let (mut scorer, tok) = if a.no_kv_cache { lm.uncached_scorer() } else { lm.scorer() };
+    let sampling = generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
+    let mut g = Generator::new(&mut scorer, tok, sampling, a.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
+    let started = Instant::now();
+    let (mut graphs, mut invalid) = (Vec::new(), Vec::new());
+    for _ in 0..a.count {
+        let outcome = match &user {
+            Some(u) => g.graph_instructed(&request, u, lm.config.max_len),
+            None => g.run(&request, decoding, lm.config.max_len),
+        };
+        match outcome {
+            Outcome::Valid(x) => graphs.push(x.graph),
+            Outcome::Invalid { reason, .. } if decoding == Decoding::Constrained => return Err(Failure::Other(reason)),
+            Outcome::Invalid { reason, .. } => invalid.push(reason),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    write_graphs(&graphs, a.format, &a.out)?;
+    for reason in invalid.iter().take(3) {
+        tracing::warn!(reason, "invalid graph discarded");
+    }
+    let r = GenerateReport {
+        requested: a.count,
+        valid: graphs.len(),
+        invalid: invalid.len(),
+        accuracy: graphs.len() as f64 / a.count.max(1) as f64,
+        seconds,
+        out: a.out.display().to_string(),
+    };
+    tracing::info!(valid = r.valid, invalid = r.invalid, seconds = format!("{seconds:.2}"), out = %a.out.display(), "call graphs generated");
+    report(a.json, &r)
+}
+
+/// Writes generated graphs as tabular text or, as the Alibaba reader would
+/// read that text, as OTLP JSON traces marked synthetic.
+fn write_graphs(graphs: &[CallGraph], format: LlmFormat, out: &Path) -> Result<(), Failure> {
+    match format {
+        LlmFormat::Alibaba => {
+            let records = graphs
+                .iter()
+                .map(|g| text::Tabular {
+                    conditions: text::Conditions(vec![
+                        ("id".into(), g.service.clone()),
+                        ("num_edges".into(), g.edges.len().to_string()),
+                        ("depth".into(), g.depth().to_string()),
+                        ("latency".into(), g.latency().to_string()),
+                    ]),
+                    edges: g.edges.iter().map(|e| text::EdgeLine::from_edge(e, &[0, 1, 2, 3, 4, 5], true)).collect(),
+                    lines: Vec::new(),
+                })
+                .collect();
+            write(out, text::write_tabular(&text::Document { records, final_newline: true }))
+        }
+        LlmFormat::OtlpJson => {
+            use gent::io::alibaba::{call_graph_trace, graph_trace_id};
+            let traces: Vec<_> =
+                graphs.iter().enumerate().map(|(i, g)| call_graph_trace(g, graph_trace_id(i as u64, &g.service), 0)).collect();
+            io::write_file(&traces, OutputFormat::OtlpJson, out)?;
+            Ok(())
+        }
+    }
+}
