@@ -84,7 +84,7 @@ fn main() {
     let device = burn::tensor::Device::flex();
     let model = gent::gent::WindowModel::train_digest(&digest, &config.model, &device, None).unwrap();
     stage("trained", base);
-    let packet = gent::gent::pack(&model, 1, &config.model, gent::nn::weights::Precision::F16, 1, None).unwrap();
+    let packet = gent::codec::pack(&model, 1, &config.model, gent::nn::weights::Precision::F16, 1, None).unwrap();
     drop(model);
     stage("packed", base);
     let mut digest = digest;

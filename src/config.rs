@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::receiver::connections::ConnectionConfig;
+pub use crate::connections::ConnectionConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -333,7 +333,7 @@ impl Default for LinkServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             max_packet_bytes: 64 << 20,
-            max_window_spans: crate::gent::DEFAULT_MAX_SPANS,
+            max_window_spans: crate::codec::DEFAULT_MAX_SPANS,
             max_concurrent_pushes: 4,
             remember_windows: 100_000,
             connections: ConnectionConfig::link(),

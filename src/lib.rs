@@ -1,26 +1,42 @@
 //! gent: trace compression for OpenTelemetry.
 //!
-//! Spans enter through [`io`] (files) or [`receiver`] (OTLP gRPC and HTTP), are
-//! grouped by [`window`] into windows of [`trace::Trace`]s with their DAG and
-//! canonical topology, and leave through the writers in [`io`] or a window sink.
-//! [`pipeline`] wires the daemons together (compressor, ship stage, decompressor); [`metrics`] holds every `gent_`
-//! metric; [`replay`] sends recorded traces as live load; [`tabular`] encodes
-//! tables for the CTGAN generators, [`nn`] holds the networks; [`gent`] the
-//! Gen-T model of a window and [`packet`] its self-contained byte form.
+//! Modules in the order data flows through them (docs/architecture.md; a
+//! module uses only those before it, `tests/architecture.rs` checks):
+//! [`trace`] is the span and trace model; [`container`] seals bytes; [`io`]
+//! reads and writes trace files; [`tabular`] and [`nn`] hold the columns and
+//! networks the generators train; [`gent`] (Gen-T) and [`llm`] (TraceLLM)
+//! are the two generators; [`codec`] puts what a packet carries in and out
+//! of bytes; [`fidelity`] scores regenerated traces against real ones.
+//! The daemons' parts follow: [`connections`] and [`metrics`] serve every
+//! server, [`config`] loads the daemons' documents, [`window`] folds traces
+//! into windows, [`receiver`] takes OTLP, [`packet`] is the link, [`export`]
+//! writes regenerated traces, [`replay`] sends recorded ones as load, and
+//! [`pipeline`] wires the compressor and decompressor; [`demo`] runs both.
+
+pub mod trace;
+
+pub mod container;
+pub mod io;
+
+pub mod nn;
+pub mod tabular;
+
+pub mod gent;
+pub mod llm;
+
+pub mod codec;
+pub mod fidelity;
 
 pub mod config;
-pub mod demo;
-pub mod export;
-pub mod fidelity;
-pub mod gent;
-pub mod io;
-pub mod llm;
+pub mod connections;
 pub mod metrics;
-pub mod nn;
-pub mod packet;
-pub mod pipeline;
+
 pub mod receiver;
-pub mod replay;
-pub mod tabular;
-pub mod trace;
 pub mod window;
+
+pub mod export;
+pub mod packet;
+
+pub mod demo;
+pub mod pipeline;
+pub mod replay;

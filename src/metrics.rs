@@ -9,7 +9,7 @@ use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::receiver::connections::{self, ConnectionConfig, ConnectionStats};
+use crate::connections::{self, ConnectionConfig, ConnectionStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

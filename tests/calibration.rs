@@ -32,8 +32,8 @@ fn regenerate(real: &TraceSet, dir: &std::path::Path, seed: Option<u64>) -> (usi
     let device = Device::flex();
     let config = GenTConfig::default();
     let model = WindowModel::train(&real.traces, &config, &device, None).unwrap();
-    let packet = gent::gent::pack(&model, 1, &config, Precision::F16, 7, None).unwrap();
-    let unpacked = gent::gent::unpack(&packet, &device).unwrap();
+    let packet = gent::codec::pack(&model, 1, &config, Precision::F16, 7, None).unwrap();
+    let unpacked = gent::codec::unpack(&packet, &device).unwrap();
     let (traces, repairs) = unpacked.model.generate(seed.unwrap_or(unpacked.header.seed)).unwrap();
     let path = dir.join("regenerated.jsonl");
     gent::io::write_file(&traces, gent::io::OutputFormat::OtlpJson, &path).unwrap();
@@ -283,8 +283,8 @@ fn trainticket_hour_12_fitted_on_half_its_spans_keeps_its_structure_and_nearly_i
         let started = std::time::Instant::now();
         let model = WindowModel::train_within(&real.traces, &config, &device, None, max_spans).unwrap();
         let seconds = started.elapsed().as_secs_f64();
-        let packet = gent::gent::pack(&model, 1, &config, Precision::F16, 7, None).unwrap();
-        let unpacked = gent::gent::unpack(&packet, &device).unwrap();
+        let packet = gent::codec::pack(&model, 1, &config, Precision::F16, 7, None).unwrap();
+        let unpacked = gent::codec::unpack(&packet, &device).unwrap();
         let mut means: Vec<(String, f64)> = Vec::new();
         let mut overall = 0.0;
         for seed in 1..=SEEDS {

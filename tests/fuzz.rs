@@ -20,7 +20,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
-use gent::gent::{Contents, WindowModel};
+use gent::codec::Contents;
+use gent::gent::WindowModel;
 use gent::io::{self, Format};
 use gent::nn::weights::Precision;
 use proptest::prelude::*;
@@ -351,7 +352,7 @@ fn real_packets() -> &'static [Vec<u8>] {
                 let mut config = tiny_model();
                 config.calibration.enabled = calibrated;
                 let model = WindowModel::train(&traces, &config, &device, None).unwrap();
-                gent::gent::pack(&model, 1, &config, Precision::F16, 7, None).unwrap()
+                gent::codec::pack(&model, 1, &config, Precision::F16, 7, None).unwrap()
             })
             .collect()
     })
@@ -446,7 +447,7 @@ fn check_packet(packet: &[u8]) -> Result<(), TestCaseError> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let device = Device::flex();
     let started = Instant::now();
-    let (outcome, peak) = peak_during(|| match gent::gent::unpack_within(packet, &device, PACKET_SPANS) {
+    let (outcome, peak) = peak_during(|| match gent::codec::unpack_within(packet, &device, PACKET_SPANS) {
         Ok(u) => u
             .model
             .generate(u.header.seed)
@@ -481,11 +482,11 @@ proptest! {
         which in 0usize..2,
         edits in proptest::collection::vec(edit(), 1..5),
     ) {
-        let mut contents = gent::gent::open_contents(&real_packets()[which]).unwrap();
+        let mut contents = gent::codec::open_contents(&real_packets()[which]).unwrap();
         for e in &edits {
             apply(e, &mut contents);
         }
-        let packet = gent::gent::seal_contents(&contents);
+        let packet = gent::codec::seal_contents(&contents);
         if let Ok(packet) = packet {
             check_packet(&packet)?;
         }
@@ -498,13 +499,13 @@ proptest! {
         which in 0usize..2,
         edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
     ) {
-        let contents = gent::gent::open_contents(&real_packets()[which]).unwrap();
+        let contents = gent::codec::open_contents(&real_packets()[which]).unwrap();
         let mut body = postcard::to_stdvec(&contents).unwrap();
         for (at, value) in &edits {
             let i = at.index(body.len());
             body[i] = *value;
         }
-        let resealed = postcard::from_bytes::<Contents>(&body).ok().and_then(|c| gent::gent::seal_contents(&c).ok());
+        let resealed = postcard::from_bytes::<Contents>(&body).ok().and_then(|c| gent::codec::seal_contents(&c).ok());
         if let Some(packet) = resealed {
             check_packet(&packet)?;
         }
@@ -535,13 +536,13 @@ proptest! {
     ) {
         let file = real_language_model();
         let version = u16::from_le_bytes([file[4], file[5]]);
-        let mut body = gent::packet::open_body_as(file, version).unwrap();
+        let mut body = gent::container::open_body_as(file, version).unwrap();
         for (near_start, at, value) in &edits {
             let span = if *near_start { body.len().min(64) } else { body.len() };
             let i = at.index(span);
             body[i] = *value;
         }
-        let sealed = gent::packet::seal_body_as(&body, version).unwrap();
+        let sealed = gent::container::seal_body_as(&body, version).unwrap();
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let load = || gent::llm::model::LanguageModel::from_bytes(&sealed, &Device::flex()).map(|_| ());
         // The heap is counted for the whole process, and other tests set up
@@ -561,12 +562,12 @@ fn a_language_model_file_whose_sizes_outgrow_its_weights_is_refused() {
     assert!(gent::llm::model::LanguageModel::from_bytes(file, &device).is_ok());
     // The config follows the kind string and the encoding: find d_model (32)
     // followed by layers (1), heads (2) and hidden (64), and make it huge.
-    let body = gent::packet::open_body_as(file, version).unwrap();
+    let body = gent::container::open_body_as(file, version).unwrap();
     let at = body.windows(4).position(|w| w == [32, 1, 2, 64]).expect("the config's sizes");
     let mut hostile = body[..at].to_vec();
     hostile.extend_from_slice(&[0x80, 0x80, 0x04]); // d_model 65,536
     hostile.extend_from_slice(&body[at + 1..]);
-    let sealed = gent::packet::seal_body_as(&hostile, version).unwrap();
+    let sealed = gent::container::seal_body_as(&hostile, version).unwrap();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (outcome, peak) = peak_during(|| gent::llm::model::LanguageModel::from_bytes(&sealed, &device).map(|_| ()));
     let Err(e) = outcome else { panic!("a d_model of 65,536 with a tiny file's weights was loaded") };
@@ -592,7 +593,7 @@ fn flat_packet(nodes: usize) -> Vec<u8> {
 /// A packet whose first topology has `nodes` spans, node `i`'s parent
 /// `parent(i)`, each node with a label of its own.
 fn crafted_packet(nodes: usize, parent: fn(u32) -> Option<u32>) -> Vec<u8> {
-    let mut c = gent::gent::open_contents(&real_packets()[1]).unwrap();
+    let mut c = gent::codec::open_contents(&real_packets()[1]).unwrap();
     let h = &mut c.model.histogram;
     let first = h.labels.len() as u32;
     let label = h.labels[0].clone();
@@ -601,7 +602,7 @@ fn crafted_packet(nodes: usize, parent: fn(u32) -> Option<u32>) -> Vec<u8> {
     h.topologies[0].parents = (0..nodes as u32).map(parent).collect();
     h.counts[0] = 1;
     (c.header.traces, c.header.spans) = (h.traces(), h.spans());
-    gent::gent::seal_contents(&c).unwrap()
+    gent::codec::seal_contents(&c).unwrap()
 }
 
 /// A calibrated packet trained on TrainTicket hour 16 plus one trace that is
@@ -627,7 +628,7 @@ fn trained_chain_packet(nodes: u64) -> Vec<u8> {
     // while a fuzz target measures its heap.
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let model = WindowModel::train(&traces, &config, &Device::flex(), None).unwrap();
-    gent::gent::pack(&model, 1, &config, Precision::F16, 7, None).unwrap()
+    gent::codec::pack(&model, 1, &config, Precision::F16, 7, None).unwrap()
 }
 
 /// `gent generate` on `packet` with `flags`: its output, the time it took, and

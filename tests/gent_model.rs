@@ -59,8 +59,8 @@ fn nested(set: &[Trace]) -> HashSet<(String, String)> {
 fn check_round_trip(set: &TraceSet, name: &str, config: &GenTConfig) {
     let device = Device::flex();
     let model = WindowModel::train(&set.traces, config, &device, None).unwrap();
-    let packet = gent::packet::seal(&model.to_stored(Precision::F32).unwrap()).unwrap();
-    let loaded = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
+    let packet = gent::container::seal(&model.to_stored(Precision::F32).unwrap()).unwrap();
+    let loaded = WindowModel::from_stored(gent::container::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
     let (traces, repairs) = loaded.generate(11).unwrap();
     let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
     println!("{name}: {} traces, {spans} spans, packet {} bytes, repairs {repairs:?}", traces.len(), packet.len());
@@ -94,7 +94,7 @@ fn check_round_trip(set: &TraceSet, name: &str, config: &GenTConfig) {
     }
 
     // The same packet and seed regenerate the same traces.
-    let again = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
+    let again = WindowModel::from_stored(gent::container::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
     assert_eq!(again.generate(11).unwrap().0, traces);
     // Another seed, other traces (same topologies).
     let other = again.generate(12).unwrap().0;
@@ -126,8 +126,8 @@ fn a_rolling_window_warm_starts_roots_and_chains_but_rebuilds_the_histogram() {
     let (first, second) = (window(0..5), window(5..10));
     let device = Device::flex();
     let previous = WindowModel::train(&first.traces, &tiny_generators(), &device, None).unwrap();
-    let packet = gent::packet::seal(&previous.to_stored(Precision::F16).unwrap()).unwrap();
-    let previous = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
+    let packet = gent::container::seal(&previous.to_stored(Precision::F16).unwrap()).unwrap();
+    let previous = WindowModel::from_stored(gent::container::open::<StoredWindowModel>(&packet).unwrap(), &device).unwrap();
 
     let cold = WindowModel::train(&second.traces, &tiny_generators(), &device, None).unwrap();
     let warm = WindowModel::train(&second.traces, &tiny_generators(), &device, Some(&previous)).unwrap();
@@ -238,8 +238,8 @@ fn configured_attributes_are_learnt_and_regenerated_with_their_types() {
     assert_eq!(kind("http.request.body.size"), Some(AttributeKind::Number { integer: true }));
     assert_eq!(kind("db.statement"), None, "not configured");
 
-    let packet = gent::packet::seal(&model.to_stored(Precision::F32).unwrap()).unwrap();
-    let loaded = WindowModel::from_stored(gent::packet::open::<StoredWindowModel>(&packet).unwrap(), &Device::flex()).unwrap();
+    let packet = gent::container::seal(&model.to_stored(Precision::F32).unwrap()).unwrap();
+    let loaded = WindowModel::from_stored(gent::container::open::<StoredWindowModel>(&packet).unwrap(), &Device::flex()).unwrap();
     let (traces, _) = loaded.generate(3).unwrap();
 
     // Which keys each (service, span name) carries in the data, and every value seen per key.

@@ -286,7 +286,7 @@ fn packet_push(window_id: u64) -> PushRequest {
     let device = gent::nn::Backend::Cpu.device().unwrap();
     let config = tiny_model();
     let model = gent::gent::WindowModel::train(&set.traces, &config, &device, None).unwrap();
-    let payload = gent::gent::pack(&model, window_id, &config, gent::nn::weights::Precision::F16, 1, None).unwrap();
+    let payload = gent::codec::pack(&model, window_id, &config, gent::nn::weights::Precision::F16, 1, None).unwrap();
     model_push("faults", payload, window_id, &set)
 }
 
@@ -528,11 +528,11 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
     // A packet asking for more (or fewer) traces than its window held is refused.
     let mut short = conditions.clone();
     short.traces.pop();
-    let bad = gent::gent::pack(&model, 1, &config, precision, 5, Some(short)).unwrap();
-    let e = gent::gent::unpack(&bad, &device).err().expect("a short request list").to_string();
+    let bad = gent::codec::pack(&model, 1, &config, precision, 5, Some(short)).unwrap();
+    let e = gent::codec::unpack(&bad, &device).err().expect("a short request list").to_string();
     assert!(e.contains("call-graph conditions list 39 traces, the header 40"), "{e}");
-    let with = gent::gent::pack(&model, 1, &config, precision, 5, Some(conditions)).unwrap();
-    let without = gent::gent::pack(&model, 2, &config, precision, 5, None).unwrap();
+    let with = gent::codec::pack(&model, 1, &config, precision, 5, Some(conditions)).unwrap();
+    let without = gent::codec::pack(&model, 2, &config, precision, 5, None).unwrap();
     println!("packet {} bytes without call-graph conditions, {} with", without.len(), with.len());
 
     // A bad model file stops the decompressor with the field and file named.
@@ -702,7 +702,7 @@ fn a_large_window_is_self_evaluated_on_a_bounded_sample_close_to_the_whole() {
     let device = burn::tensor::Device::flex();
     let config = gent::config::pipeline_model();
     let model = gent::gent::WindowModel::train(&real.traces, &config, &device, None).unwrap();
-    let packet = gent::gent::pack(&model, 1, &config, gent::nn::weights::Precision::F16, 7, None).unwrap();
+    let packet = gent::codec::pack(&model, 1, &config, gent::nn::weights::Precision::F16, 7, None).unwrap();
     let mut f = gent::config::FidelityConfig::default();
     let timed = |f: &gent::config::FidelityConfig| {
         let pipeline = gent::config::PipelineConfig { train_spans: 250_000, fidelity: f.clone(), ..Default::default() };
@@ -788,7 +788,7 @@ async fn a_window_of_over_5_million_spans_is_folded_as_it_fills_and_its_packet_c
     let (_, push) = spool.oldest().unwrap().expect("the window's packet is spooled");
     assert_eq!(push.window_spans, report.spans_sent);
     let device = gent::nn::Backend::Cpu.device().unwrap();
-    let unpacked = gent::gent::unpack_within(&push.payload, &device, u64::MAX).unwrap();
+    let unpacked = gent::codec::unpack_within(&push.payload, &device, u64::MAX).unwrap();
     let mut expected = histogram_counts(&gent::gent::TopologyHistogram::build(&input.traces).0);
     expected.values_mut().for_each(|n| *n *= loops);
     assert_eq!(histogram_counts(&unpacked.model.histogram), expected, "every topology counted exactly, {loops} passes");

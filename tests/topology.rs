@@ -119,7 +119,7 @@ fn hipster_topologies_are_counted_exactly() {
 fn the_histogram_survives_a_packet() {
     let set = read_set(&[data("hipster")]);
     let (h, _) = TopologyHistogram::build(&set.traces);
-    let packet = gent::packet::seal(&h).unwrap();
+    let packet = gent::container::seal(&h).unwrap();
     println!("hipster histogram: {} bytes as a packet", packet.len());
-    assert_eq!(gent::packet::open::<TopologyHistogram>(&packet).unwrap(), h);
+    assert_eq!(gent::container::open::<TopologyHistogram>(&packet).unwrap(), h);
 }

@@ -17,7 +17,7 @@ use gent::llm::{CallGraph, text};
 use gent::nn::Backend;
 use gent::nn::lm::{LmConfig, LmError, LoraConfig, TrainConfig};
 
-use super::args::{read_file, read_text};
+use super::args::{JsonArg, read_file, read_text};
 use super::{Failure, device, report, write};
 
 #[derive(Subcommand)]
@@ -79,12 +79,8 @@ pub struct TrainArgs {
     /// Dropout on the adapters' input while tuning (the paper: 0.1).
     #[arg(long, default_value_t = 0.1)]
     lora_dropout: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: Backend,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -140,12 +136,8 @@ pub struct EvalArgs {
     similarity_graphs: usize,
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: Backend,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -168,8 +160,6 @@ pub struct GenerateArgs {
     top_k: usize,
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Run the whole context at every step instead of caching keys and
     /// values (same output, slower; for measuring the cache).
     #[arg(long)]
@@ -186,10 +176,19 @@ pub struct GenerateArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value = "otlp-json")]
     format: LlmFormat,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// What every model-running `llm` command takes.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: JsonArg,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -379,7 +378,8 @@ fn eval_model(
 ) -> Result<MethodReport, Failure> {
     let (mut scorer, tok) = lm.scorer();
     let sampling = generate::Sampling { temperature: a.temperature, ..generate::Sampling::default() };
-    let mut g = Generator::new(&mut scorer, tok, sampling, a.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
+    let mut g =
+        Generator::new(&mut scorer, tok, sampling, a.run.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
     let started = Instant::now();
     let max_len = lm.config.max_len;
     let cells = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
@@ -417,7 +417,7 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
     let training = if a.train.is_empty() { Vec::new() } else { read_call_graphs(&a.train)? };
     let real = read_call_graphs(&a.real)?;
     let compared = &real[..a.similarity_graphs.min(real.len())];
-    let device = device(a.backend)?;
+    let device = device(a.run.backend)?;
     let recursive = if a.constrained { Decoding::Constrained } else { Decoding::Free };
     let lms = [
         (&a.model, recursive, Encoding::Layers),
@@ -433,14 +433,14 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
     if let Some(dir) = &a.probabilistic {
         let started = Instant::now();
         let baseline = gent::llm::baseline::Probabilistic::load(dir, &training).map_err(Failure::bad)?;
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(a.seed);
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(a.run.seed);
         let generated: Vec<_> = compared.iter().map(|r| baseline.graph(&r.service, &mut rng)).collect();
         let mut r = MethodReport::new("probabilistic", "probabilistic", None, compared, &generated);
         r.seconds = started.elapsed().as_secs_f64();
         methods.push(r);
     }
     methods.iter().for_each(MethodReport::print);
-    report(a.json, &EvalReport { similarity_requests: compared.len(), methods })
+    report(a.run.json.json, &EvalReport { similarity_requests: compared.len(), methods })
 }
 
 #[derive(Serialize)]
@@ -486,7 +486,7 @@ impl TrainArgs {
             LmEncoding::Layers => Encoding::Layers,
             LmEncoding::Tabular => Encoding::Tabular,
         };
-        let train = TrainConfig { steps: self.steps, batch: self.batch, learning_rate: self.learning_rate, seed: self.seed };
+        let train = TrainConfig { steps: self.steps, batch: self.batch, learning_rate: self.learning_rate, seed: self.run.seed };
         model::Pretraining { encoding, size, train, p_drop: self.p_drop }
     }
 
@@ -496,7 +496,12 @@ impl TrainArgs {
 
     fn tuning(&self) -> model::Tuning {
         model::Tuning {
-            train: TrainConfig { steps: self.tune_steps, batch: self.batch, learning_rate: self.learning_rate, seed: self.seed },
+            train: TrainConfig {
+                steps: self.tune_steps,
+                batch: self.batch,
+                learning_rate: self.learning_rate,
+                seed: self.run.seed,
+            },
             fraction: self.tune_fraction,
             sampling: gent::llm::instruct::Sampling { p_drop: self.p_drop, ..Default::default() },
             lora: self.lora(),
@@ -508,7 +513,7 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
     a.check()?;
     let graphs = read_call_graphs(&a.inputs)?;
     let started = Instant::now();
-    let (mut lm, losses) = LanguageModel::pretrain(&graphs, &a.pretraining(), &device(a.backend)?).map_err(Failure::other)?;
+    let (mut lm, losses) = LanguageModel::pretrain(&graphs, &a.pretraining(), &device(a.run.backend)?).map_err(Failure::other)?;
     let train_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let tuned = match a.tune_steps {
@@ -538,7 +543,7 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
         model_bytes: bytes.len(),
     };
     tracing::info!(graphs = graphs.len(), steps = a.steps, train_seconds = format!("{train_seconds:.1}"), loss = ?losses.last(), out = %a.out.display(), "language model written");
-    report(a.json, &r)
+    report(a.run.json.json, &r)
 }
 
 #[derive(Serialize)]
@@ -619,12 +624,13 @@ fn decoding_for(a: &GenerateArgs, lm: &LanguageModel, instructed: bool) -> Resul
 fn generate(a: GenerateArgs) -> Result<(), Failure> {
     let user = user_instruction(a.high_latency, a.include_edge.as_deref())?;
     let request = request(&a.conditions)?;
-    let lm = LanguageModel::from_bytes(&read_file(&a.model)?, &device(a.backend)?)
+    let lm = LanguageModel::from_bytes(&read_file(&a.model)?, &device(a.run.backend)?)
         .map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
     let decoding = decoding_for(&a, &lm, user.is_some())?;
     let (mut scorer, tok) = if a.no_kv_cache { lm.uncached_scorer() } else { lm.scorer() };
     let sampling = generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-    let mut g = Generator::new(&mut scorer, tok, sampling, a.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
+    let mut g =
+        Generator::new(&mut scorer, tok, sampling, a.run.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
     let started = Instant::now();
     let (mut graphs, mut invalid) = (Vec::new(), Vec::new());
     for _ in 0..a.count {
@@ -634,14 +640,14 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
         };
         match outcome {
             Outcome::Valid(x) => graphs.push(x.graph),
-            Outcome::Invalid { reason, .. } if decoding == Decoding::Constrained => return Err(Failure::Other(reason)),
+            Outcome::Invalid { reason, .. } if decoding == Decoding::Constrained => return Err(Failure::other(reason)),
             Outcome::Invalid { reason, .. } => invalid.push(reason),
         }
     }
     let seconds = started.elapsed().as_secs_f64();
     write_graphs(&graphs, a.format, &a.out)?;
     for reason in invalid.iter().take(3) {
-        tracing::warn!(reason, "invalid graph discarded");
+        tracing::warn!(%reason, "invalid graph discarded");
     }
     let r = GenerateReport {
         requested: a.count,
@@ -652,7 +658,7 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
         out: a.out.display().to_string(),
     };
     tracing::info!(valid = r.valid, invalid = r.invalid, seconds = format!("{seconds:.2}"), out = %a.out.display(), "call graphs generated");
-    report(a.json, &r)
+    report(a.run.json.json, &r)
 }
 
 /// Writes generated graphs as tabular text or, as the Alibaba reader would

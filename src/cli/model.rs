@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use gent::gent::{GenTConfig, PackError, WindowModel};
+use gent::codec::PackError;
+use gent::gent::{GenTConfig, WindowModel};
 use gent::io::{self, OutputFormat};
 use gent::llm::window::WindowConditions;
 use gent::nn::Backend;
@@ -94,7 +95,7 @@ struct TrainReport {
     train_seconds: f64,
     warm_started: bool,
     /// Where the packet's bytes go.
-    packet: gent::gent::Breakdown,
+    packet: gent::codec::Breakdown,
     /// How the calibrated timing met `calibration.budget`.
     budget: Option<gent::gent::Budget>,
 }
@@ -123,7 +124,7 @@ impl TrainArgs {
     fn previous(&self, device: &burn::tensor::Device) -> Result<Option<WindowModel>, Failure> {
         let Some(path) = &self.warm_start else { return Ok(None) };
         let unpacked =
-            gent::gent::unpack(&read_file(path)?, device).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
+            gent::codec::unpack(&read_file(path)?, device).map_err(|e| Failure::BadInput(format!("{}: {e}", path.display())))?;
         Ok(Some(unpacked.model))
     }
 }
@@ -139,11 +140,11 @@ pub fn train(a: TrainArgs) -> Result<(), Failure> {
     let precision = if a.f16 { Precision::F16 } else { Precision::F32 };
     let conditions = a.call_graph_conditions.then(|| WindowConditions::of(&set.traces, model.window_start));
     let packet =
-        gent::gent::pack(&model, 0, &config, precision, config.ctgan.seed, conditions.clone()).map_err(Failure::other)?;
+        gent::codec::pack(&model, 0, &config, precision, config.ctgan.seed, conditions.clone()).map_err(Failure::other)?;
     write(&a.out, &packet)?;
     let sizes = gent::fidelity::cost::wire_sizes(&set.traces).map_err(Failure::other)?;
     let (roots_warm, chains_warm) = model.warm_started();
-    let breakdown = gent::gent::breakdown(&model, &packet, &config, precision, conditions.as_ref()).map_err(Failure::other)?;
+    let breakdown = gent::codec::breakdown(&model, &packet, &config, precision, conditions.as_ref()).map_err(Failure::other)?;
     let r = TrainReport {
         traces: model.histogram.traces(),
         spans: model.histogram.spans(),
@@ -197,7 +198,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), Failure> {
     // A packet is read like any input: it may not ask for more spans than
     // --max-input-spans, which also bounds what generating it holds in memory.
     let max_spans = read_limits().spans as u64;
-    let unpacked = gent::gent::unpack_within(&read_file(&a.model)?, &device, max_spans).map_err(|e| {
+    let unpacked = gent::codec::unpack_within(&read_file(&a.model)?, &device, max_spans).map_err(|e| {
         let raise = if matches!(e, PackError::TooLarge { .. }) { " (raise --max-input-spans)" } else { "" };
         Failure::BadInput(format!("{}: {e}{raise}", a.model.display()))
     })?;
@@ -229,7 +230,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), Failure> {
 fn by_language_model(
     a: &GenerateArgs,
     lm_path: &Path,
-    unpacked: gent::gent::Unpacked,
+    unpacked: gent::codec::Unpacked,
     seed: u64,
     device: &burn::tensor::Device,
 ) -> Result<Regenerated, Failure> {

@@ -34,7 +34,9 @@ pub enum BenchError {
     #[error(transparent)]
     Fidelity(#[from] FidelityError),
     #[error("gent: {0}")]
-    Gent(String),
+    Model(#[from] crate::gent::ModelError),
+    #[error("gent: {0}")]
+    Pack(#[from] crate::codec::PackError),
     #[error("encoding the traces: {0}")]
     Encode(#[from] std::io::Error),
     #[error("reading the regenerated traces back: {0}")]
@@ -148,11 +150,10 @@ pub fn run(
 
     progress("gent");
     let started = Instant::now();
-    let model = WindowModel::train(&real.traces, config, device, None).map_err(|e| BenchError::Gent(e.to_string()))?;
-    let packet = crate::gent::pack(&model, 0, config, Precision::F16, config.ctgan.seed, None)
-        .map_err(|e| BenchError::Gent(e.to_string()))?;
-    let unpacked = crate::gent::unpack(&packet, device).map_err(|e| BenchError::Gent(e.to_string()))?;
-    let (generated, _) = unpacked.model.generate(config.ctgan.seed).map_err(|e| BenchError::Gent(e.to_string()))?;
+    let model = WindowModel::train(&real.traces, config, device, None)?;
+    let packet = crate::codec::pack(&model, 0, config, Precision::F16, config.ctgan.seed, None)?;
+    let unpacked = crate::codec::unpack(&packet, device)?;
+    let (generated, _) = unpacked.model.generate(config.ctgan.seed)?;
     let seconds = started.elapsed().as_secs_f64();
     let generated = read_back(&generated)?;
     let gent =

@@ -6,14 +6,13 @@
 //! trace start counts and `timing` the calibrated timing (quantile sketches
 //! per label composed along the tree); `digest` a window folded trace by
 //! trace into what its model is trained on; `model` training on a window and
-//! regenerating its traces; `pack` a model with its header in and out of a
-//! packet.
+//! regenerating its traces. Packing a model with its header lives in
+//! `codec`, which alone knows what else a packet carries.
 
 mod attributes;
 mod cells;
 mod digest;
 mod model;
-mod pack;
 mod starts;
 mod tables;
 mod timing;
@@ -23,10 +22,6 @@ pub use attributes::{AttributeConfig, AttributeSchema, KeyModel, Kind as Attribu
 pub use cells::{Bin, Quantity, TimeCells};
 pub use digest::{Digest, DigestConfig, WindowDigest};
 pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindowModel, WindowModel, head_gzip_bytes};
-pub use pack::{
-    Breakdown, Contents, DEFAULT_MAX_SPANS, Header, PackError, Unpacked, breakdown, open_contents, pack, seal_contents, unpack,
-    unpack_within,
-};
 pub use starts::{StartBuckets, StartError, StartModel};
 pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use timing::{CalibrationConfig, TimingError, TimingModel};

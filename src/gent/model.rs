@@ -750,13 +750,13 @@ impl WindowModel {
             attributes: AttributeConfig { keys: Vec::new(), categorical: Vec::new(), ..config.attributes.clone() },
             ..config.clone()
         };
-        let header = crate::packet::compressed_len(&postcard::to_stdvec(&settings).unwrap_or_default()) + HEADER_FRAMING;
+        let header = crate::container::compressed_len(&postcard::to_stdvec(&settings).unwrap_or_default()) + HEADER_FRAMING;
         let mut current = calibration.clone();
         loop {
             let buckets = StartBuckets { start: current.start_bucket, topology: current.topology_bucket };
             stored.timing = Some(fit(&current));
             stored.start = StoredStart::Counts(StartModel::fit(starts, topologies, buckets));
-            let bytes = crate::packet::compressed_len(&postcard::to_stdvec(&stored).unwrap_or_default()) + header;
+            let bytes = crate::container::compressed_len(&postcard::to_stdvec(&stored).unwrap_or_default()) + header;
             let next = super::timing::smaller(&current);
             if bytes <= allowed || next.is_none() {
                 self.budget = Some(Budget {

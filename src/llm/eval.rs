@@ -221,7 +221,7 @@ pub fn uncommon_calls<M: NextToken>(g: &mut Generator<'_, M>, real: &[CallGraph]
     for r in real {
         for (j, l) in r.layers().iter().enumerate() {
             let Some(u @ UserInstruction::IncludeEdge { .. }) = facts.instruction(r, j, l) else { continue };
-            let follows = |x: Result<crate::llm::Layer, String>| x.is_ok_and(|l| u.included_in(&l.edges));
+            let follows = |x: Result<crate::llm::Layer, super::generate::Rejection>| x.is_ok_and(|l| u.included_in(&l.edges));
             with += usize::from(follows(g.layer_instructed(&l.conditions, Some(&u), max_tokens)));
             without += usize::from(follows(g.layer_instructed(&l.conditions, None, max_tokens)));
             f.tried += 1;

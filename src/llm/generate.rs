@@ -70,7 +70,7 @@ pub enum Decoding {
     Instructed,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GenerateError {
     #[error("cannot generate {num_edges} edges {depth} deep: a graph needs at least one edge per level")]
     Infeasible { num_edges: u64, depth: u64 },
@@ -78,6 +78,34 @@ pub enum GenerateError {
     MissingToken(String),
     #[error("generated text does not parse: {0}")]
     Text(#[from] text::TextError),
+}
+
+/// Why a generated layer or graph was rejected: the accuracy figures count
+/// these, and `gent llm generate` names them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Rejection {
+    #[error("the model ended the sequence inside a layer")]
+    EndedInLayer,
+    #[error("no {closing} within {max_tokens} tokens")]
+    Unclosed { closing: &'static str, max_tokens: usize },
+    #[error("more layers than requested edges")]
+    TooManyLayers,
+    #[error("unparsable layer: {0}")]
+    Layer(text::TextError),
+    #[error("unparsable graph: {0}")]
+    Graph(text::TextError),
+    #[error(transparent)]
+    Violation(#[from] super::validate::Violation),
+    #[error(transparent)]
+    Constrained(#[from] GenerateError),
+}
+
+/// The one layer a document of generated layer text holds.
+fn only_layer(records: &[text::LayerText]) -> Result<Layer, text::TextError> {
+    match records.first() {
+        Some(r) => r.layer(),
+        None => Err(text::TextError { line: 1, column: 1, reason: "no layer".into() }),
+    }
 }
 
 /// Communication types the constrained decoder allows (those in the dataset).
@@ -405,7 +433,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
 
     /// Samples one layer freely after `prompt` until `</layer>`; `Err` when
     /// none comes within `max_tokens` or the model ends the sequence.
-    fn free_layer(&mut self, prompt: &str, max_tokens: usize) -> Result<String, String> {
+    fn free_layer(&mut self, prompt: &str, max_tokens: usize) -> Result<String, Rejection> {
         self.context.clear();
         self.context.push(super::tokenizer::BOS);
         self.force(prompt);
@@ -414,7 +442,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
         for _ in 0..max_tokens {
             let pick = self.choose(&all);
             if pick == super::tokenizer::EOS {
-                return Err("the model ended the sequence inside a layer".into());
+                return Err(Rejection::EndedInLayer);
             }
             self.context.push(pick);
             out.push_str(&self.tok.decode(&[pick]));
@@ -425,7 +453,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
                 return Ok(out);
             }
         }
-        Err(format!("no </layer> within {max_tokens} tokens"))
+        Err(Rejection::Unclosed { closing: "</layer>", max_tokens })
     }
 
     /// Generates a graph without constraints: the model writes every token,
@@ -448,7 +476,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// (`user` none) or the instruction encoding.
     fn recursive_free(&mut self, request: &Request, user: Option<&UserInstruction>, max_tokens_per_layer: usize) -> Outcome {
         let mut all_text = String::new();
-        let invalid = |reason: String, text: &str| Outcome::Invalid { reason, text: text.to_string() };
+        let invalid = |reason: Rejection, text: &str| Outcome::Invalid { reason, text: text.to_string() };
         let first = LayerConditions {
             id: Some(request.service.clone()),
             num_edges: Some(request.num_edges),
@@ -463,7 +491,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
         let (mut layers, mut edges) = (Vec::new(), Vec::new());
         while let Some((c, prefix, is_first)) = stack.pop() {
             if layers.len() as u64 >= request.num_edges.max(1) {
-                return invalid("more layers than requested edges".into(), &all_text);
+                return invalid(Rejection::TooManyLayers, &all_text);
             }
             let prompt = match user {
                 None => {
@@ -487,18 +515,15 @@ impl<'a, M: NextToken> Generator<'a, M> {
             all_text.push_str(&t);
             let parsed = match user {
                 None => text::parse_layers(&if is_first { t.clone() } else { format!("{}{t}", text::GENERATE) })
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| d.records[0].0[0].layer().map_err(|e| e.to_string())),
-                Some(_) => text::parse_instructions(&t)
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| d.records[0].answer.layer().map_err(|e| e.to_string())),
+                    .and_then(|d| only_layer(d.records.first().map_or(&[], |r| r.0.as_slice()))),
+                Some(_) => parse_answer(&t),
             };
             let layer = match parsed {
                 Ok(l) => l,
-                Err(reason) => return invalid(format!("unparsable layer: {reason}"), &all_text),
+                Err(e) => return invalid(Rejection::Layer(e), &all_text),
             };
             if let Some(v) = super::validate::layer(&layer).into_iter().next() {
-                return invalid(v.to_string(), &all_text);
+                return invalid(v.into(), &all_text);
             }
             for (id, sub) in attach(&prefix, &layer, &mut edges) {
                 stack.push((sub, id, false));
@@ -513,7 +538,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
             latency: Some(request.latency),
         };
         if let Some(v) = super::validate::graph(&graph, &asked).into_iter().next() {
-            return invalid(v.to_string(), &all_text);
+            return invalid(v.into(), &all_text);
         }
         Outcome::Valid(Generated { graph, layers, text: all_text })
     }
@@ -525,14 +550,12 @@ impl<'a, M: NextToken> Generator<'a, M> {
         c: &LayerConditions,
         user: Option<&UserInstruction>,
         max_tokens: usize,
-    ) -> Result<Layer, String> {
+    ) -> Result<Layer, Rejection> {
         let first = c.start_node.as_deref() == Some("USER");
         let t = self.free_layer(&question_text(c, first, user), max_tokens)?;
-        let layer = text::parse_instructions(&t)
-            .map_err(|e| e.to_string())
-            .and_then(|d| d.records[0].answer.layer().map_err(|e| e.to_string()))?;
+        let layer = parse_answer(&t).map_err(Rejection::Layer)?;
         match super::validate::layer(&layer).into_iter().next() {
-            Some(v) => Err(v.to_string()),
+            Some(v) => Err(v.into()),
             None => Ok(layer),
         }
     }
@@ -543,7 +566,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
         match decoding {
             Decoding::Constrained => match self.graph(request) {
                 Ok(g) => Outcome::Valid(g),
-                Err(e) => Outcome::Invalid { reason: e.to_string(), text: String::new() },
+                Err(e) => Outcome::Invalid { reason: e.into(), text: String::new() },
             },
             Decoding::Free => self.graph_free(request, max_tokens),
             Decoding::Instructed => self.graph_instructed(request, &UserInstruction::Distributions, max_tokens),
@@ -564,7 +587,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
         self.force(&head);
         let all: Vec<u32> = (0..self.tok.len() as u32).collect();
         let mut out = head;
-        let invalid = |reason: String, text: &str| Outcome::Invalid { reason, text: text.to_string() };
+        let invalid = |reason: Rejection, text: &str| Outcome::Invalid { reason, text: text.to_string() };
         let mut closed = false;
         for _ in 0..max_tokens {
             let pick = self.choose(&all);
@@ -580,13 +603,14 @@ impl<'a, M: NextToken> Generator<'a, M> {
             }
         }
         if !closed {
-            return invalid(format!("no </edges> within {max_tokens} tokens"), &out);
+            return invalid(Rejection::Unclosed { closing: "</edges>", max_tokens }, &out);
         }
-        let graph = match text::parse_tabular(&out).map_err(|e| e.to_string()).and_then(|d| {
-            d.records.first().ok_or_else(|| "no record".to_string()).and_then(|r| r.graph().map_err(|e| e.to_string()))
+        let graph = match text::parse_tabular(&out).and_then(|d| match d.records.first() {
+            Some(r) => r.graph(),
+            None => Err(text::TextError { line: 1, column: 1, reason: "no record".into() }),
         }) {
             Ok(g) => g,
-            Err(reason) => return invalid(format!("unparsable graph: {reason}"), &out),
+            Err(e) => return invalid(Rejection::Graph(e), &out),
         };
         let asked = super::validate::Requested {
             num_edges: Some(request.num_edges),
@@ -596,7 +620,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
         let violations = super::validate::graph(&graph, &asked);
         let layer_violation = graph.layers().iter().find_map(|l| super::validate::layer(l).into_iter().next());
         match violations.into_iter().next().or(layer_violation) {
-            Some(v) => invalid(v.to_string(), &out),
+            Some(v) => invalid(v.into(), &out),
             None => Outcome::Valid(Generated { graph, layers: Vec::new(), text: out }),
         }
     }
@@ -654,7 +678,7 @@ pub enum Outcome {
     /// The model wrote something unparsable or a layer or graph that breaks a
     /// constraint or the request.
     Invalid {
-        reason: String,
+        reason: Rejection,
         text: String,
     },
 }
@@ -692,3 +716,11 @@ const CANONICAL: [&str; 10] = [
     "latency",
     "start_communication_at",
 ];
+
+/// The layer an instruction-tuned model's answer holds.
+fn parse_answer(t: &str) -> Result<Layer, text::TextError> {
+    match text::parse_instructions(t)?.records.first() {
+        Some(r) => r.answer.layer(),
+        None => Err(text::TextError { line: 1, column: 1, reason: "no answer".into() }),
+    }
+}

@@ -1,5 +1,5 @@
 //! The trained language model as a file: dimensions, tokenizer and weights in
-//! gent's checksummed container (`packet::seal`), and the pre-training run
+//! gent's checksummed container (`container::seal`), and the pre-training run
 //! that makes it from call graphs.
 
 use burn::tensor::Device;
@@ -17,9 +17,11 @@ pub enum ModelError {
     #[error(transparent)]
     Lm(#[from] LmError),
     #[error(transparent)]
-    Packet(#[from] crate::packet::PacketError),
+    Packet(#[from] crate::container::PacketError),
     #[error("weights: {0}")]
-    Weights(String),
+    Weights(#[from] crate::nn::weights::WeightsError),
+    #[error("weights: {0}")]
+    Sizes(String),
     #[error("not a gent language model of this version (it is a {0:?} file; gent writes {KIND:?}: retrain it)")]
     Kind(String),
     #[error("no call graphs to train on")]
@@ -37,7 +39,7 @@ const KIND: &str = "gent-llm/2";
 
 /// The container version of model files: the packet container's layout as it
 /// was when they were introduced, kept apart from the window packet's
-/// version (`packet::FORMAT_VERSION`) so that a new packet format does not make
+/// version (`container::FORMAT_VERSION`) so that a new packet format does not make
 /// trained language models unreadable; `KIND` versions their body.
 const CONTAINER_VERSION: u16 = 4;
 
@@ -105,8 +107,8 @@ pub struct Tuned {
 /// `lm`'s weights on `device` (between the autodiff device training uses
 /// and the plain one generation uses), through their bytes.
 fn moved(lm: Lm, config: &LmConfig, device: &Device) -> Result<Lm, ModelError> {
-    let bytes = weights::to_bytes(lm, Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
-    weights::from_bytes(Lm::new(config, device)?, &bytes).map_err(|e| ModelError::Weights(e.to_string()))
+    let bytes = weights::to_bytes(lm, Precision::F32)?;
+    Ok(weights::from_bytes(Lm::new(config, device)?, &bytes)?)
 }
 
 /// Pre-training settings: which size, how long, and the condition drop rate.
@@ -249,8 +251,8 @@ impl LanguageModel {
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
-        let weights = weights::to_bytes(self.lm.clone(), Precision::F32).map_err(|e| ModelError::Weights(e.to_string()))?;
-        Ok(crate::packet::seal_as(
+        let weights = weights::to_bytes(self.lm.clone(), Precision::F32)?;
+        Ok(crate::container::seal_as(
             &Stored {
                 kind: KIND.into(),
                 encoding: self.encoding,
@@ -265,13 +267,13 @@ impl LanguageModel {
     }
 
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
-        let head: Head = crate::packet::open_as(bytes, CONTAINER_VERSION)?;
+        let head: Head = crate::container::open_as(bytes, CONTAINER_VERSION)?;
         if head.kind != KIND {
             return Err(ModelError::Kind(head.kind));
         }
-        let s: Stored = crate::packet::open_as(bytes, CONTAINER_VERSION)?;
+        let s: Stored = crate::container::open_as(bytes, CONTAINER_VERSION)?;
         check_sizes(&s)?;
-        let lm = weights::from_bytes(Lm::new(&s.config, device)?, &s.weights).map_err(|e| ModelError::Weights(e.to_string()))?;
+        let lm = weights::from_bytes(Lm::new(&s.config, device)?, &s.weights)?;
         Ok(LanguageModel {
             encoding: s.encoding,
             config: s.config,
@@ -290,7 +292,7 @@ impl LanguageModel {
 fn check_sizes(s: &Stored) -> Result<(), ModelError> {
     s.config.validate()?;
     if s.config.vocab != s.tokens.len() || s.tokens.len() <= EOS as usize {
-        return Err(ModelError::Weights(format!(
+        return Err(ModelError::Sizes(format!(
             "the config's vocabulary of {} does not match the file's {} tokens",
             s.config.vocab,
             s.tokens.len()
@@ -298,7 +300,7 @@ fn check_sizes(s: &Stored) -> Result<(), ModelError> {
     }
     let parameters = s.config.min_parameters().unwrap_or(usize::MAX);
     if parameters.saturating_mul(2) > s.weights.len() {
-        return Err(ModelError::Weights(format!(
+        return Err(ModelError::Sizes(format!(
             "the config asks for at least {parameters} parameters, the file holds {} bytes of weights",
             s.weights.len()
         )));

@@ -24,6 +24,10 @@ pub enum WindowError {
     Request { index: usize, reason: String },
     #[error("the language model cannot regenerate call graphs: {0}")]
     Model(String),
+    #[error("the language model cannot regenerate call graphs: {0}")]
+    Generator(#[from] super::generate::GenerateError),
+    #[error("trace {index} of the packet's call-graph conditions: constrained decoding made an invalid graph (a bug): {reason}")]
+    Rejected { index: usize, reason: super::generate::Rejection },
 }
 
 /// One trace as the language model is asked for it.
@@ -183,9 +187,7 @@ pub fn regenerate(
     let window_names = conditions.destinations.iter().any(|n| microservice_digits(n).is_some());
     let destinations = if window_names { &conditions.destinations } else { &lm.destinations };
     let (mut scorer, tok) = lm.scorer();
-    let mut g = Generator::new(&mut scorer, tok, r.sampling, r.seed)
-        .map_err(|e| WindowError::Model(e.to_string()))?
-        .known_destinations(destinations);
+    let mut g = Generator::new(&mut scorer, tok, r.sampling, r.seed)?.known_destinations(destinations);
     let mut out = Regenerated { traces: Vec::with_capacity(conditions.traces.len()), clamped: 0 };
     for (index, t) in conditions.traces.iter().enumerate() {
         let (request, clamped) = conditions.request(index, r.max_edges.max(1))?;
@@ -193,7 +195,7 @@ pub fn regenerate(
         let graph = match g.run(&request, Decoding::Constrained, lm.config.max_len) {
             Outcome::Valid(x) => x.graph,
             // Constrained decoding makes only valid graphs; this is a bug, named.
-            Outcome::Invalid { reason, .. } => return Err(WindowError::Request { index, reason }),
+            Outcome::Invalid { reason, .. } => return Err(WindowError::Rejected { index, reason }),
         };
         let trace_id = trace_id(r.seed, index);
         let start = window_start.saturating_add(t.start_ms.saturating_mul(NANOS_PER_MILLI));

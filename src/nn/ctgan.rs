@@ -38,6 +38,22 @@ pub enum CtganError {
     Stored(String),
 }
 
+/// Why a previous model cannot warm-start training on a table: logged, and
+/// training starts from scratch.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmStartMismatch {
+    #[error("graph feature width {now}, previous model {previous}")]
+    GraphWidth { now: usize, previous: usize },
+    #[error("network dimensions differ from the previous model's")]
+    Shape,
+    #[error("context width {now}, previous model {previous}")]
+    ContextWidth { now: usize, previous: usize },
+    #[error("the table's columns differ from the previous model's")]
+    Columns,
+    #[error("the previous model's columns do not encode the table: {0}")]
+    Table(#[from] TabularError),
+}
+
 /// Version of the stored model layout ([`Ctgan::to_bytes`]); bumped on any change.
 pub const MODEL_FORMAT: u32 = 4;
 
@@ -485,9 +501,9 @@ impl Ctgan {
         config: &CtganConfig,
         context_width: usize,
         graph_width: usize,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, WarmStartMismatch> {
         if graph_width != self.graph_width {
-            return Err(format!("graph feature width {graph_width}, previous model {}", self.graph_width));
+            return Err(WarmStartMismatch::GraphWidth { now: graph_width, previous: self.graph_width });
         }
         let same_shape = config.embedding == self.config.embedding
             && (graph_width == 0 || config.graph_embedding == self.config.graph_embedding)
@@ -495,16 +511,16 @@ impl Ctgan {
             && config.critic == self.config.critic
             && config.pac == self.config.pac;
         if !same_shape {
-            return Err("network dimensions differ from the previous model's".into());
+            return Err(WarmStartMismatch::Shape);
         }
         if context_width != self.context_width {
-            return Err(format!("context width {context_width}, previous model {}", self.context_width));
+            return Err(WarmStartMismatch::ContextWidth { now: context_width, previous: self.context_width });
         }
         let names = table.columns.iter().map(|c| c.name.as_str());
         if !names.eq(self.transformer.columns.iter().map(ColumnTransform::name)) {
-            return Err("the table's columns differ from the previous model's".into());
+            return Err(WarmStartMismatch::Columns);
         }
-        self.transformer.transform(table, config.seed).map_err(|e| e.to_string())
+        Ok(self.transformer.transform(table, config.seed)?)
     }
 
     /// The model as bytes (format [`MODEL_FORMAT`]): configuration, column

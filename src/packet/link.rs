@@ -8,8 +8,6 @@ use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
-use crate::receiver;
-
 /// The generated messages, client and server of proto/gent.proto.
 pub mod proto {
     tonic::include_proto!("gent.link.v1");
@@ -110,8 +108,8 @@ pub struct ServerLimits {
     pub max_packet_bytes: usize,
     /// Pushes read at once.
     pub max_concurrent: usize,
-    pub connections: receiver::connections::ConnectionConfig,
-    pub stats: receiver::connections::ConnectionStats,
+    pub connections: crate::connections::ConnectionConfig,
+    pub stats: crate::connections::ConnectionStats,
 }
 
 /// Serves `service` on `listener`. `admit` sees each push's headers before
@@ -127,15 +125,15 @@ pub async fn serve<S: PacketService>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), LinkError> {
     let ServerLimits { max_packet_bytes, max_concurrent, connections, stats } = limits;
-    let incoming = receiver::connections::Listener::new(listener, &connections, stats).incoming();
-    let mut builder = receiver::connections::grpc_server(&connections).concurrency_limit_per_connection(max_concurrent.max(1));
+    let incoming = crate::connections::Listener::new(listener, &connections, stats).incoming();
+    let mut builder = crate::connections::grpc_server(&connections).concurrency_limit_per_connection(max_concurrent.max(1));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
     }
     // Room for the request's other fields around the payload.
     let service = PacketServiceServer::new(service).max_decoding_message_size(max_packet_bytes.saturating_add(4096));
     builder
-        .layer(receiver::connections::TrackLayer)
+        .layer(crate::connections::TrackLayer)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_concurrent.max(1)))
         .add_service(tonic::service::interceptor::InterceptedService::new(service, admit))
         .serve_with_incoming_shutdown(incoming, shutdown)

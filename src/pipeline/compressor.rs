@@ -37,7 +37,7 @@ pub enum CompressorError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("backend: {0}")]
-    Backend(String),
+    Backend(#[from] crate::nn::BackendError),
 }
 
 /// The pipeline's link half: the spool and the task draining it.
@@ -87,7 +87,7 @@ pub async fn start_with(
     let mut link = None;
     let sink: Box<dyn WindowSink> = match &config.pipeline {
         Some(p) => {
-            let device = p.backend.device().map_err(|e| CompressorError::Backend(e.to_string()))?;
+            let device = p.backend.device()?;
             let spool = Arc::new(Spool::open(&p.link.spool_dir, p.link.spool_max_bytes, Some(metrics.pipeline.clone()))?);
             let settings = SenderSettings {
                 link: ClientSettings {

@@ -33,7 +33,7 @@ pub enum DecompressorError {
     #[error(transparent)]
     Export(#[from] ExportError),
     #[error("backend: {0}")]
-    Backend(String),
+    Backend(#[from] crate::nn::BackendError),
     #[error("a decompressor task failed: {0}")]
     Task(String),
     #[error("{0}")]
@@ -148,6 +148,25 @@ impl Part {
     }
 }
 
+/// Why a pushed payload yields no traces (or stops yielding them part way).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Packet(#[from] crate::codec::PackError),
+    #[error(transparent)]
+    Llm(#[from] crate::llm::window::WindowError),
+    #[error(transparent)]
+    Model(#[from] crate::gent::ModelError),
+    #[error("traces payload does not inflate: {0}")]
+    Inflate(std::io::Error),
+    #[error("traces payload is larger than {MAX_TRACES_BYTES} bytes once inflated")]
+    TooLarge,
+    #[error("traces payload: {:?}: {} (link.max_window_spans)", .0.position, .0.reason)]
+    Traces(crate::io::ParseError),
+    #[error("payload kind is unspecified")]
+    Unspecified,
+}
+
 /// The payload's traces, handed to `each` part by part until it returns
 /// false: regenerated from a model (by Gen-T, in parts of about
 /// [`PART_SPANS`] spans; or by the language model when there is one and the
@@ -159,17 +178,16 @@ fn decode_parts(
     llm: Option<&Mutex<LlmEngine>>,
     max_spans: u64,
     mut each: impl FnMut(Part) -> bool,
-) -> Result<(), String> {
+) -> Result<(), DecodeError> {
     let started = Instant::now();
     match kind {
         PayloadKind::Model => {
-            let unpacked = crate::gent::unpack_within(payload, device, max_spans).map_err(|e| e.to_string())?;
+            let unpacked = crate::codec::unpack_within(payload, device, max_spans)?;
             let seed = unpacked.header.seed;
             if let (Some(llm), Some(conditions)) = (llm, &unpacked.conditions) {
                 let engine = llm.lock().unwrap_or_else(|e| e.into_inner());
                 let r = crate::llm::window::Regeneration { sampling: engine.sampling, max_edges: engine.max_edges, seed };
-                let out = crate::llm::window::regenerate(&engine.model, conditions, unpacked.header.window_start, &r)
-                    .map_err(|e| e.to_string())?;
+                let out = crate::llm::window::regenerate(&engine.model, conditions, unpacked.header.window_start, &r)?;
                 each(Part::whole(out.traces, "llm", out.clamped, started));
                 return Ok(());
             }
@@ -188,25 +206,24 @@ fn decode_parts(
                 started = Instant::now();
                 go_on
             };
-            unpacked.model.generate_parts(seed, of, each_part).map_err(|e| e.to_string())
+            Ok(unpacked.model.generate_parts(seed, of, each_part)?)
         }
         PayloadKind::Traces => {
             let mut raw = Vec::new();
             flate2::read::GzDecoder::new(payload)
                 .take(MAX_TRACES_BYTES + 1)
                 .read_to_end(&mut raw)
-                .map_err(|e| format!("traces payload does not inflate: {e}"))?;
+                .map_err(DecodeError::Inflate)?;
             if raw.len() as u64 > MAX_TRACES_BYTES {
-                return Err(format!("traces payload is larger than {MAX_TRACES_BYTES} bytes once inflated"));
+                return Err(DecodeError::TooLarge);
             }
             let mut spans = Vec::new();
             let max = usize::try_from(max_spans).unwrap_or(usize::MAX);
-            crate::io::read_proto(&raw, &mut spans, max)
-                .map_err(|e| format!("traces payload: {:?}: {} (link.max_window_spans)", e.position, e.reason))?;
+            crate::io::read_proto(&raw, &mut spans, max).map_err(DecodeError::Traces)?;
             each(Part::whole(crate::trace::assemble(spans).traces, "traces", 0, started));
             Ok(())
         }
-        PayloadKind::Unspecified => Err("payload kind is unspecified".into()),
+        PayloadKind::Unspecified => Err(DecodeError::Unspecified),
     }
 }
 
@@ -353,7 +370,7 @@ pub async fn start(
     reports: Option<mpsc::UnboundedSender<Delivered>>,
 ) -> Result<Running, DecompressorError> {
     let metrics = DecompressorMetrics::new()?;
-    let device = config.backend.device().map_err(|e| DecompressorError::Backend(e.to_string()))?;
+    let device = config.backend.device()?;
     let llm = LlmEngine::load(&config, &device)?.map(|e| Arc::new(Mutex::new(e)));
     let exporters = export::from_config(&config.exporters)?;
     for e in &exporters {

@@ -7,8 +7,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::connections::ConnectionStats;
 use crate::metrics::{MetricsError, Readiness};
-use crate::receiver::connections::ConnectionStats;
 
 /// `/metrics` (and the readiness and liveness endpoints) on `endpoint`, if
 /// one is configured, until `stop` turns true; returns its bound address

@@ -87,7 +87,7 @@ pub enum ShipError {
     #[error("training: {0}")]
     Train(#[from] crate::gent::ModelError),
     #[error("packing or unpacking: {0}")]
-    Pack(#[from] crate::gent::PackError),
+    Pack(#[from] crate::codec::PackError),
     #[error("scoring: {0}")]
     Score(#[from] crate::fidelity::FidelityError),
     #[error("encoding the window's traces: {0}")]
@@ -131,7 +131,7 @@ impl ShipSink {
         // Regeneration draws trace and span ids from this seed: unique per
         // producer run and window, so two windows never regenerate the same ids.
         let seed = xxhash_rust::xxh3::xxh3_64_with_seed(self.producer.as_bytes(), c.ctgan.seed ^ window);
-        let packet = crate::gent::pack(&model, window, c, precision, seed, conditions)?;
+        let packet = crate::codec::pack(&model, window, c, precision, seed, conditions)?;
         Ok((model, packet, seconds))
     }
 
@@ -386,7 +386,7 @@ pub fn self_evaluate(
     };
     let digest = &*digest;
     // Its own packet, of a window of any size: only the sample is regenerated.
-    let unpacked = crate::gent::unpack_within(packet, device, digest.spans)?;
+    let unpacked = crate::codec::unpack_within(packet, device, digest.spans)?;
     let model = &unpacked.model;
     // Only the share the score reads is regenerated, by stratum, then
     // (length unknown before timing) by start.

@@ -17,7 +17,8 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, Protocol, ReceiverError, Refusal, connections};
+use super::{Ingest, Protocol, ReceiverError, Refusal};
+use crate::connections;
 use crate::metrics::RefusalReason;
 
 /// Set on refusals our handler made (and counted), so the layer leaves them be.

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use super::{Ingest, Protocol, ReceiverError, Refusal, connections};
+use super::{Ingest, Protocol, ReceiverError, Refusal};
+use crate::connections;
 use crate::io;
 use crate::metrics::RefusalReason;
 

@@ -3,7 +3,6 @@
 //! for the window assembler, answering as the OTLP specification asks: success,
 //! partial success for spans that fail validation, or a refusal with a reason.
 
-pub mod connections;
 mod grpc;
 mod http;
 

@@ -1,5 +1,5 @@
-//! The packet: one window's model as bytes, self-contained, versioned and
-//! checksummed (DESIGN.md, "Packet").
+//! The sealed container: a value as bytes, self-contained, versioned and
+//! checksummed. Window packets and language-model files are both sealed in it.
 //!
 //! Layout: `GENT` magic (4 bytes), format version (u16 LE), the compressed
 //! postcard encoding of the body, then an xxh3-64 checksum (u64 LE) of every

@@ -3,10 +3,10 @@
 
 use burn::tensor::Device;
 
-use super::model::{GenTConfig, ModelError, StoredWindowModel, WindowModel};
+use crate::container::{self, PacketError};
+use crate::gent::{AttributeConfig, GenTConfig, ModelError, StoredWindowModel, WindowModel};
 use crate::llm::window::WindowConditions;
 use crate::nn::weights::Precision;
-use crate::packet::{self, PacketError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -59,12 +59,12 @@ pub struct Contents {
 /// A packet's contents after its container checks (magic, version, checksum,
 /// inflation limit), before any of the model's own.
 pub fn open_contents(bytes: &[u8]) -> Result<Contents, PackError> {
-    Ok(packet::open(bytes)?)
+    Ok(container::open(bytes)?)
 }
 
 /// `contents` sealed as a packet.
 pub fn seal_contents(contents: &Contents) -> Result<Vec<u8>, PackError> {
-    Ok(packet::seal(contents)?)
+    Ok(container::seal(contents)?)
 }
 
 /// A packet opened: its header, its model ready to generate, and the
@@ -85,7 +85,7 @@ pub fn pack(
     conditions: Option<WindowConditions>,
 ) -> Result<Vec<u8>, PackError> {
     let header = header(model, window_id, config, precision, seed);
-    Ok(packet::seal(&Contents { header, model: model.to_stored(precision)?, conditions })?)
+    Ok(container::seal(&Contents { header, model: model.to_stored(precision)?, conditions })?)
 }
 
 fn header(model: &WindowModel, window_id: u64, config: &GenTConfig, precision: Precision, seed: u64) -> Header {
@@ -96,7 +96,7 @@ fn header(model: &WindowModel, window_id: u64, config: &GenTConfig, precision: P
         traces: model.histogram.traces(),
         spans: model.histogram.spans(),
         config: GenTConfig {
-            attributes: super::AttributeConfig { keys: Vec::new(), categorical: Vec::new(), ..config.attributes.clone() },
+            attributes: AttributeConfig { keys: Vec::new(), categorical: Vec::new(), ..config.attributes.clone() },
             ..config.clone()
         },
         precision,
@@ -133,7 +133,7 @@ pub fn breakdown(
     conditions: Option<&WindowConditions>,
 ) -> Result<Breakdown, PackError> {
     let stored = model.to_stored(precision)?;
-    let size = |bytes: &[u8]| if bytes.is_empty() { 0 } else { packet::compressed_len(bytes) };
+    let size = |bytes: &[u8]| if bytes.is_empty() { 0 } else { container::compressed_len(bytes) };
     let header = postcard::to_stdvec(&header(model, 0, config, precision, 0)).unwrap_or_default();
     let mut b = Breakdown { total: packet.len(), header: size(&header), ..Breakdown::default() };
     for (name, bytes) in stored.parts() {
@@ -164,7 +164,7 @@ pub fn unpack(bytes: &[u8], device: &Device) -> Result<Unpacked, PackError> {
 /// checked against the limit and against each other before the model is
 /// built, so no count in a packet decides an allocation unchecked.
 pub fn unpack_within(bytes: &[u8], device: &Device, max_spans: u64) -> Result<Unpacked, PackError> {
-    let body: Contents = packet::open_checked(bytes, |header: &Header| {
+    let body: Contents = container::open_checked(bytes, |header: &Header| {
         let (traces, spans) = (header.traces, header.spans);
         if spans > max_spans { Err(PackError::TooLarge { traces, spans, limit: max_spans }) } else { Ok(()) }
     })?;
@@ -216,9 +216,9 @@ mod tests {
         let device = Device::flex();
         let config = GenTConfig::default();
         let model = WindowModel::train(&traces(20), &config, &device, None).unwrap();
-        let mut body: Contents = packet::open(&pack(&model, 1, &config, Precision::F16, 7, None).unwrap()).unwrap();
+        let mut body: Contents = container::open(&pack(&model, 1, &config, Precision::F16, 7, None).unwrap()).unwrap();
         edit(&mut body);
-        packet::seal(&body).unwrap()
+        container::seal(&body).unwrap()
     }
 
     #[test]

@@ -1,0 +1,12 @@
+//! What a packet carries, in and out of bytes: a window's Gen-T model with
+//! its header and, when the compressor is asked for them, the window's
+//! call-graph conditions for a decompressor that regenerates with the
+//! language model. The two generators (`gent`, `llm`) do not know each
+//! other; this module joins them, and seals the result in the `container`.
+
+mod model;
+
+pub use model::{
+    Breakdown, Contents, DEFAULT_MAX_SPANS, Header, PackError, Unpacked, breakdown, open_contents, pack, seal_contents, unpack,
+    unpack_within,
+};
