@@ -9,6 +9,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::connections::ConnectionConfig;
+pub use crate::export::{ExportersConfig, FileExporterConfig, FileFormat, OtlpExporterConfig};
+pub use crate::metrics::MetricsConfig;
+pub use crate::receiver::ReceiverConfig;
+pub use crate::window::{SinkConfig, WindowConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -347,190 +351,6 @@ impl LinkServerConfig {
     }
 }
 
-/// Where regenerated traces go; every configured exporter gets every window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExportersConfig {
-    /// OTLP/gRPC (Jaeger ≥ 1.35 and the Collector accept it on 4317).
-    pub otlp_grpc: Option<OtlpExporterConfig>,
-    /// OTLP/HTTP protobuf; `endpoint` is the full URL (…/v1/traces).
-    pub otlp_http: Option<OtlpExporterConfig>,
-    /// Files, one per window, in each listed format.
-    pub files: Vec<FileExporterConfig>,
-}
-
-impl Default for ExportersConfig {
-    fn default() -> Self {
-        ExportersConfig {
-            otlp_grpc: None,
-            otlp_http: None,
-            files: vec![FileExporterConfig { dir: "regenerated".into(), format: FileFormat::OtlpJson }],
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OtlpExporterConfig {
-    pub endpoint: String,
-    /// gzip-compress requests.
-    pub gzip: bool,
-    /// Most spans per request (whole traces are never split).
-    pub batch_spans: usize,
-    /// Deadline of one request.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Retries of a failed request: first wait, doubled up to `retry_max`,
-    /// giving up after `retry_for` in all (the window is then retried by the compressor).
-    #[serde(with = "humantime_serde")]
-    pub retry_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_for: Duration,
-    /// Extra request headers (gRPC metadata), e.g. an API key for a SaaS backend.
-    pub headers: std::collections::BTreeMap<String, String>,
-}
-
-impl Default for OtlpExporterConfig {
-    fn default() -> Self {
-        OtlpExporterConfig {
-            endpoint: "http://127.0.0.1:4317".into(),
-            gzip: true,
-            batch_spans: 5_000,
-            timeout: Duration::from_secs(10),
-            retry_initial: Duration::from_millis(100),
-            retry_max: Duration::from_secs(5),
-            retry_for: Duration::from_secs(60),
-            headers: Default::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileExporterConfig {
-    /// Folder; each window becomes `window-<producer>-<id>.<ext>`.
-    pub dir: PathBuf,
-    pub format: FileFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FileFormat {
-    /// OTLP JSON, one ExportTraceServiceRequest per line (`.jsonl`).
-    OtlpJson,
-    /// Jaeger's JSON (`{"data": [...]}`, as its UI imports) (`.json`).
-    Jaeger,
-}
-
-/// OTLP ingest: where to listen and what to refuse.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReceiverConfig {
-    /// OTLP/gRPC listen address; `null` turns gRPC off.
-    pub grpc: Option<SocketAddr>,
-    /// OTLP/HTTP listen address (`POST /v1/traces`); `null` turns HTTP off.
-    pub http: Option<SocketAddr>,
-    /// Largest request accepted, in bytes after decompression.
-    pub max_message_bytes: usize,
-    /// Largest number of spans in one request; larger requests are refused whole.
-    pub max_spans_per_request: usize,
-    /// Most attributes on one span (span attributes; resource attributes count apart).
-    pub max_attributes_per_span: usize,
-    /// Largest attribute value, in bytes of string or byte content.
-    pub max_attribute_value_bytes: usize,
-    /// Suggested client back-off when the queue is full (gRPC RetryInfo,
-    /// HTTP `Retry-After`).
-    #[serde(with = "humantime_serde")]
-    pub retry_after: Duration,
-    /// Connection limits and timeouts, for both gRPC and HTTP.
-    pub connections: ConnectionConfig,
-}
-
-impl Default for ReceiverConfig {
-    fn default() -> Self {
-        ReceiverConfig {
-            grpc: Some(SocketAddr::from(([0, 0, 0, 0], 4317))),
-            http: Some(SocketAddr::from(([0, 0, 0, 0], 4318))),
-            // The OpenTelemetry Collector's default for gRPC.
-            max_message_bytes: 4 << 20,
-            max_spans_per_request: 10_000,
-            max_attributes_per_span: 128,
-            max_attribute_value_bytes: 64 << 10,
-            retry_after: Duration::from_secs(1),
-            connections: ConnectionConfig::default(),
-        }
-    }
-}
-
-/// How spans are grouped into windows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WindowConfig {
-    /// A window closes this long after it opened...
-    #[serde(with = "humantime_serde")]
-    pub duration: Duration,
-    /// ...or once it holds this many traces, whichever comes first: a memory
-    /// guard (a window keeps about 40 bytes per trace it saw, to tell late
-    /// spans and count starts), not the normal way windows close.
-    pub max_traces: usize,
-    /// ...or before a new trace takes it past this many spans: the
-    /// decompressor regenerates at most `link.max_window_spans` (10,000,000 by
-    /// default) spans a window. Open traces still grow until the close, so
-    /// the default leaves a tenth of room.
-    pub max_spans: usize,
-    /// A trace is complete when no span of it has arrived for this long.
-    #[serde(with = "humantime_serde")]
-    pub trace_idle: Duration,
-    /// Most spans held at once between receipt and the sink finishing with
-    /// them; beyond it the receiver answers with backpressure. Open traces
-    /// stay for `trace_idle` after their last span, so the budget over
-    /// `trace_idle` bounds the sustained rate (3,000,000 / 5 s: about 500,000
-    /// spans/s after the windows' samples); each resident span costs about
-    /// 100–150 bytes (more with attributes no other span shares).
-    pub span_budget: usize,
-    /// Most spans of one trace a window keeps; later spans of that trace are
-    /// dropped and counted (`gent_oversized_trace_spans_total`), so one
-    /// runaway trace cannot hold the window's memory or its training.
-    pub max_spans_per_trace: usize,
-}
-
-impl Default for WindowConfig {
-    fn default() -> Self {
-        WindowConfig {
-            duration: Duration::from_secs(60),
-            max_traces: 2_000_000,
-            max_spans: 9_000_000,
-            trace_idle: Duration::from_secs(5),
-            span_budget: 3_000_000,
-            max_spans_per_trace: 100_000,
-        }
-    }
-}
-
-/// What happens to a closed window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SinkConfig {
-    /// Write each closed window as OTLP JSON lines into this folder (a
-    /// debugging aid); `null` writes nothing.
-    pub otlp_json_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Prometheus `/metrics` listen address; `null` turns it off.
-    pub endpoint: Option<SocketAddr>,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { endpoint: Some(SocketAddr::from(([0, 0, 0, 0], 9464))) }
-    }
-}
-
 /// config/model.yaml as written: every field optional, and a missing one
 /// takes Gen-T's default (not CTGAN's: a file that sets only `ctgan.epochs`
 /// must keep Gen-T's 128-wide networks).
@@ -710,7 +530,7 @@ impl DecompressorConfig {
         let e = &self.exporters;
         for (field, exporter) in [("exporters.otlp_grpc", &e.otlp_grpc), ("exporters.otlp_http", &e.otlp_http)] {
             if let Some(x) = exporter {
-                validate_otlp_exporter(x).map_err(|reason| (field, reason))?;
+                x.validate().map_err(|reason| (field, reason))?;
             }
         }
         if e.otlp_grpc.is_none() && e.otlp_http.is_none() && e.files.is_empty() {
@@ -735,19 +555,6 @@ impl DecompressorConfig {
         }
         Ok(())
     }
-}
-
-fn validate_otlp_exporter(x: &OtlpExporterConfig) -> Result<(), String> {
-    if !(x.endpoint.starts_with("http://") || x.endpoint.starts_with("https://")) {
-        return Err(format!("endpoint {:?} must start with http:// or https://", x.endpoint));
-    }
-    if x.batch_spans == 0 {
-        return Err("batch_spans must be greater than 0".into());
-    }
-    if x.timeout.is_zero() || x.retry_initial.is_zero() {
-        return Err("timeout and retry_initial must be longer than 0s".into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,21 +2,23 @@
 //!
 //! Modules in the order data flows through them (docs/architecture.md; a
 //! module uses only those before it, `tests/architecture.rs` checks):
-//! [`trace`] is the span and trace model; [`container`] seals bytes; [`io`]
-//! reads and writes trace files; [`tabular`] and [`nn`] hold the columns and
+//! [`trace`] is the span and trace model; [`container`] seals bytes; [`otlp`]
+//! sends OTLP with one retry policy; [`io`] reads and writes trace files; [`tabular`] and [`nn`] hold the columns and
 //! networks the generators train; [`gent`] (Gen-T) and [`llm`] (TraceLLM)
 //! are the two generators; [`codec`] puts what a packet carries in and out
 //! of bytes; [`fidelity`] scores regenerated traces against real ones.
 //! The daemons' parts follow: [`connections`] and [`metrics`] serve every
-//! server, [`config`] loads the daemons' documents, [`window`] folds traces
-//! into windows, [`receiver`] takes OTLP, [`packet`] is the link, [`export`]
-//! writes regenerated traces, [`replay`] sends recorded ones as load, and
+//! server, [`window`] folds traces into windows, [`receiver`] takes OTLP,
+//! [`packet`] is the link, [`export`] writes regenerated traces (each with
+//! its configuration section beside it), [`config`] assembles and checks the
+//! daemons' documents, [`replay`] sends recorded ones as load, and
 //! [`pipeline`] wires the compressor and decompressor; [`demo`] runs both.
 
 pub mod trace;
 
 pub mod container;
 pub mod io;
+pub mod otlp;
 
 pub mod nn;
 pub mod tabular;
@@ -27,7 +29,6 @@ pub mod llm;
 pub mod codec;
 pub mod fidelity;
 
-pub mod config;
 pub mod connections;
 pub mod metrics;
 
@@ -36,6 +37,8 @@ pub mod window;
 
 pub mod export;
 pub mod packet;
+
+pub mod config;
 
 pub mod demo;
 pub mod pipeline;

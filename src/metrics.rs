@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use serde::{Deserialize, Serialize};
+
 use std::sync::Arc;
 
 use prometheus::{
@@ -10,6 +12,20 @@ use prometheus::{
 };
 
 use crate::connections::{self, ConnectionConfig, ConnectionStats};
+
+/// The `metrics` section of both daemons' configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus `/metrics` listen address; `null` turns it off.
+    pub endpoint: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { endpoint: Some(SocketAddr::from(([0, 0, 0, 0], 9464))) }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

@@ -4,38 +4,34 @@
 //! Each pass gets fresh ids: trace and span ids are XORed with a random key per
 //! pass, which keeps them unique and keeps every parent link intact without a
 //! lookup table. Timestamps are shifted so the first trace starts now, keeping
-//! the timing within and between traces. Backpressure (RESOURCE_EXHAUSTED, HTTP
-//! 429/503) is honoured: the request waits and is sent again.
+//! the timing within and between traces. Requests go through the shared OTLP
+//! client and its retry policy: backpressure (RESOURCE_EXHAUSTED with
+//! RetryInfo, HTTP 429/503 with Retry-After) is waited out and the request
+//! sent again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use prost::Message;
 use rand::RngCore;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::io;
+use crate::otlp;
 use crate::trace::Trace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("endpoint {endpoint:?}: {reason}")]
-    Endpoint { endpoint: String, reason: String },
+    #[error(transparent)]
+    Client(#[from] otlp::ClientError),
     #[error("nothing to replay: the input holds no spans")]
     Empty,
     #[error("every request failed; last error: {0}")]
     AllFailed(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplayProtocol {
-    Grpc,
-    Http,
-}
+pub use crate::otlp::Protocol as ReplayProtocol;
 
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
@@ -145,94 +141,58 @@ fn key<const N: usize>(rng: &mut impl RngCore) -> [u8; N] {
     key
 }
 
-enum Client {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
-    Http { client: reqwest::Client, url: String },
-}
-
-enum Outcome {
-    Sent {
-        rejected: u64,
-    },
-    /// Backpressure: try again after this long.
-    Retry(Duration),
-    Failed(String),
-}
-
-impl Client {
-    async fn connect(options: &ReplayOptions) -> Result<Self, ReplayError> {
-        let fail = |reason: String| ReplayError::Endpoint { endpoint: options.endpoint.clone(), reason };
-        match options.protocol {
-            ReplayProtocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(options.endpoint.clone())
-                    .map_err(|e| fail(e.to_string()))?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .map_err(|e| fail(format!("cannot connect: {e}")))?;
-                Ok(Client::Grpc(TraceServiceClient::new(channel).max_decoding_message_size(16 << 20)))
-            }
-            ReplayProtocol::Http => {
-                let base = options.endpoint.trim_end_matches('/');
-                let url = if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") };
-                reqwest::Url::parse(&url).map_err(|e| fail(e.to_string()))?;
-                let client = reqwest::Client::builder().build().map_err(|e| fail(e.to_string()))?;
-                Ok(Client::Http { client, url })
-            }
+/// The client `options` describe: no deadline per request (a load generator
+/// waits as long as the receiver takes), no gzip.
+async fn connect(options: &ReplayOptions) -> Result<otlp::Client, ReplayError> {
+    let endpoint = match options.protocol {
+        ReplayProtocol::Grpc => options.endpoint.clone(),
+        ReplayProtocol::Http => {
+            let base = options.endpoint.trim_end_matches('/');
+            if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") }
         }
-    }
-
-    async fn send(&self, request: ExportTraceServiceRequest) -> Outcome {
-        match self {
-            Client::Grpc(client) => match client.clone().export(request).await {
-                Ok(response) => Outcome::Sent {
-                    rejected: response.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64),
-                },
-                Err(status) => match status.code() {
-                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable => Outcome::Retry(grpc_retry_delay(&status)),
-                    _ => Outcome::Failed(format!("{}: {}", status.code(), status.message())),
-                },
-            },
-            Client::Http { client, url } => {
-                let body = request.encode_to_vec();
-                let sent = client.post(url).header("content-type", "application/x-protobuf").body(body).send().await;
-                match sent {
-                    Ok(response) => {
-                        let status = response.status();
-                        if status.is_success() {
-                            let bytes = response.bytes().await.unwrap_or_default();
-                            let rejected =
-                                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(bytes)
-                                    .ok()
-                                    .and_then(|r| r.partial_success)
-                                    .map_or(0, |p| p.rejected_spans.max(0) as u64);
-                            Outcome::Sent { rejected }
-                        } else if status.as_u16() == 429 || status.as_u16() == 503 {
-                            let delay = response
-                                .headers()
-                                .get("retry-after")
-                                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                                .map_or(Duration::from_millis(100), Duration::from_secs);
-                            Outcome::Retry(delay)
-                        } else {
-                            Outcome::Failed(format!("HTTP {status}"))
-                        }
-                    }
-                    Err(e) => Outcome::Failed(e.to_string()),
-                }
-            }
-        }
-    }
-}
-
-fn grpc_retry_delay(status: &tonic::Status) -> Duration {
-    use tonic_types::StatusExt;
-    status.get_details_retry_info().and_then(|r| r.retry_delay).unwrap_or(Duration::from_millis(100))
+    };
+    let config = otlp::ClientConfig { endpoint, protocol: options.protocol, timeout: None, gzip: false, headers: Vec::new() };
+    Ok(otlp::Client::connect(&config).await?)
 }
 
 /// Longest wait on backpressure, however long the receiver asks for: replay is
 /// a load generator and should keep probing.
 const MAX_RETRY_WAIT: Duration = Duration::from_millis(250);
+
+/// How long a request keeps being retried without the receiver asking for a
+/// wait (connection refused, a server shutting down): then it counts as failed.
+/// Backpressure the receiver asks for (RetryInfo, Retry-After) is waited out
+/// for as long as it lasts.
+const RETRY_UNASKED_FOR: Duration = Duration::from_secs(30);
+
+/// Sends one request until it is accepted, refused, or retried without an
+/// asked-for wait for [`RETRY_UNASKED_FOR`].
+async fn send(client: &otlp::Client, request: &otlp::Prepared, sent: &mut Sent) -> Result<(), String> {
+    let backoff =
+        || otlp::Backoff::new(Duration::from_millis(100), MAX_RETRY_WAIT, Some(RETRY_UNASKED_FOR)).capped(MAX_RETRY_WAIT);
+    let mut unasked = backoff();
+    loop {
+        match client.send(request).await {
+            otlp::Attempt::Sent { rejected, .. } => {
+                sent.ok = true;
+                sent.rejected = rejected;
+                return Ok(());
+            }
+            otlp::Attempt::Refused { reason } => return Err(reason),
+            otlp::Attempt::Retry { reason, asked } => {
+                sent.retries += 1;
+                match asked {
+                    Some(wait) => {
+                        unasked = backoff();
+                        tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
+                    }
+                    None if unasked.again(None).await => {}
+                    None => return Err(reason),
+                }
+            }
+        }
+    }
+}
 
 /// Sends `traces` `options.loops` times.
 pub async fn replay(traces: &[Trace], options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
@@ -241,7 +201,7 @@ pub async fn replay(traces: &[Trace], options: &ReplayOptions) -> Result<ReplayR
         return Err(ReplayError::Empty);
     }
     let first_start = traces.iter().map(|t| t.start()).min().unwrap_or(0);
-    let client = Arc::new(Client::connect(options).await?);
+    let client = Arc::new(connect(options).await?);
     let in_flight = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let started = Instant::now();
     let mut report = ReplayReport::default();
@@ -266,23 +226,14 @@ pub async fn replay(traces: &[Trace], options: &ReplayOptions) -> Result<ReplayR
                 let mut request = request.clone();
                 pass.apply(&mut request);
                 let mut sent = Sent { ok: false, spans: *spans, traces: *traces, retries: 0, rejected: 0 };
-                loop {
-                    match client.send(request.clone()).await {
-                        Outcome::Sent { rejected } => {
-                            sent.ok = true;
-                            sent.rejected = rejected;
-                            return sent;
-                        }
-                        Outcome::Retry(delay) => {
-                            sent.retries += 1;
-                            tokio::time::sleep(delay.min(MAX_RETRY_WAIT)).await;
-                        }
-                        Outcome::Failed(e) => {
-                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
-                            return sent;
-                        }
-                    }
+                let outcome = match client.prepare(request) {
+                    Ok(request) => send(&client, &request, &mut sent).await,
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = outcome {
+                    *last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
                 }
+                sent
             }));
             report.requests += 1;
             // Reap finished tasks now and then so the list stays short.

@@ -4,6 +4,7 @@
 //! per format holds its reader (and writer, where there is one).
 
 pub mod alibaba;
+mod atomic;
 mod input;
 mod jaeger;
 mod json;
@@ -15,6 +16,7 @@ mod zipkin;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use atomic::{AtomicFile, write_atomic, write_traces_atomic};
 pub use input::{
     DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_INPUT_SPANS, Input, ReadLimits, decode, decode_within, read_file, read_inputs,
     read_inputs_within, sniff,

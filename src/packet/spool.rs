@@ -21,6 +21,8 @@ use crate::metrics::PipelineMetrics;
 pub enum SpoolError {
     #[error("spool {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("spool: {0}")]
+    Write(#[from] crate::io::IoError),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -112,9 +114,7 @@ impl Spool {
         let seq = s.next;
         s.next += 1;
         let path = self.path(seq);
-        let partial = self.dir.join(format!(".{seq:020}.partial"));
-        std::fs::write(&partial, &bytes).map_err(io_error(&partial))?;
-        std::fs::rename(&partial, &path).map_err(io_error(&path))?;
+        crate::io::write_atomic(&path, &bytes)?;
         s.entries.insert(seq, len);
         s.bytes += len;
         self.publish(&s);

@@ -3,6 +3,7 @@
 //! for the window assembler, answering as the OTLP specification asks: success,
 //! partial success for spans that fail validation, or a refusal with a reason.
 
+mod config;
 mod grpc;
 mod http;
 
@@ -14,10 +15,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use tokio::sync::mpsc;
 
+pub use config::ReceiverConfig;
 pub use grpc::serve as serve_grpc;
 pub use http::serve as serve_http;
 
-use crate::config::ReceiverConfig;
 use crate::io;
 use crate::metrics::{Metrics, RefusalReason};
 use crate::trace::Span;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
+use super::WindowConfig;
 use super::budget::{Budget, Held};
-use crate::config::WindowConfig;
 use crate::metrics::Metrics;
 use crate::trace::{Names, OpenSpan};
 use crate::trace::{Span, TraceId};

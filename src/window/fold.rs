@@ -7,7 +7,6 @@
 //! goes to the sink thread, which trains and ships it while the next window
 //! folds.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -28,8 +27,6 @@ pub enum FoldError {
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Write(#[from] IoError),
-    #[error("cannot move {from} into place: {source}")]
-    Rename { from: PathBuf, source: std::io::Error },
     #[error("cannot start the {name} thread: {source}")]
     Thread { name: &'static str, source: std::io::Error },
 }
@@ -81,30 +78,22 @@ struct Folding {
 /// complete and moved into place at the close, so a reader of the folder
 /// never sees half a window.
 struct JsonFile {
-    partial: PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
+    out: io::AtomicFile,
+    /// Where the file goes at the close, once the window's start is known.
+    dir: PathBuf,
 }
 
 impl JsonFile {
     fn create(dir: &std::path::Path, id: u64) -> Result<Self, IoError> {
-        let partial = dir.join(format!(".window-{id:06}.partial"));
-        let file = std::fs::File::create(&partial).map_err(|source| IoError::Write { path: partial.clone(), source })?;
-        Ok(JsonFile { out: std::io::BufWriter::new(file), partial })
+        Ok(JsonFile { out: io::AtomicFile::create(&dir.join(format!("window-{id:06}.jsonl")))?, dir: dir.to_path_buf() })
     }
 
     fn write(&mut self, traces: &[trace::Trace]) -> Result<(), IoError> {
-        io::write_traces(traces, io::OutputFormat::OtlpJson, &mut self.out).map_err(|source| self.failed(source))
+        io::write_traces(traces, io::OutputFormat::OtlpJson, &mut self.out).map_err(|source| self.out.failed(source))
     }
 
-    fn failed(&self, source: std::io::Error) -> IoError {
-        IoError::Write { path: self.partial.clone(), source }
-    }
-
-    fn finish(mut self, dir: &std::path::Path, id: u64, start: u64) -> Result<PathBuf, FoldError> {
-        self.out.flush().map_err(|e| self.failed(e))?;
-        let path = dir.join(format!("window-{id:06}-{start}.jsonl"));
-        std::fs::rename(&self.partial, &path).map_err(|source| FoldError::Rename { from: self.partial.clone(), source })?;
-        Ok(path)
+    fn finish(self, id: u64, start: u64) -> Result<PathBuf, FoldError> {
+        Ok(self.out.commit_as(self.dir.join(format!("window-{id:06}-{start}.jsonl")))?)
     }
 }
 
@@ -177,7 +166,7 @@ impl Folder {
             Err(e) => {
                 self.metrics.sink_errors.inc();
                 tracing::error!(window = id, error = %e, "cannot write the window's OTLP JSON; giving up its file");
-                // The partial file is left as it is; the next window starts a new one.
+                // The partial file is removed; the next window starts a new one.
             }
         }
     }
@@ -187,8 +176,8 @@ impl Folder {
         self.fold(raw.last);
         self.closed += 1;
         let f = std::mem::replace(&mut self.open, Folding::new(&self.config, &self.budget));
-        if let (Some(dir), Some(file)) = (&self.config.json_dir, f.json) {
-            match file.finish(dir, raw.id, raw.start_unix_nano) {
+        if let Some(file) = f.json {
+            match file.finish(raw.id, raw.start_unix_nano) {
                 Ok(path) => tracing::debug!(path = %path.display(), "window written"),
                 Err(e) => {
                     self.metrics.sink_errors.inc();

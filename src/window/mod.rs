@@ -8,10 +8,12 @@
 
 mod assembler;
 mod budget;
+mod config;
 mod fold;
 mod sink;
 
 pub use assembler::{Assembler, Batch, Completed, RawWindow, WindowEvent};
 pub use budget::{Budget, Held};
+pub use config::{SinkConfig, WindowConfig};
 pub use fold::{ClosedWindow, FoldConfig, FoldError, Folder, spawn};
 pub use sink::{DiscardSink, SinkError, WindowSink};
