@@ -1,4 +1,4 @@
-//! The Gen-T model of a window (DESIGN.md, "Gen-T model"). `topology` holds
+//! The Gen-T model of a window (the Gen-T paper, with calibrated timing). `topology` holds
 //! the topology histogram H, exact counts of every topology with its nodes in
 //! canonical order, and the chain decomposition; `attributes` the span
 //! attributes modelled beside timing, status and kind; `tables` one tabular

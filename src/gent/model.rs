@@ -1,7 +1,7 @@
 //! Training a window's Gen-T model and regenerating traces from it (Gen-T
 //! §3.1). Features are in microseconds. Per trace: the start offset within the
 //! window (T_G). Per root: its offset from the trace start, duration, status
-//! and kind (R_G). Per chain (DESIGN.md item 5): the gap from the parent,
+//! and kind (R_G). Per chain: the gap from the parent,
 //! duration, status and kind of every node after the head (C_G), conditioned
 //! on the head's metadata. Every generator is conditioned on the topology (a
 //! GCN embedding trained with it, or with `gcn: false` a one-hot topology id,

@@ -1,4 +1,4 @@
-//! When traces start (DESIGN.md "Gen-T model", item 9): exact counts of trace
+//! When traces start: exact counts of trace
 //! starts per start bucket (one second by default) and of each topology per
 //! topology bucket (one minute by default). Buckets are aligned to the Unix
 //! epoch, so they line up with the per-second and per-minute panels operators

@@ -1,4 +1,4 @@
-//! Calibrated timing (DESIGN.md "Gen-T model", item 9): how long spans take
+//! Calibrated timing: how long spans take
 //! and where they sit in their parent, from quantile sketches composed
 //! bottom-up along the trace tree.
 //!

@@ -1,4 +1,4 @@
-//! Graph conditioning (Gen-T §3.1 step 3, DESIGN.md "Gen-T model" item 2): a
+//! Graph conditioning (Gen-T §3.1 step 3): a
 //! GCN layer (Kipf & Welling 2017) over each graph, mean-pooled to one vector
 //! per graph, learnt together with the network that reads it.
 //!

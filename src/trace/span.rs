@@ -1,4 +1,4 @@
-//! Spans and traces as gent holds them in memory (DESIGN.md "Internal model").
+//! Spans and traces as gent holds them in memory: times in Unix ns, fixed-size ids.
 
 use std::sync::Arc;
 
