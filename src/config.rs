@@ -4,13 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::connections::ConnectionConfig;
 pub use crate::export::{ExportersConfig, FileExporterConfig, FileFormat, OtlpExporterConfig};
 pub use crate::metrics::MetricsConfig;
+pub use crate::packet::{LinkClientConfig, LinkServerConfig};
 pub use crate::receiver::ReceiverConfig;
 pub use crate::window::{SinkConfig, WindowConfig};
 
@@ -159,83 +159,6 @@ impl Default for FidelityConfig {
     }
 }
 
-/// Where packets go, and how they survive an outage of the decompressor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LinkClientConfig {
-    /// The decompressor's link address (`http://` or, with `tls`, `https://`).
-    pub endpoint: String,
-    /// Names this compressor to the decompressor (default: the host name); each
-    /// run adds its start time, so window ids never repeat across restarts.
-    pub producer: Option<String>,
-    /// Bearer token sent with every push; `token_file` reads it from a file instead.
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    /// PEM CA certificate to verify the decompressor with (turns TLS on);
-    /// `tls_domain` overrides the name checked in its certificate.
-    pub tls_ca_file: Option<PathBuf>,
-    pub tls_domain: Option<String>,
-    /// Folder holding packets not yet acknowledged; they survive restarts.
-    pub spool_dir: PathBuf,
-    /// Most bytes spooled; when full, training waits (and the receiver pushes back).
-    pub spool_max_bytes: u64,
-    /// Retry back-off: first wait, doubled per failure up to `retry_max`.
-    #[serde(with = "humantime_serde")]
-    pub retry_initial: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
-    /// Deadline of one push of a small window; a larger one gets a second
-    /// more per 50,000 spans (the decompressor answers once it has exported
-    /// the whole window: 300 s for 9,000,000 spans).
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// At shutdown, how long to keep trying to deliver spooled packets before
-    /// leaving them on disk for the next start.
-    #[serde(with = "humantime_serde")]
-    pub drain_timeout: Duration,
-}
-
-impl Default for LinkClientConfig {
-    fn default() -> Self {
-        LinkClientConfig {
-            endpoint: "http://127.0.0.1:4320".into(),
-            producer: None,
-            token: None,
-            token_file: None,
-            tls_ca_file: None,
-            tls_domain: None,
-            spool_dir: "spool".into(),
-            spool_max_bytes: 1 << 30,
-            retry_initial: Duration::from_millis(200),
-            retry_max: Duration::from_secs(30),
-            timeout: Duration::from_secs(120),
-            drain_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl LinkClientConfig {
-    /// The token from `token` or `token_file`.
-    pub fn token(&self) -> Result<Option<String>, ConfigError> {
-        secret(self.token.as_deref(), self.token_file.as_deref(), "pipeline.link.token_file")
-    }
-}
-
-fn secret(inline: Option<&str>, file: Option<&Path>, field: &'static str) -> Result<Option<String>, ConfigError> {
-    match (inline, file) {
-        (Some(t), _) => Ok(Some(t.to_string())),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-            let token = text.trim().to_string();
-            if token.is_empty() {
-                return Err(ConfigError::Invalid { path: path.into(), field, reason: "the token file is empty".into() });
-            }
-            Ok(Some(token))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 /// `gent decompressor --config FILE`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -297,57 +220,6 @@ impl Default for DecompressorConfig {
             exporters: ExportersConfig::default(),
             metrics: MetricsConfig { endpoint: Some(SocketAddr::from(([0, 0, 0, 0], 9465))) },
         }
-    }
-}
-
-/// The decompressor's end of the link.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LinkServerConfig {
-    /// gRPC `PacketService` listen address.
-    pub listen: SocketAddr,
-    /// When set (inline or from a file), pushes without `authorization: Bearer <token>` are refused.
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    /// PEM certificate chain and private key: serve TLS.
-    pub tls_cert_file: Option<PathBuf>,
-    pub tls_key_file: Option<PathBuf>,
-    /// Largest packet accepted, bytes.
-    pub max_packet_bytes: usize,
-    /// Most spans one packet may regenerate (its header's count, checked
-    /// before any generation): a packet is untrusted even behind a token.
-    pub max_window_spans: u64,
-    /// Most pushes read at once (each up to `max_packet_bytes`); more wait.
-    pub max_concurrent_pushes: usize,
-    /// How many (producer, window) ids are remembered to acknowledge a repeated push
-    /// without regenerating it again.
-    pub remember_windows: usize,
-    /// Connection limits and timeouts; `request_timeout` covers regenerating and
-    /// exporting the window (default 10 minutes).
-    #[serde(default = "ConnectionConfig::link", deserialize_with = "ConnectionConfig::deserialize_link")]
-    pub connections: ConnectionConfig,
-}
-
-impl Default for LinkServerConfig {
-    fn default() -> Self {
-        LinkServerConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 4320)),
-            token: None,
-            token_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            max_packet_bytes: 64 << 20,
-            max_window_spans: crate::codec::DEFAULT_MAX_SPANS,
-            max_concurrent_pushes: 4,
-            remember_windows: 100_000,
-            connections: ConnectionConfig::link(),
-        }
-    }
-}
-
-impl LinkServerConfig {
-    pub fn token(&self) -> Result<Option<String>, ConfigError> {
-        secret(self.token.as_deref(), self.token_file.as_deref(), "link.token_file")
     }
 }
 
@@ -559,6 +431,8 @@ impl DecompressorConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn parse(text: &str) -> Result<CompressorConfig, ConfigError> {

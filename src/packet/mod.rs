@@ -5,6 +5,9 @@
 //! disk until the decompressor acknowledges them; `sender` drains the spool over
 //! the link with retries.
 
+mod config;
 pub mod link;
 pub mod sender;
 pub mod spool;
+
+pub use config::{LinkClientConfig, LinkServerConfig, TokenError};

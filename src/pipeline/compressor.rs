@@ -14,7 +14,6 @@ use super::lifecycle::{serve_metrics, signal, wait_for_signal};
 use super::ship::{ShipSink, Shipped};
 use crate::config::CompressorConfig;
 use crate::metrics::{Metrics, MetricsError, Readiness};
-use crate::packet::link::ClientSettings;
 use crate::packet::sender::{self, SenderError, SenderSettings, Stop};
 use crate::packet::spool::Spool;
 use crate::receiver::{self, Ingest, ReceiverError};
@@ -32,6 +31,8 @@ pub enum CompressorError {
     Task(String),
     #[error(transparent)]
     Spool(#[from] crate::packet::spool::SpoolError),
+    #[error(transparent)]
+    Token(#[from] crate::packet::TokenError),
     #[error(transparent)]
     Link(#[from] crate::packet::link::LinkError),
     #[error(transparent)]
@@ -89,17 +90,8 @@ pub async fn start_with(
         Some(p) => {
             let device = p.backend.device()?;
             let spool = Arc::new(Spool::open(&p.link.spool_dir, p.link.spool_max_bytes, Some(metrics.pipeline.clone()))?);
-            let settings = SenderSettings {
-                link: ClientSettings {
-                    endpoint: p.link.endpoint.clone(),
-                    token: p.link.token()?,
-                    tls_ca_file: p.link.tls_ca_file.clone(),
-                    tls_domain: p.link.tls_domain.clone(),
-                    timeout: p.link.timeout,
-                },
-                retry_initial: p.link.retry_initial,
-                retry_max: p.link.retry_max,
-            };
+            let settings =
+                SenderSettings { link: p.link.settings()?, retry_initial: p.link.retry_initial, retry_max: p.link.retry_max };
             // Fails now, not at the first window, on a bad endpoint or CA file.
             crate::packet::link::channel(&settings.link)?;
             let (drain, drain_rx) = watch::channel(false);

@@ -31,6 +31,8 @@ pub enum DecompressorError {
     #[error(transparent)]
     Link(#[from] LinkError),
     #[error(transparent)]
+    Token(#[from] crate::packet::TokenError),
+    #[error(transparent)]
     Export(#[from] ExportError),
     #[error("backend: {0}")]
     Backend(#[from] crate::nn::BackendError),
