@@ -1,6 +1,7 @@
 //! The probabilistic call-graph generator the paper compares with (§5.2):
 //! Alibaba's handcrafted model (Erms, `graphGenerator/`), driven by the
-//! parameters fitted to the 2022 traces in `../shared/data/probabilistic/`:
+//! parameters fitted to the 2022 Alibaba traces (a directory given to
+//! `gent llm eval --probabilistic`):
 //!
 //! - `depthDistribution.csv`: per depth, the cumulative distribution of the
 //!   number of calls a node makes (`depth, num, percentage, cumsum`);

@@ -3,8 +3,8 @@
 //! a template, and optionally a user instruction — and an answer: the layer's
 //! edges followed by the intermediate reasoning lines (edge arithmetic, the
 //! constraints of each subgraph, the remaining edge budget) around its
-//! subgraph conditions. The format is the one of
-//! `../shared/data/alibaba/recursive_instruction_example.txt`.
+//! subgraph conditions. The format is the one of the Alibaba recursive
+//! instruction example that comes with the data.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,4 +1,4 @@
-//! TraceLLM (`../shared/papers/tracellm-paper.md`): call graphs as text, for a
+//! TraceLLM (the TraceLLM paper): call graphs as text, for a
 //! language model that writes them layer by layer.
 //!
 //! `graph` holds a call graph as edges with dot-decimal ids and cuts it into

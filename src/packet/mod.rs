@@ -1,9 +1,8 @@
 //! Packets and the link they travel over.
 //!
-//! `link` is the gRPC
-//! `PacketService` (proto/gent.proto) both ends speak; `spool` keeps packets on
+//! `link` is the gRPC `PacketService` (proto/gent.proto) both ends speak; `spool` keeps packets on
 //! disk until the decompressor acknowledges them; `sender` drains the spool over
-//! the link with retries.
+//! the link with retries; `config` holds the link's configuration sections.
 
 mod config;
 pub mod link;
