@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gent::config::{CompressorConfig, DecompressorConfig, FileExporterConfig, FileFormat, LinkClientConfig, PipelineConfig};
-use gent::replay::{ReplayOptions, ReplayProtocol};
+use gent::otlp::replay::{ReplayOptions, ReplayProtocol};
 use tokio::sync::mpsc;
 
 fn local() -> SocketAddr {
@@ -75,7 +75,7 @@ async fn main() {
         batch_spans: 1000,
         concurrency: 2,
     };
-    let report = gent::replay::replay(&set.traces, &options).await.unwrap();
+    let report = gent::otlp::replay::replay(&set.traces, &options).await.unwrap();
     c.shutdown().await.unwrap();
     let total = started.elapsed().as_secs_f64();
     d.shutdown().await.unwrap();
@@ -95,7 +95,7 @@ async fn main() {
     let mut lags: Vec<f64> = delivered.iter().map(|d| d.lag_seconds).collect();
     lags.sort_by(f64::total_cmp);
     let train: f64 = shipped.iter().map(|s| s.train_seconds).sum::<f64>() / shipped.len() as f64;
-    let kinds: Vec<&str> = shipped.iter().map(|s| s.kind).collect();
+    let kinds: Vec<&str> = shipped.iter().map(|s| s.kind.as_str()).collect();
     let fidelity: Vec<String> = shipped.iter().map(|s| s.fidelity.map_or("-".into(), |f| format!("{f:.3}"))).collect();
     println!("windows: {} ({kinds:?}), {spans} spans, fidelity per window {fidelity:?}", shipped.len());
     println!(

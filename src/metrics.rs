@@ -255,8 +255,8 @@ impl DecompressorMetrics {
         for reason in ["unauthenticated", "invalid"] {
             m.packets_rejected.with_label_values(&[reason]);
         }
-        for kind in ["model", "llm", "traces"] {
-            m.windows.with_label_values(&[kind]);
+        for kind in crate::codec::Origin::ALL {
+            m.windows.with_label_values(&[kind.as_str()]);
         }
         Ok(m)
     }

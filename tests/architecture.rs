@@ -25,9 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["packet"],
     &["export"],
     &["config"],
-    &["replay"],
     &["pipeline"],
-    &["demo"],
 ];
 
 fn rank(module: &str) -> Option<usize> {

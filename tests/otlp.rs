@@ -18,7 +18,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use gent::config::OtlpExporterConfig;
 use gent::export::{Exporter, OtlpExporter, WindowName};
 use gent::otlp::Protocol;
-use gent::replay::{ReplayOptions, replay};
+use gent::otlp::replay::{ReplayOptions, replay};
 use gent::trace::Trace;
 
 /// What the fake backend answers, in turn; then success.

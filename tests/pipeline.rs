@@ -15,12 +15,12 @@ use gent::config::{
     CompressorConfig, DecompressorConfig, ExportersConfig, FileExporterConfig, FileFormat, LinkClientConfig, LinkServerConfig,
     PipelineConfig,
 };
+use gent::otlp::replay::{ReplayOptions, ReplayProtocol};
 use gent::packet::link::{self, ClientSettings, PacketServiceClient, PayloadKind, PushRequest};
 use gent::packet::sender::{self, SenderSettings, Stop};
 use gent::packet::spool::Spool;
 use gent::pipeline::decompressor::{self, Delivered};
 use gent::pipeline::ship::Shipped;
-use gent::replay::{ReplayOptions, ReplayProtocol};
 use gent::trace::{Trace, TraceGraph, TraceSet};
 use tokio::sync::{mpsc, watch};
 
@@ -112,7 +112,7 @@ async fn replay(traces: &[Trace], grpc: SocketAddr) {
         batch_spans: 500,
         concurrency: 2,
     };
-    let report = gent::replay::replay(traces, &options).await.unwrap();
+    let report = gent::otlp::replay::replay(traces, &options).await.unwrap();
     assert_eq!(report.spans_sent as usize, traces.iter().map(|t| t.spans.len()).sum::<usize>());
 }
 
@@ -211,7 +211,7 @@ async fn windows_over_the_share_keep_exact_topologies_and_fall_back_to_exactly_t
         c.shutdown().await.unwrap();
         d.shutdown().await.unwrap();
         let shipped: Vec<Shipped> = drain(&mut shipped_rx);
-        let kinds: Vec<(usize, &str, Option<f64>)> = shipped.iter().map(|s| (s.spans, s.kind, s.fidelity)).collect();
+        let kinds: Vec<(usize, &str, Option<f64>)> = shipped.iter().map(|s| (s.spans, s.kind.as_str(), s.fidelity)).collect();
         println!(
             "floor {floor}: {} spans, train_spans {}; windows (spans, kind, fidelity) {kinds:?}",
             input.span_count(),
@@ -508,7 +508,7 @@ fn alibaba_window(n: usize, dir: &Path) -> (Vec<gent::llm::CallGraph>, TraceSet)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_packets_conditions() {
-    use gent::llm::window::WindowConditions;
+    use gent::llm::regeneration::WindowConditions;
     let dir = tempfile::tempdir().unwrap();
     let (graphs, set) = alibaba_window(40, dir.path());
     assert_eq!(set.traces.len(), 40);
@@ -552,7 +552,7 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
     client.push(model_push("llm", with, 1, &set)).await.unwrap();
     client.push(model_push("llm", without, 2, &set)).await.unwrap();
     let delivered = drain(&mut delivered_rx);
-    let kinds: Vec<(u64, &str)> = delivered.iter().map(|d| (d.window_id, d.kind)).collect();
+    let kinds: Vec<(u64, &str)> = delivered.iter().map(|d| (d.window_id, d.kind.as_str())).collect();
     assert_eq!(kinds, vec![(1, "llm"), (2, "model")], "a packet without conditions falls back to Gen-T");
     assert_eq!(d.metrics.windows.with_label_values(&["llm"]).get(), 1);
     let files: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
@@ -569,7 +569,7 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
     let key = |t: &Trace| (t.start() / 1_000_000, t.spans.len(), TraceGraph::build(t).depth(), service(t));
     let ours: std::collections::HashMap<_, &Trace> = regenerated.iter().map(|t| (t.trace_id, t)).collect();
     for (i, r) in set.traces.iter().enumerate() {
-        let o = ours[&gent::llm::window::trace_id(5, i)];
+        let o = ours[&gent::llm::regeneration::trace_id(5, i)];
         assert_eq!(key(r), key(o));
         let latency = (r.end() - r.start()).div_ceil(1_000_000) * 1_000_000;
         assert!(o.end() <= r.start() + latency, "trace {i}: a span outlives the latency");
@@ -774,7 +774,7 @@ async fn a_window_of_over_5_million_spans_is_folded_as_it_fills_and_its_packet_c
         batch_spans: 512,
         concurrency: 4,
     };
-    let report = gent::replay::replay(&input.traces, &options).await.unwrap();
+    let report = gent::otlp::replay::replay(&input.traces, &options).await.unwrap();
     assert_eq!(report.spans_sent, loops * input.span_count() as u64);
     // Folded as it filled: far fewer spans held than the window has.
     let resident = c.budget.resident();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use gent::config::{CompressorConfig, DecompressorConfig};
-use gent::replay::{ReplayError, ReplayOptions, ReplayProtocol};
+use gent::otlp::replay::{ReplayError, ReplayOptions, ReplayProtocol};
 
 use super::args::{InputArgs, JsonArg};
 use super::{Failure, report, runtime};
@@ -80,7 +80,7 @@ pub fn demo(a: DemoArgs) -> Result<(), Failure> {
     if window_traces == 0 || loops == 0 || epochs == Some(0) {
         return Err(Failure::BadInput("--window-traces, --loop and --epochs must be at least 1".into()));
     }
-    let options = gent::demo::DemoOptions { out, window_traces, loops, epochs };
+    let options = gent::pipeline::demo::DemoOptions { out, window_traces, loops, epochs };
     println!(
         "gent demo: compressor and decompressor on loopback; replaying the bundled TrainTicket sample (75 traces) {loops} times"
     );
@@ -88,7 +88,7 @@ pub fn demo(a: DemoArgs) -> Result<(), Failure> {
         "{:>6}  {:>6}  {:>9}  {:>10}  {:>8}  {:>8}  {:>16}  {:>7}  {:>9}  regenerated traces",
         "window", "spans", "gzip OTLP", "packet", "vs gzip", "fidelity", "same bytes: head", "shipped", "spans out"
     );
-    let r = runtime()?.block_on(gent::demo::run(&options, print_window)).map_err(Failure::other)?;
+    let r = runtime()?.block_on(gent::pipeline::demo::run(&options, print_window)).map_err(Failure::other)?;
     println!(
         "total: {} spans in, {} regenerated; {} packet bytes vs {} gzip OTLP bytes ({:.1}%); {:.1} s",
         r.spans_in,
@@ -102,7 +102,7 @@ pub fn demo(a: DemoArgs) -> Result<(), Failure> {
 }
 
 /// One line of the demo's table: a window shipped and regenerated.
-fn print_window(w: &gent::demo::DemoWindow) {
+fn print_window(w: &gent::pipeline::demo::DemoWindow) {
     let s = &w.shipped;
     let head = match (s.head_rate, s.head_fidelity) {
         (Some(n), Some(f)) => format!("1:{n} {f:.3}"),
@@ -136,7 +136,7 @@ pub fn replay(a: ReplayArgs) -> Result<(), Failure> {
         concurrency: a.concurrency,
     };
     let (set, _) = a.input.read()?;
-    let r = runtime()?.block_on(gent::replay::replay(&set.traces, &options)).map_err(|e| match e {
+    let r = runtime()?.block_on(gent::otlp::replay::replay(&set.traces, &options)).map_err(|e| match e {
         ReplayError::Empty => Failure::bad(e),
         _ => Failure::other(e),
     })?;

@@ -519,7 +519,7 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
     let tuned = match a.tune_steps {
         0 => None,
         _ => Some(lm.tune(&graphs, &a.tuning()).map_err(|e| match e {
-            model::ModelError::Lm(LmError::Lora(_)) => Failure::BadInput(format!("--lora-*: {e}")),
+            model::LanguageModelError::Lm(LmError::Lora(_)) => Failure::BadInput(format!("--lora-*: {e}")),
             e => Failure::other(e),
         })?),
     };

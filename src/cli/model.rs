@@ -8,7 +8,7 @@ use serde::Serialize;
 use gent::codec::PackError;
 use gent::gent::{GenTConfig, WindowModel};
 use gent::io::{self, OutputFormat};
-use gent::llm::window::WindowConditions;
+use gent::llm::regeneration::WindowConditions;
 use gent::nn::Backend;
 use gent::nn::weights::Precision;
 use gent::trace;
@@ -175,8 +175,7 @@ struct GenerateReport {
     traces: usize,
     spans: usize,
     generate_seconds: f64,
-    /// `gent` or `llm`.
-    engine: &'static str,
+    engine: gent::codec::Engine,
     repairs: Option<gent::gent::Repairs>,
     /// With --llm: traces written smaller than they were (over --max-edges).
     clamped: Option<usize>,
@@ -188,7 +187,7 @@ struct GenerateReport {
 /// Traces regenerated from a packet, with what the engine reports.
 struct Regenerated {
     traces: Vec<trace::Trace>,
-    engine: &'static str,
+    engine: gent::codec::Engine,
     repairs: Option<gent::gent::Repairs>,
     clamped: Option<usize>,
 }
@@ -207,7 +206,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), Failure> {
     let out = match &a.llm {
         None => {
             let (traces, repairs) = unpacked.model.generate(seed).map_err(Failure::other)?;
-            Regenerated { traces, engine: "gent", repairs: Some(repairs), clamped: None }
+            Regenerated { traces, engine: gent::codec::Engine::Gent, repairs: Some(repairs), clamped: None }
         }
         Some(lm) => by_language_model(&a, lm, unpacked, seed, &device)?,
     };
@@ -222,7 +221,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), Failure> {
         clamped: out.clamped,
         peak_rss_bytes: peak_rss_bytes(),
     };
-    tracing::info!(traces = r.traces, spans = r.spans, engine = r.engine, generate_seconds = format!("{generate_seconds:.2}"), out = %a.out.display(), "traces regenerated");
+    tracing::info!(traces = r.traces, spans = r.spans, engine = r.engine.as_str(), generate_seconds = format!("{generate_seconds:.2}"), out = %a.out.display(), "traces regenerated");
     report(a.json.json, &r)
 }
 
@@ -242,8 +241,13 @@ fn by_language_model(
     })?;
     let lm = gent::llm::model::LanguageModel::from_bytes(&read_file(lm_path)?, device)
         .map_err(|e| Failure::BadInput(format!("{}: {e}", lm_path.display())))?;
-    let r = gent::llm::window::Regeneration { sampling: Default::default(), max_edges: a.max_edges, seed };
-    let regenerated = gent::llm::window::regenerate(&lm, &conditions, unpacked.header.window_start, &r)
+    let r = gent::llm::regeneration::Regeneration { sampling: Default::default(), max_edges: a.max_edges, seed };
+    let regenerated = gent::llm::regeneration::regenerate(&lm, &conditions, unpacked.header.window_start, &r)
         .map_err(|e| Failure::BadInput(format!("{packet}: {e}")))?;
-    Ok(Regenerated { traces: regenerated.traces, engine: "llm", repairs: None, clamped: Some(regenerated.clamped) })
+    Ok(Regenerated {
+        traces: regenerated.traces,
+        engine: gent::codec::Engine::Llm,
+        repairs: None,
+        clamped: Some(regenerated.clamped),
+    })
 }

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 
 use crate::container::{self, PacketError};
 use crate::gent::{AttributeConfig, GenTConfig, ModelError, StoredWindowModel, WindowModel};
-use crate::llm::window::WindowConditions;
+use crate::llm::regeneration::WindowConditions;
 use crate::nn::weights::Precision;
 
 #[derive(Debug, thiserror::Error)]

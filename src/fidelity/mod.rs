@@ -8,6 +8,7 @@
 //! `bench` the cost–fidelity benchmark and `report` its HTML page.
 
 pub mod bench;
+mod config;
 pub mod cost;
 mod db;
 mod queries;
@@ -17,6 +18,7 @@ pub mod score;
 
 use std::path::PathBuf;
 
+pub use config::FidelityConfig;
 pub use db::{Cell, SpanDb, value_text};
 pub use queries::{Answer, Kind, Query, parse_user_queries, suite};
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
-use super::otlp::string_attribute;
 use super::{ParseError, Position};
+use crate::otlp::string_attribute;
 use crate::trace::{Resource, Scope, Span, SpanId, SpanKind, Status, Trace, TraceId};
 
 pub const RPC_TYPE_ATTRIBUTE: &str = "alibaba.rpc_type";

@@ -9,7 +9,6 @@ mod input;
 mod jaeger;
 mod json;
 mod otlp;
-mod otlp_wire;
 mod span_csv;
 mod zipkin;
 
@@ -21,10 +20,13 @@ pub use input::{
     DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_INPUT_SPANS, Input, ReadLimits, decode, decode_within, read_file, read_inputs,
     read_inputs_within, sniff,
 };
-pub use otlp::{
-    SNAKE_CASE, read_proto, resource_from_otlp, scope_from_otlp, snake_case_spans, span_from_otlp, spans_from_request, to_request,
+pub use otlp::{SNAKE_CASE, read_proto, snake_case_spans};
+// The OTLP conversions every reader and writer shares, where callers of
+// `io` have always found them.
+pub use crate::otlp::{
+    WireError, decode_request, resource_from_otlp, scope_from_otlp, span_from_otlp, spans_from_request, to_request,
+    too_many_spans,
 };
-pub use otlp_wire::{WireError, decode_request};
 
 use crate::trace::Trace;
 
@@ -110,11 +112,6 @@ impl ParseError {
     pub fn new(position: Position, reason: impl Into<String>) -> Self {
         ParseError { position, reason: reason.into() }
     }
-}
-
-/// What every reader says when its span limit stops it.
-pub fn too_many_spans(max: usize) -> String {
-    format!("more than {max} spans")
 }
 
 /// Errors of reading and writing trace files.

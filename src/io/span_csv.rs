@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::otlp::string_attribute;
 use super::{ParseError, Position, hex_id};
+use crate::otlp::string_attribute;
 use crate::trace::{Resource, Scope, Span, SpanKind, Status};
 
 const COLUMNS: [&str; 7] = ["TraceID", "SpanID", "ParentID", "PodName", "OperationName", "StartTimeUnixNano", "EndTimeUnixNano"];

@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::json::{error_at, micros_to_nanos, parse_all, parse_element};
-use super::otlp::string_attribute;
 use super::{ParseError, hex_id};
+use crate::otlp::string_attribute;
 use crate::trace::{Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, TraceId, UNKNOWN_SERVICE};
 
 #[derive(Deserialize)]

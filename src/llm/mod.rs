@@ -9,20 +9,22 @@
 //! `tokenizer` turns that text into model
 //! tokens and back; `validate` checks a layer and a whole graph
 //! against the constraints of the paper's Appendix B, naming the one that failed;
-//! `window` turns a window's traces into generation requests for a packet and
+//! `regeneration` turns a window's traces into generation requests for a packet and
 //! regenerates traces from them (the decompressor's `engine: llm`).
 
 pub mod baseline;
+mod config;
 pub mod eval;
 pub mod generate;
 pub mod graph;
 pub mod instruct;
 pub mod model;
+pub mod regeneration;
 pub mod text;
 pub mod tokenizer;
 pub mod validate;
-pub mod window;
 
+pub use config::LlmEngineConfig;
 pub use graph::{CallGraph, Edge, EdgeId, Layer, LayerConditions};
 pub use text::{Conditions, TextError};
 pub use tokenizer::Tokenizer;

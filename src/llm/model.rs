@@ -13,7 +13,7 @@ use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfi
 use crate::nn::weights::{self, Precision};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ModelError {
+pub enum LanguageModelError {
     #[error(transparent)]
     Lm(#[from] LmError),
     #[error(transparent)]
@@ -106,7 +106,7 @@ pub struct Tuned {
 
 /// `lm`'s weights on `device` (between the autodiff device training uses
 /// and the plain one generation uses), through their bytes.
-fn moved(lm: Lm, config: &LmConfig, device: &Device) -> Result<Lm, ModelError> {
+fn moved(lm: Lm, config: &LmConfig, device: &Device) -> Result<Lm, LanguageModelError> {
     let bytes = weights::to_bytes(lm, Precision::F32)?;
     Ok(weights::from_bytes(Lm::new(config, device)?, &bytes)?)
 }
@@ -127,10 +127,10 @@ impl LanguageModel {
     /// layer (BOS, conditions, layer, EOS); tabular: one per graph (BOS,
     /// record, EOS; longer graphs are cut at the model's context). Fields and
     /// conditions shuffled. Returns the model and the loss of every step.
-    pub fn pretrain(graphs: &[CallGraph], p: &Pretraining, device: &Device) -> Result<(Self, Vec<f32>), ModelError> {
+    pub fn pretrain(graphs: &[CallGraph], p: &Pretraining, device: &Device) -> Result<(Self, Vec<f32>), LanguageModelError> {
         use rand::SeedableRng;
         if graphs.is_empty() {
-            return Err(ModelError::Empty);
+            return Err(LanguageModelError::Empty);
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(p.train.seed);
         let mut layer_texts = Vec::new();
@@ -201,17 +201,17 @@ impl LanguageModel {
     /// from the current weights, scoring only the answers: the question is a
     /// fixed prompt. With `t.lora` only low-rank adapters train, then merge
     /// into the weights.
-    pub fn tune(&mut self, graphs: &[CallGraph], t: &Tuning) -> Result<Tuned, ModelError> {
+    pub fn tune(&mut self, graphs: &[CallGraph], t: &Tuning) -> Result<Tuned, LanguageModelError> {
         use rand::SeedableRng;
         if self.encoding != Encoding::Layers {
-            return Err(ModelError::NotLayers);
+            return Err(LanguageModelError::NotLayers);
         }
         let facts = instruct::Facts::of(graphs);
         let mut rng = rand::rngs::StdRng::seed_from_u64(t.train.seed);
         let (_, chosen) = super::eval::hold_out(graphs.to_vec(), t.fraction, t.train.seed);
         let chosen = if chosen.is_empty() { graphs.iter().take(1).cloned().collect() } else { chosen };
         if chosen.is_empty() {
-            return Err(ModelError::Empty);
+            return Err(LanguageModelError::Empty);
         }
         let mut sequences = Vec::new();
         for g in &chosen {
@@ -250,7 +250,7 @@ impl LanguageModel {
         Ok(tuned)
     }
 
-    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, LanguageModelError> {
         let weights = weights::to_bytes(self.lm.clone(), Precision::F32)?;
         Ok(crate::container::seal_as(
             &Stored {
@@ -266,10 +266,10 @@ impl LanguageModel {
         )?)
     }
 
-    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, LanguageModelError> {
         let head: Head = crate::container::open_as(bytes, CONTAINER_VERSION)?;
         if head.kind != KIND {
-            return Err(ModelError::Kind(head.kind));
+            return Err(LanguageModelError::Kind(head.kind));
         }
         let s: Stored = crate::container::open_as(bytes, CONTAINER_VERSION)?;
         check_sizes(&s)?;
@@ -289,10 +289,10 @@ impl LanguageModel {
 /// A model file's sizes agree with each other before any network is built from
 /// them: its config decides what `Lm::new` allocates, so a config larger than
 /// the weights the file carries (at least 2 bytes each) is refused.
-fn check_sizes(s: &Stored) -> Result<(), ModelError> {
+fn check_sizes(s: &Stored) -> Result<(), LanguageModelError> {
     s.config.validate()?;
     if s.config.vocab != s.tokens.len() || s.tokens.len() <= EOS as usize {
-        return Err(ModelError::Sizes(format!(
+        return Err(LanguageModelError::Sizes(format!(
             "the config's vocabulary of {} does not match the file's {} tokens",
             s.config.vocab,
             s.tokens.len()
@@ -300,7 +300,7 @@ fn check_sizes(s: &Stored) -> Result<(), ModelError> {
     }
     let parameters = s.config.min_parameters().unwrap_or(usize::MAX);
     if parameters.saturating_mul(2) > s.weights.len() {
-        return Err(ModelError::Sizes(format!(
+        return Err(LanguageModelError::Sizes(format!(
             "the config asks for at least {parameters} parameters, the file holds {} bytes of weights",
             s.weights.len()
         )));

@@ -17,6 +17,14 @@ pub use proto::packet_service_client::PacketServiceClient;
 pub use proto::packet_service_server::{PacketService, PacketServiceServer};
 pub use proto::{PayloadKind, PushRequest, PushResponse};
 
+impl PayloadKind {
+    /// How the link marks a payload: a model, or traces (raw or sampled alike;
+    /// the decompressor forwards both as they are).
+    pub fn of(payload: crate::codec::Payload) -> Self {
+        if payload.is_traces() { PayloadKind::Traces } else { PayloadKind::Model }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("{path}: cannot read: {source}")]

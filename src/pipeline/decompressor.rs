@@ -5,7 +5,6 @@
 //! without exporting it twice.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +15,8 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 use super::lifecycle::{serve_metrics, signal, wait_for_signal};
-use crate::config::{ConfigError, DecompressorConfig, Engine};
+use crate::codec::{Engine, Origin};
+use crate::config::{ConfigError, DecompressorConfig};
 use crate::export::{self, ExportError, Exporter, WindowName};
 use crate::metrics::{DecompressorMetrics, MetricsError, Readiness};
 use crate::packet::link::{self, LinkError, PacketService, PayloadKind, PushRequest, PushResponse};
@@ -38,8 +38,14 @@ pub enum DecompressorError {
     Backend(#[from] crate::nn::BackendError),
     #[error("a decompressor task failed: {0}")]
     Task(String),
-    #[error("{0}")]
-    Llm(String),
+    #[error("llm.model: engine llm needs a model file")]
+    LlmMissing,
+    #[error("llm.model {}: {source}", .path.display())]
+    LlmRead { path: std::path::PathBuf, source: std::io::Error },
+    #[error("llm.model {}: {source}", .path.display())]
+    LlmModel { path: std::path::PathBuf, source: crate::llm::model::LanguageModelError },
+    #[error("llm.model {}: a tabular-encoding model cannot decode under constraints; train it with --encoding layers", .0.display())]
+    LlmEncoding(std::path::PathBuf),
 }
 
 /// One window delivered (for `gent demo` and tests).
@@ -49,7 +55,7 @@ pub struct Delivered {
     pub window_id: u64,
     /// `model` (Gen-T regenerated), `llm` (a language model regenerated the call
     /// graphs) or `traces` (real traces: the whole window, or head-sampled).
-    pub kind: &'static str,
+    pub kind: Origin,
     /// Spans the compressor saw in the window.
     pub window_spans: u64,
     /// Traces and spans regenerated (or forwarded, for a traces payload).
@@ -60,6 +66,33 @@ pub struct Delivered {
     pub lag_seconds: f64,
     /// Where each exporter put the window.
     pub outputs: Vec<String>,
+}
+
+impl Delivered {
+    /// The window in the decompressor's metrics: each per-window counter is
+    /// incremented here and nowhere else. `lag_seconds` is None when the
+    /// compressor did not say when it closed the window.
+    fn count(&self, m: &DecompressorMetrics, lag_seconds: Option<f64>) {
+        m.regenerate_seconds.observe(self.regenerate_seconds);
+        m.windows.with_label_values(&[self.kind.as_str()]).inc();
+        m.window_spans.inc_by(self.window_spans);
+        m.spans_regenerated.inc_by(self.spans as u64);
+        if let Some(lag) = lag_seconds {
+            m.lag_seconds.set(lag);
+        }
+    }
+
+    fn log(&self) {
+        tracing::info!(
+            producer = self.producer,
+            window = self.window_id,
+            kind = self.kind.as_str(),
+            traces = self.traces,
+            spans = self.spans,
+            regenerate_seconds = format!("{:.2}", self.regenerate_seconds),
+            "window delivered"
+        );
+    }
 }
 
 /// Remembers delivered windows, the oldest forgotten first.
@@ -96,9 +129,6 @@ struct Handler {
     reports: Option<mpsc::UnboundedSender<Delivered>>,
 }
 
-/// Inflating a traces payload stops here.
-const MAX_TRACES_BYTES: u64 = 1 << 30;
-
 /// The language model of `engine: llm`, loaded once at start.
 pub struct LlmEngine {
     model: crate::llm::model::LanguageModel,
@@ -113,15 +143,12 @@ impl LlmEngine {
             return Ok(None);
         }
         let c = &config.llm;
-        let path = c.model.as_deref().ok_or_else(|| DecompressorError::Llm("llm.model: engine llm needs a model file".into()))?;
-        let bytes = std::fs::read(path).map_err(|e| DecompressorError::Llm(format!("llm.model {}: {e}", path.display())))?;
+        let path = c.model.as_deref().ok_or(DecompressorError::LlmMissing)?;
+        let bytes = std::fs::read(path).map_err(|source| DecompressorError::LlmRead { path: path.into(), source })?;
         let model = crate::llm::model::LanguageModel::from_bytes(&bytes, device)
-            .map_err(|e| DecompressorError::Llm(format!("llm.model {}: {e}", path.display())))?;
+            .map_err(|source| DecompressorError::LlmModel { path: path.into(), source })?;
         if model.encoding != crate::llm::model::Encoding::Layers {
-            return Err(DecompressorError::Llm(format!(
-                "llm.model {}: a tabular-encoding model cannot decode under constraints; train it with --encoding layers",
-                path.display()
-            )));
+            return Err(DecompressorError::LlmEncoding(path.into()));
         }
         let sampling = crate::llm::generate::Sampling { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
         Ok(Some(LlmEngine { model, sampling, max_edges: c.max_edges }))
@@ -136,8 +163,8 @@ const PART_SPANS: u64 = 500_000;
 /// Part of a payload made traces.
 struct Part {
     traces: Vec<Trace>,
-    /// `model`, `llm` or `traces` (the `kind` label of the windows metric).
-    kind: &'static str,
+    /// The `kind` label of the windows metric.
+    kind: Origin,
     clamped: usize,
     index: usize,
     of: usize,
@@ -145,7 +172,7 @@ struct Part {
 }
 
 impl Part {
-    fn whole(traces: Vec<Trace>, kind: &'static str, clamped: usize, started: Instant) -> Self {
+    fn whole(traces: Vec<Trace>, kind: Origin, clamped: usize, started: Instant) -> Self {
         Part { traces, kind, clamped, index: 0, of: 1, seconds: started.elapsed().as_secs_f64() }
     }
 }
@@ -156,15 +183,11 @@ pub enum DecodeError {
     #[error(transparent)]
     Packet(#[from] crate::codec::PackError),
     #[error(transparent)]
-    Llm(#[from] crate::llm::window::WindowError),
+    Llm(#[from] crate::llm::regeneration::WindowError),
     #[error(transparent)]
     Model(#[from] crate::gent::ModelError),
-    #[error("traces payload does not inflate: {0}")]
-    Inflate(std::io::Error),
-    #[error("traces payload is larger than {MAX_TRACES_BYTES} bytes once inflated")]
-    TooLarge,
-    #[error("traces payload: {:?}: {} (link.max_window_spans)", .0.position, .0.reason)]
-    Traces(crate::io::ParseError),
+    #[error("{0} (link.max_window_spans bounds the spans)")]
+    Traces(#[from] crate::codec::TracesError),
     #[error("payload kind is unspecified")]
     Unspecified,
 }
@@ -188,9 +211,9 @@ fn decode_parts(
             let seed = unpacked.header.seed;
             if let (Some(llm), Some(conditions)) = (llm, &unpacked.conditions) {
                 let engine = llm.lock().unwrap_or_else(|e| e.into_inner());
-                let r = crate::llm::window::Regeneration { sampling: engine.sampling, max_edges: engine.max_edges, seed };
-                let out = crate::llm::window::regenerate(&engine.model, conditions, unpacked.header.window_start, &r)?;
-                each(Part::whole(out.traces, "llm", out.clamped, started));
+                let r = crate::llm::regeneration::Regeneration { sampling: engine.sampling, max_edges: engine.max_edges, seed };
+                let out = crate::llm::regeneration::regenerate(&engine.model, conditions, unpacked.header.window_start, &r)?;
+                each(Part::whole(out.traces, Origin::Llm, out.clamped, started));
                 return Ok(());
             }
             if llm.is_some() {
@@ -202,7 +225,7 @@ fn decode_parts(
             let of = unpacked.header.spans.div_ceil(PART_SPANS).max(1) as usize;
             let (mut index, mut started) = (0, started);
             let each_part = |traces, _| {
-                let part = Part { traces, kind: "model", clamped: 0, index, of, seconds: started.elapsed().as_secs_f64() };
+                let part = Part { traces, kind: Origin::Model, clamped: 0, index, of, seconds: started.elapsed().as_secs_f64() };
                 index += 1;
                 let go_on = each(part);
                 started = Instant::now();
@@ -211,18 +234,8 @@ fn decode_parts(
             Ok(unpacked.model.generate_parts(seed, of, each_part)?)
         }
         PayloadKind::Traces => {
-            let mut raw = Vec::new();
-            flate2::read::GzDecoder::new(payload)
-                .take(MAX_TRACES_BYTES + 1)
-                .read_to_end(&mut raw)
-                .map_err(DecodeError::Inflate)?;
-            if raw.len() as u64 > MAX_TRACES_BYTES {
-                return Err(DecodeError::TooLarge);
-            }
-            let mut spans = Vec::new();
-            let max = usize::try_from(max_spans).unwrap_or(usize::MAX);
-            crate::io::read_proto(&raw, &mut spans, max).map_err(DecodeError::Traces)?;
-            each(Part::whole(crate::trace::assemble(spans).traces, "traces", 0, started));
+            let traces = crate::codec::decode_traces(payload, max_spans)?;
+            each(Part::whole(traces, Origin::Traces, 0, started));
             Ok(())
         }
         PayloadKind::Unspecified => Err(DecodeError::Unspecified),
@@ -263,7 +276,7 @@ impl Handler {
         let worker = tokio::task::spawn_blocking(move || {
             decode_parts(kind, &payload, &device, llm.as_deref(), max_spans, |part| parts_tx.blocking_send(part).is_ok())
         });
-        let (mut spans, mut count, mut regenerate_seconds, mut kind_label) = (0usize, 0usize, 0.0, "model");
+        let (mut spans, mut count, mut regenerate_seconds, mut kind) = (0usize, 0usize, 0.0, Origin::Model);
         let mut outputs = Vec::with_capacity(self.exporters.len());
         while let Some(part) = parts.recv().await {
             if part.index == 0 {
@@ -279,7 +292,7 @@ impl Handler {
                 );
             }
             regenerate_seconds += part.seconds;
-            kind_label = part.kind;
+            kind = part.kind;
             let part_spans: usize = part.traces.iter().map(|t| t.spans.len()).sum();
             spans += part_spans;
             count += part.traces.len();
@@ -312,37 +325,24 @@ impl Handler {
             }
             Ok(Ok(())) => {}
         }
-        self.metrics.regenerate_seconds.observe(regenerate_seconds);
-        self.metrics.windows.with_label_values(&[kind_label]).inc();
-        self.metrics.window_spans.inc_by(push.window_spans);
-        self.metrics.spans_regenerated.inc_by(spans as u64);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let lag_seconds = now.saturating_sub(push.closed_unix_nano) as f64 / 1e9;
-        if push.closed_unix_nano > 0 {
-            self.metrics.lag_seconds.set(lag_seconds);
-        }
+        let lag_seconds = (push.closed_unix_nano > 0).then(|| now.saturating_sub(push.closed_unix_nano) as f64 / 1e9);
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), spans as u64);
-        tracing::info!(
-            producer = key.0,
-            window = key.1,
-            kind = kind_label,
-            traces = count,
+        let event = Delivered {
+            producer: key.0,
+            window_id: key.1,
+            kind,
+            window_spans: push.window_spans,
+            traces: count,
             spans,
-            regenerate_seconds = format!("{regenerate_seconds:.2}"),
-            "window delivered"
-        );
+            regenerate_seconds,
+            lag_seconds: lag_seconds.unwrap_or(0.0),
+            outputs,
+        };
+        event.count(&self.metrics, lag_seconds);
+        event.log();
         if let Some(reports) = &self.reports {
-            let _ = reports.send(Delivered {
-                producer: key.0,
-                window_id: key.1,
-                kind: kind_label,
-                window_spans: push.window_spans,
-                traces: count,
-                spans,
-                regenerate_seconds,
-                lag_seconds,
-                outputs,
-            });
+            let _ = reports.send(event);
         }
         Ok(PushResponse { duplicate: false, spans: spans as u64 })
     }

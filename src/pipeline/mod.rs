@@ -5,5 +5,6 @@
 
 pub mod compressor;
 pub mod decompressor;
+pub mod demo;
 pub mod lifecycle;
 pub mod ship;

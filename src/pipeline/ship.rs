@@ -9,18 +9,17 @@
 //! real traces instead, so an operator never silently loses visibility; spool
 //! the result for the sender.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prost::Message;
 use tokio::sync::mpsc;
 
+use crate::codec::Payload;
 use crate::config::PipelineConfig;
 use crate::fidelity::Reference;
 use crate::fidelity::sampling::{Stratum, stratum, systematic};
 use crate::gent::{DigestConfig, GenTConfig, WindowDigest, WindowModel};
-use crate::llm::window::WindowConditions;
+use crate::llm::regeneration::WindowConditions;
 use crate::metrics::PipelineMetrics;
 use crate::nn::weights::Precision;
 use crate::packet::link::{PayloadKind, PushRequest};
@@ -31,7 +30,8 @@ use crate::window::{ClosedWindow, SinkError, WindowSink};
 /// Seeds (xor the fidelity seed) the 1:k sample a large window is measured on.
 const SAMPLE_SEED: u64 = 0x5a3b_1e00_c0ff_ee00;
 
-/// What happened to one window at the compressor (for `gent demo` and tests).
+/// What happened to one window at the compressor: the one event its
+/// metrics, log line and report (for `gent demo` and tests) all come from.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Shipped {
     pub window_id: u64,
@@ -44,7 +44,7 @@ pub struct Shipped {
     pub packet_bytes: u64,
     /// `model`; `raw` when the whole window was smaller than its model; `sampled`
     /// when the model's fidelity was below the floor (or training failed).
-    pub kind: &'static str,
+    pub kind: Payload,
     /// Self-evaluated fidelity of the model (None when not evaluated or not trained).
     pub fidelity: Option<f64>,
     /// Head sampling at the same bytes as the model: its rate 1:N and its
@@ -52,6 +52,12 @@ pub struct Shipped {
     pub head_rate: Option<u64>,
     pub head_fidelity: Option<f64>,
     pub train_seconds: f64,
+    /// Training failed; the window went out as head-sampled traces.
+    pub training_failed: bool,
+    /// Seconds the self-evaluation took (None when it did not run).
+    pub evaluate_seconds: Option<f64>,
+    /// N of the 1:N head sampling a `sampled` window shipped at.
+    pub sampled_rate: Option<u64>,
 }
 
 /// A model's self-evaluated fidelity and that of head sampling at its bytes.
@@ -90,8 +96,10 @@ pub enum ShipError {
     Pack(#[from] crate::codec::PackError),
     #[error("scoring: {0}")]
     Score(#[from] crate::fidelity::FidelityError),
-    #[error("encoding the window's traces: {0}")]
-    Encode(#[from] std::io::Error),
+    #[error("measuring the window's OTLP bytes: {0}")]
+    Sizes(std::io::Error),
+    #[error("the window's traces: {0}")]
+    Traces(#[from] crate::codec::TracesError),
     #[error("spooling: {0}")]
     Spool(#[from] crate::packet::spool::SpoolError),
 }
@@ -140,11 +148,7 @@ impl ShipSink {
     /// the share's; as gzip-compressed OTLP protobuf, with the rate.
     fn traces_payload(&self, digest: &WindowDigest, n: u64) -> Result<(u64, Vec<u8>), ShipError> {
         let (rate, kept) = digest.head_sample(n);
-        let request = crate::io::to_request(kept.iter().flat_map(|t| &t.spans));
-        let raw = request.encode_to_vec();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&raw)?;
-        Ok((rate, gz.finish()?))
+        Ok((rate, crate::codec::encode_traces(kept)?))
     }
 }
 
@@ -213,118 +217,151 @@ impl ShipSink {
         let conditions = window.conditions.take();
         // The pool the scoring sample was thinned from is gone.
         window.held.release_all_but(digest.held_spans());
-        let m = &self.metrics;
-        let sizes = wire_sizes(&digest).map_err(|e| ship_error(window.id, e.into()))?;
-        m.window_raw_bytes.inc_by(sizes.raw);
-        m.window_gzip_bytes.inc_by(sizes.gzip);
-
-        let mut fidelity = None;
-        let mut head = None;
-        let mut evaluate_seconds = 0.0;
-        let trained = match self.train(&digest, conditions, window.id) {
-            Ok((model, packet, seconds)) => {
-                m.training_seconds.observe(seconds);
-                *train_seconds = seconds;
-                if self.config.fidelity.self_evaluate {
-                    let started = Instant::now();
-                    let evaluation = self_evaluate(&mut digest, &packet, &self.device);
-                    evaluate_seconds = started.elapsed().as_secs_f64();
-                    m.self_evaluation_seconds.observe(evaluate_seconds);
-                    match evaluation {
-                        Ok(e) => {
-                            m.fidelity_last.set(e.fidelity);
-                            m.fidelity.observe(e.fidelity);
-                            m.fidelity_head_same_bytes.set(e.head_fidelity);
-                            fidelity = Some(e.fidelity);
-                            head = Some((e.head_rate, e.head_fidelity));
-                        }
-                        Err(e) => tracing::warn!(window = window.id, error = %e, "self-evaluation failed"),
-                    }
-                }
-                self.previous = Some(model);
-                Some(packet)
-            }
-            Err(e) => {
-                m.training_errors.inc();
-                tracing::error!(window = window.id, error = %e, "training failed; shipping head-sampled traces instead");
-                None
-            }
+        let sizes = wire_sizes(&digest).map_err(|e| ship_error(window.id, ShipError::Sizes(e)))?;
+        let mut event = Shipped {
+            window_id: window.id,
+            traces: digest.traces(),
+            spans: digest.spans as usize,
+            raw_bytes: sizes.raw,
+            gzip_bytes: sizes.gzip,
+            packet_bytes: 0,
+            kind: Payload::Model,
+            fidelity: None,
+            head_rate: None,
+            head_fidelity: None,
+            train_seconds: 0.0,
+            training_failed: false,
+            evaluate_seconds: None,
+            sampled_rate: None,
         };
-        let floor = self.config.fidelity.floor;
-        let faithful = fidelity.is_none_or(|f| f >= floor);
-        // What the model would cost on the link; a model that failed costs "infinity".
-        let model_bytes = trained.as_ref().map_or(u64::MAX, |p| p.len() as u64);
-        // Only a whole digest holds every trace; a larger window's gzip is
-        // far above its model anyway.
-        let (kind, label, payload) = if self.config.raw_when_smaller && digest.whole() && sizes.gzip <= model_bytes {
-            // Lossless and cheaper: the model does not pay for itself on a window this small.
-            m.raw_windows.inc();
-            let (_, payload) = self.traces_payload(&digest, 1).map_err(|e| ship_error(window.id, e))?;
-            (PayloadKind::Traces, "raw", payload)
-        } else if let (Some(packet), true) = (trained, faithful) {
-            (PayloadKind::Model, "model", packet)
-        } else {
-            if let Some(f) = fidelity {
-                tracing::warn!(
-                    window = window.id,
-                    fidelity = f,
-                    floor,
-                    head = self.config.fidelity.fallback_head,
-                    "fidelity below the floor; shipping head-sampled traces instead"
-                );
-            }
-            m.fallback_windows.inc();
-            let n = self.config.fidelity.fallback_head;
-            let (rate, payload) = self.traces_payload(&digest, n).map_err(|e| ship_error(window.id, e))?;
-            if rate > n {
-                tracing::warn!(
-                    window = window.id,
-                    head = n,
-                    rate,
-                    "window larger than its share: head-sampled at the share's rate"
-                );
-            }
-            (PayloadKind::Traces, "sampled", payload)
-        };
-        let packet_bytes = payload.len() as u64;
-        m.packet_bytes.inc_by(packet_bytes);
+        let trained = self.train_and_check(&mut digest, conditions, &mut event);
+        *train_seconds = event.train_seconds;
+        let payload = self.choose(&digest, trained, &mut event).map_err(|e| ship_error(window.id, e))?;
+        event.packet_bytes = payload.len() as u64;
         let push = PushRequest {
             producer: self.producer.clone(),
             window_id: window.id,
-            kind: kind as i32,
+            kind: PayloadKind::of(event.kind) as i32,
             payload,
             window_spans: digest.spans,
             window_traces: digest.traces() as u64,
             closed_unix_nano: window.end_unix_nano,
         };
         self.spool.put(&push).map_err(|e| ship_error(window.id, e.into()))?;
-        let kind = label;
-        tracing::info!(
-            window = window.id,
-            kind,
-            packet_bytes,
-            gzip_bytes = sizes.gzip,
-            fidelity = fidelity.map(|f| format!("{f:.3}")),
-            train_seconds = format!("{train_seconds:.1}"),
-            evaluate_seconds = format!("{evaluate_seconds:.1}"),
-            "window spooled for the link"
-        );
+        event.count(&self.metrics);
+        event.log(&self.config);
         if let Some(reports) = &self.reports {
-            let _ = reports.send(Shipped {
-                window_id: window.id,
-                traces: digest.traces(),
-                spans: digest.spans as usize,
-                raw_bytes: sizes.raw,
-                gzip_bytes: sizes.gzip,
-                packet_bytes,
-                kind,
-                fidelity,
-                head_rate: head.map(|h| h.0),
-                head_fidelity: head.map(|h| h.1),
-                train_seconds: *train_seconds,
-            });
+            let _ = reports.send(event);
         }
         Ok(())
+    }
+
+    /// Trains the window's model and, when configured, scores a sample
+    /// regenerated from its packet; the packet, or `None` when training failed.
+    fn train_and_check(
+        &mut self,
+        digest: &mut WindowDigest,
+        conditions: Option<WindowConditions>,
+        event: &mut Shipped,
+    ) -> Option<Vec<u8>> {
+        let (model, packet, seconds) = match self.train(digest, conditions, event.window_id) {
+            Ok(trained) => trained,
+            Err(e) => {
+                tracing::error!(window = event.window_id, error = %e, "training failed; shipping head-sampled traces instead");
+                event.training_failed = true;
+                return None;
+            }
+        };
+        event.train_seconds = seconds;
+        if self.config.fidelity.self_evaluate {
+            let started = Instant::now();
+            let evaluation = self_evaluate(digest, &packet, &self.device);
+            event.evaluate_seconds = Some(started.elapsed().as_secs_f64());
+            match evaluation {
+                Ok(e) => {
+                    event.fidelity = Some(e.fidelity);
+                    (event.head_rate, event.head_fidelity) = (Some(e.head_rate), Some(e.head_fidelity));
+                }
+                Err(e) => tracing::warn!(window = event.window_id, error = %e, "self-evaluation failed"),
+            }
+        }
+        self.previous = Some(model);
+        Some(packet)
+    }
+
+    /// What goes on the link: the window whole when that is smaller than its
+    /// model, the model when it is faithful enough, else head-sampled traces.
+    fn choose(&self, digest: &WindowDigest, trained: Option<Vec<u8>>, event: &mut Shipped) -> Result<Vec<u8>, ShipError> {
+        let faithful = event.fidelity.is_none_or(|f| f >= self.config.fidelity.floor);
+        // What the model would cost on the link; a model that failed costs "infinity".
+        let model_bytes = trained.as_ref().map_or(u64::MAX, |p| p.len() as u64);
+        // Only a whole digest holds every trace; a larger window's gzip is
+        // far above its model anyway.
+        if self.config.raw_when_smaller && digest.whole() && event.gzip_bytes <= model_bytes {
+            // Lossless and cheaper: the model does not pay for itself on a window this small.
+            event.kind = Payload::Raw;
+            return Ok(self.traces_payload(digest, 1)?.1);
+        }
+        if let (Some(packet), true) = (trained, faithful) {
+            event.kind = Payload::Model;
+            return Ok(packet);
+        }
+        let (rate, payload) = self.traces_payload(digest, self.config.fidelity.fallback_head)?;
+        (event.kind, event.sampled_rate) = (Payload::Sampled, Some(rate));
+        Ok(payload)
+    }
+}
+
+impl Shipped {
+    /// The window in the compressor's metrics: each per-window counter is
+    /// incremented here and nowhere else.
+    fn count(&self, m: &PipelineMetrics) {
+        m.window_raw_bytes.inc_by(self.raw_bytes);
+        m.window_gzip_bytes.inc_by(self.gzip_bytes);
+        m.packet_bytes.inc_by(self.packet_bytes);
+        if self.training_failed {
+            m.training_errors.inc();
+        } else {
+            m.training_seconds.observe(self.train_seconds);
+        }
+        if let Some(seconds) = self.evaluate_seconds {
+            m.self_evaluation_seconds.observe(seconds);
+        }
+        if let Some(f) = self.fidelity {
+            m.fidelity_last.set(f);
+            m.fidelity.observe(f);
+        }
+        if let Some(f) = self.head_fidelity {
+            m.fidelity_head_same_bytes.set(f);
+        }
+        match self.kind {
+            Payload::Raw => m.raw_windows.inc(),
+            Payload::Sampled => m.fallback_windows.inc(),
+            Payload::Model => {}
+        }
+    }
+
+    /// The window in the compressor's log: why it fell back, if it did, and
+    /// what was spooled.
+    fn log(&self, config: &PipelineConfig) {
+        let (window, head) = (self.window_id, config.fidelity.fallback_head);
+        if let (Payload::Sampled, Some(f)) = (self.kind, self.fidelity) {
+            let floor = config.fidelity.floor;
+            tracing::warn!(window, fidelity = f, floor, head, "fidelity below the floor; shipping head-sampled traces instead");
+        }
+        if let Some(rate) = self.sampled_rate.filter(|&r| r > head) {
+            tracing::warn!(window, head, rate, "window larger than its share: head-sampled at the share's rate");
+        }
+        tracing::info!(
+            window,
+            kind = self.kind.as_str(),
+            packet_bytes = self.packet_bytes,
+            gzip_bytes = self.gzip_bytes,
+            fidelity = self.fidelity.map(|f| format!("{f:.3}")),
+            train_seconds = format!("{:.1}", self.train_seconds),
+            evaluate_seconds = format!("{:.1}", self.evaluate_seconds.unwrap_or(0.0)),
+            "window spooled for the link"
+        );
     }
 }
 

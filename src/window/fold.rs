@@ -17,7 +17,7 @@ use super::budget::{Budget, Held};
 use super::sink::WindowSink;
 use crate::gent::{Digest, DigestConfig, WindowDigest};
 use crate::io::{self, IoError};
-use crate::llm::window::{ConditionsBuilder, WindowConditions};
+use crate::llm::regeneration::{ConditionsBuilder, WindowConditions};
 use crate::metrics::Metrics;
 use crate::trace;
 

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::Status as OtlpStatus;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message;
 
-use super::otlp::{parent_span_id, resource_from_otlp, scope_from_otlp, span_id, trace_id};
+use super::model::{parent_span_id, resource_from_otlp, scope_from_otlp, span_id, too_many_spans, trace_id};
 use crate::trace::{Resource, Scope, Span, SpanKind, Status, StatusCode};
 
 /// A wire-level failure: the byte offset into the whole message, and why.
@@ -174,7 +174,7 @@ fn scope_spans(
     let scope = scope_from_otlp(scope);
     if out.len().saturating_add(spans.len()) > max {
         let offset = spans.first().map_or(base, |s| s.1);
-        return Err(WireError { offset, reason: super::too_many_spans(max) });
+        return Err(WireError { offset, reason: too_many_spans(max) });
     }
     out.reserve(spans.len());
     for (bytes, offset) in spans {

@@ -15,15 +15,15 @@ use crate::config::{
     CompressorConfig, DecompressorConfig, ExportersConfig, FileExporterConfig, FileFormat, LinkClientConfig, LinkServerConfig,
     MetricsConfig, PipelineConfig, ReceiverConfig, SinkConfig, WindowConfig,
 };
+use crate::otlp::replay::{ReplayOptions, ReplayProtocol};
 use crate::pipeline::decompressor::Delivered;
 use crate::pipeline::ship::Shipped;
-use crate::replay::{ReplayOptions, ReplayProtocol};
 
 /// The bundled sample (data/sample, TrainTicket hour 16, two minutes), built
 /// into the binary so the demo runs from any folder.
 const SAMPLE: [(&str, &[u8]); 2] = [
-    ("16_00_trace.csv.gz", include_bytes!("../data/sample/16_00_trace.csv.gz")),
-    ("16_01_trace.csv.gz", include_bytes!("../data/sample/16_01_trace.csv.gz")),
+    ("16_00_trace.csv.gz", include_bytes!("../../data/sample/16_00_trace.csv.gz")),
+    ("16_01_trace.csv.gz", include_bytes!("../../data/sample/16_01_trace.csv.gz")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum DemoError {
     #[error(transparent)]
     Decompressor(#[from] crate::pipeline::decompressor::DecompressorError),
     #[error(transparent)]
-    Replay(#[from] crate::replay::ReplayError),
+    Replay(#[from] crate::otlp::replay::ReplayError),
     #[error("window {0} was shipped but never delivered")]
     Undelivered(u64),
 }
@@ -152,7 +152,7 @@ pub async fn run(o: &DemoOptions, mut each: impl FnMut(&DemoWindow)) -> Result<D
         batch_spans: 500,
         concurrency: 2,
     };
-    crate::replay::replay(&set.traces, &options).await?;
+    crate::otlp::replay::replay(&set.traces, &options).await?;
     // Shutdown closes the open windows, trains and ships them, and waits for the
     // link to deliver every packet.
     compressor.shutdown().await?;

@@ -17,7 +17,6 @@ use rand::RngCore;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::io;
 use crate::otlp;
 use crate::trace::Trace;
 
@@ -91,7 +90,7 @@ fn prepare(traces: &[Trace], batch_spans: usize) -> Vec<Prepared> {
 }
 
 fn to_prepared(group: &[&Trace], spans: usize) -> Prepared {
-    Prepared { request: io::to_request(group.iter().flat_map(|t| &t.spans)), spans: spans as u64, traces: group.len() as u64 }
+    Prepared { request: super::to_request(group.iter().flat_map(|t| &t.spans)), spans: spans as u64, traces: group.len() as u64 }
 }
 
 /// The per-pass changes: ids XOR keys, times shifted by `shift` nanoseconds.
