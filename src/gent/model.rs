@@ -280,6 +280,107 @@ fn graph_features(histogram: &TopologyHistogram) -> Vec<f32> {
     out
 }
 
+/// What the three generators' tables are built from: the share's traces
+/// placed on their topologies, with each node's timing and attributes.
+struct Rows<'a> {
+    histogram: &'a TopologyHistogram,
+    cond: &'a Conditioning<'a>,
+    placements: &'a [Placement],
+    metas: &'a [Vec<Meta>],
+    attrs: &'a [Vec<NodeValues>],
+    schema: &'a AttributeSchema,
+    /// Each trace's start, in µs from the window's start.
+    offsets: &'a [f64],
+    /// Whether R_G and C_G carry timing columns.
+    timed: bool,
+}
+
+/// A generator's table and, when its rows are conditioned, their contexts.
+type TableInput<'a> = (Vec<Column>, Option<Contexts<'a>>);
+
+impl<'a> Rows<'a> {
+    /// T_G's table: one start offset per trace (only with calibration off;
+    /// calibrated windows count starts instead).
+    fn starts(&self, calibrated: bool) -> TableInput<'a> {
+        let start_columns = vec![Column::continuous("start_us", self.offsets.to_vec(), false)];
+        let start_ctx = (!calibrated).then(|| {
+            let mut ctx = self.cond.contexts(self.cond.start_width(), self.placements.len());
+            for placement in self.placements {
+                self.cond.push_start(&mut ctx, placement.topology);
+            }
+            ctx
+        });
+        (start_columns, start_ctx)
+    }
+
+    /// R_G's table: one row per root span.
+    fn roots(&self) -> TableInput<'a> {
+        let (mut root_metas, mut root_attrs) = (Vec::new(), Vec::new());
+        for (placement, (meta, attr)) in self.placements.iter().zip(self.metas.iter().zip(self.attrs)) {
+            for r in self.histogram.topologies[placement.topology].roots() {
+                root_metas.push(Some(meta[r]));
+                root_attrs.push(Some(&attr[r]));
+            }
+        }
+        let mut root_columns = meta_columns("", &root_metas, false, self.timed);
+        root_columns.extend(self.schema.columns("", &root_attrs));
+        // Contexts only for a table a CTGAN learns: with calibration on, every
+        // column is often constant, and a window's contexts take ~240 bytes a row.
+        let root_ctx = TableModel::learns(&root_columns).then(|| {
+            let mut ctx = self.cond.contexts(self.cond.root_width(), root_metas.len());
+            for (placement, &offset) in self.placements.iter().zip(self.offsets) {
+                let topology = &self.histogram.topologies[placement.topology];
+                for r in topology.roots() {
+                    self.cond.push_root(&mut ctx, placement.topology, topology.labels[r], offset);
+                }
+            }
+            ctx
+        });
+        (root_columns, root_ctx)
+    }
+
+    /// C_G's table: one row per chain of `chain_length` nodes, each node
+    /// relative to its parent.
+    fn chains(&self, chain_length: usize) -> TableInput<'a> {
+        let plans: Vec<Vec<(usize, Vec<usize>)>> =
+            self.histogram.topologies.iter().map(|t| chain_plan(t, chain_length)).collect();
+        let mut positions: Vec<Vec<Option<Meta>>> = vec![Vec::new(); chain_length - 1];
+        let mut position_attrs: Vec<Vec<Option<&NodeValues>>> = vec![Vec::new(); chain_length - 1];
+        for (placement, (meta, attr)) in self.placements.iter().zip(self.metas.iter().zip(self.attrs)) {
+            for (_, chain) in &plans[placement.topology] {
+                for (p, (column, attr_column)) in positions.iter_mut().zip(&mut position_attrs).enumerate() {
+                    column.push(chain.get(p + 1).map(|&n| relative(meta[n], meta[chain[p]].duration_us)));
+                    attr_column.push(chain.get(p + 1).map(|&n| &attr[n]));
+                }
+            }
+        }
+        let chain_rows = positions.first().map_or(0, Vec::len);
+        let chain_columns: Vec<Column> = positions
+            .iter()
+            .zip(&position_attrs)
+            .enumerate()
+            .flat_map(|(p, (m, a))| {
+                let prefix = format!("n{}_", p + 1);
+                let mut columns = meta_columns(&prefix, m, true, self.timed);
+                columns.extend(self.schema.columns(&prefix, a));
+                columns
+            })
+            .collect();
+        drop((positions, position_attrs));
+        let chain_ctx = TableModel::learns(&chain_columns).then(|| {
+            let mut ctx = self.cond.contexts(self.cond.chain_width(), chain_rows);
+            for ((placement, meta), &offset) in self.placements.iter().zip(self.metas).zip(self.offsets) {
+                let topology = &self.histogram.topologies[placement.topology];
+                for (_, chain) in &plans[placement.topology] {
+                    self.cond.push_chain(&mut ctx, topology, placement.topology, chain, &meta[chain[0]], offset);
+                }
+            }
+            ctx
+        });
+        (chain_columns, chain_ctx)
+    }
+}
+
 /// How rows are conditioned; fixed by the histogram, so training and
 /// generation build identical vectors.
 struct Conditioning<'a> {
@@ -607,77 +708,19 @@ impl WindowModel {
         // With calibration, R_G and C_G carry timing only when asked to.
         let timed = !calibrated || config.generators == Generators::Always;
         let offsets: Vec<f64> = traces.iter().map(|t| us(t.start() - window_start)).collect();
-
-        // T_G: start offsets (calibration off).
-        let start_columns = vec![Column::continuous("start_us", offsets.clone(), false)];
-        let start_ctx = (!calibrated).then(|| {
-            let mut ctx = cond.contexts(cond.start_width(), placements.len());
-            for placement in placements {
-                cond.push_start(&mut ctx, placement.topology);
-            }
-            ctx
-        });
-
-        // R_G: roots.
-        let (mut root_metas, mut root_attrs) = (Vec::new(), Vec::new());
-        for (placement, (meta, attr)) in placements.iter().zip(metas.iter().zip(&attrs)) {
-            for r in histogram.topologies[placement.topology].roots() {
-                root_metas.push(Some(meta[r]));
-                root_attrs.push(Some(&attr[r]));
-            }
-        }
-        let mut root_columns = meta_columns("", &root_metas, false, timed);
-        root_columns.extend(schema.columns("", &root_attrs));
-        // Contexts only for a table a CTGAN learns: with calibration on, every
-        // column is often constant, and a window's contexts take ~240 bytes a row.
-        let root_ctx = TableModel::learns(&root_columns).then(|| {
-            let mut ctx = cond.contexts(cond.root_width(), root_metas.len());
-            for (placement, &offset) in placements.iter().zip(&offsets) {
-                let topology = &histogram.topologies[placement.topology];
-                for r in topology.roots() {
-                    cond.push_root(&mut ctx, placement.topology, topology.labels[r], offset);
-                }
-            }
-            ctx
-        });
-        drop((root_metas, root_attrs));
-
-        // C_G: chains.
-        let plans: Vec<Vec<(usize, Vec<usize>)>> =
-            histogram.topologies.iter().map(|t| chain_plan(t, config.chain_length)).collect();
-        let mut positions: Vec<Vec<Option<Meta>>> = vec![Vec::new(); config.chain_length - 1];
-        let mut position_attrs: Vec<Vec<Option<&NodeValues>>> = vec![Vec::new(); config.chain_length - 1];
-        for (placement, (meta, attr)) in placements.iter().zip(metas.iter().zip(&attrs)) {
-            for (_, chain) in &plans[placement.topology] {
-                for (p, (column, attr_column)) in positions.iter_mut().zip(&mut position_attrs).enumerate() {
-                    column.push(chain.get(p + 1).map(|&n| relative(meta[n], meta[chain[p]].duration_us)));
-                    attr_column.push(chain.get(p + 1).map(|&n| &attr[n]));
-                }
-            }
-        }
-        let chain_rows = positions.first().map_or(0, Vec::len);
-        let chain_columns: Vec<Column> = positions
-            .iter()
-            .zip(&position_attrs)
-            .enumerate()
-            .flat_map(|(p, (m, a))| {
-                let prefix = format!("n{}_", p + 1);
-                let mut columns = meta_columns(&prefix, m, true, timed);
-                columns.extend(schema.columns(&prefix, a));
-                columns
-            })
-            .collect();
-        drop((positions, position_attrs));
-        let chain_ctx = TableModel::learns(&chain_columns).then(|| {
-            let mut ctx = cond.contexts(cond.chain_width(), chain_rows);
-            for ((placement, meta), &offset) in placements.iter().zip(&metas).zip(&offsets) {
-                let topology = &histogram.topologies[placement.topology];
-                for (_, chain) in &plans[placement.topology] {
-                    cond.push_chain(&mut ctx, topology, placement.topology, chain, &meta[chain[0]], offset);
-                }
-            }
-            ctx
-        });
+        let rows = Rows {
+            histogram: &histogram,
+            cond: &cond,
+            placements,
+            metas: &metas,
+            attrs: &attrs,
+            schema: &schema,
+            offsets: &offsets,
+            timed,
+        };
+        let (start_columns, start_ctx) = rows.starts(calibrated);
+        let (root_columns, root_ctx) = rows.roots();
+        let (chain_columns, chain_ctx) = rows.chains(config.chain_length);
         // The generators are independent: train them side by side (Gen-T
         // does the same on one GPU), C_G, the largest, on this thread.
         let (start, roots, chains) = std::thread::scope(|s| {

@@ -45,6 +45,18 @@ impl Default for Sampling {
     }
 }
 
+/// The counts one layer is generated under.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// Edges in the layer and everything below it.
+    n: u64,
+    /// Layers left below this one.
+    rd: u64,
+    latency: u64,
+    start_at: u64,
+    start_id: u64,
+}
+
 /// What the user asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -297,17 +309,40 @@ impl<'a, M: NextToken> Generator<'a, M> {
         ids.iter().find(|(id, _)| *id == pick).map_or(words[0], |(_, w)| w).to_string()
     }
 
-    /// Generates one layer under `c` (every field set) and returns its text.
+    /// Generates one layer under `c` (every field set) and returns its text:
+    /// the conditions line, the layer's own edges, then the subgraphs that
+    /// share out the edges left.
     fn layer(&mut self, c: &LayerConditions, first: bool, request: &Request) -> String {
         self.context.clear();
-        let (n, rd) = (c.num_edges.unwrap_or(1), c.remaining_depth.unwrap_or(0));
-        let latency = c.latency.unwrap_or(request.latency);
-        let start_at = c.start_communication_at.unwrap_or(0);
-        let start_id = c.start_edge_id.unwrap_or(if first { 0 } else { 1 });
+        let shape = Shape {
+            n: c.num_edges.unwrap_or(1),
+            rd: c.remaining_depth.unwrap_or(0),
+            latency: c.latency.unwrap_or(request.latency),
+            start_at: c.start_communication_at.unwrap_or(0),
+            start_id: c.start_edge_id.unwrap_or(if first { 0 } else { 1 }),
+        };
         let mut out = String::new();
+        let (k, ns) = self.layer_conditions(c, first, request, &shape, &mut out);
+        let edges = self.layer_edges(k, &shape, &mut out);
+        self.layer_subgraphs(c, request, &shape, (k, ns), &edges, &mut out);
+        self.force("</layer>\n");
+        out.push_str("</layer>\n");
+        out
+    }
+
+    /// The layer's conditions line; its own edge and subgraph counts.
+    fn layer_conditions(
+        &mut self,
+        c: &LayerConditions,
+        first: bool,
+        request: &Request,
+        shape: &Shape,
+        out: &mut String,
+    ) -> (u64, u64) {
+        let Shape { n, rd, latency, start_at, .. } = *shape;
         // The conditions line: given in full for a subgraph; for the first
         // layer the request, then the model picks the layer's own counts.
-        let (k, ns) = if first {
+        if first {
             let head = format!(
                 "[GENERATE GRAPH]id:{}/num_edges:{n}/remaining_depth:{rd}/start_node:USER/start_edge_id:0/start_communication_at:{start_at}/latency:{latency}/num_current_edges:",
                 request.service
@@ -330,7 +365,12 @@ impl<'a, M: NextToken> Generator<'a, M> {
             self.force(&line);
             out.push_str(&line);
             (c.num_current_edges.unwrap_or(n), c.num_subgraphs.unwrap_or(0))
-        };
+        }
+    }
+
+    /// The layer's `k` edges, each to a microservice the model may name.
+    fn layer_edges(&mut self, k: u64, shape: &Shape, out: &mut String) -> Vec<(u64, String, u64, u64)> {
+        let Shape { latency, start_at, start_id, .. } = *shape;
         self.force("<layer>\n<edges>\n");
         out.push_str("<layer>\n<edges>\n");
         let mut edges = Vec::with_capacity(k as usize);
@@ -368,6 +408,21 @@ impl<'a, M: NextToken> Generator<'a, M> {
         }
         self.force("</edges>\n");
         out.push_str("</edges>\n");
+        edges
+    }
+
+    /// The subgraphs of the layer's edges: their budgets add up to the edges
+    /// left, and one of them reaches the remaining depth.
+    fn layer_subgraphs(
+        &mut self,
+        c: &LayerConditions,
+        request: &Request,
+        shape: &Shape,
+        (k, ns): (u64, u64),
+        edges: &[(u64, String, u64, u64)],
+        out: &mut String,
+    ) {
+        let Shape { n, rd, latency, start_id, .. } = *shape;
         // Subgraphs share out the remaining edges; one of them reaches the
         // remaining depth.
         let mut left = n - k;
@@ -426,9 +481,6 @@ impl<'a, M: NextToken> Generator<'a, M> {
             ));
             left -= b;
         }
-        self.force("</layer>\n");
-        out.push_str("</layer>\n");
-        out
     }
 
     /// Samples one layer freely after `prompt` until `</layer>`; `Err` when

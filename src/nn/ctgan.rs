@@ -11,7 +11,7 @@
 //! it (Gen-T's topology conditioning); only the generator's is stored.
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, decay::WeightDecayConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -247,9 +247,88 @@ struct Trainer<'a> {
     rows: usize,
     device: Device,
     rng: StdRng,
+    /// The encoded table's output spans (how each is activated) and its
+    /// discrete columns (the conditional and category losses).
+    spans: &'a [OutputSpan],
+    discrete: &'a [DiscreteSpan],
+    /// Every encoded row, on the training device.
+    real_all: Tensor<2>,
+    /// The graphs' node features when rows belong to graphs.
+    features: Option<Tensor<2>>,
+    /// The critic's hidden widths (its dropout masks).
+    widths: Vec<usize>,
 }
 
 impl Trainer<'_> {
+    /// One critic step (WGAN-GP): generated rows scored against real rows of
+    /// the same conditions, with the gradient penalty on points between them.
+    /// Returns the critic and its loss.
+    fn critic_step(&mut self, generator: &Generator, critic: Critic, opt: &mut ModuleOptimizer) -> (Critic, f32) {
+        let (c, batch) = (self.config, self.config.batch);
+        let (d, fake_raw) = self.generated(generator);
+        let noise = self.gumbel(self.real_all.dims()[1]);
+        let fake = activate(fake_raw, self.spans, noise, GUMBEL_TAU).detach();
+        let real = self.real_rows(&d.rows);
+        let d_graph = graph_rows(self.features.clone().and_then(|f| critic.embed_graphs(f)), &d.graphs, batch, &self.device);
+        let fake_in = cat(vec![fake, d.cond.clone(), d.context.clone(), d_graph.clone()]);
+        let real_in = cat(vec![real, d.cond, d.context, d_graph]);
+        let (y_fake, _) = critic.forward(fake_in.clone(), &self.critic_dropout());
+        let (y_real, _) = critic.forward(real_in.clone(), &self.critic_dropout());
+        let alpha = self.alpha();
+        let x_hat = real_in.mul(alpha.clone()).add(fake_in.mul(alpha.neg().add_scalar(1.0)));
+        let penalty = critic.gradient_penalty(x_hat, &self.critic_dropout(), c.gradient_penalty);
+        let loss = y_fake.mean().sub(y_real.mean()).add(penalty);
+        let last = scalar(&loss);
+        let grads = GradientsParams::from_grads(loss.backward(), &critic);
+        (opt.step(c.learning_rate, critic, grads), last)
+    }
+
+    /// One generator step: fool the critic, produce the conditioned
+    /// categories (and, when configured, the real rows' categories). Returns
+    /// the generator and its loss.
+    fn generator_step(&mut self, generator: Generator, critic: &Critic, opt: &mut ModuleOptimizer) -> (Generator, f32) {
+        let (c, batch) = (self.config, self.config.batch);
+        let (d, fake_raw) = self.generated(&generator);
+        let noise = self.gumbel(self.real_all.dims()[1]);
+        let fake = activate(fake_raw.clone(), self.spans, noise, GUMBEL_TAU);
+        // The critic's graph embedding is an input here, not trained.
+        let d_graph =
+            graph_rows(self.features.clone().and_then(|f| critic.embed_graphs(f)), &d.graphs, batch, &self.device).detach();
+        let (y_fake, _) = critic.forward(cat(vec![fake, d.cond.clone(), d.context, d_graph]), &self.critic_dropout());
+        let mut loss = y_fake.mean().neg().add(conditional_loss(fake_raw.clone(), d.cond, self.discrete));
+        if c.category_loss > 0.0 && !self.discrete.is_empty() {
+            let real = self.real_rows(&d.rows);
+            loss = loss.add(category_loss(fake_raw, real, self.discrete).mul_scalar(c.category_loss));
+        }
+        let last = scalar(&loss);
+        let grads = GradientsParams::from_grads(loss.backward(), &generator);
+        (opt.step(c.learning_rate, generator, grads), last)
+    }
+
+    /// A batch drawn (rows, conditions, contexts) and the generator's raw
+    /// output for it.
+    fn generated(&mut self, generator: &Generator) -> (Draw, Tensor<2>) {
+        let d = self.draw();
+        let z = self.noise(self.config.embedding);
+        let features = self.features.clone().and_then(|f| generator.embed_graphs(f));
+        let g_graph = graph_rows(features, &d.graphs, self.config.batch, &self.device);
+        let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone(), g_graph]));
+        (d, fake_raw)
+    }
+
+    /// The encoded rows drawn for a batch.
+    fn real_rows(&self, rows: &[i64]) -> Tensor<2> {
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [rows.len()]), &self.device);
+        self.real_all.clone().select(0, idx)
+    }
+
+    fn critic_dropout(&mut self) -> DropoutMasks {
+        let widths = std::mem::take(&mut self.widths);
+        let masks = self.dropout(&widths);
+        self.widths = widths;
+        masks
+    }
+
     fn draw(&mut self) -> Draw {
         let batch = self.config.batch;
         let cond_width = self.sampler.cond_width();
@@ -396,7 +475,6 @@ impl Ctgan {
             critic = critic.with_graph(graph_width, graph_embedding, config.seed ^ 0x9c42, &train_device);
         }
         let features = graph.map(|g| g.tensor(&train_device));
-        let batch = config.batch;
         if let Some((p, _)) = &warm {
             generator = weights::from_bytes(generator, &weights::to_bytes(p.generator.clone(), Precision::F32)?)?;
             if let Some(previous_critic) = &p.critic {
@@ -412,7 +490,6 @@ impl Ctgan {
                 .init()
         };
         let (mut opt_g, mut opt_d) = (adam(), adam());
-        let widths = critic.hidden_widths();
         let mut t = Trainer {
             config: &config,
             sampler: &sampler,
@@ -420,58 +497,22 @@ impl Ctgan {
             rows,
             device: train_device.clone(),
             rng: StdRng::seed_from_u64(config.seed),
+            spans: &spans,
+            discrete: &discrete,
+            real_all,
+            features,
+            widths: critic.hidden_widths(),
         };
         let mut steps = (rows / config.batch).max(1);
         if let Some(max) = config.max_steps {
             steps = steps.min(max.div_ceil(config.epochs).max(1));
         }
-        let lr = config.learning_rate;
         let progress = Progress::new(config.epochs);
         for epoch in 0..config.epochs {
             let (mut last_g, mut last_d) = (0.0, 0.0);
             for _ in 0..steps {
-                // Critic step.
-                let d = t.draw();
-                let z = t.noise(config.embedding);
-                let g_graph =
-                    graph_rows(features.clone().and_then(|f| generator.embed_graphs(f)), &d.graphs, batch, &train_device);
-                let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone(), g_graph]));
-                let fake = activate(fake_raw, &spans, t.gumbel(width), GUMBEL_TAU).detach();
-                let idx = Tensor::<1, Int>::from_data(TensorData::new(d.rows.clone(), [d.rows.len()]), &train_device);
-                let real = real_all.clone().select(0, idx);
-                let d_graph = graph_rows(features.clone().and_then(|f| critic.embed_graphs(f)), &d.graphs, batch, &train_device);
-                let fake_in = cat(vec![fake, d.cond.clone(), d.context.clone(), d_graph.clone()]);
-                let real_in = cat(vec![real, d.cond, d.context, d_graph]);
-                let (y_fake, _) = critic.forward(fake_in.clone(), &t.dropout(&widths));
-                let (y_real, _) = critic.forward(real_in.clone(), &t.dropout(&widths));
-                let alpha = t.alpha();
-                let x_hat = real_in.mul(alpha.clone()).add(fake_in.mul(alpha.neg().add_scalar(1.0)));
-                let penalty = critic.gradient_penalty(x_hat, &t.dropout(&widths), config.gradient_penalty);
-                let loss_d = y_fake.mean().sub(y_real.mean()).add(penalty);
-                last_d = scalar(&loss_d);
-                let grads = GradientsParams::from_grads(loss_d.backward(), &critic);
-                critic = opt_d.step(lr, critic, grads);
-
-                // Generator step.
-                let d = t.draw();
-                let z = t.noise(config.embedding);
-                let g_graph =
-                    graph_rows(features.clone().and_then(|f| generator.embed_graphs(f)), &d.graphs, batch, &train_device);
-                let fake_raw = generator.forward(cat(vec![z, d.cond.clone(), d.context.clone(), g_graph]));
-                let fake = activate(fake_raw.clone(), &spans, t.gumbel(width), GUMBEL_TAU);
-                // The critic's graph embedding is an input here, not trained.
-                let d_graph =
-                    graph_rows(features.clone().and_then(|f| critic.embed_graphs(f)), &d.graphs, batch, &train_device).detach();
-                let (y_fake, _) = critic.forward(cat(vec![fake, d.cond.clone(), d.context, d_graph]), &t.dropout(&widths));
-                let mut loss_g = y_fake.mean().neg().add(conditional_loss(fake_raw.clone(), d.cond, &discrete));
-                if config.category_loss > 0.0 && !discrete.is_empty() {
-                    let idx = Tensor::<1, Int>::from_data(TensorData::new(d.rows.clone(), [d.rows.len()]), &train_device);
-                    let real = real_all.clone().select(0, idx);
-                    loss_g = loss_g.add(category_loss(fake_raw, real, &discrete).mul_scalar(config.category_loss));
-                }
-                last_g = scalar(&loss_g);
-                let grads = GradientsParams::from_grads(loss_g.backward(), &generator);
-                generator = opt_g.step(lr, generator, grads);
+                (critic, last_d) = t.critic_step(&generator, critic, &mut opt_d);
+                (generator, last_g) = t.generator_step(generator, &critic, &mut opt_g);
             }
             progress.epoch(epoch, last_g, last_d);
         }
