@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::graph::{CallGraph, Layer};
+use super::graph::{CallGraph, Edge, Layer, LayerConditions};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
@@ -62,6 +62,41 @@ pub fn layer(l: &Layer) -> Vec<Violation> {
     {
         out.push(Violation::EdgeCount { expected, found: n });
     }
+    edges(l, &mut out);
+    let remaining = c.num_edges.map(|t| t.saturating_sub(n));
+    if !l.subgraphs.is_empty() {
+        if c.remaining_depth == Some(0) {
+            out.push(Violation::UnexpectedSubgraphs { reason: "remaining_depth is 0" });
+        } else if remaining == Some(0) {
+            out.push(Violation::UnexpectedSubgraphs { reason: "no edges remain" });
+        }
+    }
+    let (budget, deepest) = subgraphs(l, &mut out);
+    if let (Some(layer), Some(d)) = (c.remaining_depth, deepest)
+        && layer > 0
+        && d != layer - 1
+        && d < layer
+    {
+        out.push(Violation::DepthNotReached { expected: layer - 1 });
+    }
+    // With remaining_depth 0 no subgraph may follow, so the layer itself
+    // must hold every edge of num_edges (the budget left is 0).
+    if let Some(expected) = remaining
+        && budget != expected
+    {
+        out.push(Violation::EdgeBudget { expected, found: budget });
+    }
+    if let Some(expected) = c.num_subgraphs
+        && expected != l.subgraphs.len() as u64
+    {
+        out.push(Violation::SubgraphCount { expected, found: l.subgraphs.len() as u64 });
+    }
+    out
+}
+
+/// The layer's own edges: ids in sequence, times within the conditions.
+fn edges(l: &Layer, out: &mut Vec<Violation>) {
+    let c = &l.conditions;
     let first = c.start_edge_id.unwrap_or(if c.caller.is_none() { 0 } else { 1 });
     for (i, e) in l.edges.iter().enumerate() {
         let expected = first + i as u64;
@@ -83,14 +118,11 @@ pub fn layer(l: &Layer) -> Vec<Violation> {
             out.push(Violation::FinishesLate { id, finish: e.finish, latency });
         }
     }
-    let remaining = c.num_edges.map(|t| t.saturating_sub(n));
-    if !l.subgraphs.is_empty() {
-        if c.remaining_depth == Some(0) {
-            out.push(Violation::UnexpectedSubgraphs { reason: "remaining_depth is 0" });
-        } else if remaining == Some(0) {
-            out.push(Violation::UnexpectedSubgraphs { reason: "no edges remain" });
-        }
-    }
+}
+
+/// The layer's subgraphs, each against the edge it hangs from; returns the
+/// edges they claim between them and the deepest remaining depth named.
+fn subgraphs(l: &Layer, out: &mut Vec<Violation>) -> (u64, Option<u64>) {
     let mut seen = HashSet::new();
     let mut budget = 0;
     let mut deepest = None;
@@ -103,69 +135,57 @@ pub fn layer(l: &Layer) -> Vec<Violation> {
             out.push(Violation::UnknownEdge { edge });
             continue;
         };
-        let mut need = |key: &'static str, present: bool| {
-            if !present {
-                out.push(Violation::MissingCondition { edge, key });
-            }
-        };
-        need("num_edges", s.num_edges.is_some());
-        need("remaining_depth", s.remaining_depth.is_some());
-        need("start_node", s.start_node.is_some());
+        subgraph(edge, s, parent, &l.conditions, out);
         budget += s.num_edges.unwrap_or(0);
-        if let (Some(d), Some(layer)) = (s.remaining_depth, c.remaining_depth) {
-            if d >= layer {
-                out.push(Violation::DepthNotReduced { edge, found: d, layer });
-            }
+        if let (Some(d), Some(_)) = (s.remaining_depth, l.conditions.remaining_depth) {
             deepest = deepest.max(Some(d));
         }
-        if let Some(found) = &s.start_node
-            && *found != parent.destination
-        {
-            out.push(Violation::StartNode { edge, found: found.clone(), expected: parent.destination.clone() });
-        }
-        if let (Some(found), Some(expected)) = (&s.caller, &c.start_node)
-            && found != expected
-        {
-            out.push(Violation::Caller { edge, found: found.clone(), expected: expected.clone() });
-        }
-        if let Some(found) = s.latency
-            && found > parent.finish
-        {
-            out.push(Violation::SubgraphLatency { edge, found, finish: parent.finish });
-        }
-        // Not checked against the parent's start: real traces carry clock skew
-        // (a callee's first call a millisecond before its caller's start).
-        if let (Some(found), Some(latency)) = (s.start_communication_at, s.latency)
-            && found > latency
-        {
-            out.push(Violation::SubgraphStart { edge, found, latency });
-        }
-        if let (Some(current), Some(total)) = (s.num_current_edges, s.num_edges)
-            && (current > total || current == 0)
-        {
-            out.push(Violation::SubgraphEdges { edge, current, total });
-        }
     }
-    if let (Some(layer), Some(d)) = (c.remaining_depth, deepest)
-        && layer > 0
-        && d != layer - 1
-        && d < layer
+    (budget, deepest)
+}
+
+/// One subgraph's conditions `s` against its parent edge and the layer's `c`.
+fn subgraph(edge: u64, s: &LayerConditions, parent: &Edge, c: &LayerConditions, out: &mut Vec<Violation>) {
+    let mut need = |key: &'static str, present: bool| {
+        if !present {
+            out.push(Violation::MissingCondition { edge, key });
+        }
+    };
+    need("num_edges", s.num_edges.is_some());
+    need("remaining_depth", s.remaining_depth.is_some());
+    need("start_node", s.start_node.is_some());
+    if let (Some(d), Some(layer)) = (s.remaining_depth, c.remaining_depth)
+        && d >= layer
     {
-        out.push(Violation::DepthNotReached { expected: layer - 1 });
+        out.push(Violation::DepthNotReduced { edge, found: d, layer });
     }
-    // With remaining_depth 0 no subgraph may follow, so the layer itself
-    // must hold every edge of num_edges (the budget left is 0).
-    if let Some(expected) = remaining
-        && budget != expected
+    if let Some(found) = &s.start_node
+        && *found != parent.destination
     {
-        out.push(Violation::EdgeBudget { expected, found: budget });
+        out.push(Violation::StartNode { edge, found: found.clone(), expected: parent.destination.clone() });
     }
-    if let Some(expected) = c.num_subgraphs
-        && expected != l.subgraphs.len() as u64
+    if let (Some(found), Some(expected)) = (&s.caller, &c.start_node)
+        && found != expected
     {
-        out.push(Violation::SubgraphCount { expected, found: l.subgraphs.len() as u64 });
+        out.push(Violation::Caller { edge, found: found.clone(), expected: expected.clone() });
     }
-    out
+    if let Some(found) = s.latency
+        && found > parent.finish
+    {
+        out.push(Violation::SubgraphLatency { edge, found, finish: parent.finish });
+    }
+    // Not checked against the parent's start: real traces carry clock skew
+    // (a callee's first call a millisecond before its caller's start).
+    if let (Some(found), Some(latency)) = (s.start_communication_at, s.latency)
+        && found > latency
+    {
+        out.push(Violation::SubgraphStart { edge, found, latency });
+    }
+    if let (Some(current), Some(total)) = (s.num_current_edges, s.num_edges)
+        && (current > total || current == 0)
+    {
+        out.push(Violation::SubgraphEdges { edge, current, total });
+    }
 }
 
 /// What the user asked of a whole graph.

@@ -240,6 +240,41 @@ fn graph_rows(table: Option<Tensor<2>>, graphs: &Option<Tensor<1, Int>>, batch: 
     }
 }
 
+/// The widths a CTGAN's networks are built for.
+struct Inputs {
+    /// The encoded row.
+    width: usize,
+    /// The conditional vector, the row context, and the graph features and
+    /// their embedding (0 without graphs).
+    cond: usize,
+    context: usize,
+    graph: usize,
+    graph_embedding: usize,
+}
+
+/// A fresh generator and critic (PacGAN), each with its own GCN layer when
+/// rows have graphs; seeded from the config so a seed reproduces them.
+fn networks(config: &CtganConfig, w: &Inputs, graphs: bool, device: &Device) -> (Generator, Critic) {
+    let conditions = w.cond + w.context + w.graph_embedding;
+    let mut generator = Generator::new(config.embedding + conditions, &config.generator, w.width, config.seed ^ 0x6745, device);
+    let mut critic = Critic::new(w.width + conditions, config.pac, &config.critic, config.seed ^ 0xc817, device);
+    if graphs {
+        generator = generator.with_graph(w.graph, w.graph_embedding, config.seed ^ 0x9c41, device);
+        critic = critic.with_graph(w.graph, w.graph_embedding, config.seed ^ 0x9c42, device);
+    }
+    (generator, critic)
+}
+
+/// Adam as CTGAN trains both networks with it (β = 0.5, 0.9).
+fn adam(config: &CtganConfig) -> ModuleOptimizer {
+    AdamConfig::new()
+        .with_beta_1(0.5)
+        .with_beta_2(0.9)
+        .with_epsilon(1e-8)
+        .with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay)))
+        .init()
+}
+
 struct Trainer<'a> {
     config: &'a CtganConfig,
     sampler: &'a ConditionalSampler,
@@ -455,25 +490,8 @@ impl Ctgan {
         let train_device = device.clone().autodiff();
         let real_all = tensor(encoded, rows, width, &train_device);
 
-        let cond_width = sampler.cond_width();
-        let mut generator = Generator::new(
-            config.embedding + cond_width + context_width + graph_embedding,
-            &config.generator,
-            width,
-            config.seed ^ 0x6745,
-            &train_device,
-        );
-        let mut critic = Critic::new(
-            width + cond_width + context_width + graph_embedding,
-            config.pac,
-            &config.critic,
-            config.seed ^ 0xc817,
-            &train_device,
-        );
-        if graph.is_some() {
-            generator = generator.with_graph(graph_width, graph_embedding, config.seed ^ 0x9c41, &train_device);
-            critic = critic.with_graph(graph_width, graph_embedding, config.seed ^ 0x9c42, &train_device);
-        }
+        let inputs = Inputs { width, cond: sampler.cond_width(), context: context_width, graph: graph_width, graph_embedding };
+        let (mut generator, mut critic) = networks(&config, &inputs, graph.is_some(), &train_device);
         let features = graph.map(|g| g.tensor(&train_device));
         if let Some((p, _)) = &warm {
             generator = weights::from_bytes(generator, &weights::to_bytes(p.generator.clone(), Precision::F32)?)?;
@@ -481,15 +499,7 @@ impl Ctgan {
                 critic = weights::from_bytes(critic, &weights::to_bytes(previous_critic.clone(), Precision::F32)?)?;
             }
         }
-        let adam = || {
-            AdamConfig::new()
-                .with_beta_1(0.5)
-                .with_beta_2(0.9)
-                .with_epsilon(1e-8)
-                .with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay)))
-                .init()
-        };
-        let (mut opt_g, mut opt_d) = (adam(), adam());
+        let (mut opt_g, mut opt_d) = (adam(&config), adam(&config));
         let mut t = Trainer {
             config: &config,
             sampler: &sampler,
