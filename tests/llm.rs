@@ -760,7 +760,16 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     let methods = r["methods"].as_array().unwrap();
     let decodings: Vec<&str> = methods.iter().map(|m| m["decoding"].as_str().unwrap()).collect();
-    assert_eq!(decodings, ["constrained", "tabular", "probabilistic"]);
+    // With training graphs the retrieval baseline is a row too, and every
+    // other row is judged against it.
+    assert_eq!(decodings, ["constrained", "tabular", "probabilistic", "retrieval"]);
+    let floor = methods[3]["kl_popular_calls"].as_f64().unwrap();
+    assert_eq!(methods[3]["similarity_generated"], 10);
+    assert!(methods[3].get("kl_over_retrieval").is_none());
+    for m in &methods[..3] {
+        let over = m["kl_over_retrieval"].as_f64().unwrap();
+        assert!((over - (m["kl_popular_calls"].as_f64().unwrap() - floor)).abs() < 1e-9, "{m}");
+    }
     // Constrained decoding: every cell valid whatever the (barely trained) weights.
     assert_eq!(methods[0]["accuracy_mean"], 1.0);
     assert_eq!(methods[0]["accuracy_min_cell"], 1.0);
@@ -1092,4 +1101,35 @@ fn gent_llm_tunes_on_instructions_and_reports_instruction_following() {
     let out = eval_instructed(&plain, &["--max-edges", "1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not instruction-tuned"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_retrieval_baseline_copies_real_graphs_and_beats_the_probabilistic_one_on_held_back_calls() {
+    use gent::llm::baseline::Probabilistic;
+    use gent::llm::eval::{hold_out, kl_popular_calls};
+    use gent::llm::retrieval::Retrieval;
+    use rand::SeedableRng;
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).collect();
+    let (training, held) = hold_out(graphs, 0.1, 0);
+    let r = Retrieval::new(&training).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let copied: Vec<CallGraph> = held.iter().map(|h| r.graph(&h.service, h.edges.len() as u64, h.depth(), &mut rng)).collect();
+    for (h, c) in held.iter().zip(&copied) {
+        assert_eq!(c.service, h.service);
+        // Its calls are a training graph's, of the same service when there is one.
+        let same_service: Vec<&CallGraph> = training.iter().filter(|t| t.service == h.service).collect();
+        let pool: Vec<&CallGraph> = if same_service.is_empty() { training.iter().collect() } else { same_service };
+        let source = pool.iter().find(|t| t.edges == c.edges).expect("a copy of a training graph");
+        // And none in that pool is nearer the requested size.
+        let d = |g: &CallGraph| ((g.edges.len() as u64).abs_diff(h.edges.len() as u64), g.depth().abs_diff(h.depth()));
+        assert!(pool.iter().all(|t| d(t) >= d(source)), "{}: a nearer graph was passed over", h.service);
+    }
+    let p = Probabilistic::load(&data("probabilistic"), &training).unwrap();
+    let drawn: Vec<CallGraph> = held.iter().map(|h| p.graph(&h.service, &mut rng)).collect();
+    let (retrieval, probabilistic) = (kl_popular_calls(&held, &copied, 100), kl_popular_calls(&held, &drawn, 100));
+    println!(
+        "KL of popular calls on {} held-back graphs: retrieval {retrieval:.3}, probabilistic {probabilistic:.3}",
+        held.len()
+    );
+    assert!(retrieval < 0.6 && retrieval < probabilistic / 3.0, "retrieval {retrieval:.3}, probabilistic {probabilistic:.3}");
 }

@@ -1,6 +1,6 @@
 //! `gent llm`: TraceLLM, call graphs written layer by layer by a language
 //! model. `split` and `train` prepare it, `generate` asks it for graphs,
-//! `eval` sets it beside the tabular and probabilistic baselines.
+//! `eval` sets it beside the tabular, probabilistic and retrieval baselines.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -114,7 +114,9 @@ pub struct EvalArgs {
     /// Directory of the probabilistic baseline's parameters (e.g. ../shared/data/probabilistic).
     #[arg(long, requires = "train")]
     probabilistic: Option<PathBuf>,
-    /// The training graphs (tabular text): the probabilistic baseline names its nodes after their microservices.
+    /// The training graphs (tabular text): the retrieval baseline copies them
+    /// (a row of its own, which the other rows are judged against), and the
+    /// probabilistic baseline names its nodes after their microservices.
     #[arg(long, num_args = 1..)]
     train: Vec<PathBuf>,
     /// Real call graphs (tabular text) to compare with, held back from training (`gent llm split`).
@@ -277,6 +279,10 @@ struct MethodReport {
     heavy_hitter_top100: Option<f64>,
     heavy_hitter_top500: Option<f64>,
     seconds: f64,
+    /// This row's KL minus the retrieval baseline's (with --train): above 0,
+    /// the method is further from real traffic than copying training graphs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kl_over_retrieval: Option<f64>,
     /// Instruction-tuned models: following "high latency".
     #[serde(skip_serializing_if = "Option::is_none")]
     high_latency: Option<Following>,
@@ -317,6 +323,7 @@ impl MethodReport {
             heavy_hitter_top100: hh(100),
             heavy_hitter_top500: hh(500),
             seconds: 0.0,
+            kl_over_retrieval: None,
             high_latency: None,
             uncommon_communication: None,
         }
@@ -327,11 +334,12 @@ impl MethodReport {
             .accuracy_mean
             .map_or("n/a".to_string(), |a| format!("{a:.3} (worst cell {:.3})", self.accuracy_min_cell.unwrap_or(0.0)));
         println!(
-            "{:<14} {:<40} accuracy {} | KL of popular calls {:.3} | heavy hitters top-10 {:.2}, top-100 {:.2} | {:.1} s",
+            "{:<14} {:<40} accuracy {} | KL of popular calls {:.3}{} | heavy hitters top-10 {:.2}, top-100 {:.2} | {:.1} s",
             self.decoding,
             self.method,
             accuracy,
             self.kl_popular_calls,
+            self.kl_over_retrieval.map_or(String::new(), |d| format!(" ({d:+.3} against retrieval)")),
             self.heavy_hitter_top10.unwrap_or(f64::NAN),
             self.heavy_hitter_top100.unwrap_or(f64::NAN),
             self.seconds,
@@ -409,9 +417,9 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
     if a.count == 0 || a.max_edges == 0 || a.max_depth == 0 || a.similarity_graphs == 0 {
         return Err(Failure::BadInput("--count, --max-edges, --max-depth and --similarity-graphs must be at least 1".into()));
     }
-    if a.model.is_none() && a.tabular.is_none() && a.instructed.is_none() && a.probabilistic.is_none() {
+    if a.model.is_none() && a.tabular.is_none() && a.instructed.is_none() && a.probabilistic.is_none() && a.train.is_empty() {
         return Err(Failure::BadInput(
-            "give a model, --tabular MODEL, --instructed MODEL or --probabilistic DIR to evaluate".into(),
+            "give a model, --tabular MODEL, --instructed MODEL, --probabilistic DIR or --train FILES (the retrieval baseline) to evaluate".into(),
         ));
     }
     let training = if a.train.is_empty() { Vec::new() } else { read_call_graphs(&a.train)? };
@@ -437,6 +445,19 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
         let generated: Vec<_> = compared.iter().map(|r| baseline.graph(&r.service, &mut rng)).collect();
         let mut r = MethodReport::new("probabilistic", "probabilistic", None, compared, &generated);
         r.seconds = started.elapsed().as_secs_f64();
+        methods.push(r);
+    }
+    if let Some(retrieval) = gent::llm::retrieval::Retrieval::new(&training) {
+        let started = Instant::now();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(a.run.seed);
+        let generated: Vec<_> =
+            compared.iter().map(|r| retrieval.graph(&r.service, r.edges.len() as u64, r.depth(), &mut rng)).collect();
+        let mut r = MethodReport::new("retrieval (copy a training graph)", "retrieval", None, compared, &generated);
+        r.seconds = started.elapsed().as_secs_f64();
+        let floor = r.kl_popular_calls;
+        for m in &mut methods {
+            m.kl_over_retrieval = Some(m.kl_popular_calls - floor);
+        }
         methods.push(r);
     }
     methods.iter().for_each(MethodReport::print);

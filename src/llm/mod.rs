@@ -10,7 +10,9 @@
 //! tokens and back; `validate` checks a layer and a whole graph
 //! against the constraints of the paper's Appendix B, naming the one that failed;
 //! `regeneration` turns a window's traces into generation requests for a packet and
-//! regenerates traces from them (the decompressor's `engine: llm`).
+//! regenerates traces from them (the decompressor's `engine: llm`);
+//! `baseline` (Erms' probabilistic generator) and `retrieval` (copying a
+//! training graph) are what `gent llm eval` sets the model beside.
 
 pub mod baseline;
 mod config;
@@ -20,6 +22,7 @@ pub mod graph;
 pub mod instruct;
 pub mod model;
 pub mod regeneration;
+pub mod retrieval;
 pub mod text;
 pub mod tokenizer;
 pub mod validate;
