@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         .init();
     let cli = cli::Cli::parse();
     cli::args::set_read_limits(cli.max_input_bytes, cli.max_input_spans);
-    cli::memory::set_purge_delay_for(cli.command.is_daemon());
+    cli::memory::set_purge_delay_for(cli.command.memory_use());
     match cli::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

@@ -255,7 +255,7 @@ fn malformed_text_is_refused_with_its_position_and_reason() {
 fn the_tokenizer_encodes_every_text_exactly_and_keeps_layers_short() {
     let train = read("alibaba/callgraphs_train.txt");
     let examples = [read("alibaba/recursive_layers_example.txt"), read("alibaba/recursive_instruction_example.txt")];
-    let tok = gent::llm::Tokenizer::train([train.as_str(), examples[0].as_str(), examples[1].as_str()], 2, 4096);
+    let tok = gent::llm::Tokenizer::train([train.as_str(), examples[0].as_str(), examples[1].as_str()], 2, 4096, 4096);
     println!("vocabulary: {} tokens", tok.len());
     assert!(tok.len() < 1000, "{}", tok.len());
     for text in [&train, &examples[0], &examples[1]] {
@@ -306,10 +306,73 @@ fn encoded_training_samples_parse_back_to_their_graphs() {
     }
 }
 
+#[test]
+fn seen_ids_are_one_token_and_unseen_ids_are_spelled() {
+    let train = read("alibaba/callgraphs_train.txt");
+    let tok = gent::llm::Tokenizer::train([train.as_str()], 2, 4096, 4096);
+    let digits = gent::llm::Tokenizer::train([train.as_str()], 2, 4096, 0);
+    // The microservice called most often in the data, and the service id of its first graph.
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for m in train.match_indices(" MS_") {
+        *counts.entry(&train[m.0..m.0 + 9]).or_default() += 1;
+    }
+    let (&popular, _) = counts.iter().max_by_key(|(k, c)| (**c, std::cmp::Reverse(**k))).unwrap();
+    assert_eq!(tok.encode(popular).len(), 1, "{popular:?} is one token");
+    assert_eq!(digits.encode(popular).len(), 6, "{popular:?} spelled: ` MS_` and five digits");
+    assert_eq!(tok.encode("id:S_000034483").len(), 3, "`id`, `:` and the service id");
+    // An id never seen is spelled; so is one cut inside a longer digit run.
+    assert_eq!(tok.encode(" MS_99999"), digits.encode(" MS_99999"));
+    let long = format!("{popular}{}", "0".repeat(30));
+    assert_eq!(tok.decode(&tok.encode(&long)), long);
+    assert_eq!(tok.encode(&long), digits.encode(&long));
+    assert_eq!(digits.identifiers(), 0);
+    let (whole, spelled) = (tok.encode(&train).len(), digits.encode(&train).len());
+    println!(
+        "vocabulary {} ({} ids) against {}; the training text in {whole} tokens against {spelled} ({:.0}% fewer)",
+        tok.len(),
+        tok.identifiers(),
+        digits.len(),
+        100.0 * (1.0 - whole as f64 / spelled as f64)
+    );
+    assert!(tok.identifiers() > 200 && whole * 100 < spelled * 85, "ids shorten the text by at least 15%");
+    assert_eq!(tok.decode(&tok.encode(&train)), train);
+    let stored = gent::llm::Tokenizer::from_tokens(tok.tokens().to_vec());
+    assert_eq!(stored.encode(&train), tok.encode(&train));
+}
+
+#[test]
+fn constrained_decoding_names_known_microservices_as_tokens_or_spelled_out() {
+    use gent::llm::generate::{Generator, Request, Sampling};
+    use rand::SeedableRng;
+    // MS_11111 is seen twice (a token), MS_22222 once (spelled).
+    let text = "destination is MS_11111, destination is MS_11111, destination is MS_22222 edge_id type is http rpc mc db mq communication starts at milliseconds";
+    let tok = gent::llm::Tokenizer::train([text], 2, 100, 100);
+    assert!(tok.id(" MS_11111").is_some() && tok.id(" MS_22222").is_none());
+    let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(9), vocab: tok.len() };
+    let known = ["MS_11111".to_string(), "MS_22222".to_string(), "not an id".to_string()];
+    let mut g = Generator::new(&mut model, &tok, Sampling::default(), 4).unwrap().known_destinations(&known);
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..10 {
+        let out = g.graph(&Request { service: "S_1".into(), num_edges: 6, depth: 2, latency: 30 }).unwrap();
+        for e in &out.graph.edges {
+            *seen.entry(e.destination.clone()).or_default() += 1;
+        }
+        let back = text::parse_layers(&out.text).unwrap();
+        assert_eq!(back.records[0].0.len(), out.layers.len());
+    }
+    println!("destinations: {seen:?}");
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["MS_11111", "MS_22222"], "both forms, nothing else");
+    // Without a list, any five digits may be spelled and any id token named.
+    let mut g = Generator::new(&mut model, &tok, Sampling::default(), 4).unwrap();
+    let out = g.graph(&Request { service: "S_1".into(), num_edges: 30, depth: 2, latency: 30 }).unwrap();
+    assert!(out.graph.edges.iter().all(|e| gent::llm::generate::microservice_digits(&e.destination).is_some()));
+    assert!(out.graph.edges.iter().any(|e| e.destination != "MS_11111"));
+}
+
 proptest::proptest! {
     #[test]
     fn any_text_survives_the_tokenizer(s in "(?s).{0,200}") {
-        let tok = gent::llm::Tokenizer::train(["edge_id is 0,type is http"], 1, 100);
+        let tok = gent::llm::Tokenizer::train(["edge_id is 0,type is http"], 1, 100, 4096);
         proptest::prop_assert_eq!(tok.decode(&tok.encode(&s)), s);
     }
 }
@@ -332,7 +395,7 @@ fn constrained_decoding_gives_only_valid_graphs_of_the_requested_size_whatever_t
     use gent::llm::generate::{Generator, Request, Sampling};
     use rand::SeedableRng;
     let train = read("alibaba/callgraphs_train.txt");
-    let tok = gent::llm::Tokenizer::train([train.as_str()], 2, 4096);
+    let tok = gent::llm::Tokenizer::train([train.as_str()], 2, 4096, 4096);
     let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(3), vocab: tok.len() };
     let mut checked = 0;
     for (sampling, seed) in [
@@ -386,7 +449,7 @@ proptest::proptest! {
         use gent::llm::generate::{Generator, Request, Sampling};
         use rand::SeedableRng;
         proptest::prop_assume!(depth <= num_edges);
-        let tok = gent::llm::Tokenizer::train(["edge_id is destination is MS_ type is http rpc mc db mq communication starts at milliseconds"], 1, 100);
+        let tok = gent::llm::Tokenizer::train(["edge_id is destination is MS_ type is http rpc mc db mq communication starts at milliseconds"], 1, 100, 4096);
         let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(seed), vocab: tok.len() };
         let out = Generator::new(&mut model, &tok, Sampling::default(), seed).unwrap()
             .graph(&Request { service: "S_1".into(), num_edges, depth, latency }).unwrap();
@@ -417,7 +480,7 @@ fn layer_sequences(graphs: usize, max_len: usize) -> (gent::llm::Tokenizer, Vec<
     use gent::llm::tokenizer::{BOS, EOS};
     use rand::SeedableRng;
     let train_text = read("alibaba/callgraphs_train.txt");
-    let tok = gent::llm::Tokenizer::train([train_text.as_str()], 2, 4096);
+    let tok = gent::llm::Tokenizer::train([train_text.as_str()], 2, 4096, 4096);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut sequences = Vec::new();
     for (_, g) in train_graphs().iter().take(graphs) {
@@ -561,6 +624,14 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
     let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(report["graphs"], 911);
     assert!(report["last_loss"].as_f64().unwrap() < report["first_loss"].as_f64().unwrap());
+    // 5 % of the graphs held back and scored every second step (ten times in 20 steps).
+    assert_eq!(report["held_back_graphs"], 46);
+    let held = report["held_back_losses"].as_array().unwrap();
+    assert_eq!(held.len(), 10, "{held:?}");
+    assert_eq!(held[9][0], 20);
+    assert!(held[9][1].as_f64().unwrap() < held[0][1].as_f64().unwrap(), "{held:?}");
+    assert!(report["identifier_tokens"].as_u64().unwrap() > 200);
+    assert!(report["tokens_per_second"].as_f64().unwrap() > 0.0);
 
     let traces = dir.path().join("g.jsonl");
     let out = gent()

@@ -61,6 +61,14 @@ pub struct TrainArgs {
     /// Probability of dropping each first-layer condition but the service id.
     #[arg(long, default_value_t = 0.5)]
     p_drop: f64,
+    /// At most this many whole-id tokens: microservice and service ids seen at
+    /// least twice become one token each; 0 spells every id digit by digit.
+    #[arg(long, default_value_t = model::DEFAULT_MAX_IDS)]
+    id_tokens: usize,
+    /// Share of the graphs held back from training; their loss is reported
+    /// as training goes (0: none, every graph trains).
+    #[arg(long, default_value_t = 0.05)]
+    held_back: f64,
     /// Instruction-tuning steps after pre-training (0: none); the model then
     /// answers questions in the instruction encoding (layer encoding only).
     #[arg(long, default_value_t = 0)]
@@ -468,9 +476,19 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
 struct TrainReport {
     graphs: usize,
     vocabulary: usize,
+    /// Of the vocabulary, whole microservice and service ids.
+    identifier_tokens: usize,
+    /// Mean tokens per training sequence.
+    tokens_per_sequence: f64,
     steps: usize,
     first_loss: Option<f32>,
     last_loss: Option<f32>,
+    /// Graphs held back from pre-training, and their loss (step, nats per
+    /// token) as it went.
+    held_back_graphs: usize,
+    held_back_losses: Vec<(usize, f32)>,
+    /// Pre-training speed, scored tokens per second.
+    tokens_per_second: f64,
     train_seconds: f64,
     tune_steps: usize,
     tune_lora_rank: Option<usize>,
@@ -483,9 +501,14 @@ struct TrainReport {
 
 impl TrainArgs {
     fn check(&self) -> Result<(), Failure> {
-        if self.steps == 0 || self.batch == 0 || !(self.learning_rate > 0.0) || !(0.0..1.0).contains(&self.p_drop) {
+        if self.steps == 0
+            || self.batch == 0
+            || !(self.learning_rate > 0.0)
+            || !(0.0..1.0).contains(&self.p_drop)
+            || !(0.0..1.0).contains(&self.held_back)
+        {
             return Err(Failure::BadInput(
-                "--steps and --batch must be at least 1, --learning-rate positive, --p-drop in [0, 1)".into(),
+                "--steps and --batch must be at least 1, --learning-rate positive, --p-drop and --held-back in [0, 1)".into(),
             ));
         }
         if !(self.tune_fraction > 0.0 && self.tune_fraction <= 1.0) {
@@ -508,7 +531,7 @@ impl TrainArgs {
             LmEncoding::Tabular => Encoding::Tabular,
         };
         let train = TrainConfig { steps: self.steps, batch: self.batch, learning_rate: self.learning_rate, seed: self.run.seed };
-        model::Pretraining { encoding, size, train, p_drop: self.p_drop }
+        model::Pretraining { encoding, size, train, p_drop: self.p_drop, max_ids: self.id_tokens, held_back: self.held_back }
     }
 
     fn lora(&self) -> Option<LoraConfig> {
@@ -534,7 +557,8 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
     a.check()?;
     let graphs = read_call_graphs(&a.inputs)?;
     let started = Instant::now();
-    let (mut lm, losses) = LanguageModel::pretrain(&graphs, &a.pretraining(), &device(a.run.backend)?).map_err(Failure::other)?;
+    let (mut lm, pretrained) =
+        LanguageModel::pretrain(&graphs, &a.pretraining(), &device(a.run.backend)?).map_err(Failure::other)?;
     let train_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let tuned = match a.tune_steps {
@@ -551,9 +575,14 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
     let r = TrainReport {
         graphs: graphs.len(),
         vocabulary: lm.tokenizer.len(),
+        identifier_tokens: lm.tokenizer.identifiers(),
+        tokens_per_sequence: pretrained.tokens_per_sequence,
         steps: a.steps,
-        first_loss: losses.first().copied(),
-        last_loss: losses.last().copied(),
+        first_loss: pretrained.trained.losses.first().copied(),
+        last_loss: pretrained.trained.losses.last().copied(),
+        held_back_graphs: pretrained.held_back_graphs,
+        held_back_losses: pretrained.trained.held_losses.clone(),
+        tokens_per_second: pretrained.trained.tokens_per_second,
         train_seconds,
         tune_steps: a.tune_steps,
         tune_lora_rank: a.lora().map(|c| c.rank),
@@ -563,7 +592,7 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
         tune_seconds,
         model_bytes: bytes.len(),
     };
-    tracing::info!(graphs = graphs.len(), steps = a.steps, train_seconds = format!("{train_seconds:.1}"), loss = ?losses.last(), out = %a.out.display(), "language model written");
+    tracing::info!(graphs = graphs.len(), steps = a.steps, train_seconds = format!("{train_seconds:.1}"), loss = ?pretrained.trained.losses.last(), out = %a.out.display(), "language model written");
     report(a.run.json.json, &r)
 }
 

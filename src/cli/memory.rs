@@ -23,11 +23,29 @@ fn set_purge_delay(ms: std::ffi::c_long) {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
 }
 
-/// Sets the purge delay for a daemon or a one-shot command; an operator's
-/// own MIMALLOC_PURGE_DELAY wins.
-pub fn set_purge_delay_for(daemon: bool) {
+/// How a command uses memory, which decides the purge delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Serves for long: a tenth of a second (see above).
+    Daemon,
+    /// Runs once over files: no delay, so phases do not add up.
+    OneShot,
+    /// Trains a language model: every step allocates and frees the same large
+    /// activations and gradients, so nothing freed is handed back. Purging
+    /// them between steps cost 31 % of the time of a `small` model's steps
+    /// (kernel time 4.1 → 0.5 s over three steps) for a 30 % higher peak.
+    Training,
+}
+
+/// Sets the purge delay for how a command uses memory; an operator's own
+/// MIMALLOC_PURGE_DELAY wins.
+pub fn set_purge_delay_for(usage: Use) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        set_purge_delay(if daemon { DAEMON_PURGE_DELAY_MS } else { 0 });
+        set_purge_delay(match usage {
+            Use::Daemon => DAEMON_PURGE_DELAY_MS,
+            Use::OneShot => 0,
+            Use::Training => -1,
+        });
     }
 }
 

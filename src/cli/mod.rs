@@ -75,6 +75,15 @@ impl Command {
     pub fn is_daemon(&self) -> bool {
         matches!(self, Command::Compressor(_) | Command::Decompressor(_) | Command::Demo(_) | Command::Replay(_))
     }
+
+    /// How the command uses memory (see `memory::Use`).
+    pub fn memory_use(&self) -> memory::Use {
+        match self {
+            _ if self.is_daemon() => memory::Use::Daemon,
+            Command::Llm { llm: llm::LlmCommand::Train(_) } => memory::Use::Training,
+            _ => memory::Use::OneShot,
+        }
+    }
 }
 
 /// Runs one parsed command.

@@ -164,6 +164,60 @@ pub fn microservice_digits(name: &str) -> Option<[u8; 5]> {
     (digits.len() == 5 && digits.iter().all(u8::is_ascii_digit)).then(|| std::array::from_fn(|i| digits[i] - b'0'))
 }
 
+/// The microservices a destination may name, in the two ways the tokenizer
+/// writes them: one token for an id in its vocabulary, `MS_` and five digit
+/// tokens for the others.
+#[derive(Debug, Clone, Default)]
+struct Destinations {
+    /// Ids written as one token: (token, digits).
+    whole: Vec<(u32, [u8; 5])>,
+    /// Ids spelled digit by digit, sorted.
+    spelled: Vec<[u8; 5]>,
+    /// No list was given: any five digits may be spelled.
+    open: bool,
+}
+
+impl Destinations {
+    /// Every microservice id the vocabulary holds as a token, and any other
+    /// spelled out.
+    fn open(tok: &Tokenizer) -> Self {
+        let whole = tok
+            .tokens()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| microservice_digits(t.strip_prefix(' ')?).map(|d| (i as u32, d)))
+            .collect();
+        Destinations { whole, spelled: Vec::new(), open: true }
+    }
+
+    /// Exactly `names` (those of the `MS_` and five digits form).
+    fn known(tok: &Tokenizer, names: &[String]) -> Self {
+        let mut d = Destinations::default();
+        let mut digits: Vec<[u8; 5]> = names.iter().filter_map(|n| microservice_digits(n)).collect();
+        digits.sort_unstable();
+        digits.dedup();
+        for ms in digits {
+            match tok.id(&format!(" {}", microservice_name(&ms))) {
+                Some(id) => d.whole.push((id, ms)),
+                None => d.spelled.push(ms),
+            }
+        }
+        d
+    }
+
+    /// Whether some id must be spelled out.
+    fn spells(&self) -> bool {
+        self.open || !self.spelled.is_empty()
+    }
+}
+
+/// `MS_` and the five digits.
+fn microservice_name(digits: &[u8; 5]) -> String {
+    let mut name = String::from("MS_");
+    name.extend(digits.iter().map(|&d| char::from(b'0' + d)));
+    name
+}
+
 pub struct Generator<'a, M: NextToken> {
     model: &'a mut M,
     tok: &'a Tokenizer,
@@ -171,9 +225,9 @@ pub struct Generator<'a, M: NextToken> {
     rng: rand::rngs::StdRng,
     context: Vec<u32>,
     digits: [u32; 10],
-    /// The digits of every microservice a destination may name (`MS_` and
-    /// five digits), sorted; empty lets any five digits through.
-    destinations: Vec<[u8; 5]>,
+    /// The tokens that start a spelled destination (` MS_`).
+    spelled_head: Vec<u32>,
+    destinations: Destinations,
 }
 
 impl<'a, M: NextToken> Generator<'a, M> {
@@ -189,7 +243,8 @@ impl<'a, M: NextToken> Generator<'a, M> {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             context: Vec::new(),
             digits,
-            destinations: Vec::new(),
+            spelled_head: tok.encode(" MS_"),
+            destinations: Destinations::open(tok),
         })
     }
 
@@ -198,22 +253,46 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// are left out). A tiny model spells ids close to at random; the mask
     /// keeps every call on a real microservice, the model choosing which.
     pub fn known_destinations(mut self, names: &[String]) -> Self {
-        let mut d: Vec<[u8; 5]> = names.iter().filter_map(|n| microservice_digits(n)).collect();
-        d.sort_unstable();
-        d.dedup();
-        self.destinations = d;
+        self.destinations = Destinations::known(self.tok, names);
         self
     }
 
-    /// The digit tokens that continue `prefix` towards a known destination.
+    /// Writes a destination, ` MS_` and five digits, as one id token or
+    /// spelled out: the model chooses among every allowed id token and, when
+    /// some allowed id has none, the spelled form's first token.
+    fn destination(&mut self) -> [u8; 5] {
+        let mut options: Vec<u32> = self.destinations.whole.iter().map(|&(id, _)| id).collect();
+        let head = self.spelled_head.first().copied();
+        let spell = self.destinations.spells() || options.is_empty();
+        if spell && let Some(h) = head {
+            options.push(h);
+        }
+        let pick = if options.is_empty() { None } else { Some(self.choose(&options)) };
+        if let Some(&(id, ms)) = self.destinations.whole.iter().find(|(id, _)| Some(*id) == pick) {
+            self.context.push(id);
+            return ms;
+        }
+        self.context.extend_from_slice(&self.spelled_head);
+        let mut ms = [0u8; 5];
+        for i in 0..5 {
+            let options = self.destination_digits(&ms[..i]);
+            let pick = self.choose(&options);
+            self.context.push(pick);
+            ms[i] = self.digits.iter().position(|&d| d == pick).unwrap_or(0) as u8;
+        }
+        ms
+    }
+
+    /// The digit tokens that continue `prefix` towards a spelled destination.
     fn destination_digits(&self, prefix: &[u8]) -> Vec<u32> {
-        if self.destinations.is_empty() {
+        let spelled = &self.destinations.spelled;
+        if self.destinations.open || spelled.is_empty() {
             return self.digits.to_vec();
         }
         let mut seen = [false; 10];
         // Sorted: the names sharing the prefix are one run.
-        let start = self.destinations.partition_point(|d| d[..prefix.len()] < *prefix);
-        for d in self.destinations[start..].iter().take_while(|d| d[..prefix.len()] == *prefix) {
+        let start = spelled.partition_point(|d| d[..prefix.len()] < *prefix);
+        for d in spelled[start..].iter().take_while(|d| d[..prefix.len()] == *prefix) {
             seen[d[prefix.len()] as usize] = true;
         }
         (0..10).filter(|&i| seen[i]).map(|i| self.digits[i]).collect()
@@ -376,18 +455,9 @@ impl<'a, M: NextToken> Generator<'a, M> {
         let mut edges = Vec::with_capacity(k as usize);
         for i in 0..k {
             let id = start_id + i;
-            let mut line = format!("(edge_id is {id},destination is MS_");
             self.force(&format!("(edge_id is {id},destination is"));
-            self.force(" MS_");
-            let mut ms = [0u8; 5];
-            for i in 0..5 {
-                let options = self.destination_digits(&ms[..i]);
-                let pick = self.choose(&options);
-                self.context.push(pick);
-                ms[i] = self.digits.iter().position(|&d| d == pick).unwrap_or(0) as u8;
-            }
-            let ms: String = ms.iter().map(|&d| char::from(b'0' + d)).collect();
-            line.push_str(&ms);
+            let ms = microservice_name(&self.destination());
+            let mut line = format!("(edge_id is {id},destination is {ms}");
             self.force(",type is");
             let kind = self.word(&TYPES);
             self.force(",communication starts at ");
@@ -404,7 +474,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
                 ",type is {kind},communication starts at {start} milliseconds,communication finishes at {finish} milliseconds)\n"
             ));
             out.push_str(&line);
-            edges.push((id, format!("MS_{ms}"), start, finish));
+            edges.push((id, ms, start, finish));
         }
         self.force("</edges>\n");
         out.push_str("</edges>\n");

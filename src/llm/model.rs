@@ -111,6 +111,19 @@ fn moved(lm: Lm, config: &LmConfig, device: &Device) -> Result<Lm, LanguageModel
     Ok(weights::from_bytes(Lm::new(config, device)?, &bytes)?)
 }
 
+/// What pre-training reports.
+#[derive(Debug, Clone)]
+pub struct Pretrained {
+    /// Losses and speed (nats per token).
+    pub trained: crate::nn::lm::Trained,
+    /// Graphs held back from training, whose loss `trained` reports.
+    pub held_back_graphs: usize,
+    /// Mean tokens per training sequence (BOS and EOS included): how much a
+    /// tokenizer shortens the text, and what turns a per-token loss into a
+    /// per-sequence one.
+    pub tokens_per_sequence: f64,
+}
+
 /// Pre-training settings: which size, how long, and the condition drop rate.
 #[derive(Debug, Clone, Copy)]
 pub struct Pretraining {
@@ -120,63 +133,41 @@ pub struct Pretraining {
     /// Probability of dropping each first-layer condition but `id` (§4.1; the
     /// paper uses 0.9 with far more data).
     pub p_drop: f64,
+    /// At most this many identifier tokens (whole microservice and service
+    /// ids, see `tokenizer`); 0 spells every id digit by digit.
+    pub max_ids: usize,
+    /// Share of the graphs held back from training to score it (0: none).
+    pub held_back: f64,
 }
 
+/// Identifier tokens a model gets by default: every id seen twice, up to this many.
+pub const DEFAULT_MAX_IDS: usize = 4096;
+
 impl LanguageModel {
-    /// Pre-trains on `graphs`. Recursive layer encoding: one sequence per
-    /// layer (BOS, conditions, layer, EOS); tabular: one per graph (BOS,
+    /// Pre-trains on `graphs`, a `p.held_back` share of them held back to
+    /// score the model as it trains. Recursive layer encoding: one sequence
+    /// per layer (BOS, conditions, layer, EOS); tabular: one per graph (BOS,
     /// record, EOS; longer graphs are cut at the model's context). Fields and
-    /// conditions shuffled. Returns the model and the loss of every step.
-    pub fn pretrain(graphs: &[CallGraph], p: &Pretraining, device: &Device) -> Result<(Self, Vec<f32>), LanguageModelError> {
+    /// conditions shuffled.
+    pub fn pretrain(graphs: &[CallGraph], p: &Pretraining, device: &Device) -> Result<(Self, Pretrained), LanguageModelError> {
         use rand::SeedableRng;
+        let (graphs, held_graphs) = super::eval::hold_out(graphs.to_vec(), p.held_back, p.train.seed);
         if graphs.is_empty() {
             return Err(LanguageModelError::Empty);
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(p.train.seed);
-        let mut layer_texts = Vec::new();
-        for g in graphs {
-            match p.encoding {
-                Encoding::Layers => {
-                    for l in text::encode_layers(g, &mut rng, p.p_drop).0 {
-                        let doc = text::Document { records: vec![text::Layers(vec![l])], final_newline: true };
-                        layer_texts.push(text::write_layers(&doc));
-                    }
-                }
-                Encoding::Tabular => {
-                    let doc = text::Document { records: vec![text::encode_tabular(g, &mut rng, p.p_drop)], final_newline: true };
-                    layer_texts.push(text::write_tabular(&doc));
-                }
-            }
-        }
-        // The vocabulary also covers the instruction encoding's words, so a
-        // model tuned later reads its questions as words, not characters.
-        let facts = instruct::Facts::of(graphs);
-        let mut vocab_texts = layer_texts.clone();
-        if p.encoding == Encoding::Layers {
-            for g in graphs.iter().take(INSTRUCTION_VOCABULARY_GRAPHS) {
-                for sample in instruct::samples(g, &facts, instruct::Sampling::default(), &mut rng) {
-                    vocab_texts.push(text::write_instructions(&text::Document { records: vec![sample], final_newline: true }));
-                }
-            }
-        }
-        let tokenizer = Tokenizer::train(vocab_texts.iter().map(String::as_str), 2, 4096);
+        let texts = training_texts(&graphs, p, &mut rng);
+        let tokenizer = vocabulary(&graphs, &texts, p, &mut rng);
         let config = (p.size)(tokenizer.len());
-        let sequences: Vec<Vec<u32>> = layer_texts
-            .iter()
-            .map(|t| {
-                let mut s = vec![BOS];
-                s.extend(tokenizer.encode(t));
-                s.push(EOS);
-                s.truncate(config.max_len);
-                s
-            })
-            .collect();
+        let sequences = encoded(&tokenizer, &texts, config.max_len);
+        let held = encoded(&tokenizer, &training_texts(&held_graphs, p, &mut rng), config.max_len);
+        let tokens_per_sequence = sequences.iter().map(Vec::len).sum::<usize>() as f64 / sequences.len().max(1) as f64;
         let train_device = device.clone().autodiff();
         // Initial weights come from the backend's generator: seed it, or the
         // same --seed gives different models.
         train_device.seed(p.train.seed);
         let lm = Lm::new(&config, &train_device)?;
-        let (lm, losses) = crate::nn::lm::train(lm, &sequences, &p.train, PAD, &train_device)?;
+        let (lm, trained) = crate::nn::lm::train_watched(lm, &scored(&sequences), &scored(&held), &p.train, PAD, &train_device)?;
         let lm = moved(lm, &config, device)?;
         let mut destinations: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
         destinations.sort_unstable();
@@ -191,7 +182,7 @@ impl LanguageModel {
                 lm,
                 device: device.clone(),
             },
-            losses,
+            Pretrained { trained, tokens_per_sequence, held_back_graphs: held_graphs.len() },
         ))
     }
 
@@ -284,6 +275,62 @@ impl LanguageModel {
             device: device.clone(),
         })
     }
+}
+
+/// One training text per sequence: each layer of each graph (layer
+/// encoding) or each whole graph (tabular), fields and conditions shuffled.
+fn training_texts(graphs: &[CallGraph], p: &Pretraining, rng: &mut rand::rngs::StdRng) -> Vec<String> {
+    let mut texts = Vec::new();
+    for g in graphs {
+        match p.encoding {
+            Encoding::Layers => {
+                for l in text::encode_layers(g, rng, p.p_drop).0 {
+                    let doc = text::Document { records: vec![text::Layers(vec![l])], final_newline: true };
+                    texts.push(text::write_layers(&doc));
+                }
+            }
+            Encoding::Tabular => {
+                let doc = text::Document { records: vec![text::encode_tabular(g, rng, p.p_drop)], final_newline: true };
+                texts.push(text::write_tabular(&doc));
+            }
+        }
+    }
+    texts
+}
+
+/// The tokenizer of the training texts. It also covers the instruction
+/// encoding's words, so a model tuned later reads its questions as words,
+/// not characters.
+fn vocabulary(graphs: &[CallGraph], texts: &[String], p: &Pretraining, rng: &mut rand::rngs::StdRng) -> Tokenizer {
+    let mut instructions = Vec::new();
+    if p.encoding == Encoding::Layers {
+        let facts = instruct::Facts::of(graphs);
+        for g in graphs.iter().take(INSTRUCTION_VOCABULARY_GRAPHS) {
+            for sample in instruct::samples(g, &facts, instruct::Sampling::default(), rng) {
+                instructions.push(text::write_instructions(&text::Document { records: vec![sample], final_newline: true }));
+            }
+        }
+    }
+    Tokenizer::train(texts.iter().chain(&instructions).map(String::as_str), 2, 4096, p.max_ids)
+}
+
+/// Sequences scored from their first token on.
+fn scored(sequences: &[Vec<u32>]) -> Vec<(&[u32], usize)> {
+    sequences.iter().map(|s| (s.as_slice(), 0)).collect()
+}
+
+/// Each text as BOS, its tokens, EOS, cut at `max_len`.
+fn encoded(tokenizer: &Tokenizer, texts: &[String], max_len: usize) -> Vec<Vec<u32>> {
+    texts
+        .iter()
+        .map(|t| {
+            let mut s = vec![BOS];
+            s.extend(tokenizer.encode(t));
+            s.push(EOS);
+            s.truncate(max_len);
+            s
+        })
+        .collect()
 }
 
 /// A model file's sizes agree with each other before any network is built from

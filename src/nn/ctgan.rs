@@ -517,14 +517,14 @@ impl Ctgan {
         if let Some(max) = config.max_steps {
             steps = steps.min(max.div_ceil(config.epochs).max(1));
         }
-        let progress = Progress::new(config.epochs);
+        let progress = super::progress::Progress::new("CTGAN", "epochs", config.epochs);
         for epoch in 0..config.epochs {
             let (mut last_g, mut last_d) = (0.0, 0.0);
             for _ in 0..steps {
                 (critic, last_d) = t.critic_step(&generator, critic, &mut opt_d);
                 (generator, last_g) = t.generator_step(generator, &critic, &mut opt_g);
             }
-            progress.epoch(epoch, last_g, last_d);
+            progress.step(epoch + 1, || format!("(G {last_g:.3}, D {last_d:.3})"));
         }
         progress.finish();
         Ok(Ctgan {
@@ -773,47 +773,7 @@ impl Ctgan {
     }
 }
 
-fn scalar(t: &Tensor<1>) -> f32 {
+/// The first value of a one-element tensor (a loss), NaN when it cannot be read.
+pub(super) fn scalar(t: &Tensor<1>) -> f32 {
     t.clone().into_data().try_to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN)
-}
-
-/// Training progress: a bar on an interactive terminal, structured log lines
-/// (about ten per run) otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    epochs: usize,
-}
-
-impl Progress {
-    fn new(epochs: usize) -> Self {
-        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-            let bar = indicatif::ProgressBar::new(epochs as u64);
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("CTGAN {bar:30} {pos}/{len} epochs, {elapsed} elapsed, ~{eta} left {msg}")
-            {
-                bar.set_style(style);
-            }
-            bar
-        });
-        Progress { bar, epochs }
-    }
-
-    fn epoch(&self, epoch: usize, loss_generator: f32, loss_critic: f32) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_message(format!("(G {loss_generator:.3}, D {loss_critic:.3})"));
-                bar.inc(1);
-            }
-            None if (epoch + 1) % (self.epochs / 10).max(1) == 0 || epoch + 1 == self.epochs => {
-                tracing::info!(epoch = epoch + 1, epochs = self.epochs, loss_generator, loss_critic, "ctgan training");
-            }
-            None => tracing::debug!(epoch = epoch + 1, loss_generator, loss_critic, "ctgan training"),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }

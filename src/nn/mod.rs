@@ -2,7 +2,8 @@
 //! with the explicit input gradient that WGAN-GP needs on a backend without
 //! second-order autodiff; `generator` its residual generator, output
 //! activations and conditional loss; `graph` the GCN embedding of a row's graph; `ctgan` training and sampling; `weights`
-//! network weights as bytes; `backend` the device they run on.
+//! network weights as bytes; `backend` the device they run on; `progress` what
+//! a long training run shows.
 
 mod backend;
 mod critic;
@@ -10,6 +11,7 @@ mod ctgan;
 mod generator;
 mod graph;
 pub mod lm;
+mod progress;
 pub mod weights;
 
 pub use backend::{Backend, BackendError};

@@ -78,6 +78,8 @@ pub fn tiny_language_model(graphs: &[gent::llm::CallGraph], steps: usize) -> gen
         size: tiny,
         train: TrainConfig { steps, batch: 2, learning_rate: 1e-3, seed: 3 },
         p_drop: 0.5,
+        max_ids: gent::llm::model::DEFAULT_MAX_IDS,
+        held_back: 0.0,
     };
     let device = gent::nn::Backend::Cpu.device().unwrap();
     LanguageModel::pretrain(graphs, &p, &device).unwrap().0
