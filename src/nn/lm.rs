@@ -369,9 +369,9 @@ const PADDED_TOKENS_PER_SEQUENCE: usize = 256;
 /// Batches: each step anchors on a random sequence and draws the rest from
 /// sequences near it in length order (see [`length_batch`]), so little of a
 /// batch is padding; at most `c.batch` sequences and `c.batch × 256` padded
-/// tokens. Drawing batches at random instead padded
-/// every sequence to the longest of 16 random ones: the `small` model
-/// (context 1,024) then needed 12 GB in 8 steps.
+/// tokens. Drawing batches at random instead padded every sequence to the
+/// longest of 16 random ones: the `small` model (context 1,024) then needed
+/// 12 GB in 8 steps.
 ///
 /// Schedule: linear warm-up over the first 5 % of steps (at most 200), then
 /// cosine decay to 1 % of the learning rate; AdamW with the gradient norm
@@ -386,13 +386,11 @@ pub fn train_watched<M: Scored>(
     device: &Device,
 ) -> Result<(M, Trained), LmError> {
     use rand::{Rng, SeedableRng};
-    // A sequence needs a token to score after its prompt.
-    let usable: Vec<(&[u32], usize)> = sequences.iter().copied().filter(|(s, from)| s.len() >= 2 && *from < s.len()).collect();
+    let usable: Vec<(&[u32], usize)> = scorable(sequences).collect();
     if usable.is_empty() {
         return Err(LmError::Empty);
     }
-    let mut held: Vec<(&[u32], usize)> =
-        held.iter().copied().filter(|(s, from)| s.len() >= 2 && *from < s.len()).take(MAX_HELD_SEQUENCES).collect();
+    let mut held: Vec<(&[u32], usize)> = scorable(held).take(MAX_HELD_SEQUENCES).collect();
     held.sort_by_key(|(s, _)| s.len());
     let budget = c.batch.max(1) * PADDED_TOKENS_PER_SEQUENCE;
     let mut by_length: Vec<usize> = (0..usable.len()).collect();
@@ -405,7 +403,7 @@ pub fn train_watched<M: Scored>(
     for step in 0..c.steps {
         let anchor = rng.random_range(0..usable.len());
         let batch = length_batch(&usable, &by_length, anchor, (c.batch, budget), &mut rng);
-        tokens += batch.iter().map(|(s, from)| s.len() - from.max(&1)).sum::<usize>();
+        tokens += scored_tokens(&batch);
         let loss = model.loss_from(&batch, pad, device);
         let value = super::ctgan::scalar(&loss);
         trained.losses.push(value);
@@ -423,6 +421,16 @@ pub fn train_watched<M: Scored>(
     }
     progress.finish();
     Ok((model, trained))
+}
+
+/// The sequences with a token to score after their prompt.
+fn scorable<'a, 's>(sequences: &'a [(&'s [u32], usize)]) -> impl Iterator<Item = (&'s [u32], usize)> + 'a {
+    sequences.iter().copied().filter(|(s, from)| s.len() >= 2 && *from < s.len())
+}
+
+/// Tokens a batch scores: each sequence's from its prompt's end (never the first).
+fn scored_tokens(batch: &[(&[u32], usize)]) -> usize {
+    batch.iter().map(|(s, from)| s.len() - from.max(&1)).sum()
 }
 
 /// The learning rate at `step`: linear warm-up, then cosine to 1 %.
@@ -481,7 +489,7 @@ fn held_loss<M: Scored>(model: &M, held: &[(&[u32], usize)], batch: usize, budge
         }
         let chunk = &held[start..end];
         start = end;
-        let scored: usize = chunk.iter().map(|(s, from)| s.len() - from.max(&1)).sum();
+        let scored = scored_tokens(chunk);
         sum += f64::from(super::ctgan::scalar(&model.loss_from(chunk, pad, device))) * scored as f64;
         weight += scored;
     }
