@@ -1204,3 +1204,135 @@ fn the_retrieval_baseline_copies_real_graphs_and_beats_the_probabilistic_one_on_
     );
     assert!(retrieval < 0.6 && retrieval < probabilistic / 3.0, "retrieval {retrieval:.3}, probabilistic {probabilistic:.3}");
 }
+
+/// The committed Llama fixture (made by `scripts/llama-reference` with
+/// Hugging Face transformers): config, weights, tokenizer, and the reference
+/// token ids and logits of three prompts.
+fn llama_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-tiny")
+}
+
+#[derive(serde::Deserialize)]
+struct LlamaExpected {
+    prompts: Vec<String>,
+    ids: Vec<Vec<u32>>,
+    logits: Vec<Vec<f32>>,
+}
+
+#[test]
+fn a_llama_checkpoint_gives_the_reference_implementations_tokens_and_logits() {
+    use gent::llm::pretrained::Pretrained;
+    let dir = llama_fixture();
+    let expected: LlamaExpected = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let device = gent::nn::cpu_device();
+    let model = Pretrained::load(&dir, &device).unwrap();
+    // Grouped-query attention, a rotary base and epsilon of its own: every
+    // mapping the loader makes is exercised.
+    assert_eq!((model.checkpoint.config.heads, model.checkpoint.variant.kv_heads), (4, 2));
+    assert_eq!(model.checkpoint.variant.rope_theta, 500_000.0);
+    assert!(!model.checkpoint.tied);
+    let mut worst = 0f32;
+    for ((prompt, ids), logits) in expected.prompts.iter().zip(&expected.ids).zip(&expected.logits) {
+        assert_eq!(&model.encode(prompt).unwrap(), ids, "{prompt:?}: token ids");
+        let ours = model.logits(ids);
+        assert_eq!(ours.len(), logits.len(), "{prompt:?}");
+        let diff = ours.iter().zip(logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        worst = worst.max(diff);
+        assert!(diff < 1e-4, "{prompt:?}: logits differ by up to {diff}");
+        // Greedy generation through the key/value cache (grouped keys and
+        // values) starts with the reference's likeliest next token.
+        let vocab = model.checkpoint.config.vocab;
+        let last = &logits[logits.len() - vocab..];
+        let best = (0..vocab).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
+        let generated = model.greedy(ids, 4);
+        assert_eq!(generated[0], best, "{prompt:?}");
+        // Each cached step equals a full forward pass over the longer context.
+        let mut longer = ids.clone();
+        longer.extend(&generated[..3]);
+        let full = model.logits(&longer);
+        let after = &full[full.len() - vocab..];
+        let next = (0..vocab).max_by(|&a, &b| after[a].total_cmp(&after[b])).unwrap() as u32;
+        assert_eq!(generated[3], next, "{prompt:?}: cached and full passes agree");
+    }
+    eprintln!("largest logit difference from transformers: {worst:e}");
+}
+
+/// A copy of the fixture in a temporary directory, changed by `change`.
+fn broken_llama(change: impl FnOnce(&std::path::Path)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(llama_fixture().join(f), tmp.path().join(f)).unwrap();
+    }
+    change(tmp.path());
+    tmp
+}
+
+fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_is_refused_naming_the_tensor_or_field() {
+    use gent::llm::pretrained::Pretrained;
+    let device = gent::nn::cpu_device();
+    let refused = |dir: &tempfile::TempDir| match Pretrained::load(dir.path(), &device) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    // A tensor left out of the weights.
+    let gone = "model.layers.1.mlp.up_proj.weight";
+    let dir = broken_llama(|d| {
+        let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let kept: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != gone).collect();
+        safetensors::serialize_to_file(kept, None, &d.join("model.safetensors")).unwrap();
+    });
+    let e = refused(&dir);
+    assert!(e.contains(gone) && e.contains("missing"), "{e}");
+    // A config whose sizes the weights do not have.
+    let e = refused(&broken_llama(|d| edit_config(d, |v| v["intermediate_size"] = 80.into())));
+    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[64, 32]"), "{e}");
+    let e = refused(&broken_llama(|d| edit_config(d, |v| v["num_key_value_heads"] = 3.into())));
+    assert!(e.contains("4 heads") && e.contains("3 key/value heads"), "{e}");
+    // Another architecture, or a rotary scaling this loader does not apply.
+    let e = refused(&broken_llama(|d| {
+        edit_config(d, |v| {
+            v["model_type"] = "mistral".into();
+            v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+        })
+    }));
+    assert!(e.contains("unsupported architecture") && e.contains("MistralForCausalLM"), "{e}");
+    let e = refused(&broken_llama(|d| edit_config(d, |v| v["rope_parameters"]["rope_type"] = "llama3".into())));
+    assert!(e.contains("unsupported") && e.contains("llama3"), "{e}");
+    // Files that are not what they say.
+    let e =
+        refused(&broken_llama(|d| std::fs::write(d.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap()));
+    assert!(e.contains("model.safetensors") && e.contains("not a safetensors file"), "{e}");
+    let e = refused(&broken_llama(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap()));
+    assert!(e.contains("tokenizer.json"), "{e}");
+    let e = refused(&broken_llama(|d| std::fs::write(d.join("config.json"), b"{\"vocab_size\": -1}").unwrap()));
+    assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn gent_llm_checkpoint_continues_a_prompt_and_names_what_is_wrong() {
+    let out = gent()
+        .args(["llm", "checkpoint"])
+        .arg(llama_fixture())
+        .args(["--prompt", "MS_57649 | MS_27421", "--top", "3", "--generate", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["architecture"]["kv_heads"], 2);
+    assert_eq!(report["next"].as_array().unwrap().len(), 3);
+    assert_eq!(report["continuation_ids"].as_array().unwrap().len(), 5);
+    assert_eq!(report["continuation_ids"][0], report["next"][0]["id"], "greedy takes the likeliest");
+    let out = gent().args(["llm", "checkpoint", "/nonexistent/checkpoint", "--prompt", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/checkpoint/config.json"));
+}

@@ -13,6 +13,7 @@ use gent::llm::eval::{self as lm_eval, Cell, Following};
 use gent::llm::generate::{self, Decoding, Generator, Outcome};
 use gent::llm::instruct::{Facts, UserInstruction};
 use gent::llm::model::{self, Encoding, LanguageModel};
+use gent::llm::pretrained::{Candidate, Pretrained};
 use gent::llm::{CallGraph, text};
 use gent::nn::Backend;
 use gent::nn::lm::{LmConfig, LmError, LoraConfig, TrainConfig};
@@ -33,6 +34,31 @@ pub enum LlmCommand {
     Eval(EvalArgs),
     /// Generate call graphs layer by layer from conditions.
     Generate(GenerateArgs),
+    /// Load a pretrained Llama checkpoint (Hugging Face layout: config.json,
+    /// model.safetensors or its shards, tokenizer.json) and show what it
+    /// predicts after a prompt.
+    Checkpoint(CheckpointArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CheckpointArgs {
+    /// The checkpoint's directory.
+    dir: PathBuf,
+    /// Text to continue.
+    #[arg(long)]
+    prompt: String,
+    /// How many likely next tokens to list.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Tokens to generate after the prompt, each the likeliest.
+    #[arg(long, default_value_t = 0)]
+    generate: usize,
+    /// Also print the logits after every prompt position (for comparing with
+    /// another implementation).
+    #[arg(long)]
+    logits: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -228,7 +254,76 @@ pub fn run(command: LlmCommand) -> Result<(), Failure> {
         LlmCommand::Eval(a) => eval(a),
         LlmCommand::Train(a) => train(a),
         LlmCommand::Generate(a) => generate(a),
+        LlmCommand::Checkpoint(a) => checkpoint(a),
     }
+}
+
+#[derive(Serialize)]
+struct CheckpointReport {
+    architecture: Architecture,
+    load_seconds: f64,
+    prompt_ids: Vec<u32>,
+    next: Vec<Candidate>,
+    continuation_ids: Vec<u32>,
+    continuation: String,
+    tokens_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logits: Option<Vec<f32>>,
+}
+
+#[derive(Serialize)]
+struct Architecture {
+    #[serde(flatten)]
+    config: LmConfig,
+    kv_heads: usize,
+    rope_theta: f32,
+    norm_eps: f64,
+    tied_embeddings: bool,
+}
+
+fn checkpoint(a: CheckpointArgs) -> Result<(), Failure> {
+    let device = device(a.run.backend)?;
+    let started = Instant::now();
+    let model = Pretrained::load(&a.dir, &device).map_err(Failure::bad)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let ids = model.encode(&a.prompt).map_err(Failure::bad)?;
+    let next = model.next(&ids, a.top);
+    let started = Instant::now();
+    let continuation_ids = model.greedy(&ids, a.generate);
+    let tokens_per_second = continuation_ids.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let c = &model.checkpoint;
+    let out = CheckpointReport {
+        architecture: Architecture {
+            config: c.config,
+            kv_heads: c.variant.kv_heads,
+            rope_theta: c.variant.rope_theta,
+            norm_eps: c.variant.norm_eps,
+            tied_embeddings: c.tied,
+        },
+        load_seconds,
+        continuation: model.decode(&continuation_ids),
+        logits: a.logits.then(|| model.logits(&ids)),
+        prompt_ids: ids,
+        next,
+        continuation_ids,
+        tokens_per_second,
+    };
+    if a.run.json.json {
+        return report(true, &out);
+    }
+    let arch = &out.architecture;
+    println!(
+        "Llama: {} layers, width {}, {} heads ({} key/value), vocabulary {}, context {}",
+        arch.config.layers, arch.config.d_model, arch.config.heads, arch.kv_heads, arch.config.vocab, arch.config.max_len
+    );
+    println!("prompt: {} tokens; next:", out.prompt_ids.len());
+    for c in &out.next {
+        println!("  {:>8.4}  {:?} ({})", c.probability, c.token, c.id);
+    }
+    if !out.continuation_ids.is_empty() {
+        println!("continuation ({:.1} tokens/s): {}", out.tokens_per_second, out.continuation);
+    }
+    Ok(())
 }
 
 /// A call-graph file's parse error, named by its path.

@@ -12,7 +12,8 @@
 //! `regeneration` turns a window's traces into generation requests for a packet and
 //! regenerates traces from them (the decompressor's `engine: llm`);
 //! `baseline` (Erms' probabilistic generator) and `retrieval` (copying a
-//! training graph) are what `gent llm eval` sets the model beside.
+//! training graph) are what `gent llm eval` sets the model beside;
+//! `pretrained` a Hugging Face Llama checkpoint with its own tokenizer.
 
 pub mod baseline;
 mod config;
@@ -21,6 +22,7 @@ pub mod generate;
 pub mod graph;
 pub mod instruct;
 pub mod model;
+pub mod pretrained;
 pub mod regeneration;
 pub mod retrieval;
 pub mod text;

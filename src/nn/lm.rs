@@ -14,6 +14,8 @@ use burn::optim::{AdamWConfig, GradientsParams, grad_clipping::GradientClippingC
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
+pub mod checkpoint;
+
 /// The token every sequence starts with, which an empty context stands
 /// for (the tokenizer's BOS is this id).
 pub const START: u32 = 1;
@@ -86,6 +88,43 @@ impl LmConfig {
 /// Longest context a language model may have.
 pub const MAX_CONTEXT: usize = 1 << 16;
 
+/// What a Llama checkpoint may set beyond [`LmConfig`]. gent's own models
+/// use [`Variant::of`]; these values are not stored in gent's model files.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Variant {
+    /// Key/value heads (grouped-query attention): each serves
+    /// `heads / kv_heads` query heads.
+    pub kv_heads: usize,
+    /// Base of the rotary frequencies.
+    pub rope_theta: f32,
+    /// RMSNorm's epsilon.
+    pub norm_eps: f64,
+}
+
+impl Variant {
+    /// Multi-head attention (a key/value head per query head), rotary base
+    /// 10,000 and epsilon 1e-5: gent's own models.
+    pub fn of(c: &LmConfig) -> Self {
+        Variant { kv_heads: c.heads, rope_theta: 10_000.0, norm_eps: 1e-5 }
+    }
+
+    fn validate(&self, c: &LmConfig) -> Result<(), LmError> {
+        if self.kv_heads == 0 || !c.heads.is_multiple_of(self.kv_heads) {
+            return Err(LmError::Config(format!(
+                "{} heads do not split into groups over {} key/value heads",
+                c.heads, self.kv_heads
+            )));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite() && self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return Err(LmError::Config(format!(
+                "the rotary base ({}) and the norm epsilon ({}) must be positive",
+                self.rope_theta, self.norm_eps
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Module, Debug)]
 struct Block {
     attn_norm: RmsNorm,
@@ -106,6 +145,7 @@ pub struct Lm {
     head: Linear,
     rope: RotaryEncoding,
     heads: usize,
+    kv_heads: usize,
 }
 
 fn linear(i: usize, o: usize, device: &Device) -> Linear {
@@ -114,16 +154,25 @@ fn linear(i: usize, o: usize, device: &Device) -> Linear {
 
 impl Lm {
     pub fn new(c: &LmConfig, device: &Device) -> Result<Self, LmError> {
+        Self::new_variant(c, &Variant::of(c), device)
+    }
+
+    /// As [`Lm::new`], with grouped-query attention, a rotary base or a norm
+    /// epsilon of a checkpoint's.
+    pub fn new_variant(c: &LmConfig, v: &Variant, device: &Device) -> Result<Self, LmError> {
         c.validate()?;
+        v.validate(c)?;
         let d = c.d_model;
+        let kv = d / c.heads * v.kv_heads;
+        let norm = || RmsNormConfig::new(d).with_epsilon(v.norm_eps).init(device);
         let blocks = (0..c.layers)
             .map(|_| Block {
-                attn_norm: RmsNormConfig::new(d).init(device),
+                attn_norm: norm(),
                 q: linear(d, d, device),
-                k: linear(d, d, device),
-                v: linear(d, d, device),
+                k: linear(d, kv, device),
+                v: linear(d, kv, device),
                 o: linear(d, d, device),
-                ffn_norm: RmsNormConfig::new(d).init(device),
+                ffn_norm: norm(),
                 gate_up: SwiGluConfig::new(d, c.hidden).with_bias(false).init(device),
                 down: linear(c.hidden, d, device),
             })
@@ -131,11 +180,24 @@ impl Lm {
         Ok(Lm {
             embed: EmbeddingConfig::new(c.vocab, d).init(device),
             blocks,
-            norm: RmsNormConfig::new(d).init(device),
+            norm: norm(),
             head: linear(d, c.vocab, device),
-            rope: RotaryEncodingConfig::new(c.max_len, d / c.heads).init(device),
+            rope: RotaryEncodingConfig::new(c.max_len, d / c.heads).with_theta(v.rope_theta).init(device),
             heads: c.heads,
+            kv_heads: v.kv_heads,
         })
+    }
+
+    /// `[b, kv_heads, t, dh]` keys or values repeated for every query head of
+    /// their group (`[b, heads, t, dh]`), as Hugging Face's `repeat_kv`:
+    /// query head `i` reads key/value head `i / (heads / kv_heads)`.
+    fn grouped(&self, x: Tensor<4>) -> Tensor<4> {
+        let group = self.heads / self.kv_heads.max(1);
+        if group <= 1 {
+            return x;
+        }
+        let [b, kv, t, dh] = x.dims();
+        x.unsqueeze_dim::<5>(2).expand([b, kv, group, t, dh]).reshape([b, kv * group, t, dh])
     }
 
     /// Next-token logits at every position: `[batch, len]` → `[batch, len, vocab]`.
@@ -168,7 +230,10 @@ impl Lm {
     ) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, dh) = (self.heads, d / self.heads);
-        let split = |y: Tensor<3>| y.reshape([b, t, h, dh]).swap_dims(1, 2);
+        let split = |y: Tensor<3>| {
+            let heads = y.dims()[2] / dh;
+            y.reshape([b, t, heads, dh]).swap_dims(1, 2)
+        };
         let (mut q, mut k) = (blk.q.forward(x.clone()), blk.k.forward(x.clone()));
         if let Some((a, l)) = adapter {
             // x·A·B·(alpha/rank) beside the frozen projection, dropout on its input.
@@ -183,8 +248,8 @@ impl Lm {
             k = k + low(&a.k);
         }
         let q = self.rope.forward(split(q));
-        let k = self.rope.forward(split(k));
-        let v = split(blk.v.forward(x));
+        let k = self.grouped(self.rope.forward(split(k)));
+        let v = self.grouped(split(blk.v.forward(x)));
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
         let scores = scores.mask_fill(mask.expand([b, h, t, t]), -1e9);
         let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d]);
@@ -253,7 +318,10 @@ impl Lm {
             let h = blk.attn_norm.forward(x.clone());
             let [_, _, d] = h.dims();
             let (heads, dh) = (self.heads, d / self.heads);
-            let split = |y: Tensor<3>| y.reshape([1, n, heads, dh]).swap_dims(1, 2);
+            let split = |y: Tensor<3>| {
+                let h = y.dims()[2] / dh;
+                y.reshape([1, n, h, dh]).swap_dims(1, 2)
+            };
             let q = self.rope.apply(split(blk.q.forward(h.clone())), keep);
             let k = self.rope.apply(split(blk.k.forward(h.clone())), keep);
             let v = split(blk.v.forward(h));
@@ -262,14 +330,15 @@ impl Lm {
                 _ => (k, v),
             };
             let total = keep + n;
-            let mut scores = q.matmul(k.clone().swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
+            let (gk, gv) = (self.grouped(k.clone()), self.grouped(v.clone()));
+            let mut scores = q.matmul(gk.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
             if n > 1 {
                 // New token j (position keep + j) sees positions up to keep + j.
                 let mask: Vec<bool> = (0..n).flat_map(|j| (0..total).map(move |p| p > keep + j)).collect();
                 let mask = Tensor::<2, burn::tensor::Bool>::from_data(TensorData::new(mask, [n, total]), device);
                 scores = scores.mask_fill(mask.unsqueeze::<4>().expand([1, heads, n, total]), -1e9);
             }
-            let out = softmax(scores, 3).matmul(v.clone()).swap_dims(1, 2).reshape([1, n, d]);
+            let out = softmax(scores, 3).matmul(gv).swap_dims(1, 2).reshape([1, n, d]);
             if first {
                 cache.layers.push((k, v));
             } else {
@@ -542,12 +611,16 @@ impl Lora {
             )));
         }
         let d = base.embed.weight.val().dims()[1];
-        let pair = || {
+        let pair = |out: usize| {
             // A as a Kaiming-like normal, B zero: the adapted model starts as the base.
             let a = Tensor::<2>::random([d, c.rank], Distribution::Normal(0.0, 1.0 / (d as f64).sqrt()), device);
-            (Param::from_tensor(a), Param::from_tensor(Tensor::<2>::zeros([c.rank, d], device)))
+            (Param::from_tensor(a), Param::from_tensor(Tensor::<2>::zeros([c.rank, out], device)))
         };
-        let adapters = base.blocks.iter().map(|_| Adapter { q: pair(), k: pair() }).collect();
+        let adapters = base
+            .blocks
+            .iter()
+            .map(|b| Adapter { q: pair(b.q.weight.val().dims()[1]), k: pair(b.k.weight.val().dims()[1]) })
+            .collect();
         Ok(Lora { base: base.no_grad(), adapters, dropout: DropoutConfig::new(c.dropout).init(), scale: c.alpha / c.rank as f32 })
     }
 
@@ -588,7 +661,7 @@ impl Lora {
     }
 }
 
-/// Keys and values of the context seen so far, per block (`[1, heads, len,
+/// Keys and values of the context seen so far, per block (`[1, kv_heads, len,
 /// head width]`, rotary positions applied), for [`Lm::next_logits_cached`].
 #[derive(Debug, Default)]
 pub struct KvCache {

@@ -1,0 +1,337 @@
+//! Llama checkpoints in Hugging Face's layout, loaded into an [`Lm`]: a
+//! directory with `config.json` and either `model.safetensors` or the shards
+//! that `model.safetensors.index.json` lists.
+//!
+//! Every tensor's name, dtype and shape is checked against the config before
+//! any network is built, so a checkpoint that does not fit is an error naming
+//! the tensor, never a partial load, and what is allocated is bounded by the
+//! files themselves.
+//!
+//! Two layouts differ from burn's. A Hugging Face `Linear` stores `[out, in]`
+//! where burn's stores `[in, out]`. Hugging Face rotates the two halves of
+//! each head (`rotate_half`), burn rotates adjacent pairs, so the rows of the
+//! query and key projections are interleaved head by head: row `i` of a
+//! head's first half goes to `2i`, row `i` of its second half to `2i + 1`.
+//! Queries and keys move alike, so attention scores are unchanged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use super::{Lm, LmConfig, LmError, MAX_CONTEXT, Variant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{path}: unsupported architecture: {what}")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{path}: not a safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("tensor {name}: missing from the checkpoint")]
+    Missing { name: String },
+    #[error("tensor {name}: shape {found:?}, the config asks for {expected:?}")]
+    Shape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("tensor {name}: dtype {dtype}, only F32, F16 and BF16 load")]
+    Dtype { name: String, dtype: String },
+    #[error("the checkpoint's sizes: {0}")]
+    Sizes(#[from] LmError),
+}
+
+/// The fields of a Llama `config.json` that decide the network. Transformers
+/// 5 writes the rotary base under `rope_parameters`, earlier versions as
+/// `rope_theta` with `rope_scaling`; both are read.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<RopeParameters>,
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    hidden_act: Option<String>,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    rope_type: Option<String>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+
+/// Longest context a checkpoint is given when its config names none.
+const DEFAULT_CONTEXT: usize = 2048;
+
+/// A loaded checkpoint: the network and the sizes it was built with.
+pub struct Checkpoint {
+    pub config: LmConfig,
+    pub variant: Variant,
+    /// The output head is the embedding's transpose (`tie_word_embeddings`).
+    /// Loaded as a copy: fine-tuning unties them.
+    pub tied: bool,
+    pub lm: Lm,
+}
+
+/// Reads the Llama checkpoint in `dir` onto `device`.
+pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
+    let config_path = dir.join("config.json");
+    let hf: HfConfig = serde_json::from_slice(&read(&config_path)?)
+        .map_err(|e| CheckpointError::Config { path: config_path.clone(), message: e.to_string() })?;
+    let (config, variant) = sizes(&hf, &config_path)?;
+    let files = Files::read(dir)?;
+    let expected = expected_shapes(&config, &variant, hf.tie_word_embeddings);
+    // Every tensor checked before anything is built.
+    for (name, shape) in &expected {
+        files.check(name, shape)?;
+    }
+    let mut lm = Lm::new_variant(&config, &variant, device)?;
+    fill(&mut lm, &files, &config, &variant, hf.tie_word_embeddings, device)?;
+    Ok(Checkpoint { config, variant, tied: hf.tie_word_embeddings, lm })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })
+}
+
+/// gent's sizes for `hf`, or why it is not a Llama gent can run.
+fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointError> {
+    let unsupported = |what: String| Err(CheckpointError::Unsupported { path: path.to_path_buf(), what });
+    let llama = hf.architectures.iter().any(|a| a == "LlamaForCausalLM") || hf.model_type.as_deref() == Some("llama");
+    if !llama {
+        return unsupported(format!(
+            "model_type {:?}, architectures {:?}: only LlamaForCausalLM loads",
+            hf.model_type, hf.architectures
+        ));
+    }
+    if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
+        return unsupported(format!("hidden_act {act:?} (only silu)"));
+    }
+    if hf.attention_bias || hf.mlp_bias {
+        return unsupported("attention_bias or mlp_bias (projections without biases only)".into());
+    }
+    let scaling = hf.rope_scaling.as_ref().filter(|v| !v.is_null());
+    let rope_type = hf.rope_parameters.as_ref().and_then(|r| r.rope_type.as_deref()).unwrap_or("default");
+    if scaling.is_some() || rope_type != "default" {
+        return unsupported(format!("rotary scaling {rope_type:?} {scaling:?} (only the default rotary encoding)"));
+    }
+    let heads = hf.num_attention_heads;
+    if heads == 0 || hf.head_dim.is_some_and(|h| h * heads != hf.hidden_size) {
+        return unsupported(format!(
+            "head_dim {:?} × {heads} heads is not hidden_size {} (heads must split the model width)",
+            hf.head_dim, hf.hidden_size
+        ));
+    }
+    let theta = hf.rope_parameters.as_ref().and_then(|r| r.rope_theta).or(hf.rope_theta).unwrap_or(10_000.0);
+    let config = LmConfig {
+        vocab: hf.vocab_size,
+        d_model: hf.hidden_size,
+        layers: hf.num_hidden_layers,
+        heads,
+        hidden: hf.intermediate_size,
+        max_len: hf.max_position_embeddings.unwrap_or(DEFAULT_CONTEXT).min(MAX_CONTEXT),
+    };
+    let variant =
+        Variant { kv_heads: hf.num_key_value_heads.unwrap_or(heads), rope_theta: theta as f32, norm_eps: hf.rms_norm_eps };
+    config.validate()?;
+    variant.validate(&config)?;
+    Ok((config, variant))
+}
+
+/// Every tensor the network needs, in Hugging Face's names and shapes.
+fn expected_shapes(c: &LmConfig, v: &Variant, tied: bool) -> Vec<(String, Vec<usize>)> {
+    let (d, kv) = (c.d_model, c.d_model / c.heads * v.kv_heads);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab, d]), ("model.norm.weight".to_string(), vec![d])];
+    if !tied {
+        out.push(("lm_head.weight".into(), vec![c.vocab, d]));
+    }
+    for i in 0..c.layers {
+        let p = format!("model.layers.{i}");
+        out.extend([
+            (format!("{p}.input_layernorm.weight"), vec![d]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![d, d]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, d]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, d]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![d, d]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![d]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![c.hidden, d]),
+            (format!("{p}.mlp.up_proj.weight"), vec![c.hidden, d]),
+            (format!("{p}.mlp.down_proj.weight"), vec![d, c.hidden]),
+        ]);
+    }
+    out
+}
+
+/// Puts every tensor of `files` into `lm`.
+fn fill(lm: &mut Lm, files: &Files, c: &LmConfig, v: &Variant, tied: bool, device: &Device) -> Result<(), CheckpointError> {
+    let dh = c.d_model / c.heads;
+    let get = |name: &str| files.floats(name);
+    let vector = |name: &str| -> Result<Param<Tensor<1>>, CheckpointError> {
+        let x = get(name)?;
+        let n = x.len();
+        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(x, [n]), device)))
+    };
+    let embed = get("model.embed_tokens.weight")?;
+    lm.embed.weight = Param::from_tensor(Tensor::from_data(TensorData::new(embed.clone(), [c.vocab, c.d_model]), device));
+    lm.norm.gamma = vector("model.norm.weight")?;
+    lm.head = if tied { linear(embed, c.vocab, c.d_model, device) } else { load_linear(files, "lm_head.weight", device)? };
+    for (i, blk) in lm.blocks.iter_mut().enumerate() {
+        let p = format!("model.layers.{i}");
+        blk.attn_norm.gamma = vector(&format!("{p}.input_layernorm.weight"))?;
+        let (q_rows, kv_rows) = (c.d_model, dh * v.kv_heads);
+        blk.q = linear(interleaved(get(&format!("{p}.self_attn.q_proj.weight"))?, c.d_model, dh), q_rows, c.d_model, device);
+        blk.k = linear(interleaved(get(&format!("{p}.self_attn.k_proj.weight"))?, c.d_model, dh), kv_rows, c.d_model, device);
+        blk.v = load_linear(files, &format!("{p}.self_attn.v_proj.weight"), device)?;
+        blk.o = load_linear(files, &format!("{p}.self_attn.o_proj.weight"), device)?;
+        blk.ffn_norm.gamma = vector(&format!("{p}.post_attention_layernorm.weight"))?;
+        // burn's SwiGLU is silu(inner(x)) · outer(x): the gate is inner.
+        blk.gate_up.linear_inner = load_linear(files, &format!("{p}.mlp.gate_proj.weight"), device)?;
+        blk.gate_up.linear_outer = load_linear(files, &format!("{p}.mlp.up_proj.weight"), device)?;
+        blk.down = load_linear(files, &format!("{p}.mlp.down_proj.weight"), device)?;
+    }
+    Ok(())
+}
+
+/// A burn `Linear` from a Hugging Face `[out, in]` weight.
+fn linear(weight: Vec<f32>, out: usize, inp: usize, device: &Device) -> Linear {
+    let w = Tensor::<2>::from_data(TensorData::new(weight, [out, inp]), device).transpose();
+    Linear { weight: Param::from_tensor(w), bias: None }
+}
+
+fn load_linear(files: &Files, name: &str, device: &Device) -> Result<Linear, CheckpointError> {
+    let shape = files.shape(name)?;
+    Ok(linear(files.floats(name)?, shape[0], shape[1], device))
+}
+
+/// `[out, in]` query or key rows from Hugging Face's half-split rotary layout
+/// to burn's interleaved one, head by head (`dh` rows each).
+fn interleaved(w: Vec<f32>, inp: usize, dh: usize) -> Vec<f32> {
+    let mut out = vec![0.0; w.len()];
+    let half = dh / 2;
+    for (row, src) in w.chunks_exact(inp).enumerate() {
+        let (head, j) = (row / dh, row % dh);
+        let to = head * dh + if j < half { 2 * j } else { 2 * (j - half) + 1 };
+        out[to * inp..(to + 1) * inp].copy_from_slice(src);
+    }
+    out
+}
+
+/// The checkpoint's safetensors files, read whole, and which holds each tensor.
+struct Files {
+    bytes: Vec<(PathBuf, Vec<u8>)>,
+    /// Tensor name → index into `bytes`.
+    index: BTreeMap<String, usize>,
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Files {
+    fn read(dir: &Path) -> Result<Self, CheckpointError> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let shards: Vec<PathBuf> = if index_path.exists() {
+            let map: ShardIndex = serde_json::from_slice(&read(&index_path)?)
+                .map_err(|e| CheckpointError::Config { path: index_path.clone(), message: e.to_string() })?;
+            let mut names: Vec<&String> = map.weight_map.values().collect();
+            names.sort();
+            names.dedup();
+            // Shard names come from the file: only plain names in this directory.
+            if let Some(bad) = names.iter().find(|n| n.contains(['/', '\\']) || n.starts_with('.')) {
+                return Err(CheckpointError::Config { path: index_path, message: format!("shard {bad:?} is not a file name") });
+            }
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            vec![dir.join("model.safetensors")]
+        };
+        let mut files = Files { bytes: Vec::new(), index: BTreeMap::new() };
+        for path in shards {
+            let bytes = read(&path)?;
+            let names = SafeTensors::deserialize(&bytes)
+                .map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            let at = files.bytes.len();
+            files.index.extend(names.into_iter().map(|n| (n, at)));
+            files.bytes.push((path, bytes));
+        }
+        Ok(files)
+    }
+
+    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>, CheckpointError> {
+        let missing = || CheckpointError::Missing { name: name.to_string() };
+        let (path, bytes) = self.index.get(name).and_then(|&i| self.bytes.get(i)).ok_or_else(missing)?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?;
+        st.tensor(name).map_err(|_| missing())
+    }
+
+    fn shape(&self, name: &str) -> Result<Vec<usize>, CheckpointError> {
+        Ok(self.view(name)?.shape().to_vec())
+    }
+
+    /// The tensor exists with `expected` shape and a dtype that loads.
+    fn check(&self, name: &str, expected: &[usize]) -> Result<(), CheckpointError> {
+        let view = self.view(name)?;
+        if view.shape() != expected {
+            return Err(CheckpointError::Shape { name: name.into(), found: view.shape().to_vec(), expected: expected.to_vec() });
+        }
+        match view.dtype() {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
+            other => Err(CheckpointError::Dtype { name: name.into(), dtype: format!("{other:?}") }),
+        }
+    }
+
+    /// The tensor's values as f32, row-major.
+    fn floats(&self, name: &str) -> Result<Vec<f32>, CheckpointError> {
+        let view = self.view(name)?;
+        let data = view.data();
+        let pairs = data.chunks_exact(2).map(|b| [b[0], b[1]]);
+        Ok(match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => pairs.map(|b| half::f16::from_le_bytes(b).to_f32()).collect(),
+            Dtype::BF16 => pairs.map(|b| half::bf16::from_le_bytes(b).to_f32()).collect(),
+            other => return Err(CheckpointError::Dtype { name: name.into(), dtype: format!("{other:?}") }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleaved;
+
+    #[test]
+    fn query_rows_interleave_the_two_halves_of_each_head() {
+        // Two heads of width 4, one input column: rows numbered as values.
+        let w: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        assert_eq!(interleaved(w, 1, 4), vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+    }
+}
