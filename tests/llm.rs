@@ -664,6 +664,57 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
         assert!(known.contains(span.service()), "{} was never called in training", span.service());
     }
 
+    // The prediction task on the frozen model: a head on its features beside
+    // the trivial baselines, from graph files.
+    let mut doc = text::parse_tabular(&read("alibaba/callgraphs_train.txt")).unwrap();
+    let held = doc.records.split_off(150);
+    doc.records.truncate(150);
+    let (train_file, held_file) = (dir.path().join("train.txt"), dir.path().join("held.txt"));
+    std::fs::write(&train_file, text::write_tabular(&doc)).unwrap();
+    doc.records = held.into_iter().take(60).collect();
+    std::fs::write(&held_file, text::write_tabular(&doc)).unwrap();
+    let out = gent()
+        .args(["llm", "predict"])
+        .arg(&model)
+        .args(["--head-steps", "50", "--json", "--train"])
+        .arg(&train_file)
+        .arg("--real")
+        .arg(&held_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let samples = report["held_back_samples"].as_u64().unwrap();
+    assert!(samples >= 60, "a sample per prefix of every graph of two edges or more: {report}");
+    for key in ["accuracy", "majority_accuracy", "token_count_accuracy", "balanced_accuracy", "token_count_balanced_accuracy"] {
+        let v = report[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key}: {v}");
+    }
+
+    // The infilling task: tuned on questions from the training graphs, it
+    // answers those of the held-back ones, beside the most frequent value.
+    let tuned = dir.path().join("infill.gent");
+    let out = gent()
+        .args(["llm", "infill"])
+        .arg(&model)
+        .args(["--questions", "40", "--test-questions", "30", "--steps", "4", "--batch", "4", "--json", "--train"])
+        .arg(&train_file)
+        .arg("--real")
+        .arg(&held_file)
+        .arg("--out")
+        .arg(&tuned)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!((report["train_questions"].as_u64(), report["held_back_questions"].as_u64()), (Some(40), Some(30)));
+    // The baseline knows the commonest call type of most sources.
+    assert!(report["baseline_type_accuracy"].as_f64().unwrap() > 0.5, "{report}");
+    for key in ["accuracy", "type_accuracy", "destination_accuracy", "baseline_accuracy"] {
+        assert!((0.0..=1.0).contains(&report[key].as_f64().unwrap()), "{key}: {report}");
+    }
+    assert!(gent::llm::model::LanguageModel::from_bytes(&std::fs::read(&tuned).unwrap(), &gent::nn::cpu_device()).is_ok());
+
     // Bad input: conditions, a file that is not a model.
     let bad = gent()
         .args(["llm", "generate", "--conditions", "depth:3", "--out"])

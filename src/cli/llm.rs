@@ -14,7 +14,7 @@ use gent::llm::generate::{self, Decoding, Generator, Outcome};
 use gent::llm::instruct::{Facts, UserInstruction};
 use gent::llm::model::{self, Encoding, LanguageModel};
 use gent::llm::pretrained::{Candidate, Pretrained};
-use gent::llm::{CallGraph, text};
+use gent::llm::{CallGraph, infill, text};
 use gent::nn::Backend;
 use gent::nn::lm::{LmConfig, LmError, LoraConfig, TrainConfig};
 
@@ -38,6 +38,70 @@ pub enum LlmCommand {
     /// model.safetensors or its shards, tokenizer.json) and show what it
     /// predicts after a prompt.
     Checkpoint(CheckpointArgs),
+    /// The paper's prediction task (§5.4): from a call graph's first edges,
+    /// will an uncommon call follow? A classification head is trained on the
+    /// frozen model's features of the training graphs and scored on the
+    /// held-back ones, beside the majority class and a head on token counts.
+    Predict(PredictArgs),
+    /// The paper's infilling task (§5.4): a layer with one edge's call type or
+    /// destination `[MISSING]`. The model is fine-tuned on questions from the
+    /// training graphs (LoRA) and answers those of the held-back graphs,
+    /// beside the most frequent value for the edge's source.
+    Infill(InfillArgs),
+}
+
+#[derive(clap::Args)]
+pub struct InfillArgs {
+    /// Layer-encoding model file from `gent llm train`.
+    model: PathBuf,
+    /// The graphs the model trained on (tabular text): tuning questions and
+    /// the baseline's counts come from them.
+    #[arg(long, required = true, num_args = 1..)]
+    train: Vec<PathBuf>,
+    /// Held-back graphs (tabular text) the questions are asked about.
+    #[arg(long, required = true, num_args = 1..)]
+    real: Vec<PathBuf>,
+    /// Tuning questions (the paper: 1,200).
+    #[arg(long, default_value_t = 1200)]
+    questions: usize,
+    /// Held-back questions asked.
+    #[arg(long, default_value_t = 500)]
+    test_questions: usize,
+    /// Tuning steps.
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    /// LoRA rank on the query and key projections (the paper: 8). 0, the
+    /// default, tunes every weight: adapters on the attention of a CPU-sized
+    /// model cannot learn the task (BENCHMARKS.md "Downstream tasks").
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
+    /// Write the tuned model here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// Layer-encoding model file from `gent llm train`.
+    model: PathBuf,
+    /// The graphs the model trained on (tabular text): the head trains on
+    /// them, and they decide which calls are uncommon.
+    #[arg(long, required = true, num_args = 1..)]
+    train: Vec<PathBuf>,
+    /// Held-back graphs (tabular text) the head is scored on.
+    #[arg(long, required = true, num_args = 1..)]
+    real: Vec<PathBuf>,
+    /// Gradient steps of the head.
+    #[arg(long, default_value_t = 500)]
+    head_steps: usize,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -255,7 +319,178 @@ pub fn run(command: LlmCommand) -> Result<(), Failure> {
         LlmCommand::Train(a) => train(a),
         LlmCommand::Generate(a) => generate(a),
         LlmCommand::Checkpoint(a) => checkpoint(a),
+        LlmCommand::Predict(a) => predict(a),
+        LlmCommand::Infill(a) => infill(a),
     }
+}
+
+#[derive(Serialize)]
+struct InfillReport {
+    train_questions: usize,
+    held_back_questions: usize,
+    accuracy: f64,
+    type_accuracy: f64,
+    destination_accuracy: f64,
+    baseline_accuracy: f64,
+    baseline_type_accuracy: f64,
+    baseline_destination_accuracy: f64,
+    paper_accuracy: f64,
+    tune_seconds: f64,
+    answer_seconds: f64,
+}
+
+/// Share of `questions` answered right, overall and for each attribute.
+fn infill_scores(questions: &[infill::Question], right: &[bool]) -> (f64, f64, f64) {
+    let share = |of: &dyn Fn(&infill::Question) -> bool| {
+        let picked: Vec<bool> = questions.iter().zip(right).filter(|(q, _)| of(q)).map(|(_, r)| *r).collect();
+        picked.iter().filter(|&&r| r).count() as f64 / picked.len().max(1) as f64
+    };
+    (
+        share(&|_| true),
+        share(&|q| q.attribute == infill::Attribute::Type),
+        share(&|q| q.attribute == infill::Attribute::Destination),
+    )
+}
+
+fn infill(a: InfillArgs) -> Result<(), Failure> {
+    let device = device(a.run.backend)?;
+    let mut lm = load_model(&a.model, Decoding::Free, Encoding::Layers, &device)?;
+    let (train, real) = (read_call_graphs(&a.train)?, read_call_graphs(&a.real)?);
+    let tuning = infill::questions(&train, a.questions, a.run.seed);
+    let test = infill::questions(&real, a.test_questions, a.run.seed.wrapping_add(1));
+    if tuning.is_empty() || test.is_empty() {
+        return Err(Failure::BadInput("no layer with edges to ask about in --train or --real".into()));
+    }
+    let started = Instant::now();
+    let pairs: Vec<(String, String)> = tuning.iter().map(|q| (q.prompt.clone(), q.answer.clone())).collect();
+    let train_config = TrainConfig { steps: a.steps, batch: a.batch, learning_rate: a.learning_rate, seed: a.run.seed };
+    let lora = (a.lora_rank > 0).then(|| LoraConfig { rank: a.lora_rank, ..LoraConfig::default() });
+    lm.tune_answers(&pairs, &train_config, lora.as_ref()).map_err(Failure::bad)?;
+    let tune_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let right: Vec<bool> = test
+        .iter()
+        .map(|q| {
+            let answer = lm.answer(&q.prompt, 8);
+            tracing::debug!(truth = q.answer.trim(), answer, "infill");
+            infill::correct(q, &answer)
+        })
+        .collect();
+    let answer_seconds = started.elapsed().as_secs_f64();
+    let frequent = infill::Frequent::of(&train);
+    let baseline: Vec<bool> = test.iter().map(|q| infill::correct(q, &frequent.answer(q))).collect();
+    let (accuracy, type_accuracy, destination_accuracy) = infill_scores(&test, &right);
+    let (baseline_accuracy, baseline_type_accuracy, baseline_destination_accuracy) = infill_scores(&test, &baseline);
+    if let Some(out) = &a.out {
+        write(out, &lm.to_bytes().map_err(Failure::other)?)?;
+    }
+    let out = InfillReport {
+        train_questions: tuning.len(),
+        held_back_questions: test.len(),
+        accuracy,
+        type_accuracy,
+        destination_accuracy,
+        baseline_accuracy,
+        baseline_type_accuracy,
+        baseline_destination_accuracy,
+        paper_accuracy: 0.709,
+        tune_seconds,
+        answer_seconds,
+    };
+    if a.run.json.json {
+        return report(true, &out);
+    }
+    println!(
+        "infilling an attribute, {} held-back questions: model {:.3} (type {:.3}, destination {:.3}), most frequent for the source {:.3} (type {:.3}, destination {:.3}); paper {:.3}",
+        out.held_back_questions,
+        out.accuracy,
+        out.type_accuracy,
+        out.destination_accuracy,
+        out.baseline_accuracy,
+        out.baseline_type_accuracy,
+        out.baseline_destination_accuracy,
+        out.paper_accuracy
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PredictReport {
+    train_samples: usize,
+    held_back_samples: usize,
+    /// Share of held-back samples where an uncommon call follows.
+    held_back_positive: f64,
+    /// Plain accuracy (the paper's figure) of a head fitted for it.
+    accuracy: f64,
+    majority_accuracy: f64,
+    token_count_accuracy: f64,
+    paper_accuracy: f64,
+    /// Mean recall of the two classes, of heads fitted with balanced class
+    /// weights: 0.5 for any constant guess, so it shows whether the features
+    /// carry signal when one class is rare.
+    balanced_accuracy: f64,
+    token_count_balanced_accuracy: f64,
+    seconds: f64,
+}
+
+fn predict(a: PredictArgs) -> Result<(), Failure> {
+    use gent::llm::predict::{self, Head, HeadConfig};
+    let started = Instant::now();
+    let device = device(a.run.backend)?;
+    let lm = load_model(&a.model, Decoding::Free, Encoding::Layers, &device)?;
+    let (train, real) = (read_call_graphs(&a.train)?, read_call_graphs(&a.real)?);
+    let facts = Facts::of(&train);
+    let (train, test) = (predict::samples(&train, &facts), predict::samples(&real, &facts));
+    if train.is_empty() || test.is_empty() {
+        return Err(Failure::BadInput("no graph of two or more edges to predict from in --train or --real".into()));
+    }
+    let labels = |s: &[predict::Sample]| s.iter().map(|s| s.uncommon_follows).collect::<Vec<bool>>();
+    let prompts = |s: &[predict::Sample]| s.iter().map(|s| s.prompt.clone()).collect::<Vec<String>>();
+    let (train_labels, test_labels) = (labels(&train), labels(&test));
+    // Each head fitted twice: for plain accuracy, and with balanced class
+    // weights for balanced accuracy.
+    let scored = |train_x: &[Vec<f32>], test_x: &[Vec<f32>]| {
+        let [plain, balanced] = [false, true].map(|balanced| {
+            let head = Head::fit(train_x, &train_labels, &HeadConfig { steps: a.head_steps, balanced, ..HeadConfig::default() });
+            let predicted: Vec<bool> = test_x.iter().map(|f| head.predict(f)).collect();
+            if balanced {
+                predict::balanced_accuracy(&predicted, &test_labels)
+            } else {
+                predict::accuracy(&predicted, &test_labels)
+            }
+        });
+        (plain, balanced)
+    };
+    let (accuracy, balanced_accuracy) = scored(&lm.features(&prompts(&train)), &lm.features(&prompts(&test)));
+    let counts = |s: &[predict::Sample]| s.iter().map(|s| predict::token_counts(&lm.tokenizer, &s.prompt)).collect::<Vec<_>>();
+    let (token_count_accuracy, token_count_balanced_accuracy) = scored(&counts(&train), &counts(&test));
+    let out = PredictReport {
+        train_samples: train.len(),
+        held_back_samples: test.len(),
+        held_back_positive: test_labels.iter().filter(|&&l| l).count() as f64 / test.len() as f64,
+        accuracy,
+        majority_accuracy: predict::majority_accuracy(&train_labels, &test_labels),
+        token_count_accuracy,
+        paper_accuracy: 0.768,
+        balanced_accuracy,
+        token_count_balanced_accuracy,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if a.run.json.json {
+        return report(true, &out);
+    }
+    println!(
+        "prediction, {} held-back samples ({:.1} % positive): accuracy of the model's head {:.3}, majority class {:.3}, token-count head {:.3} (paper: {:.3}); balanced accuracy {:.3}, token-count head {:.3}",
+        out.held_back_samples,
+        100.0 * out.held_back_positive,
+        out.accuracy,
+        out.majority_accuracy,
+        out.token_count_accuracy,
+        out.paper_accuracy,
+        out.balanced_accuracy,
+        out.token_count_balanced_accuracy
+    );
+    Ok(())
 }
 
 #[derive(Serialize)]

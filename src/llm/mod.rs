@@ -13,15 +13,18 @@
 //! regenerates traces from them (the decompressor's `engine: llm`);
 //! `baseline` (Erms' probabilistic generator) and `retrieval` (copying a
 //! training graph) are what `gent llm eval` sets the model beside;
-//! `pretrained` a Hugging Face Llama checkpoint with its own tokenizer.
+//! `predict` and `infill` the paper's downstream tasks (§5.4); `pretrained` a
+//! Hugging Face Llama checkpoint with its own tokenizer.
 
 pub mod baseline;
 mod config;
 pub mod eval;
 pub mod generate;
 pub mod graph;
+pub mod infill;
 pub mod instruct;
 pub mod model;
+pub mod predict;
 pub mod pretrained;
 pub mod regeneration;
 pub mod retrieval;

@@ -219,26 +219,82 @@ impl LanguageModel {
                 sequences.push((tokens, from));
             }
         }
+        let tuned = self.tune_sequences(&sequences, &t.train, t.lora.as_ref())?;
+        self.instructed = true;
+        Ok(tuned)
+    }
+
+    /// Fine-tuning on questions and answers (`(prompt, answer)` text pairs),
+    /// scoring only the answers, with LoRA adapters when `lora` is given.
+    pub fn tune_answers(
+        &mut self,
+        pairs: &[(String, String)],
+        train: &TrainConfig,
+        lora: Option<&LoraConfig>,
+    ) -> Result<Tuned, LanguageModelError> {
+        if pairs.is_empty() {
+            return Err(LanguageModelError::Empty);
+        }
+        let sequences: Vec<(Vec<u32>, usize)> = pairs
+            .iter()
+            .map(|(question, answer)| {
+                let mut tokens = vec![BOS];
+                tokens.extend(self.tokenizer.encode(question));
+                let from = tokens.len();
+                tokens.extend(self.tokenizer.encode(answer));
+                tokens.push(EOS);
+                tokens.truncate(self.config.max_len);
+                (tokens, from)
+            })
+            .collect();
+        self.tune_sequences(&sequences, train, lora)
+    }
+
+    /// Trains on `(tokens, first scored position)` sequences from the current
+    /// weights: every weight, or LoRA adapters merged afterwards.
+    fn tune_sequences(
+        &mut self,
+        sequences: &[(Vec<u32>, usize)],
+        train: &TrainConfig,
+        lora: Option<&LoraConfig>,
+    ) -> Result<Tuned, LanguageModelError> {
         let scored: Vec<(&[u32], usize)> = sequences.iter().map(|(s, f)| (s.as_slice(), *f)).collect();
         let train_device = self.device.clone().autodiff();
-        train_device.seed(t.train.seed);
+        train_device.seed(train.seed);
         let lm = moved(self.lm.clone(), &self.config, &train_device)?;
-        let (lm, tuned) = match &t.lora {
+        let (lm, tuned) = match lora {
             Some(c) => {
                 let lora = Lora::new(lm, c, &train_device)?;
                 let trainable = lora.trainable();
-                let (lora, losses) = crate::nn::lm::train_from(lora, &scored, &t.train, PAD, &train_device)?;
+                let (lora, losses) = crate::nn::lm::train_from(lora, &scored, train, PAD, &train_device)?;
                 (lora.merge(), Tuned { losses, trainable })
             }
             None => {
                 let trainable = burn::module::Module::num_params(&lm);
-                let (lm, losses) = crate::nn::lm::train_from(lm, &scored, &t.train, PAD, &train_device)?;
+                let (lm, losses) = crate::nn::lm::train_from(lm, &scored, train, PAD, &train_device)?;
                 (lm, Tuned { losses, trainable })
             }
         };
         self.lm = moved(lm, &self.config, &self.device)?;
-        self.instructed = true;
         Ok(tuned)
+    }
+
+    /// The model's greedy answer after `prompt`: tokens up to a newline or
+    /// the end token, at most `max_tokens`.
+    pub fn answer(&self, prompt: &str, max_tokens: usize) -> String {
+        let mut context = vec![BOS];
+        context.extend(self.tokenizer.encode(prompt));
+        let (mut scorer, tokenizer) = self.scorer();
+        let start = context.len();
+        for _ in 0..max_tokens {
+            let logits = scorer.logits(&context);
+            let Some(best) = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])) else { break };
+            if best as u32 == EOS || tokenizer.token(best as u32).is_none_or(|t| t.contains('\n')) {
+                break;
+            }
+            context.push(best as u32);
+        }
+        tokenizer.decode(&context[start..])
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, LanguageModelError> {
@@ -385,5 +441,53 @@ impl NextToken for Scorer<'_> {
             Some(cache) => self.lm.next_logits_cached(context, cache, self.max_len, self.device),
             None => self.lm.next_logits(context, self.max_len, self.device),
         }
+    }
+}
+
+/// Texts read together when their features are taken.
+const FEATURE_BATCH: usize = 16;
+
+impl LanguageModel {
+    /// What the frozen model makes of each text: its final hidden states
+    /// averaged over the text, beside the state after the last token
+    /// (`2 × d_model` values). Texts over the context keep their end.
+    pub fn features(&self, texts: &[String]) -> Vec<Vec<f32>> {
+        let sequences: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| {
+                let mut s = vec![BOS];
+                s.extend(self.tokenizer.encode(t));
+                let from = s.len().saturating_sub(self.config.max_len);
+                s.split_off(from)
+            })
+            .collect();
+        // Batches of like length waste little on padding; the mask is causal,
+        // so padding after a text does not change its states.
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&i| sequences[i].len());
+        let mut out = vec![Vec::new(); sequences.len()];
+        for chunk in order.chunks(FEATURE_BATCH) {
+            let len = chunk.iter().map(|&i| sequences[i].len()).max().unwrap_or(1);
+            let sequences = &sequences;
+            let ids: Vec<i64> =
+                chunk.iter().flat_map(|&i| (0..len).map(move |p| sequences[i].get(p).copied().unwrap_or(PAD) as i64)).collect();
+            let tokens = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(ids, [chunk.len(), len]),
+                &self.device,
+            );
+            let hidden = self.lm.hidden(tokens).into_data().try_to_vec::<f32>().unwrap_or_default();
+            let d = self.config.d_model;
+            for (row, &i) in chunk.iter().enumerate() {
+                let n = sequences[i].len();
+                let states = &hidden[row * len * d..(row * len + n) * d];
+                let mut f = vec![0f32; 2 * d];
+                for s in states.chunks_exact(d) {
+                    f[..d].iter_mut().zip(s).for_each(|(m, x)| *m += x / n as f32);
+                }
+                f[d..].copy_from_slice(&states[(n - 1) * d..]);
+                out[i] = f;
+            }
+        }
+        out
     }
 }

@@ -207,6 +207,17 @@ impl Lm {
 
     /// As [`Lm::forward`], each block's attention with its adapters when given.
     fn forward_adapted(&self, tokens: Tensor<2, Int>, lora: Option<&Lora>) -> Tensor<3> {
+        self.head.forward(self.hidden_adapted(tokens, lora))
+    }
+
+    /// The final hidden states, normalised, before the output head:
+    /// `[batch, len]` → `[batch, len, d_model]`. A classifier on the frozen
+    /// model reads these.
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.hidden_adapted(tokens, None)
+    }
+
+    fn hidden_adapted(&self, tokens: Tensor<2, Int>, lora: Option<&Lora>) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
         let mut x = self.embed.forward(tokens);
@@ -218,7 +229,7 @@ impl Lm {
             let h = blk.ffn_norm.forward(x.clone());
             x = x + blk.down.forward(blk.gate_up.forward(h));
         }
-        self.head.forward(self.norm.forward(x))
+        self.norm.forward(x)
     }
 
     fn attention(
