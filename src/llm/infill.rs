@@ -113,20 +113,13 @@ impl Frequent {
                 *totals.entry((a, v)).or_default() += 1;
             }
         }
-        // Ties go to the smallest value, so the baseline is deterministic.
         let mut by_source: HashMap<(Attribute, String), (usize, String)> = HashMap::new();
         for ((a, source, v), n) in counts {
-            let best = by_source.entry((a, source.to_string())).or_insert((0, String::new()));
-            if n > best.0 || (n == best.0 && v < best.1.as_str()) {
-                *best = (n, v.to_string());
-            }
+            keep_best(by_source.entry((a, source.to_string())).or_default(), n, v);
         }
         let mut overall: HashMap<Attribute, (usize, String)> = HashMap::new();
         for ((a, v), n) in totals {
-            let best = overall.entry(a).or_insert((0, String::new()));
-            if n > best.0 || (n == best.0 && v < best.1.as_str()) {
-                *best = (n, v.to_string());
-            }
+            keep_best(overall.entry(a).or_default(), n, v);
         }
         Frequent {
             by_source: by_source.into_iter().map(|(k, (_, v))| (k, v)).collect(),
@@ -140,6 +133,14 @@ impl Frequent {
             .or_else(|| self.overall.get(&q.attribute))
             .cloned()
             .unwrap_or_default()
+    }
+}
+
+/// Keeps the value of the larger count in `best`; ties go to the smaller
+/// value, so the baseline does not depend on hash order.
+fn keep_best(best: &mut (usize, String), n: usize, v: &str) {
+    if n > best.0 || (n == best.0 && v < best.1.as_str()) {
+        *best = (n, v.to_string());
     }
 }
 
