@@ -80,10 +80,10 @@ impl Pretrained {
 
     /// The `top` likeliest tokens after `ids`, likeliest first.
     pub fn next(&self, ids: &[u32], top: usize) -> Vec<Candidate> {
-        let vocab = self.checkpoint.config.vocab;
-        let logits = self.logits(ids);
-        let last = &logits[logits.len().saturating_sub(vocab)..];
-        candidates(&self.tokenizer, last, top)
+        // The last position only: every position's logits of a long prompt
+        // over a 128k vocabulary would be gigabytes.
+        let logits = self.checkpoint.lm.next_logits(ids, self.checkpoint.config.max_len, &self.device);
+        candidates(&self.tokenizer, &logits, top)
     }
 
     /// `n` tokens after `ids`, each the likeliest (greedy), through the

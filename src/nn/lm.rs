@@ -371,9 +371,11 @@ impl Lm {
         let ctx: Vec<i64> = context[from..].iter().map(|&t| t as i64).collect();
         let ctx = if ctx.is_empty() { vec![START as i64] } else { ctx };
         let t = ctx.len();
-        let logits = self.forward(Tensor::<2, Int>::from_data(TensorData::new(ctx, [1, t]), device));
-        let vocab = logits.dims()[2];
-        logits.slice([0..1, t - 1..t, 0..vocab]).into_data().try_to_vec::<f32>().unwrap_or_default()
+        // The output head on the last position only: the others' logits
+        // would be thrown away (and over a large vocabulary they are big).
+        let hidden = self.hidden(Tensor::<2, Int>::from_data(TensorData::new(ctx, [1, t]), device));
+        let d = hidden.dims()[2];
+        self.head.forward(hidden.slice([0..1, t - 1..t, 0..d])).into_data().try_to_vec::<f32>().unwrap_or_default()
     }
 }
 
