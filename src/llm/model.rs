@@ -204,22 +204,16 @@ impl LanguageModel {
         if chosen.is_empty() {
             return Err(LanguageModelError::Empty);
         }
-        let mut sequences = Vec::new();
+        let mut pairs = Vec::new();
         for g in &chosen {
             for sample in instruct::samples(g, &facts, t.sampling, &mut rng) {
                 let (mut question, mut answer) = (String::new(), String::new());
                 sample.write_question(&mut question);
                 sample.write_answer(&mut answer);
-                let mut tokens = vec![BOS];
-                tokens.extend(self.tokenizer.encode(&question));
-                let from = tokens.len();
-                tokens.extend(self.tokenizer.encode(&answer));
-                tokens.push(EOS);
-                tokens.truncate(self.config.max_len);
-                sequences.push((tokens, from));
+                pairs.push((question, answer));
             }
         }
-        let tuned = self.tune_sequences(&sequences, &t.train, t.lora.as_ref())?;
+        let tuned = self.tune_answers(&pairs, &t.train, t.lora.as_ref())?;
         self.instructed = true;
         Ok(tuned)
     }
@@ -247,17 +241,6 @@ impl LanguageModel {
                 (tokens, from)
             })
             .collect();
-        self.tune_sequences(&sequences, train, lora)
-    }
-
-    /// Trains on `(tokens, first scored position)` sequences from the current
-    /// weights: every weight, or LoRA adapters merged afterwards.
-    fn tune_sequences(
-        &mut self,
-        sequences: &[(Vec<u32>, usize)],
-        train: &TrainConfig,
-        lora: Option<&LoraConfig>,
-    ) -> Result<Tuned, LanguageModelError> {
         let scored: Vec<(&[u32], usize)> = sequences.iter().map(|(s, f)| (s.as_slice(), *f)).collect();
         let train_device = self.device.clone().autodiff();
         train_device.seed(train.seed);
@@ -288,11 +271,11 @@ impl LanguageModel {
         let start = context.len();
         for _ in 0..max_tokens {
             let logits = scorer.logits(&context);
-            let Some(best) = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])) else { break };
-            if best as u32 == EOS || tokenizer.token(best as u32).is_none_or(|t| t.contains('\n')) {
+            let Some(best) = crate::nn::lm::likeliest(&logits) else { break };
+            if best == EOS || tokenizer.token(best).is_none_or(|t| t.contains('\n')) {
                 break;
             }
-            context.push(best as u32);
+            context.push(best);
         }
         tokenizer.decode(&context[start..])
     }

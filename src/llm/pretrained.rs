@@ -94,7 +94,7 @@ impl Pretrained {
         let mut out = Vec::with_capacity(n);
         while out.len() < n && context.len() < max_len - 1 {
             let logits = self.checkpoint.lm.next_logits_cached(&context, &mut cache, max_len, &self.device);
-            let Some(best) = candidates(&self.tokenizer, &logits, 1).first().map(|c| c.id) else { break };
+            let Some(best) = crate::nn::lm::likeliest(&logits) else { break };
             out.push(best);
             context.push(best);
         }

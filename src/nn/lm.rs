@@ -379,6 +379,17 @@ impl Lm {
     }
 }
 
+/// The token of the largest logit (greedy decoding), the first on a tie.
+pub fn likeliest(logits: &[f32]) -> Option<u32> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if best.is_none_or(|(_, b)| l > b) {
+            best = Some((i, l));
+        }
+    }
+    best.map(|(i, _)| i as u32)
+}
+
 /// Training settings (the paper's Table 3: AdamW, lr 3e-4, gradient clipping 1.0).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainConfig {
