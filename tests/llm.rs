@@ -653,10 +653,25 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(report["valid"], 5);
-    let set = read_set(&[traces]);
+    let set = read_set(std::slice::from_ref(&traces));
     assert_eq!(set.traces.len(), 5);
     assert!(set.traces.iter().all(|t| t.spans.len() == 6));
     assert!(set.traces.iter().flat_map(|t| &t.spans).all(|s| s.resource.attributes.contains(&gent::trace::synthetic_marker())));
+    // Batched over requests, or with no cache, the same graphs: every
+    // request samples from its own seed.
+    for flags in [&["--batch", "3"][..], &["--no-kv-cache"]] {
+        let again = dir.path().join("again.jsonl");
+        let out = gent()
+            .args(["llm", "generate", "--constrained", "--count", "5"])
+            .args(["--conditions", "num_edges:6/depth:3/id:S_000034483/latency:30", "--out"])
+            .arg(&again)
+            .args(flags)
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(std::fs::read(&again).unwrap() == std::fs::read(&traces).unwrap(), "{flags:?}");
+    }
     // The model carries the training microservices; constrained decoding calls only those.
     let known: std::collections::HashSet<String> =
         train_graphs().into_iter().flat_map(|(_, g)| g.edges.into_iter().map(|e| e.destination)).collect();
@@ -691,29 +706,43 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
         assert!((0.0..=1.0).contains(&v), "{key}: {v}");
     }
 
-    // The infilling task: tuned on questions from the training graphs, it
-    // answers those of the held-back ones, beside the most frequent value.
-    let tuned = dir.path().join("infill.gent");
-    let out = gent()
-        .args(["llm", "infill"])
-        .arg(&model)
-        .args(["--questions", "40", "--test-questions", "30", "--steps", "4", "--batch", "4", "--json", "--train"])
-        .arg(&train_file)
-        .arg("--real")
-        .arg(&held_file)
-        .arg("--out")
-        .arg(&tuned)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    // The infilling tasks: tuned on questions from the training graphs, the
+    // model answers those of the held-back ones, beside the most frequent
+    // value for the source.
+    let infill = |task: &str, out: &std::path::Path| {
+        let run = gent()
+            .args(["llm", "infill", "--task", task])
+            .arg(&model)
+            .args(["--questions", "40", "--test-questions", "30", "--steps", "4", "--batch", "4", "--json", "--train"])
+            .arg(&train_file)
+            .arg("--real")
+            .arg(&held_file)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let report: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&run.stdout).lines().last().unwrap()).unwrap();
+        let asked = ["train_questions", "held_back_questions", "too_long"].map(|k| report[k].as_u64().unwrap());
+        assert_eq!(asked.iter().sum::<u64>(), 70, "every question asked or counted as too long: {report}");
+        assert!(asked[0] > 0 && asked[1] > 0, "{report}");
+        for side in ["model", "baseline"] {
+            for key in ["accuracy", "type_accuracy", "destination_accuracy"] {
+                assert!((0.0..=1.0).contains(&report[side][key].as_f64().unwrap()), "{side} {key}: {report}");
+            }
+        }
+        assert!(gent::llm::model::LanguageModel::from_bytes(&std::fs::read(out).unwrap(), &gent::nn::cpu_device()).is_ok());
+        report
+    };
+    let report = infill("attribute", &dir.path().join("infill.gent"));
     assert_eq!((report["train_questions"].as_u64(), report["held_back_questions"].as_u64()), (Some(40), Some(30)));
     // The baseline knows the commonest call type of most sources.
-    assert!(report["baseline_type_accuracy"].as_f64().unwrap() > 0.5, "{report}");
-    for key in ["accuracy", "type_accuracy", "destination_accuracy", "baseline_accuracy"] {
-        assert!((0.0..=1.0).contains(&report[key].as_f64().unwrap()), "{key}: {report}");
-    }
-    assert!(gent::llm::model::LanguageModel::from_bytes(&std::fs::read(&tuned).unwrap(), &gent::nn::cpu_device()).is_ok());
+    assert!(report["baseline"]["type_accuracy"].as_f64().unwrap() > 0.5, "{report}");
+    assert_eq!(report["paper_accuracy"].as_f64(), Some(0.709));
+    let report = infill("edge", &dir.path().join("edge.gent"));
+    assert_eq!((report["task"].as_str(), report["paper_accuracy"].as_f64()), (Some("edge"), Some(0.662)));
+    assert!(report["baseline"]["type_accuracy"].as_f64().unwrap() > 0.5, "{report}");
 
     // Bad input: conditions, a file that is not a model.
     let bad = gent()

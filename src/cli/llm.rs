@@ -14,7 +14,7 @@ use gent::llm::generate::{self, Decoding, Generator, Outcome};
 use gent::llm::instruct::{Facts, UserInstruction};
 use gent::llm::model::{self, Encoding, LanguageModel};
 use gent::llm::pretrained::{Candidate, Pretrained};
-use gent::llm::{CallGraph, infill, text};
+use gent::llm::{CallGraph, batch, infill, text};
 use gent::nn::Backend;
 use gent::nn::lm::{LmConfig, LmError, LoraConfig, TrainConfig};
 
@@ -43,10 +43,12 @@ pub enum LlmCommand {
     /// frozen model's features of the training graphs and scored on the
     /// held-back ones, beside the majority class and a head on token counts.
     Predict(PredictArgs),
-    /// The paper's infilling task (§5.4): a layer with one edge's call type or
-    /// destination `[MISSING]`. The model is fine-tuned on questions from the
-    /// training graphs (LoRA) and answers those of the held-back graphs,
-    /// beside the most frequent value for the edge's source.
+    /// The paper's infilling tasks (§5.4): a layer with one edge's call type
+    /// or destination `[MISSING]` (`--task attribute`), or a layer and one of
+    /// its child layers with the edge between them `[MISSING]` (`--task
+    /// edge`). The model is fine-tuned on questions from the training graphs
+    /// and answers those of the held-back graphs, beside the most frequent
+    /// values for the edge's source.
     Infill(InfillArgs),
 }
 
@@ -61,7 +63,11 @@ pub struct InfillArgs {
     /// Held-back graphs (tabular text) the questions are asked about.
     #[arg(long, required = true, num_args = 1..)]
     real: Vec<PathBuf>,
-    /// Tuning questions (the paper: 1,200).
+    /// What is missing: one attribute of an edge (type or destination), or
+    /// the edge between a layer and one of its child layers.
+    #[arg(long, value_enum, default_value = "attribute")]
+    task: InfillTask,
+    /// Tuning questions (the paper: 1,200 for attributes, 1,000 for edges).
     #[arg(long, default_value_t = 1200)]
     questions: usize,
     /// Held-back questions asked.
@@ -261,9 +267,14 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
     /// Run the whole context at every step instead of caching keys and
-    /// values (same output, slower; for measuring the cache).
+    /// values, one request at a time (same output, slower; for measuring
+    /// the cache and the batching).
     #[arg(long)]
     no_kv_cache: bool,
+    /// Requests generated together, each model step batched over them (for
+    /// a GPU backend: on a CPU one at a time is faster, BENCHMARKS.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    batch: u16,
     /// User instruction (instruction-tuned models): "Build a call graph with high latency".
     #[arg(long, conflicts_with = "include_edge")]
     high_latency: bool,
@@ -289,6 +300,13 @@ pub struct RunArgs {
     backend: Backend,
     #[command(flatten)]
     json: JsonArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum InfillTask {
+    Attribute,
+    Edge,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -326,40 +344,43 @@ pub fn run(command: LlmCommand) -> Result<(), Failure> {
 
 #[derive(Serialize)]
 struct InfillReport {
+    task: InfillTask,
     train_questions: usize,
     held_back_questions: usize,
-    accuracy: f64,
-    type_accuracy: f64,
-    destination_accuracy: f64,
-    baseline_accuracy: f64,
-    baseline_type_accuracy: f64,
-    baseline_destination_accuracy: f64,
+    /// Questions left out because they and their answer do not fit the context.
+    too_long: usize,
+    model: infill::Scores,
+    baseline: infill::Scores,
     paper_accuracy: f64,
     tune_seconds: f64,
     answer_seconds: f64,
 }
 
-/// Share of `questions` answered right, overall and for each attribute.
-fn infill_scores(questions: &[infill::Question], right: &[bool]) -> (f64, f64, f64) {
-    let share = |of: &dyn Fn(&infill::Question) -> bool| {
-        let picked: Vec<bool> = questions.iter().zip(right).filter(|(q, _)| of(q)).map(|(_, r)| *r).collect();
-        picked.iter().filter(|&&r| r).count() as f64 / picked.len().max(1) as f64
-    };
-    (
-        share(&|_| true),
-        share(&|q| q.attribute == infill::Attribute::Type),
-        share(&|q| q.attribute == infill::Attribute::Destination),
-    )
+/// How a task makes its questions from graphs.
+type Asker = fn(&[CallGraph], usize, u64) -> Vec<infill::Question>;
+
+/// `questions` that fit `lm`'s context, and how many did not.
+fn fitting(lm: &LanguageModel, questions: Vec<infill::Question>) -> (Vec<infill::Question>, usize) {
+    let all = questions.len();
+    let kept: Vec<infill::Question> = questions.into_iter().filter(|q| lm.fits(&q.prompt, &q.answer)).collect();
+    let dropped = all - kept.len();
+    (kept, dropped)
 }
 
 fn infill(a: InfillArgs) -> Result<(), Failure> {
     let device = device(a.run.backend)?;
     let mut lm = load_model(&a.model, Decoding::Free, Encoding::Layers, &device)?;
     let (train, real) = (read_call_graphs(&a.train)?, read_call_graphs(&a.real)?);
-    let tuning = infill::questions(&train, a.questions, a.run.seed);
-    let test = infill::questions(&real, a.test_questions, a.run.seed.wrapping_add(1));
+    let (ask, paper_accuracy): (Asker, f64) = match a.task {
+        InfillTask::Attribute => (infill::questions, infill::PAPER_ATTRIBUTE),
+        InfillTask::Edge => (infill::edge_questions, infill::PAPER_EDGE),
+    };
+    let (tuning, long_tuning) = fitting(&lm, ask(&train, a.questions, a.run.seed));
+    let (test, long_test) = fitting(&lm, ask(&real, a.test_questions, a.run.seed.wrapping_add(1)));
     if tuning.is_empty() || test.is_empty() {
-        return Err(Failure::BadInput("no layer with edges to ask about in --train or --real".into()));
+        return Err(Failure::BadInput(format!(
+            "no question of this task fits the model's context in --train or --real (a layer with edges for an attribute, a layer with a child layer for an edge; {long_tuning} and {long_test} too long)"
+        )));
     }
     let started = Instant::now();
     let pairs: Vec<(String, String)> = tuning.iter().map(|q| (q.prompt.clone(), q.answer.clone())).collect();
@@ -368,47 +389,50 @@ fn infill(a: InfillArgs) -> Result<(), Failure> {
     lm.tune_answers(&pairs, &train_config, lora.as_ref()).map_err(Failure::bad)?;
     let tune_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let right: Vec<bool> = test
+    let marks: Vec<infill::Marks> = test
         .iter()
         .map(|q| {
-            let answer = lm.answer(&q.prompt, 8);
+            // The answer's own length and a little more: a wrong answer
+            // need not run on to the context's end.
+            let answer = lm.answer(&q.prompt, lm.token_count(&q.answer) + 8);
             tracing::debug!(truth = q.answer.trim(), answer, "infill");
-            infill::correct(q, &answer)
+            infill::mark(q, &answer)
         })
         .collect();
     let answer_seconds = started.elapsed().as_secs_f64();
     let frequent = infill::Frequent::of(&train);
-    let baseline: Vec<bool> = test.iter().map(|q| infill::correct(q, &frequent.answer(q))).collect();
-    let (accuracy, type_accuracy, destination_accuracy) = infill_scores(&test, &right);
-    let (baseline_accuracy, baseline_type_accuracy, baseline_destination_accuracy) = infill_scores(&test, &baseline);
+    let baseline: Vec<infill::Marks> = test.iter().map(|q| infill::mark(q, &frequent.answer(q))).collect();
     if let Some(out) = &a.out {
         write(out, &lm.to_bytes().map_err(Failure::other)?)?;
     }
     let out = InfillReport {
+        task: a.task,
         train_questions: tuning.len(),
         held_back_questions: test.len(),
-        accuracy,
-        type_accuracy,
-        destination_accuracy,
-        baseline_accuracy,
-        baseline_type_accuracy,
-        baseline_destination_accuracy,
-        paper_accuracy: 0.709,
+        too_long: long_tuning + long_test,
+        model: infill::scores(&test, &marks),
+        baseline: infill::scores(&test, &baseline),
+        paper_accuracy,
         tune_seconds,
         answer_seconds,
     };
     if a.run.json.json {
         return report(true, &out);
     }
+    let what = match a.task {
+        InfillTask::Attribute => "an attribute",
+        InfillTask::Edge => "an edge",
+    };
+    let (m, b) = (out.model, out.baseline);
     println!(
-        "infilling an attribute, {} held-back questions: model {:.3} (type {:.3}, destination {:.3}), most frequent for the source {:.3} (type {:.3}, destination {:.3}); paper {:.3}",
+        "infilling {what}, {} held-back questions: model {:.3} (type {:.3}, destination {:.3}), most frequent for the source {:.3} (type {:.3}, destination {:.3}); paper {:.3}",
         out.held_back_questions,
-        out.accuracy,
-        out.type_accuracy,
-        out.destination_accuracy,
-        out.baseline_accuracy,
-        out.baseline_type_accuracy,
-        out.baseline_destination_accuracy,
+        m.accuracy,
+        m.type_accuracy,
+        m.destination_accuracy,
+        b.accuracy,
+        b.type_accuracy,
+        b.destination_accuracy,
         out.paper_accuracy
     );
     Ok(())
@@ -1007,18 +1031,27 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
     let lm = LanguageModel::from_bytes(&read_file(&a.model)?, &device(a.run.backend)?)
         .map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
     let decoding = decoding_for(&a, &lm, user.is_some())?;
-    let (mut scorer, tok) = if a.no_kv_cache { lm.uncached_scorer() } else { lm.scorer() };
     let sampling = generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-    let mut g =
-        Generator::new(&mut scorer, tok, sampling, a.run.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
+    let (names, max_len) = (&lm.destinations, lm.config.max_len);
+    let one = |mut model: &mut dyn generate::NextToken, tok: &gent::llm::Tokenizer, i: usize| {
+        let seed = batch::request_seed(a.run.seed, i);
+        let mut g = Generator::new(&mut model, tok, sampling, seed)?.known_destinations(names);
+        Ok::<_, generate::GenerateError>(match &user {
+            Some(u) => g.graph_instructed(&request, u, max_len),
+            None => g.run(&request, decoding, max_len),
+        })
+    };
     let started = Instant::now();
+    let outcomes: Vec<Result<Outcome, generate::GenerateError>> = if a.no_kv_cache || a.batch == 1 {
+        let (mut scorer, tok) = if a.no_kv_cache { lm.uncached_scorer() } else { lm.scorer() };
+        (0..a.count).map(|i| one(&mut scorer, tok, i)).collect()
+    } else {
+        let tok = &lm.tokenizer;
+        batch::run(&lm, usize::from(a.batch), a.count, |i, model| one(model, tok, i))
+    };
     let (mut graphs, mut invalid) = (Vec::new(), Vec::new());
-    for _ in 0..a.count {
-        let outcome = match &user {
-            Some(u) => g.graph_instructed(&request, u, lm.config.max_len),
-            None => g.run(&request, decoding, lm.config.max_len),
-        };
-        match outcome {
+    for outcome in outcomes {
+        match outcome.map_err(Failure::other)? {
             Outcome::Valid(x) => graphs.push(x.graph),
             Outcome::Invalid { reason, .. } if decoding == Decoding::Constrained => return Err(Failure::other(reason)),
             Outcome::Invalid { reason, .. } => invalid.push(reason),

@@ -29,6 +29,13 @@ pub trait NextToken {
     fn logits(&mut self, context: &[u32]) -> Vec<f32>;
 }
 
+/// A model borrowed for a while, or a model behind a trait object.
+impl<T: NextToken + ?Sized> NextToken for &mut T {
+    fn logits(&mut self, context: &[u32]) -> Vec<f32> {
+        (**self).logits(context)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
     /// 0 picks the best allowed token.

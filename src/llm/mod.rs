@@ -14,9 +14,11 @@
 //! `baseline` (Erms' probabilistic generator) and `retrieval` (copying a
 //! training graph) are what `gent llm eval` sets the model beside;
 //! `predict` and `infill` the paper's downstream tasks (§5.4); `pretrained` a
-//! Hugging Face Llama checkpoint with its own tokenizer.
+//! Hugging Face Llama checkpoint with its own tokenizer; `batch` runs many
+//! requests' generators against one batched, cached model step.
 
 pub mod baseline;
+pub mod batch;
 mod config;
 pub mod eval;
 pub mod generate;

@@ -262,6 +262,17 @@ impl LanguageModel {
         Ok(tuned)
     }
 
+    /// Tokens of `text` (without the start and end tokens).
+    pub fn token_count(&self, text: &str) -> usize {
+        self.tokenizer.encode(text).len()
+    }
+
+    /// Whether a question and its answer fit the context whole (tuning
+    /// cuts a longer one, answer first).
+    pub fn fits(&self, question: &str, answer: &str) -> bool {
+        self.token_count(question) + self.token_count(answer) + 2 <= self.config.max_len
+    }
+
     /// The model's greedy answer after `prompt`: tokens up to a newline or
     /// the end token, at most `max_tokens`.
     pub fn answer(&self, prompt: &str, max_tokens: usize) -> String {
@@ -415,6 +426,14 @@ impl LanguageModel {
     /// whole context.
     pub fn uncached_scorer(&self) -> (Scorer<'_>, &Tokenizer) {
         (Scorer { lm: &self.lm, max_len: self.config.max_len, device: &self.device, cache: None }, &self.tokenizer)
+    }
+}
+
+impl LanguageModel {
+    /// Next-token scores after every context of a batch, each row of
+    /// `cache` continuing its own context ([`super::batch`]).
+    pub fn batch_logits(&self, contexts: &[&[u32]], cache: &mut crate::nn::lm::BatchCache) -> Vec<Vec<f32>> {
+        self.lm.next_logits_batch(contexts, cache, self.config.max_len, &self.device)
     }
 }
 

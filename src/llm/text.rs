@@ -220,7 +220,7 @@ impl EdgeLine {
         Ok(EdgeLine(fields))
     }
 
-    fn write(&self, out: &mut String) {
+    pub fn write(&self, out: &mut String) {
         out.push('(');
         for (i, f) in self.0.iter().enumerate() {
             if i > 0 {
@@ -269,6 +269,11 @@ impl EdgeLine {
             }
         }
         Ok(e)
+    }
+
+    /// The edge of one line as written (`(field, ...)`), from `source`.
+    pub fn read(text: &str, source: &str) -> Result<Edge, TextError> {
+        EdgeLine::parse(text.trim(), 0)?.edge(Some(source), 0)
     }
 
     /// `e` with its fields in `order` (names as in [`Field`]; `source` left out

@@ -14,7 +14,10 @@ use burn::optim::{AdamWConfig, GradientsParams, grad_clipping::GradientClippingC
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
+pub mod batch;
 pub mod checkpoint;
+
+pub use batch::BatchCache;
 
 /// The token every sequence starts with, which an empty context stands
 /// for (the tokenizer's BOS is this id).
