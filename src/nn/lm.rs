@@ -140,6 +140,24 @@ struct Block {
     down: Linear,
 }
 
+impl Block {
+    /// The feed-forward half of the block, its residual added.
+    fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.ffn_norm.forward(x.clone());
+        x + self.down.forward(self.gate_up.forward(h))
+    }
+}
+
+/// Keeps block `i`'s keys and values in a cache's `layers` (pushed the
+/// first time the cache runs, replaced after).
+fn keep_layer<T>(layers: &mut Vec<T>, i: usize, kv: T) {
+    if i < layers.len() {
+        layers[i] = kv;
+    } else {
+        layers.push(kv);
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Lm {
     embed: Embedding,
@@ -228,9 +246,7 @@ impl Lm {
         for (i, blk) in self.blocks.iter().enumerate() {
             let h = blk.attn_norm.forward(x.clone());
             let adapter = lora.and_then(|l| l.adapters.get(i).map(|a| (a, l)));
-            x = x + self.attention(blk, h, mask.clone(), adapter);
-            let h = blk.ffn_norm.forward(x.clone());
-            x = x + blk.down.forward(blk.gate_up.forward(h));
+            x = blk.feed_forward(x + self.attention(blk, h, mask.clone(), adapter));
         }
         self.norm.forward(x)
     }
@@ -353,14 +369,8 @@ impl Lm {
                 scores = scores.mask_fill(mask.unsqueeze::<4>().expand([1, heads, n, total]), -1e9);
             }
             let out = softmax(scores, 3).matmul(gv).swap_dims(1, 2).reshape([1, n, d]);
-            if first {
-                cache.layers.push((k, v));
-            } else {
-                cache.layers[i] = (k, v);
-            }
-            x = x + blk.o.forward(out);
-            let h = blk.ffn_norm.forward(x.clone());
-            x = x + blk.down.forward(blk.gate_up.forward(h));
+            keep_layer(&mut cache.layers, i, (k, v));
+            x = blk.feed_forward(x + blk.o.forward(out));
         }
         let logits = self.head.forward(self.norm.forward(x.slice([0..1, n - 1..n])));
         cache.tokens = context.to_vec();

@@ -17,7 +17,7 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::Lm;
+use super::{Lm, keep_layer};
 
 /// One row's context as cached.
 #[derive(Debug, Default, Clone)]
@@ -202,14 +202,8 @@ impl Lm {
             // through libm's slow path, and most of a padded grid is masked.
             let scores = scores.mask_fill(mask.clone().expand([b, self.heads, n, total]), f32::NEG_INFINITY);
             let attended = softmax(scores, 3).matmul(gv).swap_dims(1, 2).reshape([b, n, d]);
-            if first {
-                cache.layers.push((k, v));
-            } else {
-                cache.layers[i] = (k, v);
-            }
-            x = x + blk.o.forward(attended);
-            let h = blk.ffn_norm.forward(x.clone());
-            x = x + blk.down.forward(blk.gate_up.forward(h));
+            keep_layer(&mut cache.layers, i, (k, v));
+            x = blk.feed_forward(x + blk.o.forward(attended));
         }
         cache.slots = total;
         let d = x.dims()[2];
