@@ -281,7 +281,10 @@ impl Lm {
         let k = self.grouped(self.rope.forward(split(k)));
         let v = self.grouped(split(blk.v.forward(x)));
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
-        let scores = scores.mask_fill(mask.expand([b, h, t, t]), -1e9);
+        // -inf, not a large negative number: both give a weight of exactly
+        // 0, but exp of the latter underflows through libm's slow path, and
+        // half of every causal score matrix is masked. No row is all masked.
+        let scores = scores.mask_fill(mask.expand([b, h, t, t]), f32::NEG_INFINITY);
         let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d]);
         blk.o.forward(out)
     }
@@ -366,7 +369,7 @@ impl Lm {
                 // New token j (position keep + j) sees positions up to keep + j.
                 let mask: Vec<bool> = (0..n).flat_map(|j| (0..total).map(move |p| p > keep + j)).collect();
                 let mask = Tensor::<2, burn::tensor::Bool>::from_data(TensorData::new(mask, [n, total]), device);
-                scores = scores.mask_fill(mask.unsqueeze::<4>().expand([1, heads, n, total]), -1e9);
+                scores = scores.mask_fill(mask.unsqueeze::<4>().expand([1, heads, n, total]), f32::NEG_INFINITY);
             }
             let out = softmax(scores, 3).matmul(gv).swap_dims(1, 2).reshape([1, n, d]);
             keep_layer(&mut cache.layers, i, (k, v));

@@ -198,8 +198,7 @@ impl Lm {
             let (gk, gv) = (self.grouped(heads_of(k.clone())), self.grouped(heads_of(v.clone())));
             let q = q.reshape([b, n, self.heads, dh]).swap_dims(1, 2);
             let scores = q.matmul(gk.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
-            // -inf, not a large negative number: exp of the latter underflows
-            // through libm's slow path, and most of a padded grid is masked.
+            // -inf, as in the whole pass: most of a padded grid is masked.
             let scores = scores.mask_fill(mask.clone().expand([b, self.heads, n, total]), f32::NEG_INFINITY);
             let attended = softmax(scores, 3).matmul(gv).swap_dims(1, 2).reshape([b, n, d]);
             keep_layer(&mut cache.layers, i, (k, v));
