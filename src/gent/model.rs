@@ -885,20 +885,26 @@ pub(crate) fn head_gzip_bytes_from(share: &[Trace], (share_rate, share_seed): (u
     let expected = (share.len() as u64 * q / rate).max(1);
     let seeds = (BUDGET_KEPT as u64).div_ceil(expected).clamp(BUDGET_SEEDS.0, BUDGET_SEEDS.1);
     let spans = |t: &[&Trace]| t.iter().map(|t| t.spans.len() as u64).sum::<u64>();
-    let total: f64 = (0..seeds)
-        .map(|seed| {
-            let kept: Vec<&Trace> =
-                share.iter().filter(|t| crate::trace::head_keeps(&t.trace_id, within, seed_of(seed))).collect();
-            let step = kept.len().div_ceil(BUDGET_SAMPLE).max(1);
-            let sample: Vec<&Trace> = kept.iter().step_by(step).copied().collect();
-            let owned: Vec<Trace> = sample.iter().map(|&t| t.clone()).collect();
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            let written = crate::io::write_traces(&owned, crate::io::OutputFormat::OtlpProto, &mut gz);
-            let bytes = written.and_then(|()| gz.finish()).map_or(0, |b| b.len() as u64);
-            // Integer first, as a whole window always was: byte-identical budgets.
-            (bytes * spans(&kept) / spans(&sample).max(1)) as f64 * scale
-        })
-        .sum();
+    let bytes_of = |seed: u64| {
+        let kept: Vec<&Trace> = share.iter().filter(|t| crate::trace::head_keeps(&t.trace_id, within, seed_of(seed))).collect();
+        let step = kept.len().div_ceil(BUDGET_SAMPLE).max(1);
+        let sample: Vec<&Trace> = kept.iter().step_by(step).copied().collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let written = crate::io::write_proto_of(sample.iter().copied(), &mut gz);
+        let bytes = written.and_then(|()| gz.finish()).map_or(0, |b| b.len() as u64);
+        // Integer first, as a whole window always was: byte-identical budgets.
+        (bytes * spans(&kept) / spans(&sample).max(1)) as f64 * scale
+    };
+    // Sampling at 1:1 keeps every trace whatever the seed (a large window's
+    // share already sampled at the rate or beyond): every seed would encode
+    // and gzip the same traces, so one does, and the mean is taken as
+    // before (the same bits).
+    let total: f64 = if within == 1 {
+        let once = bytes_of(0);
+        (0..seeds).map(|_| once).sum()
+    } else {
+        (0..seeds).map(bytes_of).sum()
+    };
     total / seeds as f64
 }
 

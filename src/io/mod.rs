@@ -149,6 +149,12 @@ impl IoError {
 }
 
 /// Writes `traces` in `format` to `out`.
+/// Writes borrowed traces as OTLP protobuf (what [`write_traces`] writes
+/// for [`OutputFormat::OtlpProto`]).
+pub fn write_proto_of<'a>(traces: impl IntoIterator<Item = &'a Trace>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    otlp::write_proto_of(traces, out)
+}
+
 pub fn write_traces(traces: &[Trace], format: OutputFormat, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     match format {
         OutputFormat::OtlpJson => otlp::write_json_lines(traces, out),

@@ -73,13 +73,19 @@ pub fn write_json_lines(traces: &[Trace], out: &mut dyn std::io::Write) -> std::
 }
 
 pub fn write_proto(traces: &[Trace], out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    write_proto_of(traces, out)
+}
+
+/// [`write_proto`] of traces held anywhere (a sample of borrowed traces
+/// need not be copied into a slice first).
+pub fn write_proto_of<'a>(traces: impl IntoIterator<Item = &'a Trace>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     // Requests of at most REQUEST_SPANS spans each, one after another: in
     // protobuf, concatenated messages are one message with the repeated
     // fields joined, so the file is one request, and memory stays bounded by
     // the request, not the window or the largest trace (a window of millions
     // of spans built whole took as much again in prost structs and bytes).
     // Whole traces share a request while they fit.
-    let mut parts = traces.iter().flat_map(|t| t.spans.chunks(REQUEST_SPANS)).peekable();
+    let mut parts = traces.into_iter().flat_map(|t| t.spans.chunks(REQUEST_SPANS)).peekable();
     let mut buffer = Vec::new();
     let mut request: Vec<&[Span]> = Vec::new();
     while let Some(first) = parts.next() {
