@@ -58,7 +58,8 @@ impl BatchCache {
     /// Rebuilds the grid with rows `kept` only, each row's slots moved to
     /// the front in order.
     fn compact(&mut self, kept: &[usize]) {
-        let rows: Vec<Row> = kept.iter().map(|&r| self.rows[r].clone()).collect();
+        // Taken, not cloned: each row carries its last logits (a vocabulary of floats).
+        let rows: Vec<Row> = kept.iter().map(|&r| std::mem::take(&mut self.rows[r])).collect();
         let width = rows.iter().map(|r| r.slots.len()).max().unwrap_or(0);
         if rows.is_empty() || width == 0 || self.layers.is_empty() {
             self.rows = vec![Row::default(); rows.len()];
