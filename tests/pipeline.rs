@@ -794,3 +794,72 @@ async fn a_window_of_over_5_million_spans_is_folded_as_it_fills_and_its_packet_c
     assert_eq!(histogram_counts(&unpacked.model.histogram), expected, "every topology counted exactly, {loops} passes");
     assert!(push.payload.len() < 200_000, "a packet of the usual size: {} bytes", push.payload.len());
 }
+
+/// The fold repairs and reads each completed trace in the compact form the
+/// window held it in: the digest it builds is the one the same traces give
+/// as repaired spans, defects included (exact and conflicting duplicates,
+/// a span ending before it starts).
+#[test]
+fn a_window_folded_in_compact_form_digests_as_its_repaired_traces_do() {
+    use gent::trace::{OpenSpan, Span};
+    use gent::window::{Budget, Completed, FoldConfig, Folder, RawWindow};
+    let files: Vec<_> = (0..6).map(|m| data(&format!("trainticket/12_{m:02}_trace.csv.gz"))).collect();
+    let mut spans = gent::io::read_inputs(&files, None).unwrap().spans;
+    // Defects, as a hostile or faulty sender makes them.
+    let exact = spans[10].clone();
+    let mut conflicting = spans[20].clone();
+    conflicting.end += 5;
+    spans[30].end = spans[30].start.saturating_sub(1);
+    spans.extend([exact, conflicting]);
+    let mut groups: BTreeMap<gent::trace::TraceId, Vec<Span>> = BTreeMap::new();
+    for span in spans {
+        groups.entry(span.trace_id).or_default().push(span);
+    }
+    let groups: Vec<(gent::trace::TraceId, Vec<Span>)> = groups.into_iter().collect();
+    let config = gent::gent::DigestConfig {
+        share_spans: 20_000,
+        seed: 1,
+        check_spans: 4_000,
+        check_seed: 2,
+        cells_bucket_ns: 60_000_000_000,
+    };
+
+    // The fold folds 1,024 traces at a time, the last first; the same parts as spans.
+    let mut defects = gent::trace::Defects::default();
+    let mut expected_traces = Vec::new();
+    for chunk in groups.rchunks(1024) {
+        let set = gent::trace::assemble_grouped(chunk.iter().map(|(_, s)| s.clone()));
+        defects.add(&set.defects);
+        expected_traces.extend(set.traces);
+    }
+    assert!(defects.conflicting_duplicates >= 1 && defects.end_before_start >= 1, "{defects:?}");
+    let expected = gent::gent::WindowDigest::of(expected_traces.clone(), config);
+
+    let metrics = gent::metrics::Metrics::new().unwrap();
+    let budget = Budget::new(10_000_000, metrics.resident_spans.clone());
+    let fold = FoldConfig { digest: Some(config), conditions: true, json_dir: None };
+    let mut folder = Folder::new(fold, budget.clone(), metrics).unwrap();
+    let mut names = gent::trace::Names::default();
+    let open: Vec<(gent::trace::TraceId, Vec<OpenSpan>)> =
+        groups.into_iter().map(|(id, s)| (id, s.into_iter().map(|s| OpenSpan::new(s, &mut names)).collect())).collect();
+    let n = open.iter().map(|(_, s)| s.len()).sum();
+    let last = Completed { groups: open, held: budget.try_reserve(n).unwrap() };
+    let closed = folder.close(RawWindow { id: 1, start_unix_nano: 0, end_unix_nano: 1, last, late_spans: 0 });
+    let got = closed.digest.expect("a digest");
+
+    assert_eq!(closed.duplicate_spans, defects.duplicate_spans);
+    assert_eq!(got.spans, expected.spans);
+    assert_eq!(got.histogram, expected.histogram);
+    assert_eq!((&got.starts, &got.topologies), (&expected.starts, &expected.topologies));
+    assert_eq!((got.window_start, got.window_end), (expected.window_start, expected.window_end));
+    assert!(got.share_rate > 1, "the share is a sample: rate {}", got.share_rate);
+    assert_eq!((got.share_rate, got.shared), (expected.share_rate, expected.shared));
+    assert_eq!(got.fitted, expected.fitted, "the samples' traces come back as repaired spans");
+    assert_eq!(got.placements, expected.placements);
+    assert_eq!(got.check, expected.check);
+    let cells = |d: &gent::gent::WindowDigest| d.cells.as_ref().map(|c| c.len());
+    assert!(cells(&got).is_some_and(|n| n > 0));
+    assert_eq!(cells(&got), cells(&expected));
+    let conditions = gent::llm::regeneration::WindowConditions::of(&expected_traces, expected.window_start);
+    assert_eq!(closed.conditions.expect("call-graph conditions"), conditions);
+}

@@ -32,7 +32,7 @@
 use foldhash::HashMap;
 
 use super::topology::{Label, Placement, Topology, TopologyHistogram};
-use crate::trace::Trace;
+use crate::trace::SpanView;
 
 /// What a node's bin measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,9 +125,10 @@ impl TimeCells {
         self.counts.is_empty()
     }
 
-    /// Folds one trace placed in `topology` in. Topologies are numbered in
-    /// order of first appearance, so a new one is the next number.
-    pub fn add(&mut self, trace: &Trace, placement: &Placement, histogram: &TopologyHistogram) {
+    /// Folds one trace's spans (in either form), placed in `topology`, in.
+    /// Topologies are numbered in order of first appearance, so a new one is
+    /// the next number.
+    pub fn add<S: SpanView>(&mut self, spans: &[S], placement: &Placement, histogram: &TopologyHistogram) {
         if self.overflowed {
             return;
         }
@@ -137,10 +138,11 @@ impl TimeCells {
         }
         let Some(held) = self.node_keys.get_mut(placement.topology) else { return self.overflow() };
         let node_keys = std::mem::take(held);
-        let bucket = trace.start() / self.bucket_ns;
+        let trace_start = spans.iter().map(SpanView::start_ns).min().unwrap_or(0);
+        let bucket = trace_start / self.bucket_ns;
         let times = |k: usize| {
-            let s = &trace.spans[placement.spans[k]];
-            (s.start, s.end.max(s.start))
+            let s = &spans[placement.spans[k]];
+            (s.start_ns(), s.end_ns().max(s.start_ns()))
         };
         self.children.clear();
         self.children.resize(placement.spans.len(), (0, 0));
@@ -173,7 +175,7 @@ impl TimeCells {
                 self.bump(bucket, value, Quantity::Gap, super::timing::signed_log((parent_end as f64 - end as f64) / 1e3));
             }
         }
-        self.leads(bucket, trace.start(), &node_keys, &times, topology);
+        self.leads(bucket, trace_start, &node_keys, &times, topology);
         self.node_keys[placement.topology] = node_keys;
         self.moments[placement.topology] = moments;
         if self.counts.len() > self.limit {
@@ -280,7 +282,7 @@ impl TimeCells {
 mod tests {
     use super::*;
     use crate::gent::TopologyHistogram;
-    use crate::trace::test_span;
+    use crate::trace::{Trace, test_span};
 
     #[test]
     fn every_span_bins_its_duration_tail_or_gap_and_lead() {
@@ -293,7 +295,7 @@ mod tests {
         let trace = Trace { trace_id: [0; 16], spans };
         let (histogram, placements) = TopologyHistogram::build(std::slice::from_ref(&trace));
         let mut cells = TimeCells::new(60_000_000_000, 100);
-        cells.add(&trace, &placements[0], &histogram);
+        cells.add(&trace.spans, &placements[0], &histogram);
         assert!(cells.bins().all(|b| b.bucket == 1 && b.node.0 == 0));
         let mut got: Vec<(u8, i64, u32)> =
             cells.bins().map(|b| (b.quantity as u8, (b.value * BINS_PER_UNIT).round() as i64, b.count)).collect();
@@ -324,7 +326,7 @@ mod tests {
         for i in 0..10u64 {
             let trace = Trace { trace_id: [i as u8; 16], spans: vec![test_span(0, 0, None, i * 1_000, i * 1_000 + 7)] };
             let (histogram, placements) = TopologyHistogram::build(std::slice::from_ref(&trace));
-            cells.add(&trace, &placements[0], &histogram);
+            cells.add(&trace.spans, &placements[0], &histogram);
         }
         assert!(cells.overflowed() && cells.is_empty());
     }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use super::cells::TimeCells;
 use super::topology::{HistogramBuilder, Placement, TopologyHistogram};
-use crate::trace::{Names, PackedTrace, Trace, TraceId, head_keeps};
+use crate::trace::{Names, PackedTrace, SpanView, Trace, TraceId, head_keeps};
 
 /// How large the samples of a [`Digest`] may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +128,16 @@ fn stratified_check(pool: HeadSample<()>, budget: usize, seed: u64) -> (u64, Vec
     (q.saturating_mul(j), thinned)
 }
 
+/// Which samples take a trace just counted, and where it landed.
+struct Keep {
+    arrival: u64,
+    placement: Placement,
+    to_check: bool,
+    /// Its hash, when it becomes its topology's representative.
+    rare: Option<u64>,
+    to_share: bool,
+}
+
 /// A window being folded.
 #[derive(Debug)]
 pub struct Digest {
@@ -175,29 +185,50 @@ impl Digest {
 
     /// Folds one assembled trace in; what no sample keeps is dropped.
     pub fn add(&mut self, trace: Trace) {
-        if trace.spans.is_empty() {
-            return;
+        if let Some(keep) = self.count(trace.trace_id, &trace.spans) {
+            // Packed once; the samples share the copy.
+            let packed = PackedTrace::pack(trace, &mut self.names);
+            self.keep(keep, packed);
+        }
+    }
+
+    /// [`Self::add`] for a trace assembled in compact form, as the window's
+    /// fold hands them on: the samples keep it as it is.
+    pub fn add_packed(&mut self, trace: PackedTrace) {
+        if let Some(keep) = self.count(trace.trace_id, trace.spans()) {
+            self.keep(keep, trace);
+        }
+    }
+
+    /// Counts a trace into the histogram, the starts and the cells; returns
+    /// which samples take it, if any.
+    fn count<S: SpanView>(&mut self, id: TraceId, spans: &[S]) -> Option<Keep> {
+        if spans.is_empty() {
+            return None;
         }
         let arrival = self.starts.len() as u64;
-        let placement = self.histogram.add(&trace);
+        let placement = self.histogram.add_spans(spans);
         if let Some(cells) = &mut self.cells {
-            cells.add(&trace, &placement, self.histogram.histogram());
+            cells.add(spans, &placement, self.histogram.histogram());
         }
-        let (start, end) = (trace.start(), trace.end());
+        let start = spans.iter().map(SpanView::start_ns).min().unwrap_or(0);
+        let end = spans.iter().map(SpanView::end_ns).max().unwrap_or(0);
         self.window = Some(self.window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         self.starts.push(start);
         self.topologies.push(placement.topology);
-        self.spans += trace.spans.len() as u64;
-        let id = trace.trace_id;
+        self.spans += spans.len() as u64;
         let to_check = self.check.as_ref().is_some_and(|c| c.keeps(&id));
-        let rare = self.rare_room(&trace, &placement);
+        let rare = self.rare_room(&id, spans.len(), &placement);
         let to_share = self.share.keeps(&id);
-        if !(to_check || rare.is_some() || to_share) {
-            return;
-        }
-        // Packed once; the samples share the copy.
-        let spans = trace.spans.len();
-        let packed = Arc::new(PackedTrace::pack(trace, &mut self.names));
+        (to_check || rare.is_some() || to_share).then_some(Keep { arrival, placement, to_check, rare, to_share })
+    }
+
+    /// Adds a trace to the samples [`Self::count`] chose.
+    fn keep(&mut self, keep: Keep, packed: PackedTrace) {
+        let Keep { arrival, placement, to_check, rare, to_share } = keep;
+        let id = packed.trace_id;
+        let spans = packed.span_count();
+        let packed = Arc::new(packed);
         let rare = rare.map(|hash| (hash, placement.clone()));
         if to_share && self.share.add(arrival, packed.clone(), placement) {
             self.recount();
@@ -255,17 +286,17 @@ impl Digest {
     /// Whether `trace` becomes its topology's representative (its hash is the
     /// lowest of the topology's so far and the representatives the share
     /// does not hold stay within the budget): its hash.
-    fn rare_room(&self, trace: &Trace, placement: &Placement) -> Option<u64> {
+    fn rare_room(&self, id: &TraceId, spans: usize, placement: &Placement) -> Option<u64> {
         if self.config.share_spans == 0 {
             return None;
         }
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&trace.trace_id, self.config.seed);
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(id, self.config.seed);
         let freed = match self.rare.get(&placement.topology) {
             Some(held) if hash >= held.1 => return None,
             Some(held) if !self.share.keeps(&held.2.trace_id) => held.2.span_count(),
             _ => 0,
         };
-        let added = if self.share.keeps(&trace.trace_id) { 0 } else { trace.spans.len() };
+        let added = if self.share.keeps(id) { 0 } else { spans };
         (self.rare_spans - freed + added <= self.config.share_spans).then_some(hash)
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::trace::{Trace, TraceGraph};
+use crate::trace::{SpanView, Trace, TraceGraph};
 
 /// A node label: the service and the span name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -158,11 +158,16 @@ pub struct HistogramBuilder {
 impl HistogramBuilder {
     /// Counts `trace`'s topology; returns where it landed.
     pub fn add(&mut self, trace: &Trace) -> Placement {
+        self.add_spans(&trace.spans)
+    }
+
+    /// [`Self::add`] for a trace's spans in either form.
+    pub fn add_spans<S: SpanView>(&mut self, spans: &[S]) -> Placement {
         let mut span_labels = std::mem::take(&mut self.span_labels);
         span_labels.clear();
-        span_labels.extend(trace.spans.iter().map(|s| self.seen(s)));
+        span_labels.extend(spans.iter().map(|s| self.seen(s)));
         let escaped = &self.escaped;
-        let graph = TraceGraph::build_labelled(trace, |i, hasher| {
+        let graph = TraceGraph::build_labelled(spans, |i, hasher| {
             hasher.update(escaped[span_labels[i] as usize].as_bytes());
         });
         let order = canonical_preorder(&graph);
@@ -170,7 +175,7 @@ impl HistogramBuilder {
         for (k, &i) in order.iter().enumerate() {
             position[i] = k as u32;
         }
-        let labels = order.iter().map(|&i| self.label(span_labels[i], &trace.spans[i])).collect();
+        let labels = order.iter().map(|&i| self.label(span_labels[i], &spans[i])).collect();
         self.span_labels = span_labels;
         let parents = order.iter().map(|&i| graph.parent(i).map(|p| position[p])).collect();
         let topology = Topology { labels, parents };
@@ -189,23 +194,24 @@ impl HistogramBuilder {
     }
 
     /// The label seen of `span`, escaped and remembered when new.
-    fn seen(&mut self, span: &crate::trace::Span) -> u32 {
-        if let Some(&l) = self.seen.get(span.service()).and_then(|names| names.get(span.name.as_str())) {
+    fn seen(&mut self, span: &impl SpanView) -> u32 {
+        let (service, name) = (span.service_name(), span.span_name());
+        if let Some(&l) = self.seen.get(service).and_then(|names| names.get(name)) {
             return l;
         }
         let next = self.escaped.len() as u32;
-        self.escaped.push(crate::trace::escaped_label(span.service(), &span.name));
+        self.escaped.push(crate::trace::escaped_label(service, name));
         self.indices.push(u32::MAX);
-        self.seen.entry(span.service().to_string()).or_default().insert(span.name.clone(), next);
+        self.seen.entry(service.to_string()).or_default().insert(name.to_string(), next);
         next
     }
 
     /// The histogram's index of the label seen `seen`, numbered when first counted.
-    fn label(&mut self, seen: u32, span: &crate::trace::Span) -> u32 {
+    fn label(&mut self, seen: u32, span: &impl SpanView) -> u32 {
         let index = &mut self.indices[seen as usize];
         if *index == u32::MAX {
             *index = self.histogram.labels.len() as u32;
-            self.histogram.labels.push(Label { service: span.service().to_string(), name: span.name.clone() });
+            self.histogram.labels.push(Label { service: span.service_name().to_string(), name: span.span_name().to_string() });
         }
         *index
     }
@@ -291,7 +297,7 @@ impl TryFrom<Compact> for TopologyHistogram {
 }
 
 /// Nodes of `graph` in canonical pre-order, iteratively (traces can be deep).
-fn canonical_preorder(graph: &TraceGraph) -> Vec<usize> {
+fn canonical_preorder<S: SpanView>(graph: &TraceGraph<S>) -> Vec<usize> {
     let mut order = Vec::with_capacity(graph.len());
     let mut stack: Vec<usize> = graph.roots().iter().rev().copied().collect();
     while let Some(node) = stack.pop() {

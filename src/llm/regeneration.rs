@@ -14,7 +14,7 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 use super::generate::{Decoding, Generator, Outcome, Request, Sampling, microservice_digits};
 use super::model::{Encoding, LanguageModel};
 use crate::io::alibaba::{self, SERVICE_ID_ATTRIBUTE};
-use crate::trace::{Trace, TraceGraph};
+use crate::trace::{SpanView, Trace, TraceGraph};
 
 const NANOS_PER_MILLI: u64 = 1_000_000;
 
@@ -56,15 +56,15 @@ pub struct WindowConditions {
 
 /// The service id a trace belongs to: Alibaba's `alibaba.service_id` on the
 /// root span's resource when present, else the root span's service name.
-fn service_id(trace: &Trace, graph: &TraceGraph) -> String {
-    let root = graph.roots().first().map_or(&trace.spans[0], |&r| &trace.spans[r]);
-    let id = root.resource.attributes.iter().find(|kv| kv.key == SERVICE_ID_ATTRIBUTE).and_then(|kv| {
+fn service_id<S: SpanView>(spans: &[S], graph: &TraceGraph<S>) -> String {
+    let root = graph.roots().first().map_or(&spans[0], |&r| &spans[r]);
+    let id = root.resource().attributes.iter().find(|kv| kv.key == SERVICE_ID_ATTRIBUTE).and_then(|kv| {
         match kv.value.as_ref()?.value.as_ref()? {
             Value::StringValue(s) => Some(s.clone()),
             _ => None,
         }
     });
-    id.unwrap_or_else(|| root.service().to_string())
+    id.unwrap_or_else(|| root.service_name().to_string())
 }
 
 fn millis_up(nanos: u64) -> u64 {
@@ -112,27 +112,34 @@ pub struct ConditionsBuilder {
 
 impl ConditionsBuilder {
     pub fn add(&mut self, trace: &Trace) {
-        if trace.spans.is_empty() {
+        self.add_spans(&trace.spans);
+    }
+
+    /// [`Self::add`] for a trace's spans in either form.
+    pub fn add_spans<S: SpanView>(&mut self, spans: &[S]) {
+        if spans.is_empty() {
             return;
         }
-        let graph = TraceGraph::build(trace);
-        for span in &trace.spans {
-            if !self.destinations.contains(span.service()) {
-                self.destinations.insert(span.service().to_string());
+        let graph = TraceGraph::of(spans);
+        for span in spans {
+            if !self.destinations.contains(span.service_name()) {
+                self.destinations.insert(span.service_name().to_string());
             }
         }
-        let service = service_id(trace, &graph);
+        let service = service_id(spans, &graph);
         let next = self.out.services.len() as u32;
         let service = *self.index.entry(service).or_insert_with_key(|s| {
             self.out.services.push(s.clone());
             next
         });
-        self.starts.push(trace.start());
+        let start = spans.iter().map(SpanView::start_ns).min().unwrap_or(0);
+        let end = spans.iter().map(SpanView::end_ns).max().unwrap_or(0);
+        self.starts.push(start);
         self.out.traces.push(TraceRequest {
             service,
-            num_edges: trace.spans.len() as u32,
+            num_edges: spans.len() as u32,
             depth: graph.depth().max(1),
-            latency_ms: millis_up(trace.end().saturating_sub(trace.start())),
+            latency_ms: millis_up(end.saturating_sub(start)),
             start_ms: 0,
         });
     }

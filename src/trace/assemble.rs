@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-use super::span::{Span, SpanId, Trace};
+use super::open::{OpenSpan, PackedTrace};
+use super::span::{Span, SpanId, SpanView, Trace, TraceId};
 
 /// Input defects found while assembling traces, by kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -54,19 +55,25 @@ pub fn assemble(mut spans: Vec<Span>) -> TraceSet {
     for span in spans {
         if let Some(last) = current.last() {
             if last.trace_id != span.trace_id {
-                traces.push(finish_trace(std::mem::take(&mut current), &mut defects));
+                traces.push(finished(std::mem::take(&mut current), &mut defects));
             } else if last.span_id == span.span_id {
-                record_duplicate(last, &span, &mut defects);
+                record_duplicate(span.trace_id, last, &span, &mut defects);
                 continue;
             }
         }
         current.push(span);
     }
     if !current.is_empty() {
-        traces.push(finish_trace(current, &mut defects));
+        traces.push(finished(current, &mut defects));
     }
     traces.sort_by_key(|t| (t.start(), t.trace_id));
     TraceSet { traces, defects }
+}
+
+/// One trace's spans (unique by id, not empty), repaired.
+fn finished(spans: Vec<Span>, defects: &mut Defects) -> Trace {
+    let trace_id = spans[0].trace_id;
+    Trace { trace_id, spans: finish_trace(trace_id, spans, defects) }
 }
 
 /// Like [`assemble`], for spans already grouped one trace per group (as a
@@ -74,70 +81,114 @@ pub fn assemble(mut spans: Vec<Span>) -> TraceSet {
 /// every span of a large window together.
 pub fn assemble_grouped(groups: impl IntoIterator<Item = Vec<Span>>) -> TraceSet {
     let mut defects = Defects::default();
-    let mut traces = Vec::new();
-    for mut group in groups {
-        if group.is_empty() {
-            continue;
-        }
-        debug_assert!(group.iter().all(|s| s.trace_id == group[0].trace_id));
-        // Cached keys: the (key, index) pairs are sorted and each span moved
-        // once, where sorting the spans themselves moved ~200-byte structs
-        // at every step (the fold thread's largest cost after the topology).
-        group.sort_by_cached_key(|s| s.span_id);
-        // In place: the first of each span id stays, the window is not copied.
-        group.dedup_by(|later, kept| {
-            let duplicate = later.span_id == kept.span_id;
-            if duplicate {
-                record_duplicate(kept, later, &mut defects);
-            }
-            duplicate
-        });
-        // Traces that came in several requests grew by doubling: give the
-        // slack back, as the window is held until its model is shipped.
-        if group.capacity() > group.len() + group.len() / 4 {
-            group.shrink_to_fit();
-        }
-        traces.push(finish_trace(group, &mut defects));
-    }
+    let mut traces: Vec<Trace> = (groups.into_iter())
+        .filter(|g| !g.is_empty())
+        .map(|group| {
+            debug_assert!(group.iter().all(|s| s.trace_id == group[0].trace_id));
+            let trace_id = group[0].trace_id;
+            Trace { trace_id, spans: repair(trace_id, group, &mut defects) }
+        })
+        .collect();
     traces.sort_by_key(|t| (t.start(), t.trace_id));
     TraceSet { traces, defects }
 }
 
-fn record_duplicate(kept: &Span, dropped: &Span, defects: &mut Defects) {
+/// [`assemble_grouped`] for a window's completed traces in the compact form
+/// they were held in: repaired alike, and left compact (the fold reads them
+/// so; only the few a sample keeps are ever made spans again).
+pub fn assemble_open(groups: impl IntoIterator<Item = (TraceId, Vec<OpenSpan>)>) -> (Vec<PackedTrace>, Defects) {
+    let mut defects = Defects::default();
+    let mut traces: Vec<PackedTrace> = (groups.into_iter())
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(trace_id, group)| PackedTrace::new(trace_id, repair(trace_id, group, &mut defects)))
+        .collect();
+    traces.sort_by_key(|t| (t.start(), t.trace_id));
+    (traces, defects)
+}
+
+/// A span as the repairs change it.
+trait Repairable: SpanView + PartialEq {
+    fn set_end(&mut self, end: u64);
+    fn clear_parent(&mut self);
+}
+
+impl Repairable for Span {
+    fn set_end(&mut self, end: u64) {
+        self.end = end;
+    }
+    fn clear_parent(&mut self) {
+        self.parent_span_id = None;
+    }
+}
+
+impl Repairable for OpenSpan {
+    fn set_end(&mut self, end: u64) {
+        self.set_end(end);
+    }
+    fn clear_parent(&mut self) {
+        self.clear_parent();
+    }
+}
+
+/// One trace's spans without duplicates, repaired and in order of start.
+fn repair<S: Repairable>(trace_id: TraceId, mut group: Vec<S>, defects: &mut Defects) -> Vec<S> {
+    // Cached keys: the (key, index) pairs are sorted and each span moved
+    // once, where sorting the spans themselves moved ~200-byte structs
+    // at every step (the fold thread's largest cost after the topology).
+    group.sort_by_cached_key(|s| s.id());
+    // In place: the first of each span id stays, the window is not copied.
+    group.dedup_by(|later, kept| {
+        let duplicate = later.id() == kept.id();
+        if duplicate {
+            record_duplicate(trace_id, kept, later, defects);
+        }
+        duplicate
+    });
+    // Traces that came in several requests grew by doubling: give the
+    // slack back, as the window is held until its model is shipped.
+    if group.capacity() > group.len() + group.len() / 4 {
+        group.shrink_to_fit();
+    }
+    finish_trace(trace_id, group, defects)
+}
+
+fn record_duplicate<S: Repairable>(trace_id: TraceId, kept: &S, dropped: &S, defects: &mut Defects) {
     if kept == dropped {
         defects.duplicate_spans += 1;
     } else {
         defects.conflicting_duplicates += 1;
         tracing::debug!(
-            trace_id = %hex::encode(dropped.trace_id),
-            span_id = %hex::encode(dropped.span_id),
+            trace_id = %hex::encode(trace_id),
+            span_id = %hex::encode(dropped.id()),
             "conflicting duplicate span rejected: same ids, different fields"
         );
     }
 }
 
-fn finish_trace(mut spans: Vec<Span>, defects: &mut Defects) -> Trace {
-    for span in spans.iter_mut().filter(|s| s.end < s.start) {
-        span.end = span.start;
+/// Repairs one trace's spans, unique by id, and orders them by start.
+fn finish_trace<S: Repairable>(trace_id: TraceId, mut spans: Vec<S>, defects: &mut Defects) -> Vec<S> {
+    for span in spans.iter_mut().filter(|s| s.end_ns() < s.start_ns()) {
+        let start = span.start_ns();
+        span.set_end(start);
         defects.end_before_start += 1;
     }
     // Cycles are rare: a cheap walk rules them out before the full analysis.
     if has_cycle(&spans) {
-        defects.cycles += break_cycles(&mut spans);
+        defects.cycles += break_cycles(trace_id, &mut spans);
     }
-    spans.sort_by_cached_key(|s| (s.start, s.span_id));
-    Trace { trace_id: spans[0].trace_id, spans }
+    spans.sort_by_cached_key(|s| (s.start_ns(), s.id()));
+    spans
 }
 
 /// Each span's parent as an index into `spans` (None for roots and orphans).
 /// Spans have unique ids here (duplicates are gone).
-fn parent_indices(spans: &[Span]) -> Vec<Option<usize>> {
-    let mut ids: Vec<(SpanId, usize)> = spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+fn parent_indices<S: SpanView>(spans: &[S]) -> Vec<Option<usize>> {
+    let mut ids: Vec<(SpanId, usize)> = spans.iter().enumerate().map(|(i, s)| (s.id(), i)).collect();
     ids.sort_unstable();
     spans
         .iter()
         .map(|s| {
-            let p = s.parent_span_id?;
+            let p = s.parent_id()?;
             ids.binary_search_by_key(&p, |&(id, _)| id).ok().map(|k| ids[k].1)
         })
         .collect()
@@ -178,7 +229,7 @@ fn walk_cycles(parents: &[Option<usize>], mut on_cycle: impl FnMut(&[usize])) {
 
 /// Whether following parent links from some span comes back to a span already
 /// on the path.
-fn has_cycle(spans: &[Span]) -> bool {
+fn has_cycle<S: SpanView>(spans: &[S]) -> bool {
     let mut found = false;
     walk_cycles(&parent_indices(spans), |_| found = true);
     found
@@ -187,18 +238,18 @@ fn has_cycle(spans: &[Span]) -> bool {
 /// Clears one parent link per parent cycle, which turns the spans back into
 /// a forest. The span cut loose is the earliest of its cycle, the most
 /// plausible true root.
-fn break_cycles(spans: &mut [Span]) -> u64 {
+fn break_cycles<S: Repairable>(trace_id: TraceId, spans: &mut [S]) -> u64 {
     let mut cuts = Vec::new();
     walk_cycles(&parent_indices(spans), |cycle| {
-        cuts.push(*cycle.iter().min_by_key(|&&i| (spans[i].start, spans[i].span_id)).expect("a cycle is never empty"));
+        cuts.push(*cycle.iter().min_by_key(|&&i| (spans[i].start_ns(), spans[i].id())).expect("a cycle is never empty"));
     });
     for &cut in &cuts {
         tracing::debug!(
-            trace_id = %hex::encode(spans[cut].trace_id),
-            span_id = %hex::encode(spans[cut].span_id),
+            trace_id = %hex::encode(trace_id),
+            span_id = %hex::encode(spans[cut].id()),
             "parent cycle broken: span made a fragment root"
         );
-        spans[cut].parent_span_id = None;
+        spans[cut].clear_parent();
     }
     cuts.len() as u64
 }

@@ -7,19 +7,16 @@
 //! serialisation in that order and its xxh3-64 is the topology hash: a fixed
 //! algorithm, so the id is stable across runs, machines and releases.
 
-use petgraph::Direction;
-use petgraph::graph::{DiGraph, NodeIndex};
-use petgraph::visit::Bfs;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
-use super::span::{SpanId, Trace};
+use super::span::{Span, SpanId, SpanView, Trace};
 
-/// A trace as a forest over its spans: node `i` is `trace.spans[i]`, edges run
-/// parent → child. Spans whose parent is missing from the trace are fragment roots.
+/// A trace as a forest over its spans: node `i` is `spans[i]`, edges run
+/// parent → child. Spans whose parent is missing from the trace are fragment
+/// roots. The spans are full ([`Span`]) or compact (a window's open form).
 #[derive(Debug, Clone)]
-pub struct TraceGraph<'a> {
-    trace: &'a Trace,
-    graph: DiGraph<(), ()>,
+pub struct TraceGraph<'a, S = Span> {
+    spans: &'a [S],
     /// Children of each node in canonical order.
     children: Vec<Vec<usize>>,
     parent: Vec<Option<usize>>,
@@ -38,82 +35,84 @@ impl<'a> TraceGraph<'a> {
     /// [`crate::trace::assemble`] guarantees; spans on a cycle that survived
     /// anyway are unreachable from every root and left out of the topology.
     pub fn build(trace: &'a Trace) -> Self {
+        Self::of(&trace.spans)
+    }
+}
+
+impl<'a, S: SpanView> TraceGraph<'a, S> {
+    /// [`TraceGraph::build`] over a trace's spans in either form.
+    pub fn of(spans: &'a [S]) -> Self {
         // One buffer for every label hashed, not a string per span.
         let mut label = String::new();
-        Self::build_labelled(trace, |i, hasher| {
+        Self::build_labelled(spans, |i, hasher| {
             label.clear();
-            let span = &trace.spans[i];
-            label_into(span.service(), &span.name, &mut label);
+            let span = &spans[i];
+            label_into(span.service_name(), span.span_name(), &mut label);
             hasher.update(label.as_bytes());
         })
     }
 
-    /// [`Self::build`] with each span's escaped label (see [`escaped_label`])
+    /// [`Self::of`] with each span's escaped label (see [`escaped_label`])
     /// fed to the hasher by the caller, e.g. from a cache of the labels seen:
     /// a window folds millions of traces over a few hundred labels.
-    pub fn build_labelled(trace: &'a Trace, hash_label: impl FnMut(usize, &mut Xxh3)) -> Self {
-        let n = trace.spans.len();
+    pub fn build_labelled(spans: &'a [S], hash_label: impl FnMut(usize, &mut Xxh3)) -> Self {
+        let n = spans.len();
         // Built for every trace a window folds: foldhash, not SipHash.
-        let index: foldhash::HashMap<SpanId, usize> = trace.spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
-        let mut graph = DiGraph::with_capacity(n, n);
-        for _ in 0..n {
-            graph.add_node(());
-        }
+        let index: foldhash::HashMap<SpanId, usize> = spans.iter().enumerate().map(|(i, s)| (s.id(), i)).collect();
+        let mut children = vec![Vec::new(); n];
         let mut parent = vec![None; n];
         let mut orphans = 0;
-        for (i, span) in trace.spans.iter().enumerate() {
-            match span.parent_span_id.map(|p| index.get(&p)) {
+        for (i, span) in spans.iter().enumerate() {
+            match span.parent_id().map(|p| index.get(&p)) {
                 Some(Some(&p)) => {
                     parent[i] = Some(p);
-                    graph.add_edge(NodeIndex::new(p), NodeIndex::new(i), ());
+                    children[p].push(i);
                 }
                 Some(None) => orphans += 1,
                 None => {}
             }
         }
-        let mut this = TraceGraph {
-            trace,
-            graph,
-            children: vec![Vec::new(); n],
-            parent,
-            roots: Vec::new(),
-            orphans,
-            depth: vec![0; n],
-            subtree_hash: vec![0; n],
-        };
+        let mut this =
+            TraceGraph { spans, children, parent, roots: Vec::new(), orphans, depth: vec![0; n], subtree_hash: vec![0; n] };
         this.order_canonically(hash_label);
         this
     }
 
     /// Appends node `i`'s label, `service/name` escaped (see [`label_into`]).
     fn label_into(&self, i: usize, out: &mut String) {
-        let span = &self.trace.spans[i];
-        label_into(span.service(), &span.name, out);
+        let span = &self.spans[i];
+        label_into(span.service_name(), span.span_name(), out);
     }
 
     fn order_canonically(&mut self, mut hash_label: impl FnMut(usize, &mut Xxh3)) {
-        let trace = self.trace;
+        let spans = self.spans;
         let n = self.parent.len();
         let mut roots: Vec<usize> = (0..n).filter(|&i| self.parent[i].is_none()).collect();
-        // Breadth-first from every root gives depths and an order whose reverse
+        // Breadth-first from the roots gives depths and an order whose reverse
         // visits children before parents, without recursion on deep traces.
         let mut order = Vec::with_capacity(n);
+        order.extend_from_slice(&roots);
         for &root in &roots {
             self.depth[root] = 1;
-            let mut bfs = Bfs::new(&self.graph, NodeIndex::new(root));
-            while let Some(node) = bfs.next(&self.graph) {
-                let i = node.index();
-                if let Some(p) = self.parent[i] {
-                    self.depth[i] = self.depth[p] + 1;
-                }
-                order.push(i);
+        }
+        let mut next = 0;
+        while let Some(&i) = order.get(next) {
+            next += 1;
+            for &c in &self.children[i] {
+                self.depth[c] = self.depth[i] + 1;
+                order.push(c);
             }
         }
-        let tie = |i: usize| (trace.spans[i].start, trace.spans[i].span_id);
+        if order.len() < n {
+            // Spans on a cycle: unreachable, and left out of every shape.
+            for i in (0..n).filter(|&i| self.depth[i] == 0) {
+                self.children[i].clear();
+            }
+        }
+        let tie = |i: usize| (spans[i].start_ns(), spans[i].id());
         let mut hasher = Xxh3::new();
         for &i in order.iter().rev() {
-            let mut kids: Vec<usize> =
-                self.graph.neighbors_directed(NodeIndex::new(i), Direction::Outgoing).map(|c| c.index()).collect();
+            let mut kids = std::mem::take(&mut self.children[i]);
             kids.sort_by_key(|&c| (self.subtree_hash[c], tie(c)));
             hasher.reset();
             hash_label(i, &mut hasher);

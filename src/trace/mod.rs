@@ -10,14 +10,14 @@ mod sample;
 mod span;
 mod stats;
 
-pub use assemble::{Defects, TraceSet, assemble, assemble_grouped};
+pub use assemble::{Defects, TraceSet, assemble, assemble_grouped, assemble_open};
 pub use graph::{TraceGraph, chains, escaped_label, topology_hash};
 pub use open::{Names, OpenSpan, PackedTrace, into_spans};
 pub use sample::{Stratum, stratified, stratum, systematic};
 #[cfg(test)]
 pub(crate) use span::test_span;
 pub use span::{
-    Attributes, Resource, SYNTHETIC_ATTRIBUTE, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId,
+    Attributes, Resource, SYNTHETIC_ATTRIBUTE, Scope, Span, SpanId, SpanKind, SpanView, Status, StatusCode, Trace, TraceId,
     UNKNOWN_SERVICE, head_keeps, synthetic_marker,
 };
 pub use stats::{Quantiles, Stats};

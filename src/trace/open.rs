@@ -15,7 +15,7 @@ use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use super::span::{Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId};
+use super::span::{Attributes, Resource, Scope, Span, SpanId, SpanKind, SpanView, Status, StatusCode, Trace, TraceId};
 use opentelemetry_proto::tonic::common::v1::KeyValueList;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message;
@@ -30,7 +30,8 @@ const MAX_INTERNED: usize = 65_536;
 const MAX_INTERNED_SET_BYTES: usize = 1024;
 
 /// A span of an open trace, without its trace id (the trace's key).
-#[derive(Debug, Clone)]
+/// Compared as the span it stands for (names and attribute sets by value).
+#[derive(Debug, Clone, PartialEq)]
 pub struct OpenSpan {
     span_id: SpanId,
     /// As received (it fits in the padding: no bytes to save by a sentinel).
@@ -47,7 +48,7 @@ pub struct OpenSpan {
 }
 
 /// What most spans lack.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Rest {
     status_message: String,
     events: Vec<Event>,
@@ -75,6 +76,14 @@ impl OpenSpan {
         }
     }
 
+    pub(super) fn set_end(&mut self, end: u64) {
+        self.end = end;
+    }
+
+    pub(super) fn clear_parent(&mut self) {
+        self.parent_span_id = None;
+    }
+
     pub fn into_span(self, trace_id: TraceId) -> Span {
         let (message, events, links) = match self.rest {
             Some(rest) => {
@@ -99,6 +108,27 @@ impl OpenSpan {
             events,
             links,
         }
+    }
+}
+
+impl SpanView for OpenSpan {
+    fn id(&self) -> SpanId {
+        self.span_id
+    }
+    fn parent_id(&self) -> Option<SpanId> {
+        self.parent_span_id
+    }
+    fn start_ns(&self) -> u64 {
+        self.start
+    }
+    fn end_ns(&self) -> u64 {
+        self.end
+    }
+    fn resource(&self) -> &Resource {
+        &self.resource
+    }
+    fn span_name(&self) -> &str {
+        &self.name.0
     }
 }
 
@@ -222,16 +252,34 @@ impl PackedTrace {
         PackedTrace { trace_id: trace.trace_id, spans }
     }
 
+    /// A repaired trace's spans, as they are (see [`super::assemble_open`]).
+    pub(super) fn new(trace_id: TraceId, spans: Vec<OpenSpan>) -> Self {
+        PackedTrace { trace_id, spans }
+    }
+
     pub fn span_count(&self) -> usize {
         self.spans.len()
+    }
+
+    pub fn spans(&self) -> &[OpenSpan] {
+        &self.spans
+    }
+
+    /// Earliest span start, as [`Trace::start`].
+    pub fn start(&self) -> u64 {
+        self.spans.iter().map(|s| s.start).min().unwrap_or(0)
+    }
+
+    /// Latest span end, as [`Trace::end`].
+    pub fn end(&self) -> u64 {
+        self.spans.iter().map(|s| s.end).max().unwrap_or(0)
     }
 
     /// Its stratum and length, as [`super::stratified`] keys a full trace.
     pub fn stratum(&self) -> (super::Stratum<'_>, u64) {
         let (service, name) = self.spans.first().map_or(("", ""), |s| (s.resource.service.as_str(), &**s.name.0));
-        let start = self.spans.iter().map(|s| s.start).min().unwrap_or(0);
-        let end = self.spans.iter().map(|s| s.end).max().unwrap_or(0);
-        (super::stratum(service, name, self.spans.len(), start), end.saturating_sub(start))
+        let start = self.start();
+        (super::stratum(service, name, self.spans.len(), start), self.end().saturating_sub(start))
     }
 
     /// The trace in full again.

@@ -145,6 +145,42 @@ pub struct Span {
     pub links: Vec<Link>,
 }
 
+/// What the topology, the window's fold and the repairs read of a span, held
+/// in full ([`Span`]) or in compact form ([`super::OpenSpan`]): a completed
+/// trace is folded in the form it was held in, not made spans again.
+pub trait SpanView {
+    fn id(&self) -> SpanId;
+    fn parent_id(&self) -> Option<SpanId>;
+    fn start_ns(&self) -> u64;
+    fn end_ns(&self) -> u64;
+    fn resource(&self) -> &Resource;
+    fn service_name(&self) -> &str {
+        &self.resource().service
+    }
+    fn span_name(&self) -> &str;
+}
+
+impl SpanView for Span {
+    fn id(&self) -> SpanId {
+        self.span_id
+    }
+    fn parent_id(&self) -> Option<SpanId> {
+        self.parent_span_id
+    }
+    fn start_ns(&self) -> u64 {
+        self.start
+    }
+    fn end_ns(&self) -> u64 {
+        self.end
+    }
+    fn resource(&self) -> &Resource {
+        &self.resource
+    }
+    fn span_name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl Span {
     pub fn service(&self) -> &str {
         &self.resource.service

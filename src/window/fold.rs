@@ -132,21 +132,24 @@ impl Folder {
     }
 
     fn fold_part(&mut self, groups: Vec<(trace::TraceId, Vec<trace::OpenSpan>)>) {
-        let set = trace::assemble_grouped(groups.into_iter().map(|(id, spans)| trace::into_spans(id, spans)));
+        // Repaired in the compact form they were held in: the digest reads
+        // them so, and its samples keep them as they are.
+        let (traces, defects) = trace::assemble_open(groups);
         let f = &mut self.open;
-        f.duplicate_spans += set.defects.duplicate_spans;
-        f.traces += set.traces.len() as u64;
-        f.spans += set.span_count() as u64;
+        f.duplicate_spans += defects.duplicate_spans;
+        f.traces += traces.len() as u64;
+        f.spans += traces.iter().map(|t| t.span_count() as u64).sum::<u64>();
         if let Some(dir) = &self.config.json_dir {
-            self.write_json(dir.clone(), &set.traces);
+            let full: Vec<trace::Trace> = traces.iter().map(trace::PackedTrace::unpack).collect();
+            self.write_json(dir.clone(), &full);
         }
         let f = &mut self.open;
-        for trace in set.traces {
+        for trace in traces {
             if let Some(conditions) = &mut f.conditions {
-                conditions.add(&trace);
+                conditions.add_spans(trace.spans());
             }
             if let Some(digest) = &mut f.digest {
-                digest.add(trace);
+                digest.add_packed(trace);
             }
         }
         f.held.release_all_but(f.digest.as_ref().map_or(0, Digest::held_spans));
