@@ -15,7 +15,7 @@ use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use super::span::{Attributes, Resource, Scope, Span, SpanId, SpanKind, SpanView, Status, StatusCode, Trace, TraceId};
+use super::span::{Attributes, Resource, Scope, Span, SpanId, SpanKind, Status, StatusCode, Trace, TraceId};
 use opentelemetry_proto::tonic::common::v1::KeyValueList;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use prost::Message;
@@ -111,26 +111,7 @@ impl OpenSpan {
     }
 }
 
-impl SpanView for OpenSpan {
-    fn id(&self) -> SpanId {
-        self.span_id
-    }
-    fn parent_id(&self) -> Option<SpanId> {
-        self.parent_span_id
-    }
-    fn start_ns(&self) -> u64 {
-        self.start
-    }
-    fn end_ns(&self) -> u64 {
-        self.end
-    }
-    fn resource(&self) -> &Resource {
-        &self.resource
-    }
-    fn span_name(&self) -> &str {
-        &self.name.0
-    }
-}
+super::span::impl_span_view!(OpenSpan);
 
 /// An interned value behind one thin pointer (an `Arc<str>` or `Arc<[u8]>`
 /// is two words), compared and hashed as the value itself so that lookups

@@ -160,26 +160,36 @@ pub trait SpanView {
     fn span_name(&self) -> &str;
 }
 
-impl SpanView for Span {
-    fn id(&self) -> SpanId {
-        self.span_id
-    }
-    fn parent_id(&self) -> Option<SpanId> {
-        self.parent_span_id
-    }
-    fn start_ns(&self) -> u64 {
-        self.start
-    }
-    fn end_ns(&self) -> u64 {
-        self.end
-    }
-    fn resource(&self) -> &Resource {
-        &self.resource
-    }
-    fn span_name(&self) -> &str {
-        &self.name
-    }
+/// [`SpanView`] for a span type whose fields carry the same names in both
+/// forms (`span_id`, `parent_span_id`, `start`, `end`, `resource`, and a
+/// `name` that borrows as `str`).
+macro_rules! impl_span_view {
+    ($span:ty) => {
+        impl $crate::trace::SpanView for $span {
+            fn id(&self) -> $crate::trace::SpanId {
+                self.span_id
+            }
+            fn parent_id(&self) -> Option<$crate::trace::SpanId> {
+                self.parent_span_id
+            }
+            fn start_ns(&self) -> u64 {
+                self.start
+            }
+            fn end_ns(&self) -> u64 {
+                self.end
+            }
+            fn resource(&self) -> &$crate::trace::Resource {
+                &self.resource
+            }
+            fn span_name(&self) -> &str {
+                std::borrow::Borrow::borrow(&self.name)
+            }
+        }
+    };
 }
+pub(super) use impl_span_view;
+
+impl_span_view!(Span);
 
 impl Span {
     pub fn service(&self) -> &str {
