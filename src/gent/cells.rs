@@ -138,7 +138,7 @@ impl TimeCells {
         }
         let Some(held) = self.node_keys.get_mut(placement.topology) else { return self.overflow() };
         let node_keys = std::mem::take(held);
-        let trace_start = spans.iter().map(SpanView::start_ns).min().unwrap_or(0);
+        let trace_start = crate::trace::start_of(spans);
         let bucket = trace_start / self.bucket_ns;
         let times = |k: usize| {
             let s = &spans[placement.spans[k]];

@@ -211,8 +211,7 @@ impl Digest {
         if let Some(cells) = &mut self.cells {
             cells.add(spans, &placement, self.histogram.histogram());
         }
-        let start = spans.iter().map(SpanView::start_ns).min().unwrap_or(0);
-        let end = spans.iter().map(SpanView::end_ns).max().unwrap_or(0);
+        let (start, end) = (crate::trace::start_of(spans), crate::trace::end_of(spans));
         self.window = Some(self.window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         self.starts.push(start);
         self.topologies.push(placement.topology);

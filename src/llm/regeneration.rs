@@ -132,8 +132,7 @@ impl ConditionsBuilder {
             self.out.services.push(s.clone());
             next
         });
-        let start = spans.iter().map(SpanView::start_ns).min().unwrap_or(0);
-        let end = spans.iter().map(SpanView::end_ns).max().unwrap_or(0);
+        let (start, end) = (crate::trace::start_of(spans), crate::trace::end_of(spans));
         self.starts.push(start);
         self.out.traces.push(TraceRequest {
             service,

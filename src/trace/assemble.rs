@@ -66,7 +66,7 @@ pub fn assemble(mut spans: Vec<Span>) -> TraceSet {
     if !current.is_empty() {
         traces.push(finished(current, &mut defects));
     }
-    traces.sort_by_key(|t| (t.start(), t.trace_id));
+    traces.sort_by_cached_key(|t| (t.start(), t.trace_id));
     TraceSet { traces, defects }
 }
 
@@ -89,7 +89,7 @@ pub fn assemble_grouped(groups: impl IntoIterator<Item = Vec<Span>>) -> TraceSet
             Trace { trace_id, spans: repair(trace_id, group, &mut defects) }
         })
         .collect();
-    traces.sort_by_key(|t| (t.start(), t.trace_id));
+    traces.sort_by_cached_key(|t| (t.start(), t.trace_id));
     TraceSet { traces, defects }
 }
 
@@ -102,12 +102,12 @@ pub fn assemble_open(groups: impl IntoIterator<Item = (TraceId, Vec<OpenSpan>)>)
         .filter(|(_, g)| !g.is_empty())
         .map(|(trace_id, group)| PackedTrace::new(trace_id, repair(trace_id, group, &mut defects)))
         .collect();
-    traces.sort_by_key(|t| (t.start(), t.trace_id));
+    traces.sort_by_cached_key(|t| (t.start(), t.trace_id));
     (traces, defects)
 }
 
-/// A span as the repairs change it.
-trait Repairable: SpanView + PartialEq {
+/// A span as the repairs change it (full here, compact in `open`).
+pub(super) trait Repairable: SpanView + PartialEq {
     fn set_end(&mut self, end: u64);
     fn clear_parent(&mut self);
 }
@@ -118,15 +118,6 @@ impl Repairable for Span {
     }
     fn clear_parent(&mut self) {
         self.parent_span_id = None;
-    }
-}
-
-impl Repairable for OpenSpan {
-    fn set_end(&mut self, end: u64) {
-        self.set_end(end);
-    }
-    fn clear_parent(&mut self) {
-        self.clear_parent();
     }
 }
 

@@ -18,6 +18,6 @@ pub use sample::{Stratum, stratified, stratum, systematic};
 pub(crate) use span::test_span;
 pub use span::{
     Attributes, Resource, SYNTHETIC_ATTRIBUTE, Scope, Span, SpanId, SpanKind, SpanView, Status, StatusCode, Trace, TraceId,
-    UNKNOWN_SERVICE, head_keeps, synthetic_marker,
+    UNKNOWN_SERVICE, end_of, head_keeps, start_of, synthetic_marker,
 };
 pub use stats::{Quantiles, Stats};

@@ -76,14 +76,6 @@ impl OpenSpan {
         }
     }
 
-    pub(super) fn set_end(&mut self, end: u64) {
-        self.end = end;
-    }
-
-    pub(super) fn clear_parent(&mut self) {
-        self.parent_span_id = None;
-    }
-
     pub fn into_span(self, trace_id: TraceId) -> Span {
         let (message, events, links) = match self.rest {
             Some(rest) => {
@@ -112,6 +104,15 @@ impl OpenSpan {
 }
 
 super::span::impl_span_view!(OpenSpan);
+
+impl super::assemble::Repairable for OpenSpan {
+    fn set_end(&mut self, end: u64) {
+        self.end = end;
+    }
+    fn clear_parent(&mut self) {
+        self.parent_span_id = None;
+    }
+}
 
 /// An interned value behind one thin pointer (an `Arc<str>` or `Arc<[u8]>`
 /// is two words), compared and hashed as the value itself so that lookups
@@ -248,12 +249,12 @@ impl PackedTrace {
 
     /// Earliest span start, as [`Trace::start`].
     pub fn start(&self) -> u64 {
-        self.spans.iter().map(|s| s.start).min().unwrap_or(0)
+        super::start_of(&self.spans)
     }
 
     /// Latest span end, as [`Trace::end`].
     pub fn end(&self) -> u64 {
-        self.spans.iter().map(|s| s.end).max().unwrap_or(0)
+        super::end_of(&self.spans)
     }
 
     /// Its stratum and length, as [`super::stratified`] keys a full trace.

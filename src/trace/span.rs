@@ -221,12 +221,22 @@ pub struct Trace {
 impl Trace {
     /// Earliest span start: the trace's start time.
     pub fn start(&self) -> u64 {
-        self.spans.iter().map(|s| s.start).min().unwrap_or(0)
+        start_of(&self.spans)
     }
 
     pub fn end(&self) -> u64 {
-        self.spans.iter().map(|s| s.end).max().unwrap_or(0)
+        end_of(&self.spans)
     }
+}
+
+/// A trace's start, from its spans in either form: the earliest (0 for none).
+pub fn start_of<S: SpanView>(spans: &[S]) -> u64 {
+    spans.iter().map(SpanView::start_ns).min().unwrap_or(0)
+}
+
+/// A trace's end, from its spans in either form: the latest (0 for none).
+pub fn end_of<S: SpanView>(spans: &[S]) -> u64 {
+    spans.iter().map(SpanView::end_ns).max().unwrap_or(0)
 }
 
 /// A minimal span for unit tests: service `svc`, name `op`, ids repeated bytes.
