@@ -16,6 +16,8 @@
 # cores, a decompressor that has fallen behind takes whatever CPU it gets from
 # the compressor; in production it runs beside the tracing backend, not on the
 # compressor's host. The compressor and the replay keep the default priority.
+# PIPELINE='key: value' adds one setting to the compressor's `pipeline` section,
+# e.g. PIPELINE='timing_spans: 0' to compare a setting side by side.
 # e.g.   benches/soak.sh 300000 600 120 /tmp/soak   (the run)
 # The decompressor exports over OTLP/gRPC to a local rotel-agent with its
 # blackhole exporter (needs .ci/interop's venv, target/interop/venv).
@@ -54,6 +56,7 @@ start_compressor() {  # $1 = pipeline|receiver-only; sets cpid, cgrpc, cmetrics
     printf 'receiver:\n  grpc: 127.0.0.1:%s\n  http: null\nmetrics:\n  endpoint: 127.0.0.1:%s\n' "$cgrpc" "$cmetrics"
     if [ "$1" = pipeline ]; then
       printf 'pipeline:\n  link:\n    endpoint: http://127.0.0.1:%s\n    spool_dir: %s\n' "$dlink" "$work/spool"
+      if [ -n "${PIPELINE:-}" ]; then printf '  %s\n' "$PIPELINE"; fi
     else
       printf 'pipeline: null\n'
     fi

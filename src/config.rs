@@ -98,11 +98,16 @@ pub struct PipelineConfig {
     /// per trace), for decompressors that regenerate with a language model
     /// (`engine: llm`).
     pub call_graph_conditions: bool,
-    /// Most spans a window's timing and generators are fitted on (0: all). A
-    /// larger window is fitted on a share of its traces, each topology and
+    /// Most spans a window's generators (and, without `timing_spans`, its
+    /// timing) are fitted on (0: all). A larger window is fitted on a share of its traces, each topology and
     /// stretch of the window keeping its share, so training time stops growing
     /// with the window; the topology histogram and the start counts stay exact.
     pub train_spans: usize,
+    /// Most spans of a larger window whose timing alone (16 bytes a span) is
+    /// kept, head-sampled with the share's seed, to fit the calibrated
+    /// timing on instead of the share: its correlations between a trace's
+    /// spans need many whole traces (0: fitted on the share).
+    pub timing_spans: usize,
     pub fidelity: FidelityConfig,
     pub link: LinkClientConfig,
 }
@@ -126,6 +131,7 @@ impl Default for PipelineConfig {
             raw_when_smaller: true,
             call_graph_conditions: false,
             train_spans: 250_000,
+            timing_spans: crate::gent::TIMING_SPANS,
             fidelity: FidelityConfig::default(),
             link: LinkClientConfig::default(),
         }

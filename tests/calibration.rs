@@ -266,22 +266,26 @@ fn trainticket_hour_12_minutes_of_a_retry_storm_come_back_with_it() {
     assert!(with > without + 0.2 && with > 0.7, "with {with:.3}, without {without:.3}");
 }
 
-/// Issue 20: a window larger than its share is fitted on a head sample of
-/// its traces, and read minute by minute off every trace (the bins it
-/// folded). Hour 12 fitted on about 100k of its 216k spans scores within
-/// 0.02 of the whole window overall and in every timing query but
-/// bottlenecks, as means over 8 generation seeds (one seed's latency alarm
-/// moves by ±0.1).
+/// Issue 20: a window larger than its share fits its generators on a head
+/// sample of its traces, its timing on the timing of a larger head sample
+/// (at the default `timing_spans`, every trace of this hour), and reads
+/// every trace minute by minute (the bins it folded). Hour 12 with a share
+/// of about 100k of its 216k spans scores within 0.02 of the whole window
+/// overall and in every timing query, as means over 8 generation seeds (one
+/// seed's latency alarm moves by ±0.1). With a timing sample of 150k spans,
+/// 70% of the window, bottlenecks come within 0.04: the copula's
+/// correlations and each node's spread of ranks read off fewer traces than
+/// the queries score against (BENCHMARKS.md, session 44).
 #[test]
-fn trainticket_hour_12_fitted_on_half_its_spans_keeps_its_structure_and_nearly_its_fidelity() {
+fn trainticket_hour_12_fitted_on_half_its_spans_keeps_its_structure_and_its_fidelity() {
     let real = hour(12);
     let device = Device::flex();
     let config = GenTConfig::default();
     let reference = Reference::new(&real, Vec::new()).unwrap();
     const SEEDS: u64 = 8;
-    let score = |max_spans: usize| {
+    let score = |spans: (usize, usize)| {
         let started = std::time::Instant::now();
-        let model = WindowModel::train_within(&real.traces, &config, &device, None, max_spans).unwrap();
+        let model = WindowModel::train_within(&real.traces, &config, &device, None, spans).unwrap();
         let seconds = started.elapsed().as_secs_f64();
         let packet = gent::codec::pack(&model, 1, &config, Precision::F16, 7, None).unwrap();
         let unpacked = gent::codec::unpack(&packet, &device).unwrap();
@@ -299,36 +303,33 @@ fn trainticket_hour_12_fitted_on_half_its_spans_keeps_its_structure_and_nearly_i
             }
             overall += report.overall / SEEDS as f64;
         }
-        (model, overall, means, seconds, packet.len())
+        println!("{spans:?}: {overall:.3} in {seconds:.2} s, {} B", packet.len());
+        (model, overall, means)
     };
-    let (whole, whole_overall, whole_queries, whole_seconds, whole_bytes) = score(0);
-    let (part, part_overall, part_queries, part_seconds, part_bytes) = score(100_000);
-    println!(
-        "whole window: {whole_overall:.3} in {whole_seconds:.2} s, {whole_bytes} B; fitted on ~100k spans: {part_overall:.3} in {part_seconds:.2} s, {part_bytes} B"
-    );
-    for (w, p) in whole_queries.iter().zip(&part_queries) {
-        println!("  {:<44} {:.4} {:.4}", w.0, w.1, p.1);
+    let (whole, whole_overall, whole_queries) = score((0, 0));
+    let (part, part_overall, part_queries) = score((100_000, gent::gent::TIMING_SPANS));
+    let (_, fewer_overall, fewer_queries) = score((100_000, 150_000));
+    println!("  {:<44} whole  share  timed on 150k", "");
+    for ((w, p), f) in whole_queries.iter().zip(&part_queries).zip(&fewer_queries) {
+        println!("  {:<44} {:.4} {:.4} {:.4}", w.0, w.1, p.1, f.1);
     }
     // The histogram (and so every topology's count) is the whole window's.
     assert_eq!(whole.histogram, part.histogram);
-    let part_score = |name: &str| part_queries.iter().find(|q| q.0 == name).map(|q| q.1);
-    for exact in ["trigger_correlations", "call_counts"] {
-        assert_eq!(part_score(exact), Some(1.0), "{exact}");
-    }
-    assert!(part_overall >= whole_overall - 0.02, "{part_overall:.3} against {whole_overall:.3}");
-    // Bottlenecks are not yet within 0.02 (0.756 against 0.793): the ratio
-    // of a call to its caller's length follows the copula's couplings and
-    // loadings and each node's spread of ranks, fitted on the share; the
-    // couplings of a call's lead to its own duration and to its parent's
-    // top decile, which lifted the whole window's bottlenecks from 0.740 to
-    // 0.793 and the share's from 0.720 to 0.756, are estimated on half the
-    // calls (BENCHMARKS.md, session 16).
-    let timing = [("bottlenecks", 0.04), ("red_duration", 0.02), ("subtask_durations", 0.02)];
-    let timing = timing.into_iter().chain([("latency_alarm", 0.02), ("nesting", 0.02), ("self_time", 0.02)]);
-    for (query, within) in timing {
-        for (name, w) in whole_queries.iter().filter(|q| q.0.starts_with(query)) {
-            let p = part_score(name).unwrap();
-            assert!(p >= w - within, "{name}: {p:.4} fitted on the share against {w:.4} on the whole window");
+    let timing = ["bottlenecks", "red_duration", "subtask_durations", "latency_alarm", "nesting", "self_time"];
+    let check = |(overall, queries): (f64, &[(String, f64)]), bottlenecks: f64| {
+        let score = |name: &str| queries.iter().find(|q| q.0 == name).map(|q| q.1);
+        for exact in ["trigger_correlations", "call_counts"] {
+            assert_eq!(score(exact), Some(1.0), "{exact}");
         }
-    }
+        assert!(overall >= whole_overall - 0.02, "{overall:.3} against {whole_overall:.3}");
+        for query in timing {
+            let within = if query == "bottlenecks" { bottlenecks } else { 0.02 };
+            for (name, w) in whole_queries.iter().filter(|q| q.0.starts_with(query)) {
+                let p = score(name).unwrap();
+                assert!(p >= w - within, "{name}: {p:.4} fitted on samples against {w:.4} on the whole window");
+            }
+        }
+    };
+    check((part_overall, &part_queries), 0.02);
+    check((fewer_overall, &fewer_queries), 0.04);
 }

@@ -822,6 +822,7 @@ fn a_window_folded_in_compact_form_digests_as_its_repaired_traces_do() {
         check_spans: 4_000,
         check_seed: 2,
         cells_bucket_ns: 60_000_000_000,
+        timing_spans: 100_000,
     };
 
     // The fold folds 1,024 traces at a time, the last first; the same parts as spans.
@@ -860,6 +861,9 @@ fn a_window_folded_in_compact_form_digests_as_its_repaired_traces_do() {
     let cells = |d: &gent::gent::WindowDigest| d.cells.as_ref().map(|c| c.len());
     assert!(cells(&got).is_some_and(|n| n > 0));
     assert_eq!(cells(&got), cells(&expected));
+    let times = got.times.as_ref().expect("a timing sample beyond the share");
+    assert!(times.len() > got.shared, "{} timed traces, {} in the share", times.len(), got.shared);
+    assert_eq!(got.times, expected.times, "the timing sample reads the repaired spans");
     let conditions = gent::llm::regeneration::WindowConditions::of(&expected_traces, expected.window_start);
     assert_eq!(closed.conditions.expect("call-graph conditions"), conditions);
 }

@@ -5,7 +5,7 @@
 //! - the exact topology histogram, and each trace's start and topology (the
 //!   start counts);
 //! - the *share*: a head sample of whole traces whose rate rises to stay
-//!   within a span budget; timing and generators are fitted on it, and it is
+//!   within a span budget; the generators are fitted on it, and it is
 //!   the window's head sample for the fallback and for estimating what head
 //!   sampling costs;
 //! - one trace of each topology the share misses, within another budget, so
@@ -21,6 +21,11 @@
 //! - per time bucket and topology node, every trace's timing binned
 //!   ([`TimeCells`]), so what happens minute by minute is read off all the
 //!   window's traces, not only the share's;
+//! - the timing alone ([`NodeTimes`], 16 bytes a span) of a head sample
+//!   with the share's seed within [`DigestConfig::timing_spans`], by default
+//!   [`TIMING_SPANS`]: the share's traces and more, on which the calibrated
+//!   timing is fitted instead of on the share (the generators stay on the
+//!   share);
 //!
 //! A window within the share's budget keeps every trace, in arrival order,
 //! and trains exactly as on the whole window.
@@ -32,6 +37,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::cells::TimeCells;
+use super::times::NodeTimes;
 use super::topology::{HistogramBuilder, Placement, TopologyHistogram};
 use crate::trace::{Names, PackedTrace, SpanView, Trace, TraceId, head_keeps};
 
@@ -50,28 +56,55 @@ pub struct DigestConfig {
     /// Width of the time buckets every trace's timing is binned in
     /// ([`TimeCells`]; the timing's topology bucket), 0: none.
     pub cells_bucket_ns: u64,
+    /// Most spans of the timing sample ([`NodeTimes`], head sampling with
+    /// the share's seed; 0: none): only a window larger than its share
+    /// keeps one.
+    pub timing_spans: usize,
 }
+
+/// The timing sample's default budget: 16 MB of node times, four times a
+/// default share's spans (`pipeline.train_spans`, 250,000). Fitting the
+/// timing on it takes about 150 bytes a span while it runs: at 2 M spans
+/// the soak's compressor peaked at 740 MiB while a window trained
+/// (BENCHMARKS.md, session 44).
+pub const TIMING_SPANS: usize = 1_000_000;
 
 /// Most distinct bins [`TimeCells`] hold (25–50 bytes each in the hash table): a window
 /// with more goes without them.
 const CELL_LIMIT: usize = 1 << 19;
 
+/// What a [`HeadSample`] holds of a trace.
+pub(super) trait Held {
+    fn trace_id(&self) -> &TraceId;
+    fn span_count(&self) -> usize;
+}
+
+/// A packed trace and what a sample keeps with it (shared with the other
+/// samples that keep it).
+impl<P> Held for (Arc<PackedTrace>, P) {
+    fn trace_id(&self) -> &TraceId {
+        &self.0.trace_id
+    }
+    fn span_count(&self) -> usize {
+        self.0.span_count()
+    }
+}
+
 /// A consistent head sample 1:`rate` (the traces whose id hash falls below
 /// 2^64 / rate) whose rate rises by a quarter (at least 1) each time its
 /// spans pass the budget. Raising the rate only drops traces, so the sample
 /// is always exactly the head sample at its current rate, whatever order the
-/// traces came in. Each trace is held with its arrival number and `P`,
-/// shared with the other samples that keep it.
+/// traces came in. Each trace is held with its arrival number.
 #[derive(Debug)]
-struct HeadSample<P> {
+struct HeadSample<T> {
     budget: usize,
     seed: u64,
     rate: u64,
     spans: usize,
-    traces: Vec<(u64, Arc<PackedTrace>, P)>,
+    traces: Vec<(u64, T)>,
 }
 
-impl<P> HeadSample<P> {
+impl<T: Held> HeadSample<T> {
     fn new(budget: usize, seed: u64) -> Self {
         HeadSample { budget, seed, rate: 1, spans: 0, traces: Vec::new() }
     }
@@ -82,21 +115,21 @@ impl<P> HeadSample<P> {
 
     /// Adds `trace` (which [`Self::keeps`]); raises the rate while over
     /// budget (never below one trace). Returns whether the rate rose.
-    fn add(&mut self, arrival: u64, trace: Arc<PackedTrace>, with: P) -> bool {
+    fn add(&mut self, arrival: u64, trace: T) -> bool {
         self.spans += trace.span_count();
-        self.traces.push((arrival, trace, with));
+        self.traces.push((arrival, trace));
         let rate = self.rate;
         while self.budget > 0 && self.spans > self.budget && self.traces.len() > 1 {
             self.rate = (self.rate + self.rate / 4).max(self.rate + 1);
             let (rate, seed) = (self.rate, self.seed);
-            self.traces.retain(|(_, t, _)| head_keeps(&t.trace_id, rate, seed));
-            self.spans = self.traces.iter().map(|(_, t, _)| t.span_count()).sum();
+            self.traces.retain(|(_, t)| head_keeps(t.trace_id(), rate, seed));
+            self.spans = self.traces.iter().map(|(_, t)| t.span_count()).sum();
         }
         self.rate != rate
     }
 
     /// The traces in arrival order.
-    fn into_traces(self) -> impl Iterator<Item = (u64, Arc<PackedTrace>, P)> {
+    fn into_traces(self) -> impl Iterator<Item = (u64, T)> {
         let mut traces = self.traces;
         traces.sort_unstable_by_key(|t| t.0);
         traces.into_iter()
@@ -114,9 +147,9 @@ const CHECK_POOL: usize = 5;
 
 /// Thins the scoring pool (head sampling 1:q) to a stratified 1:j sample
 /// within `budget` spans; returns the rate q·j and the traces in arrival order.
-fn stratified_check(pool: HeadSample<()>, budget: usize, seed: u64) -> (u64, Vec<Trace>) {
+fn stratified_check(pool: HeadSample<(Arc<PackedTrace>, ())>, budget: usize, seed: u64) -> (u64, Vec<Trace>) {
     let q = pool.rate;
-    let traces: Vec<Arc<PackedTrace>> = pool.into_traces().map(|(_, t, ())| t).collect();
+    let traces: Vec<Arc<PackedTrace>> = pool.into_traces().map(|(_, (t, ()))| t).collect();
     let spans: usize = traces.iter().map(|t| t.span_count()).sum();
     let j = spans.div_ceil(budget.max(1)).max(1) as u64;
     if j == 1 {
@@ -147,7 +180,7 @@ pub struct Digest {
     topologies: Vec<usize>,
     window: Option<(u64, u64)>,
     spans: u64,
-    share: HeadSample<Placement>,
+    share: HeadSample<(Arc<PackedTrace>, Placement)>,
     /// Per topology, the trace of lowest hash seen: (arrival, hash, trace,
     /// placement). The share keeps the traces of lowest hash too (same hash,
     /// same seed), so a topology the share covers has its representative in
@@ -155,12 +188,13 @@ pub struct Digest {
     rare: HashMap<usize, (u64, u64, Arc<PackedTrace>, Placement)>,
     /// Spans of the representatives the share does not hold.
     rare_spans: usize,
-    check: Option<HeadSample<()>>,
+    check: Option<HeadSample<(Arc<PackedTrace>, ())>>,
     /// Spans of the scoring pool the share does not hold.
     check_spans: usize,
     /// The names and attribute sets of the packed traces.
     names: Names,
     cells: Option<TimeCells>,
+    times: Option<HeadSample<NodeTimes>>,
 }
 
 impl Digest {
@@ -180,6 +214,7 @@ impl Digest {
                 .then(|| HeadSample::new(config.check_spans.saturating_mul(CHECK_POOL), config.check_seed)),
             names: Names::default(),
             cells: (config.cells_bucket_ns > 0).then(|| TimeCells::new(config.cells_bucket_ns, CELL_LIMIT)),
+            times: (config.timing_spans > 0).then(|| HeadSample::new(config.timing_spans, config.seed)),
         }
     }
 
@@ -211,6 +246,11 @@ impl Digest {
         if let Some(cells) = &mut self.cells {
             cells.add(spans, &placement, self.histogram.histogram());
         }
+        if let Some(times) = &mut self.times
+            && times.keeps(&id)
+        {
+            times.add(arrival, NodeTimes::of(id, spans, &placement));
+        }
         let (start, end) = (crate::trace::start_of(spans), crate::trace::end_of(spans));
         self.window = Some(self.window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         self.starts.push(start);
@@ -229,7 +269,7 @@ impl Digest {
         let spans = packed.span_count();
         let packed = Arc::new(packed);
         let rare = rare.map(|hash| (hash, placement.clone()));
-        if to_share && self.share.add(arrival, packed.clone(), placement) {
+        if to_share && self.share.add(arrival, (packed.clone(), placement)) {
             self.recount();
         }
         let in_share = self.share.keeps(&id);
@@ -245,7 +285,7 @@ impl Digest {
             }
         }
         if to_check && let Some(check) = &mut self.check {
-            if check.add(arrival, packed, ()) {
+            if check.add(arrival, (packed, ())) {
                 self.recount();
             } else if !in_share {
                 self.check_spans += spans;
@@ -259,7 +299,7 @@ impl Digest {
     fn recount(&mut self) {
         let outside = |t: &PackedTrace| if self.share.keeps(&t.trace_id) { 0 } else { t.span_count() };
         self.rare_spans = self.rare.values().map(|r| outside(&r.2)).sum();
-        self.check_spans = self.check.as_ref().map_or(0, |c| c.traces.iter().map(|(_, t, ())| outside(t)).sum());
+        self.check_spans = self.check.as_ref().map_or(0, |c| c.traces.iter().map(|(_, (t, ()))| outside(t)).sum());
     }
 
     /// Drops representatives the share no longer holds, highest hash first,
@@ -316,7 +356,7 @@ impl Digest {
         // Thinned first, so only the kept scoring traces are unpacked.
         let check = self.check.map(|pool| stratified_check(pool, self.config.check_spans, self.config.check_seed));
         let share_rate = self.share.rate;
-        let mut fitted: Vec<(u64, Arc<PackedTrace>, Placement)> = self.share.into_traces().collect();
+        let mut fitted: Vec<(u64, Arc<PackedTrace>, Placement)> = self.share.into_traces().map(|(a, (t, p))| (a, t, p)).collect();
         let shared = fitted.len();
         if share_rate > 1 {
             // Topologies the share missed, in arrival order after it.
@@ -336,6 +376,16 @@ impl Digest {
         let (fitted, placements): (Vec<Trace>, Vec<Placement>) = fitted.into_iter().map(|(_, t, p)| (t.unpack(), p)).unzip();
         // The share holds every trace of a window within its budget.
         let cells = self.cells.filter(|c| share_rate > 1 && !c.overflowed());
+        // Same seed: a timing sample at the share's rate or above is within the share.
+        let times = (self.times.filter(|t| t.rate < share_rate)).map(|t| {
+            let rate = t.rate;
+            let mut times: Vec<NodeTimes> = t.into_traces().map(|(_, n)| n).collect();
+            // It holds the share; the topologies the share missed are added.
+            let missed = fitted[shared..].iter().zip(&placements[shared..]);
+            let missed = missed.filter(|(t, _)| !head_keeps(&t.trace_id, rate, self.config.seed));
+            times.extend(missed.map(|(t, p)| NodeTimes::of(t.trace_id, &t.spans, p)));
+            times
+        });
         WindowDigest {
             histogram: self.histogram.finish(),
             starts: self.starts,
@@ -351,6 +401,7 @@ impl Digest {
             placements,
             check,
             cells,
+            times,
         }
     }
 }
@@ -385,6 +436,11 @@ pub struct WindowDigest {
     /// Every trace's timing binned per time bucket and node: only for a
     /// window larger than its share, when asked for and within its limit.
     pub cells: Option<TimeCells>,
+    /// The timing of a head sample of the window within `timing_spans`
+    /// ([`NodeTimes`]), then of the topologies it missed: only for a window
+    /// larger than its share, when asked for and when it holds more traces
+    /// than the share.
+    pub times: Option<Vec<NodeTimes>>,
 }
 
 impl WindowDigest {
@@ -399,6 +455,14 @@ impl WindowDigest {
 
     pub fn traces(&self) -> usize {
         self.starts.len()
+    }
+
+    /// What timing is fitted on: the timing sample, else the fitted traces.
+    pub fn timed(&self) -> std::borrow::Cow<'_, [NodeTimes]> {
+        match &self.times {
+            Some(times) => std::borrow::Cow::Borrowed(times),
+            None => (self.fitted.iter().zip(&self.placements)).map(|(t, p)| NodeTimes::of(t.trace_id, &t.spans, p)).collect(),
+        }
     }
 
     /// Spans the digest holds (fitted and scoring traces).
@@ -465,7 +529,7 @@ mod tests {
     }
 
     fn config(share_spans: usize) -> DigestConfig {
-        DigestConfig { share_spans, seed: 7, check_spans: 300, check_seed: 8, cells_bucket_ns: 0 }
+        DigestConfig { share_spans, seed: 7, check_spans: 300, check_seed: 8, cells_bucket_ns: 0, timing_spans: 0 }
     }
 
     #[test]
@@ -481,6 +545,29 @@ mod tests {
             cells.bins().filter(|b| b.quantity == super::super::cells::Quantity::Lead).map(|b| u64::from(b.count)).sum();
         assert_eq!(leads, spans as u64);
         assert!(WindowDigest::of(traces, config(300)).cells.is_none(), "not asked for");
+    }
+
+    #[test]
+    fn a_larger_window_times_a_head_sample_that_holds_the_share_and_more() {
+        let traces = window();
+        let timed =
+            |share: usize, times: usize| WindowDigest::of(traces.clone(), DigestConfig { timing_spans: times, ..config(share) });
+        let d = timed(300, 1_500);
+        let times = d.times.as_ref().expect("a timing sample");
+        let spans: usize = times.iter().map(|t| t.times.len()).sum();
+        let fitted: usize = d.fitted.iter().map(|t| t.spans.len()).sum();
+        assert!((1_000..=1_500 + fitted).contains(&spans), "{spans} timed spans");
+        // A head sample with the share's seed, then the topologies it missed: every fitted
+        // trace (the share and those topologies) is timed as placed, once.
+        let ids: std::collections::HashSet<TraceId> = times.iter().map(|t| t.trace_id).collect();
+        assert_eq!(ids.len(), times.len());
+        for (trace, placement) in d.fitted.iter().zip(&d.placements) {
+            let timed = times.iter().find(|t| t.trace_id == trace.trace_id).expect("every fitted trace is timed");
+            assert_eq!(*timed, NodeTimes::of(trace.trace_id, &trace.spans, placement));
+        }
+        assert!(timed(0, 1_500).times.is_none(), "the share is the whole window");
+        assert!(timed(300, 100).times.is_none(), "no more traces than the share");
+        assert!(timed(300, 0).times.is_none(), "not asked for");
     }
 
     #[test]
@@ -545,9 +632,9 @@ mod tests {
     fn held_by_hand(d: &Digest) -> (usize, usize) {
         let mut seen = std::collections::HashSet::new();
         let mut held = 0;
-        let share = d.share.traces.iter().map(|(_, t, _)| t);
+        let share = d.share.traces.iter().map(|(_, (t, _))| t);
         let rare = d.rare.values().map(|r| &r.2);
-        let check = d.check.iter().flat_map(|c| c.traces.iter().map(|(_, t, ())| t));
+        let check = d.check.iter().flat_map(|c| c.traces.iter().map(|(_, (t, ()))| t));
         for t in share.chain(rare).chain(check) {
             if seen.insert(Arc::as_ptr(t)) {
                 held += t.span_count();
@@ -556,8 +643,8 @@ mod tests {
         let rare_outside: Vec<&Arc<PackedTrace>> =
             d.rare.values().map(|r| &r.2).filter(|t| !d.share.keeps(&t.trace_id)).collect();
         let twice: usize = (d.check.iter().flat_map(|c| c.traces.iter()))
-            .filter(|(_, t, ())| rare_outside.iter().any(|r| Arc::ptr_eq(r, t)))
-            .map(|(_, t, ())| t.span_count())
+            .filter(|(_, (t, ()))| rare_outside.iter().any(|r| Arc::ptr_eq(r, t)))
+            .map(|(_, (t, ()))| t.span_count())
             .sum();
         (held + twice, rare_outside.iter().map(|t| t.span_count()).sum())
     }
@@ -603,7 +690,7 @@ mod tests {
         let budget = spans / CHECK_POOL;
         let d = WindowDigest::of(
             traces,
-            DigestConfig { share_spans: 0, seed: 1, check_spans: budget, check_seed: 3, cells_bucket_ns: 0 },
+            DigestConfig { share_spans: 0, seed: 1, check_spans: budget, check_seed: 3, cells_bucket_ns: 0, timing_spans: 0 },
         );
         let (rate, check) = d.check.unwrap();
         assert_eq!(rate, CHECK_POOL as u64);

@@ -15,14 +15,16 @@ mod digest;
 mod model;
 mod starts;
 mod tables;
+mod times;
 mod timing;
 mod topology;
 
 pub use attributes::{AttributeConfig, AttributeSchema, KeyModel, Kind as AttributeKind};
 pub use cells::{Bin, Quantity, TimeCells};
-pub use digest::{Digest, DigestConfig, WindowDigest};
+pub use digest::{Digest, DigestConfig, TIMING_SPANS, WindowDigest};
 pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindowModel, WindowModel, head_gzip_bytes};
 pub use starts::{StartBuckets, StartError, StartModel};
 pub use tables::{Fixed, StoredTableModel, TableModel};
+pub use times::NodeTimes;
 pub use timing::{CalibrationConfig, TimingError, TimingModel};
 pub use topology::{HistogramBuilder, Label, Placement, Topology, TopologyHistogram};

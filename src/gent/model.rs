@@ -655,20 +655,21 @@ impl WindowModel {
         device: &Device,
         previous: Option<&WindowModel>,
     ) -> Result<Self, ModelError> {
-        Self::train_within(traces, config, device, previous, 0)
+        Self::train_within(traces, config, device, previous, (0, 0))
     }
 
-    /// Learns the model of `all` (one window), fitting the timing and the
-    /// generators on a share of about `max_spans` of its spans (0: all of
-    /// them), so the work per window stops growing with the window. The
+    /// Learns the model of `all` (one window), fitting the generators on a
+    /// share of about `max_spans` of its spans (0: all of them) and the
+    /// timing on the timing of a head sample of about `timing_spans` (0: on
+    /// the share), so the work per window stops growing with the window. The
     /// histogram and the start counts are always exact; see
-    /// [`super::digest`] for the share.
+    /// [`super::digest`] for the samples.
     pub fn train_within(
         all: &[Trace],
         config: &GenTConfig,
         device: &Device,
         previous: Option<&WindowModel>,
-        max_spans: usize,
+        (max_spans, timing_spans): (usize, usize),
     ) -> Result<Self, ModelError> {
         let digest = WindowDigest::of(
             all.iter().cloned(),
@@ -679,6 +680,7 @@ impl WindowModel {
                 check_seed: 0,
                 // A window fitted whole needs no bins.
                 cells_bucket_ns: if max_spans > 0 { config.calibration.topology_bucket.as_nanos() as u64 } else { 0 },
+                timing_spans: if max_spans > 0 { timing_spans } else { 0 },
             },
         );
         Self::train_digest(&digest, config, device, previous)
@@ -775,12 +777,12 @@ impl WindowModel {
     /// packet budget of its whole window: the configured sketches if they
     /// fit, else smaller ones (see [`timing::smaller`]).
     fn fit_timing(&mut self, digest: &WindowDigest, config: &GenTConfig) -> Result<(), ModelError> {
-        let (traces, placements) = (&digest.fitted[..], &digest.placements[..]);
         let (starts, topologies) = (&digest.starts, &digest.topologies);
         let calibration = &config.calibration;
         let histogram = self.histogram.clone();
+        let timed = digest.timed();
         let cells = digest.cells.as_ref();
-        let fit = |c: &CalibrationConfig| TimingModel::fit(traces, placements, &histogram, self.window_start, c, cells);
+        let fit = |c: &CalibrationConfig| TimingModel::fit(&timed, &histogram, self.window_start, c, cells);
         let Some(rate) = calibration.budget else {
             self.timing = Some(fit(calibration));
             return Ok(());

@@ -46,9 +46,9 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use super::cells::{Quantity, TimeCells};
-use super::topology::{Placement, TopologyHistogram};
+use super::times::NodeTimes;
+use super::topology::{Topology, TopologyHistogram};
 use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile};
-use crate::trace::Trace;
 
 /// Calibrated timing settings (`calibration` in config/model.yaml).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -442,9 +442,14 @@ struct Observation {
     node: (u32, u32),
 }
 
-/// Where `trace`'s nodes start and end, in canonical order.
-fn node_times(trace: &Trace, placement: &Placement) -> Vec<(u64, u64)> {
-    placement.spans.iter().map(|&i| (trace.spans[i].start, trace.spans[i].end.max(trace.spans[i].start))).collect()
+/// A trace's topology (its number and itself) and its nodes' times.
+type Placed<'a> = (usize, &'a Topology, &'a [(u64, u64)]);
+
+/// The topology of `trace` and its nodes' times, when they fit `histogram`.
+fn placed<'a>(trace: &'a NodeTimes, histogram: &'a TopologyHistogram) -> Option<Placed<'a>> {
+    let t = trace.topology as usize;
+    let topology = histogram.topologies.get(t).filter(|topology| topology.len() == trace.times.len())?;
+    Some((t, topology, &trace.times))
 }
 
 /// Each node's lead and position within its parent (roots: within the
@@ -488,7 +493,7 @@ fn layout(
 /// says how much longer it lasts), that usually cover most of their parent
 /// and whose gap to their parent's end varies much less than their own
 /// duration.
-fn spanning_keys(traces: &[Trace], placements: &[Placement], histogram: &TopologyHistogram, keys: &Keys) -> Vec<bool> {
+fn spanning_keys(traces: &[NodeTimes], histogram: &TopologyHistogram, keys: &Keys) -> Vec<bool> {
     // Per leaf key: its log durations, log gaps and shares of its parent,
     // or None once it was a root or an only child.
     #[derive(Default)]
@@ -499,12 +504,10 @@ fn spanning_keys(traces: &[Trace], placements: &[Placement], histogram: &Topolog
     }
     let mut samples: Vec<Option<Sample>> = keys.leaf.iter().map(|&l| l.then(Sample::default)).collect();
     let families: Vec<Vec<usize>> = histogram.topologies.iter().map(|t| t.children().iter().map(Vec::len).collect()).collect();
-    for (trace, placement) in traces.iter().zip(placements) {
-        let topology = &histogram.topologies[placement.topology];
-        let family = &families[placement.topology];
-        let times = node_times(trace, placement);
+    for (t, topology, times) in traces.iter().filter_map(|trace| placed(trace, histogram)) {
+        let family = &families[t];
         for (k, &(start, end)) in times.iter().enumerate() {
-            let v = keys.nodes[placement.topology][k].0 as usize;
+            let v = keys.nodes[t][k].0 as usize;
             match (&mut samples[v], topology.parents[k]) {
                 (None, _) => {}
                 (Some(Sample { durations, gaps, cover }), Some(p)) if family[p as usize] > 1 => {
@@ -662,10 +665,10 @@ fn dequantize(q: u8, lo: f64, hi: f64) -> f64 {
 }
 
 impl TimingModel {
-    /// Learns the timing of `traces` (one window) placed in `histogram`.
+    /// Learns the timing of `traces` (one window's, or a sample of them)
+    /// placed in `histogram`; `cells` bins every trace of the window.
     pub fn fit(
-        traces: &[Trace],
-        placements: &[Placement],
+        traces: &[NodeTimes],
         histogram: &TopologyHistogram,
         window_start: u64,
         config: &CalibrationConfig,
@@ -674,9 +677,9 @@ impl TimingModel {
         let bucket_ns = config.topology_bucket.as_nanos() as u64;
         let first_bucket = window_start / bucket_ns;
         let keys = Keys::of(histogram);
-        let spanning_flags = spanning_keys(traces, placements, histogram, &keys);
+        let spanning_flags = spanning_keys(traces, histogram, &keys);
         let spanning: Vec<u32> = (0..keys.values as u32).filter(|&v| spanning_flags[v as usize]).collect();
-        let mut observations = observe(traces, placements, histogram, &keys, &spanning_flags, bucket_ns, first_bucket);
+        let mut observations = observe(traces, histogram, &keys, &spanning_flags, bucket_ns, first_bucket);
         let mut by_value: Vec<Vec<usize>> = vec![Vec::new(); keys.values];
         let mut by_lead: Vec<Vec<usize>> = vec![Vec::new(); keys.leads];
         let mut positions = vec![(0.0f64, 0.0f64); histogram.labels.len()];
@@ -866,8 +869,7 @@ impl TimingModel {
 /// Every node of every trace measured: its keys, time bucket, value, lead
 /// and position within its parent.
 fn observe(
-    traces: &[Trace],
-    placements: &[Placement],
+    traces: &[NodeTimes],
     histogram: &TopologyHistogram,
     keys: &Keys,
     spanning: &[bool],
@@ -876,16 +878,14 @@ fn observe(
 ) -> Vec<Observation> {
     let structure: Vec<(Vec<Vec<usize>>, Vec<usize>)> =
         histogram.topologies.iter().map(|t| (t.children(), t.roots().collect())).collect();
-    let mut observations = Vec::with_capacity(traces.iter().map(|t| t.spans.len()).sum());
-    for (trace, placement) in traces.iter().zip(placements) {
-        let topology = &histogram.topologies[placement.topology];
-        let (children, roots) = &structure[placement.topology];
-        let times = node_times(trace, placement);
-        let trace_start = trace.start();
+    let mut observations = Vec::with_capacity(traces.iter().map(|t| t.times.len()).sum());
+    for (t, topology, times) in traces.iter().filter_map(|trace| placed(trace, histogram)) {
+        let (children, roots) = &structure[t];
+        let trace_start = times.iter().map(|x| x.0).min().unwrap_or(0);
         let bucket = (trace_start / bucket_ns).saturating_sub(first_bucket) as u32;
-        let node_keys = &keys.nodes[placement.topology];
+        let node_keys = &keys.nodes[t];
         let spans = |k: usize| spanning[node_keys[k].0 as usize] && topology.parents[k].is_some();
-        let leads = layout(&times, children, roots, trace_start, spans);
+        let leads = layout(times, children, roots, trace_start, spans);
         for (k, &(start, end)) in times.iter().enumerate() {
             let own = ((end - start) as f64 / 1e3).ln_1p();
             let (value, duration, outlived) = match topology.parents[k] {
@@ -909,7 +909,7 @@ fn observe(
                 outlived,
                 lead: leads[k].0,
                 position: leads[k].1,
-                node: (placement.topology as u32, k as u32),
+                node: (t as u32, k as u32),
             });
         }
     }

@@ -167,6 +167,7 @@ pub fn digest_config(p: &PipelineConfig, window: std::time::Duration) -> DigestC
         check_spans: if f.sample_spans == 0 { usize::MAX } else { f.sample_spans },
         check_seed: f.seed ^ SAMPLE_SEED,
         cells_bucket_ns: if timed { calibration.topology_bucket.as_nanos() as u64 } else { 0 },
+        timing_spans: if calibration.enabled && calibration.node_effects { p.timing_spans } else { 0 },
     }
 }
 
