@@ -62,12 +62,12 @@ pub struct DigestConfig {
     pub timing_spans: usize,
 }
 
-/// The timing sample's default budget: 16 MB of node times, four times a
+/// The timing sample's default budget: 8 MB of node times, twice a
 /// default share's spans (`pipeline.train_spans`, 250,000). Fitting the
-/// timing on it takes about 150 bytes a span while it runs: at 2 M spans
-/// the soak's compressor peaked at 740 MiB while a window trained
-/// (BENCHMARKS.md, session 44).
-pub const TIMING_SPANS: usize = 1_000_000;
+/// timing on it takes about 150 bytes a span while it runs: the soak's
+/// compressor peaked at 740 MiB at 2 M spans and at 596 MiB at 1 M while a
+/// window trained at the full span budget (BENCHMARKS.md, session 44).
+pub const TIMING_SPANS: usize = 500_000;
 
 /// Most distinct bins [`TimeCells`] hold (25–50 bytes each in the hash table): a window
 /// with more goes without them.
