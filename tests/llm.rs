@@ -442,6 +442,84 @@ fn constrained_decoding_gives_only_valid_graphs_of_the_requested_size_whatever_t
     );
 }
 
+#[test]
+fn constrained_decoding_keeps_to_the_calls_of_training_and_stays_valid() {
+    use gent::llm::calls::KnownCalls;
+    use gent::llm::generate::{Generator, Request, Sampling};
+    use rand::SeedableRng;
+    let train = read("alibaba/callgraphs_train.txt");
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).collect();
+    let known = KnownCalls::of(&graphs);
+    let names: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
+    let tok = gent::llm::Tokenizer::train([train.as_str()], 2, 4096, 4096);
+    let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(7), vocab: tok.len() };
+    let mut g = Generator::new(&mut model, &tok, Sampling::default(), 11).unwrap().known_destinations(&names).known_calls(&known);
+    let (mut calls, mut backed_off) = (0usize, 0usize);
+    // Every service's first graph's request, and the grid on a few services.
+    let mut requests: Vec<Request> = graphs
+        .iter()
+        .take(120)
+        .map(|x| Request { service: x.service.clone(), num_edges: x.edges.len() as u64, depth: x.depth(), latency: 40 })
+        .collect();
+    for num_edges in 1..=30u64 {
+        for depth in 1..=6u64.min(num_edges) {
+            requests.push(Request { service: graphs[num_edges as usize].service.clone(), num_edges, depth, latency: 40 });
+        }
+    }
+    for request in &requests {
+        let out = g.graph(request).unwrap();
+        let asked = Requested { num_edges: Some(request.num_edges), depth: Some(request.depth), latency: Some(40) };
+        assert_eq!(validate::graph(&out.graph, &asked), vec![], "{request:?}\n{}", out.text);
+        for e in &out.graph.edges {
+            calls += 1;
+            let allowed = known.destinations(&request.service, &e.source);
+            if allowed.is_empty() {
+                // A node never seen calling: any microservice of training.
+                backed_off += 1;
+                assert!(names.contains(&e.destination));
+                continue;
+            }
+            assert!(allowed.contains(&e.destination), "{} called {} in {}", e.source, e.destination, request.service);
+            assert!(known.kinds(&e.source, &e.destination).contains(&e.kind), "{e:?}");
+        }
+        if let Some(first) = out.graph.edges.first() {
+            let entries = known.destinations(&request.service, "USER");
+            assert!(entries.contains(&first.destination), "{request:?} entered at {}", first.destination);
+        }
+    }
+    println!("{} graphs, {calls} calls, {backed_off} from nodes never seen calling", requests.len());
+    assert!(backed_off * 4 < calls, "most calls keep to the calls of training");
+}
+
+#[test]
+fn a_model_file_carries_its_calls_and_one_written_before_them_still_loads() {
+    use gent::llm::model::LanguageModel;
+    const VERSION: u16 = 4;
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().take(40).map(|(_, g)| g).collect();
+    let lm = tiny_language_model(&graphs, 1);
+    let known = gent::llm::calls::KnownCalls::of(&graphs);
+    assert_eq!(lm.calls.calls(), known.calls());
+    let bytes = lm.to_bytes().unwrap();
+    let device = gent::nn::cpu_device();
+    let back = LanguageModel::from_bytes(&bytes, &device).unwrap();
+    assert_eq!(back.calls.calls(), known.calls());
+    // The same file as `gent-llm/2` wrote it: that kind, and no calls at the end.
+    let body = gent::container::open_body_as(&bytes, VERSION).unwrap();
+    let calls = postcard::to_allocvec(known.calls()).unwrap();
+    assert!(body.ends_with(&calls));
+    let kind = b"gent-llm/3";
+    let at = body.windows(kind.len()).position(|w| w == kind).unwrap();
+    let mut old = body[..body.len() - calls.len()].to_vec();
+    old[at..at + kind.len()].copy_from_slice(b"gent-llm/2");
+    let old_lm = LanguageModel::from_bytes(&gent::container::seal_body_as(&old, VERSION).unwrap(), &device).unwrap();
+    assert!(old_lm.calls.is_empty());
+    assert_eq!(old_lm.destinations, lm.destinations);
+    // Another kind is refused by name.
+    old[at..at + kind.len()].copy_from_slice(b"gent-llm/9");
+    let err = LanguageModel::from_bytes(&gent::container::seal_body_as(&old, VERSION).unwrap(), &device).err().unwrap();
+    assert!(err.to_string().contains("gent-llm/9"), "{err}");
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
     #[test]

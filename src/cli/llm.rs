@@ -229,6 +229,12 @@ pub struct EvalArgs {
     /// Decode the recursive model with constraints (otherwise freely, as the paper).
     #[arg(long)]
     constrained: bool,
+    /// Constrained decoding: any microservice seen in training may be called
+    /// from any node. By default a node calls only destinations it called in
+    /// training (in the requested service's graphs when it did there), with
+    /// a type that pair used; a node never seen calling may call any.
+    #[arg(long, requires = "constrained")]
+    any_call: bool,
     /// Graphs per grid cell.
     #[arg(long, default_value_t = 5)]
     count: usize,
@@ -259,6 +265,11 @@ pub struct GenerateArgs {
     /// Mask every token that would break the format or a constraint: every graph is valid.
     #[arg(long)]
     constrained: bool,
+    /// Constrained decoding: any microservice seen in training may be called
+    /// from any node (by default only the calls seen in training, see `gent
+    /// llm eval --any-call`).
+    #[arg(long, requires = "constrained")]
+    any_call: bool,
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     /// Keep the k best tokens (0: all).
@@ -750,11 +761,18 @@ fn eval_model(
     let sampling = generate::Sampling { temperature: a.temperature, ..generate::Sampling::default() };
     let mut g =
         Generator::new(&mut scorer, tok, sampling, a.run.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
+    if !a.any_call {
+        g = g.known_calls(&lm.calls);
+    }
     let started = Instant::now();
     let max_len = lm.config.max_len;
     let cells = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
     let generated = lm_eval::requested(&mut g, compared, decoding, max_len);
-    let mut r = MethodReport::new(&file.display().to_string(), &decoding_name(decoding), Some(cells), compared, &generated);
+    let mut name = decoding_name(decoding);
+    if a.any_call && decoding == Decoding::Constrained {
+        name.push_str(", any call");
+    }
+    let mut r = MethodReport::new(&file.display().to_string(), &name, Some(cells), compared, &generated);
     if decoding == Decoding::Instructed {
         let facts = Facts::of(training);
         let high = lm_eval::high_latency(&mut g, compared, &facts, max_len);
@@ -1036,6 +1054,9 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
     let one = |mut model: &mut dyn generate::NextToken, tok: &gent::llm::Tokenizer, i: usize| {
         let seed = batch::request_seed(a.run.seed, i);
         let mut g = Generator::new(&mut model, tok, sampling, seed)?.known_destinations(names);
+        if !a.any_call {
+            g = g.known_calls(&lm.calls);
+        }
         Ok::<_, generate::GenerateError>(match &user {
             Some(u) => g.graph_instructed(&request, u, max_len),
             None => g.run(&request, decoding, max_len),

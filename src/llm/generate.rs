@@ -14,10 +14,13 @@
 //! counts, edge ids, times within latency, subgraph edge budgets and depths are
 //! all bounded this way, so every generated graph is valid and has exactly the
 //! requested number of edges and depth, whatever the model's weights. Given
-//! the microservices seen in training, destinations are masked to them too.
+//! the microservices seen in training, destinations are masked to them too;
+//! given the calls seen in training ([`KnownCalls`]), to those the layer's
+//! start node made, and types to those the pair was called with.
 
 use rand::{Rng, SeedableRng};
 
+use super::calls::KnownCalls;
 use super::graph::{CallGraph, Edge, EdgeId, Layer, LayerConditions};
 use super::instruct::{self, UserInstruction};
 use super::text::{self, Conditions};
@@ -216,6 +219,12 @@ impl Destinations {
     fn spells(&self) -> bool {
         self.open || !self.spelled.is_empty()
     }
+
+    /// Whether `name` may be named.
+    fn allows(&self, name: &str) -> bool {
+        microservice_digits(name)
+            .is_some_and(|d| self.open || self.whole.iter().any(|w| w.1 == d) || self.spelled.binary_search(&d).is_ok())
+    }
 }
 
 /// `MS_` and the five digits.
@@ -235,6 +244,9 @@ pub struct Generator<'a, M: NextToken> {
     /// The tokens that start a spelled destination (` MS_`).
     spelled_head: Vec<u32>,
     destinations: Destinations,
+    /// The calls training made, which destinations and types keep to (none:
+    /// any allowed destination, any type).
+    calls: Option<&'a KnownCalls>,
 }
 
 impl<'a, M: NextToken> Generator<'a, M> {
@@ -252,6 +264,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
             digits,
             spelled_head: tok.encode(" MS_"),
             destinations: Destinations::open(tok),
+            calls: None,
         })
     }
 
@@ -262,6 +275,67 @@ impl<'a, M: NextToken> Generator<'a, M> {
     pub fn known_destinations(mut self, names: &[String]) -> Self {
         self.destinations = Destinations::known(self.tok, names);
         self
+    }
+
+    /// Constrained decoding names only calls `calls` holds
+    /// ([`KnownCalls`]): a destination the layer's start node called in the
+    /// requested service's training graphs (else in any), with a type the
+    /// pair was called with. A start node never seen calling, or whose
+    /// destinations are all outside [`Generator::known_destinations`], may
+    /// call any allowed destination.
+    pub fn known_calls(mut self, calls: &'a KnownCalls) -> Self {
+        self.calls = (!calls.is_empty()).then_some(calls);
+        self
+    }
+
+    /// The destinations a call from `source` in a graph of `service` may
+    /// name, when the known calls narrow them.
+    /// With `calling`, only those that were seen calling in turn (when any
+    /// was): the layer still has subgraphs to start and this many edges left.
+    fn narrowed(&self, service: &str, source: &str, calling: bool) -> Option<Destinations> {
+        let calls = self.calls?;
+        let mut names: Vec<String> =
+            calls.destinations(service, source).iter().filter(|n| self.destinations.allows(n)).cloned().collect();
+        if calling && names.iter().any(|n| !calls.destinations(service, n).is_empty()) {
+            names.retain(|n| !calls.destinations(service, n).is_empty());
+        }
+        (!names.is_empty()).then(|| Destinations::known(self.tok, &names))
+    }
+
+    /// The edges from `lo` to `hi` that may start a subgraph: those whose
+    /// destination the known calls show calling, when any does. Any edge in
+    /// the range keeps the layer satisfiable, so narrowing it cannot fail.
+    fn subgraph_edges(&self, service: &str, edges: &[(u64, String, u64, u64)], lo: u64, hi: u64) -> Allowed {
+        let callers: Vec<(u64, u64)> = self.calls.map_or_else(Vec::new, |calls| {
+            edges
+                .iter()
+                .filter(|e| (lo..=hi).contains(&e.0) && !calls.destinations(service, &e.1).is_empty())
+                .map(|e| (e.0, e.0))
+                .collect()
+        });
+        if callers.is_empty() { Allowed::range(lo, hi) } else { Allowed(callers) }
+    }
+
+    /// A destination for a call from `source` in a graph of `service`; with
+    /// `calling`, one that starts a subgraph.
+    fn call_destination(&mut self, service: &str, source: &str, calling: bool) -> String {
+        let ms = match self.narrowed(service, source, calling) {
+            Some(narrowed) => {
+                let all = std::mem::replace(&mut self.destinations, narrowed);
+                let ms = self.destination();
+                self.destinations = all;
+                ms
+            }
+            None => self.destination(),
+        };
+        microservice_name(&ms)
+    }
+
+    /// The call's type: one `source` called `destination` with, when known.
+    fn call_kind(&mut self, source: &str, destination: &str) -> String {
+        let known = self.calls.map_or(&[][..], |c| c.kinds(source, destination));
+        let kinds: Vec<&str> = TYPES.iter().copied().filter(|t| known.iter().any(|k| k == t)).collect();
+        self.word(if kinds.is_empty() { &TYPES[..] } else { &kinds[..] })
     }
 
     /// Writes a destination, ` MS_` and five digits, as one id token or
@@ -409,7 +483,8 @@ impl<'a, M: NextToken> Generator<'a, M> {
         };
         let mut out = String::new();
         let (k, ns) = self.layer_conditions(c, first, request, &shape, &mut out);
-        let edges = self.layer_edges(k, &shape, &mut out);
+        let source = c.start_node.as_deref().unwrap_or("USER");
+        let edges = self.layer_edges((k, ns), &shape, (&request.service, source), &mut out);
         self.layer_subgraphs(c, request, &shape, (k, ns), &edges, &mut out);
         self.force("</layer>\n");
         out.push_str("</layer>\n");
@@ -455,18 +530,30 @@ impl<'a, M: NextToken> Generator<'a, M> {
     }
 
     /// The layer's `k` edges, each to a microservice the model may name.
-    fn layer_edges(&mut self, k: u64, shape: &Shape, out: &mut String) -> Vec<(u64, String, u64, u64)> {
+    fn layer_edges(
+        &mut self,
+        (k, ns): (u64, u64),
+        shape: &Shape,
+        (service, source): (&str, &str),
+        out: &mut String,
+    ) -> Vec<(u64, String, u64, u64)> {
         let Shape { latency, start_at, start_id, .. } = *shape;
         self.force("<layer>\n<edges>\n");
         out.push_str("<layer>\n<edges>\n");
         let mut edges = Vec::with_capacity(k as usize);
+        // Subgraphs start at destinations that call on: once the edges left
+        // are as many as the subgraphs still without one, each must.
+        let mut calling = 0;
         for i in 0..k {
             let id = start_id + i;
             self.force(&format!("(edge_id is {id},destination is"));
-            let ms = microservice_name(&self.destination());
+            let ms = self.call_destination(service, source, k - i <= ns.saturating_sub(calling));
+            if self.calls.is_some_and(|c| !c.destinations(service, &ms).is_empty()) {
+                calling += 1;
+            }
             let mut line = format!("(edge_id is {id},destination is {ms}");
             self.force(",type is");
-            let kind = self.word(&TYPES);
+            let kind = self.call_kind(source, &ms);
             self.force(",communication starts at ");
             // The first call starts at start_communication_at; the others within the latency.
             let start = if i == 0 {
@@ -510,7 +597,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
             let hi_edge = start_id + k - 1 - after;
             let lo_edge = last_edge.map_or(start_id, |e| e + 1);
             self.force("<subgraph of edge_id ");
-            let edge = self.number(&Allowed::range(lo_edge, hi_edge), ">");
+            let edge = self.number(&self.subgraph_edges(&request.service, edges, lo_edge, hi_edge), ">");
             last_edge = Some(edge);
             let parent = edges.iter().find(|e| e.0 == edge).cloned().unwrap_or((edge, String::new(), 0, latency));
             // Budgets add up to the remaining edges exactly: the last takes

@@ -6,7 +6,8 @@
 //! three encodings (tabular, recursive layers, instructions with intermediate
 //! reasoning) as exact inverses; `instruct` makes instruction-tuning samples
 //! (template constraints, user instructions, reasoning lines) from layers;
-//! `tokenizer` turns that text into model
+//! `calls` holds the calls training graphs made, which constrained decoding
+//! keeps to; `tokenizer` turns that text into model
 //! tokens and back; `validate` checks a layer and a whole graph
 //! against the constraints of the paper's Appendix B, naming the one that failed;
 //! `regeneration` turns a window's traces into generation requests for a packet and
@@ -19,6 +20,7 @@
 
 pub mod baseline;
 pub mod batch;
+pub mod calls;
 mod config;
 pub mod eval;
 pub mod generate;

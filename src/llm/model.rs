@@ -4,6 +4,7 @@
 
 use burn::tensor::Device;
 
+use super::calls::{Call, KnownCalls};
 use super::generate::NextToken;
 use super::graph::CallGraph;
 use super::instruct;
@@ -33,9 +34,12 @@ pub enum LanguageModelError {
 /// Graphs whose instruction samples join the tokenizer's training text.
 const INSTRUCTION_VOCABULARY_GRAPHS: usize = 100;
 
-/// The file's kind; `/2` added the training destinations. A file of another
-/// version is refused by name before its body is decoded.
-const KIND: &str = "gent-llm/2";
+/// The file's kind; `/2` added the training destinations, `/3` the training
+/// calls. A `/2` file still loads (no calls: constrained decoding keeps to
+/// the destinations alone); a file of another version is refused by name
+/// before its body is decoded.
+const KIND: &str = "gent-llm/3";
+const KIND_WITHOUT_CALLS: &str = "gent-llm/2";
 
 /// The container version of model files: the packet container's layout as it
 /// was when they were introduced, kept apart from the window packet's
@@ -67,6 +71,26 @@ struct Stored {
     destinations: Vec<String>,
     instructed: bool,
     weights: Vec<u8>,
+    calls: Vec<Call>,
+}
+
+/// A `/2` file: [`Stored`] before the calls.
+#[derive(serde::Deserialize)]
+struct StoredWithoutCalls {
+    kind: String,
+    encoding: Encoding,
+    config: LmConfig,
+    tokens: Vec<String>,
+    destinations: Vec<String>,
+    instructed: bool,
+    weights: Vec<u8>,
+}
+
+impl From<StoredWithoutCalls> for Stored {
+    fn from(s: StoredWithoutCalls) -> Self {
+        let StoredWithoutCalls { kind, encoding, config, tokens, destinations, instructed, weights } = s;
+        Stored { kind, encoding, config, tokens, destinations, instructed, weights, calls: Vec::new() }
+    }
 }
 
 /// A language model ready to generate: network, tokenizer, and where it runs.
@@ -77,6 +101,8 @@ pub struct LanguageModel {
     /// Every microservice the training graphs call, sorted: constrained
     /// decoding names only these.
     pub destinations: Vec<String>,
+    /// The calls of the training graphs: constrained decoding keeps to them.
+    pub calls: KnownCalls,
     /// Instruction-tuned: it answers questions in the instruction encoding.
     pub instructed: bool,
     pub lm: Lm,
@@ -178,6 +204,7 @@ impl LanguageModel {
                 config,
                 tokenizer,
                 destinations,
+                calls: KnownCalls::of(&graphs),
                 instructed: false,
                 lm,
                 device: device.clone(),
@@ -302,6 +329,7 @@ impl LanguageModel {
                 destinations: self.destinations.clone(),
                 instructed: self.instructed,
                 weights,
+                calls: self.calls.calls().to_vec(),
             },
             CONTAINER_VERSION,
         )?)
@@ -309,10 +337,11 @@ impl LanguageModel {
 
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, LanguageModelError> {
         let head: Head = crate::container::open_as(bytes, CONTAINER_VERSION)?;
-        if head.kind != KIND {
-            return Err(LanguageModelError::Kind(head.kind));
-        }
-        let s: Stored = crate::container::open_as(bytes, CONTAINER_VERSION)?;
+        let s: Stored = match head.kind.as_str() {
+            KIND => crate::container::open_as(bytes, CONTAINER_VERSION)?,
+            KIND_WITHOUT_CALLS => crate::container::open_as::<StoredWithoutCalls>(bytes, CONTAINER_VERSION)?.into(),
+            _ => return Err(LanguageModelError::Kind(head.kind)),
+        };
         check_sizes(&s)?;
         let lm = weights::from_bytes(Lm::new(&s.config, device)?, &s.weights)?;
         Ok(LanguageModel {
@@ -320,6 +349,7 @@ impl LanguageModel {
             config: s.config,
             tokenizer: Tokenizer::from_tokens(s.tokens),
             destinations: s.destinations,
+            calls: KnownCalls::from_calls(s.calls),
             instructed: s.instructed,
             lm,
             device: device.clone(),
