@@ -62,35 +62,24 @@ pub enum Encoding {
     Tabular,
 }
 
+/// A model file's body as `gent-llm/2` wrote it; `/3` appends the calls
+/// ([`Stored`]). postcard writes a nested struct's fields inline, so a `/2`
+/// body is a `/3` body without its last field.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredModel {
+    kind: String,
+    encoding: Encoding,
+    config: LmConfig,
+    tokens: Vec<String>,
+    destinations: Vec<String>,
+    instructed: bool,
+    weights: Vec<u8>,
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
-    kind: String,
-    encoding: Encoding,
-    config: LmConfig,
-    tokens: Vec<String>,
-    destinations: Vec<String>,
-    instructed: bool,
-    weights: Vec<u8>,
+    model: StoredModel,
     calls: Vec<Call>,
-}
-
-/// A `/2` file: [`Stored`] before the calls.
-#[derive(serde::Deserialize)]
-struct StoredWithoutCalls {
-    kind: String,
-    encoding: Encoding,
-    config: LmConfig,
-    tokens: Vec<String>,
-    destinations: Vec<String>,
-    instructed: bool,
-    weights: Vec<u8>,
-}
-
-impl From<StoredWithoutCalls> for Stored {
-    fn from(s: StoredWithoutCalls) -> Self {
-        let StoredWithoutCalls { kind, encoding, config, tokens, destinations, instructed, weights } = s;
-        Stored { kind, encoding, config, tokens, destinations, instructed, weights, calls: Vec::new() }
-    }
 }
 
 /// A language model ready to generate: network, tokenizer, and where it runs.
@@ -322,13 +311,15 @@ impl LanguageModel {
         let weights = weights::to_bytes(self.lm.clone(), Precision::F32)?;
         Ok(crate::container::seal_as(
             &Stored {
-                kind: KIND.into(),
-                encoding: self.encoding,
-                config: self.config,
-                tokens: self.tokenizer.tokens().to_vec(),
-                destinations: self.destinations.clone(),
-                instructed: self.instructed,
-                weights,
+                model: StoredModel {
+                    kind: KIND.into(),
+                    encoding: self.encoding,
+                    config: self.config,
+                    tokens: self.tokenizer.tokens().to_vec(),
+                    destinations: self.destinations.clone(),
+                    instructed: self.instructed,
+                    weights,
+                },
                 calls: self.calls.calls().to_vec(),
             },
             CONTAINER_VERSION,
@@ -337,9 +328,9 @@ impl LanguageModel {
 
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, LanguageModelError> {
         let head: Head = crate::container::open_as(bytes, CONTAINER_VERSION)?;
-        let s: Stored = match head.kind.as_str() {
+        let Stored { model: s, calls } = match head.kind.as_str() {
             KIND => crate::container::open_as(bytes, CONTAINER_VERSION)?,
-            KIND_WITHOUT_CALLS => crate::container::open_as::<StoredWithoutCalls>(bytes, CONTAINER_VERSION)?.into(),
+            KIND_WITHOUT_CALLS => Stored { model: crate::container::open_as(bytes, CONTAINER_VERSION)?, calls: Vec::new() },
             _ => return Err(LanguageModelError::Kind(head.kind)),
         };
         check_sizes(&s)?;
@@ -349,7 +340,7 @@ impl LanguageModel {
             config: s.config,
             tokenizer: Tokenizer::from_tokens(s.tokens),
             destinations: s.destinations,
-            calls: KnownCalls::from_calls(s.calls),
+            calls: KnownCalls::from_calls(calls),
             instructed: s.instructed,
             lm,
             device: device.clone(),
@@ -416,7 +407,7 @@ fn encoded(tokenizer: &Tokenizer, texts: &[String], max_len: usize) -> Vec<Vec<u
 /// A model file's sizes agree with each other before any network is built from
 /// them: its config decides what `Lm::new` allocates, so a config larger than
 /// the weights the file carries (at least 2 bytes each) is refused.
-fn check_sizes(s: &Stored) -> Result<(), LanguageModelError> {
+fn check_sizes(s: &StoredModel) -> Result<(), LanguageModelError> {
     s.config.validate()?;
     if s.config.vocab != s.tokens.len() || s.tokens.len() <= EOS as usize {
         return Err(LanguageModelError::Sizes(format!(
