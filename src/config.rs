@@ -337,6 +337,9 @@ impl DecompressorConfig {
         if l.remember_windows == 0 {
             return Err(("link.remember_windows", "must be greater than 0".into()));
         }
+        if l.max_trace_spans == 0 {
+            return Err(("link.max_trace_spans", "must be greater than 0".into()));
+        }
         if l.tls_cert_file.is_some() != l.tls_key_file.is_some() {
             return Err(("link.tls_cert_file", "tls_cert_file and tls_key_file go together".into()));
         }

@@ -303,6 +303,35 @@ fn model_push(producer: &str, payload: Vec<u8>, window_id: u64, set: &TraceSet) 
     }
 }
 
+/// A real packet whose largest trace is over the decompressor's
+/// `link.max_trace_spans` is refused before anything is generated, naming the
+/// limit; the decompressor goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_with_a_trace_over_the_per_trace_limit_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("regenerated");
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
+    let mut config = decompressor_config(local(), &out, None);
+    let push = packet_push(1);
+    let set = read_set(&[data("trainticket/16_00_trace.csv.gz")]);
+    let largest = set.traces.iter().map(|t| t.spans.len()).max().unwrap() as u64;
+    config.link.max_trace_spans = largest - 1;
+    let d = decompressor::start(config, Some(delivered_tx)).await.unwrap();
+    let mut client = PacketServiceClient::connect(format!("http://{}", d.link)).await.unwrap();
+    let e = client.push(push.clone()).await.expect_err("refused");
+    assert!(e.message().contains(&format!("limit of {} spans per trace", largest - 1)), "{e:?}");
+    assert_eq!(d.metrics.packets_rejected.with_label_values(&["invalid"]).get(), 1);
+    assert!(drain(&mut delivered_rx).is_empty());
+    // A decompressor that allows the trace regenerates the same packet.
+    let mut config = decompressor_config(local(), &out, None);
+    config.link.max_trace_spans = largest;
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel();
+    let d = decompressor::start(config, Some(delivered_tx)).await.unwrap();
+    let mut client = PacketServiceClient::connect(format!("http://{}", d.link)).await.unwrap();
+    client.push(push).await.unwrap();
+    assert_eq!(drain(&mut delivered_rx).iter().map(|d| d.window_id).collect::<Vec<_>>(), vec![1]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_packet_is_rejected_counted_and_set_aside_and_the_next_one_is_delivered() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ mod model;
 mod payload;
 
 pub use model::{
-    Breakdown, Contents, DEFAULT_MAX_SPANS, Header, PackError, Unpacked, breakdown, open_contents, pack, seal_contents, unpack,
-    unpack_within,
+    Breakdown, Contents, DEFAULT_MAX_SPANS, DEFAULT_MAX_TRACE_SPANS, Header, PackError, Unpacked, breakdown, open_contents, pack,
+    seal_contents, unpack, unpack_bounded, unpack_within,
 };
 pub use payload::{Engine, MAX_TRACES_BYTES, Origin, Payload, TracesError, decode_traces, encode_traces};

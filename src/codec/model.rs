@@ -16,12 +16,22 @@ pub enum PackError {
     Model(#[from] ModelError),
     #[error("the packet asks for {spans} spans in {traces} traces, more than this decoder's limit of {limit} spans per window")]
     TooLarge { traces: u64, spans: u64, limit: u64 },
+    #[error(
+        "the packet's topology {topology} asks for {spans} spans in one trace, more than this decoder's limit of {limit} spans per trace"
+    )]
+    TraceTooLarge { topology: usize, spans: usize, limit: u64 },
 }
 
 /// Most spans a decoder regenerates from one packet unless told otherwise
 /// (the decompressor's `max_window_spans`): a packet is untrusted input, and
 /// its counts decide how much generation allocates.
 pub const DEFAULT_MAX_SPANS: u64 = 10_000_000;
+
+/// Most spans of one trace a decompressor regenerates unless told otherwise
+/// (`link.max_trace_spans`): a trace is generated whole, so one topology of
+/// millions of nodes would hold gigabytes however the window is cut into
+/// parts. The compressor's `window.max_spans_per_trace` default.
+pub const DEFAULT_MAX_TRACE_SPANS: u64 = 100_000;
 
 /// What a packet says about its window.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -164,6 +174,12 @@ pub fn unpack(bytes: &[u8], device: &Device) -> Result<Unpacked, PackError> {
 /// checked against the limit and against each other before the model is
 /// built, so no count in a packet decides an allocation unchecked.
 pub fn unpack_within(bytes: &[u8], device: &Device, max_spans: u64) -> Result<Unpacked, PackError> {
+    unpack_bounded(bytes, device, (max_spans, max_spans))
+}
+
+/// [`unpack_within`] that also refuses a topology of more than
+/// `max_trace_spans` nodes, before the model is built.
+pub fn unpack_bounded(bytes: &[u8], device: &Device, (max_spans, max_trace_spans): (u64, u64)) -> Result<Unpacked, PackError> {
     let body: Contents = container::open_checked(bytes, |header: &Header| {
         let (traces, spans) = (header.traces, header.spans);
         if spans > max_spans { Err(PackError::TooLarge { traces, spans, limit: max_spans }) } else { Ok(()) }
@@ -171,6 +187,12 @@ pub fn unpack_within(bytes: &[u8], device: &Device, max_spans: u64) -> Result<Un
     let (traces, spans) = (body.header.traces, body.header.spans);
     if body.model.histogram.traces() != traces || body.model.histogram.spans() != spans || traces > spans {
         return Err(ModelError::Stored("header counts disagree with the topology histogram".into()).into());
+    }
+    let topologies = body.model.histogram.topologies.iter().enumerate();
+    if let Some((topology, t)) = topologies.max_by_key(|(_, t)| t.len())
+        && t.len() as u64 > max_trace_spans
+    {
+        return Err(PackError::TraceTooLarge { topology, spans: t.len(), limit: max_trace_spans });
     }
     let model = WindowModel::from_stored(body.model, device)?;
     // One request per trace of the window: a packet cannot ask for more
@@ -254,5 +276,24 @@ mod tests {
             b.model.histogram.labels.extend(std::iter::repeat_n(label, 1000));
         });
         assert!(unpack(&labels, &device).err().expect("refused").to_string().contains("labels for"));
+    }
+
+    #[test]
+    fn a_trace_over_the_per_trace_limit_is_refused_naming_its_topology() {
+        let device = Device::flex();
+        // Topology 0 becomes a chain of 5,000 nodes, the header agreeing.
+        let chain = hostile(|b| {
+            let h = &mut b.model.histogram;
+            let label = h.topologies[0].labels[0];
+            h.topologies[0].labels = vec![label; 5000];
+            h.topologies[0].parents = (0..5000u32).map(|i| i.checked_sub(1)).collect();
+            (b.header.traces, b.header.spans) = (h.traces(), h.spans());
+        });
+        let e = unpack_bounded(&chain, &device, (1_000_000, 4999)).err().expect("refused").to_string();
+        assert!(e.contains("topology 0 asks for 5000 spans in one trace") && e.contains("limit of 4999"), "{e}");
+        // Within the limit, the per-trace check lets it through (whatever
+        // the deeper checks then say of the edited model).
+        let e = unpack_bounded(&chain, &device, (1_000_000, 5000)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!e.contains("per trace"), "{e}");
     }
 }

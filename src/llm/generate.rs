@@ -289,9 +289,9 @@ impl<'a, M: NextToken> Generator<'a, M> {
     }
 
     /// The destinations a call from `source` in a graph of `service` may
-    /// name, when the known calls narrow them.
-    /// With `calling`, only those that were seen calling in turn (when any
-    /// was): the layer still has subgraphs to start and this many edges left.
+    /// name, when the known calls narrow them. With `calling` (the layer's
+    /// edges left are as many as the subgraphs it has yet to start), only
+    /// those seen calling on, when any was.
     fn narrowed(&self, service: &str, source: &str, calling: bool) -> Option<Destinations> {
         let calls = self.calls?;
         let mut names: Vec<String> =

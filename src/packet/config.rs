@@ -126,6 +126,10 @@ pub struct LinkServerConfig {
     /// Most spans one packet may regenerate (its header's count, checked
     /// before any generation): a packet is untrusted even behind a token.
     pub max_window_spans: u64,
+    /// Most spans of one trace a packet may regenerate (its largest
+    /// topology, checked before any generation): a trace is generated whole.
+    /// At least the compressor's `window.max_spans_per_trace`.
+    pub max_trace_spans: u64,
     /// Most pushes read at once (each up to `max_packet_bytes`); more wait.
     pub max_concurrent_pushes: usize,
     /// How many (producer, window) ids are remembered to acknowledge a repeated push
@@ -147,6 +151,7 @@ impl Default for LinkServerConfig {
             tls_key_file: None,
             max_packet_bytes: 64 << 20,
             max_window_spans: crate::codec::DEFAULT_MAX_SPANS,
+            max_trace_spans: crate::codec::DEFAULT_MAX_TRACE_SPANS,
             max_concurrent_pushes: 4,
             remember_windows: 100_000,
             connections: ConnectionConfig::link(),

@@ -124,8 +124,9 @@ struct Handler {
     seen: Mutex<Seen>,
     /// One window regenerates at a time: memory stays bounded by one window.
     gate: Semaphore,
-    /// Most spans one push may regenerate (`link.max_window_spans`).
-    max_spans: u64,
+    /// Most spans one push may regenerate, and one trace of it
+    /// (`link.max_window_spans`, `link.max_trace_spans`).
+    max_spans: (u64, u64),
     reports: Option<mpsc::UnboundedSender<Delivered>>,
 }
 
@@ -201,13 +202,13 @@ fn decode_parts(
     payload: &[u8],
     device: &burn::tensor::Device,
     llm: Option<&Mutex<LlmEngine>>,
-    max_spans: u64,
+    max_spans: (u64, u64),
     mut each: impl FnMut(Part) -> bool,
 ) -> Result<(), DecodeError> {
     let started = Instant::now();
     match kind {
         PayloadKind::Model => {
-            let unpacked = crate::codec::unpack_within(payload, device, max_spans)?;
+            let unpacked = crate::codec::unpack_bounded(payload, device, max_spans)?;
             let seed = unpacked.header.seed;
             if let (Some(llm), Some(conditions)) = (llm, &unpacked.conditions) {
                 let engine = llm.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,7 +235,7 @@ fn decode_parts(
             Ok(unpacked.model.generate_parts(seed, of, each_part)?)
         }
         PayloadKind::Traces => {
-            let traces = crate::codec::decode_traces(payload, max_spans)?;
+            let traces = crate::codec::decode_traces(payload, max_spans.0)?;
             each(Part::whole(traces, Origin::Traces, 0, started));
             Ok(())
         }
@@ -391,7 +392,7 @@ pub async fn start(
         metrics: metrics.clone(),
         seen: Mutex::new(Seen { spans: HashMap::new(), order: VecDeque::new(), capacity: config.link.remember_windows }),
         gate: Semaphore::new(1),
-        max_spans: config.link.max_window_spans,
+        max_spans: (config.link.max_window_spans, config.link.max_trace_spans),
         reports,
     });
     let addr = config.link.listen;
