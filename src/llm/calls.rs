@@ -22,13 +22,29 @@ pub struct Call {
     pub kind: String,
 }
 
+/// Names by a first and a second name, looked up by `&str` without
+/// allocating (a generator asks once per call it writes).
+type ByPair = HashMap<String, HashMap<String, Vec<String>>>;
+
 /// Distinct calls with lookups by (service, source), source, and (source, destination).
 #[derive(Debug, Clone, Default)]
 pub struct KnownCalls {
     calls: Vec<Call>,
-    by_service_source: HashMap<(String, String), Vec<String>>,
+    by_service_source: ByPair,
     by_source: HashMap<String, Vec<String>>,
-    kinds: HashMap<(String, String), Vec<String>>,
+    kinds: ByPair,
+}
+
+/// `values` sorted and distinct, under `first` and `second`.
+fn insert(map: &mut ByPair, first: &str, second: &str, value: &str) {
+    let values = map.entry(first.to_string()).or_default().entry(second.to_string()).or_default();
+    if let Err(at) = values.binary_search_by(|v| v.as_str().cmp(value)) {
+        values.insert(at, value.to_string());
+    }
+}
+
+fn get<'a>(map: &'a ByPair, first: &str, second: &str) -> Option<&'a Vec<String>> {
+    map.get(first)?.get(second)
 }
 
 impl KnownCalls {
@@ -50,18 +66,16 @@ impl KnownCalls {
 
     /// The lookups over `calls` (as stored; duplicates and order do not matter).
     pub fn from_calls(calls: Vec<Call>) -> Self {
-        let mut by_service_source: HashMap<(String, String), BTreeSet<&str>> = HashMap::new();
-        let mut by_source: HashMap<String, BTreeSet<&str>> = HashMap::new();
-        let mut kinds: HashMap<(String, String), BTreeSet<&str>> = HashMap::new();
+        let (mut by_service_source, mut kinds) = (ByPair::new(), ByPair::new());
+        let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
         for c in &calls {
-            by_service_source.entry((c.service.clone(), c.source.clone())).or_default().insert(&c.destination);
-            by_source.entry(c.source.clone()).or_default().insert(&c.destination);
-            kinds.entry((c.source.clone(), c.destination.clone())).or_default().insert(&c.kind);
+            insert(&mut by_service_source, &c.service, &c.source, &c.destination);
+            insert(&mut kinds, &c.source, &c.destination, &c.kind);
+            let values = by_source.entry(c.source.clone()).or_default();
+            if let Err(at) = values.binary_search(&c.destination) {
+                values.insert(at, c.destination.clone());
+            }
         }
-        let owned = |set: BTreeSet<&str>| set.into_iter().map(str::to_string).collect();
-        let by_service_source = by_service_source.into_iter().map(|(k, v)| (k, owned(v))).collect();
-        let by_source = by_source.into_iter().map(|(k, v)| (k, owned(v))).collect();
-        let kinds = kinds.into_iter().map(|(k, v)| (k, owned(v))).collect();
         KnownCalls { calls, by_service_source, by_source, kinds }
     }
 
@@ -77,15 +91,12 @@ impl KnownCalls {
     /// What `source` called in `service`'s graphs, else in any graph; empty
     /// when it was never seen calling. Sorted.
     pub fn destinations(&self, service: &str, source: &str) -> &[String] {
-        self.by_service_source
-            .get(&(service.to_string(), source.to_string()))
-            .or_else(|| self.by_source.get(source))
-            .map_or(&[], Vec::as_slice)
+        get(&self.by_service_source, service, source).or_else(|| self.by_source.get(source)).map_or(&[], Vec::as_slice)
     }
 
     /// The types `source` called `destination` with; empty when never. Sorted.
     pub fn kinds(&self, source: &str, destination: &str) -> &[String] {
-        self.kinds.get(&(source.to_string(), destination.to_string())).map_or(&[], Vec::as_slice)
+        get(&self.kinds, source, destination).map_or(&[], Vec::as_slice)
     }
 }
 
