@@ -492,7 +492,53 @@ fn constrained_decoding_keeps_to_the_calls_of_training_and_stays_valid() {
 }
 
 #[test]
+fn the_counts_of_training_calls_near_the_requested_size_bring_generated_calls_near_real_ones() {
+    use gent::llm::calls::KnownCalls;
+    use gent::llm::eval::kl_popular_calls;
+    use gent::llm::generate::{CallPrior, Generator, Request, Sampling};
+    use rand::SeedableRng;
+    let train = read("alibaba/callgraphs_train.txt");
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).collect();
+    let known = KnownCalls::of(&graphs);
+    let names: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
+    let tok = gent::llm::Tokenizer::train([train.as_str()], 2, 4096, 4096);
+    let real: Vec<CallGraph> = graphs.iter().step_by(4).cloned().collect();
+    let requests: Vec<Request> = real
+        .iter()
+        .map(|x| Request { service: x.service.clone(), num_edges: x.edges.len() as u64, depth: x.depth(), latency: 40 })
+        .collect();
+    // A model that knows nothing: only the counts can bring the calls near.
+    let kl = |prior: CallPrior| {
+        let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(7), vocab: tok.len() };
+        let mut g = Generator::new(&mut model, &tok, Sampling::default(), 11)
+            .unwrap()
+            .known_destinations(&names)
+            .known_calls(&known)
+            .call_prior(prior);
+        let generated: Vec<CallGraph> = requests
+            .iter()
+            .map(|r| {
+                let out = g.graph(r).unwrap();
+                let asked = Requested { num_edges: Some(r.num_edges), depth: Some(r.depth), latency: Some(40) };
+                assert_eq!(validate::graph(&out.graph, &asked), vec![], "{r:?}\n{}", out.text);
+                out.graph
+            })
+            .collect();
+        kl_popular_calls(&real, &generated, 100)
+    };
+    let (alone, mixed, counts) =
+        (kl(CallPrior::NONE), kl(CallPrior { weight: 0.5, sharpness: 4.0 }), kl(CallPrior { weight: 1.0, sharpness: 4.0 }));
+    println!(
+        "{} requests: KL of popular calls {alone:.3} model alone, {mixed:.3} half counts, {counts:.3} counts alone",
+        requests.len()
+    );
+    assert!(mixed < alone * 0.8, "{mixed} against {alone}");
+    assert!(counts < mixed, "{counts} against {mixed}");
+}
+
+#[test]
 fn a_model_file_carries_its_calls_and_one_written_before_them_still_loads() {
+    use gent::llm::calls::Size;
     use gent::llm::model::LanguageModel;
     const VERSION: u16 = 4;
     let graphs: Vec<CallGraph> = train_graphs().into_iter().take(40).map(|(_, g)| g).collect();
@@ -503,13 +549,24 @@ fn a_model_file_carries_its_calls_and_one_written_before_them_still_loads() {
     let device = gent::nn::cpu_device();
     let back = LanguageModel::from_bytes(&bytes, &device).unwrap();
     assert_eq!(back.calls.calls(), known.calls());
-    // The same file as `gent-llm/2` wrote it: that kind, and no calls at the end.
+    let (g, size) = (&graphs[0], Size { edges: graphs[0].edges.len() as u64, depth: graphs[0].depth() });
+    let prior = back.calls.destination_prior(&g.service, "USER", size, 4.0);
+    assert!(!prior.is_empty() && prior == known.destination_prior(&g.service, "USER", size, 4.0), "{prior:?}");
+    // The same file as `gent-llm/3` wrote it: that kind, and the calls without counts at the end.
     let body = gent::container::open_body_as(&bytes, VERSION).unwrap();
-    let calls = postcard::to_allocvec(known.calls()).unwrap();
-    assert!(body.ends_with(&calls));
-    let kind = b"gent-llm/3";
+    let counted = postcard::to_allocvec(&known.counted()).unwrap();
+    assert!(body.ends_with(&counted));
+    let kind = b"gent-llm/4";
     let at = body.windows(kind.len()).position(|w| w == kind).unwrap();
-    let mut old = body[..body.len() - calls.len()].to_vec();
+    let model_only = body[..body.len() - counted.len()].to_vec();
+    let mut old = model_only.clone();
+    old.extend(postcard::to_allocvec(known.calls()).unwrap());
+    old[at..at + kind.len()].copy_from_slice(b"gent-llm/3");
+    let v3 = LanguageModel::from_bytes(&gent::container::seal_body_as(&old, VERSION).unwrap(), &device).unwrap();
+    assert_eq!(v3.calls.calls(), known.calls());
+    assert!(v3.calls.destination_prior(&g.service, "USER", size, 4.0).is_empty(), "no counts, no prior");
+    // As `gent-llm/2` wrote it: no calls at the end.
+    let mut old = model_only;
     old[at..at + kind.len()].copy_from_slice(b"gent-llm/2");
     let old_lm = LanguageModel::from_bytes(&gent::container::seal_body_as(&old, VERSION).unwrap(), &device).unwrap();
     assert!(old_lm.calls.is_empty());

@@ -235,6 +235,8 @@ pub struct EvalArgs {
     /// a type that pair used; a node never seen calling may call any.
     #[arg(long, requires = "constrained")]
     any_call: bool,
+    #[command(flatten)]
+    prior: PriorArgs,
     /// Graphs per grid cell.
     #[arg(long, default_value_t = 5)]
     count: usize,
@@ -250,6 +252,39 @@ pub struct EvalArgs {
     temperature: f32,
     #[command(flatten)]
     run: RunArgs,
+}
+
+/// How much the counts of the training calls decide destinations and types
+/// (constrained decoding with the calls of training).
+#[derive(clap::Args, Clone, Copy)]
+struct PriorArgs {
+    /// Weight of the calls of the training graphs nearest the requested size
+    /// against the model, as a kNN language model mixes its neighbours in:
+    /// 0 the model alone, 1 the counts alone (a model file written before
+    /// gent-llm/4 has no counts: the model alone).
+    #[arg(long, default_value_t = 0.75, value_parser = unit_interval, conflicts_with = "any_call")]
+    call_prior: f64,
+    /// How fast a training graph's counts fade as its size (edges, depth)
+    /// moves away from the request's: weight e^(−sharpness × log-ratio).
+    /// 0 counts every graph of the service alike.
+    #[arg(long, default_value_t = 8.0, value_parser = non_negative, conflicts_with = "any_call")]
+    prior_sharpness: f64,
+}
+
+impl PriorArgs {
+    fn prior(self) -> generate::CallPrior {
+        generate::CallPrior { weight: self.call_prior, sharpness: self.prior_sharpness }
+    }
+}
+
+fn unit_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{s}: must be from 0 to 1")) }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if v >= 0.0 && v.is_finite() { Ok(v) } else { Err(format!("{s}: must be a finite number ≥ 0")) }
 }
 
 #[derive(clap::Args)]
@@ -270,6 +305,8 @@ pub struct GenerateArgs {
     /// llm eval --any-call`).
     #[arg(long, requires = "constrained")]
     any_call: bool,
+    #[command(flatten)]
+    prior: PriorArgs,
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     /// Keep the k best tokens (0: all).
@@ -762,7 +799,7 @@ fn eval_model(
     let mut g =
         Generator::new(&mut scorer, tok, sampling, a.run.seed).map_err(Failure::other)?.known_destinations(&lm.destinations);
     if !a.any_call {
-        g = g.known_calls(&lm.calls);
+        g = g.known_calls(&lm.calls).call_prior(a.prior.prior());
     }
     let started = Instant::now();
     let max_len = lm.config.max_len;
@@ -771,6 +808,8 @@ fn eval_model(
     let mut name = decoding_name(decoding);
     if a.any_call && decoding == Decoding::Constrained {
         name.push_str(", any call");
+    } else if decoding == Decoding::Constrained && a.prior.call_prior > 0.0 {
+        name.push_str(&format!(", call prior {}", a.prior.call_prior));
     }
     let mut r = MethodReport::new(&file.display().to_string(), &name, Some(cells), compared, &generated);
     if decoding == Decoding::Instructed {
@@ -1055,7 +1094,7 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
         let seed = batch::request_seed(a.run.seed, i);
         let mut g = Generator::new(&mut model, tok, sampling, seed)?.known_destinations(names);
         if !a.any_call {
-            g = g.known_calls(&lm.calls);
+            g = g.known_calls(&lm.calls).call_prior(a.prior.prior());
         }
         Ok::<_, generate::GenerateError>(match &user {
             Some(u) => g.graph_instructed(&request, u, max_len),

@@ -8,8 +8,16 @@
 //! model that has to learn the traffic from a few hundred graphs then chooses
 //! among real calls instead of among every microservice, as copying a real
 //! graph does, while it still writes new combinations of them.
+//!
+//! Each call also keeps how often graphs of each size made it ([`Seen`]).
+//! From these counts [`KnownCalls::destination_prior`] gives the
+//! distribution a kNN language model (Khandelwal et al., 2020) interpolates
+//! with the network's: the calls of the training graphs nearest the request
+//! in size, weighted by how near. A few hundred graphs are too few for a
+//! small network to learn which entry and callees go with a graph's size;
+//! the counts hold exactly that.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use super::graph::CallGraph;
 
@@ -22,6 +30,31 @@ pub struct Call {
     pub kind: String,
 }
 
+/// How often graphs of one size made a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
+    /// The graph's edges.
+    pub edges: u32,
+    /// The graph's depth.
+    pub depth: u32,
+    /// Times graphs of this size made the call.
+    pub count: u32,
+}
+
+/// A call with how often graphs of each size made it, as a model file stores it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CountedCall {
+    pub call: Call,
+    pub seen: Vec<Seen>,
+}
+
+/// A request's size, which the counts of the graphs nearest it weigh most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub edges: u64,
+    pub depth: u64,
+}
+
 /// Names by a first and a second name, looked up by `&str` without
 /// allocating (a generator asks once per call it writes).
 type ByPair = HashMap<String, HashMap<String, Vec<String>>>;
@@ -30,9 +63,15 @@ type ByPair = HashMap<String, HashMap<String, Vec<String>>>;
 #[derive(Debug, Clone, Default)]
 pub struct KnownCalls {
     calls: Vec<Call>,
+    /// Per call (aligned with `calls`): how often graphs of each size made
+    /// it; empty for a file written before counts.
+    seen: Vec<Vec<Seen>>,
     by_service_source: ByPair,
     by_source: HashMap<String, Vec<String>>,
     kinds: ByPair,
+    /// Indices into `calls`, by (service, source) and by source.
+    calls_by_service_source: HashMap<String, HashMap<String, Vec<usize>>>,
+    calls_by_source: HashMap<String, Vec<usize>>,
 }
 
 /// `values` sorted and distinct, under `first` and `second`.
@@ -48,26 +87,52 @@ fn get<'a>(map: &'a ByPair, first: &str, second: &str) -> Option<&'a Vec<String>
 }
 
 impl KnownCalls {
-    /// Every distinct call of `graphs`.
+    /// Every distinct call of `graphs`, counted by graph size.
     pub fn of(graphs: &[CallGraph]) -> Self {
-        let calls: BTreeSet<Call> = graphs
-            .iter()
-            .flat_map(|g| {
-                g.edges.iter().map(|e| Call {
+        let mut counted: BTreeMap<Call, BTreeMap<(u32, u32), u32>> = BTreeMap::new();
+        for g in graphs {
+            let size = (saturated(g.edges.len() as u64), saturated(g.depth()));
+            for e in &g.edges {
+                let call = Call {
                     service: g.service.clone(),
                     source: e.source.clone(),
                     destination: e.destination.clone(),
                     kind: e.kind.clone(),
-                })
+                };
+                let count = counted.entry(call).or_default().entry(size).or_default();
+                *count = count.saturating_add(1);
+            }
+        }
+        let counted = counted
+            .into_iter()
+            .map(|(call, sizes)| CountedCall {
+                call,
+                seen: sizes.into_iter().map(|((edges, depth), count)| Seen { edges, depth, count }).collect(),
             })
             .collect();
-        Self::from_calls(calls.into_iter().collect())
+        Self::from_counted(counted)
     }
 
-    /// The lookups over `calls` (as stored; duplicates and order do not matter).
+    /// The lookups over `calls` without counts (a file written before them):
+    /// no prior ([`KnownCalls::destination_prior`] is empty).
     pub fn from_calls(calls: Vec<Call>) -> Self {
+        Self::from_counted(calls.into_iter().map(|call| CountedCall { call, seen: Vec::new() }).collect())
+    }
+
+    /// The lookups over `counted` (as stored; order does not matter, and a
+    /// call stored twice counts twice).
+    pub fn from_counted(counted: Vec<CountedCall>) -> Self {
         let (mut by_service_source, mut kinds) = (ByPair::new(), ByPair::new());
         let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
+        let (mut calls, mut seen) = (Vec::with_capacity(counted.len()), Vec::with_capacity(counted.len()));
+        let mut calls_by_service_source: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut calls_by_source: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, c) in counted.into_iter().enumerate() {
+            calls_by_service_source.entry(c.call.service.clone()).or_default().entry(c.call.source.clone()).or_default().push(i);
+            calls_by_source.entry(c.call.source.clone()).or_default().push(i);
+            calls.push(c.call);
+            seen.push(c.seen);
+        }
         for c in &calls {
             insert(&mut by_service_source, &c.service, &c.source, &c.destination);
             insert(&mut kinds, &c.source, &c.destination, &c.kind);
@@ -76,10 +141,15 @@ impl KnownCalls {
                 values.insert(at, c.destination.clone());
             }
         }
-        KnownCalls { calls, by_service_source, by_source, kinds }
+        KnownCalls { calls, seen, by_service_source, by_source, kinds, calls_by_service_source, calls_by_source }
     }
 
-    /// The distinct calls, for storing.
+    /// The calls with their counts, for storing.
+    pub fn counted(&self) -> Vec<CountedCall> {
+        self.calls.iter().zip(&self.seen).map(|(call, seen)| CountedCall { call: call.clone(), seen: seen.clone() }).collect()
+    }
+
+    /// The distinct calls.
     pub fn calls(&self) -> &[Call] {
         &self.calls
     }
@@ -98,6 +168,79 @@ impl KnownCalls {
     pub fn kinds(&self, source: &str, destination: &str) -> &[String] {
         get(&self.kinds, source, destination).map_or(&[], Vec::as_slice)
     }
+
+    /// How likely each destination of a call from `source` is in a graph of
+    /// `service` and `size`: the calls [`KnownCalls::destinations`] draws
+    /// on, each weighted by its counts in training graphs near `size`
+    /// (`count × e^(−sharpness × distance)`, [`distance`]). Sums to 1 over the destinations, sorted by name;
+    /// empty when there are no counts.
+    pub fn destination_prior(&self, service: &str, source: &str, size: Size, sharpness: f64) -> Vec<(&str, f64)> {
+        self.prior(self.drawn_on(service, source), size, sharpness, |c| &c.destination)
+    }
+
+    /// How likely each type of the call `source` → `destination` is, as
+    /// [`KnownCalls::destination_prior`] weighs them.
+    pub fn kind_prior(&self, (service, source): (&str, &str), destination: &str, size: Size, sharpness: f64) -> Vec<(&str, f64)> {
+        let of_pair = |calls: &[usize]| -> Vec<usize> {
+            calls.iter().copied().filter(|&i| self.calls[i].destination == destination).collect()
+        };
+        let mut calls = of_pair(self.drawn_on(service, source));
+        if calls.is_empty() {
+            calls = of_pair(self.calls_by_source.get(source).map_or(&[], Vec::as_slice));
+        }
+        self.prior(&calls, size, sharpness, |c| &c.kind)
+    }
+
+    /// The calls of `source` in `service`'s graphs, else in any.
+    fn drawn_on(&self, service: &str, source: &str) -> &[usize] {
+        self.calls_by_service_source
+            .get(service)
+            .and_then(|m| m.get(source))
+            .or_else(|| self.calls_by_source.get(source))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The counts of `calls` weighted by nearness to `size`, summed by `key`
+    /// and normalised. Nearness is relative to the nearest size seen, so a
+    /// request far from every training graph still gets a distribution.
+    fn prior<'s>(
+        &'s self,
+        calls: &[usize],
+        size: Size,
+        sharpness: f64,
+        key: impl Fn(&'s Call) -> &'s str,
+    ) -> Vec<(&'s str, f64)> {
+        let distances = calls.iter().flat_map(|&i| self.seen[i].iter().map(|s| distance(s, size)));
+        let Some(nearest) = distances.min_by(f64::total_cmp) else { return Vec::new() };
+        let mut out: Vec<(&str, f64)> = Vec::new();
+        for &i in calls {
+            let w: f64 =
+                self.seen[i].iter().map(|s| f64::from(s.count) * (-sharpness * (distance(s, size) - nearest)).exp()).sum();
+            let k = key(&self.calls[i]);
+            match out.binary_search_by(|(name, _)| (*name).cmp(k)) {
+                Ok(at) => out[at].1 += w,
+                Err(at) => out.insert(at, (k, w)),
+            }
+        }
+        let total: f64 = out.iter().map(|(_, w)| w).sum();
+        if !(total > 0.0 && total.is_finite()) {
+            return Vec::new();
+        }
+        out.iter_mut().for_each(|(_, w)| *w /= total);
+        out
+    }
+}
+
+/// How far a training graph's size is from a request's: the sum of the log
+/// ratios of edges and of depth, so that 5 against 10 edges is as far as 50
+/// against 100.
+fn distance(seen: &Seen, size: Size) -> f64 {
+    let ratio = |a: u64, b: u64| ((a as f64 + 1.0) / (b as f64 + 1.0)).ln().abs();
+    ratio(u64::from(seen.edges), size.edges) + ratio(u64::from(seen.depth), size.depth)
+}
+
+fn saturated(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -138,5 +281,33 @@ mod tests {
         let again = KnownCalls::from_calls(known.calls().to_vec());
         assert_eq!(again.destinations("S_2", "MS_00001"), known.destinations("S_2", "MS_00001"));
         assert_eq!(known.calls().len(), 5);
+    }
+
+    #[test]
+    fn the_prior_weighs_the_calls_of_graphs_near_the_requested_size() {
+        let small = graph("S_1", &[("USER", "MS_00001", "http")]);
+        let large =
+            graph("S_1", &[("USER", "MS_00002", "http"), ("MS_00002", "MS_00003", "rpc"), ("MS_00002", "MS_00003", "mc")]);
+        let known = KnownCalls::of(&[small.clone(), small.clone(), small, large]);
+        let share = |prior: &[(&str, f64)], name: &str| prior.iter().find(|p| p.0 == name).map_or(0.0, |p| p.1);
+        let (one, three) = (Size { edges: 1, depth: 1 }, Size { edges: 3, depth: 1 });
+        // Every size alike: the counts (3 small graphs, 1 large).
+        let flat = known.destination_prior("S_1", "USER", one, 0.0);
+        assert!((share(&flat, "MS_00001") - 0.75).abs() < 1e-9, "{flat:?}");
+        // Sharp: the graphs of the requested size decide.
+        assert!(share(&known.destination_prior("S_1", "USER", one, 8.0), "MS_00001") > 0.99);
+        assert!(share(&known.destination_prior("S_1", "USER", three, 8.0), "MS_00002") > 0.98, "3 small graphs at 1/2^8 each");
+        // Far from every graph, it is still a distribution (nearest first).
+        let far = known.destination_prior("S_1", "USER", Size { edges: 1_000_000, depth: 50 }, 8.0);
+        assert!((far.iter().map(|p| p.1).sum::<f64>() - 1.0).abs() < 1e-9 && share(&far, "MS_00002") > 0.98, "{far:?}");
+        // An unseen service backs off to the source's calls in any graph; types by their counts.
+        assert_eq!(known.destination_prior("S_9", "USER", one, 0.0).len(), 2);
+        let kinds = known.kind_prior(("S_1", "MS_00002"), "MS_00003", three, 4.0);
+        assert_eq!(kinds, [("mc", 0.5), ("rpc", 0.5)]);
+        // Without counts (a file before them) there is no prior.
+        assert!(KnownCalls::from_calls(known.calls().to_vec()).destination_prior("S_1", "USER", one, 4.0).is_empty());
+        // Stored with counts and read back, the prior is the same.
+        let again = KnownCalls::from_counted(known.counted());
+        assert_eq!(again.destination_prior("S_1", "USER", three, 4.0), known.destination_prior("S_1", "USER", three, 4.0));
     }
 }

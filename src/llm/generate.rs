@@ -20,7 +20,7 @@
 
 use rand::{Rng, SeedableRng};
 
-use super::calls::KnownCalls;
+use super::calls::{KnownCalls, Size};
 use super::graph::{CallGraph, Edge, EdgeId, Layer, LayerConditions};
 use super::instruct::{self, UserInstruction};
 use super::text::{self, Conditions};
@@ -53,6 +53,25 @@ impl Default for Sampling {
     fn default() -> Self {
         Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 }
     }
+}
+
+/// How much the calls of training decide a call's destination and type
+/// against the model: the two distributions are mixed as a kNN language
+/// model mixes its neighbours' with the network's,
+/// `weight × prior + (1 − weight) × model`. The prior is the calls of the
+/// training graphs nearest the request in size
+/// ([`KnownCalls::destination_prior`]), `sharpness` how fast a graph's
+/// counts fade as its size moves away from the request's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallPrior {
+    /// 0: the model alone; 1: the prior alone (where it has counts).
+    pub weight: f64,
+    pub sharpness: f64,
+}
+
+impl CallPrior {
+    /// The model alone.
+    pub const NONE: CallPrior = CallPrior { weight: 0.0, sharpness: 0.0 };
 }
 
 /// The counts one layer is generated under.
@@ -227,6 +246,21 @@ impl Destinations {
     }
 }
 
+/// The smallest run of `weights` (best first) whose share reaches `p`.
+fn top_p(mut weights: Vec<f64>, p: f32) -> Vec<f64> {
+    if p < 1.0 {
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        if let Some(keep) = weights.iter().position(|w| {
+            acc += w / total;
+            acc >= f64::from(p)
+        }) {
+            weights.truncate(keep + 1);
+        }
+    }
+    weights
+}
+
 /// `MS_` and the five digits.
 fn microservice_name(digits: &[u8; 5]) -> String {
     let mut name = String::from("MS_");
@@ -247,6 +281,10 @@ pub struct Generator<'a, M: NextToken> {
     /// The calls training made, which destinations and types keep to (none:
     /// any allowed destination, any type).
     calls: Option<&'a KnownCalls>,
+    /// How much their counts weigh against the model.
+    prior: CallPrior,
+    /// The size of the graph being generated, which the prior is near.
+    size: Size,
 }
 
 impl<'a, M: NextToken> Generator<'a, M> {
@@ -265,6 +303,8 @@ impl<'a, M: NextToken> Generator<'a, M> {
             spelled_head: tok.encode(" MS_"),
             destinations: Destinations::open(tok),
             calls: None,
+            prior: CallPrior::NONE,
+            size: Size { edges: 0, depth: 0 },
         })
     }
 
@@ -286,6 +326,19 @@ impl<'a, M: NextToken> Generator<'a, M> {
     pub fn known_calls(mut self, calls: &'a KnownCalls) -> Self {
         self.calls = (!calls.is_empty()).then_some(calls);
         self
+    }
+
+    /// Mixes the known calls' counts into the model's choice of each
+    /// destination and type ([`CallPrior`]); nothing without
+    /// [`Generator::known_calls`] or where they hold no counts.
+    pub fn call_prior(mut self, prior: CallPrior) -> Self {
+        self.prior = prior;
+        self
+    }
+
+    /// The known calls when their counts are mixed in.
+    fn prior_calls(&self) -> Option<&'a KnownCalls> {
+        self.calls.filter(|_| self.prior.weight > 0.0)
     }
 
     /// The destinations a call from `source` in a graph of `service` may
@@ -319,36 +372,47 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// A destination for a call from `source` in a graph of `service`; with
     /// `calling`, one that starts a subgraph.
     fn call_destination(&mut self, service: &str, source: &str, calling: bool) -> String {
+        let prior: Vec<([u8; 5], f64)> = self.prior_calls().map_or_else(Vec::new, |c| {
+            let prior = c.destination_prior(service, source, self.size, self.prior.sharpness);
+            prior.into_iter().filter_map(|(name, w)| microservice_digits(name).map(|d| (d, w))).collect()
+        });
         let ms = match self.narrowed(service, source, calling) {
             Some(narrowed) => {
                 let all = std::mem::replace(&mut self.destinations, narrowed);
-                let ms = self.destination();
+                let ms = self.destination(&prior);
                 self.destinations = all;
                 ms
             }
-            None => self.destination(),
+            None => self.destination(&prior),
         };
         microservice_name(&ms)
     }
 
     /// The call's type: one `source` called `destination` with, when known.
-    fn call_kind(&mut self, source: &str, destination: &str) -> String {
+    fn call_kind(&mut self, service: &str, source: &str, destination: &str) -> String {
         let known = self.calls.map_or(&[][..], |c| c.kinds(source, destination));
         let kinds: Vec<&str> = TYPES.iter().copied().filter(|t| known.iter().any(|k| k == t)).collect();
-        self.word(if kinds.is_empty() { &TYPES[..] } else { &kinds[..] })
+        let prior = self
+            .prior_calls()
+            .map_or_else(Vec::new, |c| c.kind_prior((service, source), destination, self.size, self.prior.sharpness));
+        self.word_mixed(if kinds.is_empty() { &TYPES[..] } else { &kinds[..] }, &prior)
     }
 
     /// Writes a destination, ` MS_` and five digits, as one id token or
     /// spelled out: the model chooses among every allowed id token and, when
-    /// some allowed id has none, the spelled form's first token.
-    fn destination(&mut self) -> [u8; 5] {
+    /// some allowed id has none, the spelled form's first token. `prior`
+    /// (any order, possibly naming ids not allowed) is mixed in.
+    fn destination(&mut self, prior: &[([u8; 5], f64)]) -> [u8; 5] {
+        let of = |ms: &[u8; 5]| prior.iter().filter(|(d, _)| d == ms).map(|(_, w)| w).sum::<f64>();
         let mut options: Vec<u32> = self.destinations.whole.iter().map(|&(id, _)| id).collect();
+        let mut weights: Vec<f64> = self.destinations.whole.iter().map(|(_, ms)| of(ms)).collect();
         let head = self.spelled_head.first().copied();
         let spell = self.destinations.spells() || options.is_empty();
         if spell && let Some(h) = head {
             options.push(h);
+            weights.push(self.destinations.spelled.iter().map(of).sum());
         }
-        let pick = if options.is_empty() { None } else { Some(self.choose(&options)) };
+        let pick = if options.is_empty() { None } else { Some(self.choose_mixed(&options, &weights)) };
         if let Some(&(id, ms)) = self.destinations.whole.iter().find(|(id, _)| Some(*id) == pick) {
             self.context.push(id);
             return ms;
@@ -357,7 +421,15 @@ impl<'a, M: NextToken> Generator<'a, M> {
         let mut ms = [0u8; 5];
         for i in 0..5 {
             let options = self.destination_digits(&ms[..i]);
-            let pick = self.choose(&options);
+            // The prior of a digit: that of the spelled ids it leads to.
+            let weights: Vec<f64> = options
+                .iter()
+                .map(|&t| {
+                    let d = self.digits.iter().position(|&id| id == t).unwrap_or(0) as u8;
+                    prior.iter().filter(|(p, _)| p[..i] == ms[..i] && p[i] == d).map(|(_, w)| w).sum()
+                })
+                .collect();
+            let pick = self.choose_mixed(&options, &weights);
             self.context.push(pick);
             ms[i] = self.digits.iter().position(|&d| d == pick).unwrap_or(0) as u8;
         }
@@ -400,21 +472,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
         if s.top_k > 0 {
             scored.truncate(s.top_k.max(1));
         }
-        let top = scored[0].1;
-        let mut weights: Vec<f64> = scored.iter().map(|&(_, v)| (((v - top) / s.temperature) as f64).exp()).collect();
-        let total: f64 = weights.iter().sum();
-        if s.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = weights.len();
-            for (i, w) in weights.iter().enumerate() {
-                acc += w / total;
-                if acc >= f64::from(s.top_p) {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            weights.truncate(keep);
-        }
+        let weights = top_p(scored.iter().map(|&(_, v)| (((v - scored[0].1) / s.temperature) as f64).exp()).collect(), s.top_p);
         let total: f64 = weights.iter().sum();
         let mut x = self.rng.random::<f64>() * total;
         for (i, w) in weights.iter().enumerate() {
@@ -424,6 +482,67 @@ impl<'a, M: NextToken> Generator<'a, M> {
             x -= w;
         }
         scored[weights.len() - 1].0
+    }
+
+    /// Picks one of `allowed` with the model's scores mixed with `prior`
+    /// (aligned with `allowed`, any scale) at [`CallPrior::weight`]; the
+    /// model alone when `prior` is empty or all zero.
+    fn choose_mixed(&mut self, allowed: &[u32], prior: &[f64]) -> u32 {
+        if allowed.len() == 1 {
+            return allowed[0];
+        }
+        let w = self.prior.weight.clamp(0.0, 1.0);
+        let prior_total: f64 = prior.iter().sum();
+        if !(w > 0.0 && prior.len() == allowed.len() && prior_total > 0.0 && prior_total.is_finite()) {
+            return self.choose(allowed);
+        }
+        let mut p = if w >= 1.0 {
+            // The prior alone: no model step.
+            vec![0.0; allowed.len()]
+        } else {
+            self.model_probabilities(allowed)
+        };
+        for (pi, q) in p.iter_mut().zip(prior) {
+            *pi = (1.0 - w) * *pi + w * q / prior_total;
+        }
+        if self.sampling.temperature <= 0.0 {
+            let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).map_or(0, |(i, _)| i);
+            return allowed[best];
+        }
+        let total: f64 = p.iter().sum();
+        let mut x = self.rng.random::<f64>() * total;
+        for (i, pi) in p.iter().enumerate() {
+            if x < *pi {
+                return allowed[i];
+            }
+            x -= pi;
+        }
+        // Rounding left `x` past the end: the last option with any weight.
+        allowed[p.iter().rposition(|&pi| pi > 0.0).unwrap_or(0)]
+    }
+
+    /// The model's probability of each of `allowed` (aligned), after
+    /// temperature, top-k and top-p; greedy decoding takes the plain
+    /// softmax, so a prior can still outweigh the model's best.
+    fn model_probabilities(&mut self, allowed: &[u32]) -> Vec<f64> {
+        let logits = self.model.logits(&self.context);
+        let score = |id: u32| logits.get(id as usize).copied().filter(|v| v.is_finite()).unwrap_or(-1e9);
+        let mut order: Vec<(usize, f32)> = allowed.iter().enumerate().map(|(i, &id)| (i, score(id))).collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let s = self.sampling;
+        let temperature = if s.temperature > 0.0 { s.temperature } else { 1.0 };
+        if s.temperature > 0.0 && s.top_k > 0 {
+            order.truncate(s.top_k.max(1));
+        }
+        let top = order[0].1;
+        let weights: Vec<f64> = order.iter().map(|&(_, v)| (((v - top) / temperature) as f64).exp()).collect();
+        let weights = if s.temperature > 0.0 { top_p(weights, s.top_p) } else { weights };
+        let total: f64 = weights.iter().sum();
+        let mut p = vec![0.0; allowed.len()];
+        for (&(i, _), w) in order.iter().zip(&weights) {
+            p[i] = w / total;
+        }
+        p
     }
 
     /// A number from `allowed`, digit by digit; the number ends when the model
@@ -455,8 +574,10 @@ impl<'a, M: NextToken> Generator<'a, M> {
         prefix.parse().unwrap_or(0)
     }
 
-    /// One of `words` (each written with a leading space, e.g. " http").
-    fn word(&mut self, words: &[&str]) -> String {
+    /// One of `words` (each written with a leading space, e.g. " http"), the
+    /// model's choice mixed with `prior` (by word, any order; words it lacks
+    /// have none).
+    fn word_mixed(&mut self, words: &[&str], prior: &[(&str, f64)]) -> String {
         let ids: Vec<(u32, &str)> = words.iter().filter_map(|w| self.tok.id(&format!(" {w}")).map(|id| (id, *w))).collect();
         if ids.is_empty() {
             // The vocabulary lacks them as words: take the first, spelled out.
@@ -464,7 +585,8 @@ impl<'a, M: NextToken> Generator<'a, M> {
             return words[0].to_string();
         }
         let options: Vec<u32> = ids.iter().map(|(id, _)| *id).collect();
-        let pick = self.choose(&options);
+        let weights: Vec<f64> = ids.iter().map(|(_, w)| prior.iter().filter(|(p, _)| p == w).map(|(_, q)| q).sum()).collect();
+        let pick = self.choose_mixed(&options, &weights);
         self.context.push(pick);
         ids.iter().find(|(id, _)| *id == pick).map_or(words[0], |(_, w)| w).to_string()
     }
@@ -474,6 +596,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// share out the edges left.
     fn layer(&mut self, c: &LayerConditions, first: bool, request: &Request) -> String {
         self.context.clear();
+        self.size = Size { edges: request.num_edges, depth: request.depth };
         let shape = Shape {
             n: c.num_edges.unwrap_or(1),
             rd: c.remaining_depth.unwrap_or(0),
@@ -553,7 +676,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
             }
             let mut line = format!("(edge_id is {id},destination is {ms}");
             self.force(",type is");
-            let kind = self.call_kind(source, &ms);
+            let kind = self.call_kind(service, source, &ms);
             self.force(",communication starts at ");
             // The first call starts at start_communication_at; the others within the latency.
             let start = if i == 0 {

@@ -4,7 +4,7 @@
 
 use burn::tensor::Device;
 
-use super::calls::{Call, KnownCalls};
+use super::calls::{Call, CountedCall, KnownCalls};
 use super::generate::NextToken;
 use super::graph::CallGraph;
 use super::instruct;
@@ -35,10 +35,12 @@ pub enum LanguageModelError {
 const INSTRUCTION_VOCABULARY_GRAPHS: usize = 100;
 
 /// The file's kind; `/2` added the training destinations, `/3` the training
-/// calls. A `/2` file still loads (no calls: constrained decoding keeps to
-/// the destinations alone); a file of another version is refused by name
-/// before its body is decoded.
-const KIND: &str = "gent-llm/3";
+/// calls, `/4` their counts by graph size. A `/3` file still loads (no
+/// counts: no prior over destinations), and a `/2` file (no calls:
+/// constrained decoding keeps to the destinations alone); a file of another
+/// version is refused by name before its body is decoded.
+const KIND: &str = "gent-llm/4";
+const KIND_WITHOUT_COUNTS: &str = "gent-llm/3";
 const KIND_WITHOUT_CALLS: &str = "gent-llm/2";
 
 /// The container version of model files: the packet container's layout as it
@@ -63,8 +65,9 @@ pub enum Encoding {
 }
 
 /// A model file's body as `gent-llm/2` wrote it; `/3` appends the calls
-/// ([`Stored`]). postcard writes a nested struct's fields inline, so a `/2`
-/// body is a `/3` body without its last field.
+/// ([`StoredWithoutCounts`]), `/4` the calls with counts ([`Stored`]).
+/// postcard writes a nested struct's fields inline, so a `/2` body is a
+/// `/3` body without its last field.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredModel {
     kind: String,
@@ -78,6 +81,12 @@ struct StoredModel {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
+    model: StoredModel,
+    calls: Vec<CountedCall>,
+}
+
+#[derive(serde::Deserialize)]
+struct StoredWithoutCounts {
     model: StoredModel,
     calls: Vec<Call>,
 }
@@ -320,7 +329,7 @@ impl LanguageModel {
                     instructed: self.instructed,
                     weights,
                 },
-                calls: self.calls.calls().to_vec(),
+                calls: self.calls.counted(),
             },
             CONTAINER_VERSION,
         )?)
@@ -328,9 +337,16 @@ impl LanguageModel {
 
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, LanguageModelError> {
         let head: Head = crate::container::open_as(bytes, CONTAINER_VERSION)?;
-        let Stored { model: s, calls } = match head.kind.as_str() {
-            KIND => crate::container::open_as(bytes, CONTAINER_VERSION)?,
-            KIND_WITHOUT_CALLS => Stored { model: crate::container::open_as(bytes, CONTAINER_VERSION)?, calls: Vec::new() },
+        let (s, calls) = match head.kind.as_str() {
+            KIND => {
+                let Stored { model, calls } = crate::container::open_as(bytes, CONTAINER_VERSION)?;
+                (model, KnownCalls::from_counted(calls))
+            }
+            KIND_WITHOUT_COUNTS => {
+                let StoredWithoutCounts { model, calls } = crate::container::open_as(bytes, CONTAINER_VERSION)?;
+                (model, KnownCalls::from_calls(calls))
+            }
+            KIND_WITHOUT_CALLS => (crate::container::open_as(bytes, CONTAINER_VERSION)?, KnownCalls::default()),
             _ => return Err(LanguageModelError::Kind(head.kind)),
         };
         check_sizes(&s)?;
@@ -340,7 +356,7 @@ impl LanguageModel {
             config: s.config,
             tokenizer: Tokenizer::from_tokens(s.tokens),
             destinations: s.destinations,
-            calls: KnownCalls::from_calls(calls),
+            calls,
             instructed: s.instructed,
             lm,
             device: device.clone(),
