@@ -552,17 +552,29 @@ fn a_model_file_carries_its_calls_and_one_written_before_them_still_loads() {
     let (g, size) = (&graphs[0], Size { edges: graphs[0].edges.len() as u64, depth: graphs[0].depth() });
     let prior = back.calls.destination_prior(&g.service, "USER", size, 4.0);
     assert!(!prior.is_empty() && prior == known.destination_prior(&g.service, "USER", size, 4.0), "{prior:?}");
-    // The same file as `gent-llm/3` wrote it: that kind, and the calls without counts at the end.
+    let shapes = back.calls.subtree_prior(&g.service, "USER", size, 4.0);
+    assert!(!shapes.is_empty() && shapes == known.subtree_prior(&g.service, "USER", size, 4.0), "{shapes:?}");
+    // The file's tail: the calls with counts, then the node shapes.
     let body = gent::container::open_body_as(&bytes, VERSION).unwrap();
     let counted = postcard::to_allocvec(&known.counted()).unwrap();
-    assert!(body.ends_with(&counted));
-    let kind = b"gent-llm/4";
+    let mut tail = counted.clone();
+    tail.extend(postcard::to_allocvec(known.shapes()).unwrap());
+    assert!(body.ends_with(&tail));
+    let kind = b"gent-llm/5";
     let at = body.windows(kind.len()).position(|w| w == kind).unwrap();
-    let model_only = body[..body.len() - counted.len()].to_vec();
-    let mut old = model_only.clone();
-    old.extend(postcard::to_allocvec(known.calls()).unwrap());
-    old[at..at + kind.len()].copy_from_slice(b"gent-llm/3");
-    let v3 = LanguageModel::from_bytes(&gent::container::seal_body_as(&old, VERSION).unwrap(), &device).unwrap();
+    let model_only = body[..body.len() - tail.len()].to_vec();
+    let older = |kind: &[u8], calls: &[u8]| {
+        let mut old = model_only.clone();
+        old.extend_from_slice(calls);
+        old[at..at + kind.len()].copy_from_slice(kind);
+        LanguageModel::from_bytes(&gent::container::seal_body_as(&old, VERSION).unwrap(), &device).unwrap()
+    };
+    // As `gent-llm/4` wrote it: counts, no shapes.
+    let v4 = older(b"gent-llm/4", &counted);
+    assert_eq!(v4.calls.destination_prior(&g.service, "USER", size, 4.0), prior);
+    assert!(v4.calls.subtree_prior(&g.service, "USER", size, 4.0).is_empty(), "no shapes, no prior over them");
+    // As `gent-llm/3` wrote it: the calls without counts.
+    let v3 = older(b"gent-llm/3", &postcard::to_allocvec(known.calls()).unwrap());
     assert_eq!(v3.calls.calls(), known.calls());
     assert!(v3.calls.destination_prior(&g.service, "USER", size, 4.0).is_empty(), "no counts, no prior");
     // As `gent-llm/2` wrote it: no calls at the end.

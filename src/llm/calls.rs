@@ -48,6 +48,18 @@ pub struct CountedCall {
     pub seen: Vec<Seen>,
 }
 
+/// How many calls one call's destination made in turn (`own`) and how many
+/// edges lie below it (`subtree`), with how often graphs of each size had it;
+/// for `node` "USER", the graph's root calls and all its edges.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CountedShape {
+    pub service: String,
+    pub node: String,
+    pub own: u32,
+    pub subtree: u32,
+    pub seen: Vec<Seen>,
+}
+
 /// A request's size, which the counts of the graphs nearest it weigh most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size {
@@ -72,6 +84,10 @@ pub struct KnownCalls {
     /// Indices into `calls`, by (service, source) and by source.
     calls_by_service_source: HashMap<String, HashMap<String, Vec<usize>>>,
     calls_by_source: HashMap<String, Vec<usize>>,
+    shapes: Vec<CountedShape>,
+    /// Indices into `shapes`, by (service, node) and by node.
+    shapes_by_service_node: HashMap<String, HashMap<String, Vec<usize>>>,
+    shapes_by_node: HashMap<String, Vec<usize>>,
 }
 
 /// `values` sorted and distinct, under `first` and `second`.
@@ -103,25 +119,34 @@ impl KnownCalls {
                 *count = count.saturating_add(1);
             }
         }
-        let counted = counted
+        let seen = |sizes: BTreeMap<(u32, u32), u32>| -> Vec<Seen> {
+            sizes.into_iter().map(|((edges, depth), count)| Seen { edges, depth, count }).collect()
+        };
+        let counted = counted.into_iter().map(|(call, sizes)| CountedCall { call, seen: seen(sizes) }).collect();
+        let mut shapes: BTreeMap<(String, String, u32, u32), BTreeMap<(u32, u32), u32>> = BTreeMap::new();
+        for g in graphs {
+            let size = (saturated(g.edges.len() as u64), saturated(g.depth()));
+            for (node, own, subtree) in node_shapes(g) {
+                let count = shapes.entry((g.service.clone(), node, own, subtree)).or_default().entry(size).or_default();
+                *count = count.saturating_add(1);
+            }
+        }
+        let shapes = shapes
             .into_iter()
-            .map(|(call, sizes)| CountedCall {
-                call,
-                seen: sizes.into_iter().map(|((edges, depth), count)| Seen { edges, depth, count }).collect(),
-            })
+            .map(|((service, node, own, subtree), sizes)| CountedShape { service, node, own, subtree, seen: seen(sizes) })
             .collect();
-        Self::from_counted(counted)
+        Self::from_counted(counted, shapes)
     }
 
     /// The lookups over `calls` without counts (a file written before them):
     /// no prior ([`KnownCalls::destination_prior`] is empty).
     pub fn from_calls(calls: Vec<Call>) -> Self {
-        Self::from_counted(calls.into_iter().map(|call| CountedCall { call, seen: Vec::new() }).collect())
+        Self::from_counted(calls.into_iter().map(|call| CountedCall { call, seen: Vec::new() }).collect(), Vec::new())
     }
 
-    /// The lookups over `counted` (as stored; order does not matter, and a
-    /// call stored twice counts twice).
-    pub fn from_counted(counted: Vec<CountedCall>) -> Self {
+    /// The lookups over `counted` and `shapes` (as stored; order does not
+    /// matter, and a record stored twice counts twice).
+    pub fn from_counted(counted: Vec<CountedCall>, shapes: Vec<CountedShape>) -> Self {
         let (mut by_service_source, mut kinds) = (ByPair::new(), ByPair::new());
         let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
         let (mut calls, mut seen) = (Vec::with_capacity(counted.len()), Vec::with_capacity(counted.len()));
@@ -141,7 +166,29 @@ impl KnownCalls {
                 values.insert(at, c.destination.clone());
             }
         }
-        KnownCalls { calls, seen, by_service_source, by_source, kinds, calls_by_service_source, calls_by_source }
+        let mut shapes_by_service_node: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut shapes_by_node: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in shapes.iter().enumerate() {
+            shapes_by_service_node.entry(s.service.clone()).or_default().entry(s.node.clone()).or_default().push(i);
+            shapes_by_node.entry(s.node.clone()).or_default().push(i);
+        }
+        KnownCalls {
+            calls,
+            seen,
+            by_service_source,
+            by_source,
+            kinds,
+            calls_by_service_source,
+            calls_by_source,
+            shapes,
+            shapes_by_service_node,
+            shapes_by_node,
+        }
+    }
+
+    /// The node shapes with their counts, for storing.
+    pub fn shapes(&self) -> &[CountedShape] {
+        &self.shapes
     }
 
     /// The calls with their counts, for storing.
@@ -191,6 +238,35 @@ impl KnownCalls {
         self.prior(&calls, size, sharpness, |c| &c.kind)
     }
 
+    /// How likely each number of edges below a call to `node` is (its
+    /// subgraph's budget), weighed as [`KnownCalls::destination_prior`]
+    /// weighs destinations; by number, sorted.
+    pub fn subtree_prior(&self, service: &str, node: &str, size: Size, sharpness: f64) -> Vec<(u64, f64)> {
+        self.shape_prior(self.shapes_of(service, node), size, sharpness, |s| s.subtree)
+    }
+
+    /// How likely each number of calls `node` makes itself is, among the
+    /// shapes with `subtree` edges below it when there are any, else all.
+    pub fn own_prior(&self, (service, node): (&str, &str), subtree: u64, size: Size, sharpness: f64) -> Vec<(u64, f64)> {
+        let all = self.shapes_of(service, node);
+        let fitting: Vec<usize> = all.iter().copied().filter(|&i| u64::from(self.shapes[i].subtree) == subtree).collect();
+        self.shape_prior(if fitting.is_empty() { all } else { &fitting }, size, sharpness, |s| s.own)
+    }
+
+    fn shapes_of(&self, service: &str, node: &str) -> &[usize] {
+        self.shapes_by_service_node
+            .get(service)
+            .and_then(|m| m.get(node))
+            .or_else(|| self.shapes_by_node.get(node))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn shape_prior(&self, shapes: &[usize], size: Size, sharpness: f64, key: impl Fn(&CountedShape) -> u32) -> Vec<(u64, f64)> {
+        let weighted: Vec<(u64, &[Seen])> =
+            shapes.iter().map(|&i| (u64::from(key(&self.shapes[i])), self.shapes[i].seen.as_slice())).collect();
+        weigh(&weighted, size, sharpness)
+    }
+
     /// The calls of `source` in `service`'s graphs, else in any.
     fn drawn_on(&self, service: &str, source: &str) -> &[usize] {
         self.calls_by_service_source
@@ -210,25 +286,70 @@ impl KnownCalls {
         sharpness: f64,
         key: impl Fn(&'s Call) -> &'s str,
     ) -> Vec<(&'s str, f64)> {
-        let distances = calls.iter().flat_map(|&i| self.seen[i].iter().map(|s| distance(s, size)));
-        let Some(nearest) = distances.min_by(f64::total_cmp) else { return Vec::new() };
-        let mut out: Vec<(&str, f64)> = Vec::new();
-        for &i in calls {
-            let w: f64 =
-                self.seen[i].iter().map(|s| f64::from(s.count) * (-sharpness * (distance(s, size) - nearest)).exp()).sum();
-            let k = key(&self.calls[i]);
-            match out.binary_search_by(|(name, _)| (*name).cmp(k)) {
-                Ok(at) => out[at].1 += w,
-                Err(at) => out.insert(at, (k, w)),
-            }
-        }
-        let total: f64 = out.iter().map(|(_, w)| w).sum();
-        if !(total > 0.0 && total.is_finite()) {
-            return Vec::new();
-        }
-        out.iter_mut().for_each(|(_, w)| *w /= total);
-        out
+        let weighted: Vec<(&str, &[Seen])> = calls.iter().map(|&i| (key(&self.calls[i]), self.seen[i].as_slice())).collect();
+        weigh(&weighted, size, sharpness)
     }
+}
+
+/// The counts of each value's `seen` weighted by nearness to `size`, summed
+/// by value, sorted and normalised. Nearness is relative to the nearest size
+/// seen, so a request far from every training graph still gets a
+/// distribution; empty without counts.
+fn weigh<K: Ord + Copy>(values: &[(K, &[Seen])], size: Size, sharpness: f64) -> Vec<(K, f64)> {
+    let distances = values.iter().flat_map(|(_, seen)| seen.iter().map(|s| distance(s, size)));
+    let Some(nearest) = distances.min_by(f64::total_cmp) else { return Vec::new() };
+    let mut out: Vec<(K, f64)> = Vec::new();
+    for &(k, seen) in values {
+        let w: f64 = seen.iter().map(|s| f64::from(s.count) * (-sharpness * (distance(s, size) - nearest)).exp()).sum();
+        match out.binary_search_by(|(v, _)| v.cmp(&k)) {
+            Ok(at) => out[at].1 += w,
+            Err(at) => out.insert(at, (k, w)),
+        }
+    }
+    let total: f64 = out.iter().map(|(_, w)| w).sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return Vec::new();
+    }
+    out.iter_mut().for_each(|(_, w)| *w /= total);
+    out
+}
+
+/// Each call's destination with the calls it made itself and the edges below
+/// it, and "USER" with the root calls and every edge. Edge ids are paths
+/// (a child's id extends its parent's), so one sort puts each call's
+/// descendants right after it; no recursion on input.
+fn node_shapes(g: &CallGraph) -> Vec<(String, u32, u32)> {
+    let mut order: Vec<&super::graph::Edge> = g.edges.iter().collect();
+    order.sort_by(|a, b| a.id.cmp(&b.id));
+    let n = order.len();
+    let (mut own, mut subtree) = (vec![0usize; n], vec![0usize; n]);
+    // The calls whose descendants are still being read, outermost first;
+    // a call's subtree ends where the first non-descendant starts.
+    let mut open: Vec<usize> = Vec::new();
+    for (j, e) in order.iter().enumerate() {
+        while let Some(&top) = open.last() {
+            if e.id.len() > order[top].id.len() && e.id.starts_with(&order[top].id) {
+                break;
+            }
+            subtree[top] = j - top - 1;
+            open.pop();
+        }
+        if let Some(&top) = open.last()
+            && e.id.len() == order[top].id.len() + 1
+        {
+            own[top] += 1;
+        }
+        open.push(j);
+    }
+    for top in open {
+        subtree[top] = n - top - 1;
+    }
+    let roots = order.iter().filter(|e| e.id.len() == 1).count();
+    let mut out = vec![("USER".to_string(), saturated(roots as u64), saturated(n as u64))];
+    for (i, e) in order.iter().enumerate() {
+        out.push((e.destination.clone(), saturated(own[i] as u64), saturated(subtree[i] as u64)));
+    }
+    out
 }
 
 /// How far a training graph's size is from a request's: the sum of the log
@@ -284,6 +405,39 @@ mod tests {
     }
 
     #[test]
+    fn node_shapes_count_each_calls_own_calls_and_the_edges_below_it() {
+        let edge = |id: &[u32], d: &str| Edge {
+            id: id.to_vec(),
+            source: String::new(),
+            destination: d.into(),
+            kind: "rpc".into(),
+            start: 0,
+            finish: 1,
+        };
+        // Out of order on purpose: shapes come from the ids, not the order.
+        let g = CallGraph {
+            service: "S_1".into(),
+            edges: vec![
+                edge(&[1], "MS_5"),
+                edge(&[0, 1, 0], "MS_4"),
+                edge(&[0], "MS_1"),
+                edge(&[0, 0], "MS_2"),
+                edge(&[0, 1], "MS_3"),
+            ],
+        };
+        let mut shapes = node_shapes(&g);
+        shapes.sort();
+        let want = [("MS_1", 2, 3), ("MS_2", 0, 0), ("MS_3", 1, 1), ("MS_4", 0, 0), ("MS_5", 0, 0), ("USER", 2, 5)];
+        assert_eq!(shapes, want.map(|(n, o, s)| (n.to_string(), o, s)));
+        let known = KnownCalls::of(&[g]);
+        let size = Size { edges: 5, depth: 3 };
+        assert_eq!(known.subtree_prior("S_1", "MS_1", size, 4.0), [(3, 1.0)]);
+        assert_eq!(known.own_prior(("S_1", "USER"), 5, size, 4.0), [(2, 1.0)]);
+        // A subtree never seen: every shape of the node.
+        assert_eq!(known.own_prior(("S_1", "MS_3"), 7, size, 4.0), [(1, 1.0)]);
+    }
+
+    #[test]
     fn the_prior_weighs_the_calls_of_graphs_near_the_requested_size() {
         let small = graph("S_1", &[("USER", "MS_00001", "http")]);
         let large =
@@ -307,7 +461,7 @@ mod tests {
         // Without counts (a file before them) there is no prior.
         assert!(KnownCalls::from_calls(known.calls().to_vec()).destination_prior("S_1", "USER", one, 4.0).is_empty());
         // Stored with counts and read back, the prior is the same.
-        let again = KnownCalls::from_counted(known.counted());
+        let again = KnownCalls::from_counted(known.counted(), known.shapes().to_vec());
         assert_eq!(again.destination_prior("S_1", "USER", three, 4.0), known.destination_prior("S_1", "USER", three, 4.0));
     }
 }

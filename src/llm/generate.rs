@@ -548,21 +548,38 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// A number from `allowed`, digit by digit; the number ends when the model
     /// picks `end` (the format's next token, written here) or no digit fits.
     fn number(&mut self, allowed: &Allowed, end: &str) -> u64 {
+        self.number_mixed(allowed, end, &[])
+    }
+
+    /// [`Generator::number`] with `prior` (by value, any order) mixed into
+    /// each digit: a digit's prior is that of the allowed values it leads to,
+    /// the end's that of the number written so far.
+    fn number_mixed(&mut self, allowed: &Allowed, end: &str, prior: &[(u64, f64)]) -> u64 {
         let end_ids = self.tok.encode(end);
+        let prior: Vec<(String, f64)> =
+            prior.iter().filter(|(v, _)| allowed.contains(*v)).map(|(v, w)| (v.to_string(), *w)).collect();
         let mut prefix = String::new();
         loop {
-            let mut options: Vec<u32> =
-                (0..10).filter(|d| allowed.extends(&format!("{prefix}{d}"))).map(|d| self.digits[d]).collect();
+            let digits: Vec<usize> = (0..10).filter(|d| allowed.extends(&format!("{prefix}{d}"))).collect();
+            let mut options: Vec<u32> = digits.iter().map(|&d| self.digits[d]).collect();
+            let mut weights: Vec<f64> = digits
+                .iter()
+                .map(|d| {
+                    let next = format!("{prefix}{d}");
+                    prior.iter().filter(|(v, _)| v.starts_with(&next)).map(|(_, w)| w).sum()
+                })
+                .collect();
             let value = prefix.parse::<u64>().ok();
             let can_end = value.is_some_and(|v| allowed.contains(v));
             if can_end && !end_ids.is_empty() {
                 options.push(end_ids[0]);
+                weights.push(prior.iter().filter(|(v, _)| *v == prefix).map(|(_, w)| w).sum());
             }
             if options.is_empty() {
                 // Unreachable for a non-empty range: every prefix offered extends.
                 break;
             }
-            let pick = self.choose(&options);
+            let pick = self.choose_mixed(&options, &weights);
             if can_end && pick == end_ids[0] {
                 break;
             }
@@ -632,7 +649,14 @@ impl<'a, M: NextToken> Generator<'a, M> {
                 request.service
             );
             self.force(&head);
-            let k = if rd == 0 { self.number(&Allowed::range(n, n), "/") } else { self.number(&Allowed::range(1, n - rd), "/") };
+            let k = if rd == 0 {
+                self.number(&Allowed::range(n, n), "/")
+            } else {
+                let prior = self
+                    .prior_calls()
+                    .map_or_else(Vec::new, |c| c.own_prior((&request.service, "USER"), n, self.size, self.prior.sharpness));
+                self.number_mixed(&Allowed::range(1, n - rd), "/", &prior)
+            };
             self.force("num_subgraphs:");
             let ns = if rd == 0 {
                 self.number(&Allowed::range(0, 0), "\n")
@@ -742,7 +766,10 @@ impl<'a, M: NextToken> Generator<'a, M> {
                 c.start_node.clone().unwrap_or_else(|| "USER".into())
             );
             self.force(&head);
-            let b = self.number(&budget, "/");
+            let prior = self
+                .prior_calls()
+                .map_or_else(Vec::new, |c| c.subtree_prior(&request.service, &parent.1, self.size, self.prior.sharpness));
+            let b = self.number_mixed(&budget, "/", &prior);
             self.force("remaining_depth:");
             let must_be_deep = !deep_done && (after == 0 || left - b + 1 < rd + after);
             let r = if must_be_deep {
@@ -752,7 +779,14 @@ impl<'a, M: NextToken> Generator<'a, M> {
             };
             deep_done |= r + 1 == rd;
             self.force("num_current_edges:");
-            let cur = if r == 0 { self.number(&Allowed::range(b, b), "/") } else { self.number(&Allowed::range(1, b - r), "/") };
+            let cur = if r == 0 {
+                self.number(&Allowed::range(b, b), "/")
+            } else {
+                let prior = self
+                    .prior_calls()
+                    .map_or_else(Vec::new, |c| c.own_prior((&request.service, &parent.1), b, self.size, self.prior.sharpness));
+                self.number_mixed(&Allowed::range(1, b - r), "/", &prior)
+            };
             self.force("num_subgraphs:");
             let sub_ns = if r == 0 {
                 self.number(&Allowed::range(0, 0), "/")

@@ -4,7 +4,7 @@
 
 use burn::tensor::Device;
 
-use super::calls::{Call, CountedCall, KnownCalls};
+use super::calls::{Call, CountedCall, CountedShape, KnownCalls};
 use super::generate::NextToken;
 use super::graph::CallGraph;
 use super::instruct;
@@ -35,11 +35,13 @@ pub enum LanguageModelError {
 const INSTRUCTION_VOCABULARY_GRAPHS: usize = 100;
 
 /// The file's kind; `/2` added the training destinations, `/3` the training
-/// calls, `/4` their counts by graph size. A `/3` file still loads (no
-/// counts: no prior over destinations), and a `/2` file (no calls:
-/// constrained decoding keeps to the destinations alone); a file of another
-/// version is refused by name before its body is decoded.
-const KIND: &str = "gent-llm/4";
+/// calls, `/4` their counts by graph size, `/5` the node shapes by graph
+/// size. Older files still load: `/4` without shapes (no prior over how many
+/// calls a node makes), `/3` without counts (no prior at all), `/2` without
+/// calls (constrained decoding keeps to the destinations alone). A file of
+/// another version is refused by name before its body is decoded.
+const KIND: &str = "gent-llm/5";
+const KIND_WITHOUT_SHAPES: &str = "gent-llm/4";
 const KIND_WITHOUT_COUNTS: &str = "gent-llm/3";
 const KIND_WITHOUT_CALLS: &str = "gent-llm/2";
 
@@ -65,7 +67,8 @@ pub enum Encoding {
 }
 
 /// A model file's body as `gent-llm/2` wrote it; `/3` appends the calls
-/// ([`StoredWithoutCounts`]), `/4` the calls with counts ([`Stored`]).
+/// ([`StoredWithoutCounts`]), `/4` the calls with counts
+/// ([`StoredWithoutShapes`]), `/5` the node shapes ([`Stored`]).
 /// postcard writes a nested struct's fields inline, so a `/2` body is a
 /// `/3` body without its last field.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -81,6 +84,13 @@ struct StoredModel {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
+    model: StoredModel,
+    calls: Vec<CountedCall>,
+    shapes: Vec<CountedShape>,
+}
+
+#[derive(serde::Deserialize)]
+struct StoredWithoutShapes {
     model: StoredModel,
     calls: Vec<CountedCall>,
 }
@@ -330,6 +340,7 @@ impl LanguageModel {
                     weights,
                 },
                 calls: self.calls.counted(),
+                shapes: self.calls.shapes().to_vec(),
             },
             CONTAINER_VERSION,
         )?)
@@ -339,8 +350,12 @@ impl LanguageModel {
         let head: Head = crate::container::open_as(bytes, CONTAINER_VERSION)?;
         let (s, calls) = match head.kind.as_str() {
             KIND => {
-                let Stored { model, calls } = crate::container::open_as(bytes, CONTAINER_VERSION)?;
-                (model, KnownCalls::from_counted(calls))
+                let Stored { model, calls, shapes } = crate::container::open_as(bytes, CONTAINER_VERSION)?;
+                (model, KnownCalls::from_counted(calls, shapes))
+            }
+            KIND_WITHOUT_SHAPES => {
+                let StoredWithoutShapes { model, calls } = crate::container::open_as(bytes, CONTAINER_VERSION)?;
+                (model, KnownCalls::from_counted(calls, Vec::new()))
             }
             KIND_WITHOUT_COUNTS => {
                 let StoredWithoutCounts { model, calls } = crate::container::open_as(bytes, CONTAINER_VERSION)?;
