@@ -258,16 +258,16 @@ pub struct EvalArgs {
 /// (constrained decoding with the calls of training).
 #[derive(clap::Args, Clone, Copy)]
 struct PriorArgs {
-    /// Weight of the calls of the training graphs nearest the requested size
-    /// against the model, as a kNN language model mixes its neighbours in:
-    /// 0 the model alone, 1 the counts alone (a model file written before
-    /// gent-llm/4 has no counts: the model alone).
+    /// Weight of the counts of the training graphs nearest the requested
+    /// size (their calls, types and fan-out) against the model, combined as
+    /// prior^W × model^(1−W): 0 the model alone, 1 the counts alone (a model
+    /// file written before gent-llm/4 has no counts: the model alone).
     #[arg(long, default_value_t = 0.75, value_parser = unit_interval, conflicts_with = "any_call")]
     call_prior: f64,
     /// How fast a training graph's counts fade as its size (edges, depth)
     /// moves away from the request's: weight e^(−sharpness × log-ratio).
     /// 0 counts every graph of the service alike.
-    #[arg(long, default_value_t = 8.0, value_parser = non_negative, conflicts_with = "any_call")]
+    #[arg(long, default_value_t = 16.0, value_parser = non_negative, conflicts_with = "any_call")]
     prior_sharpness: f64,
 }
 

@@ -9,13 +9,16 @@
 //! among real calls instead of among every microservice, as copying a real
 //! graph does, while it still writes new combinations of them.
 //!
-//! Each call also keeps how often graphs of each size made it ([`Seen`]).
-//! From these counts [`KnownCalls::destination_prior`] gives the
-//! distribution a kNN language model (Khandelwal et al., 2020) interpolates
-//! with the network's: the calls of the training graphs nearest the request
-//! in size, weighted by how near. A few hundred graphs are too few for a
-//! small network to learn which entry and callees go with a graph's size;
-//! the counts hold exactly that.
+//! Each call also keeps how often graphs of each size made it ([`Seen`]),
+//! and each call's destination how many calls it made in turn and how many
+//! edges lay below it ([`CountedShape`]). From these counts come priors over
+//! a call's destination and type and over a layer's and a subgraph's size,
+//! which the generator combines with the network's distribution, as a kNN
+//! language model (Khandelwal et al., 2020) combines its retrieved
+//! neighbours' with the network's: the training graphs of the service
+//! nearest the request in size weigh most. A few hundred graphs are too few
+//! for a small network to learn which entry, callees and fan-out go with a
+//! graph's size; the counts hold exactly that.
 
 use std::collections::{BTreeMap, HashMap};
 
