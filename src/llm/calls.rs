@@ -85,11 +85,11 @@ pub struct KnownCalls {
     by_source: HashMap<String, Vec<String>>,
     kinds: ByPair,
     /// Indices into `calls`, by (service, source) and by source.
-    calls_by_service_source: HashMap<String, HashMap<String, Vec<usize>>>,
+    calls_by_service_source: Indices,
     calls_by_source: HashMap<String, Vec<usize>>,
     shapes: Vec<CountedShape>,
     /// Indices into `shapes`, by (service, node) and by node.
-    shapes_by_service_node: HashMap<String, HashMap<String, Vec<usize>>>,
+    shapes_by_service_node: Indices,
     shapes_by_node: HashMap<String, Vec<usize>>,
 }
 
@@ -153,7 +153,7 @@ impl KnownCalls {
         let (mut by_service_source, mut kinds) = (ByPair::new(), ByPair::new());
         let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
         let (mut calls, mut seen) = (Vec::with_capacity(counted.len()), Vec::with_capacity(counted.len()));
-        let mut calls_by_service_source: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut calls_by_service_source: Indices = HashMap::new();
         let mut calls_by_source: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, c) in counted.into_iter().enumerate() {
             calls_by_service_source.entry(c.call.service.clone()).or_default().entry(c.call.source.clone()).or_default().push(i);
@@ -169,7 +169,7 @@ impl KnownCalls {
                 values.insert(at, c.destination.clone());
             }
         }
-        let mut shapes_by_service_node: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut shapes_by_service_node: Indices = HashMap::new();
         let mut shapes_by_node: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in shapes.iter().enumerate() {
             shapes_by_service_node.entry(s.service.clone()).or_default().entry(s.node.clone()).or_default().push(i);
@@ -257,11 +257,7 @@ impl KnownCalls {
     }
 
     fn shapes_of(&self, service: &str, node: &str) -> &[usize] {
-        self.shapes_by_service_node
-            .get(service)
-            .and_then(|m| m.get(node))
-            .or_else(|| self.shapes_by_node.get(node))
-            .map_or(&[], Vec::as_slice)
+        backed_off((&self.shapes_by_service_node, &self.shapes_by_node), service, node)
     }
 
     fn shape_prior(&self, shapes: &[usize], size: Size, sharpness: f64, key: impl Fn(&CountedShape) -> u32) -> Vec<(u64, f64)> {
@@ -272,11 +268,7 @@ impl KnownCalls {
 
     /// The calls of `source` in `service`'s graphs, else in any.
     fn drawn_on(&self, service: &str, source: &str) -> &[usize] {
-        self.calls_by_service_source
-            .get(service)
-            .and_then(|m| m.get(source))
-            .or_else(|| self.calls_by_source.get(source))
-            .map_or(&[], Vec::as_slice)
+        backed_off((&self.calls_by_service_source, &self.calls_by_source), service, source)
     }
 
     /// The counts of `calls` weighted by nearness to `size`, summed by `key`
@@ -353,6 +345,18 @@ fn node_shapes(g: &CallGraph) -> Vec<(String, u32, u32)> {
         out.push((e.destination.clone(), saturated(own[i] as u64), saturated(subtree[i] as u64)));
     }
     out
+}
+
+/// Indices by (service, name), else by name alone.
+type Indices = HashMap<String, HashMap<String, Vec<usize>>>;
+
+/// The indices under (`service`, `name`), else under `name` in any service.
+fn backed_off<'m>(
+    (by_service, by_name): (&'m Indices, &'m HashMap<String, Vec<usize>>),
+    service: &str,
+    name: &str,
+) -> &'m [usize] {
+    by_service.get(service).and_then(|m| m.get(name)).or_else(|| by_name.get(name)).map_or(&[], Vec::as_slice)
 }
 
 /// How far a training graph's size is from a request's: the sum of the log
