@@ -1060,7 +1060,7 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     let decodings: Vec<&str> = methods.iter().map(|m| m["decoding"].as_str().unwrap()).collect();
     // With training graphs the retrieval baseline is a row too, and every
     // other row is judged against it.
-    assert_eq!(decodings, ["constrained", "tabular", "probabilistic", "retrieval"]);
+    assert_eq!(decodings, ["constrained, call prior 0.75", "tabular", "probabilistic", "retrieval"]);
     let floor = methods[3]["kl_popular_calls"].as_f64().unwrap();
     assert_eq!(methods[3]["similarity_generated"], 10);
     assert!(methods[3].get("kl_over_retrieval").is_none());

@@ -808,7 +808,7 @@ fn eval_model(
     let mut name = decoding_name(decoding);
     if a.any_call && decoding == Decoding::Constrained {
         name.push_str(", any call");
-    } else if decoding == Decoding::Constrained && a.prior.call_prior > 0.0 {
+    } else if decoding == Decoding::Constrained && a.prior.call_prior > 0.0 && lm.calls.has_counts() {
         name.push_str(&format!(", call prior {}", a.prior.call_prior));
     }
     let mut r = MethodReport::new(&file.display().to_string(), &name, Some(cells), compared, &generated);

@@ -204,6 +204,11 @@ impl KnownCalls {
         &self.calls
     }
 
+    /// Whether the calls carry counts (a file from before them does not).
+    pub fn has_counts(&self) -> bool {
+        self.seen.iter().any(|s| !s.is_empty())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
     }
