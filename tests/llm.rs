@@ -442,25 +442,32 @@ fn constrained_decoding_gives_only_valid_graphs_of_the_requested_size_whatever_t
     );
 }
 
-#[test]
-fn constrained_decoding_keeps_to_the_calls_of_training_and_stays_valid() {
-    use gent::llm::calls::KnownCalls;
-    use gent::llm::generate::{Generator, Request, Sampling};
-    use rand::SeedableRng;
+/// The training call graphs, their calls, the microservices they name, and
+/// a tokenizer of their text.
+fn calls_of_training() -> (Vec<CallGraph>, gent::llm::calls::KnownCalls, Vec<String>, gent::llm::Tokenizer) {
     let train = read("alibaba/callgraphs_train.txt");
     let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).collect();
-    let known = KnownCalls::of(&graphs);
+    let known = gent::llm::calls::KnownCalls::of(&graphs);
     let names: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
     let tok = gent::llm::Tokenizer::train([train.as_str()], 2, 4096, 4096);
+    (graphs, known, names, tok)
+}
+
+/// A request for a graph of `g`'s service and size.
+fn request_like(g: &CallGraph) -> gent::llm::generate::Request {
+    gent::llm::generate::Request { service: g.service.clone(), num_edges: g.edges.len() as u64, depth: g.depth(), latency: 40 }
+}
+
+#[test]
+fn constrained_decoding_keeps_to_the_calls_of_training_and_stays_valid() {
+    use gent::llm::generate::{Generator, Request, Sampling};
+    use rand::SeedableRng;
+    let (graphs, known, names, tok) = calls_of_training();
     let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(7), vocab: tok.len() };
     let mut g = Generator::new(&mut model, &tok, Sampling::default(), 11).unwrap().known_destinations(&names).known_calls(&known);
     let (mut calls, mut backed_off) = (0usize, 0usize);
     // Every service's first graph's request, and the grid on a few services.
-    let mut requests: Vec<Request> = graphs
-        .iter()
-        .take(120)
-        .map(|x| Request { service: x.service.clone(), num_edges: x.edges.len() as u64, depth: x.depth(), latency: 40 })
-        .collect();
+    let mut requests: Vec<Request> = graphs.iter().take(120).map(request_like).collect();
     for num_edges in 1..=30u64 {
         for depth in 1..=6u64.min(num_edges) {
             requests.push(Request { service: graphs[num_edges as usize].service.clone(), num_edges, depth, latency: 40 });
@@ -493,20 +500,12 @@ fn constrained_decoding_keeps_to_the_calls_of_training_and_stays_valid() {
 
 #[test]
 fn the_counts_of_training_calls_near_the_requested_size_bring_generated_calls_near_real_ones() {
-    use gent::llm::calls::KnownCalls;
     use gent::llm::eval::kl_popular_calls;
     use gent::llm::generate::{CallPrior, Generator, Request, Sampling};
     use rand::SeedableRng;
-    let train = read("alibaba/callgraphs_train.txt");
-    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).collect();
-    let known = KnownCalls::of(&graphs);
-    let names: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
-    let tok = gent::llm::Tokenizer::train([train.as_str()], 2, 4096, 4096);
+    let (graphs, known, names, tok) = calls_of_training();
     let real: Vec<CallGraph> = graphs.iter().step_by(4).cloned().collect();
-    let requests: Vec<Request> = real
-        .iter()
-        .map(|x| Request { service: x.service.clone(), num_edges: x.edges.len() as u64, depth: x.depth(), latency: 40 })
-        .collect();
+    let requests: Vec<Request> = real.iter().map(request_like).collect();
     // A model that knows nothing: only the counts can bring the calls near.
     let kl = |prior: CallPrior| {
         let mut model = RandomModel { rng: rand::rngs::StdRng::seed_from_u64(7), vocab: tok.len() };

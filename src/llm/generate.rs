@@ -465,27 +465,12 @@ impl<'a, M: NextToken> Generator<'a, M> {
         if allowed.len() == 1 {
             return allowed[0];
         }
-        let logits = self.model.logits(&self.context);
-        let score = |id: u32| logits.get(id as usize).copied().filter(|v| v.is_finite()).unwrap_or(-1e9);
-        let mut scored: Vec<(u32, f32)> = allowed.iter().map(|&id| (id, score(id))).collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         let s = self.sampling;
         if s.temperature <= 0.0 {
-            return scored[0].0;
+            return allowed[self.ranked(allowed, 1.0, false)[0].0];
         }
-        if s.top_k > 0 {
-            scored.truncate(s.top_k.max(1));
-        }
-        let weights = top_p(scored.iter().map(|&(_, v)| (((v - scored[0].1) / s.temperature) as f64).exp()).collect(), s.top_p);
-        let total: f64 = weights.iter().sum();
-        let mut x = self.rng.random::<f64>() * total;
-        for (i, w) in weights.iter().enumerate() {
-            if x < *w {
-                return scored[i].0;
-            }
-            x -= w;
-        }
-        scored[weights.len() - 1].0
+        let ranked = self.ranked(allowed, s.temperature, true);
+        allowed[self.draw(&ranked)]
     }
 
     /// Picks one of `allowed` with the model's scores mixed with `prior`
@@ -502,53 +487,67 @@ impl<'a, M: NextToken> Generator<'a, M> {
         }
         // The prior alone needs no model step.
         let model = (w < 1.0).then(|| self.model_probabilities(allowed));
-        let mut p: Vec<f64> = prior
+        let mut p: Vec<(usize, f64)> = prior
             .iter()
             .enumerate()
             .map(|(i, q)| {
                 let q = q / prior_total;
-                model.as_ref().map_or(q, |m| q.powf(w) * m[i].powf(1.0 - w))
+                (i, model.as_ref().map_or(q, |m| q.powf(w) * m[i].powf(1.0 - w)))
             })
             .collect();
-        if !(p.iter().sum::<f64>() > 0.0) {
+        if !(p.iter().map(|x| x.1).sum::<f64>() > 0.0) {
             // The model ruled out all the prior holds (top-k, top-p): the prior.
-            p = prior.iter().map(|q| q / prior_total).collect();
+            p = prior.iter().enumerate().map(|(i, q)| (i, q / prior_total)).collect();
         }
         if self.sampling.temperature <= 0.0 {
-            let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).map_or(0, |(i, _)| i);
+            let best = p.iter().max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0))).map_or(0, |x| x.0);
             return allowed[best];
         }
-        let total: f64 = p.iter().sum();
-        let mut x = self.rng.random::<f64>() * total;
-        for (i, pi) in p.iter().enumerate() {
-            if x < *pi {
-                return allowed[i];
-            }
-            x -= pi;
+        allowed[self.draw(&p)]
+    }
+
+    /// The indices of `allowed`, best first (ties in their order), with the
+    /// model's weights at `temperature`; with `cut`, only the sampling's top-k
+    /// and top-p of them.
+    fn ranked(&mut self, allowed: &[u32], temperature: f32, cut: bool) -> Vec<(usize, f64)> {
+        let logits = self.model.logits(&self.context);
+        let score = |id: u32| logits.get(id as usize).copied().filter(|v| v.is_finite()).unwrap_or(-1e9);
+        let mut order: Vec<(usize, f32)> = allowed.iter().enumerate().map(|(i, &id)| (i, score(id))).collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let s = self.sampling;
+        if cut && s.top_k > 0 {
+            order.truncate(s.top_k.max(1));
         }
-        // Rounding left `x` past the end: the last option with any weight.
-        allowed[p.iter().rposition(|&pi| pi > 0.0).unwrap_or(0)]
+        let top = order[0].1;
+        let weights: Vec<f64> = order.iter().map(|&(_, v)| (((v - top) / temperature) as f64).exp()).collect();
+        let weights = if cut { top_p(weights, s.top_p) } else { weights };
+        order.iter().zip(weights).map(|(&(i, _), w)| (i, w)).collect()
+    }
+
+    /// One index of `weighted` (any scale), drawn with the seeded generator
+    /// walking them in order.
+    fn draw(&mut self, weighted: &[(usize, f64)]) -> usize {
+        let total: f64 = weighted.iter().map(|x| x.1).sum();
+        let mut x = self.rng.random::<f64>() * total;
+        for &(i, w) in weighted {
+            if x < w {
+                return i;
+            }
+            x -= w;
+        }
+        // Rounding left `x` past the end: the last with any weight.
+        weighted.iter().rev().find(|x| x.1 > 0.0).or(weighted.last()).map_or(0, |x| x.0)
     }
 
     /// The model's probability of each of `allowed` (aligned), after
     /// temperature, top-k and top-p; greedy decoding takes the plain
     /// softmax, so a prior can still outweigh the model's best.
     fn model_probabilities(&mut self, allowed: &[u32]) -> Vec<f64> {
-        let logits = self.model.logits(&self.context);
-        let score = |id: u32| logits.get(id as usize).copied().filter(|v| v.is_finite()).unwrap_or(-1e9);
-        let mut order: Vec<(usize, f32)> = allowed.iter().enumerate().map(|(i, &id)| (i, score(id))).collect();
-        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let s = self.sampling;
-        let temperature = if s.temperature > 0.0 { s.temperature } else { 1.0 };
-        if s.temperature > 0.0 && s.top_k > 0 {
-            order.truncate(s.top_k.max(1));
-        }
-        let top = order[0].1;
-        let weights: Vec<f64> = order.iter().map(|&(_, v)| (((v - top) / temperature) as f64).exp()).collect();
-        let weights = if s.temperature > 0.0 { top_p(weights, s.top_p) } else { weights };
-        let total: f64 = weights.iter().sum();
+        let t = self.sampling.temperature;
+        let ranked = if t > 0.0 { self.ranked(allowed, t, true) } else { self.ranked(allowed, 1.0, false) };
+        let total: f64 = ranked.iter().map(|x| x.1).sum();
         let mut p = vec![0.0; allowed.len()];
-        for (&(i, _), w) in order.iter().zip(&weights) {
+        for (i, w) in ranked {
             p[i] = w / total;
         }
         p
