@@ -978,6 +978,63 @@ fn similarity_figures_reward_real_calls_and_punish_others() {
 }
 
 #[test]
+fn gent_llm_recount_gives_a_model_file_the_counts_of_the_graphs_named_and_keeps_its_network() {
+    use gent::llm::model::LanguageModel;
+    let dir = tempfile::tempdir().unwrap();
+    let few: Vec<(text::Tabular, CallGraph)> = train_graphs().into_iter().take(40).collect();
+    let few_file = dir.path().join("few.txt");
+    let records = few.iter().map(|(r, _)| r.clone()).collect();
+    std::fs::write(&few_file, text::write_tabular(&text::Document { records, final_newline: true })).unwrap();
+    let (model, recounted) = (dir.path().join("m.gent"), dir.path().join("r.gent"));
+    let out = gent()
+        .args(["llm", "train", "--steps", "3", "--batch", "2", "--out"])
+        .arg(&model)
+        .arg(data("alibaba/callgraphs_train.txt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        gent().args(["llm", "recount"]).arg(&model).arg("--train").arg(&few_file).arg("--out").arg(&recounted).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let load = |p: &std::path::Path| LanguageModel::from_bytes(&std::fs::read(p).unwrap(), &gent::nn::cpu_device()).unwrap();
+    let (before, after) = (load(&model), load(&recounted));
+    let graphs: Vec<CallGraph> = few.into_iter().map(|(_, g)| g).collect();
+    let known = gent::llm::calls::KnownCalls::of(&graphs);
+    assert_eq!(after.calls.counted(), known.counted());
+    assert_eq!(after.calls.shapes(), known.shapes());
+    assert!(
+        after.calls.calls().len() < before.calls.calls().len(),
+        "the calls of the 40 graphs named, not of the model's training"
+    );
+    // The network is the same: the model alone writes the same graphs.
+    let generated = |m: &std::path::Path, name: &str| {
+        let out_file = dir.path().join(name);
+        let run = gent()
+            .args(["llm", "generate", "--constrained", "--any-call", "--count", "2", "--conditions", "num_edges:6/depth:3"])
+            .args(["--format", "alibaba", "--out"])
+            .arg(&out_file)
+            .arg(m)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read_to_string(out_file).unwrap()
+    };
+    assert_eq!(generated(&model, "a.txt"), generated(&recounted, "b.txt"));
+    // Not a model file: refused, naming it.
+    let out = gent()
+        .args(["llm", "recount"])
+        .arg(&few_file)
+        .arg("--train")
+        .arg(&few_file)
+        .arg("--out")
+        .arg(&recounted)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("few.txt"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let (train, held) = (dir.path().join("train.txt"), dir.path().join("held.txt"));
@@ -1043,6 +1100,8 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
             .unwrap()
     };
     let out = eval(&[
+        "--rounds".as_ref(),
+        "2".as_ref(),
         "--constrained".as_ref(),
         "--tabular".as_ref(),
         tabular.as_os_str(),
@@ -1059,9 +1118,12 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     let decodings: Vec<&str> = methods.iter().map(|m| m["decoding"].as_str().unwrap()).collect();
     // With training graphs the retrieval baseline is a row too, and every
     // other row is judged against it.
-    assert_eq!(decodings, ["constrained, call prior 0.75", "tabular", "probabilistic", "retrieval"]);
+    assert_eq!(decodings, ["constrained, call prior 1", "tabular", "probabilistic", "retrieval"]);
+    // Two rounds: two graphs per held-back request from every method that
+    // always gives one.
+    assert_eq!((r["similarity_requests"].as_u64(), r["rounds"].as_u64()), (Some(10), Some(2)));
     let floor = methods[3]["kl_popular_calls"].as_f64().unwrap();
-    assert_eq!(methods[3]["similarity_generated"], 10);
+    assert_eq!(methods[3]["similarity_generated"], 20);
     assert!(methods[3].get("kl_over_retrieval").is_none());
     for m in &methods[..3] {
         let over = m["kl_over_retrieval"].as_f64().unwrap();
@@ -1071,12 +1133,12 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     assert_eq!(methods[0]["accuracy_mean"], 1.0);
     assert_eq!(methods[0]["accuracy_min_cell"], 1.0);
     assert_eq!(methods[0]["cells"].as_array().unwrap().len(), 7);
-    assert_eq!(methods[0]["similarity_generated"], 10);
+    assert_eq!(methods[0]["similarity_generated"], 20);
     let tab = methods[1]["accuracy_mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&tab));
     // The probabilistic baseline has no grid accuracy (it takes no request) but always a graph.
     assert!(methods[2]["accuracy_mean"].is_null());
-    assert_eq!(methods[2]["similarity_generated"], 10);
+    assert_eq!(methods[2]["similarity_generated"], 20);
     for m in methods {
         assert!(m["kl_popular_calls"].as_f64().unwrap() >= 0.0, "{m}");
         assert!((0.0..=1.0).contains(&m["heavy_hitter_top10"].as_f64().unwrap()), "{m}");

@@ -50,6 +50,23 @@ pub enum LlmCommand {
     /// and answers those of the held-back graphs, beside the most frequent
     /// values for the edge's source.
     Infill(InfillArgs),
+    /// Rewrite a model file with the calls of its training graphs counted as
+    /// this gent counts them (by graph size and by node shape), keeping its
+    /// network: a file from an older gent then gets the priors of this one
+    /// without training again.
+    Recount(RecountArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RecountArgs {
+    /// Model file from `gent llm train`.
+    model: PathBuf,
+    /// The graphs the model trained on (tabular text, one or more files).
+    #[arg(long, required = true, num_args = 1..)]
+    train: Vec<PathBuf>,
+    /// Where to write the model file (may be the input).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -248,6 +265,12 @@ pub struct EvalArgs {
     /// Real graphs whose conditions are requested for the similarity figures.
     #[arg(long, default_value_t = 200)]
     similarity_graphs: usize,
+    /// Graphs each method makes per real graph's request for the similarity
+    /// figures (the paper generates 50 K graphs from held-back prompts). One
+    /// graph per request leaves the figures as noisy as one draw; more rounds
+    /// measure each method's distribution, at that many times the time.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     #[command(flatten)]
@@ -260,9 +283,12 @@ pub struct EvalArgs {
 struct PriorArgs {
     /// Weight of the counts of the training graphs nearest the requested
     /// size (their calls, types and fan-out) against the model, combined as
-    /// prior^W × model^(1−W): 0 the model alone, 1 the counts alone (a model
-    /// file written before gent-llm/4 has no counts: the model alone).
-    #[arg(long, default_value_t = 0.75, value_parser = unit_interval, conflicts_with = "any_call")]
+    /// prior^W × model^(1−W): 0 the model alone, 1 the counts alone where
+    /// they hold the choice, the model elsewhere (a model file written before
+    /// gent-llm/4 has no counts: the model alone). The default is 1: any
+    /// share the model takes made the calls less like held-back ones
+    /// (BENCHMARKS.md).
+    #[arg(long, default_value_t = 1.0, value_parser = unit_interval, conflicts_with = "any_call")]
     call_prior: f64,
     /// How fast a training graph's counts fade as its size (edges, depth)
     /// moves away from the request's: weight e^(−sharpness × log-ratio).
@@ -387,7 +413,19 @@ pub fn run(command: LlmCommand) -> Result<(), Failure> {
         LlmCommand::Checkpoint(a) => checkpoint(a),
         LlmCommand::Predict(a) => predict(a),
         LlmCommand::Infill(a) => infill(a),
+        LlmCommand::Recount(a) => recount(a),
     }
+}
+
+fn recount(a: RecountArgs) -> Result<(), Failure> {
+    let device = device(Backend::Cpu)?;
+    let mut lm = LanguageModel::from_bytes(&read_file(&a.model)?, &device)
+        .map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
+    let graphs = read_call_graphs(&a.train)?;
+    lm.calls = gent::llm::calls::KnownCalls::of(&graphs);
+    write(&a.out, &lm.to_bytes().map_err(Failure::other)?)?;
+    tracing::info!(graphs = graphs.len(), calls = lm.calls.calls().len(), shapes = lm.calls.shapes().len(), file = %a.out.display(), "model file recounted");
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -704,6 +742,8 @@ struct MethodReport {
 #[derive(Serialize)]
 struct EvalReport {
     similarity_requests: usize,
+    /// Graphs each method made per request.
+    rounds: usize,
     methods: Vec<MethodReport>,
 }
 
@@ -804,7 +844,7 @@ fn eval_model(
     let started = Instant::now();
     let max_len = lm.config.max_len;
     let cells = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
-    let generated = lm_eval::requested(&mut g, compared, decoding, max_len);
+    let generated = lm_eval::requested(&mut g, &rounds(compared, a.rounds), decoding, max_len);
     let mut name = decoding_name(decoding);
     if a.any_call && decoding == Decoding::Constrained {
         name.push_str(", any call");
@@ -832,9 +872,16 @@ fn eval_model(
     Ok(r)
 }
 
+/// The requests of `compared`, all of them `rounds` times over.
+fn rounds(compared: &[CallGraph], rounds: usize) -> Vec<CallGraph> {
+    (0..rounds).flat_map(|_| compared.iter().cloned()).collect()
+}
+
 fn eval(a: EvalArgs) -> Result<(), Failure> {
-    if a.count == 0 || a.max_edges == 0 || a.max_depth == 0 || a.similarity_graphs == 0 {
-        return Err(Failure::BadInput("--count, --max-edges, --max-depth and --similarity-graphs must be at least 1".into()));
+    if a.count == 0 || a.max_edges == 0 || a.max_depth == 0 || a.similarity_graphs == 0 || a.rounds == 0 {
+        return Err(Failure::BadInput(
+            "--count, --max-edges, --max-depth, --similarity-graphs and --rounds must be at least 1".into(),
+        ));
     }
     if a.model.is_none() && a.tabular.is_none() && a.instructed.is_none() && a.probabilistic.is_none() && a.train.is_empty() {
         return Err(Failure::BadInput(
@@ -861,7 +908,7 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
         let started = Instant::now();
         let baseline = gent::llm::baseline::Probabilistic::load(dir, &training).map_err(Failure::bad)?;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(a.run.seed);
-        let generated: Vec<_> = compared.iter().map(|r| baseline.graph(&r.service, &mut rng)).collect();
+        let generated: Vec<_> = rounds(compared, a.rounds).iter().map(|r| baseline.graph(&r.service, &mut rng)).collect();
         let mut r = MethodReport::new("probabilistic", "probabilistic", None, compared, &generated);
         r.seconds = started.elapsed().as_secs_f64();
         methods.push(r);
@@ -869,8 +916,10 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
     if let Some(retrieval) = gent::llm::retrieval::Retrieval::new(&training) {
         let started = Instant::now();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(a.run.seed);
-        let generated: Vec<_> =
-            compared.iter().map(|r| retrieval.graph(&r.service, r.edges.len() as u64, r.depth(), &mut rng)).collect();
+        let generated: Vec<_> = rounds(compared, a.rounds)
+            .iter()
+            .map(|r| retrieval.graph(&r.service, r.edges.len() as u64, r.depth(), &mut rng))
+            .collect();
         let mut r = MethodReport::new("retrieval (copy a training graph)", "retrieval", None, compared, &generated);
         r.seconds = started.elapsed().as_secs_f64();
         let floor = r.kl_popular_calls;
@@ -880,7 +929,7 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
         methods.push(r);
     }
     methods.iter().for_each(MethodReport::print);
-    report(a.run.json.json, &EvalReport { similarity_requests: compared.len(), methods })
+    report(a.run.json.json, &EvalReport { similarity_requests: compared.len(), rounds: a.rounds, methods })
 }
 
 #[derive(Serialize)]
