@@ -610,6 +610,24 @@ async fn a_decompressor_with_engine_llm_writes_each_traces_call_graph_from_the_p
     // Calls go only to microservices the window's own calls reached.
     let known: std::collections::HashSet<&str> = set.traces.iter().flat_map(|t| t.spans.iter().map(|s| s.service())).collect();
     assert!(regenerated.iter().flat_map(|t| &t.spans).all(|s| known.contains(s.service())));
+    // And a microservice seen calling calls only what it called in training
+    // (the model's training graphs are this window's), as `gent llm generate` decodes.
+    let calls = |traces: &[Trace]| -> std::collections::HashSet<(String, String)> {
+        let mut out = std::collections::HashSet::new();
+        for t in traces {
+            let by_id: std::collections::HashMap<_, &str> = t.spans.iter().map(|s| (s.span_id, s.service())).collect();
+            for s in &t.spans {
+                if let Some(caller) = s.parent_span_id.and_then(|p| by_id.get(&p)) {
+                    out.insert((caller.to_string(), s.service().to_string()));
+                }
+            }
+        }
+        out
+    };
+    let (trained, made) = (calls(&set.traces), calls(&regenerated));
+    let callers: std::collections::HashSet<&str> = trained.iter().map(|(a, _)| a.as_str()).collect();
+    let strays: Vec<_> = made.iter().filter(|c| callers.contains(c.0.as_str()) && !trained.contains(*c)).collect();
+    assert!(strays.is_empty(), "calls no training graph made: {strays:?}");
     d.shutdown().await.unwrap();
 }
 

@@ -288,12 +288,12 @@ struct PriorArgs {
     /// gent-llm/4 has no counts: the model alone). The default is 1: any
     /// share the model takes made the calls less like held-back ones
     /// (BENCHMARKS.md).
-    #[arg(long, default_value_t = 1.0, value_parser = unit_interval, conflicts_with = "any_call")]
+    #[arg(long, default_value_t = generate::CallPrior::COUNTS.weight, value_parser = unit_interval, conflicts_with = "any_call")]
     call_prior: f64,
     /// How fast a training graph's counts fade as its size (edges, depth)
     /// moves away from the request's: weight e^(−sharpness × log-ratio).
     /// 0 counts every graph of the service alike.
-    #[arg(long, default_value_t = 16.0, value_parser = non_negative, conflicts_with = "any_call")]
+    #[arg(long, default_value_t = generate::CallPrior::COUNTS.sharpness, value_parser = non_negative, conflicts_with = "any_call")]
     prior_sharpness: f64,
 }
 

@@ -81,6 +81,9 @@ pub struct CallPrior {
 impl CallPrior {
     /// The model alone.
     pub const NONE: CallPrior = CallPrior { weight: 0.0, sharpness: 0.0 };
+    /// The counts where they hold the choice, near the request's size: the
+    /// default of `gent llm generate` and `eval`, and the decompressor's.
+    pub const COUNTS: CallPrior = CallPrior { weight: 1.0, sharpness: 16.0 };
 }
 
 /// The counts one layer is generated under.

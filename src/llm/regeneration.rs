@@ -11,7 +11,7 @@
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
-use super::generate::{Decoding, Generator, Outcome, Request, Sampling, microservice_digits};
+use super::generate::{CallPrior, Decoding, Generator, Outcome, Request, Sampling, microservice_digits};
 use super::model::{Encoding, LanguageModel};
 use crate::io::alibaba::{self, SERVICE_ID_ATTRIBUTE};
 use crate::trace::{SpanView, Trace, TraceGraph};
@@ -176,7 +176,8 @@ pub fn trace_id(seed: u64, index: usize) -> crate::trace::TraceId {
 }
 
 /// Writes each requested call graph with constrained decoding (every graph
-/// valid and of the requested size and depth) and makes it a trace starting
+/// valid and of the requested size and depth; calls of training, chosen by
+/// their counts near the request's size, [`CallPrior::COUNTS`]) and makes it a trace starting
 /// where the real one did. Trace ids derive from `r.seed` and the trace's
 /// position, so one packet always regenerates to the same ids.
 pub fn regenerate(
@@ -193,7 +194,12 @@ pub fn regenerate(
     let window_names = conditions.destinations.iter().any(|n| microservice_digits(n).is_some());
     let destinations = if window_names { &conditions.destinations } else { &lm.destinations };
     let (mut scorer, tok) = lm.scorer();
-    let mut g = Generator::new(&mut scorer, tok, r.sampling, r.seed)?.known_destinations(destinations);
+    // As `gent llm generate` decodes by default: the calls of training, and
+    // their counts near each trace's size where they hold the choice.
+    let mut g = Generator::new(&mut scorer, tok, r.sampling, r.seed)?
+        .known_destinations(destinations)
+        .known_calls(&lm.calls)
+        .call_prior(CallPrior::COUNTS);
     let mut out = Regenerated { traces: Vec::with_capacity(conditions.traces.len()), clamped: 0 };
     for (index, t) in conditions.traces.iter().enumerate() {
         let (request, clamped) = conditions.request(index, r.max_edges.max(1))?;
