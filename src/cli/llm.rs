@@ -844,7 +844,7 @@ fn eval_model(
     let started = Instant::now();
     let max_len = lm.config.max_len;
     let cells = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
-    let generated = lm_eval::requested(&mut g, &rounds(compared, a.rounds), decoding, max_len);
+    let generated = lm_eval::requested(&mut g, rounds(compared, a.rounds), decoding, max_len);
     let mut name = decoding_name(decoding);
     if a.any_call && decoding == Decoding::Constrained {
         name.push_str(", any call");
@@ -872,9 +872,10 @@ fn eval_model(
     Ok(r)
 }
 
-/// The requests of `compared`, all of them `rounds` times over.
-fn rounds(compared: &[CallGraph], rounds: usize) -> Vec<CallGraph> {
-    (0..rounds).flat_map(|_| compared.iter().cloned()).collect()
+/// The graphs of `compared` (whose conditions are requested), all of them
+/// `rounds` times over.
+fn rounds(compared: &[CallGraph], rounds: usize) -> impl Iterator<Item = &CallGraph> {
+    (0..rounds).flat_map(move |_| compared.iter())
 }
 
 fn eval(a: EvalArgs) -> Result<(), Failure> {
@@ -908,7 +909,7 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
         let started = Instant::now();
         let baseline = gent::llm::baseline::Probabilistic::load(dir, &training).map_err(Failure::bad)?;
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(a.run.seed);
-        let generated: Vec<_> = rounds(compared, a.rounds).iter().map(|r| baseline.graph(&r.service, &mut rng)).collect();
+        let generated: Vec<_> = rounds(compared, a.rounds).map(|r| baseline.graph(&r.service, &mut rng)).collect();
         let mut r = MethodReport::new("probabilistic", "probabilistic", None, compared, &generated);
         r.seconds = started.elapsed().as_secs_f64();
         methods.push(r);
@@ -916,10 +917,8 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
     if let Some(retrieval) = gent::llm::retrieval::Retrieval::new(&training) {
         let started = Instant::now();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(a.run.seed);
-        let generated: Vec<_> = rounds(compared, a.rounds)
-            .iter()
-            .map(|r| retrieval.graph(&r.service, r.edges.len() as u64, r.depth(), &mut rng))
-            .collect();
+        let generated: Vec<_> =
+            rounds(compared, a.rounds).map(|r| retrieval.graph(&r.service, r.edges.len() as u64, r.depth(), &mut rng)).collect();
         let mut r = MethodReport::new("retrieval (copy a training graph)", "retrieval", None, compared, &generated);
         r.seconds = started.elapsed().as_secs_f64();
         let floor = r.kl_popular_calls;

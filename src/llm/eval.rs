@@ -52,13 +52,13 @@ pub fn accuracy<M: NextToken>(
 }
 
 /// The valid graphs generated for the conditions of each of `real`.
-pub fn requested<M: NextToken>(
+pub fn requested<'r, M: NextToken>(
     g: &mut Generator<'_, M>,
-    real: &[CallGraph],
+    real: impl IntoIterator<Item = &'r CallGraph>,
     decoding: Decoding,
     max_tokens: usize,
 ) -> Vec<CallGraph> {
-    real.iter()
+    real.into_iter()
         .filter_map(|r| {
             let request =
                 Request { service: r.service.clone(), num_edges: r.edges.len() as u64, depth: r.depth(), latency: r.end() };
