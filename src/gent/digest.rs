@@ -178,6 +178,8 @@ pub struct Digest {
     histogram: HistogramBuilder,
     starts: Vec<u64>,
     topologies: Vec<usize>,
+    /// Each trace's first root's duration in microseconds (saturated).
+    root_durations: Vec<u32>,
     window: Option<(u64, u64)>,
     spans: u64,
     share: HeadSample<(Arc<PackedTrace>, Placement)>,
@@ -204,6 +206,7 @@ impl Digest {
             histogram: HistogramBuilder::default(),
             starts: Vec::new(),
             topologies: Vec::new(),
+            root_durations: Vec::new(),
             window: None,
             spans: 0,
             share: HeadSample::new(config.share_spans, config.seed),
@@ -255,6 +258,7 @@ impl Digest {
         self.window = Some(self.window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         self.starts.push(start);
         self.topologies.push(placement.topology);
+        self.root_durations.push(root_duration_us(spans, &placement, self.histogram.histogram()));
         self.spans += spans.len() as u64;
         let to_check = self.check.as_ref().is_some_and(|c| c.keeps(&id));
         let rare = self.rare_room(&id, spans.len(), &placement);
@@ -390,6 +394,7 @@ impl Digest {
             histogram: self.histogram.finish(),
             starts: self.starts,
             topologies: self.topologies,
+            root_durations: self.root_durations,
             window_start,
             window_end: window_end.max(window_start + 1),
             spans: self.spans,
@@ -406,6 +411,13 @@ impl Digest {
     }
 }
 
+/// The duration of the first root of `spans`' topology, in microseconds.
+fn root_duration_us<S: SpanView>(spans: &[S], placement: &Placement, histogram: &TopologyHistogram) -> u32 {
+    let topology = &histogram.topologies[placement.topology];
+    let root = topology.roots().next().and_then(|r| placement.spans.get(r)).and_then(|&i| spans.get(i));
+    root.map_or(0, |s| (s.end_ns().saturating_sub(s.start_ns()) / 1_000).min(u64::from(u32::MAX)) as u32)
+}
+
 /// A folded window: what a model is trained and checked on.
 #[derive(Debug)]
 pub struct WindowDigest {
@@ -413,6 +425,8 @@ pub struct WindowDigest {
     /// Each trace's start and topology, in arrival order.
     pub starts: Vec<u64>,
     pub topologies: Vec<usize>,
+    /// Each trace's first root's duration in microseconds, in arrival order.
+    pub root_durations: Vec<u32>,
     pub window_start: u64,
     pub window_end: u64,
     pub spans: u64,

@@ -12,6 +12,7 @@
 mod attributes;
 mod cells;
 mod digest;
+mod latency;
 mod model;
 mod starts;
 mod tables;

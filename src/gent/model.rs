@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 
 use super::attributes::{AttributeConfig, AttributeSchema, NodeValues};
 use super::digest::{DigestConfig, WindowDigest};
+use super::latency::{self, LatencyBands, Root};
 use super::starts::{StartBuckets, StartError, StartModel};
 use super::tables::{StoredTableModel, TableModel};
 use super::timing::{
@@ -130,7 +131,14 @@ pub struct Repairs {
     pub parent_extended: u64,
     /// Spans whose duration a repair changed by more than 10%.
     pub changed_over_10pct: u64,
+    /// Calibrated timing: traces given the timing of another trace of
+    /// their topology, so that each minute holds its slow traces
+    /// (`calibration.latency_bands`).
+    pub latency_arranged: u64,
 }
+
+/// Traces per (entry, time bucket) of a whole regenerated window.
+type BandTotals = HashMap<(usize, u64), u32>;
 
 /// One window's model.
 pub struct WindowModel {
@@ -178,12 +186,18 @@ impl StoredWindowModel {
         fn encode(value: &impl serde::Serialize) -> Vec<u8> {
             postcard::to_stdvec(value).unwrap_or_default()
         }
-        let (sketches, node_effects, time_effects) = match &self.timing {
+        let (sketches, node_effects, time_effects, bands) = match &self.timing {
             Some(t) => {
-                let sketches_alone = TimingModel { nodes: Vec::new(), times: Vec::new(), bursts: Vec::new(), ..t.clone() };
-                (encode(&sketches_alone), encode(&t.nodes), encode(&(&t.times, &t.bursts)))
+                let sketches_alone = TimingModel {
+                    nodes: Vec::new(),
+                    times: Vec::new(),
+                    bursts: Vec::new(),
+                    bands: Default::default(),
+                    ..t.clone()
+                };
+                (encode(&sketches_alone), encode(&t.nodes), encode(&(&t.times, &t.bursts)), encode(&t.bands))
             }
-            None => (Vec::new(), Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
         let (starts, t_g) = match &self.start {
             StoredStart::Counts(c) => (encode(c), Vec::new()),
@@ -195,6 +209,7 @@ impl StoredWindowModel {
             ("sketches", sketches),
             ("node_effects", node_effects),
             ("time_effects", time_effects),
+            ("latency_bands", bands),
             ("t_g", t_g),
             ("r_g", encode(&self.roots)),
             ("c_g", encode(&self.chains)),
@@ -782,7 +797,19 @@ impl WindowModel {
         let histogram = self.histogram.clone();
         let timed = digest.timed();
         let cells = digest.cells.as_ref();
-        let fit = |c: &CalibrationConfig| TimingModel::fit(&timed, &histogram, self.window_start, c, cells);
+        let bucket_ns = (calibration.topology_bucket.as_nanos() as u64).max(1);
+        let roots: Vec<Root> = (starts.iter().zip(topologies).zip(&digest.root_durations))
+            .map(|((&start, &topology), &duration_us)| Root { topology, start, duration_us })
+            .collect();
+        let entries = latency::fit(&roots, &histogram, bucket_ns, self.window_start / bucket_ns);
+        drop(roots);
+        let fit = |c: &CalibrationConfig| {
+            let mut t = TimingModel::fit(&timed, &histogram, self.window_start, c, cells);
+            if c.latency_bands {
+                t.bands = LatencyBands { entries: entries.clone() };
+            }
+            t
+        };
         let Some(rate) = calibration.budget else {
             self.timing = Some(fit(calibration));
             return Ok(());
@@ -813,6 +840,7 @@ impl WindowModel {
                     node_effects: current.node_effects,
                     time_effects: current.time_effects,
                     bursts: current.bursts && current.time_effects,
+                    latency_bands: current.latency_bands,
                     segments: current.segments,
                 });
                 self.timing = stored.timing;
@@ -842,6 +870,7 @@ pub struct Budget {
     pub node_effects: bool,
     pub time_effects: bool,
     pub bursts: bool,
+    pub latency_bands: bool,
     pub segments: bool,
 }
 
@@ -1026,12 +1055,13 @@ impl WindowModel {
     ) -> Result<(Vec<Trace>, Repairs), ModelError> {
         let mut repairs = Repairs::default();
         let (mut order, mut starts) = self.trace_starts(seed, &mut repairs)?;
+        let totals = self.band_totals(&order, &starts);
         let kept = select(&order, &starts);
         if kept.len() < order.len() {
             let valid = kept.iter().filter(|&&i| i < order.len());
             (order, starts) = valid.map(|&i| (order[i], starts[i])).unzip();
         }
-        let traces = self.build_traces(order, starts, seed, &mut repairs)?;
+        let traces = self.build_traces(order, starts, seed, &totals, &mut repairs)?;
         Ok((traces, repairs))
     }
 
@@ -1051,10 +1081,11 @@ impl WindowModel {
         let parts = parts.max(1);
         let mut repairs = Repairs::default();
         let (order, starts) = self.trace_starts(seed, &mut repairs)?;
+        let totals = self.band_totals(&order, &starts);
         for part in 0..parts {
             let (o, s) = (part..order.len()).step_by(parts).map(|i| (order[i], starts[i])).unzip();
             let noise = if parts == 1 { seed } else { xxhash_rust::xxh3::xxh3_64_with_seed(&(part as u64).to_le_bytes(), seed) };
-            let traces = self.build_traces(o, s, noise, &mut repairs)?;
+            let traces = self.build_traces(o, s, noise, &totals, &mut repairs)?;
             if !each(traces, std::mem::take(&mut repairs)) {
                 break;
             }
@@ -1064,7 +1095,14 @@ impl WindowModel {
 
     /// The traces of topologies `order` starting at `starts`, timed and
     /// filled with `seed`'s noise, sorted by start.
-    fn build_traces(&self, order: Vec<usize>, starts: Vec<u64>, seed: u64, out: &mut Repairs) -> Result<Vec<Trace>, ModelError> {
+    fn build_traces(
+        &self,
+        order: Vec<usize>,
+        starts: Vec<u64>,
+        seed: u64,
+        totals: &BandTotals,
+        out: &mut Repairs,
+    ) -> Result<Vec<Trace>, ModelError> {
         let mut repairs = std::mem::take(out);
         let nested: HashSet<(u32, u32)> = self.nested.iter().copied().collect();
         let h = &self.histogram;
@@ -1080,7 +1118,7 @@ impl WindowModel {
         let times = match &self.timing {
             // Timing first, then status, kind and attributes given it.
             Some(timing) if !self.timed => {
-                let times = self.compose(timing, &filling.order, &starts, None, seed, &nested, &mut repairs);
+                let times = self.compose(timing, (&filling.order, &starts), None, seed, (&nested, totals), &mut repairs);
                 filling.metas = self.metas_of(&filling.order, &times);
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
                 times
@@ -1089,7 +1127,7 @@ impl WindowModel {
             Some(timing) => {
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
                 let noise = self.generated_noise(&filling, seed);
-                self.compose(timing, &filling.order, &starts, Some(&noise), seed, &nested, &mut repairs)
+                self.compose(timing, (&filling.order, &starts), Some(&noise), seed, (&nested, totals), &mut repairs)
             }
             None => {
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
@@ -1224,18 +1262,29 @@ impl WindowModel {
         }
     }
 
-    /// Calibrated times of every trace: (start, end) per node.
-    #[allow(clippy::too_many_arguments)]
+    /// Traces per (entry, time bucket) of the whole regenerated window, which
+    /// a part's latency bands are scaled by (empty without bands).
+    fn band_totals(&self, order: &[usize], starts: &[u64]) -> BandTotals {
+        match &self.timing {
+            Some(t) if !t.bands.is_empty() => {
+                latency::totals(&t.bands, &self.histogram, (t.bucket_ns, t.first_bucket), order, starts)
+            }
+            _ => BandTotals::default(),
+        }
+    }
+
+    /// Calibrated times of every trace: (start, end) per node; then whole
+    /// timings arranged among traces of a topology by the latency bands.
     fn compose(
         &self,
         timing: &TimingModel,
-        order: &[usize],
-        starts: &[u64],
+        traces: (&[usize], &[u64]),
         noise: Option<&[Vec<f64>]>,
         seed: u64,
-        nested: &HashSet<(u32, u32)>,
+        (nested, totals): (&HashSet<(u32, u32)>, &BandTotals),
         repairs: &mut Repairs,
     ) -> Vec<Vec<(u64, u64)>> {
+        let (order, starts) = traces;
         let h = &self.histogram;
         let tables = TimingTables::new(timing, h);
         let mut rng = timing_rng(seed);
@@ -1244,7 +1293,7 @@ impl WindowModel {
         let is_nested = |p: u32, c: u32| nested.contains(&(p, c));
         let window = (self.window_start, self.window_end);
         let ranks = tables.ranks(h, order, starts, noise, &mut rng);
-        let times = order
+        let mut times: Vec<Vec<(u64, u64)>> = order
             .iter()
             .zip(starts)
             .zip(&ranks)
@@ -1254,6 +1303,10 @@ impl WindowModel {
                 scratch.out.clone()
             })
             .collect();
+        if !timing.bands.is_empty() {
+            let bucket = (timing.bucket_ns, timing.first_bucket);
+            repairs.latency_arranged += latency::arrange(&timing.bands, h, window, bucket, traces, totals, &mut times) as u64;
+        }
         repairs.start_shifted += fixes.start_shifted;
         repairs.end_clamped += fixes.end_clamped;
         repairs.parent_extended += fixes.parent_extended;

@@ -46,6 +46,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use super::cells::{Quantity, TimeCells};
+use super::latency::{self, LatencyBands, LatencyError};
 use super::times::NodeTimes;
 use super::topology::{Topology, TopologyHistogram};
 use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile};
@@ -72,6 +73,10 @@ pub struct CalibrationConfig {
     /// departed significantly from the rest of the window (a retry storm
     /// behind one call for a few minutes), that cell's own distribution.
     pub bursts: bool,
+    /// Per entry service and topology bucket, how many traces' root
+    /// durations exceed its p50, p90 and p99 ([`super::latency`]): whole-trace
+    /// timings are arranged so that each minute holds its slow traces.
+    pub latency_bands: bool,
     /// Cut sketches into time segments where a label's timing changes.
     pub segments: bool,
     /// Exact trace start counts per this bucket.
@@ -97,6 +102,7 @@ impl Default for CalibrationConfig {
             node_effects: true,
             time_effects: true,
             bursts: true,
+            latency_bands: true,
             segments: true,
             start_bucket: std::time::Duration::from_secs(10),
             topology_bucket: std::time::Duration::from_secs(60),
@@ -128,8 +134,8 @@ impl CalibrationConfig {
 /// (measured on TrainTicket hour 16, where the budget bites, to cost the
 /// least fidelity per byte): fewer quantiles per sketch down to 1.5 per
 /// square root of the values, start counts per topology bucket instead of per
-/// start bucket, no bursts, no time effects, no node effects, fewer
-/// quantiles still, no time segments.
+/// start bucket, no bursts, no time effects, no node effects, no latency
+/// bands, fewer quantiles still, no time segments.
 pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
     let mut next = config.clone();
     if config.quantiles_per_root > 1.5 {
@@ -142,6 +148,8 @@ pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
         next.time_effects = false;
     } else if config.node_effects {
         next.node_effects = false;
+    } else if config.latency_bands {
+        next.latency_bands = false;
     } else if config.quantiles_per_root > 0.05 {
         next.quantiles_per_root *= 0.7;
     } else if config.segments {
@@ -311,6 +319,9 @@ pub struct TimingModel {
     /// calm window carries none. Sorted by (bucket, key); empty when time
     /// effects are off.
     pub bursts: Vec<Burst>,
+    /// Per entry service, its traces above its root-duration p50, p90 and
+    /// p99 per time bucket ([`super::latency`]); empty when off.
+    pub bands: LatencyBands,
 }
 
 /// One (time bucket, key) cell's own distribution of normal scores (see
@@ -356,6 +367,8 @@ pub enum TimingError {
     Inconsistent(String),
     #[error("timing model: {0}")]
     Sketch(#[from] SketchError),
+    #[error("timing model: {0}")]
+    Latency(#[from] LatencyError),
 }
 
 fn bad(what: impl Into<String>) -> TimingError {
@@ -768,6 +781,7 @@ impl TimingModel {
             lead_tails,
             times,
             bursts,
+            bands: LatencyBands::default(),
         }
     }
 
@@ -862,6 +876,7 @@ impl TimingModel {
                 return Err(bad("node effects for another number of nodes"));
             }
         }
+        latency::validate(&self.bands, histogram)?;
         Ok(())
     }
 }
