@@ -21,7 +21,7 @@
 //! nesting, self time and a call's share of its caller are untouched; only
 //! which minute a trace's timing lands in changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::topology::TopologyHistogram;
 
@@ -29,6 +29,11 @@ use super::topology::TopologyHistogram;
 pub const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 const CUTS: usize = QUANTILES.len();
 const BANDS: usize = CUTS + 1;
+
+/// How far, in buckets, a timing may move: an hour of minutes. It bounds the
+/// search of a long window (a day of minutes would be 1,440 cells a trace),
+/// and a timing carries its own minute's time effects.
+const MAX_MOVE: u64 = 60;
 
 /// Most (entry, bucket) cells a model holds: a bucket a minute for a week,
 /// per entry, far beyond a window.
@@ -209,13 +214,14 @@ pub fn arrange(
         let cell = if slots.free(t, own) && room.left(own, band) >= 0.5 {
             own
         } else {
-            let candidates = slots.cells(t).filter(|c| slots.free(t, *c));
+            let candidates = slots.near(t, own);
             // On a tie the nearest minute: a trace's timing carries its
             // minute's time effects and bursts.
             let near = |c: &(usize, u64)| std::cmp::Reverse(c.1.abs_diff(own.1));
             let best =
                 candidates.max_by(|a, b| room.left(*a, band).total_cmp(&room.left(*b, band)).then_with(|| near(a).cmp(&near(b))));
-            best.expect("the trace's own slot is counted until given")
+            // Every free slot of the topology may lie farther away: the nearest.
+            best.or_else(|| slots.nearest(t, own)).expect("a trace not yet placed leaves a free slot of its topology")
         };
         room.take(cell, band);
         assignment.push((slots.take(t, cell, (cell == own).then_some(source)), source));
@@ -254,44 +260,57 @@ impl Room {
     }
 }
 
-/// The traces of each (topology, cell) not yet given a timing.
+/// The traces of each (topology, cell) not yet given a timing. A topology's
+/// traces share its entry, so its cells are its buckets.
 struct Slots {
-    /// Per topology: its cells in first-seen order, each with its traces
-    /// (a stack) and how many are still free.
-    by_topology: HashMap<usize, Vec<((usize, u64), Vec<usize>, usize)>>,
+    /// Per topology: its entry, and per bucket its traces (a stack) and how
+    /// many are still free.
+    by_topology: HashMap<usize, (usize, BTreeMap<u64, (Vec<usize>, usize)>)>,
     given: Vec<bool>,
 }
 
 impl Slots {
     fn new(traces: impl Iterator<Item = (usize, (usize, u64), usize)>) -> Self {
-        let mut by_topology: HashMap<usize, Vec<((usize, u64), Vec<usize>, usize)>> = HashMap::new();
+        let mut by_topology: HashMap<usize, (usize, BTreeMap<u64, (Vec<usize>, usize)>)> = HashMap::new();
         let mut most = 0;
-        for (t, cell, i) in traces {
+        for (t, (entry, bucket), i) in traces {
             most = most.max(i + 1);
-            let cells = by_topology.entry(t).or_default();
-            match cells.iter_mut().find(|(c, _, _)| *c == cell) {
-                Some((_, v, n)) => {
-                    v.push(i);
-                    *n += 1;
-                }
-                None => cells.push((cell, vec![i], 1)),
-            }
+            let (_, buckets) = by_topology.entry(t).or_insert_with(|| (entry, BTreeMap::new()));
+            let (stack, n) = buckets.entry(bucket).or_default();
+            stack.push(i);
+            *n += 1;
         }
         Slots { by_topology, given: vec![false; most] }
     }
 
-    fn cells(&self, t: usize) -> impl Iterator<Item = (usize, u64)> + '_ {
-        self.by_topology.get(&t).into_iter().flatten().map(|(c, _, _)| *c)
+    /// The cells within [`MAX_MOVE`] buckets of `own` with a free trace of `t`.
+    fn near(&self, t: usize, own: (usize, u64)) -> impl Iterator<Item = (usize, u64)> + '_ {
+        let range = own.1.saturating_sub(MAX_MOVE)..=own.1.saturating_add(MAX_MOVE);
+        let by = self.by_topology.get(&t);
+        by.into_iter()
+            .flat_map(move |(entry, buckets)| buckets.range(range.clone()).filter(|b| b.1.1 > 0).map(|b| (*entry, *b.0)))
+    }
+
+    /// The nearest cell with a free trace of `t`.
+    fn nearest(&self, t: usize, own: (usize, u64)) -> Option<(usize, u64)> {
+        let (entry, buckets) = self.by_topology.get(&t)?;
+        let before = buckets.range(..=own.1).rev().find(|b| b.1.1 > 0).map(|b| *b.0);
+        let after = buckets.range(own.1..).find(|b| b.1.1 > 0).map(|b| *b.0);
+        let bucket = match (before, after) {
+            (Some(b), Some(a)) => Some(if own.1 - b <= a - own.1 { b } else { a }),
+            (b, a) => b.or(a),
+        };
+        bucket.map(|b| (*entry, b))
     }
 
     fn free(&self, t: usize, cell: (usize, u64)) -> bool {
-        self.by_topology.get(&t).and_then(|cells| cells.iter().find(|(c, _, _)| *c == cell)).is_some_and(|(_, _, n)| *n > 0)
+        self.by_topology.get(&t).and_then(|(_, buckets)| buckets.get(&cell.1)).is_some_and(|(_, n)| *n > 0)
     }
 
     /// A free trace of `t` in `cell`: `own` (a trace of that cell) if it is free.
     fn take(&mut self, t: usize, cell: (usize, u64), own: Option<usize>) -> usize {
-        let cells = self.by_topology.get_mut(&t).expect("a topology with traces");
-        let (_, stack, n) = cells.iter_mut().find(|(c, _, _)| *c == cell).expect("a cell with a free trace");
+        let (_, buckets) = self.by_topology.get_mut(&t).expect("a topology with traces");
+        let (stack, n) = buckets.get_mut(&cell.1).expect("a cell with a free trace");
         *n -= 1;
         let slot = if let Some(own) = own.filter(|&i| !self.given[i]) {
             own
@@ -434,6 +453,34 @@ mod tests {
         // Where the bands already hold, nothing moves.
         let again = arrange(&bands, &h, (0, 2 * MINUTE), (MINUTE, 0), (&order, &starts), &totals, &mut times);
         assert_eq!(again, 0);
+    }
+
+    #[test]
+    fn a_day_of_minutes_keeps_every_timing_and_start() {
+        // 100,000 traces over 1,440 minutes; the real slow traces in the
+        // first hour, the regenerated ones in the last: most slow timings
+        // cannot reach their minutes within an hour's move.
+        let h = histogram(&["gateway"]);
+        let n = 100_000u64;
+        let start = |i: u64| i * 1_440 / n * MINUTE + i % 1_000;
+        let real: Vec<Root> = (0..n)
+            .map(|i| Root { topology: 0, start: start(i), duration_us: if i < n / 24 && i % 3 == 0 { 500 } else { 5 } })
+            .collect();
+        let bands = LatencyBands { entries: fit(&real, &h, MINUTE, 0) };
+        let order = vec![0; n as usize];
+        let starts: Vec<u64> = (0..n).map(start).collect();
+        let length = |i: u64| if i > n - n / 24 && i % 3 == 0 { 500_000 } else { 5_000 };
+        let mut times: Vec<Vec<(u64, u64)>> = (0..n).map(|i| vec![(start(i), start(i) + length(i))]).collect();
+        let totals = totals(&bands, &h, (MINUTE, 0), &order, &starts);
+        let window = (0, 1_441 * MINUTE);
+        let moved = arrange(&bands, &h, window, (MINUTE, 0), (&order, &starts), &totals, &mut times);
+        assert!(moved > 0);
+        let mut lengths: Vec<u64> = times.iter().map(|t| t[0].1 - t[0].0).collect();
+        let mut before: Vec<u64> = (0..n).map(length).collect();
+        lengths.sort_unstable();
+        before.sort_unstable();
+        assert_eq!(lengths, before, "every timing is given to one trace");
+        assert!(times.iter().zip(&starts).all(|(t, &s)| t[0].0 == s), "every trace keeps its start");
     }
 
     #[test]
