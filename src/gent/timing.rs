@@ -266,6 +266,13 @@ pub struct TimingModel {
     /// they are laid out over the parent once its other children have set
     /// its duration. Increasing.
     pub spanning: Vec<u32>,
+    /// Per value key: how much longer than its span its longest call ever
+    /// was in the window, as a log ratio (see [`reach_code`]); 0 for leaves.
+    /// A parent is composed at least that long against its calls: drawn
+    /// apart, a long call under a short parent with a negative tail (async
+    /// work) made a child 37 times its parent's length where the window's
+    /// largest was twice (TrainTicket hour 12, food → station-food).
+    pub reaches: Vec<u8>,
     /// Per label: its usual start within its parent, 0 (the parent's start)
     /// to 255 (its end), which lays siblings out in their usual order.
     pub orders: Vec<u8>,
@@ -427,6 +434,17 @@ pub(super) fn signed_log(x: f64) -> f64 {
     x.signum() * x.abs().ln_1p()
 }
 
+/// `fitted`, counted as a parent lengthened when it is longer than `natural`.
+fn extended(natural: f64, fitted: f64, repairs: &mut TimingRepairs) -> f64 {
+    if fitted > natural {
+        repairs.parent_extended += 1;
+        if fitted > natural * 1.1 {
+            repairs.changed_over_10pct += 1;
+        }
+    }
+    fitted
+}
+
 fn signed_exp(y: f64) -> f64 {
     // A day at most: sketches decoded from a packet cannot overflow times.
     y.signum() * y.abs().min(25.0).exp_m1()
@@ -444,6 +462,9 @@ struct Observation {
     duration: Option<f64>,
     /// Every node: its own log duration.
     log_duration: f64,
+    /// With children: its longest child's log duration less its own (the
+    /// spanning children aside); 0 for leaves.
+    reach: f32,
     /// A child ended after the span by more than half the span's duration:
     /// the child is not part of the span's time (async work, skewed clocks).
     outlived: bool,
@@ -677,6 +698,18 @@ fn dequantize(q: u8, lo: f64, hi: f64) -> f64 {
     lo + f64::from(q & 15) / 15.0 * (hi - lo)
 }
 
+/// A log ratio as a byte: 1/16 of a log unit (6%) from −4 (a call at least
+/// 2% of its parent) up, rounded up so that the bound never cuts below the
+/// window's largest; 255 (and a key without calls) leaves it unbounded.
+fn reach_code(reach: f32) -> u8 {
+    if reach.is_finite() { ((reach + 4.0) * 16.0).ceil().clamp(0.0, 254.0) as u8 } else { 255 }
+}
+
+/// The longest a parent's calls may be against it, as a log ratio; `None` for no bound.
+fn reach_of(code: u8) -> Option<f64> {
+    (code < 255).then(|| f64::from(code) / 16.0 - 4.0)
+}
+
 impl TimingModel {
     /// Learns the timing of `traces` (one window's, or a sample of them)
     /// placed in `histogram`; `cells` bins every trace of the window.
@@ -723,6 +756,12 @@ impl TimingModel {
         let mut lead_scores = vec![0.0f64; observations.len()];
         let leads: Vec<Segmented> =
             by_lead.iter().map(|m| sketch_scored(m, |i| observations[i].lead, &observations, &mut lead_scores, config)).collect();
+        let mut reach = vec![f32::NEG_INFINITY; keys.values];
+        for o in observations.iter().filter(|o| o.duration.is_some()) {
+            let r = &mut reach[o.keys.0 as usize];
+            *r = r.max(o.reach);
+        }
+        let reaches = reach.into_iter().map(reach_code).collect();
         let orders = positions.iter().map(|&(sum, n)| ((sum / n.max(1.0)).clamp(0.0, 1.0) * 255.0).round() as u8).collect();
         // Every trace's scores where the window folded them ([`TimeCells`]):
         // what happens minute by minute and the sketches of rare keys are
@@ -773,6 +812,7 @@ impl TimingModel {
             leads,
             detached,
             spanning,
+            reaches,
             orders,
             nodes,
             couplings,
@@ -856,6 +896,9 @@ impl TimingModel {
         {
             return Err(bad("bursts out of order or range, too many, or without time effects"));
         }
+        if self.reaches.len() != keys.values {
+            return Err(bad("reaches for another number of value keys"));
+        }
         if !self.lead_couplings.is_empty() && self.lead_couplings.len() != keys.leads {
             return Err(bad("lead couplings for another number of lead keys"));
         }
@@ -914,6 +957,10 @@ fn observe(
                     (signed_log((end as f64 - last as f64) / 1e3), Some(own), 2 * over > end - start)
                 }
             };
+            let longest = (children[k].iter().filter(|&&c| !spans(c)))
+                .map(|&c| ((times[c].1 - times[c].0) as f64 / 1e3).ln_1p())
+                .fold(f64::NEG_INFINITY, f64::max);
+            let reach = if longest.is_finite() { (longest - own) as f32 } else { 0.0 };
             observations.push(Observation {
                 label: topology.labels[k],
                 keys: node_keys[k],
@@ -921,6 +968,7 @@ fn observe(
                 value,
                 duration,
                 log_duration: own,
+                reach,
                 outlived,
                 lead: leads[k].0,
                 position: leads[k].1,
@@ -1851,19 +1899,17 @@ impl<'a> TimingTables<'a> {
                 continue;
             }
             let (end, must_hold) = self.lay_out(kids, lead, duration, offset, |c| nested(t.labels[p], t.labels[c]), spans);
+            // No call longer against its parent than the window ever had.
+            let longest = kids.iter().filter(|&&c| !spans(c)).map(|&c| duration[c]).fold(0.0, f64::max);
+            let reach = reach_of(self.model.reaches[keys[p].0 as usize]);
+            let least = reach.map_or(0.0, |r| ((longest.ln_1p()) - r).min(25.0).exp_m1().max(0.0));
             duration[p] = if self.detached[keys[p].0 as usize] {
                 // Its own duration, long enough for the children that always lay inside.
-                duration[p].max(must_hold)
+                let own = duration[p].max(must_hold);
+                extended(own, own.max(least), repairs)
             } else {
                 let natural = (end + duration[p]).max(0.0);
-                let fitted = natural.max(must_hold);
-                if fitted > natural {
-                    repairs.parent_extended += 1;
-                    if fitted > natural * 1.1 {
-                        repairs.changed_over_10pct += 1;
-                    }
-                }
-                fitted
+                extended(natural, natural.max(must_hold).max(least), repairs)
             };
             // Spanning children last until their gap before the parent's end
             // (within it when they always were), and start no later.
