@@ -88,9 +88,14 @@ fn entry_services<'a>(histogram: &'a TopologyHistogram) -> Vec<Option<&'a str>> 
         .collect()
 }
 
-/// The bands of every entry of a window (`first_bucket`: its first time
-/// bucket, `bucket_ns` wide).
-pub fn fit(roots: &[Root], histogram: &TopologyHistogram, bucket_ns: u64, first_bucket: u64) -> Vec<EntryBands> {
+/// The bands of every entry of a window from its traces' roots, read once
+/// (`first_bucket`: its first time bucket, `bucket_ns` wide).
+pub fn fit(
+    roots: impl IntoIterator<Item = Root>,
+    histogram: &TopologyHistogram,
+    bucket_ns: u64,
+    first_bucket: u64,
+) -> Vec<EntryBands> {
     let services = entry_services(histogram);
     let bucket_ns = bucket_ns.max(1);
     // Per entry service: its first root label and its traces' (bucket, duration).
@@ -417,7 +422,7 @@ mod tests {
         let mut roots: Vec<Root> =
             (1..=10u32).map(|d| Root { topology: 0, start: if d > 6 { 3 * MINUTE } else { 0 }, duration_us: d }).collect();
         roots.push(Root { topology: 1, start: 5 * MINUTE, duration_us: 7 });
-        let bands = fit(&roots, &h, MINUTE, 0);
+        let bands = fit(roots, &h, MINUTE, 0);
         assert_eq!(bands.len(), 2);
         // Cut at rank ⌊q·n⌋: 6, 10, 10 µs; above 6: 7, 8, 9, 10.
         assert_eq!(bands[0].thresholds, [6, 10, 10]);
@@ -434,7 +439,7 @@ mod tests {
         let real: Vec<Root> = (0..20u64)
             .map(|i| Root { topology: 0, start: (i / 10) * MINUTE, duration_us: if (16..20).contains(&i) { 100 } else { 1 } })
             .collect();
-        let bands = LatencyBands { entries: fit(&real, &h, MINUTE, 0) };
+        let bands = LatencyBands { entries: fit(real, &h, MINUTE, 0) };
         // Regenerated: the slow timings landed in minute 0.
         let order = vec![0; 20];
         let starts: Vec<u64> = (0..20).map(|i| (i / 10) * MINUTE + i).collect();
@@ -466,7 +471,7 @@ mod tests {
         let real: Vec<Root> = (0..n)
             .map(|i| Root { topology: 0, start: start(i), duration_us: if i < n / 24 && i % 3 == 0 { 500 } else { 5 } })
             .collect();
-        let bands = LatencyBands { entries: fit(&real, &h, MINUTE, 0) };
+        let bands = LatencyBands { entries: fit(real, &h, MINUTE, 0) };
         let order = vec![0; n as usize];
         let starts: Vec<u64> = (0..n).map(start).collect();
         let length = |i: u64| if i > n - n / 24 && i % 3 == 0 { 500_000 } else { 5_000 };

@@ -798,11 +798,12 @@ impl WindowModel {
         let timed = digest.timed();
         let cells = digest.cells.as_ref();
         let bucket_ns = (calibration.topology_bucket.as_nanos() as u64).max(1);
-        let roots: Vec<Root> = (starts.iter().zip(topologies).zip(&digest.root_durations))
-            .map(|((&start, &topology), &duration_us)| Root { topology, start, duration_us })
-            .collect();
-        let entries = latency::fit(&roots, &histogram, bucket_ns, self.window_start / bucket_ns);
-        drop(roots);
+        let roots = (starts.iter().zip(topologies).zip(&digest.root_durations)).map(|((&start, &topology), &duration_us)| Root {
+            topology,
+            start,
+            duration_us,
+        });
+        let entries = latency::fit(roots, &histogram, bucket_ns, self.window_start / bucket_ns);
         let fit = |c: &CalibrationConfig| {
             let mut t = TimingModel::fit(&timed, &histogram, self.window_start, c, cells);
             if c.latency_bands {
