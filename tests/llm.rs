@@ -847,6 +847,7 @@ fn gent_llm_trains_writes_a_model_and_generates_valid_call_graphs_as_traces() {
     let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     let samples = report["held_back_samples"].as_u64().unwrap();
     assert!(samples >= 60, "a sample per prefix of every graph of two edges or more: {report}");
+    assert_eq!(report["uncommon"], "graphs", "the paper's definition by default: {report}");
     for key in ["accuracy", "majority_accuracy", "token_count_accuracy", "balanced_accuracy", "token_count_balanced_accuracy"] {
         let v = report[key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{key}: {v}");
@@ -1341,6 +1342,25 @@ fn a_prompt_is_read_but_not_scored() {
     let c = gent::nn::lm::TrainConfig { steps: 1, batch: 1, learning_rate: 1e-3, seed: 0 };
     let train = Lm::new(&LmConfig { layers: 1, ..LmConfig::tiny(20) }, &device.clone().autodiff()).unwrap();
     assert!(gent::nn::lm::train_from(train, &[(&s, s.len())], &c, 0, &device.autodiff()).is_err());
+}
+
+#[test]
+fn the_prediction_task_has_both_classes_to_learn_from_with_the_papers_definition() {
+    use gent::llm::instruct::Facts;
+    use gent::llm::predict::{Rarity, samples};
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).collect();
+    let facts = Facts::of(&graphs);
+    let share = |rarity| {
+        let s = samples(&graphs, &facts, rarity);
+        assert!(s.len() > 2000, "{}", s.len());
+        s.iter().filter(|s| s.uncommon_follows).count() as f64 / s.len() as f64
+    };
+    // A call in under 10 % of the graphs: both classes well represented.
+    let graphs_share = share(Rarity::Graphs);
+    assert!((0.1..=0.9).contains(&graphs_share), "{graphs_share}");
+    // Under 10 % of its source's graphs: almost never, nothing to learn from.
+    let source_share = share(Rarity::Source);
+    assert!(source_share < 0.02, "{source_share}");
 }
 
 #[test]

@@ -123,6 +123,11 @@ pub struct PredictArgs {
     /// Gradient steps of the head.
     #[arg(long, default_value_t = 500)]
     head_steps: usize,
+    /// Which calls are uncommon: `graphs`, in under 10 % of the training
+    /// graphs (the paper's words); `source`, in under 10 % of the graphs where
+    /// their source calls anything (the instruction-tuning definition).
+    #[arg(long, value_enum, default_value_t)]
+    uncommon: gent::llm::predict::Rarity,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -526,6 +531,8 @@ fn infill(a: InfillArgs) -> Result<(), Failure> {
 
 #[derive(Serialize)]
 struct PredictReport {
+    /// Which calls counted as uncommon.
+    uncommon: gent::llm::predict::Rarity,
     train_samples: usize,
     held_back_samples: usize,
     /// Share of held-back samples where an uncommon call follows.
@@ -550,7 +557,7 @@ fn predict(a: PredictArgs) -> Result<(), Failure> {
     let lm = load_model(&a.model, Decoding::Free, Encoding::Layers, &device)?;
     let (train, real) = (read_call_graphs(&a.train)?, read_call_graphs(&a.real)?);
     let facts = Facts::of(&train);
-    let (train, test) = (predict::samples(&train, &facts), predict::samples(&real, &facts));
+    let (train, test) = (predict::samples(&train, &facts, a.uncommon), predict::samples(&real, &facts, a.uncommon));
     if train.is_empty() || test.is_empty() {
         return Err(Failure::BadInput("no graph of two or more edges to predict from in --train or --real".into()));
     }
@@ -575,6 +582,7 @@ fn predict(a: PredictArgs) -> Result<(), Failure> {
     let counts = |s: &[predict::Sample]| s.iter().map(|s| predict::token_counts(&lm.tokenizer, &s.prompt)).collect::<Vec<_>>();
     let (token_count_accuracy, token_count_balanced_accuracy) = scored(&counts(&train), &counts(&test));
     let out = PredictReport {
+        uncommon: a.uncommon,
         train_samples: train.len(),
         held_back_samples: test.len(),
         held_back_positive: test_labels.iter().filter(|&&l| l).count() as f64 / test.len() as f64,

@@ -188,12 +188,14 @@ pub struct Facts {
     calls: HashMap<(String, String, String), usize>,
     /// Graphs in which each microservice makes a call.
     callers: HashMap<String, usize>,
+    /// Training graphs counted.
+    graphs: usize,
 }
 
 impl Facts {
     pub fn of(graphs: &[CallGraph]) -> Self {
         let mut latencies: HashMap<&str, Vec<u64>> = HashMap::new();
-        let mut f = Facts::default();
+        let mut f = Facts { graphs: graphs.len(), ..Facts::default() };
         for g in graphs {
             latencies.entry(g.service.as_str()).or_default().push(g.latency());
             let calls: HashSet<(&str, &str, &str)> =
@@ -230,6 +232,14 @@ impl Facts {
         let key = (e.source.clone(), e.destination.clone(), e.kind.clone());
         let (calls, callers) = (self.calls.get(&key).copied().unwrap_or(0), self.callers.get(&e.source).copied().unwrap_or(0));
         callers > 0 && calls * 10 < callers
+    }
+
+    /// A call occurring in under 10 % of all training graphs, the paper's
+    /// words for an uncommon communication ("occurring in less than 10 % of
+    /// the training data"), whoever makes it.
+    pub fn rare(&self, e: &Edge) -> bool {
+        let key = (e.source.clone(), e.destination.clone(), e.kind.clone());
+        self.calls.get(&key).copied().unwrap_or(0) * 10 < self.graphs
     }
 
     /// The user instruction a tuning sample of layer `j` of `g` carries: the

@@ -7,9 +7,15 @@
 //! graphs only 33 of 911 have more than 10 edges, so a graph of `n ≥ 2`
 //! edges gives a sample for each prompt of its first `k = 1..=min(10, n - 1)`
 //! edges, in layer order: the question is always about at least one edge
-//! still to come. "Uncommon"
-//! is the instruction-tuning definition ([`Facts::uncommon`]), counted on the
-//! training graphs only.
+//! still to come.
+//!
+//! "Uncommon" is counted on the training graphs only, in one of two ways
+//! ([`Rarity`]). The default is the paper's words: a call occurring in under
+//! 10 % of the training graphs. The instruction-tuning definition (under
+//! 10 % of the graphs where its source calls anything) marks so few calls
+//! that on the shared graphs only 9 of 2,405 training prompts have one to
+//! come: no head can learn from 9 examples, and the majority class is then
+//! right 99.6 % of the time whatever the model knows.
 
 use rand::SeedableRng;
 
@@ -21,6 +27,27 @@ use super::tokenizer::Tokenizer;
 /// Edges in a prompt at most (the paper's 10).
 pub const PROMPT_EDGES: usize = 10;
 
+/// Which calls count as uncommon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rarity {
+    /// In under 10 % of the training graphs ([`Facts::rare`]; the paper's words).
+    #[default]
+    Graphs,
+    /// In under 10 % of the graphs where its source calls anything
+    /// ([`Facts::uncommon`]; the instruction-tuning definition).
+    Source,
+}
+
+impl Rarity {
+    fn uncommon(self, facts: &Facts, e: &super::graph::Edge) -> bool {
+        match self {
+            Rarity::Graphs => facts.rare(e),
+            Rarity::Source => facts.uncommon(e),
+        }
+    }
+}
+
 /// One question: a prompt and whether an uncommon call follows it.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -30,15 +57,15 @@ pub struct Sample {
 }
 
 /// The samples of every graph of `graphs`; `facts` come from the training graphs.
-pub fn samples(graphs: &[CallGraph], facts: &Facts) -> Vec<Sample> {
-    graphs.iter().flat_map(|g| graph_samples(g, facts)).collect()
+pub fn samples(graphs: &[CallGraph], facts: &Facts, rarity: Rarity) -> Vec<Sample> {
+    graphs.iter().flat_map(|g| graph_samples(g, facts, rarity)).collect()
 }
 
 /// A graph of `n` edges gives a sample for each prompt of its first
 /// `k = 1..=min(10, n - 1)` edges.
-fn graph_samples(g: &CallGraph, facts: &Facts) -> Vec<Sample> {
+fn graph_samples(g: &CallGraph, facts: &Facts, rarity: Rarity) -> Vec<Sample> {
     let layers = g.layers();
-    let edges: Vec<bool> = layers.iter().flat_map(|l| &l.edges).map(|e| facts.uncommon(e)).collect();
+    let edges: Vec<bool> = layers.iter().flat_map(|l| &l.edges).map(|e| rarity.uncommon(facts, e)).collect();
     // Fields in a fixed order per graph (the model saw every order in training).
     let mut rng = rand::rngs::StdRng::seed_from_u64(edges.len() as u64);
     let doc = Document { records: vec![text::encode_layers(g, &mut rng, 0.0)], final_newline: true };
