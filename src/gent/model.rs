@@ -135,6 +135,9 @@ pub struct Repairs {
     /// their topology, so that each minute holds its slow traces
     /// (`calibration.latency_bands`).
     pub latency_arranged: u64,
+    /// Calibrated timing: traces stretched or shrunk whole, by under 10%,
+    /// to cross a latency band's cut as often as the window's did.
+    pub latency_stretched: u64,
 }
 
 /// Traces per (entry, time bucket) of a whole regenerated window.
@@ -1306,7 +1309,11 @@ impl WindowModel {
             .collect();
         if !timing.bands.is_empty() {
             let bucket = (timing.bucket_ns, timing.first_bucket);
-            repairs.latency_arranged += latency::arrange(&timing.bands, h, window, bucket, traces, totals, &mut times) as u64;
+            let bands = &timing.bands;
+            let mut stretched = latency::calibrate(bands, h, window, bucket, traces, totals, false, &mut times);
+            repairs.latency_arranged += latency::arrange(bands, h, window, bucket, traces, totals, &mut times) as u64;
+            stretched += latency::calibrate(bands, h, window, bucket, traces, totals, true, &mut times);
+            repairs.latency_stretched += stretched as u64;
         }
         repairs.start_shifted += fixes.start_shifted;
         repairs.end_clamped += fixes.end_clamped;
