@@ -314,7 +314,7 @@ pub fn calibrate(
             for &i in &traces[range] {
                 let from = duration(&times[i], root_of(i));
                 let factor = to as f64 / from.max(1) as f64;
-                if factor > MAX_STRETCH || factor < 1.0 / MAX_STRETCH {
+                if !(1.0 / MAX_STRETCH..=MAX_STRETCH).contains(&factor) {
                     continue;
                 }
                 stretch(&mut times[i], factor, window);
