@@ -169,30 +169,39 @@ pub fn validate(latency: &LatencyBands, histogram: &TopologyHistogram) -> Result
     Ok(())
 }
 
+/// The regenerated traces the latency bands are brought to: possibly a part
+/// of the window, whose targets are then scaled to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    /// The window's (start, end), Unix nanoseconds.
+    pub window: (u64, u64),
+    /// The bands' time bucket and the window's first, as the timing model's.
+    pub bucket: (u64, u64),
+    /// Each trace's topology.
+    pub order: &'a [usize],
+    /// Each trace's start.
+    pub starts: &'a [u64],
+    /// Traces per (entry, bucket) of the whole regenerated window.
+    pub totals: &'a HashMap<(usize, u64), u32>,
+}
+
+impl Part<'_> {
+    /// The (entry, bucket) of trace `i`, if its topology has an entry with bands.
+    fn cell(&self, targets: &Targets, i: usize) -> Option<(usize, u64)> {
+        let e = targets.entry_of.get(self.order[i]).copied().flatten()?;
+        Some((e, (self.starts[i] / self.bucket.0.max(1)).saturating_sub(self.bucket.1)))
+    }
+}
+
 /// Exchanges whole-trace timings between traces of the same topology so
 /// that each (entry, bucket) holds as many traces of each band as the bands
-/// say. `times` are the traces' (start, end) per node, `order` their
-/// topologies and `starts` their starts; `totals` counts the traces per
-/// (entry, bucket) of the whole regenerated window, of which these may be a
-/// part (the targets are scaled to the part). Returns how many traces got
-/// another's timing.
-pub fn arrange(
-    latency: &LatencyBands,
-    histogram: &TopologyHistogram,
-    window: (u64, u64),
-    bucket: (u64, u64),
-    traces: (&[usize], &[u64]),
-    totals: &HashMap<(usize, u64), u32>,
-    times: &mut [Vec<(u64, u64)>],
-) -> usize {
-    let (order, starts) = traces;
+/// say. `times` are the traces' (start, end) per node. Returns how many
+/// traces got another's timing.
+pub fn arrange(latency: &LatencyBands, histogram: &TopologyHistogram, part: &Part, times: &mut [Vec<(u64, u64)>]) -> usize {
+    let Part { window, order, starts, totals, .. } = *part;
     let targets = Targets::new(latency, histogram);
-    let (bucket_ns, first_bucket) = (bucket.0.max(1), bucket.1);
     // Each trace's cell and band; traces of no entry stay as they are.
-    let cell_of = |i: usize| {
-        let e = targets.entry_of.get(order[i]).copied().flatten()?;
-        Some((e, (starts[i] / bucket_ns).saturating_sub(first_bucket)))
-    };
+    let cell_of = |i: usize| part.cell(&targets, i);
     let band_of = |i: usize, e: usize| {
         let first_root = histogram.topologies[order[i]].roots().next().unwrap_or(0);
         let (s, end) = times[i].get(first_root).copied().unwrap_or((0, 0));
@@ -259,27 +268,21 @@ const MAX_STRETCH: f64 = 1.099;
 /// shrunk) whole, every span by the same factor, to just across it: nesting
 /// and each call's share of its caller stay as they were. Only traces within
 /// [`MAX_STRETCH`] of the cut are moved. Returns how many traces were.
-#[allow(clippy::too_many_arguments)]
 pub fn calibrate(
     latency: &LatencyBands,
     histogram: &TopologyHistogram,
-    window: (u64, u64),
-    bucket: (u64, u64),
-    traces: (&[usize], &[u64]),
-    totals: &HashMap<(usize, u64), u32>,
+    part: &Part,
     by_bucket: bool,
     times: &mut [Vec<(u64, u64)>],
 ) -> usize {
-    let (order, starts) = traces;
+    let Part { window, order, totals, .. } = *part;
     let targets = Targets::new(latency, histogram);
-    let (bucket_ns, first_bucket) = (bucket.0.max(1), bucket.1);
     // Per group (entry, or entry and bucket): its traces, and per cell of
     // this part its traces, whose targets are scaled by them.
     let mut groups: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
     let mut subset: HashMap<(usize, u64), u32> = HashMap::new();
     for i in 0..order.len() {
-        if let Some(e) = targets.entry_of.get(order[i]).copied().flatten() {
-            let b = (starts[i] / bucket_ns).saturating_sub(first_bucket);
+        if let Some((e, b)) = part.cell(&targets, i) {
             groups.entry((e, if by_bucket { b } else { 0 })).or_default().push(i);
             *subset.entry((e, b)).or_default() += 1;
         }
@@ -539,7 +542,12 @@ mod tests {
         let mut times: Vec<Vec<(u64, u64)>> =
             starts.iter().enumerate().map(|(i, &s)| vec![(s, s + if i < 4 { 100_000 } else { 1_000 })]).collect();
         let totals = totals(&bands, &h, (MINUTE, 0), &order, &starts);
-        let moved = arrange(&bands, &h, (0, 2 * MINUTE), (MINUTE, 0), (&order, &starts), &totals, &mut times);
+        let moved = arrange(
+            &bands,
+            &h,
+            &Part { window: (0, 2 * MINUTE), bucket: (MINUTE, 0), order: &order, starts: &starts, totals: &totals },
+            &mut times,
+        );
         assert_eq!(moved, 8);
         for (i, t) in times.iter().enumerate() {
             // Every trace keeps its start; the slow ones are now in minute 1.
@@ -549,7 +557,12 @@ mod tests {
         }
         assert_eq!(times.iter().filter(|t| t[0].1 - t[0].0 == 100_000).count(), 4);
         // Where the bands already hold, nothing moves.
-        let again = arrange(&bands, &h, (0, 2 * MINUTE), (MINUTE, 0), (&order, &starts), &totals, &mut times);
+        let again = arrange(
+            &bands,
+            &h,
+            &Part { window: (0, 2 * MINUTE), bucket: (MINUTE, 0), order: &order, starts: &starts, totals: &totals },
+            &mut times,
+        );
         assert_eq!(again, 0);
     }
 
@@ -593,7 +606,13 @@ mod tests {
             .collect();
         let totals = totals(&bands, &h, (MINUTE, 0), &order, &starts);
         let window = (0, 2 * MINUTE + 60_000_000_000);
-        let moved = calibrate(&bands, &h, window, (MINUTE, 0), (&order, &starts), &totals, true, &mut times);
+        let moved = calibrate(
+            &bands,
+            &h,
+            &Part { window, bucket: (MINUTE, 0), order: &order, starts: &starts, totals: &totals },
+            true,
+            &mut times,
+        );
         // Three stretched up in minute 0 (the fourth is 50 % short: left
         // alone), two shrunk to the cut in minute 1.
         assert_eq!(moved, 5);
@@ -626,7 +645,12 @@ mod tests {
         let mut times: Vec<Vec<(u64, u64)>> = (0..n).map(|i| vec![(start(i), start(i) + length(i))]).collect();
         let totals = totals(&bands, &h, (MINUTE, 0), &order, &starts);
         let window = (0, 1_441 * MINUTE);
-        let moved = arrange(&bands, &h, window, (MINUTE, 0), (&order, &starts), &totals, &mut times);
+        let moved = arrange(
+            &bands,
+            &h,
+            &Part { window, bucket: (MINUTE, 0), order: &order, starts: &starts, totals: &totals },
+            &mut times,
+        );
         assert!(moved > 0);
         let mut lengths: Vec<u64> = times.iter().map(|t| t[0].1 - t[0].0).collect();
         let mut before: Vec<u64> = (0..n).map(length).collect();

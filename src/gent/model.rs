@@ -1309,10 +1309,10 @@ impl WindowModel {
             .collect();
         if !timing.bands.is_empty() {
             let bucket = (timing.bucket_ns, timing.first_bucket);
-            let bands = &timing.bands;
-            let mut stretched = latency::calibrate(bands, h, window, bucket, traces, totals, false, &mut times);
-            repairs.latency_arranged += latency::arrange(bands, h, window, bucket, traces, totals, &mut times) as u64;
-            stretched += latency::calibrate(bands, h, window, bucket, traces, totals, true, &mut times);
+            let (bands, part) = (&timing.bands, latency::Part { window, bucket, order, starts, totals });
+            let mut stretched = latency::calibrate(bands, h, &part, false, &mut times);
+            repairs.latency_arranged += latency::arrange(bands, h, &part, &mut times) as u64;
+            stretched += latency::calibrate(bands, h, &part, true, &mut times);
             repairs.latency_stretched += stretched as u64;
         }
         repairs.start_shifted += fixes.start_shifted;
