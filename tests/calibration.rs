@@ -329,8 +329,10 @@ fn trainticket_hour_12_minutes_of_a_retry_storm_come_back_with_it() {
 /// The latency alarm reads, per minute, how many of an entry's traces were
 /// slower than its p90: drawn independently, a minute of fifty traces gets
 /// its handful of slow ones by chance. The packet's latency bands put each
-/// minute's slow traces back in it (`calibration.latency_bands`); scored as
-/// read back from the written OTLP file, mean of three seeds.
+/// minute's slow traces back in it (`calibration.latency_bands`), and the
+/// traces nearest a cut are stretched across it where a minute still lacks
+/// or holds too many; scored as read back from the written OTLP file, mean
+/// of three seeds (0.966, 0.956 and 1.000 when this was written).
 #[test]
 fn minutes_that_held_slow_traces_hold_them_again_on_every_window() {
     for (name, real) in [("hour 12", hour(12)), ("hour 16", hour(16)), ("hipster", read_set(&[data("hipster")]))] {
@@ -352,7 +354,7 @@ fn minutes_that_held_slow_traces_hold_them_again_on_every_window() {
         };
         let (with, without) = (alarm(true), alarm(false));
         println!("{name}: latency alarm {with:.3} with latency bands, {without:.3} without");
-        assert!(with >= 0.8, "{name}: latency alarm {with:.3} with latency bands");
+        assert!(with >= 0.9, "{name}: latency alarm {with:.3} with latency bands");
         assert!(with >= without, "{name}: {with:.3} with latency bands, {without:.3} without");
     }
 }
