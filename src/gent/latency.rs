@@ -191,6 +191,11 @@ impl Part<'_> {
         let e = targets.entry_of.get(self.order[i]).copied().flatten()?;
         Some((e, (self.starts[i] / self.bucket.0.max(1)).saturating_sub(self.bucket.1)))
     }
+
+    /// The whole window's traces in `cell`, of which this part holds `n`.
+    fn total(&self, cell: (usize, u64), n: u32) -> u32 {
+        self.totals.get(&cell).copied().unwrap_or(n).max(n)
+    }
 }
 
 /// Exchanges whole-trace timings between traces of the same topology so
@@ -198,7 +203,7 @@ impl Part<'_> {
 /// say. `times` are the traces' (start, end) per node. Returns how many
 /// traces got another's timing.
 pub fn arrange(latency: &LatencyBands, histogram: &TopologyHistogram, part: &Part, times: &mut [Vec<(u64, u64)>]) -> usize {
-    let Part { window, order, starts, totals, .. } = *part;
+    let Part { window, order, starts, .. } = *part;
     let targets = Targets::new(latency, histogram);
     // Each trace's cell and band; traces of no entry stay as they are.
     let cell_of = |i: usize| part.cell(&targets, i);
@@ -214,7 +219,7 @@ pub fn arrange(latency: &LatencyBands, histogram: &TopologyHistogram, part: &Par
             *subset.entry(c).or_default() += 1;
         }
     }
-    let mut room = Room::new(&targets, &subset, totals);
+    let mut room = Room::new(&targets, &subset, part);
     // Slowest first, each trace's timing stays in its cell while the cell
     // has room for its band, else goes to the cell with the most room for
     // it among those with a trace of its topology not yet given a timing.
@@ -275,7 +280,7 @@ pub fn calibrate(
     by_bucket: bool,
     times: &mut [Vec<(u64, u64)>],
 ) -> usize {
-    let Part { window, order, totals, .. } = *part;
+    let Part { window, order, .. } = *part;
     let targets = Targets::new(latency, histogram);
     // Per group (entry, or entry and bucket): its traces, and per cell of
     // this part its traces, whose targets are scaled by them.
@@ -289,7 +294,7 @@ pub fn calibrate(
     }
     let mut wanted: HashMap<(usize, u64), [f64; CUTS]> = HashMap::new();
     for (&(e, b), &n) in &subset {
-        let total = totals.get(&(e, b)).copied().unwrap_or(n).max(n);
+        let total = part.total((e, b), n);
         let above = targets.above.get(&(e, b)).copied().unwrap_or([0; CUTS]);
         let w = wanted.entry((e, if by_bucket { b } else { 0 })).or_default();
         for (w, a) in w.iter_mut().zip(above) {
@@ -344,9 +349,9 @@ struct Room(HashMap<(usize, u64), [f64; BANDS]>);
 
 impl Room {
     /// The targets scaled to the part of the window being arranged.
-    fn new(targets: &Targets, subset: &HashMap<(usize, u64), u32>, totals: &HashMap<(usize, u64), u32>) -> Self {
+    fn new(targets: &Targets, subset: &HashMap<(usize, u64), u32>, part: &Part) -> Self {
         let scaled = subset.iter().map(|(&cell, &n)| {
-            let total = totals.get(&cell).copied().unwrap_or(n).max(n);
+            let total = part.total(cell, n);
             (cell, targets.bands(cell, total).map(|b| b * f64::from(n) / f64::from(total)))
         });
         Room(scaled.collect())
@@ -542,12 +547,8 @@ mod tests {
         let mut times: Vec<Vec<(u64, u64)>> =
             starts.iter().enumerate().map(|(i, &s)| vec![(s, s + if i < 4 { 100_000 } else { 1_000 })]).collect();
         let totals = totals(&bands, &h, (MINUTE, 0), &order, &starts);
-        let moved = arrange(
-            &bands,
-            &h,
-            &Part { window: (0, 2 * MINUTE), bucket: (MINUTE, 0), order: &order, starts: &starts, totals: &totals },
-            &mut times,
-        );
+        let part = Part { window: (0, 2 * MINUTE), bucket: (MINUTE, 0), order: &order, starts: &starts, totals: &totals };
+        let moved = arrange(&bands, &h, &part, &mut times);
         assert_eq!(moved, 8);
         for (i, t) in times.iter().enumerate() {
             // Every trace keeps its start; the slow ones are now in minute 1.
@@ -557,12 +558,7 @@ mod tests {
         }
         assert_eq!(times.iter().filter(|t| t[0].1 - t[0].0 == 100_000).count(), 4);
         // Where the bands already hold, nothing moves.
-        let again = arrange(
-            &bands,
-            &h,
-            &Part { window: (0, 2 * MINUTE), bucket: (MINUTE, 0), order: &order, starts: &starts, totals: &totals },
-            &mut times,
-        );
+        let again = arrange(&bands, &h, &part, &mut times);
         assert_eq!(again, 0);
     }
 
