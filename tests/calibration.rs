@@ -426,3 +426,67 @@ fn trainticket_hour_12_fitted_on_half_its_spans_keeps_its_structure_and_its_fide
     check((part_overall, &part_queries), 0.02);
     check((fewer_overall, &fewer_queries), 0.04);
 }
+
+/// Per label of a parent with exactly one call, with at least 100 such
+/// spans: the rank correlation of the call's duration with the parent's self
+/// time (its duration less the call's).
+fn self_time_follows_the_call(set: &TraceSet) -> HashMap<String, f64> {
+    let mut pairs: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+    for t in &set.traces {
+        let mut calls: HashMap<_, Vec<&gent::trace::Span>> = HashMap::new();
+        for s in &t.spans {
+            if let Some(p) = s.parent_span_id {
+                calls.entry(p).or_default().push(s);
+            }
+        }
+        for p in &t.spans {
+            let Some([call]) = calls.get(&p.span_id).map(Vec::as_slice) else { continue };
+            let own = p.duration().saturating_sub(call.duration());
+            pairs.entry(format!("{}/{}", p.service(), p.name)).or_default().push((call.duration() as f64, own as f64));
+        }
+    }
+    pairs.into_iter().filter(|(_, v)| v.len() >= 100).map(|(k, v)| (k, correlation(&ranks(&v)))).collect()
+}
+
+/// Each value of the pairs replaced by its rank on its side.
+fn ranks(pairs: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let rank = |side: &dyn Fn(&(f64, f64)) -> f64| {
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        order.sort_by(|&a, &b| side(&pairs[a]).total_cmp(&side(&pairs[b])));
+        let mut r = vec![0.0; pairs.len()];
+        for (k, i) in order.into_iter().enumerate() {
+            r[i] = k as f64;
+        }
+        r
+    };
+    let (a, b) = (rank(&|p| p.0), rank(&|p| p.1));
+    a.into_iter().zip(b).collect()
+}
+
+#[test]
+fn trainticket_hour_16_self_time_follows_the_call_with_couplings_alone() {
+    // A parent's own work grows with the call it waits for (serialising a
+    // larger answer, a loaded node): on hour 16 the verification service's
+    // self time correlates with its controller's duration at about 0.7. The
+    // per key couplings carry this at a byte a key; a budget that has to
+    // drop the per node locations keeps them.
+    let real = hour(16);
+    let want = self_time_follows_the_call(&real);
+    assert!(want.values().any(|&c| c > 0.5), "hour 16 has parents whose self time follows their call: {want:?}");
+    let mean = |node_effects: bool| {
+        let mut config = GenTConfig::default();
+        config.calibration.budget = None;
+        (config.calibration.node_effects, config.calibration.node_locations) = (node_effects, false);
+        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
+        let got = self_time_follows_the_call(&set(model.generate(7).unwrap().0));
+        let strong: Vec<f64> = want.iter().filter(|&(_, &c)| c > 0.5).map(|(k, _)| got.get(k).copied().unwrap_or(0.0)).collect();
+        strong.iter().sum::<f64>() / strong.len() as f64
+    };
+    let real_mean = {
+        let strong: Vec<f64> = want.values().copied().filter(|&c| c > 0.5).collect();
+        strong.iter().sum::<f64>() / strong.len() as f64
+    };
+    let (with, without) = (mean(true), mean(false));
+    println!("self time against the call: real {real_mean:.3}, couplings alone {with:.3}, no node effects {without:.3}");
+    assert!(with > 0.5 * real_mean && with > without + 0.2, "couplings alone {with:.3}, none {without:.3}, real {real_mean:.3}");
+}

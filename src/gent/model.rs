@@ -842,6 +842,7 @@ impl WindowModel {
                     quantiles_per_root: current.quantiles_per_root,
                     start_bucket: current.start_bucket,
                     node_effects: current.node_effects,
+                    node_locations: current.node_effects && current.node_locations,
                     time_effects: current.time_effects,
                     bursts: current.bursts && current.time_effects,
                     latency_bands: current.latency_bands,
@@ -872,6 +873,7 @@ pub struct Budget {
     #[serde(with = "humantime_serde")]
     pub start_bucket: std::time::Duration,
     pub node_effects: bool,
+    pub node_locations: bool,
     pub time_effects: bool,
     pub bursts: bool,
     pub latency_bands: bool,

@@ -64,8 +64,14 @@ pub struct CalibrationConfig {
     pub max_quantiles: usize,
     /// Quantiles per square root of the values sketched.
     pub quantiles_per_root: f64,
-    /// Per topology node location and spread of ranks.
+    /// Per topology node location and spread of ranks, and per key the
+    /// couplings of a span's time to its children's, its caller's and its
+    /// trace's ([`TimingModel::couplings`]).
     pub node_effects: bool,
+    /// With node effects, the per topology node locations and spreads; off,
+    /// only the per key couplings, which cost a byte per key where the
+    /// locations cost one per topology node.
+    pub node_locations: bool,
     /// Per topology bucket and service a location of ranks: the minutes in
     /// which a service ran slow (load, contention) come back slow.
     pub time_effects: bool,
@@ -100,6 +106,7 @@ impl Default for CalibrationConfig {
             max_quantiles: 128,
             quantiles_per_root: 3.0,
             node_effects: true,
+            node_locations: true,
             time_effects: true,
             bursts: true,
             latency_bands: true,
@@ -134,7 +141,7 @@ impl CalibrationConfig {
 /// (measured on TrainTicket hour 16, where the budget bites, to cost the
 /// least fidelity per byte): fewer quantiles per sketch down to 1.5 per
 /// square root of the values, start counts per topology bucket instead of per
-/// start bucket, no bursts, no time effects, no node effects, no latency
+/// start bucket, no bursts, no time effects, no node locations, no node effects, no latency
 /// bands, fewer quantiles still, no time segments.
 pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
     let mut next = config.clone();
@@ -146,6 +153,8 @@ pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
         next.bursts = false;
     } else if config.time_effects {
         next.time_effects = false;
+    } else if config.node_effects && config.node_locations {
+        next.node_locations = false;
     } else if config.node_effects {
         next.node_effects = false;
     } else if config.latency_bands {
@@ -779,7 +788,11 @@ impl TimingModel {
         let (nodes, couplings) = if config.node_effects {
             let children = children_scores(&observations, &durations, histogram);
             (
-                node_effects(&observations, &scores, histogram, &whole.locations),
+                if config.node_locations {
+                    node_effects(&observations, &scores, histogram, &whole.locations)
+                } else {
+                    Vec::new()
+                },
                 couplings(&observations, (&scores, &durations), &children, keys.values),
             )
         } else {
@@ -2090,6 +2103,20 @@ pub fn timing_rng(seed: u64) -> StdRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_drops_node_locations_before_the_couplings_and_ends() {
+        let mut steps = vec![CalibrationConfig::default()];
+        while let Some(next) = smaller(steps.last().unwrap()) {
+            assert!(steps.len() < 64, "the steps end");
+            steps.push(next);
+        }
+        let alone = steps.iter().position(|c| c.node_effects && !c.node_locations).expect("a step keeps the couplings alone");
+        assert!(!steps[alone].time_effects, "time effects go first");
+        assert!(!steps[alone + 1].node_effects, "then the couplings");
+        let last = steps.last().unwrap();
+        assert!(!last.segments && !last.latency_bands && !last.node_effects);
+    }
 
     #[test]
     fn a_burst_gives_back_its_tail_shares() {
