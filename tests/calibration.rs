@@ -13,7 +13,7 @@ use common::{data, read_set};
 use gent::fidelity::Reference;
 use gent::fidelity::cost::wire_sizes;
 use gent::fidelity::sampling::Sampler;
-use gent::gent::{GenTConfig, Repairs, WindowModel};
+use gent::gent::{GenTConfig, NodeLocations, Repairs, WindowModel};
 use gent::nn::weights::Precision;
 use gent::trace::{Trace, TraceSet};
 
@@ -476,7 +476,7 @@ fn trainticket_hour_16_self_time_follows_the_call_with_couplings_alone() {
     let mean = |node_effects: bool| {
         let mut config = GenTConfig::default();
         config.calibration.budget = None;
-        (config.calibration.node_effects, config.calibration.node_locations) = (node_effects, false);
+        (config.calibration.node_effects, config.calibration.node_locations) = (node_effects, NodeLocations::None);
         let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
         let got = self_time_follows_the_call(&set(model.generate(7).unwrap().0));
         let strong: Vec<f64> = want.iter().filter(|&(_, &c)| c > 0.5).map(|(k, _)| got.get(k).copied().unwrap_or(0.0)).collect();
@@ -489,4 +489,90 @@ fn trainticket_hour_16_self_time_follows_the_call_with_couplings_alone() {
     let (with, without) = (mean(true), mean(false));
     println!("self time against the call: real {real_mean:.3}, couplings alone {with:.3}, no node effects {without:.3}");
     assert!(with > 0.5 * real_mean && with > without + 0.2, "couplings alone {with:.3}, none {without:.3}, real {real_mean:.3}");
+}
+
+/// Per (path, call label) with at least 50 calls, the path being the labels
+/// from the parent up to the trace's root: the gaps from the end of the
+/// calls before each call (the parent's start for the first) to its start,
+/// sorted. (Calls of one label are pooled: siblings of one label may come
+/// back in another order.)
+fn gaps_by_path(set: &TraceSet) -> HashMap<(String, String), Vec<f64>> {
+    let label = |s: &gent::trace::Span| format!("{}/{}", s.service(), s.name);
+    let mut gaps: HashMap<(String, String), Vec<f64>> = HashMap::new();
+    for t in &set.traces {
+        let by_id: HashMap<_, _> = t.spans.iter().map(|s| (s.span_id, s)).collect();
+        let mut calls: HashMap<_, Vec<&gent::trace::Span>> = HashMap::new();
+        for s in &t.spans {
+            if let Some(p) = s.parent_span_id {
+                calls.entry(p).or_default().push(s);
+            }
+        }
+        for p in &t.spans {
+            let Some(calls) = calls.get_mut(&p.span_id) else { continue };
+            // The path, walked up iteratively (bounded by the trace's size).
+            let mut path = vec![label(p)];
+            let mut up = p.parent_span_id.and_then(|id| by_id.get(&id));
+            while let Some(a) = up.filter(|_| path.len() <= t.spans.len()) {
+                path.push(label(a));
+                up = a.parent_span_id.and_then(|id| by_id.get(&id));
+            }
+            let path = path.join(" < ");
+            calls.sort_by_key(|s| s.start);
+            let mut end = p.start;
+            for c in calls.iter() {
+                gaps.entry((path.clone(), label(c))).or_default().push(c.start as f64 - end as f64);
+                end = end.max(c.end);
+            }
+        }
+    }
+    gaps.retain(|_, v| v.len() >= 50);
+    gaps.values_mut().for_each(|v| v.sort_by(f64::total_cmp));
+    gaps
+}
+
+/// The median of sorted values.
+fn median(sorted: &[f64]) -> f64 {
+    sorted[sorted.len() / 2]
+}
+
+#[test]
+fn trainticket_hour_12_the_work_between_calls_follows_the_trace_it_is_in() {
+    // The seat service works 24 ms (median) between its two calls in a
+    // booking, over the tickets it was sent, and 1 ms in a browse: one lead
+    // key, two places. Lead locations per node (or per path) bring each
+    // place's back.
+    let real = hour(12);
+    let want = gaps_by_path(&real);
+    // The places whose median gap is over twice, or under half, that of
+    // their key (parent label, call label) over every place.
+    let mut keys: HashMap<(&str, &str), Vec<f64>> = HashMap::new();
+    for ((path, call), gaps) in &want {
+        let parent = path.split(" < ").next().unwrap_or_default();
+        keys.entry((parent, call)).or_default().extend(gaps);
+    }
+    keys.values_mut().for_each(|v| v.sort_by(f64::total_cmp));
+    let placed: Vec<(&(String, String), f64)> = (want.iter())
+        .map(|(k, gaps)| (k, median(gaps)))
+        .filter(|&((path, call), m)| {
+            let key = median(&keys[&(path.split(" < ").next().unwrap_or_default(), call.as_str())]);
+            m >= 1e5 && (m > 2.0 * key || m < 0.5 * key)
+        })
+        .collect();
+    assert!(placed.len() >= 3, "hour 12 has gaps that depend on their place: {}", placed.len());
+    let within = |locations: NodeLocations| {
+        let mut config = GenTConfig::default();
+        config.calibration.node_locations = locations;
+        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
+        let got = gaps_by_path(&set(model.generate(7).unwrap().0));
+        let close =
+            (placed.iter()).filter(|&&(k, m)| got.get(k).is_some_and(|g| (median(g) - m).abs() <= 0.25 * m.abs())).count();
+        close as f64 / placed.len() as f64
+    };
+    let (nodes, paths, none) = (within(NodeLocations::Nodes), within(NodeLocations::Paths), within(NodeLocations::None));
+    println!(
+        "{} places whose gap is not their key's; median within 25%: per node {nodes:.3}, per path {paths:.3}, couplings alone {none:.3}",
+        placed.len()
+    );
+    assert!(nodes >= 0.6 && nodes > none + 0.2, "per node {nodes:.3}, couplings alone {none:.3}");
+    assert!(paths > none + 0.2, "per path {paths:.3}, couplings alone {none:.3}");
 }

@@ -27,5 +27,5 @@ pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindo
 pub use starts::{StartBuckets, StartError, StartModel};
 pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use times::NodeTimes;
-pub use timing::{CalibrationConfig, TimingError, TimingModel};
+pub use timing::{CalibrationConfig, NodeLocations, TimingError, TimingModel};
 pub use topology::{HistogramBuilder, Label, Placement, Topology, TopologyHistogram};

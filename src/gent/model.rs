@@ -26,7 +26,7 @@ use super::latency::{self, LatencyBands, Root};
 use super::starts::{StartBuckets, StartError, StartModel};
 use super::tables::{StoredTableModel, TableModel};
 use super::timing::{
-    CalibrationConfig, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng,
+    CalibrationConfig, NodeLocations, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng,
 };
 use super::topology::{Placement, Topology, TopologyHistogram};
 use crate::nn::weights::Precision;
@@ -193,12 +193,13 @@ impl StoredWindowModel {
             Some(t) => {
                 let sketches_alone = TimingModel {
                     nodes: Vec::new(),
+                    lead_nodes: Vec::new(),
                     times: Vec::new(),
                     bursts: Vec::new(),
                     bands: Default::default(),
                     ..t.clone()
                 };
-                (encode(&sketches_alone), encode(&t.nodes), encode(&(&t.times, &t.bursts)), encode(&t.bands))
+                (encode(&sketches_alone), encode(&(&t.nodes, &t.lead_nodes)), encode(&(&t.times, &t.bursts)), encode(&t.bands))
             }
             None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
@@ -842,7 +843,7 @@ impl WindowModel {
                     quantiles_per_root: current.quantiles_per_root,
                     start_bucket: current.start_bucket,
                     node_effects: current.node_effects,
-                    node_locations: current.node_effects && current.node_locations,
+                    node_locations: if current.node_effects { current.node_locations } else { NodeLocations::None },
                     time_effects: current.time_effects,
                     bursts: current.bursts && current.time_effects,
                     latency_bands: current.latency_bands,
@@ -873,7 +874,7 @@ pub struct Budget {
     #[serde(with = "humantime_serde")]
     pub start_bucket: std::time::Duration,
     pub node_effects: bool,
-    pub node_locations: bool,
+    pub node_locations: NodeLocations,
     pub time_effects: bool,
     pub bursts: bool,
     pub latency_bands: bool,

@@ -68,10 +68,10 @@ pub struct CalibrationConfig {
     /// couplings of a span's time to its children's, its caller's and its
     /// trace's ([`TimingModel::couplings`]).
     pub node_effects: bool,
-    /// With node effects, the per topology node locations and spreads; off,
-    /// only the per key couplings, which cost a byte per key where the
-    /// locations cost one per topology node.
-    pub node_locations: bool,
+    /// With node effects, where the rank locations and spreads of values and
+    /// leads are kept: per topology node, per path (the labels from the root
+    /// down), or not at all (the per key couplings alone).
+    pub node_locations: NodeLocations,
     /// Per topology bucket and service a location of ranks: the minutes in
     /// which a service ran slow (load, contention) come back slow.
     pub time_effects: bool,
@@ -98,6 +98,21 @@ pub struct CalibrationConfig {
     pub budget: Option<u64>,
 }
 
+/// Where node effects keep rank locations and spreads, most bytes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeLocations {
+    /// Per topology node: a byte per node for values and one for leads.
+    Nodes,
+    /// Per path, the labels from the trace's root down to the node, pooled
+    /// over every topology that has it: a window's topologies share most
+    /// paths (TrainTicket hour 12: 620 paths in 4,340 nodes), so the packet
+    /// repeats them and compresses them to a quarter.
+    Paths,
+    /// None: the per key couplings alone, a byte per key.
+    None,
+}
+
 impl Default for CalibrationConfig {
     fn default() -> Self {
         CalibrationConfig {
@@ -106,7 +121,7 @@ impl Default for CalibrationConfig {
             max_quantiles: 128,
             quantiles_per_root: 3.0,
             node_effects: true,
-            node_locations: true,
+            node_locations: NodeLocations::Nodes,
             time_effects: true,
             bursts: true,
             latency_bands: true,
@@ -153,8 +168,10 @@ pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
         next.bursts = false;
     } else if config.time_effects {
         next.time_effects = false;
-    } else if config.node_effects && config.node_locations {
-        next.node_locations = false;
+    } else if config.node_effects && config.node_locations == NodeLocations::Nodes {
+        next.node_locations = NodeLocations::Paths;
+    } else if config.node_effects && config.node_locations == NodeLocations::Paths {
+        next.node_locations = NodeLocations::None;
     } else if config.node_effects {
         next.node_effects = false;
     } else if config.latency_bands {
@@ -288,6 +305,12 @@ pub struct TimingModel {
     /// Per topology, per node: rank location (high nibble) and spread (low
     /// nibble); empty when node effects are off.
     pub nodes: Vec<Vec<u8>>,
+    /// Per topology, per node: its lead's rank location and spread, packed
+    /// as `nodes`; empty when node effects are off. The work a span does
+    /// between two calls depends on where it runs: TrainTicket's seat service
+    /// takes 24 ms (median) between its two calls in a booking, over the
+    /// tickets it was sent, and 1 ms in a browse.
+    pub lead_nodes: Vec<Vec<u8>>,
     /// Per value key, two couplings to its children's duration ranks, −1 to
     /// 1 in 4 bits each (0 for leaves); empty when node effects are off.
     /// Low nibble, its tail's: a span and the calls it makes are slow
@@ -788,15 +811,16 @@ impl TimingModel {
         let (nodes, couplings) = if config.node_effects {
             let children = children_scores(&observations, &durations, histogram);
             (
-                if config.node_locations {
-                    node_effects(&observations, &scores, histogram, &whole.locations)
-                } else {
-                    Vec::new()
-                },
+                node_effects(&observations, &scores, histogram, &whole.locations, config.node_locations),
                 couplings(&observations, (&scores, &durations), &children, keys.values),
             )
         } else {
             (Vec::new(), Vec::new())
+        };
+        let lead_nodes = if config.node_effects {
+            node_effects(&observations, &lead_scores, histogram, &[], config.node_locations)
+        } else {
+            Vec::new()
         };
         let loadings =
             if config.node_effects { loadings(&observations, &scores, histogram, &nodes, keys.values) } else { Vec::new() };
@@ -828,6 +852,7 @@ impl TimingModel {
             reaches,
             orders,
             nodes,
+            lead_nodes,
             couplings,
             loadings,
             lead_couplings,
@@ -924,11 +949,14 @@ impl TimingModel {
         if !self.couplings.is_empty() && self.couplings.len() != keys.values {
             return Err(bad("couplings for another number of value keys"));
         }
-        if !self.nodes.is_empty() {
-            if self.nodes.len() != histogram.topologies.len() {
+        for nodes in [&self.nodes, &self.lead_nodes] {
+            if nodes.is_empty() {
+                continue;
+            }
+            if nodes.len() != histogram.topologies.len() {
                 return Err(bad("node effects for another number of topologies"));
             }
-            if self.nodes.iter().zip(&histogram.topologies).any(|(n, t)| n.len() != t.len()) {
+            if nodes.iter().zip(&histogram.topologies).any(|(n, t)| n.len() != t.len()) {
                 return Err(bad("node effects for another number of nodes"));
             }
         }
@@ -1194,24 +1222,58 @@ fn correlation(xy: f64, xx: f64, yy: f64) -> f64 {
     if xx > 0.0 && yy > 0.0 { xy / (xx * yy).sqrt() } else { 0.0 }
 }
 
-/// Per topology node, the shrunk mean and spread of its normal scores, packed.
+/// Per topology node, the shrunk mean and spread of its normal scores
+/// (values' or leads'), packed; empty with [`NodeLocations::None`].
+///
+/// A node is shrunk towards its *path* (the labels from its trace's root
+/// down to it) pooled over every topology that has it, and the path towards
+/// its key's whole distribution: a booking trace comes in dozens of
+/// topologies, each with a few calls of every node, and each of them runs
+/// as a booking does. With [`NodeLocations::Paths`] every node takes its
+/// path's.
 fn node_effects(
     observations: &[Observation],
     scores: &[f64],
     histogram: &TopologyHistogram,
     whole: &[Vec<Option<(f64, f64)>>],
+    locations: NodeLocations,
 ) -> Vec<Vec<u8>> {
+    if locations == NodeLocations::None {
+        return Vec::new();
+    }
+    let per_path = locations == NodeLocations::Paths;
     let mut sums: Vec<Vec<(f64, f64, f64)>> = histogram.topologies.iter().map(|t| vec![(0.0, 0.0, 0.0); t.len()]).collect();
     for (o, &z) in observations.iter().zip(scores) {
         let s = &mut sums[o.node.0 as usize][o.node.1 as usize];
         *s = (s.0 + z, s.1 + z * z, s.2 + 1.0);
     }
-    (sums.iter().enumerate())
-        .map(|(t, nodes)| {
-            (nodes.iter().enumerate())
-                .map(|(k, &(sum, squares, n))| {
-                    if n == 0.0 {
-                        return quantize(0.0, -LOCATION_RANGE, LOCATION_RANGE) << 4 | quantize(1.0, SPREAD_MIN, SPREAD_MAX);
+    let paths = node_paths(histogram);
+    let mut pooled: HashMap<u32, (f64, f64, f64)> = HashMap::new();
+    for (nodes, ids) in sums.iter().zip(&paths) {
+        for (&(sum, squares, n), id) in nodes.iter().zip(ids) {
+            let p = pooled.entry(*id).or_default();
+            *p = (p.0 + sum, p.1 + squares, p.2 + n);
+        }
+    }
+    // Per path: its location and spread, shrunk towards the key's (0 and 1).
+    let prior = |&(sum, squares, n): &(f64, f64, f64)| -> (f64, f64) {
+        if n == 0.0 {
+            return (0.0, 1.0);
+        }
+        let mean = sum / n;
+        let sd = (squares / n - mean * mean).max(0.0).sqrt();
+        let weight = n / (n + NODE_PRIOR);
+        (mean * weight, sd * weight + (1.0 - weight))
+    };
+    let prior: HashMap<u32, (f64, f64)> = pooled.iter().map(|(&id, p)| (id, prior(p))).collect();
+    (sums.iter().zip(&paths).enumerate())
+        .map(|(t, (nodes, ids))| {
+            (nodes.iter().zip(ids).enumerate())
+                .map(|(k, (&(sum, squares, n), id))| {
+                    let (path_location, path_spread) = prior.get(id).copied().unwrap_or((0.0, 1.0));
+                    if n == 0.0 || per_path {
+                        return quantize(path_location, -LOCATION_RANGE, LOCATION_RANGE) << 4
+                            | quantize(path_spread, SPREAD_MIN, SPREAD_MAX);
                     }
                     let mean = sum / n;
                     let sd = (squares / n - mean * mean).max(0.0).sqrt();
@@ -1221,13 +1283,35 @@ fn node_effects(
                     // from the moments scored worse: bottlenecks 0.692
                     // against 0.700).
                     let location = match whole.get(t).and_then(|w| w[k]) {
-                        Some((z, count)) => z * count / (count + NODE_PRIOR),
-                        None => mean * weight,
+                        Some((z, count)) => {
+                            let w = count / (count + NODE_PRIOR);
+                            z * w + path_location * (1.0 - w)
+                        }
+                        None => mean * weight + path_location * (1.0 - weight),
                     };
-                    let spread = sd * weight + (1.0 - weight);
+                    let spread = sd * weight + path_spread * (1.0 - weight);
                     quantize(location, -LOCATION_RANGE, LOCATION_RANGE) << 4 | quantize(spread, SPREAD_MIN, SPREAD_MAX)
                 })
                 .collect()
+        })
+        .collect()
+}
+
+/// Per topology, per node: a number for its path, the labels from its root
+/// down to it, the same for the same path in every topology. Parents precede
+/// their children, so one pass numbers every path.
+fn node_paths(histogram: &TopologyHistogram) -> Vec<Vec<u32>> {
+    let mut ids: HashMap<(u32, u32), u32> = HashMap::new();
+    (histogram.topologies.iter())
+        .map(|topology| {
+            let mut out: Vec<u32> = Vec::with_capacity(topology.len());
+            for (k, &label) in topology.labels.iter().enumerate() {
+                // u32::MAX: the path above a root, which no node has.
+                let above = topology.parents[k].and_then(|p| out.get(p as usize).copied()).unwrap_or(u32::MAX);
+                let next = ids.len() as u32;
+                out.push(*ids.entry((above, label)).or_insert(next));
+            }
+            out
         })
         .collect()
 }
@@ -1804,7 +1888,9 @@ impl<'a> TimingTables<'a> {
                 latents.push((group, z, rng.random()));
                 claims.push(burst.is_some());
             }
-            // Leads after values: a lead follows its parent's rank by its coupling.
+            // Leads after values: a lead follows its parent's rank by its
+            // coupling, then its node's location.
+            let lead_effects = self.model.lead_nodes.get(t);
             for (k, &(_, lead_key)) in keys.iter().enumerate() {
                 let noise: f64 = StandardNormal.sample(rng);
                 let z = match (topology.parents[k], self.model.lead_couplings.get(lead_key as usize)) {
@@ -1814,6 +1900,10 @@ impl<'a> TimingTables<'a> {
                         parent * own[p as usize] + duration * durations[k] + rest.max(0.0).sqrt() * noise
                     }
                     _ => noise,
+                };
+                let z = match lead_effects.map(|e| e[k]) {
+                    Some(e) => dequantize(e >> 4, -LOCATION_RANGE, LOCATION_RANGE) + dequantize(e, SPREAD_MIN, SPREAD_MAX) * z,
+                    None => z,
                 };
                 // A share of calls follows its parent into its top decile
                 // (decided once the parents are ranked, below).
@@ -2105,14 +2195,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_budget_drops_node_locations_before_the_couplings_and_ends() {
+    fn the_budget_pools_node_locations_by_path_then_drops_them_before_the_couplings() {
         let mut steps = vec![CalibrationConfig::default()];
         while let Some(next) = smaller(steps.last().unwrap()) {
             assert!(steps.len() < 64, "the steps end");
             steps.push(next);
         }
-        let alone = steps.iter().position(|c| c.node_effects && !c.node_locations).expect("a step keeps the couplings alone");
-        assert!(!steps[alone].time_effects, "time effects go first");
+        let at = |locations| steps.iter().position(|c| c.node_effects && c.node_locations == locations);
+        let (paths, alone) =
+            (at(NodeLocations::Paths).expect("a step pools by path"), at(NodeLocations::None).expect("then couplings alone"));
+        assert!(!steps[paths].time_effects, "time effects go first");
+        assert_eq!(alone, paths + 1);
         assert!(!steps[alone + 1].node_effects, "then the couplings");
         let last = steps.last().unwrap();
         assert!(!last.segments && !last.latency_bands && !last.node_effects);
