@@ -156,8 +156,9 @@ impl CalibrationConfig {
 /// (measured on TrainTicket hour 16, where the budget bites, to cost the
 /// least fidelity per byte): fewer quantiles per sketch down to 1.5 per
 /// square root of the values, start counts per topology bucket instead of per
-/// start bucket, no bursts, no time effects, no node locations, no node effects, no latency
-/// bands, fewer quantiles still, no time segments.
+/// start bucket, no bursts, no time effects, node locations per path and
+/// then none, no node effects, no latency bands, fewer quantiles still, no
+/// time segments.
 pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
     let mut next = config.clone();
     if config.quantiles_per_root > 1.5 {
@@ -808,17 +809,18 @@ impl TimingModel {
             values[v as usize] = Segmented { starts: Vec::new(), sketches: vec![sketch] };
         }
         let durations = if config.node_effects { duration_scores(&observations, &by_value) } else { Vec::new() };
+        let paths = node_paths(histogram);
         let (nodes, couplings) = if config.node_effects {
             let children = children_scores(&observations, &durations, histogram);
             (
-                node_effects(&observations, &scores, histogram, &whole.locations, config.node_locations),
+                node_effects(&observations, &scores, (histogram, &paths), &whole.locations, config.node_locations),
                 couplings(&observations, (&scores, &durations), &children, keys.values),
             )
         } else {
             (Vec::new(), Vec::new())
         };
         let lead_nodes = if config.node_effects {
-            node_effects(&observations, &lead_scores, histogram, &[], config.node_locations)
+            node_effects(&observations, &lead_scores, (histogram, &paths), &[], config.node_locations)
         } else {
             Vec::new()
         };
@@ -1226,58 +1228,45 @@ fn correlation(xy: f64, xx: f64, yy: f64) -> f64 {
 /// (values' or leads'), packed; empty with [`NodeLocations::None`].
 ///
 /// A node is shrunk towards its *path* (the labels from its trace's root
-/// down to it) pooled over every topology that has it, and the path towards
-/// its key's whole distribution: a booking trace comes in dozens of
-/// topologies, each with a few calls of every node, and each of them runs
-/// as a booking does. With [`NodeLocations::Paths`] every node takes its
-/// path's.
+/// down to it, numbered by [`node_paths`]) pooled over every topology that
+/// has it, and the path towards its key's whole distribution: a booking
+/// trace comes in dozens of topologies, each with a few calls of every node,
+/// and each of them runs as a booking does. With [`NodeLocations::Paths`]
+/// every node takes its path's.
 fn node_effects(
     observations: &[Observation],
     scores: &[f64],
-    histogram: &TopologyHistogram,
+    (histogram, paths): (&TopologyHistogram, &[Vec<u32>]),
     whole: &[Vec<Option<(f64, f64)>>],
     locations: NodeLocations,
 ) -> Vec<Vec<u8>> {
     if locations == NodeLocations::None {
         return Vec::new();
     }
-    let per_path = locations == NodeLocations::Paths;
-    let mut sums: Vec<Vec<(f64, f64, f64)>> = histogram.topologies.iter().map(|t| vec![(0.0, 0.0, 0.0); t.len()]).collect();
+    let mut sums: Vec<Vec<Moments>> = histogram.topologies.iter().map(|t| vec![(0.0, 0.0, 0.0); t.len()]).collect();
     for (o, &z) in observations.iter().zip(scores) {
         let s = &mut sums[o.node.0 as usize][o.node.1 as usize];
         *s = (s.0 + z, s.1 + z * z, s.2 + 1.0);
     }
-    let paths = node_paths(histogram);
-    let mut pooled: HashMap<u32, (f64, f64, f64)> = HashMap::new();
-    for (nodes, ids) in sums.iter().zip(&paths) {
+    let mut pooled: HashMap<u32, Moments> = HashMap::new();
+    for (nodes, ids) in sums.iter().zip(paths) {
         for (&(sum, squares, n), id) in nodes.iter().zip(ids) {
             let p = pooled.entry(*id).or_default();
             *p = (p.0 + sum, p.1 + squares, p.2 + n);
         }
     }
     // Per path: its location and spread, shrunk towards the key's (0 and 1).
-    let prior = |&(sum, squares, n): &(f64, f64, f64)| -> (f64, f64) {
-        if n == 0.0 {
-            return (0.0, 1.0);
-        }
-        let mean = sum / n;
-        let sd = (squares / n - mean * mean).max(0.0).sqrt();
-        let weight = n / (n + NODE_PRIOR);
-        (mean * weight, sd * weight + (1.0 - weight))
-    };
-    let prior: HashMap<u32, (f64, f64)> = pooled.iter().map(|(&id, p)| (id, prior(p))).collect();
-    (sums.iter().zip(&paths).enumerate())
+    let prior: HashMap<u32, (f64, f64)> = pooled.iter().map(|(&id, m)| (id, shrunk(m, (0.0, 1.0)))).collect();
+    (sums.iter().zip(paths).enumerate())
         .map(|(t, (nodes, ids))| {
             (nodes.iter().zip(ids).enumerate())
-                .map(|(k, (&(sum, squares, n), id))| {
-                    let (path_location, path_spread) = prior.get(id).copied().unwrap_or((0.0, 1.0));
-                    if n == 0.0 || per_path {
-                        return quantize(path_location, -LOCATION_RANGE, LOCATION_RANGE) << 4
-                            | quantize(path_spread, SPREAD_MIN, SPREAD_MAX);
+                .map(|(k, (m, id))| {
+                    let path = prior.get(id).copied().unwrap_or((0.0, 1.0));
+                    // A node the share never saw takes its path's.
+                    if locations == NodeLocations::Paths || m.2 == 0.0 {
+                        return pack_location(path);
                     }
-                    let mean = sum / n;
-                    let sd = (squares / n - mean * mean).max(0.0).sqrt();
-                    let weight = n / (n + NODE_PRIOR);
+                    let (location, spread) = shrunk(m, path);
                     // The location from every trace where the window folded
                     // them; the spread from the share (its approximation
                     // from the moments scored worse: bottlenecks 0.692
@@ -1285,16 +1274,41 @@ fn node_effects(
                     let location = match whole.get(t).and_then(|w| w[k]) {
                         Some((z, count)) => {
                             let w = count / (count + NODE_PRIOR);
-                            z * w + path_location * (1.0 - w)
+                            z * w + path.0 * (1.0 - w)
                         }
-                        None => mean * weight + path_location * (1.0 - weight),
+                        None => location,
                     };
-                    let spread = sd * weight + path_spread * (1.0 - weight);
-                    quantize(location, -LOCATION_RANGE, LOCATION_RANGE) << 4 | quantize(spread, SPREAD_MIN, SPREAD_MAX)
+                    pack_location((location, spread))
                 })
                 .collect()
         })
         .collect()
+}
+
+/// Sum, sum of squares and count of normal scores.
+type Moments = (f64, f64, f64);
+
+/// The mean and standard deviation of `moments`, shrunk towards `prior`
+/// (location, spread) by [`NODE_PRIOR`] pseudo-observations; `prior` itself
+/// when there are none.
+fn shrunk(&(sum, squares, n): &Moments, prior: (f64, f64)) -> (f64, f64) {
+    if n == 0.0 {
+        return prior;
+    }
+    let mean = sum / n;
+    let sd = (squares / n - mean * mean).max(0.0).sqrt();
+    let weight = n / (n + NODE_PRIOR);
+    (mean * weight + prior.0 * (1.0 - weight), sd * weight + prior.1 * (1.0 - weight))
+}
+
+/// A rank location (high nibble) and spread (low nibble) in one byte.
+fn pack_location((location, spread): (f64, f64)) -> u8 {
+    quantize(location, -LOCATION_RANGE, LOCATION_RANGE) << 4 | quantize(spread, SPREAD_MIN, SPREAD_MAX)
+}
+
+/// A normal score placed at a node's packed location and spread.
+fn located(packed: u8, z: f64) -> f64 {
+    dequantize(packed >> 4, -LOCATION_RANGE, LOCATION_RANGE) + dequantize(packed, SPREAD_MIN, SPREAD_MAX) * z
 }
 
 /// Per topology, per node: a number for its path, the labels from its root
@@ -1874,12 +1888,7 @@ impl<'a> TimingTables<'a> {
                     // spread and the service's time effect.
                     effects.map_or(0.0, |e| dequantize(e[k] >> 4, -LOCATION_RANGE, LOCATION_RANGE)) + b.score(normal_cdf(z))
                 } else {
-                    let z = match effects.map(|e| e[k]) {
-                        Some(e) => {
-                            dequantize(e >> 4, -LOCATION_RANGE, LOCATION_RANGE) + dequantize(e, SPREAD_MIN, SPREAD_MAX) * z
-                        }
-                        None => z,
-                    };
+                    let z = effects.map_or(z, |e| located(e[k], z));
                     let service = self.keys.service_of[topology.labels[k] as usize];
                     z + time_effect(&self.model.times, self.keys.services, bucket, service)
                 };
@@ -1901,10 +1910,7 @@ impl<'a> TimingTables<'a> {
                     }
                     _ => noise,
                 };
-                let z = match lead_effects.map(|e| e[k]) {
-                    Some(e) => dequantize(e >> 4, -LOCATION_RANGE, LOCATION_RANGE) + dequantize(e, SPREAD_MIN, SPREAD_MAX) * z,
-                    None => z,
-                };
+                let z = lead_effects.map_or(z, |e| located(e[k], z));
                 // A share of calls follows its parent into its top decile
                 // (decided once the parents are ranked, below).
                 if let (Some(p), Some(&share)) = (topology.parents[k], self.model.lead_tails.get(lead_key as usize))
