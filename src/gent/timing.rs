@@ -1817,7 +1817,8 @@ impl<'a> TimingTables<'a> {
     /// every node's within its lead sketch, per trace of a window (`order`:
     /// topologies, `starts`: start times): each
     /// node's latent normal score is its node effect applied to its noise (from
-    /// `noise`, a CTGAN's ranks, or drawn from `rng`), and the latents of a
+    /// `noise`, a CTGAN's ranks, or drawn from `rng`; stratified within its
+    /// label and minute by [`stratify`]), and the latents of a
     /// sketch are replaced rank for rank by evenly spaced probabilities. So
     /// the node effects and the noise decide which node gets which value, and
     /// the values a sketch hands out follow its distribution exactly: quantile
@@ -1837,6 +1838,9 @@ impl<'a> TimingTables<'a> {
         // (lead latent, its parent's value latent) of calls that may follow
         // their parent into its top decile.
         let mut followers: Vec<(u32, u32)> = Vec::new();
+        // Every node's own latent and duration latent, and its stratum (label
+        // and bucket), trace after trace.
+        let (mut owns, mut durs, mut strata) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (&t, &start)) in order.iter().zip(starts).enumerate() {
             let bucket = self.bucket(start);
             let topology = &histogram.topologies[t];
@@ -1878,6 +1882,18 @@ impl<'a> TimingTables<'a> {
                     count[p as usize] += 1;
                 }
             }
+            owns.extend_from_slice(&own);
+            durs.extend(durations);
+            strata.extend(topology.labels.iter().map(|&label| u64::from(label) << 32 | u64::from(bucket)));
+        }
+        stratify(&mut owns, &strata);
+        let mut at = 0;
+        for (&t, &start) in order.iter().zip(starts) {
+            let bucket = self.bucket(start);
+            let topology = &histogram.topologies[t];
+            let keys = &self.keys.nodes[t];
+            let (own, durations) = (&owns[at..at + keys.len()], &durs[at..at + keys.len()]);
+            at += keys.len();
             let effects = self.model.nodes.get(t);
             let values_from = latents.len();
             for (k, &(value_key, _)) in keys.iter().enumerate() {
@@ -2150,6 +2166,33 @@ fn claimed_ranks(run: &[u32], latents: &[(u64, f64, u64)], claims: &[bool], u: &
     }
 }
 
+/// Stratifies `latents` (standard normal scores) within their `strata`: the
+/// i-th smallest of a stratum's n moves into the i-th of n equal slices of
+/// probability, at the place its own rank's distribution puts it. Order
+/// within a stratum is kept, so which spans are slow together is unchanged,
+/// and each latent is still a standard normal; but a stratum's latents now
+/// cover its distribution evenly instead of at random. Strata are a label's
+/// spans in one topology bucket (a minute): RED dashboards read duration per
+/// service and minute, often from a handful of spans, and a random draw of
+/// that handful scatters like a small sample does (measured in BENCHMARKS.md,
+/// "Stratified ranks").
+fn stratify(latents: &mut [f64], strata: &[u64]) {
+    // Sorted by value, not through indices: a window has millions of nodes.
+    let mut order: Vec<(u64, f64, u32)> = strata.iter().zip(&*latents).zip(0..).map(|((&s, &z), i)| (s, z, i)).collect();
+    order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for run in order.chunk_by(|a, b| a.0 == b.0) {
+        let n = run.len() as f64;
+        for (r, &(_, z, i)) in run.iter().enumerate() {
+            // The (r+1)-th smallest of n uniforms, by its normal
+            // approximation: mean (r+1)/(n+1), variance mean·(1−mean)/(n+2).
+            let mean = (r as f64 + 1.0) / (n + 1.0);
+            let sd = (mean * (1.0 - mean) / (n + 2.0)).sqrt();
+            let within = normal_cdf((normal_cdf(z) - mean) / sd);
+            latents[i as usize] = normal_quantile((r as f64 + within) / n);
+        }
+    }
+}
+
 /// Ranks the latents `members` within their groups (ties by their third
 /// field) into `u`: evenly spaced probabilities, bursts claiming theirs.
 fn rank_within_groups(mut members: Vec<u32>, latents: &[(u64, f64, u64)], claims: &[bool], u: &mut [f64]) {
@@ -2215,6 +2258,40 @@ mod tests {
         assert!(!steps[alone + 1].node_effects, "then the couplings");
         let last = steps.last().unwrap();
         assert!(!last.segments && !last.latency_bands && !last.node_effects);
+    }
+
+    #[test]
+    fn stratified_latents_keep_their_order_and_take_one_slice_each() {
+        let mut rng = timing_rng(3);
+        let n = 40;
+        let mut latents: Vec<f64> = (0..2 * n).map(|_| StandardNormal.sample(&mut rng)).collect();
+        // Two interleaved strata of n.
+        let strata: Vec<u64> = (0..2 * n as u64).map(|i| i % 2).collect();
+        let before = latents.clone();
+        stratify(&mut latents, &strata);
+        for stratum in 0..2 {
+            let members: Vec<usize> = (0..2 * n).filter(|&i| strata[i] == stratum).collect();
+            let mut slices: Vec<usize> = members.iter().map(|&i| (normal_cdf(latents[i]) * n as f64).floor() as usize).collect();
+            slices.sort_unstable();
+            assert_eq!(slices, (0..n).collect::<Vec<_>>(), "one latent per slice of probability");
+            for &a in &members {
+                for &b in &members {
+                    assert_eq!(before[a] < before[b], latents[a] < latents[b], "order within the stratum is kept");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_latent_stays_near_where_it_was() {
+        // A stratum of one keeps its coupling to the rest of its trace: its
+        // place moves little and never across the median.
+        for z in [-2.5, -1.0, -0.2, 0.0, 0.3, 1.5, 2.5] {
+            let mut latents = [z];
+            stratify(&mut latents, &[7]);
+            assert!((normal_cdf(latents[0]) - normal_cdf(z)).abs() < 0.05, "{z} moved to {}", latents[0]);
+            assert_eq!(latents[0] > 0.0, z > 0.0);
+        }
     }
 
     #[test]
