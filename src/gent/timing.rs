@@ -445,8 +445,13 @@ const LEAD_GROUP: u64 = 1 << 62;
 /// Most time buckets time effects cover (a week of minutes); a longer
 /// window goes without them.
 const MAX_TIME_BUCKETS: usize = 10_080;
-/// Time effects are shrunk towards none by count / (count + this).
-const TIME_PRIOR: f64 = 10.0;
+/// Time effects are shrunk towards none by count / (count + this). The
+/// packet reproduces this window's own minutes, so a minute's observed shift
+/// is what its dashboards showed and is kept nearly whole; the prior only
+/// keeps a lone span from setting its minute's shift alone (10 shrank a
+/// service with 10 spans a minute to half its shift: BENCHMARKS.md,
+/// "Stratified ranks").
+const TIME_PRIOR: f64 = 1.0;
 /// A time effect's code step in normal scores: codes 1..=15 are −7..=7 steps.
 const TIME_STEP: f64 = 0.15;
 /// Normal scores at which a burst keeps its cell's distribution function:
