@@ -304,6 +304,8 @@ mod bench {
         let (bytes, gent_bytes) = (equal["bytes"].as_f64().unwrap(), methods[0]["bytes"].as_f64().unwrap());
         assert!(bytes < 2.0 * gent_bytes && bytes > 0.5 * gent_bytes, "1:{rate} ships {bytes} B against gent's {gent_bytes}");
         assert_eq!(equal["gent_fidelity"], methods[0]["fidelity"]);
+        // gent is scored over several generation seeds, as head sampling is.
+        assert!(methods[0]["fidelity_sd"].as_f64().unwrap() > 0.0, "{}", methods[0]);
         assert!(stdout.contains(&format!("buy head sampling 1:{rate}")), "the comparison is printed");
         assert!(stdout.contains("self_time") && stdout.contains("nesting"), "every query side by side");
         let by = |name: &str| methods.iter().find(|m| m["method"] == name).unwrap();
