@@ -2182,12 +2182,34 @@ fn claimed_ranks(run: &[u32], latents: &[(u64, f64, u64)], claims: &[bool], u: &
 /// that handful scatters like a small sample does (measured in BENCHMARKS.md,
 /// "Stratified ranks").
 fn stratify(latents: &mut [f64], strata: &[u64]) {
-    // Sorted by value, not through indices: a window has millions of nodes.
-    let mut order: Vec<(u64, f64, u32)> = strata.iter().zip(&*latents).zip(0..).map(|((&s, &z), i)| (s, z, i)).collect();
-    order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
-    for run in order.chunk_by(|a, b| a.0 == b.0) {
+    // Bucketed by stratum first (a counting sort), then each stratum sorted
+    // alone: a window has hundreds of thousands of nodes, a stratum a few.
+    let mut dense: foldhash::HashMap<u64, u32> = foldhash::HashMap::default();
+    let ids: Vec<u32> = strata
+        .iter()
+        .map(|s| {
+            let next = dense.len() as u32;
+            *dense.entry(*s).or_insert(next)
+        })
+        .collect();
+    let mut bounds = vec![0usize; dense.len() + 1];
+    for &id in &ids {
+        bounds[id as usize + 1] += 1;
+    }
+    for i in 1..bounds.len() {
+        bounds[i] += bounds[i - 1];
+    }
+    let mut order = vec![(0.0f64, 0u32); latents.len()];
+    let mut next = bounds.clone();
+    for ((&id, &z), i) in ids.iter().zip(&*latents).zip(0..) {
+        order[next[id as usize]] = (z, i);
+        next[id as usize] += 1;
+    }
+    for w in bounds.windows(2) {
+        let run = &mut order[w[0]..w[1]];
+        run.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let n = run.len() as f64;
-        for (r, &(_, z, i)) in run.iter().enumerate() {
+        for (r, &(z, i)) in run.iter().enumerate() {
             // The (r+1)-th smallest of n uniforms, by its normal
             // approximation: mean (r+1)/(n+1), variance mean·(1−mean)/(n+2).
             let mean = (r as f64 + 1.0) / (n + 1.0);
