@@ -88,9 +88,10 @@ fn check_window(name: &str, real: TraceSet) {
     }
     // Duration per service and minute, from a handful of spans each: about
     // 0.78 with a random draw per span, 0.80–0.82 with ranks stratified per
-    // label and minute (seeds 1–3 on the three windows).
+    // label and minute and timings drawn again in the minute the latency
+    // bands move them to (0.80–0.81 here; seeds 1–6 on the three windows).
     let red = gent.queries.iter().find(|q| q.name == "red_duration").map_or(0.0, |q| q.score);
-    assert!(red >= 0.79, "{name}: RED duration {red:.3}");
+    assert!(red >= 0.8, "{name}: RED duration {red:.3}");
     let spans = real.span_count() as u64;
     assert!(repairs.changed_over_10pct * 100 <= spans, "{name}: {repairs:?} of {spans} spans");
     assert_eq!(regenerated.span_count() as u64, spans);

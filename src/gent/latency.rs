@@ -203,7 +203,28 @@ impl Part<'_> {
 /// say. `times` are the traces' (start, end) per node. Returns how many
 /// traces got another's timing.
 pub fn arrange(latency: &LatencyBands, histogram: &TopologyHistogram, part: &Part, times: &mut [Vec<(u64, u64)>]) -> usize {
-    let Part { window, order, starts, .. } = *part;
+    let assignment = assign(latency, histogram, part, times);
+    let moved = assignment.iter().filter(|(slot, source)| slot != source).count();
+    let mut taken: Vec<Option<Vec<(u64, u64)>>> = times.iter_mut().map(|t| Some(std::mem::take(t))).collect();
+    for (slot, source) in assignment {
+        let mut t = taken[source].take().unwrap_or_default();
+        if slot != source {
+            shift(&mut t, part.starts[slot], part.window);
+        }
+        times[slot] = t;
+    }
+    moved
+}
+
+/// Which trace's timing each trace of an entry gets under [`arrange`]:
+/// (slot, source) pairs, every trace of an entry once on each side.
+pub fn assign(
+    latency: &LatencyBands,
+    histogram: &TopologyHistogram,
+    part: &Part,
+    times: &[Vec<(u64, u64)>],
+) -> Vec<(usize, usize)> {
+    let Part { order, .. } = *part;
     let targets = Targets::new(latency, histogram);
     // Each trace's cell and band; traces of no entry stay as they are.
     let cell_of = |i: usize| part.cell(&targets, i);
@@ -245,16 +266,7 @@ pub fn arrange(latency: &LatencyBands, histogram: &TopologyHistogram, part: &Par
         room.take(cell, band);
         assignment.push((slots.take(t, cell, (cell == own).then_some(source)), source));
     }
-    let moved = assignment.iter().filter(|(slot, source)| slot != source).count();
-    let mut taken: Vec<Option<Vec<(u64, u64)>>> = times.iter_mut().map(|t| Some(std::mem::take(t))).collect();
-    for (slot, source) in assignment {
-        let mut t = taken[source].take().unwrap_or_default();
-        if slot != source {
-            shift(&mut t, starts[slot], window);
-        }
-        times[slot] = t;
-    }
-    moved
+    assignment
 }
 
 /// Most a trace's timing is stretched or shrunk to cross a cut: under the

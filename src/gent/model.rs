@@ -1281,7 +1281,8 @@ impl WindowModel {
     }
 
     /// Calibrated times of every trace: (start, end) per node; then whole
-    /// timings arranged among traces of a topology by the latency bands.
+    /// timings arranged among traces of a topology by the latency bands,
+    /// and timed again at the starts they moved to.
     fn compose(
         &self,
         timing: &TimingModel,
@@ -1294,29 +1295,53 @@ impl WindowModel {
         let (order, starts) = traces;
         let h = &self.histogram;
         let tables = TimingTables::new(timing, h);
-        let mut rng = timing_rng(seed);
         let mut scratch = Scratch::default();
         let mut fixes = TimingRepairs::default();
         let is_nested = |p: u32, c: u32| nested.contains(&(p, c));
         let window = (self.window_start, self.window_end);
-        let ranks = tables.ranks(h, order, starts, noise, &mut rng);
-        let mut times: Vec<Vec<(u64, u64)>> = order
-            .iter()
-            .zip(starts)
-            .zip(&ranks)
-            .map(|((&t, &start), u)| {
-                tables.compose(h, t, start, u, &is_nested, &mut fixes, &mut scratch);
-                tables.place(h, t, start, window, &mut fixes, &mut scratch);
+        let timed = |starts: &[u64], fixes: &mut TimingRepairs, scratch: &mut Scratch| {
+            // The generator is seeded afresh, so a trace draws the same noise
+            // whatever start it is timed at.
+            let ranks = tables.ranks(h, order, starts, noise, &mut timing_rng(seed));
+            let traces = order.iter().zip(starts).zip(&ranks);
+            let each = |((&t, &start), u): ((&usize, &u64), &Vec<f64>)| {
+                tables.compose(h, t, start, u, &is_nested, fixes, scratch);
+                tables.place(h, t, start, window, fixes, scratch);
                 scratch.out.clone()
-            })
-            .collect();
+            };
+            traces.map(each).collect::<Vec<_>>()
+        };
+        let mut times = timed(starts, &mut fixes, &mut scratch);
         if !timing.bands.is_empty() {
             let bucket = (timing.bucket_ns, timing.first_bucket);
-            let (bands, part) = (&timing.bands, latency::Part { window, bucket, order, starts, totals });
+            let bands = &timing.bands;
+            let part = latency::Part { window, bucket, order, starts, totals };
+            latency::calibrate(bands, h, &part, false, &mut times);
+            // Where each timing goes. A timing drawn for one minute and moved
+            // to another would bring that minute's ranks with it (its spans
+            // ranked among that minute's spans of each label, that minute's
+            // time effects), so it is drawn again at the start it goes to.
+            let (mut to, mut at) = ((0..order.len()).collect::<Vec<_>>(), starts.to_vec());
+            for (slot, source) in latency::assign(bands, h, &part, &times) {
+                (to[source], at[source]) = (slot, starts[slot]);
+            }
+            let moved = to.iter().enumerate().filter(|&(i, &slot)| i != slot).count();
+            if moved > 0 {
+                fixes = TimingRepairs::default();
+                times = timed(&at, &mut fixes, &mut scratch);
+            }
+            // Drawn again, some timings cross a cut: they are arranged and
+            // stretched once more among the starts they now have.
+            let part = latency::Part { starts: &at, ..part };
             let mut stretched = latency::calibrate(bands, h, &part, false, &mut times);
-            repairs.latency_arranged += latency::arrange(bands, h, &part, &mut times) as u64;
+            repairs.latency_arranged += (moved + latency::arrange(bands, h, &part, &mut times)) as u64;
             stretched += latency::calibrate(bands, h, &part, true, &mut times);
             repairs.latency_stretched += stretched as u64;
+            let mut placed = vec![Vec::new(); times.len()];
+            for (t, slot) in times.into_iter().zip(to) {
+                placed[slot] = t;
+            }
+            times = placed;
         }
         repairs.start_shifted += fixes.start_shifted;
         repairs.end_clamped += fixes.end_clamped;
