@@ -12,7 +12,7 @@
 //! rounds (a chain's head is always filled in an earlier round), batching
 //! every trace's chains of a round into one CTGAN call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn::tensor::Device;
@@ -507,6 +507,11 @@ fn parse_status(s: &str) -> StatusCode {
 fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
 }
+
+/// Most threads composing a window's traces: two cores are the target, and
+/// a trace's composition is a few microseconds, so more threads would mostly
+/// wait on one another's memory.
+const MAX_COMPOSE_THREADS: usize = 4;
 
 /// Rounds of C_G that run one after another. A topology deeper than this
 /// (about 128 levels at the default chain length) has its deeper chains
@@ -1111,7 +1116,8 @@ impl WindowModel {
         out: &mut Repairs,
     ) -> Result<Vec<Trace>, ModelError> {
         let mut repairs = std::mem::take(out);
-        let nested: HashSet<(u32, u32)> = self.nested.iter().copied().collect();
+        // Looked up for every call composed: foldhash, not SipHash.
+        let nested: foldhash::HashSet<(u32, u32)> = self.nested.iter().copied().collect();
         let h = &self.histogram;
         let mut filling = Filling {
             metas: order.iter().map(|&t| vec![None; h.topologies[t].len()]).collect(),
@@ -1289,29 +1295,50 @@ impl WindowModel {
         traces: (&[usize], &[u64]),
         noise: Option<&[Vec<f64>]>,
         seed: u64,
-        (nested, totals): (&HashSet<(u32, u32)>, &BandTotals),
+        (nested, totals): (&foldhash::HashSet<(u32, u32)>, &BandTotals),
         repairs: &mut Repairs,
     ) -> Vec<Vec<(u64, u64)>> {
         let (order, starts) = traces;
         let h = &self.histogram;
         let tables = TimingTables::new(timing, h);
-        let mut scratch = Scratch::default();
         let mut fixes = TimingRepairs::default();
         let is_nested = |p: u32, c: u32| nested.contains(&(p, c));
         let window = (self.window_start, self.window_end);
-        let timed = |starts: &[u64], fixes: &mut TimingRepairs, scratch: &mut Scratch| {
+        let timed = |starts: &[u64], fixes: &mut TimingRepairs| {
             // The generator is seeded afresh, so a trace draws the same noise
             // whatever start it is timed at.
             let ranks = tables.ranks(h, order, starts, noise, &mut timing_rng(seed));
-            let traces = order.iter().zip(starts).zip(&ranks);
-            let each = |((&t, &start), u): ((&usize, &u64), &Vec<f64>)| {
-                tables.compose(h, t, start, u, &is_nested, fixes, scratch);
-                tables.place(h, t, start, window, fixes, scratch);
-                scratch.out.clone()
+            // Each trace is composed from its own ranks alone: the traces are
+            // split among the cores.
+            let compose = |range: std::ops::Range<usize>| {
+                let (mut scratch, mut fixes) = (Scratch::default(), TimingRepairs::default());
+                let times: Vec<Vec<(u64, u64)>> = range
+                    .map(|i| {
+                        let (t, start) = (order[i], starts[i]);
+                        tables.compose(h, t, start, &ranks[i], &is_nested, &mut fixes, &mut scratch);
+                        tables.place(h, t, start, window, &mut fixes, &mut scratch);
+                        scratch.out.clone()
+                    })
+                    .collect();
+                (times, fixes)
             };
-            traces.map(each).collect::<Vec<_>>()
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_COMPOSE_THREADS);
+            let chunk = order.len().div_ceil(cores).max(1);
+            let parts: Vec<(Vec<Vec<(u64, u64)>>, TimingRepairs)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..order.len())
+                    .step_by(chunk)
+                    .map(|from| scope.spawn(move || compose(from..(from + chunk).min(order.len()))))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+            });
+            let mut times = Vec::with_capacity(order.len());
+            for (part, f) in parts {
+                times.extend(part);
+                fixes.add(&f);
+            }
+            times
         };
-        let mut times = timed(starts, &mut fixes, &mut scratch);
+        let mut times = timed(starts, &mut fixes);
         if !timing.bands.is_empty() {
             let bucket = (timing.bucket_ns, timing.first_bucket);
             let bands = &timing.bands;
@@ -1328,7 +1355,7 @@ impl WindowModel {
             let moved = to.iter().enumerate().filter(|&(i, &slot)| i != slot).count();
             if moved > 0 {
                 fixes = TimingRepairs::default();
-                times = timed(&at, &mut fixes, &mut scratch);
+                times = timed(&at, &mut fixes);
             }
             // Drawn again, some timings cross a cut: they are arranged and
             // stretched once more among the starts they now have.
@@ -1398,7 +1425,7 @@ impl WindowModel {
         &self,
         filling: &Filling,
         starts: &[u64],
-        nested: &HashSet<(u32, u32)>,
+        nested: &foldhash::HashSet<(u32, u32)>,
         repairs: &mut Repairs,
     ) -> Vec<Vec<(u64, u64)>> {
         let end_limit = self.window_end;

@@ -1759,7 +1759,8 @@ pub struct TimingTables<'a> {
     /// Per topology: children of every node sorted by their labels' order, and the roots.
     layout: Vec<(Vec<Vec<usize>>, Vec<usize>)>,
     /// Bursts by (bucket, key).
-    bursts: HashMap<(u32, u32), Burst>,
+    /// Looked up twice a node: foldhash, not SipHash.
+    bursts: foldhash::HashMap<(u32, u32), Burst>,
 }
 
 /// Buffers [`TimingTables::compose`] reuses from trace to trace; `out` holds
@@ -1783,6 +1784,16 @@ pub struct TimingRepairs {
     pub parent_extended: u64,
     /// Spans whose duration a repair changed by more than 10%.
     pub changed_over_10pct: u64,
+}
+
+impl TimingRepairs {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &TimingRepairs) {
+        self.start_shifted += other.start_shifted;
+        self.end_clamped += other.end_clamped;
+        self.parent_extended += other.parent_extended;
+        self.changed_over_10pct += other.changed_over_10pct;
+    }
 }
 
 impl<'a> TimingTables<'a> {
@@ -1952,16 +1963,17 @@ impl<'a> TimingTables<'a> {
         rank_within_groups((0..latents.len() as u32).collect(), &latents, &claims, &mut u);
         // Calls whose parent ranked in its top decile rank above every drawn
         // lead, in their parents' order; the leads are ranked again.
-        let mut moved = false;
+        let mut moved: foldhash::HashSet<u64> = foldhash::HashSet::default();
         for &(lead, parent) in &followers {
             let parent = u[parent as usize];
             if parent > 0.9 {
                 latents[lead as usize].1 = ABOVE_DRAWN + parent;
-                moved = true;
+                moved.insert(latents[lead as usize].0);
             }
         }
-        if moved {
-            let leads = (0..latents.len() as u32).filter(|&i| latents[i as usize].0 & LEAD_GROUP != 0).collect();
+        if !moved.is_empty() {
+            // Only the groups a follower moved in.
+            let leads = (0..latents.len() as u32).filter(|&i| moved.contains(&latents[i as usize].0)).collect();
             rank_within_groups(leads, &latents, &claims, &mut u);
         }
         let mut u = u.into_iter();
