@@ -49,7 +49,7 @@ use super::cells::{Quantity, TimeCells};
 use super::latency::{self, LatencyBands, LatencyError};
 use super::times::NodeTimes;
 use super::topology::{Topology, TopologyHistogram};
-use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile};
+use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile, rough_normal_quantile};
 
 /// Calibrated timing settings (`calibration` in config/model.yaml).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -2207,7 +2207,7 @@ fn stratify(latents: &mut [f64], strata: &[u64]) {
             let mean = (r as f64 + 1.0) / (n + 1.0);
             let sd = (mean * (1.0 - mean) / (n + 2.0)).sqrt();
             let within = normal_cdf((normal_cdf(z) - mean) / sd);
-            latents[i as usize] = normal_quantile((r as f64 + within) / n);
+            latents[i as usize] = rough_normal_quantile((r as f64 + within) / n);
         }
     }
 }

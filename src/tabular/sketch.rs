@@ -192,6 +192,17 @@ pub fn normal_cdf(z: f64) -> f64 {
 /// rational approximation refined by one Halley step on Φ, accurate to about
 /// 1e-12 over the range.
 pub fn normal_quantile(p: f64) -> f64 {
+    let p = p.clamp(1e-300, 1.0 - 1e-16);
+    let x = rough_normal_quantile(p);
+    let e = normal_cdf(x) - p;
+    let u = e * (2.0 * std::f64::consts::PI).sqrt() * (x * x / 2.0).exp();
+    x - u / (1.0 + x * u / 2.0)
+}
+
+/// Φ⁻¹ by Acklam's rational approximation alone: relative error under
+/// 1.2e-9, at a third of [`normal_quantile`]'s cost (no Φ, no exp), for
+/// where a score is placed within a slice of probability, not read as one.
+pub fn rough_normal_quantile(p: f64) -> f64 {
     const A: [f64; 6] = [
         -3.969683028665376e1,
         2.209460984245205e2,
@@ -216,7 +227,7 @@ pub fn normal_quantile(p: f64) -> f64 {
         (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
             / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
     };
-    let x = if p < 0.02425 {
+    if p < 0.02425 {
         tail((-2.0 * p.ln()).sqrt())
     } else if p > 1.0 - 0.02425 {
         -tail((-2.0 * (1.0 - p).ln()).sqrt())
@@ -225,10 +236,7 @@ pub fn normal_quantile(p: f64) -> f64 {
         let r = q * q;
         (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
             / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
-    };
-    let e = normal_cdf(x) - p;
-    let u = e * (2.0 * std::f64::consts::PI).sqrt() * (x * x / 2.0).exp();
-    x - u / (1.0 + x * u / 2.0)
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +297,19 @@ mod tests {
             assert!((normal_cdf(z) - p).abs() < 1e-12 * p.max(1e-3) * 1e3, "p {p} z {z}");
         }
         assert!((normal_quantile(0.975) - 1.959963984540054).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_rough_normal_quantile_is_within_its_stated_error() {
+        for i in 1..10_000 {
+            let p = f64::from(i) / 10_000.0;
+            let (rough, exact) = (rough_normal_quantile(p), normal_quantile(p));
+            assert!((rough - exact).abs() <= 1.2e-9 * exact.abs().max(1.0), "p {p}: {rough} against {exact}");
+        }
+        for p in [1e-12, 1e-6, 1.0 - 1e-6] {
+            let (rough, exact) = (rough_normal_quantile(p), normal_quantile(p));
+            assert!((rough - exact).abs() <= 1.2e-9 * exact.abs(), "p {p}: {rough} against {exact}");
+        }
     }
 
     #[test]
