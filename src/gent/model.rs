@@ -1327,9 +1327,17 @@ impl WindowModel {
             let parts: Vec<(Vec<Vec<(u64, u64)>>, TimingRepairs)> = std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..order.len())
                     .step_by(chunk)
-                    .map(|from| scope.spawn(move || compose(from..(from + chunk).min(order.len()))))
+                    .map(|from| {
+                        let to = (from + chunk).min(order.len());
+                        // A thread the OS will not give composes here instead.
+                        std::thread::Builder::new().spawn_scoped(scope, move || compose(from..to)).map_err(|_| from..to)
+                    })
                     .collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+                let join = |h| match h {
+                    Ok(h) => std::thread::ScopedJoinHandle::join(h).unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                    Err(range) => compose(range),
+                };
+                handles.into_iter().map(join).collect()
             });
             let mut times = Vec::with_capacity(order.len());
             for (part, f) in parts {
