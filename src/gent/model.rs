@@ -513,6 +513,29 @@ fn us(ns: u64) -> f64 {
 /// wait on one another's memory.
 const MAX_COMPOSE_THREADS: usize = 4;
 
+/// `work` over `0..n` cut into one contiguous range per core, the ranges'
+/// results in order. A thread the OS will not give runs its range here
+/// instead: the decompressor keeps serving.
+fn on_cores<T: Send>(n: usize, work: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()).min(MAX_COMPOSE_THREADS);
+    let chunk = n.div_ceil(cores).max(1);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|from| {
+                let to = (from + chunk).min(n);
+                std::thread::Builder::new().spawn_scoped(scope, move || work(from..to)).map_err(|_| from..to)
+            })
+            .collect();
+        let join = |h| match h {
+            Ok(h) => std::thread::ScopedJoinHandle::join(h).unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            Err(range) => work(range),
+        };
+        handles.into_iter().map(join).collect()
+    })
+}
+
 /// Rounds of C_G that run one after another. A topology deeper than this
 /// (about 128 levels at the default chain length) has its deeper chains
 /// sampled in one last round, before their heads' metadata is known, so that
@@ -1310,7 +1333,7 @@ impl WindowModel {
             let ranks = tables.ranks(h, order, starts, noise, &mut timing_rng(seed));
             // Each trace is composed from its own ranks alone: the traces are
             // split among the cores.
-            let compose = |range: std::ops::Range<usize>| {
+            let parts = on_cores(order.len(), |range| {
                 let (mut scratch, mut fixes) = (Scratch::default(), TimingRepairs::default());
                 let times: Vec<Vec<(u64, u64)>> = range
                     .map(|i| {
@@ -1321,23 +1344,6 @@ impl WindowModel {
                     })
                     .collect();
                 (times, fixes)
-            };
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_COMPOSE_THREADS);
-            let chunk = order.len().div_ceil(cores).max(1);
-            let parts: Vec<(Vec<Vec<(u64, u64)>>, TimingRepairs)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..order.len())
-                    .step_by(chunk)
-                    .map(|from| {
-                        let to = (from + chunk).min(order.len());
-                        // A thread the OS will not give composes here instead.
-                        std::thread::Builder::new().spawn_scoped(scope, move || compose(from..to)).map_err(|_| from..to)
-                    })
-                    .collect();
-                let join = |h| match h {
-                    Ok(h) => std::thread::ScopedJoinHandle::join(h).unwrap_or_else(|e| std::panic::resume_unwind(e)),
-                    Err(range) => compose(range),
-                };
-                handles.into_iter().map(join).collect()
             });
             let mut times = Vec::with_capacity(order.len());
             for (part, f) in parts {
@@ -1351,7 +1357,7 @@ impl WindowModel {
             let bucket = (timing.bucket_ns, timing.first_bucket);
             let bands = &timing.bands;
             let part = latency::Part { window, bucket, order, starts, totals };
-            latency::calibrate(bands, h, &part, false, &mut times);
+            let first = latency::calibrate(bands, h, &part, false, &mut times);
             // Where each timing goes. A timing drawn for one minute and moved
             // to another would bring that minute's ranks with it (its spans
             // ranked among that minute's spans of each label, that minute's
@@ -1361,15 +1367,17 @@ impl WindowModel {
                 (to[source], at[source]) = (slot, starts[slot]);
             }
             let moved = to.iter().enumerate().filter(|&(i, &slot)| i != slot).count();
+            let part = latency::Part { starts: &at, ..part };
+            // Timed again, the first stretches are undone.
+            let mut stretched = if moved > 0 { 0 } else { first };
             if moved > 0 {
                 fixes = TimingRepairs::default();
                 times = timed(&at, &mut fixes);
+                // Drawn again, some timings cross a cut: they are arranged
+                // and stretched once more among the starts they now have.
+                stretched += latency::calibrate(bands, h, &part, false, &mut times);
+                repairs.latency_arranged += (moved + latency::arrange(bands, h, &part, &mut times)) as u64;
             }
-            // Drawn again, some timings cross a cut: they are arranged and
-            // stretched once more among the starts they now have.
-            let part = latency::Part { starts: &at, ..part };
-            let mut stretched = latency::calibrate(bands, h, &part, false, &mut times);
-            repairs.latency_arranged += (moved + latency::arrange(bands, h, &part, &mut times)) as u64;
             stretched += latency::calibrate(bands, h, &part, true, &mut times);
             repairs.latency_stretched += stretched as u64;
             let mut placed = vec![Vec::new(); times.len()];
