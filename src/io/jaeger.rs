@@ -3,7 +3,7 @@
 //! and scope travel as the tags the OpenTelemetry-to-Jaeger translation uses
 //! (`span.kind`, `otel.status_code`, `error`, `otel.scope.name`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -262,7 +262,8 @@ struct TraceOut<'a> {
     #[serde(rename = "traceID")]
     trace_id: String,
     spans: SpansOut<'a>,
-    processes: HashMap<String, Process>,
+    // Ordered, so that a packet and a seed write the same bytes every time.
+    processes: BTreeMap<String, Process>,
     warnings: Option<()>,
 }
 
@@ -307,7 +308,7 @@ impl Serialize for SpansOut<'_> {
 }
 
 fn trace_out(trace: &Trace) -> TraceOut<'_> {
-    let mut processes: HashMap<String, Process> = HashMap::new();
+    let mut processes: BTreeMap<String, Process> = BTreeMap::new();
     let mut process_ids: HashMap<*const Resource, String> = HashMap::new();
     for span in &trace.spans {
         process_ids.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {

@@ -5,7 +5,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::{ParseError, Position};
-use crate::otlp::{spans_from_request_within, to_request};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+
+use crate::otlp::{
+    by_resource_and_scope, resource_to_otlp, scope_to_otlp, spans_from_request_within, status_to_otlp, to_request,
+};
 use crate::trace::{Span, Trace};
 
 /// Reads one protobuf `ExportTraceServiceRequest` (or `TracesData`: same field 1).
@@ -65,11 +69,99 @@ pub fn snake_case_spans(text: &[u8]) -> bool {
 /// OTLP JSON lines: one request per trace, so a reader can stream it (a
 /// trace of more than [`REQUEST_SPANS`] spans takes several lines).
 pub fn write_json_lines(traces: &[Trace], out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    for part in traces.iter().flat_map(|t| t.spans.chunks(REQUEST_SPANS)) {
-        serde_json::to_writer(&mut *out, &to_request(part))?;
-        out.write_all(b"\n")?;
+    let lines: Vec<&[Span]> = traces.iter().flat_map(|t| t.spans.chunks(REQUEST_SPANS)).collect();
+    let blocks: Vec<&[&[Span]]> = blocks_of(&lines);
+    write_encoded(&blocks, out, |block, buffer| {
+        for line in *block {
+            serde_json::to_writer(&mut *buffer, &RequestJson(&by_resource_and_scope(*line)))?;
+            buffer.push(b'\n');
+        }
+        Ok(())
+    })
+}
+
+// OTLP JSON written straight from gent's spans. It is what serializing
+// `to_request`'s prost request writes, byte for byte (a test holds the two
+// equal), without first copying every span into prost's form: that copy and
+// its hex strings took as long as the writing.
+
+/// An `ExportTraceServiceRequest` of spans grouped by [`by_resource_and_scope`].
+struct RequestJson<'a>(&'a [Vec<Vec<&'a Span>>]);
+
+struct ResourceSpansJson<'a>(&'a [Vec<&'a Span>]);
+
+struct ScopeSpansJson<'a>(&'a [&'a Span]);
+
+struct SpanJson<'a>(&'a Span);
+
+/// A JSON array of `items`, each written as `wrap` makes it.
+struct Each<'a, T, W>(&'a [T], fn(&'a T) -> W);
+
+impl<'a, T, W: Serialize> Serialize for Each<'a, T, W> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(self.1))
     }
-    Ok(())
+}
+
+impl Serialize for RequestJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut request = serializer.serialize_struct("ExportTraceServiceRequest", 1)?;
+        request.serialize_field("resourceSpans", &Each(self.0, |r| ResourceSpansJson(r)))?;
+        request.end()
+    }
+}
+
+impl Serialize for ResourceSpansJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut resource_spans = serializer.serialize_struct("ResourceSpans", 3)?;
+        resource_spans.serialize_field("resource", &resource_to_otlp(&self.0[0][0].resource))?;
+        resource_spans.serialize_field("scopeSpans", &Each(self.0, |s| ScopeSpansJson(s)))?;
+        resource_spans.serialize_field("schemaUrl", "")?;
+        resource_spans.end()
+    }
+}
+
+impl Serialize for ScopeSpansJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut scope_spans = serializer.serialize_struct("ScopeSpans", 3)?;
+        scope_spans.serialize_field("scope", &scope_to_otlp(&self.0[0].scope))?;
+        scope_spans.serialize_field("spans", &Each(self.0, |s| SpanJson(s)))?;
+        scope_spans.serialize_field("schemaUrl", "")?;
+        scope_spans.end()
+    }
+}
+
+impl Serialize for SpanJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let span = self.0;
+        let (mut trace_id, mut span_id, mut parent_id) = ([0u8; 32], [0u8; 16], [0u8; 16]);
+        let mut out = serializer.serialize_struct("Span", 16)?;
+        out.serialize_field("traceId", hex_str(&span.trace_id, &mut trace_id))?;
+        out.serialize_field("spanId", hex_str(&span.span_id, &mut span_id))?;
+        out.serialize_field("traceState", "")?;
+        out.serialize_field("parentSpanId", span.parent_span_id.as_ref().map_or("", |p| hex_str(p, &mut parent_id)))?;
+        out.serialize_field("flags", &0u32)?;
+        out.serialize_field("name", &span.name)?;
+        out.serialize_field("kind", &span.kind.to_otlp())?;
+        // OTLP JSON spells 64-bit integers as strings.
+        out.serialize_field("startTimeUnixNano", itoa::Buffer::new().format(span.start))?;
+        out.serialize_field("endTimeUnixNano", itoa::Buffer::new().format(span.end))?;
+        out.serialize_field("attributes", &span.attributes)?;
+        out.serialize_field("droppedAttributesCount", &0u32)?;
+        out.serialize_field("events", &span.events)?;
+        out.serialize_field("droppedEventsCount", &0u32)?;
+        out.serialize_field("links", &span.links)?;
+        out.serialize_field("droppedLinksCount", &0u32)?;
+        out.serialize_field("status", &status_to_otlp(span))?;
+        out.end()
+    }
+}
+
+/// `bytes` in lowercase hex, written into `buffer` (twice their length).
+fn hex_str<'b>(bytes: &[u8], buffer: &'b mut [u8]) -> &'b str {
+    let hex = &mut buffer[..2 * bytes.len()];
+    hex::encode_to_slice(bytes, hex).expect("the buffer holds twice the bytes");
+    std::str::from_utf8(hex).expect("hex digits are ASCII")
 }
 
 pub fn write_proto(traces: &[Trace], out: &mut dyn std::io::Write) -> std::io::Result<()> {
@@ -82,26 +174,100 @@ pub fn write_proto_of<'a>(traces: impl IntoIterator<Item = &'a Trace>, out: &mut
     // Requests of at most REQUEST_SPANS spans each, one after another: in
     // protobuf, concatenated messages are one message with the repeated
     // fields joined, so the file is one request, and memory stays bounded by
-    // the request, not the window or the largest trace (a window of millions
-    // of spans built whole took as much again in prost structs and bytes).
-    // Whole traces share a request while they fit.
+    // the requests being encoded, not the window or the largest trace (a
+    // window of millions of spans built whole took as much again in prost
+    // structs and bytes). Whole traces share a request while they fit.
     let mut parts = traces.into_iter().flat_map(|t| t.spans.chunks(REQUEST_SPANS)).peekable();
-    let mut buffer = Vec::new();
-    let mut request: Vec<&[Span]> = Vec::new();
+    let mut requests: Vec<Vec<&[Span]>> = Vec::new();
     while let Some(first) = parts.next() {
         let mut spans = first.len();
-        request.clear();
-        request.push(first);
+        let mut request = vec![first];
         while let Some(next) = parts.next_if(|p| spans + p.len() <= REQUEST_SPANS) {
             spans += next.len();
             request.push(next);
         }
-        buffer.clear();
-        to_request(request.iter().flat_map(|p| p.iter())).encode(&mut buffer).map_err(std::io::Error::other)?;
-        out.write_all(&buffer)?;
+        requests.push(request);
     }
-    Ok(())
+    write_encoded(&requests, out, |request, buffer| {
+        to_request(request.iter().flat_map(|p| p.iter())).encode(buffer).map_err(std::io::Error::other)
+    })
 }
+
+/// `lines` cut into runs of about [`LINE_BLOCK_SPANS`] spans, each run one
+/// block for [`write_encoded`].
+fn blocks_of<'a>(lines: &'a [&'a [Span]]) -> Vec<&'a [&'a [Span]]> {
+    let mut blocks = Vec::new();
+    let (mut from, mut total) = (0, 0);
+    for (i, line) in lines.iter().enumerate() {
+        total += line.len();
+        if total >= LINE_BLOCK_SPANS {
+            blocks.push(&lines[from..=i]);
+            (from, total) = (i + 1, 0);
+        }
+    }
+    if from < lines.len() {
+        blocks.push(&lines[from..]);
+    }
+    blocks
+}
+
+/// Encodes each block with `encode` and writes the bytes to `out` in block
+/// order. Every other block is encoded on a second thread while this one
+/// encodes and writes its own, because encoding, not the disk, is what a
+/// regenerated window's write costs (JSON most of all). At most two blocks
+/// wait encoded, so memory stays bounded by a few blocks. A thread the OS
+/// refuses leaves every block to this one.
+fn write_encoded<B: Sync>(
+    blocks: &[B],
+    out: &mut dyn std::io::Write,
+    encode: impl Fn(&B, &mut Vec<u8>) -> std::io::Result<()> + Sync,
+) -> std::io::Result<()> {
+    let encode = &encode;
+    let mut buffer = Vec::new();
+    let mut own = |block: &B, out: &mut dyn std::io::Write| {
+        buffer.clear();
+        encode(block, &mut buffer)?;
+        out.write_all(&buffer)
+    };
+    if blocks.len() < 2 {
+        return blocks.iter().try_for_each(|b| own(b, out));
+    }
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(1);
+        // Written buffers go back to be filled again: a fresh one each block
+        // would fault in its pages again, and that cost as much as encoding.
+        let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+        let helper = std::thread::Builder::new().spawn_scoped(scope, move || {
+            for block in blocks.iter().skip(1).step_by(2) {
+                let mut bytes = returned.try_recv().unwrap_or_default();
+                bytes.clear();
+                let encoded = encode(block, &mut bytes).map(|()| bytes);
+                // The writer has stopped (it failed) when nobody receives.
+                if send.send(encoded).is_err() {
+                    return;
+                }
+            }
+        });
+        if helper.is_err() {
+            return blocks.iter().try_for_each(|b| own(b, out));
+        }
+        for (i, block) in blocks.iter().enumerate() {
+            if i % 2 == 0 {
+                own(block, out)?;
+            } else {
+                let bytes = receive.recv().map_err(|_| std::io::Error::other("the encoding thread stopped"))??;
+                out.write_all(&bytes)?;
+                // The helper may have finished: then the buffer is simply dropped.
+                let _ = give_back.send(bytes);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Spans of JSON lines encoded as one block: about 1 MB of text, so that the
+/// few blocks waiting encoded hold little memory.
+const LINE_BLOCK_SPANS: usize = 2_500;
 
 /// Most spans in one request written by [`write_proto`] or one line written
 /// by [`write_json_lines`]: what converting a request to OTLP holds at once.
@@ -147,5 +313,40 @@ mod tests {
             assert_eq!(spans.len() as u64, n + 3);
             assert_eq!(spans.iter().filter(|s| s.trace_id == [1; 16]).count() as u64, n);
         }
+    }
+
+    /// A writer that fails stops the write with its error, whichever thread
+    /// was encoding, and leaves no thread behind.
+    #[test]
+    fn a_failing_output_stops_the_write_with_its_error() {
+        struct Fails(usize);
+        impl std::io::Write for Fails {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if buf.len() > self.0 {
+                    return Err(std::io::Error::other("disk full"));
+                }
+                self.0 -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let base = test_span(1, 1, None, 1_000, 1_000_000);
+        let trace = |t: u64| {
+            let id = [(t % 250 + 1) as u8; 16];
+            let spans = (0..50u64).map(|k| Span { trace_id: id, span_id: (k + 1).to_be_bytes(), ..base.clone() }).collect();
+            Trace { trace_id: id, spans }
+        };
+        let traces: Vec<Trace> = (0..2_000).map(trace).collect();
+        let mut whole = Vec::new();
+        write_json_lines(&traces, &mut whole).unwrap();
+        for room in [0, 1_000, whole.len() / 3, whole.len() - 1] {
+            let error = write_json_lines(&traces, &mut Fails(room)).unwrap_err();
+            assert_eq!(error.to_string(), "disk full", "with room for {room} bytes");
+            let error = write_proto(&traces, &mut Fails(room.min(100))).unwrap_err();
+            assert_eq!(error.to_string(), "disk full");
+        }
+        assert!(write_json_lines(&traces, &mut Fails(whole.len())).is_ok());
     }
 }

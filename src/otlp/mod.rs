@@ -13,8 +13,9 @@ mod wire;
 
 pub use client::{Attempt, Client, ClientConfig, ClientError, Prepared, Protocol};
 pub use model::{
-    parent_span_id, resource_from_otlp, scope_from_otlp, span_from_otlp, span_id, spans_from_request, spans_from_request_within,
-    string_attribute, to_request, too_many_spans, trace_id,
+    by_resource_and_scope, parent_span_id, resource_from_otlp, resource_to_otlp, scope_from_otlp, scope_to_otlp, span_from_otlp,
+    span_id, spans_from_request, spans_from_request_within, status_to_otlp, string_attribute, to_request, too_many_spans,
+    trace_id,
 };
 pub use retry::{Backoff, grpc_retry_delay, grpc_retryable, http_retry_after, http_retryable};
 pub use wire::{WireError, decode_request, decode_request_within};

@@ -118,33 +118,57 @@ pub fn parent_span_id(bytes: &[u8]) -> Result<Option<SpanId>, String> {
 /// Builds one export request from `spans`, one `ResourceSpans` per distinct
 /// resource and one `ScopeSpans` per distinct scope within it.
 pub fn to_request<'a>(spans: impl IntoIterator<Item = &'a Span>) -> ExportTraceServiceRequest {
-    let mut resource_spans: Vec<ResourceSpans> = Vec::new();
+    let resource_spans = by_resource_and_scope(spans)
+        .into_iter()
+        .map(|scopes| ResourceSpans {
+            resource: Some(resource_to_otlp(&scopes[0][0].resource)),
+            scope_spans: scopes
+                .into_iter()
+                .map(|spans| ScopeSpans {
+                    scope: Some(scope_to_otlp(&spans[0].scope)),
+                    spans: spans.into_iter().map(span_to_otlp).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest { resource_spans }
+}
+
+/// Spans grouped as an OTLP request holds them: by resource, then by scope
+/// within it, each group in the order of its first span. No group is empty.
+pub fn by_resource_and_scope<'a>(spans: impl IntoIterator<Item = &'a Span>) -> Vec<Vec<Vec<&'a Span>>> {
+    let mut groups: Vec<Vec<Vec<&Span>>> = Vec::new();
     // Keyed by allocation: spans of one process share their Arcs.
     let mut resources: HashMap<*const Resource, usize> = HashMap::new();
     let mut scopes: HashMap<(*const Resource, *const Scope), usize> = HashMap::new();
     for span in spans {
         let r = *resources.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
-            resource_spans.push(ResourceSpans { resource: Some(resource_to_otlp(&span.resource)), ..Default::default() });
-            resource_spans.len() - 1
+            groups.push(Vec::new());
+            groups.len() - 1
         });
-        let scope_spans = &mut resource_spans[r].scope_spans;
+        let scope_groups = &mut groups[r];
         let s = *scopes.entry((Arc::as_ptr(&span.resource), Arc::as_ptr(&span.scope))).or_insert_with(|| {
-            scope_spans.push(ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: span.scope.name.clone(),
-                    version: span.scope.version.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            scope_spans.len() - 1
+            scope_groups.push(Vec::new());
+            scope_groups.len() - 1
         });
-        scope_spans[s].spans.push(span_to_otlp(span));
+        scope_groups[s].push(span);
     }
-    ExportTraceServiceRequest { resource_spans }
+    groups
 }
 
-fn resource_to_otlp(resource: &Resource) -> OtlpResource {
+pub fn scope_to_otlp(scope: &Scope) -> InstrumentationScope {
+    InstrumentationScope { name: scope.name.clone(), version: scope.version.clone(), ..Default::default() }
+}
+
+/// A span's status as OTLP carries it: none when it is the default.
+pub fn status_to_otlp(span: &Span) -> Option<OtlpStatus> {
+    (span.status != Status::default())
+        .then(|| OtlpStatus { code: span.status.code.to_otlp(), message: span.status.message.clone() })
+}
+
+pub fn resource_to_otlp(resource: &Resource) -> OtlpResource {
     let mut attributes = Vec::with_capacity(resource.attributes.len() + 1);
     attributes.push(string_attribute(SERVICE_NAME, &resource.service));
     attributes.extend(resource.attributes.iter().cloned());
@@ -152,8 +176,7 @@ fn resource_to_otlp(resource: &Resource) -> OtlpResource {
 }
 
 fn span_to_otlp(span: &Span) -> OtlpSpan {
-    let status = (span.status != Status::default())
-        .then(|| OtlpStatus { code: span.status.code.to_otlp(), message: span.status.message.clone() });
+    let status = status_to_otlp(span);
     OtlpSpan {
         trace_id: span.trace_id.to_vec(),
         span_id: span.span_id.to_vec(),
