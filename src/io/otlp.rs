@@ -80,10 +80,11 @@ pub fn write_json_lines(traces: &[Trace], out: &mut dyn std::io::Write) -> std::
     })
 }
 
-// OTLP JSON written straight from gent's spans. It is what serializing
-// `to_request`'s prost request writes, byte for byte (a test holds the two
-// equal), without first copying every span into prost's form: that copy and
-// its hex strings took as long as the writing.
+// OTLP JSON written straight from gent's spans, without first copying every
+// span into prost's form (that copy and its hex strings took as long as the
+// writing). It reads back as exactly the prost request `to_request` builds
+// (a test holds the two equal). Resources and scopes, a few per line, are
+// written by opentelemetry-proto's serde.
 
 /// An `ExportTraceServiceRequest` of spans grouped by [`by_resource_and_scope`].
 struct RequestJson<'a>(&'a [Vec<Vec<&'a Span>>]);
@@ -135,24 +136,36 @@ impl Serialize for SpanJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let span = self.0;
         let (mut trace_id, mut span_id, mut parent_id) = ([0u8; 32], [0u8; 16], [0u8; 16]);
-        let mut out = serializer.serialize_struct("Span", 16)?;
+        // Fields at their default value are left out, as the protobuf JSON
+        // mapping does by default and the Collector writes them: a third of
+        // a regenerated span's bytes were empty lists, zero counts and a
+        // null status.
+        let mut out = serializer.serialize_struct("Span", 10)?;
         out.serialize_field("traceId", hex_str(&span.trace_id, &mut trace_id))?;
         out.serialize_field("spanId", hex_str(&span.span_id, &mut span_id))?;
-        out.serialize_field("traceState", "")?;
-        out.serialize_field("parentSpanId", span.parent_span_id.as_ref().map_or("", |p| hex_str(p, &mut parent_id)))?;
-        out.serialize_field("flags", &0u32)?;
+        if let Some(parent) = &span.parent_span_id {
+            out.serialize_field("parentSpanId", hex_str(parent, &mut parent_id))?;
+        }
         out.serialize_field("name", &span.name)?;
-        out.serialize_field("kind", &span.kind.to_otlp())?;
+        let kind = span.kind.to_otlp();
+        if kind != 0 {
+            out.serialize_field("kind", &kind)?;
+        }
         // OTLP JSON spells 64-bit integers as strings.
         out.serialize_field("startTimeUnixNano", itoa::Buffer::new().format(span.start))?;
         out.serialize_field("endTimeUnixNano", itoa::Buffer::new().format(span.end))?;
-        out.serialize_field("attributes", &span.attributes)?;
-        out.serialize_field("droppedAttributesCount", &0u32)?;
-        out.serialize_field("events", &span.events)?;
-        out.serialize_field("droppedEventsCount", &0u32)?;
-        out.serialize_field("links", &span.links)?;
-        out.serialize_field("droppedLinksCount", &0u32)?;
-        out.serialize_field("status", &status_to_otlp(span))?;
+        if !span.attributes.is_empty() {
+            out.serialize_field("attributes", &span.attributes)?;
+        }
+        if !span.events.is_empty() {
+            out.serialize_field("events", &span.events)?;
+        }
+        if !span.links.is_empty() {
+            out.serialize_field("links", &span.links)?;
+        }
+        if let Some(status) = status_to_otlp(span) {
+            out.serialize_field("status", &status)?;
+        }
         out.end()
     }
 }
