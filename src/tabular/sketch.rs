@@ -36,6 +36,8 @@ pub enum SketchError {
     Empty,
     #[error("a sketch's grid index leaves its range")]
     Range,
+    #[error("the sketch columns disagree in length")]
+    Columns,
 }
 
 /// Quantiles of one distribution (see the module documentation).
@@ -109,6 +111,63 @@ impl QuantileSketch {
             out.push(at as f64 * resolution);
         }
         out
+    }
+}
+
+/// Sketches as a packet holds them: column by column (every sketch's first
+/// grid index, then every sketch's number of steps, whether it keeps tails,
+/// then all steps), so that like numbers sit together and compress far
+/// better than sketch after sketch.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SketchColumns {
+    firsts: Vec<i32>,
+    lengths: Vec<u32>,
+    tails: Vec<bool>,
+    steps: Vec<u32>,
+    #[serde(skip)]
+    last_first: i32,
+}
+
+impl SketchColumns {
+    pub fn push(&mut self, sketch: &QuantileSketch) {
+        let previous = self.last_first;
+        self.last_first = sketch.first;
+        self.firsts.push(sketch.first.wrapping_sub(previous));
+        self.lengths.push(sketch.steps.len() as u32);
+        self.tails.push(sketch.tails);
+        self.steps.extend_from_slice(&sketch.steps);
+    }
+
+    /// Number of sketches held.
+    pub fn len(&self) -> usize {
+        self.firsts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.firsts.is_empty()
+    }
+
+    /// The sketches back, in order, each checked as [`QuantileSketch::validate`]
+    /// checks it; the columns must agree in length.
+    pub fn into_sketches(self) -> Result<Vec<QuantileSketch>, SketchError> {
+        let n = self.firsts.len();
+        let total: u64 = self.lengths.iter().map(|&l| u64::from(l)).sum();
+        if self.lengths.len() != n || self.tails.len() != n || total != self.steps.len() as u64 {
+            return Err(SketchError::Columns);
+        }
+        let mut steps = self.steps.into_iter();
+        let mut out = Vec::with_capacity(n);
+        let mut first = 0i32;
+        for ((delta, length), tails) in self.firsts.into_iter().zip(self.lengths).zip(self.tails) {
+            first = first.wrapping_add(delta);
+            if length as usize >= MAX_POINTS {
+                return Err(SketchError::TooLarge(length as usize + 1));
+            }
+            let sketch = QuantileSketch { first, steps: steps.by_ref().take(length as usize).collect(), tails };
+            sketch.validate()?;
+            out.push(sketch);
+        }
+        Ok(out)
     }
 }
 
@@ -318,5 +377,36 @@ mod tests {
         assert_eq!(s.validate(), Err(SketchError::Range));
         let s = QuantileSketch { first: 0, steps: vec![0; MAX_POINTS], tails: false };
         assert_eq!(s.validate(), Err(SketchError::TooLarge(MAX_POINTS + 1)));
+    }
+
+    #[test]
+    fn sketches_come_back_from_their_columns_and_hostile_columns_are_refused() {
+        let sketches: Vec<QuantileSketch> = [vec![5.0, -3.0, 2.5], vec![7.0], (0..400).map(f64::from).collect()]
+            .into_iter()
+            .map(|mut v| QuantileSketch::of(&mut v, 1.0 / 64.0, 32, 1.5).unwrap())
+            .collect();
+        let mut columns = SketchColumns::default();
+        sketches.iter().for_each(|s| columns.push(s));
+        let bytes = postcard::to_stdvec(&columns).unwrap();
+        let back: SketchColumns = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.into_sketches().unwrap(), sketches);
+
+        let mut short = columns.clone();
+        short.steps.pop();
+        assert_eq!(short.into_sketches(), Err(SketchError::Columns));
+        let mut lengths = columns.clone();
+        lengths.tails.pop();
+        assert_eq!(lengths.into_sketches(), Err(SketchError::Columns));
+        let mut far = columns.clone();
+        far.firsts[1] = i32::MAX;
+        assert_eq!(far.into_sketches(), Err(SketchError::Range));
+        let huge = SketchColumns {
+            firsts: vec![0],
+            lengths: vec![MAX_POINTS as u32],
+            tails: vec![true],
+            steps: vec![0; MAX_POINTS],
+            last_first: 0,
+        };
+        assert_eq!(huge.into_sketches(), Err(SketchError::TooLarge(MAX_POINTS + 1)));
     }
 }
