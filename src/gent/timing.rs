@@ -214,13 +214,12 @@ mod columns {
     }
 
     pub fn serialize<S: Serializer>(list: &[Segmented], serializer: S) -> Result<S::Ok, S::Error> {
-        let mut c = Columns { cuts: Vec::with_capacity(list.len()), starts: Vec::new(), sketches: SketchColumns::default() };
-        for s in list {
-            c.cuts.push(s.starts.len() as u32);
-            c.starts.extend_from_slice(&s.starts);
-            s.sketches.iter().for_each(|q| c.sketches.push(q));
+        Columns {
+            cuts: list.iter().map(|s| s.starts.len() as u32).collect(),
+            starts: list.iter().flat_map(|s| s.starts.iter().copied()).collect(),
+            sketches: SketchColumns::of(list.iter().flat_map(|s| &s.sketches)),
         }
-        c.serialize(serializer)
+        .serialize(serializer)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Segmented>, D::Error> {

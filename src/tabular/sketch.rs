@@ -115,27 +115,30 @@ impl QuantileSketch {
 }
 
 /// Sketches as a packet holds them: column by column (every sketch's first
-/// grid index, then every sketch's number of steps, whether it keeps tails,
-/// then all steps), so that like numbers sit together and compress far
-/// better than sketch after sketch.
+/// grid index as its difference from the previous sketch's, then every
+/// sketch's number of steps, whether it keeps tails, then all steps), so
+/// that like numbers sit together and compress far better than sketch
+/// after sketch.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SketchColumns {
     firsts: Vec<i32>,
     lengths: Vec<u32>,
     tails: Vec<bool>,
     steps: Vec<u32>,
-    #[serde(skip)]
-    last_first: i32,
 }
 
 impl SketchColumns {
-    pub fn push(&mut self, sketch: &QuantileSketch) {
-        let previous = self.last_first;
-        self.last_first = sketch.first;
-        self.firsts.push(sketch.first.wrapping_sub(previous));
-        self.lengths.push(sketch.steps.len() as u32);
-        self.tails.push(sketch.tails);
-        self.steps.extend_from_slice(&sketch.steps);
+    /// `sketches`, in order, as columns.
+    pub fn of<'a>(sketches: impl IntoIterator<Item = &'a QuantileSketch>) -> Self {
+        let (mut c, mut previous) = (SketchColumns::default(), 0i32);
+        for sketch in sketches {
+            c.firsts.push(sketch.first.wrapping_sub(previous));
+            previous = sketch.first;
+            c.lengths.push(sketch.steps.len() as u32);
+            c.tails.push(sketch.tails);
+            c.steps.extend_from_slice(&sketch.steps);
+        }
+        c
     }
 
     /// Number of sketches held.
@@ -385,8 +388,7 @@ mod tests {
             .into_iter()
             .map(|mut v| QuantileSketch::of(&mut v, 1.0 / 64.0, 32, 1.5).unwrap())
             .collect();
-        let mut columns = SketchColumns::default();
-        sketches.iter().for_each(|s| columns.push(s));
+        let columns = SketchColumns::of(&sketches);
         let bytes = postcard::to_stdvec(&columns).unwrap();
         let back: SketchColumns = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.into_sketches().unwrap(), sketches);
@@ -400,13 +402,8 @@ mod tests {
         let mut far = columns.clone();
         far.firsts[1] = i32::MAX;
         assert_eq!(far.into_sketches(), Err(SketchError::Range));
-        let huge = SketchColumns {
-            firsts: vec![0],
-            lengths: vec![MAX_POINTS as u32],
-            tails: vec![true],
-            steps: vec![0; MAX_POINTS],
-            last_first: 0,
-        };
+        let huge =
+            SketchColumns { firsts: vec![0], lengths: vec![MAX_POINTS as u32], tails: vec![true], steps: vec![0; MAX_POINTS] };
         assert_eq!(huge.into_sketches(), Err(SketchError::TooLarge(MAX_POINTS + 1)));
     }
 }
