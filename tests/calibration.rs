@@ -65,6 +65,10 @@ fn head(real: &TraceSet, reference: &Reference, n: u64, seeds: u64, scored: u64)
     (bytes, fidelity)
 }
 
+/// The suite's timing queries (those with one query per entry service
+/// averaged over them, as the bench reports them).
+const TIMING_QUERIES: [&str; 6] = ["bottlenecks", "red_duration", "subtask_durations", "latency_alarm", "nesting", "self_time"];
+
 fn check_window(name: &str, real: TraceSet) {
     let dir = tempfile::tempdir().unwrap();
     let reference = Reference::new(&real, Vec::new()).unwrap();
@@ -86,22 +90,33 @@ fn check_window(name: &str, real: TraceSet) {
     for exact in ["trigger_correlations", "call_counts"] {
         assert_eq!(gent.queries.iter().find(|q| q.name == exact).map(|q| q.score), Some(1.0), "{name}: {exact}");
     }
-    // Duration per service and minute, from a handful of spans each: about
-    // 0.78 with a random draw per span, 0.80–0.82 with ranks stratified per
-    // label and minute and timings drawn again in the minute the latency
-    // bands move them to (0.80–0.81 here; seeds 1–6 on the three windows).
-    // One seed's score moves by about ±0.008 (0.795–0.812 over seeds 1–6 on
-    // hour 16), so the bar is held by the mean of three seeds, as the bench
-    // reports it: the packet's own and the next two.
-    let red_of = |set: &TraceSet| {
+    // Every timing query answers at 0.8 or better. Duration per service and
+    // minute, from a handful of spans each, scores about 0.78 with a random
+    // draw per span and 0.80–0.82 with ranks stratified per label and minute
+    // and timings drawn again in the minute the latency bands move them to;
+    // one seed's score moves by about ±0.008 (0.795–0.812 over seeds 1–6 on
+    // hour 16), and hour 16's bottlenecks by ±0.01. So the bar is held by
+    // the mean of three seeds, as the bench reports it: the packet's own and
+    // the next two.
+    let timing_of = |set: &TraceSet| -> Vec<f64> {
         let scores = reference.evaluate(set, 1.0).unwrap();
-        scores.queries.iter().find(|q| q.name == "red_duration").map_or(0.0, |q| q.score)
+        TIMING_QUERIES
+            .iter()
+            .map(|&query| {
+                let of: Vec<f64> =
+                    (scores.queries.iter()).filter(|q| q.name.split('[').next() == Some(query)).map(|q| q.score).collect();
+                of.iter().sum::<f64>() / of.len().max(1) as f64
+            })
+            .collect()
     };
-    let mut red = red_of(&regenerated) / 3.0;
+    let mut timing = timing_of(&regenerated);
     for seed in [8, 9] {
-        red += red_of(&regenerate(&real, dir.path(), Some(seed)).1) / 3.0;
+        let more = timing_of(&regenerate(&real, dir.path(), Some(seed)).1);
+        timing.iter_mut().zip(more).for_each(|(t, m)| *t += m);
     }
-    assert!(red >= 0.8, "{name}: RED duration {red:.3} (mean of 3 seeds)");
+    for (query, sum) in TIMING_QUERIES.iter().zip(timing) {
+        assert!(sum / 3.0 >= 0.8, "{name}: {query} {:.3} (mean of 3 seeds)", sum / 3.0);
+    }
     let spans = real.span_count() as u64;
     assert!(repairs.changed_over_10pct * 100 <= spans, "{name}: {repairs:?} of {spans} spans");
     assert_eq!(regenerated.span_count() as u64, spans);
@@ -124,6 +139,50 @@ fn trainticket_hour_16_costs_no_more_than_1_in_100_and_answers_as_well_as_1_in_5
 #[test]
 fn hipster_costs_no_more_than_1_in_100_and_answers_as_well_as_1_in_5() {
     check_window("hipster", read_set(&[data("hipster")]));
+}
+
+/// Per (caller service, callee service), every call's share of its
+/// caller's duration, sorted.
+fn shares_by_pair(set: &TraceSet) -> HashMap<(String, String), Vec<f64>> {
+    let mut out: HashMap<(String, String), Vec<f64>> = HashMap::new();
+    for t in &set.traces {
+        let by_id: HashMap<_, &gent::trace::Span> = t.spans.iter().map(|s| (s.span_id, s)).collect();
+        for call in &t.spans {
+            let Some(caller) = call.parent_span_id.and_then(|p| by_id.get(&p)).filter(|c| c.duration() > 0) else { continue };
+            let pair = (caller.service().to_string(), call.service().to_string());
+            out.entry(pair).or_default().push(call.duration() as f64 / caller.duration() as f64);
+        }
+    }
+    out.values_mut().for_each(|v| v.sort_by(f64::total_cmp));
+    out
+}
+
+#[test]
+fn trainticket_hour_16_rare_calls_keep_their_shares_of_their_callers() {
+    // 11 of hour 16's 42 caller-callee pairs are seen at most 4 times, where
+    // a sketch has nothing to spread: composed from their callers' sketches,
+    // their shares came back up to 0.06 off and those pairs scored 0 to 0.75
+    // on the bottlenecks query. Kept call by call, they come back within the
+    // 0.05% a share is stored to.
+    let real = hour(16);
+    let want = shares_by_pair(&real);
+    let rare: Vec<(&(String, String), &Vec<f64>)> = want.iter().filter(|(_, v)| v.len() <= 4).collect();
+    assert!(rare.len() >= 5, "hour 16 has rare pairs: {}", rare.len());
+    let worst = |rare_calls: u32| {
+        let mut config = GenTConfig::default();
+        config.calibration.rare_calls = rare_calls;
+        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
+        let got = shares_by_pair(&set(model.generate(7).unwrap().0));
+        let off = |(pair, shares): &(&(String, String), &Vec<f64>)| {
+            let back = got.get(*pair).expect("the pair comes back");
+            assert_eq!(back.len(), shares.len(), "{pair:?} comes back as often");
+            shares.iter().zip(back).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+        };
+        rare.iter().map(off).fold(0.0, f64::max)
+    };
+    let (with, without) = (worst(GenTConfig::default().calibration.rare_calls), worst(0));
+    println!("rare calls' shares: at most {with:.4} off kept, {without:.4} composed");
+    assert!(with < 0.002 && without > 0.02, "kept {with:.4}, composed {without:.4}");
 }
 
 /// ln(1 + duration in µs) of every span, per (service, span name).

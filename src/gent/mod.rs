@@ -14,6 +14,7 @@ mod cells;
 mod digest;
 mod latency;
 mod model;
+mod shares;
 mod starts;
 mod tables;
 mod times;

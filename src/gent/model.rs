@@ -189,7 +189,7 @@ impl StoredWindowModel {
         fn encode(value: &impl serde::Serialize) -> Vec<u8> {
             postcard::to_stdvec(value).unwrap_or_default()
         }
-        let (sketches, node_effects, time_effects, bands) = match &self.timing {
+        let (sketches, (node_effects, time_effects), bands, shares) = match &self.timing {
             Some(t) => {
                 let sketches_alone = TimingModel {
                     nodes: Vec::new(),
@@ -197,11 +197,13 @@ impl StoredWindowModel {
                     times: Vec::new(),
                     bursts: Vec::new(),
                     bands: Default::default(),
+                    shares: Default::default(),
                     ..t.clone()
                 };
-                (encode(&sketches_alone), encode(&(&t.nodes, &t.lead_nodes)), encode(&(&t.times, &t.bursts)), encode(&t.bands))
+                let effects = (encode(&(&t.nodes, &t.lead_nodes)), encode(&(&t.times, &t.bursts)));
+                (encode(&sketches_alone), effects, encode(&t.bands), encode(&t.shares))
             }
-            None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            None => (Vec::new(), (Vec::new(), Vec::new()), Vec::new(), Vec::new()),
         };
         let (starts, t_g) = match &self.start {
             StoredStart::Counts(c) => (encode(c), Vec::new()),
@@ -214,6 +216,7 @@ impl StoredWindowModel {
             ("node_effects", node_effects),
             ("time_effects", time_effects),
             ("latency_bands", bands),
+            ("rare_shares", shares),
             ("t_g", t_g),
             ("r_g", encode(&self.roots)),
             ("c_g", encode(&self.chains)),
@@ -876,6 +879,7 @@ impl WindowModel {
                     bursts: current.bursts && current.time_effects,
                     latency_bands: current.latency_bands,
                     segments: current.segments,
+                    rare_calls: current.rare_calls,
                 });
                 self.timing = stored.timing;
                 if let StoredStart::Counts(counts) = stored.start {
@@ -907,6 +911,7 @@ pub struct Budget {
     pub bursts: bool,
     pub latency_bands: bool,
     pub segments: bool,
+    pub rare_calls: u32,
 }
 
 /// Bytes a packet adds around its body: magic, version, checksum, the
@@ -1091,12 +1096,14 @@ impl WindowModel {
         let mut repairs = Repairs::default();
         let (mut order, mut starts) = self.trace_starts(seed, &mut repairs)?;
         let totals = self.band_totals(&order, &starts);
+        let mut occurrences = self.occurrences(&order);
         let kept = select(&order, &starts);
         if kept.len() < order.len() {
-            let valid = kept.iter().filter(|&&i| i < order.len());
-            (order, starts) = valid.map(|&i| (order[i], starts[i])).unzip();
+            let valid: Vec<usize> = kept.into_iter().filter(|&i| i < order.len()).collect();
+            occurrences = valid.iter().map(|&i| occurrences[i]).collect();
+            (order, starts) = valid.iter().map(|&i| (order[i], starts[i])).unzip();
         }
-        let traces = self.build_traces(order, starts, seed, &totals, &mut repairs)?;
+        let traces = self.build_traces((order, starts, occurrences), seed, &totals, &mut repairs)?;
         Ok((traces, repairs))
     }
 
@@ -1117,10 +1124,12 @@ impl WindowModel {
         let mut repairs = Repairs::default();
         let (order, starts) = self.trace_starts(seed, &mut repairs)?;
         let totals = self.band_totals(&order, &starts);
+        let occurrences = self.occurrences(&order);
         for part in 0..parts {
             let (o, s) = (part..order.len()).step_by(parts).map(|i| (order[i], starts[i])).unzip();
+            let n = (part..order.len()).step_by(parts).map(|i| occurrences[i]).collect();
             let noise = if parts == 1 { seed } else { xxhash_rust::xxh3::xxh3_64_with_seed(&(part as u64).to_le_bytes(), seed) };
-            let traces = self.build_traces(o, s, noise, &totals, &mut repairs)?;
+            let traces = self.build_traces((o, s, n), noise, &totals, &mut repairs)?;
             if !each(traces, std::mem::take(&mut repairs)) {
                 break;
             }
@@ -1128,12 +1137,28 @@ impl WindowModel {
         Ok(())
     }
 
-    /// The traces of topologies `order` starting at `starts`, timed and
-    /// filled with `seed`'s noise, sorted by start.
+    /// Per trace of `order` (topologies), how many traces of its topology
+    /// come before it: which of a rare call's stored shares it takes.
+    fn occurrences(&self, order: &[usize]) -> Vec<u32> {
+        let mut seen = vec![0u32; self.histogram.topologies.len()];
+        order
+            .iter()
+            .map(|&t| {
+                let n = seen.get(t).copied().unwrap_or(0);
+                if let Some(s) = seen.get_mut(t) {
+                    *s += 1;
+                }
+                n
+            })
+            .collect()
+    }
+
+    /// The traces of topologies `order` starting at `starts`, each its
+    /// topology's `occurrences`-th in the window, timed and filled with
+    /// `seed`'s noise, sorted by start.
     fn build_traces(
         &self,
-        order: Vec<usize>,
-        starts: Vec<u64>,
+        (order, starts, occurrences): (Vec<usize>, Vec<u64>, Vec<u32>),
         seed: u64,
         totals: &BandTotals,
         out: &mut Repairs,
@@ -1154,7 +1179,8 @@ impl WindowModel {
         let times = match &self.timing {
             // Timing first, then status, kind and attributes given it.
             Some(timing) if !self.timed => {
-                let times = self.compose(timing, (&filling.order, &starts), None, seed, (&nested, totals), &mut repairs);
+                let times =
+                    self.compose(timing, (&filling.order, &starts, &occurrences), None, seed, (&nested, totals), &mut repairs);
                 filling.metas = self.metas_of(&filling.order, &times);
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
                 times
@@ -1163,7 +1189,7 @@ impl WindowModel {
             Some(timing) => {
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
                 let noise = self.generated_noise(&filling, seed);
-                self.compose(timing, (&filling.order, &starts), Some(&noise), seed, (&nested, totals), &mut repairs)
+                self.compose(timing, (&filling.order, &starts, &occurrences), Some(&noise), seed, (&nested, totals), &mut repairs)
             }
             None => {
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
@@ -1315,13 +1341,13 @@ impl WindowModel {
     fn compose(
         &self,
         timing: &TimingModel,
-        traces: (&[usize], &[u64]),
+        traces: (&[usize], &[u64], &[u32]),
         noise: Option<&[Vec<f64>]>,
         seed: u64,
         (nested, totals): (&foldhash::HashSet<(u32, u32)>, &BandTotals),
         repairs: &mut Repairs,
     ) -> Vec<Vec<(u64, u64)>> {
-        let (order, starts) = traces;
+        let (order, starts, occurrences) = traces;
         let h = &self.histogram;
         let tables = TimingTables::new(timing, h);
         let mut fixes = TimingRepairs::default();
@@ -1338,7 +1364,7 @@ impl WindowModel {
                 let times: Vec<Vec<(u64, u64)>> = range
                     .map(|i| {
                         let (t, start) = (order[i], starts[i]);
-                        tables.compose(h, t, start, &ranks[i], &is_nested, &mut fixes, &mut scratch);
+                        tables.compose(h, (t, occurrences[i]), start, &ranks[i], &is_nested, &mut fixes, &mut scratch);
                         tables.place(h, t, start, window, &mut fixes, &mut scratch);
                         scratch.out.clone()
                     })

@@ -47,9 +47,16 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::cells::{Quantity, TimeCells};
 use super::latency::{self, LatencyBands, LatencyError};
+use super::shares::{self, RareShares, SharesError};
 use super::times::NodeTimes;
 use super::topology::{Topology, TopologyHistogram};
 use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile, rough_normal_quantile};
+
+/// The fewest times seen below which a budget keeps a pair's rare calls
+/// before it drops the couplings: on TrainTicket hour 16 (bar 0.8), pairs
+/// seen at most 4 times with couplings score 0.824 on bottlenecks and 0.946
+/// overall, at most 8 times without couplings 0.838 and 0.941.
+const RARE_CALLS_KEPT: u32 = 4;
 
 /// Calibrated timing settings (`calibration` in config/model.yaml).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -85,6 +92,10 @@ pub struct CalibrationConfig {
     pub latency_bands: bool,
     /// Cut sketches into time segments where a label's timing changes.
     pub segments: bool,
+    /// Calls of a (caller service, callee service) pair seen at most this
+    /// many times in the window keep their share of their caller's duration,
+    /// call by call ([`super::shares`]); 0: none.
+    pub rare_calls: u32,
     /// Exact trace start counts per this bucket.
     #[serde(with = "humantime_serde")]
     pub start_bucket: std::time::Duration,
@@ -126,6 +137,7 @@ impl Default for CalibrationConfig {
             bursts: true,
             latency_bands: true,
             segments: true,
+            rare_calls: 16,
             start_bucket: std::time::Duration::from_secs(10),
             topology_bucket: std::time::Duration::from_secs(60),
             budget: Some(100),
@@ -157,8 +169,10 @@ impl CalibrationConfig {
 /// least fidelity per byte): fewer quantiles per sketch down to 1.5 per
 /// square root of the values, start counts per topology bucket instead of per
 /// start bucket, no bursts, no time effects, node locations per path and
-/// then none, no node effects, no latency bands, fewer quantiles still, no
-/// time segments.
+/// then none, rare calls kept down to pairs seen at most
+/// [`RARE_CALLS_KEPT`] times, no node effects, no latency bands, fewer
+/// quantiles still, no time segments, and then the rare calls left, halving
+/// the times seen.
 pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
     let mut next = config.clone();
     if config.quantiles_per_root > 1.5 {
@@ -173,6 +187,8 @@ pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
         next.node_locations = NodeLocations::Paths;
     } else if config.node_effects && config.node_locations == NodeLocations::Paths {
         next.node_locations = NodeLocations::None;
+    } else if config.node_effects && config.rare_calls > RARE_CALLS_KEPT {
+        next.rare_calls = (config.rare_calls / 2).max(RARE_CALLS_KEPT);
     } else if config.node_effects {
         next.node_effects = false;
     } else if config.latency_bands {
@@ -181,6 +197,8 @@ pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
         next.quantiles_per_root *= 0.7;
     } else if config.segments {
         next.segments = false;
+    } else if config.rare_calls > 0 {
+        next.rare_calls /= 2;
     } else {
         return None;
     }
@@ -410,6 +428,8 @@ pub struct TimingModel {
     /// Per entry service, its traces above its root-duration p50, p90 and
     /// p99 per time bucket ([`super::latency`]); empty when off.
     pub bands: LatencyBands,
+    /// Rare calls' shares of their callers, call by call ([`super::shares`]).
+    pub shares: RareShares,
 }
 
 /// One (time bucket, key) cell's own distribution of normal scores (see
@@ -457,6 +477,8 @@ pub enum TimingError {
     Sketch(#[from] SketchError),
     #[error("timing model: {0}")]
     Latency(#[from] LatencyError),
+    #[error("timing model: {0}")]
+    Shares(#[from] SharesError),
 }
 
 fn bad(what: impl Into<String>) -> TimingError {
@@ -939,6 +961,7 @@ impl TimingModel {
             times,
             bursts,
             bands: LatencyBands::default(),
+            shares: RareShares::fit(traces, histogram, config.rare_calls),
         }
     }
 
@@ -1040,6 +1063,7 @@ impl TimingModel {
             }
         }
         latency::validate(&self.bands, histogram)?;
+        self.shares.validate(histogram)?;
         Ok(())
     }
 }
@@ -1849,6 +1873,8 @@ pub struct TimingTables<'a> {
     /// Bursts by (bucket, key).
     /// Looked up twice a node: foldhash, not SipHash.
     bursts: foldhash::HashMap<(u32, u32), Burst>,
+    /// Per topology, its nodes that keep their shares, with the shares.
+    pins: Vec<Vec<&'a shares::Family>>,
 }
 
 /// Buffers [`TimingTables::compose`] reuses from trace to trace; `out` holds
@@ -1858,6 +1884,8 @@ pub struct Scratch {
     offset: Vec<f64>,
     duration: Vec<f64>,
     lead: Vec<f64>,
+    /// Nodes of a subtree being scaled.
+    stack: Vec<usize>,
     pub out: Vec<(u64, u64)>,
 }
 
@@ -1914,7 +1942,8 @@ impl<'a> TimingTables<'a> {
             })
             .collect();
         let bursts = model.bursts.iter().map(|b| ((b.bucket, b.key), *b)).collect();
-        TimingTables { model, keys: Keys::of(histogram), values, leads, detached, spanning, layout, bursts }
+        let pins = model.shares.by_topology(histogram);
+        TimingTables { model, keys: Keys::of(histogram), values, leads, detached, spanning, layout, bursts, pins }
     }
 
     /// Every node's rank within its value sketch (key and time segment), then
@@ -2080,7 +2109,8 @@ impl<'a> TimingTables<'a> {
         (start / self.model.bucket_ns).saturating_sub(self.model.first_bucket) as u32
     }
 
-    /// Composes one trace of `topology` starting at `trace_start`, with its
+    /// Composes one trace of `topology` starting at `trace_start`, the
+    /// `occurrence`-th trace of its topology in the window, with its
     /// nodes' value and lead ranks `u` from [`TimingTables::ranks`]: every
     /// node's offset from the trace's start and duration (µs) in `scratch`,
     /// for [`TimingTables::place`].
@@ -2088,7 +2118,7 @@ impl<'a> TimingTables<'a> {
     pub fn compose(
         &self,
         histogram: &TopologyHistogram,
-        topology: usize,
+        (topology, occurrence): (usize, u32),
         trace_start: u64,
         u: &[f64],
         nested: &dyn Fn(u32, u32) -> bool,
@@ -2100,7 +2130,7 @@ impl<'a> TimingTables<'a> {
         let bucket = self.bucket(trace_start);
         let (children, roots) = &self.layout[topology];
         // Offsets from the parent's start (roots: the trace's), and durations, in µs.
-        let Scratch { offset, duration, lead, .. } = scratch;
+        let Scratch { offset, duration, lead, stack, .. } = scratch;
         for v in [&mut *offset, &mut *duration, &mut *lead] {
             v.clear();
             v.resize(n, 0.0);
@@ -2150,6 +2180,21 @@ impl<'a> TimingTables<'a> {
                 }
                 offset[c] = offset[c].min(end);
                 duration[c] = end - offset[c];
+            }
+            // A rare call's family takes its stored length, its rare calls
+            // their stored shares of it.
+            if let Some(f) = self.pins[topology].iter().find(|f| f.parent as usize == p) {
+                let at = occurrence as usize % f.durations.len().max(1);
+                let length = f.durations.get(at).map_or(duration[p], |&d| shares::duration(d));
+                scale_subtree(p, length, children, (offset, duration), stack);
+                for (c, codes) in &f.calls {
+                    let (c, to) = (*c as usize, codes.get(at).map_or(0.0, |&s| shares::share(s)) * length);
+                    // A call composed inside its parent stays inside; one
+                    // composed to outlive it keeps its end beyond the parent's.
+                    let end = offset[c] + duration[c];
+                    scale_subtree(c, to, children, (offset, duration), stack);
+                    offset[c] = if end <= length { offset[c].min(length - to) } else { end - to }.max(0.0);
+                }
             }
         }
         self.lay_out(roots, lead, duration, offset, |_| false, |_| false);
@@ -2243,6 +2288,27 @@ impl<'a> TimingTables<'a> {
             }
         }
         (end, must_hold)
+    }
+}
+
+/// Sets node `k`'s duration to `to`, scaling the offsets and durations of
+/// every node below it by as much, so that each share below `k` stays as
+/// composed (a zero-length node's subtree is left as it is).
+fn scale_subtree(
+    k: usize,
+    to: f64,
+    children: &[Vec<usize>],
+    (offset, duration): (&mut [f64], &mut [f64]),
+    stack: &mut Vec<usize>,
+) {
+    let factor = if duration[k] > 0.0 { to / duration[k] } else { 1.0 };
+    duration[k] = to;
+    stack.clear();
+    stack.extend_from_slice(&children[k]);
+    while let Some(d) = stack.pop() {
+        offset[d] *= factor;
+        duration[d] *= factor;
+        stack.extend_from_slice(&children[d]);
     }
 }
 
@@ -2447,7 +2513,7 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_pools_node_locations_by_path_then_drops_them_before_the_couplings() {
+    fn the_budget_pools_node_locations_by_path_then_drops_them_and_rare_calls_before_the_couplings() {
         let mut steps = vec![CalibrationConfig::default()];
         while let Some(next) = smaller(steps.last().unwrap()) {
             assert!(steps.len() < 64, "the steps end");
@@ -2458,9 +2524,13 @@ mod tests {
             (at(NodeLocations::Paths).expect("a step pools by path"), at(NodeLocations::None).expect("then couplings alone"));
         assert!(!steps[paths].time_effects, "time effects go first");
         assert_eq!(alone, paths + 1);
-        assert!(!steps[alone + 1].node_effects, "then the couplings");
+        // Then rare calls down to the pairs seen at most RARE_CALLS_KEPT times.
+        let off = steps.iter().position(|c| !c.node_effects).expect("a step drops the couplings");
+        let kept: Vec<u32> = steps[alone..off].iter().map(|c| c.rare_calls).collect();
+        assert_eq!(kept, [16, 8, 4], "rare calls kept before the couplings go");
+        assert_eq!(steps[off].rare_calls, RARE_CALLS_KEPT);
         let last = steps.last().unwrap();
-        assert!(!last.segments && !last.latency_bands && !last.node_effects);
+        assert!(!last.segments && !last.latency_bands && !last.node_effects && last.rare_calls == 0);
     }
 
     #[test]
