@@ -51,6 +51,15 @@ fn regenerate_with(
     (packet.len(), read_set(&[path]), repairs, written)
 }
 
+/// `real` regenerated in memory with seed 7 by the model trained under the
+/// default configuration as `change` leaves it.
+fn regenerated_under(real: &TraceSet, change: impl FnOnce(&mut GenTConfig)) -> TraceSet {
+    let mut config = GenTConfig::default();
+    change(&mut config);
+    let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
+    set(model.generate(7).unwrap().0)
+}
+
 /// Head sampling 1:`n`: mean gzip OTLP bytes over `seeds` seeds, and mean
 /// overall fidelity over the first `scored` of them.
 fn head(real: &TraceSet, reference: &Reference, n: u64, seeds: u64, scored: u64) -> (f64, f64) {
@@ -169,10 +178,7 @@ fn trainticket_hour_16_rare_calls_keep_their_shares_of_their_callers() {
     let rare: Vec<(&(String, String), &Vec<f64>)> = want.iter().filter(|(_, v)| v.len() <= 4).collect();
     assert!(rare.len() >= 5, "hour 16 has rare pairs: {}", rare.len());
     let worst = |rare_calls: u32| {
-        let mut config = GenTConfig::default();
-        config.calibration.rare_calls = rare_calls;
-        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
-        let got = shares_by_pair(&set(model.generate(7).unwrap().0));
+        let got = shares_by_pair(&regenerated_under(&real, |c| c.calibration.rare_calls = rare_calls));
         let off = |(pair, shares): &(&(String, String), &Vec<f64>)| {
             let back = got.get(*pair).expect("the pair comes back");
             assert_eq!(back.len(), shares.len(), "{pair:?} comes back as often");
@@ -303,11 +309,7 @@ fn trainticket_hour_12_minutes_in_which_a_service_ran_slow_come_back_slow() {
     let real = hour(12);
     let want = minute_shifts(&real);
     let agreement = |time_effects: bool| {
-        let mut config = GenTConfig::default();
-        config.calibration.time_effects = time_effects;
-        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
-        let (traces, _) = model.generate(7).unwrap();
-        let got = minute_shifts(&set(traces));
+        let got = minute_shifts(&regenerated_under(&real, |c| c.calibration.time_effects = time_effects));
         let pairs: Vec<(f64, f64)> = want.iter().filter_map(|(k, &w)| got.get(k).map(|&g| (w, g))).collect();
         correlation(&pairs)
     };
@@ -380,12 +382,9 @@ fn trainticket_hour_12_minutes_of_a_retry_storm_come_back_with_it() {
     let p90 = lengths[lengths.len() * 9 / 10];
     let want = slow_per_minute(&real, p90);
     let agreement = |bursts: bool, latency_bands: bool| {
-        let mut config = GenTConfig::default();
-        config.calibration.bursts = bursts;
-        config.calibration.latency_bands = latency_bands;
-        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
-        let (traces, _) = model.generate(7).unwrap();
-        let got = slow_per_minute(&set(traces), p90);
+        let regenerated =
+            regenerated_under(&real, |c| (c.calibration.bursts, c.calibration.latency_bands) = (bursts, latency_bands));
+        let got = slow_per_minute(&regenerated, p90);
         let pairs: Vec<(f64, f64)> = want.iter().map(|(k, &w)| (w, got.get(k).copied().unwrap_or(0.0))).collect();
         correlation(&pairs)
     };
@@ -549,11 +548,10 @@ fn trainticket_hour_16_self_time_follows_the_call_with_couplings_alone() {
     let want = self_time_follows_the_call(&real);
     assert!(want.values().any(|&c| c > 0.5), "hour 16 has parents whose self time follows their call: {want:?}");
     let mean = |node_effects: bool| {
-        let mut config = GenTConfig::default();
-        config.calibration.budget = None;
-        (config.calibration.node_effects, config.calibration.node_locations) = (node_effects, NodeLocations::None);
-        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
-        let got = self_time_follows_the_call(&set(model.generate(7).unwrap().0));
+        let got = self_time_follows_the_call(&regenerated_under(&real, |c| {
+            c.calibration.budget = None;
+            (c.calibration.node_effects, c.calibration.node_locations) = (node_effects, NodeLocations::None);
+        }));
         let strong: Vec<f64> = want.iter().filter(|&(_, &c)| c > 0.5).map(|(k, _)| got.get(k).copied().unwrap_or(0.0)).collect();
         strong.iter().sum::<f64>() / strong.len() as f64
     };
@@ -635,10 +633,7 @@ fn trainticket_hour_12_the_work_between_calls_follows_the_trace_it_is_in() {
         .collect();
     assert!(placed.len() >= 3, "hour 12 has gaps that depend on their place: {}", placed.len());
     let within = |locations: NodeLocations| {
-        let mut config = GenTConfig::default();
-        config.calibration.node_locations = locations;
-        let model = WindowModel::train(&real.traces, &config, &Device::flex(), None).unwrap();
-        let got = gaps_by_path(&set(model.generate(7).unwrap().0));
+        let got = gaps_by_path(&regenerated_under(&real, |c| c.calibration.node_locations = locations));
         let close =
             (placed.iter()).filter(|&&(k, m)| got.get(k).is_some_and(|g| (median(g) - m).abs() <= 0.25 * m.abs())).count();
         close as f64 / placed.len() as f64
