@@ -204,6 +204,7 @@ struct CtganFile {
     #[serde(deserialize_with = "present")]
     max_steps: Option<Option<usize>>,
     category_loss: Option<f32>,
+    max_generator_bytes: Option<usize>,
 }
 
 /// A field that is present, even as `null` (absent fields stay `None` by `default`).
@@ -242,6 +243,9 @@ impl ModelFile {
         set(&mut n.seed, f.seed);
         set(&mut n.max_steps, f.max_steps);
         set(&mut n.category_loss, f.category_loss);
+        if f.max_generator_bytes.is_some() {
+            n.max_generator_bytes = f.max_generator_bytes;
+        }
         c
     }
 }

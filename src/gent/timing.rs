@@ -105,7 +105,10 @@ pub struct CalibrationConfig {
     /// Head sampling rate N (1 trace in N) whose gzip OTLP bytes on the same
     /// window the packet must not exceed (estimated over seeded samples, less
     /// a 5% margin); sketches get fewer quantiles, then lose time and node
-    /// effects and segments, until the packet fits. `null`: no budget.
+    /// effects and segments, until the packet fits. When nothing fits (the
+    /// topologies and generators alone exceed it), the configured timing is
+    /// kept and the budget reported unmet. Generators get an eighth each
+    /// (`ctgan.max_generator_bytes`). `null`: no budget.
     pub budget: Option<u64>,
 }
 

@@ -100,7 +100,18 @@ pub struct CtganConfig {
     /// critic: on TrainTicket spans, 0.93 of the generated (service, name)
     /// pairs existed after 400 epochs; with this term, 0.997 after 60.
     pub category_loss: f32,
+    /// Most bytes of the generator's weights at f16 (what a packet ships):
+    /// its noise and residual widths halve, down to [`NARROWEST`], until it
+    /// fits. `None`: as configured. A packet budget sets it (see
+    /// `gent::model`), since a generator 128 wide is 40–85 KB, more than
+    /// 1:100 head sampling of most windows.
+    #[serde(default)]
+    pub max_generator_bytes: Option<usize>,
 }
+
+/// The narrowest a generator's layers are made to fit
+/// [`CtganConfig::max_generator_bytes`].
+pub const NARROWEST: usize = 8;
 
 impl Default for CtganConfig {
     fn default() -> Self {
@@ -118,6 +129,7 @@ impl Default for CtganConfig {
             graph_embedding: 32,
             max_steps: None,
             category_loss: 1.0,
+            max_generator_bytes: None,
         }
     }
 }
@@ -263,6 +275,33 @@ fn networks(config: &CtganConfig, w: &Inputs, graphs: bool, device: &Device) -> 
         critic = critic.with_graph(w.graph, w.graph_embedding, config.seed ^ 0x9c42, device);
     }
     (generator, critic)
+}
+
+/// Halves `config`'s noise, generator and graph embedding widths (not
+/// below [`NARROWEST`]) until the generator's weights take at most `max`
+/// bytes at f16.
+fn narrowed(config: &mut CtganConfig, inputs: &mut Inputs, graphs: bool, max: usize, device: &Device) {
+    loop {
+        let conditions = inputs.cond + inputs.context + inputs.graph_embedding;
+        let mut generator = Generator::new(config.embedding + conditions, &config.generator, inputs.width, 0, device);
+        if graphs {
+            generator = generator.with_graph(inputs.graph, inputs.graph_embedding, 0, device);
+        }
+        let narrowest = config.embedding <= NARROWEST
+            && config.generator.iter().all(|&w| w <= NARROWEST)
+            && (!graphs || config.graph_embedding <= NARROWEST);
+        if 2 * generator.num_params() <= max || narrowest {
+            return;
+        }
+        config.embedding = (config.embedding / 2).max(NARROWEST);
+        for w in &mut config.generator {
+            *w = (*w / 2).max(NARROWEST);
+        }
+        if graphs {
+            config.graph_embedding = (config.graph_embedding / 2).max(NARROWEST);
+            inputs.graph_embedding = config.graph_embedding;
+        }
+    }
 }
 
 /// Adam as CTGAN trains both networks with it (β = 0.5, 0.9).
@@ -460,6 +499,17 @@ impl Ctgan {
         previous: Option<&Ctgan>,
     ) -> Result<Self, CtganError> {
         config.validate()?;
+        let mut config = config;
+        // Sized as the previous model was when its generator fits the limit:
+        // windows differ a little in size, and so in their limits, and
+        // warm-starting needs the same widths.
+        if let (Some(max), Some(p)) = (config.max_generator_bytes, previous)
+            && 2 * p.generator.num_params() <= max
+        {
+            config.embedding = p.config.embedding;
+            config.generator.clone_from(&p.config.generator);
+            config.graph_embedding = p.config.graph_embedding;
+        }
         let rows = table.rows();
         if let Some(ctx) = context {
             ctx.check(rows)?;
@@ -490,7 +540,11 @@ impl Ctgan {
         let train_device = device.clone().autodiff();
         let real_all = tensor(encoded, rows, width, &train_device);
 
-        let inputs = Inputs { width, cond: sampler.cond_width(), context: context_width, graph: graph_width, graph_embedding };
+        let mut inputs =
+            Inputs { width, cond: sampler.cond_width(), context: context_width, graph: graph_width, graph_embedding };
+        if let (Some(max), None) = (config.max_generator_bytes, &warm) {
+            narrowed(&mut config, &mut inputs, graph.is_some(), max, device);
+        }
         let (mut generator, mut critic) = networks(&config, &inputs, graph.is_some(), &train_device);
         let features = graph.map(|g| g.tensor(&train_device));
         if let Some((p, _)) = &warm {
