@@ -500,15 +500,27 @@ impl Ctgan {
     ) -> Result<Self, CtganError> {
         config.validate()?;
         let mut config = config;
-        // Sized as the previous model was when its generator fits the limit:
-        // windows differ a little in size, and so in their limits, and
-        // warm-starting needs the same widths.
-        if let (Some(max), Some(p)) = (config.max_generator_bytes, previous)
-            && 2 * p.generator.num_params() <= max
-        {
-            config.embedding = p.config.embedding;
-            config.generator.clone_from(&p.config.generator);
-            config.graph_embedding = p.config.graph_embedding;
+        // Warm-starting needs the previous model's widths. Windows differ a
+        // little in size, and so in their limits: the previous widths are
+        // kept when its generator fits this limit, and otherwise the widths
+        // are narrowed for the previous model's table, as they would be for
+        // a table like it.
+        if let (Some(max), Some(p)) = (config.max_generator_bytes, previous) {
+            if 2 * p.generator.num_params() <= max {
+                config.embedding = p.config.embedding;
+                config.generator.clone_from(&p.config.generator);
+                config.graph_embedding = p.config.graph_embedding;
+            } else {
+                let graphs = p.graph_width > 0;
+                let mut inputs = Inputs {
+                    width: p.transformer.width(),
+                    cond: p.sampler.cond_width(),
+                    context: p.context_width,
+                    graph: p.graph_width,
+                    graph_embedding: if graphs { config.graph_embedding } else { 0 },
+                };
+                narrowed(&mut config, &mut inputs, graphs, max, device);
+            }
         }
         let rows = table.rows();
         if let Some(ctx) = context {
