@@ -243,9 +243,7 @@ impl ModelFile {
         set(&mut n.seed, f.seed);
         set(&mut n.max_steps, f.max_steps);
         set(&mut n.category_loss, f.category_loss);
-        if f.max_generator_bytes.is_some() {
-            n.max_generator_bytes = f.max_generator_bytes;
-        }
+        set(&mut n.max_generator_bytes, f.max_generator_bytes.map(Some));
         c
     }
 }

@@ -101,10 +101,10 @@ pub struct CtganConfig {
     /// pairs existed after 400 epochs; with this term, 0.997 after 60.
     pub category_loss: f32,
     /// Most bytes of the generator's weights at f16 (what a packet ships):
-    /// its noise and residual widths halve, down to [`NARROWEST`], until it
-    /// fits. `None`: as configured. A packet budget sets it (see
-    /// `gent::model`), since a generator 128 wide is 40–85 KB, more than
-    /// 1:100 head sampling of most windows.
+    /// its noise, residual and GCN widths halve, down to [`NARROWEST`], until
+    /// it fits. `None`: as configured. A packet budget sets it (see
+    /// `gent::model`), since a generator 128 wide is 40–60 KB at f16, more
+    /// than 1:100 head sampling of most windows.
     #[serde(default)]
     pub max_generator_bytes: Option<usize>,
 }
@@ -268,13 +268,19 @@ struct Inputs {
 /// rows have graphs; seeded from the config so a seed reproduces them.
 fn networks(config: &CtganConfig, w: &Inputs, graphs: bool, device: &Device) -> (Generator, Critic) {
     let conditions = w.cond + w.context + w.graph_embedding;
-    let mut generator = Generator::new(config.embedding + conditions, &config.generator, w.width, config.seed ^ 0x6745, device);
+    let generator = generator_of(config, w, graphs, device);
     let mut critic = Critic::new(w.width + conditions, config.pac, &config.critic, config.seed ^ 0xc817, device);
     if graphs {
-        generator = generator.with_graph(w.graph, w.graph_embedding, config.seed ^ 0x9c41, device);
         critic = critic.with_graph(w.graph, w.graph_embedding, config.seed ^ 0x9c42, device);
     }
     (generator, critic)
+}
+
+/// A fresh generator, with its GCN layer when rows have graphs.
+fn generator_of(config: &CtganConfig, w: &Inputs, graphs: bool, device: &Device) -> Generator {
+    let conditions = w.cond + w.context + w.graph_embedding;
+    let generator = Generator::new(config.embedding + conditions, &config.generator, w.width, config.seed ^ 0x6745, device);
+    if graphs { generator.with_graph(w.graph, w.graph_embedding, config.seed ^ 0x9c41, device) } else { generator }
 }
 
 /// Halves `config`'s noise, generator and graph embedding widths (not
@@ -282,15 +288,11 @@ fn networks(config: &CtganConfig, w: &Inputs, graphs: bool, device: &Device) -> 
 /// bytes at f16.
 fn narrowed(config: &mut CtganConfig, inputs: &mut Inputs, graphs: bool, max: usize, device: &Device) {
     loop {
-        let conditions = inputs.cond + inputs.context + inputs.graph_embedding;
-        let mut generator = Generator::new(config.embedding + conditions, &config.generator, inputs.width, 0, device);
-        if graphs {
-            generator = generator.with_graph(inputs.graph, inputs.graph_embedding, 0, device);
-        }
+        let params = generator_of(config, inputs, graphs, device).num_params();
         let narrowest = config.embedding <= NARROWEST
             && config.generator.iter().all(|&w| w <= NARROWEST)
             && (!graphs || config.graph_embedding <= NARROWEST);
-        if 2 * generator.num_params() <= max || narrowest {
+        if 2 * params <= max || narrowest {
             return;
         }
         config.embedding = (config.embedding / 2).max(NARROWEST);
