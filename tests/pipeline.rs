@@ -870,6 +870,7 @@ fn a_window_folded_in_compact_form_digests_as_its_repaired_traces_do() {
         check_seed: 2,
         cells_bucket_ns: 60_000_000_000,
         timing_spans: 100_000,
+        status_bucket_ns: 60_000_000_000,
     };
 
     // The fold folds 1,024 traces at a time, the last first; the same parts as spans.

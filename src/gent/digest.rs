@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::cells::TimeCells;
+use super::status::ErrorCounts;
 use super::times::NodeTimes;
 use super::topology::{HistogramBuilder, Placement, TopologyHistogram};
 use crate::trace::{Names, PackedTrace, SpanView, Trace, TraceId, head_keeps};
@@ -60,6 +61,9 @@ pub struct DigestConfig {
     /// the share's seed; 0: none): only a window larger than its share
     /// keeps one.
     pub timing_spans: usize,
+    /// Width of the time buckets failed spans are counted in per label
+    /// ([`ErrorCounts`]; the timing's topology bucket), 0: not counted.
+    pub status_bucket_ns: u64,
 }
 
 /// The timing sample's default budget: 8 MB of node times, twice a
@@ -197,6 +201,7 @@ pub struct Digest {
     names: Names,
     cells: Option<TimeCells>,
     times: Option<HeadSample<NodeTimes>>,
+    errors: Option<ErrorCounts>,
 }
 
 impl Digest {
@@ -218,6 +223,7 @@ impl Digest {
             names: Names::default(),
             cells: (config.cells_bucket_ns > 0).then(|| TimeCells::new(config.cells_bucket_ns, CELL_LIMIT)),
             times: (config.timing_spans > 0).then(|| HeadSample::new(config.timing_spans, config.seed)),
+            errors: (config.status_bucket_ns > 0).then(|| ErrorCounts::new(config.status_bucket_ns)),
         }
     }
 
@@ -255,6 +261,9 @@ impl Digest {
             times.add(arrival, NodeTimes::of(id, spans, &placement));
         }
         let (start, end) = (crate::trace::start_of(spans), crate::trace::end_of(spans));
+        if let Some(errors) = &mut self.errors {
+            errors.add(spans, &placement, &self.histogram.histogram().topologies[placement.topology], start);
+        }
         self.window = Some(self.window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         self.starts.push(start);
         self.topologies.push(placement.topology);
@@ -407,6 +416,7 @@ impl Digest {
             check,
             cells,
             times,
+            errors: self.errors,
         }
     }
 }
@@ -455,6 +465,8 @@ pub struct WindowDigest {
     /// larger than its share, when asked for and when it holds more traces
     /// than the share.
     pub times: Option<Vec<NodeTimes>>,
+    /// Every trace's failed spans per label and time bucket, when asked for.
+    pub errors: Option<ErrorCounts>,
 }
 
 impl WindowDigest {
@@ -543,7 +555,15 @@ mod tests {
     }
 
     fn config(share_spans: usize) -> DigestConfig {
-        DigestConfig { share_spans, seed: 7, check_spans: 300, check_seed: 8, cells_bucket_ns: 0, timing_spans: 0 }
+        DigestConfig {
+            share_spans,
+            seed: 7,
+            check_spans: 300,
+            check_seed: 8,
+            cells_bucket_ns: 0,
+            timing_spans: 0,
+            status_bucket_ns: 0,
+        }
     }
 
     #[test]
@@ -704,7 +724,15 @@ mod tests {
         let budget = spans / CHECK_POOL;
         let d = WindowDigest::of(
             traces,
-            DigestConfig { share_spans: 0, seed: 1, check_spans: budget, check_seed: 3, cells_bucket_ns: 0, timing_spans: 0 },
+            DigestConfig {
+                share_spans: 0,
+                seed: 1,
+                check_spans: budget,
+                check_seed: 3,
+                cells_bucket_ns: 0,
+                timing_spans: 0,
+                status_bucket_ns: 0,
+            },
         );
         let (rate, check) = d.check.unwrap();
         assert_eq!(rate, CHECK_POOL as u64);

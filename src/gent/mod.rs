@@ -3,7 +3,8 @@
 //! canonical order, and the chain decomposition; `attributes` the span
 //! attributes modelled beside timing, status and kind; `tables` one tabular
 //! generator (a CTGAN plus the columns that are constant); `starts` exact
-//! trace start counts and `timing` the calibrated timing (quantile sketches
+//! trace start counts, `status` exact counts of failed spans per label and
+//! minute, and `timing` the calibrated timing (quantile sketches
 //! per label composed along the tree); `digest` a window folded trace by
 //! trace into what its model is trained on; `model` training on a window and
 //! regenerating its traces. Packing a model with its header lives in
@@ -16,6 +17,7 @@ mod latency;
 mod model;
 mod shares;
 mod starts;
+mod status;
 mod tables;
 mod times;
 mod timing;
@@ -26,6 +28,7 @@ pub use cells::{Bin, Quantity, TimeCells};
 pub use digest::{Digest, DigestConfig, TIMING_SPANS, WindowDigest};
 pub use model::{Budget, GenTConfig, Generators, ModelError, Repairs, StoredWindowModel, WindowModel, head_gzip_bytes};
 pub use starts::{StartBuckets, StartError, StartModel};
+pub use status::{ErrorCounts, StatusError, StatusModel};
 pub use tables::{Fixed, StoredTableModel, TableModel};
 pub use times::NodeTimes;
 pub use timing::{CalibrationConfig, NodeLocations, TimingError, TimingModel};

@@ -20,10 +20,11 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::attributes::{AttributeConfig, AttributeSchema, NodeValues};
+use super::attributes::{AttributeConfig, AttributeSchema, NodeValues, ValueCounts, Valued};
 use super::digest::{DigestConfig, WindowDigest};
 use super::latency::{self, LatencyBands, Root};
 use super::starts::{StartBuckets, StartError, StartModel};
+use super::status::{Change, ErrorCounts, StatusError, StatusModel, StatusTotals};
 use super::tables::{StoredTableModel, TableModel};
 use super::timing::{
     CalibrationConfig, NodeLocations, Scratch, TimingError, TimingModel, TimingRepairs, TimingTables, group_scores, timing_rng,
@@ -48,6 +49,8 @@ pub enum ModelError {
     Starts(#[from] StartError),
     #[error(transparent)]
     Timing(#[from] TimingError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
 }
 
 /// Padding label for chain positions a short chain does not have.
@@ -138,10 +141,24 @@ pub struct Repairs {
     /// Calibrated timing: traces stretched or shrunk whole, by under 10%,
     /// to cross a latency band's cut as often as the window's did.
     pub latency_stretched: u64,
+    /// Calibrated status: spans made to fail, or not to, so that each
+    /// label fails as often per time bucket as it did.
+    pub status_changed: u64,
+    /// Calibrated status: categorical attribute values changed so that
+    /// each label and status has its values as often as it had.
+    pub values_changed: u64,
 }
 
 /// Traces per (entry, time bucket) of a whole regenerated window.
 type BandTotals = HashMap<(usize, u64), u32>;
+
+/// What a part of a regenerated window is scaled by: the whole window's
+/// traces per latency band cell and spans per failing label and bucket.
+#[derive(Default)]
+struct Totals {
+    bands: BandTotals,
+    status: StatusTotals,
+}
 
 /// One window's model.
 pub struct WindowModel {
@@ -157,6 +174,11 @@ pub struct WindowModel {
     start: Start,
     /// Calibrated timing; `None` with calibration off.
     timing: Option<TimingModel>,
+    /// Failed spans per label and bucket; `None` with calibration off.
+    status: Option<StatusModel>,
+    /// Categorical attribute values per label and status, when the
+    /// generators fill them ([`ValueCounts`]).
+    values: Option<ValueCounts>,
     /// Whether R_G and C_G generate timing columns.
     timed: bool,
     roots: TableModel,
@@ -177,6 +199,8 @@ pub struct StoredWindowModel {
     nested: Vec<(u32, u32)>,
     start: StoredStart,
     timing: Option<TimingModel>,
+    status: Option<StatusModel>,
+    values: Option<ValueCounts>,
     timed: bool,
     roots: StoredTableModel,
     chains: StoredTableModel,
@@ -217,6 +241,7 @@ impl StoredWindowModel {
             ("time_effects", time_effects),
             ("latency_bands", bands),
             ("rare_shares", shares),
+            ("status", encode(&(&self.status, &self.values))),
             ("t_g", t_g),
             ("r_g", encode(&self.roots)),
             ("c_g", encode(&self.chains)),
@@ -731,6 +756,11 @@ impl WindowModel {
                 // A window fitted whole needs no bins.
                 cells_bucket_ns: if max_spans > 0 { config.calibration.topology_bucket.as_nanos() as u64 } else { 0 },
                 timing_spans: if max_spans > 0 { timing_spans } else { 0 },
+                status_bucket_ns: if config.calibration.enabled {
+                    config.calibration.topology_bucket.as_nanos() as u64
+                } else {
+                    0
+                },
             },
         );
         Self::train_digest(&digest, config, device, previous)
@@ -813,12 +843,25 @@ impl WindowModel {
             nested: Vec::new(),
             start,
             timing: None,
+            status: None,
+            values: None,
             timed,
             roots: roots?,
             chains: chains?,
             budget: None,
         };
         if calibrated {
+            model.status = config.calibration.status.then(|| fit_status(digest, config, allowed));
+            // Only generators that learned fill values that may be off.
+            let learned = model.roots.learned() || model.chains.learned();
+            if config.calibration.status && learned && model.attributes.width() > 0 {
+                let h = &model.histogram;
+                let spans = (traces.iter().zip(placements)).flat_map(|(t, p)| {
+                    let labels = &h.topologies[p.topology].labels;
+                    p.spans.iter().zip(labels).map(move |(&i, &label)| (label, &t.spans[i]))
+                });
+                model.values = Some(model.attributes.value_counts(spans)).filter(|v| !v.groups.is_empty());
+            }
             model.fit_timing(digest, config, allowed)?;
             // Composed parents hold their children whenever their tail is not
             // negative; only parents whose tail sometimes was need the list.
@@ -906,6 +949,30 @@ impl WindowModel {
             self.start = Start::Counts(counts);
         }
         Ok(())
+    }
+}
+
+/// The window's failed spans per label and bucket ([`super::status`]),
+/// counted over every trace as the window folded (else over the fitted
+/// traces, which are then the whole window), with duration ranks read off
+/// the fitted traces. Counts per bucket that would take more than a
+/// generator's share of the budget are kept for the whole window instead.
+fn fit_status(digest: &WindowDigest, config: &GenTConfig, allowed: Option<usize>) -> StatusModel {
+    let fitted = (&digest.fitted[..], &digest.placements[..]);
+    let counted;
+    let counts = match &digest.errors {
+        Some(counts) => counts,
+        None => {
+            let bucket_ns = config.calibration.topology_bucket.as_nanos() as u64;
+            counted = ErrorCounts::of(fitted.0, fitted.1, &digest.histogram, bucket_ns);
+            &counted
+        }
+    };
+    let model = StatusModel::fit(counts, digest.window_start, fitted, &digest.histogram);
+    let bytes = |m: &StatusModel| crate::container::compressed_len(&postcard::to_stdvec(m).unwrap_or_default());
+    match allowed {
+        Some(allowed) if bytes(&model) > allowed / GENERATOR_SHARE => model.coarsened(),
+        _ => model,
     }
 }
 
@@ -1023,6 +1090,8 @@ impl WindowModel {
                 Start::Counts(c) => StoredStart::Counts(c.clone()),
             },
             timing: self.timing.clone(),
+            status: self.status.clone(),
+            values: self.values.clone(),
             timed: self.timed,
             roots: self.roots.to_stored(precision)?,
             chains: self.chains.to_stored(precision)?,
@@ -1056,6 +1125,12 @@ impl WindowModel {
         }
         if let Some(t) = &stored.timing {
             t.validate(h)?;
+        }
+        if let Some(s) = &stored.status {
+            s.validate(h)?;
+        }
+        if let Some(v) = &stored.values {
+            stored.attributes.validate_counts(v, h.labels.len()).map_err(ModelError::Stored)?;
         }
         if stored.timing.is_some() != matches!(stored.start, StoredStart::Counts(_)) {
             return Err(ModelError::Stored("calibrated timing and start counts come together".into()));
@@ -1092,6 +1167,8 @@ impl WindowModel {
                 StoredStart::Counts(c) => Start::Counts(c),
             },
             timing: stored.timing,
+            status: stored.status,
+            values: stored.values,
             timed: stored.timed,
             roots,
             chains,
@@ -1119,7 +1196,7 @@ impl WindowModel {
     ) -> Result<(Vec<Trace>, Repairs), ModelError> {
         let mut repairs = Repairs::default();
         let (mut order, mut starts) = self.trace_starts(seed, &mut repairs)?;
-        let totals = self.band_totals(&order, &starts);
+        let totals = self.totals(&order, &starts);
         let mut occurrences = self.occurrences(&order);
         let kept = select(&order, &starts);
         if kept.len() < order.len() {
@@ -1147,7 +1224,7 @@ impl WindowModel {
         let parts = parts.max(1);
         let mut repairs = Repairs::default();
         let (order, starts) = self.trace_starts(seed, &mut repairs)?;
-        let totals = self.band_totals(&order, &starts);
+        let totals = self.totals(&order, &starts);
         let occurrences = self.occurrences(&order);
         for part in 0..parts {
             let (o, s) = (part..order.len()).step_by(parts).map(|i| (order[i], starts[i])).unzip();
@@ -1184,7 +1261,7 @@ impl WindowModel {
         &self,
         (order, starts, occurrences): (Vec<usize>, Vec<u64>, Vec<u32>),
         seed: u64,
-        totals: &BandTotals,
+        totals: &Totals,
         out: &mut Repairs,
     ) -> Result<Vec<Trace>, ModelError> {
         let mut repairs = std::mem::take(out);
@@ -1203,8 +1280,14 @@ impl WindowModel {
         let times = match &self.timing {
             // Timing first, then status, kind and attributes given it.
             Some(timing) if !self.timed => {
-                let times =
-                    self.compose(timing, (&filling.order, &starts, &occurrences), None, seed, (&nested, totals), &mut repairs);
+                let times = self.compose(
+                    timing,
+                    (&filling.order, &starts, &occurrences),
+                    None,
+                    seed,
+                    (&nested, &totals.bands),
+                    &mut repairs,
+                );
                 filling.metas = self.metas_of(&filling.order, &times);
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
                 times
@@ -1213,13 +1296,26 @@ impl WindowModel {
             Some(timing) => {
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
                 let noise = self.generated_noise(&filling, seed);
-                self.compose(timing, (&filling.order, &starts, &occurrences), Some(&noise), seed, (&nested, totals), &mut repairs)
+                self.compose(
+                    timing,
+                    (&filling.order, &starts, &occurrences),
+                    Some(&noise),
+                    seed,
+                    (&nested, &totals.bands),
+                    &mut repairs,
+                )
             }
             None => {
                 self.fill_metadata(&mut filling, &starts, seed, &mut repairs)?;
                 self.times_of(&filling, &starts, &nested, &mut repairs)
             }
         };
+        if let Some(status) = self.status.as_ref() {
+            repairs.status_changed += self.calibrate_status(status, &mut filling, (&starts, &times), &totals.status, seed);
+        }
+        if let Some(values) = self.values.as_ref() {
+            repairs.values_changed += self.calibrate_values(values, &mut filling, seed);
+        }
         let mut rng = StdRng::seed_from_u64(seed);
         let mut resources: HashMap<&str, Arc<Resource>> = HashMap::new();
         let scope = Arc::new(Scope { name: "gent".into(), version: env!("CARGO_PKG_VERSION").into() });
@@ -1346,6 +1442,79 @@ impl WindowModel {
         if !filling.attrs.is_empty() {
             filling.attrs[i][node] = self.attributes.read(table, first + meta_width(self.timed), row);
         }
+    }
+
+    /// What a part of the window is scaled by ([`Totals`]).
+    fn totals(&self, order: &[usize], starts: &[u64]) -> Totals {
+        Totals {
+            bands: self.band_totals(order, starts),
+            status: self.status.as_ref().map(|s| s.totals(&self.histogram, order, starts)).unwrap_or_default(),
+        }
+    }
+
+    /// Makes exactly the counted spans fail ([`super::status`]): each
+    /// changed span takes the status, kind and attributes another span of
+    /// its label had. Returns how many spans changed status.
+    fn calibrate_status(
+        &self,
+        status: &StatusModel,
+        filling: &mut Filling,
+        (starts, times): (&[u64], &[Vec<(u64, u64)>]),
+        totals: &StatusTotals,
+        seed: u64,
+    ) -> u64 {
+        // No span failed and constant generators give every span one status
+        // (not ERROR, or some would have failed): nothing to change.
+        if status.is_empty() && !(self.roots.learned() || self.chains.learned()) {
+            return 0;
+        }
+        let metas = &filling.metas;
+        let failed = |i: usize, k: usize| metas[i][k].is_some_and(|m| m.status == StatusCode::Error);
+        let changes = status.changes(&self.histogram, (&filling.order, starts, times), failed, totals, seed);
+        // Every change reads what its source had before any was applied.
+        let taken: Vec<Option<(Option<Meta>, Vec<KeyValue>)>> = (changes.iter())
+            .map(|c| match *c {
+                Change::Take(_, (i, k)) => {
+                    Some((filling.metas[i][k], filling.attrs.get(i).map(|a| a[k].clone()).unwrap_or_default()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut changed = 0;
+        for (change, taken) in changes.iter().zip(taken) {
+            let ((i, k), code) = match *change {
+                Change::Take(to, _) => (to, None),
+                Change::Failed(to) => (to, Some(StatusCode::Error)),
+                Change::Cleared(to) => (to, Some(StatusCode::Unset)),
+            };
+            let Some(meta) = filling.metas[i][k].as_mut() else { continue };
+            let before = meta.status;
+            match taken {
+                Some((Some(from), attrs)) => {
+                    (meta.status, meta.kind) = (from.status, from.kind);
+                    if let Some(a) = filling.attrs.get_mut(i) {
+                        a[k] = attrs;
+                    }
+                }
+                _ => meta.status = code.unwrap_or(meta.status),
+            }
+            changed += u64::from((before == StatusCode::Error) != (meta.status == StatusCode::Error));
+        }
+        changed
+    }
+
+    /// Brings each (label, status)'s categorical attribute values to the
+    /// window's shares ([`ValueCounts`]); returns how many changed.
+    fn calibrate_values(&self, values: &ValueCounts, filling: &mut Filling, seed: u64) -> u64 {
+        let h = &self.histogram;
+        let mut spans = Vec::new();
+        for ((attrs, metas), &t) in filling.attrs.iter_mut().zip(&filling.metas).zip(&filling.order) {
+            for ((attributes, meta), &label) in attrs.iter_mut().zip(metas).zip(&h.topologies[t].labels) {
+                let failed = meta.is_some_and(|m| m.status == StatusCode::Error);
+                spans.push(Valued { label, failed, attributes });
+            }
+        }
+        self.attributes.calibrate(values, &mut spans, &mut StdRng::seed_from_u64(seed ^ 0x7a1_0e5))
     }
 
     /// Traces per (entry, time bucket) of the whole regenerated window, which

@@ -96,6 +96,10 @@ pub struct CalibrationConfig {
     /// many times in the window keep their share of their caller's duration,
     /// call by call ([`super::shares`]); 0: none.
     pub rare_calls: u32,
+    /// Per label that failed, how many of its spans failed in each topology
+    /// bucket and at which durations ([`super::status`]): exactly that many
+    /// fail again, and no other label's spans.
+    pub status: bool,
     /// Exact trace start counts per this bucket.
     #[serde(with = "humantime_serde")]
     pub start_bucket: std::time::Duration,
@@ -141,6 +145,7 @@ impl Default for CalibrationConfig {
             latency_bands: true,
             segments: true,
             rare_calls: 16,
+            status: true,
             start_bucket: std::time::Duration::from_secs(10),
             topology_bucket: std::time::Duration::from_secs(60),
             budget: Some(100),

@@ -168,6 +168,7 @@ pub fn digest_config(p: &PipelineConfig, window: std::time::Duration) -> DigestC
         check_seed: f.seed ^ SAMPLE_SEED,
         cells_bucket_ns: if timed { calibration.topology_bucket.as_nanos() as u64 } else { 0 },
         timing_spans: if calibration.enabled && calibration.node_effects { p.timing_spans } else { 0 },
+        status_bucket_ns: if calibration.enabled { calibration.topology_bucket.as_nanos() as u64 } else { 0 },
     }
 }
 

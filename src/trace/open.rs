@@ -103,7 +103,7 @@ impl OpenSpan {
     }
 }
 
-super::span::impl_span_view!(OpenSpan);
+super::span::impl_span_view!(OpenSpan, |s| s.status);
 
 impl super::assemble::Repairable for OpenSpan {
     fn set_end(&mut self, end: u64) {

@@ -158,13 +158,15 @@ pub trait SpanView {
         &self.resource().service
     }
     fn span_name(&self) -> &str;
+    /// Whether the span's status is ERROR.
+    fn failed(&self) -> bool;
 }
 
 /// [`SpanView`] for a span type whose fields carry the same names in both
 /// forms (`span_id`, `parent_span_id`, `start`, `end`, `resource`, and a
-/// `name` that borrows as `str`).
+/// `name` that borrows as `str`), with `$code` reading its status code.
 macro_rules! impl_span_view {
-    ($span:ty) => {
+    ($span:ty, $code:expr) => {
         impl $crate::trace::SpanView for $span {
             fn id(&self) -> $crate::trace::SpanId {
                 self.span_id
@@ -184,12 +186,16 @@ macro_rules! impl_span_view {
             fn span_name(&self) -> &str {
                 std::borrow::Borrow::borrow(&self.name)
             }
+            fn failed(&self) -> bool {
+                let code: fn(&Self) -> $crate::trace::StatusCode = $code;
+                code(self) == $crate::trace::StatusCode::Error
+            }
         }
     };
 }
 pub(super) use impl_span_view;
 
-impl_span_view!(Span);
+impl_span_view!(Span, |s| s.status.code);
 
 impl Span {
     pub fn service(&self) -> &str {
