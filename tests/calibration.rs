@@ -232,9 +232,10 @@ fn trainticket_hour_12_labels_keep_their_duration_quantiles() {
         println!("  {:>5.1}%  {label}: real {w:.2?}, regenerated {g:.2?}", 100.0 * error);
     }
     // Leaves are mapped rank for rank onto their sketches; spans with children
-    // are composed from theirs, and a few miss their own tails (BENCHMARKS.md).
-    assert!(within >= 0.9, "only {within:.3} of the labels within 5%");
-    assert!(errors[0].0 < 0.2, "worst label {:.3}", errors[0].0);
+    // are composed from theirs, and one (100 spans, two calls whose sum's p90
+    // comes back short) misses by 7% (BENCHMARKS.md "Session 57").
+    assert!(within >= 0.99, "only {within:.3} of the labels within 5%");
+    assert!(errors[0].0 < 0.1, "worst label {:.3}", errors[0].0);
 }
 
 /// Per (parent label, leaf label): the median share of its parent's duration
@@ -667,6 +668,16 @@ fn alibaba_call_graphs_pack_far_under_their_gzip_with_a_narrowed_generator_and_f
     );
     assert!((packet_bytes as u64) * 4 < gzip as u64, "packet {packet_bytes} B, gzip {gzip} B");
     assert!(gent >= fidelity_5, "fidelity {gent:.3}, 1:5 {fidelity_5:.3}");
+    // Each label keeps its span kinds (3 of 3,885 spans are not servers;
+    // the generator alone made 912 of them consumers).
+    let kinds = |set: &TraceSet| {
+        let mut out: HashMap<(String, String, i32), usize> = HashMap::new();
+        for s in set.traces.iter().flat_map(|t| &t.spans) {
+            *out.entry((s.service().to_string(), s.name.clone(), s.kind.to_otlp())).or_default() += 1;
+        }
+        out
+    };
+    assert_eq!(kinds(&regenerated), kinds(&real), "span kinds per label");
     let model = WindowModel::train(&real.traces, &GenTConfig::default(), &Device::flex(), None).unwrap();
     let budget = model.budget.unwrap();
     let configured = GenTConfig::default().calibration;
@@ -757,7 +768,8 @@ fn trainticket_hour_16_with_failures_fails_where_and_when_it_did() {
     // 0.61 (0.18 without calibration).
     let slow = (slow_failures(&regenerated), slow_failures(&real));
     assert!((slow.0 - slow.1).abs() < 0.1, "{:.3} of failures over 50 ms, real {:.3}", slow.0, slow.1);
-    // A window regenerated in parts fails as often in all.
+    // A window regenerated in parts fails as often in all: each part takes
+    // its share of every (label, minute), rounded at a phase they share.
     let model = WindowModel::train(&real.traces, &GenTConfig::default(), &Device::flex(), None).unwrap();
     let mut failed = 0;
     model
@@ -768,5 +780,5 @@ fn trainticket_hour_16_with_failures_fails_where_and_when_it_did() {
         .unwrap();
     let real_failed = total(&want).0 as f64;
     println!("in 4 parts: {failed} failed spans against {real_failed}");
-    assert!((failed as f64 - real_failed).abs() <= 0.05 * real_failed, "{failed} failed in parts, {real_failed} real");
+    assert_eq!(failed as f64, real_failed, "failed spans in parts");
 }

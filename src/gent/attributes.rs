@@ -284,6 +284,14 @@ impl AttributeSchema {
 pub struct ValueCounts {
     /// Ascending by (label, failed, key).
     pub groups: Vec<ValueGroup>,
+    /// When kinds vary in the window, the kind (OTLP value) most of its
+    /// spans have (the generators gave 912 of the Alibaba call graphs'
+    /// 3,885 spans the kind 3 of them had).
+    pub kind: u8,
+    /// Per label not all of that kind, its spans of each kind (OTLP value,
+    /// spans); ascending by label. Empty, with `kind` 0, when one kind holds
+    /// the whole window.
+    pub kinds: Vec<(u32, Vec<(u8, u32)>)>,
 }
 
 /// One (label, status, key) group's values.
@@ -317,8 +325,10 @@ impl AttributeSchema {
     /// [`ValueCounts`] of `spans`, each with its label.
     pub fn value_counts<'a>(&self, spans: impl Iterator<Item = (u32, &'a Span)>) -> ValueCounts {
         let mut counts: HashMap<(u32, bool, u16), HashMap<u16, u32>> = HashMap::new();
+        let mut kinds: HashMap<u32, HashMap<u8, u32>> = HashMap::new();
         let keys: Vec<(usize, &[String])> = self.categorical().collect();
         for (label, span) in spans {
+            *kinds.entry(label).or_default().entry(span.kind.to_otlp() as u8).or_default() += 1;
             let failed = span.status.code == crate::trace::StatusCode::Error;
             for &(j, vocabulary) in &keys {
                 let category = category_of(vocabulary, value_of(span, &self.keys[j].key));
@@ -334,7 +344,29 @@ impl AttributeSchema {
             })
             .collect();
         groups.sort_unstable_by_key(|g| (g.label, g.failed, g.key));
-        ValueCounts { groups }
+        let mut kinds: Vec<(u32, Vec<(u8, u32)>)> = kinds
+            .into_iter()
+            .map(|(label, c)| {
+                let mut c: Vec<(u8, u32)> = c.into_iter().collect();
+                c.sort_unstable();
+                (label, c)
+            })
+            .collect();
+        kinds.sort_unstable_by_key(|k| k.0);
+        let mut totals = [0u64; 256];
+        for (kind, n) in kinds.iter().flat_map(|k| &k.1) {
+            totals[usize::from(*kind)] += u64::from(*n);
+        }
+        let kind = (0..=255u8).max_by_key(|&k| (totals[usize::from(k)], std::cmp::Reverse(k))).unwrap_or(0);
+        kinds.retain(|k| k.1.iter().any(|c| c.0 != kind));
+        // One kind in the whole window: the generators hold it as a constant.
+        let kind = if kinds.is_empty() { 0 } else { kind };
+        ValueCounts { groups, kind, kinds }
+    }
+
+    /// Whether there is nothing to calibrate.
+    pub fn is_empty_counts(counts: &ValueCounts) -> bool {
+        counts.groups.is_empty() && counts.kinds.is_empty()
     }
 
     /// Checks stored counts against this schema and `labels` labels.
@@ -346,6 +378,15 @@ impl AttributeSchema {
             };
             if g.label as usize >= labels || g.counts.iter().any(|c| usize::from(c.0) >= categories) {
                 return Err(format!("value counts of label {} out of range", g.label));
+            }
+        }
+        let kinds = crate::trace::SpanKind::ALL.len();
+        if usize::from(counts.kind) >= kinds {
+            return Err(format!("kind {} out of range", counts.kind));
+        }
+        for (label, counts) in &counts.kinds {
+            if *label as usize >= labels || counts.iter().any(|k| usize::from(k.0) >= kinds) {
+                return Err(format!("kind counts of label {label} out of range"));
             }
         }
         Ok(())
@@ -413,7 +454,7 @@ fn set_category(attributes: &mut Vec<KeyValue>, key: &str, vocabulary: &[String]
 /// categories' counts are `want`'s shares of `current.len()` (largest
 /// remainders): of a category over its share, randomly chosen members go
 /// to the categories under theirs.
-fn reassigned(current: &[u16], want: &[(u16, u32)], rng: &mut impl rand::Rng) -> Vec<(usize, u16)> {
+pub(super) fn reassigned(current: &[u16], want: &[(u16, u32)], rng: &mut impl rand::Rng) -> Vec<(usize, u16)> {
     let n = current.len() as u64;
     let total: u64 = want.iter().map(|w| u64::from(w.1)).sum::<u64>().max(1);
     let mut quota: Vec<(u16, u64, u64)> =

@@ -144,8 +144,8 @@ pub struct Repairs {
     /// Calibrated status: spans made to fail, or not to, so that each
     /// label fails as often per time bucket as it did.
     pub status_changed: u64,
-    /// Calibrated status: categorical attribute values changed so that
-    /// each label and status has its values as often as it had.
+    /// Calibrated status: categorical attribute values and span kinds
+    /// changed so that each label and status has them as often as it had.
     pub values_changed: u64,
 }
 
@@ -854,13 +854,13 @@ impl WindowModel {
             model.status = config.calibration.status.then(|| fit_status(digest, config, allowed));
             // Only generators that learned fill values that may be off.
             let learned = model.roots.learned() || model.chains.learned();
-            if config.calibration.status && learned && model.attributes.width() > 0 {
+            if config.calibration.status && learned {
                 let h = &model.histogram;
                 let spans = (traces.iter().zip(placements)).flat_map(|(t, p)| {
                     let labels = &h.topologies[p.topology].labels;
                     p.spans.iter().zip(labels).map(move |(&i, &label)| (label, &t.spans[i]))
                 });
-                model.values = Some(model.attributes.value_counts(spans)).filter(|v| !v.groups.is_empty());
+                model.values = Some(model.attributes.value_counts(spans)).filter(|v| !AttributeSchema::is_empty_counts(v));
             }
             model.fit_timing(digest, config, allowed)?;
             // Composed parents hold their children whenever their tail is not
@@ -1196,7 +1196,7 @@ impl WindowModel {
     ) -> Result<(Vec<Trace>, Repairs), ModelError> {
         let mut repairs = Repairs::default();
         let (mut order, mut starts) = self.trace_starts(seed, &mut repairs)?;
-        let totals = self.totals(&order, &starts);
+        let totals = self.totals(&order, &starts, seed);
         let mut occurrences = self.occurrences(&order);
         let kept = select(&order, &starts);
         if kept.len() < order.len() {
@@ -1224,13 +1224,18 @@ impl WindowModel {
         let parts = parts.max(1);
         let mut repairs = Repairs::default();
         let (order, starts) = self.trace_starts(seed, &mut repairs)?;
-        let totals = self.totals(&order, &starts);
+        let mut totals = self.totals(&order, &starts, seed);
         let occurrences = self.occurrences(&order);
         for part in 0..parts {
             let (o, s) = (part..order.len()).step_by(parts).map(|i| (order[i], starts[i])).unzip();
             let n = (part..order.len()).step_by(parts).map(|i| occurrences[i]).collect();
             let noise = if parts == 1 { seed } else { xxhash_rust::xxh3::xxh3_64_with_seed(&(part as u64).to_le_bytes(), seed) };
             let traces = self.build_traces((o, s, n), noise, &totals, &mut repairs)?;
+            if let Some(status) = &self.status {
+                // The next part's failures continue from this one's.
+                let part = (part..order.len()).step_by(parts).map(|i| (order[i], starts[i]));
+                status.advance(&self.histogram, part, &mut totals.status);
+            }
             if !each(traces, std::mem::take(&mut repairs)) {
                 break;
             }
@@ -1445,10 +1450,10 @@ impl WindowModel {
     }
 
     /// What a part of the window is scaled by ([`Totals`]).
-    fn totals(&self, order: &[usize], starts: &[u64]) -> Totals {
+    fn totals(&self, order: &[usize], starts: &[u64], seed: u64) -> Totals {
         Totals {
             bands: self.band_totals(order, starts),
-            status: self.status.as_ref().map(|s| s.totals(&self.histogram, order, starts)).unwrap_or_default(),
+            status: self.status.as_ref().map(|s| s.totals(&self.histogram, (order, starts), seed)).unwrap_or_default(),
         }
     }
 
@@ -1506,6 +1511,8 @@ impl WindowModel {
     /// Brings each (label, status)'s categorical attribute values to the
     /// window's shares ([`ValueCounts`]); returns how many changed.
     fn calibrate_values(&self, values: &ValueCounts, filling: &mut Filling, seed: u64) -> u64 {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x7a1_0e5);
+        let kinds = self.calibrate_kinds(values, filling, &mut rng);
         let h = &self.histogram;
         let mut spans = Vec::new();
         for ((attrs, metas), &t) in filling.attrs.iter_mut().zip(&filling.metas).zip(&filling.order) {
@@ -1514,7 +1521,46 @@ impl WindowModel {
                 spans.push(Valued { label, failed, attributes });
             }
         }
-        self.attributes.calibrate(values, &mut spans, &mut StdRng::seed_from_u64(seed ^ 0x7a1_0e5))
+        kinds + self.attributes.calibrate(values, &mut spans, &mut rng)
+    }
+
+    /// Brings each label's span kinds to the window's counts (scaled to the
+    /// spans regenerated), changing as few as it takes: labels not counted
+    /// take the window's usual kind. Returns how many changed.
+    fn calibrate_kinds(&self, values: &ValueCounts, filling: &mut Filling, rng: &mut StdRng) -> u64 {
+        let kinds = &values.kinds;
+        if kinds.is_empty() {
+            return 0;
+        }
+        let usual = SpanKind::from_otlp(i32::from(values.kind));
+        let index: HashMap<u32, usize> = kinds.iter().enumerate().map(|(j, k)| (k.0, j)).collect();
+        let mut nodes: Vec<Vec<(usize, usize)>> = vec![Vec::new(); kinds.len()];
+        let mut changed = 0;
+        for (i, &t) in filling.order.iter().enumerate() {
+            for (k, label) in self.histogram.topologies[t].labels.iter().enumerate() {
+                match (index.get(label), filling.metas[i][k].as_mut()) {
+                    (Some(&j), _) => nodes[j].push((i, k)),
+                    (None, Some(meta)) if meta.kind != usual => {
+                        meta.kind = usual;
+                        changed += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for ((_, want), nodes) in kinds.iter().zip(&nodes) {
+            let want: Vec<(u16, u32)> = want.iter().map(|&(k, n)| (u16::from(k), n)).collect();
+            let kind_at = |&(i, k): &(usize, usize)| filling.metas[i][k].map_or(0, |m| m.kind.to_otlp() as u16);
+            let current: Vec<u16> = nodes.iter().map(kind_at).collect();
+            for (m, kind) in super::attributes::reassigned(&current, &want, rng) {
+                let (i, k) = nodes[m];
+                if let Some(meta) = filling.metas[i][k].as_mut() {
+                    meta.kind = SpanKind::from_otlp(i32::from(kind));
+                    changed += 1;
+                }
+            }
+        }
+        changed
     }
 
     /// Traces per (entry, time bucket) of the whole regenerated window, which

@@ -18,7 +18,9 @@
 //! quartile; spans fail nowhere else. A span that changes status takes the
 //! status, kind and attributes the generators gave a span of its label that
 //! changes the other way (or a copy of one that kept it), so an error keeps
-//! the attributes that come with one (an HTTP status code of 500).
+//! the attributes that come with one (an HTTP status code of 500). A window
+//! regenerated in parts fails exactly as often: each part takes its share of
+//! every cell, rounded at a phase all parts share.
 
 use std::collections::HashMap;
 
@@ -192,20 +194,38 @@ impl StatusModel {
 
     /// Spans per (label, bucket) of the labels that failed, over the traces of
     /// a whole regenerated window (topologies `order` starting at `starts`):
-    /// what a part's failed spans are scaled by.
-    pub fn totals(&self, histogram: &TopologyHistogram, order: &[usize], starts: &[u64]) -> StatusTotals {
-        let mut out = StatusTotals::default();
+    /// what a part's failed spans are scaled by. `seed` sets each cell's
+    /// rounding phase, shared by the window's parts.
+    pub fn totals(&self, histogram: &TopologyHistogram, (order, starts): (&[usize], &[u64]), seed: u64) -> StatusTotals {
+        let mut out = StatusTotals { phase_seed: seed, ..StatusTotals::default() };
+        self.count_into(histogram, order.iter().copied().zip(starts.iter().copied()), &mut out.whole);
+        out
+    }
+
+    /// Counts the spans of the labels that failed per (label, bucket) of the
+    /// traces `order` starting at `starts` into `into`.
+    fn count_into(
+        &self,
+        histogram: &TopologyHistogram,
+        traces: impl Iterator<Item = (usize, u64)>,
+        into: &mut HashMap<(u32, u64), u32>,
+    ) {
         if self.labels.is_empty() {
-            return out;
+            return;
         }
         let per_topology = self.labels_per_topology(histogram);
-        for (&t, &s) in order.iter().zip(starts) {
+        for (t, s) in traces {
             let bucket = self.bucket_of(s);
             for &(label, n) in per_topology.get(t).map_or(&[][..], Vec::as_slice) {
-                *out.0.entry((label, bucket)).or_default() += n;
+                *into.entry((label, bucket)).or_default() += n;
             }
         }
-        out
+    }
+
+    /// Records that the traces `order` starting at `starts` (a part) were
+    /// regenerated: the next part's failures continue from them.
+    pub fn advance(&self, histogram: &TopologyHistogram, part: impl Iterator<Item = (usize, u64)>, totals: &mut StatusTotals) {
+        self.count_into(histogram, part, &mut totals.before);
     }
 
     /// Per topology, how many nodes of each failing label it has.
@@ -280,9 +300,19 @@ impl StatusModel {
         for &(delta, count) in &errors.cells {
             bucket += u64::from(delta);
             let Some(candidates) = by_bucket.get(&bucket) else { continue };
-            let whole = totals.0.get(&(errors.label, bucket)).copied().unwrap_or(0).max(candidates.len() as u32);
-            let expected = f64::from(count) * candidates.len() as f64 / f64::from(whole);
-            let want = ((expected + rng.random::<f64>()).floor() as usize).min(candidates.len());
+            // This part's share of the cell's failures, rounded at a phase
+            // the window's parts share: together they fail `count` times.
+            let key = (errors.label, bucket);
+            let before = totals.before.get(&key).copied().unwrap_or(0);
+            let here = candidates.len() as u32;
+            let whole = totals.whole.get(&key).copied().unwrap_or(0).max(before + here);
+            let phase = (xxhash_rust::xxh3::xxh3_64_with_seed(
+                &[u64::from(errors.label), bucket].map(u64::to_le_bytes).concat(),
+                totals.phase_seed,
+            ) >> 11) as f64
+                / (1u64 << 53) as f64;
+            let share = |n: u32| (f64::from(count) * f64::from(n) / f64::from(whole) + phase).floor();
+            let want = ((share(before + here) - share(before)).max(0.0) as usize).min(candidates.len());
             // Weighted sampling without replacement (Efraimidis–Spirakis):
             // the `want` smallest exponential keys over the weights.
             let mut keyed: Vec<(f64, usize)> = (candidates.iter())
@@ -302,9 +332,14 @@ impl StatusModel {
     }
 }
 
-/// Spans per (label, bucket) of a whole regenerated window.
+/// Spans per (label, bucket) of a whole regenerated window, and of the
+/// parts of it regenerated before this one.
 #[derive(Debug, Clone, Default)]
-pub struct StatusTotals(HashMap<(u32, u64), u32>);
+pub struct StatusTotals {
+    whole: HashMap<(u32, u64), u32>,
+    before: HashMap<(u32, u64), u32>,
+    phase_seed: u64,
+}
 
 /// A node of a trace being regenerated, of one label.
 struct Slot {

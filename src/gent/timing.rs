@@ -422,6 +422,16 @@ pub struct TimingModel {
     /// waiting lands in half as many calls again, and too many traces are
     /// slow.
     pub lead_tails: Vec<u8>,
+    /// Per lead key: the share of calls without calls of their own, 0 to 1
+    /// in 4 bits, whose lead is as extreme as their own duration when that
+    /// is in its top decile; empty when node effects are off. A slow query
+    /// and a long wait for its connection come together: on hour 12, of the
+    /// `SELECT Station` spans whose lead is in its top decile, 43% have their
+    /// call in its top decile too, and a Gaussian copula of the same rank
+    /// correlation puts 30% there; the heavy lead (p50 73 µs, p90 641 µs)
+    /// then lands in more spans, and the span's p90 came back 0.53 ln-units
+    /// long (BENCHMARKS.md "Session 57").
+    pub lead_own_tails: Vec<u8>,
     /// Per time bucket (since the first), per service (in [`Keys`] order):
     /// the shift of its spans' ranks in that bucket, two 4-bit codes a byte
     /// (see [`TimeEffects`]); empty when time effects are off.
@@ -938,10 +948,15 @@ impl TimingModel {
         } else {
             Vec::new()
         };
-        let lead_tails = if config.node_effects {
-            lead_tails(&observations, &lead_scores, &scores, histogram, keys.leads)
+        let (lead_tails, lead_own_tails) = if config.node_effects {
+            let parent = |i: usize, o: &Observation, parent: u32| Some(scores[i - o.node.1 as usize + parent as usize]);
+            let leaves: Vec<Vec<bool>> = histogram.topologies.iter().map(leaves).collect();
+            let own = |i: usize, o: &Observation, _| leaves[o.node.0 as usize][o.node.1 as usize].then(|| durations[i]);
+            (lead_tails(&observations, &lead_scores, parent, histogram, keys.leads), {
+                lead_tails(&observations, &lead_scores, own, histogram, keys.leads)
+            })
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let whole = whole.into_cells(&nodes, &keys, histogram);
         let times = if config.time_effects { time_effects(&observations, &scores, &nodes, &keys, &whole) } else { Vec::new() };
@@ -966,6 +981,7 @@ impl TimingModel {
             loadings,
             lead_couplings,
             lead_tails,
+            lead_own_tails,
             times,
             bursts,
             bands: LatencyBands::default(),
@@ -1052,6 +1068,9 @@ impl TimingModel {
         }
         if !self.lead_tails.is_empty() && self.lead_tails.len() != keys.leads {
             return Err(bad("lead tails for another number of lead keys"));
+        }
+        if !self.lead_own_tails.is_empty() && self.lead_own_tails.len() != keys.leads {
+            return Err(bad("lead own tails for another number of lead keys"));
         }
         if !self.loadings.is_empty() && self.loadings.len() != keys.values {
             return Err(bad("trace loadings for another number of value keys"));
@@ -1308,22 +1327,25 @@ const TOP_DECILE: f64 = 1.281_551_565_544_600_5;
 /// Added to a latent to rank it above every latent a copula draws.
 const ABOVE_DRAWN: f64 = 16.0;
 
-/// Per lead key, the shrunk share π of calls whose lead follows their
-/// parent's rank in its top decile ([`TimingModel::lead_tails`]), in 4 bits:
-/// of the calls whose parent is in its top decile, a share `c` has its lead
-/// in its own top decile against `q` of all calls, so π = (c − q) / (1 − q).
+/// Per lead key, the shrunk share π of calls whose lead follows a score
+/// `leader` gives (their parent's rank, [`TimingModel::lead_tails`], or
+/// their own duration's, [`TimingModel::lead_own_tails`]) in its top
+/// decile, in 4 bits: of the calls whose leader is in its top decile, a
+/// share `c` has its lead in its own top decile against `q` of all calls,
+/// so π = (c − q) / (1 − q).
 fn lead_tails(
     observations: &[Observation],
     leads: &[f64],
-    scores: &[f64],
+    leader: impl Fn(usize, &Observation, u32) -> Option<f64>,
     histogram: &TopologyHistogram,
     keys: usize,
 ) -> Vec<u8> {
-    // Per key: parents in their top decile, those whose lead is too, leads in theirs, count.
+    // Per key: leaders in their top decile, those whose lead is too, leads in theirs, count.
     let mut counts = vec![[0u32; 4]; keys];
     for (i, o) in observations.iter().enumerate() {
         let Some(p) = histogram.topologies[o.node.0 as usize].parents[o.node.1 as usize] else { continue };
-        let (lead_top, parent_top) = (leads[i] > TOP_DECILE, scores[i - o.node.1 as usize + p as usize] > TOP_DECILE);
+        let Some(leader) = leader(i, o, p) else { continue };
+        let (lead_top, parent_top) = (leads[i] > TOP_DECILE, leader > TOP_DECILE);
         let c = &mut counts[o.keys.1 as usize];
         c[0] += u32::from(parent_top);
         c[1] += u32::from(parent_top && lead_top);
@@ -1342,6 +1364,15 @@ fn lead_tails(
             quantize(share * parents / (parents + NODE_PRIOR), 0.0, 1.0)
         })
         .collect()
+}
+
+/// Per node of `topology`, whether it has no children.
+fn leaves(topology: &super::topology::Topology) -> Vec<bool> {
+    let mut leaf = vec![true; topology.len()];
+    for p in topology.parents.iter().flatten() {
+        leaf[*p as usize] = false;
+    }
+    leaf
 }
 
 /// The correlation of x and y from the sums of xy, x² and y² (0 when either is constant).
@@ -2028,6 +2059,8 @@ impl<'a> TimingTables<'a> {
             strata.extend(topology.labels.iter().map(|&label| u64::from(label) << 32 | u64::from(bucket)));
         }
         stratify(&mut owns, &strata);
+        let leaf: Vec<Vec<bool>> =
+            if self.model.lead_own_tails.is_empty() { Vec::new() } else { histogram.topologies.iter().map(leaves).collect() };
         let mut at = 0;
         for (&t, &start) in order.iter().zip(starts) {
             let bucket = self.bucket(start);
@@ -2076,6 +2109,15 @@ impl<'a> TimingTables<'a> {
                 {
                     followers.push((latents.len() as u32, (values_from + p as usize) as u32));
                 }
+                // And a share of leaf calls follows its own duration.
+                if let Some(&share) = self.model.lead_own_tails.get(lead_key as usize)
+                    && share > 0
+                    && topology.parents[k].is_some()
+                    && leaf.get(t).is_some_and(|l| l[k])
+                    && rng.random::<f64>() < dequantize(share, 0.0, 1.0)
+                {
+                    followers.push((latents.len() as u32, (values_from + k) as u32));
+                }
                 let burst = self.burst(bucket, self.keys.values as u32 + lead_key);
                 let z = burst.map_or(z, |b| b.score(normal_cdf(z)));
                 let (starts, _) = &self.leads[lead_key as usize];
@@ -2092,7 +2134,9 @@ impl<'a> TimingTables<'a> {
         for &(lead, parent) in &followers {
             let parent = u[parent as usize];
             if parent > 0.9 {
-                latents[lead as usize].1 = ABOVE_DRAWN + parent;
+                // Following both its parent and its own duration, the higher.
+                let latent = &mut latents[lead as usize].1;
+                *latent = latent.max(ABOVE_DRAWN + parent);
                 moved.insert(latents[lead as usize].0);
             }
         }
