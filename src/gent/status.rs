@@ -184,6 +184,10 @@ impl StatusModel {
             if span > MAX_BUCKETS || (self.bucket_ns == 0 && l.cells.len() > 1) {
                 return bad(format!("label {} has cells beyond the window", l.label));
             }
+            // Buckets ascend and every cell counts a failure.
+            if l.cells.iter().skip(1).any(|c| c.0 == 0) || l.cells.iter().any(|c| c.1 == 0) {
+                return bad(format!("label {} has a repeated or empty cell", l.label));
+            }
         }
         Ok(())
     }
@@ -451,4 +455,32 @@ fn rank_shares(
             (total > 0).then(|| (label, bins.map(|b| (u64::from(b) * 255 / u64::from(total)) as u8)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gent::topology::{Label, Topology};
+
+    fn histogram() -> TopologyHistogram {
+        TopologyHistogram {
+            labels: vec![Label { service: "a".into(), name: "GET /".into() }],
+            topologies: vec![Topology { labels: vec![0], parents: vec![None] }],
+            counts: vec![1],
+        }
+    }
+
+    #[test]
+    fn stored_counts_out_of_order_repeated_or_empty_are_refused() {
+        let model = |label: u32, cells: Vec<(u32, u32)>| StatusModel {
+            bucket_ns: 60_000_000_000,
+            first_bucket: 0,
+            labels: vec![LabelErrors { label, ranks: [64; RANK_BINS], cells }],
+        };
+        assert!(model(0, vec![(0, 2), (3, 1)]).validate(&histogram()).is_ok());
+        for bad in [model(1, vec![(0, 1)]), model(0, vec![(0, 1), (0, 1)]), model(0, vec![(2, 0)]), model(0, vec![(u32::MAX, 1)])]
+        {
+            assert!(bad.validate(&histogram()).is_err(), "{bad:?}");
+        }
+    }
 }
