@@ -294,6 +294,13 @@ pub struct ValueCounts {
     pub kinds: Vec<(u32, Vec<(u8, u32)>)>,
 }
 
+impl ValueCounts {
+    /// Whether there is nothing to calibrate.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.kinds.is_empty()
+    }
+}
+
 /// One (label, status, key) group's values.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ValueGroup {
@@ -362,11 +369,6 @@ impl AttributeSchema {
         // One kind in the whole window: the generators hold it as a constant.
         let kind = if kinds.is_empty() { 0 } else { kind };
         ValueCounts { groups, kind, kinds }
-    }
-
-    /// Whether there is nothing to calibrate.
-    pub fn is_empty_counts(counts: &ValueCounts) -> bool {
-        counts.groups.is_empty() && counts.kinds.is_empty()
     }
 
     /// Checks stored counts against this schema and `labels` labels.

@@ -860,7 +860,7 @@ impl WindowModel {
                     let labels = &h.topologies[p.topology].labels;
                     p.spans.iter().zip(labels).map(move |(&i, &label)| (label, &t.spans[i]))
                 });
-                model.values = Some(model.attributes.value_counts(spans)).filter(|v| !AttributeSchema::is_empty_counts(v));
+                model.values = Some(model.attributes.value_counts(spans)).filter(|v| !v.is_empty());
             }
             model.fit_timing(digest, config, allowed)?;
             // Composed parents hold their children whenever their tail is not
@@ -1513,6 +1513,10 @@ impl WindowModel {
     fn calibrate_values(&self, values: &ValueCounts, filling: &mut Filling, seed: u64) -> u64 {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x7a1_0e5);
         let kinds = self.calibrate_kinds(values, filling, &mut rng);
+        // Kinds alone (no categorical key counted): no span's values to gather.
+        if values.groups.is_empty() {
+            return kinds;
+        }
         let h = &self.histogram;
         let mut spans = Vec::new();
         for ((attrs, metas), &t) in filling.attrs.iter_mut().zip(&filling.metas).zip(&filling.order) {
