@@ -177,6 +177,18 @@ impl AttributeSchema {
         self.keys.iter().map(|k| if matches!(k.kind, Kind::Number { .. }) { 2 } else { 1 }).sum()
     }
 
+    /// Per column of [`Self::columns`], whether [`ValueCounts`] count it:
+    /// a categorical key's, not a number's presence or value.
+    pub fn counted_columns(&self) -> impl Iterator<Item = bool> + '_ {
+        self.keys
+            .iter()
+            .flat_map(|k| match k.kind {
+                Kind::Categorical { .. } => [Some(true), None],
+                Kind::Number { .. } => [Some(false), Some(false)],
+            })
+            .flatten()
+    }
+
     /// A span's modelled values.
     pub fn values(&self, span: &Span) -> NodeValues {
         self.keys
@@ -292,13 +304,56 @@ pub struct ValueCounts {
     /// spans); ascending by label. Empty, with `kind` 0, when one kind holds
     /// the whole window.
     pub kinds: Vec<(u32, Vec<(u8, u32)>)>,
+    /// Per categorical key (index, category), ascending: the category most
+    /// labels hold alone, failed or not. Those labels' groups are left out
+    /// and their spans take it (hour 16 with failures: two keys, each one
+    /// value per label for nearly all of its 200 labels).
+    pub defaults: Vec<(u16, u16)>,
 }
 
 impl ValueCounts {
     /// Whether there is nothing to calibrate.
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty() && self.kinds.is_empty()
+        self.groups.is_empty() && self.kinds.is_empty() && self.defaults.is_empty()
     }
+
+    /// The key's default category, if it has one.
+    fn default_of(&self, key: u16) -> Option<u16> {
+        self.defaults.binary_search_by_key(&key, |d| d.0).ok().map(|i| self.defaults[i].1)
+    }
+}
+
+/// Leaves out the groups of each (label, key) that holds one category alone
+/// in every status when that category is the key's default (the one most
+/// labels hold alone), and gives the groups that hold one category a count
+/// of 1: calibration reads shares. Returns the groups and the defaults.
+fn with_defaults(mut groups: Vec<ValueGroup>) -> (Vec<ValueGroup>, Vec<(u16, u16)>) {
+    use std::collections::BTreeMap;
+    // (label, key) → the category every group of the pair holds alone, if one does.
+    let mut alone: BTreeMap<(u32, u16), Option<u16>> = BTreeMap::new();
+    for g in &groups {
+        let single = (g.counts.len() == 1).then(|| g.counts[0].0);
+        alone.entry((g.label, g.key)).and_modify(|c| *c = c.filter(|&c| Some(c) == single)).or_insert(single);
+    }
+    let mut tally: BTreeMap<(u16, u16), usize> = BTreeMap::new();
+    for (&(_, key), category) in &alone {
+        if let Some(c) = category {
+            *tally.entry((key, *c)).or_default() += 1;
+        }
+    }
+    // Per key the most held category; ties to the lowest.
+    let mut defaults: BTreeMap<u16, (usize, u16)> = BTreeMap::new();
+    for (&(key, category), &n) in &tally {
+        let best = defaults.entry(key).or_insert((n, category));
+        if n > best.0 {
+            *best = (n, category);
+        }
+    }
+    groups.retain(|g| alone[&(g.label, g.key)].is_none_or(|c| defaults.get(&g.key).is_none_or(|d| d.1 != c)));
+    for g in groups.iter_mut().filter(|g| g.counts.len() == 1) {
+        g.counts[0].1 = 1;
+    }
+    (groups, defaults.into_iter().map(|(key, (_, category))| (key, category)).collect())
 }
 
 /// One (label, status, key) group's values.
@@ -351,6 +406,7 @@ impl AttributeSchema {
             })
             .collect();
         groups.sort_unstable_by_key(|g| (g.label, g.failed, g.key));
+        let (groups, defaults) = with_defaults(groups);
         let mut kinds: Vec<(u32, Vec<(u8, u32)>)> = kinds
             .into_iter()
             .map(|(label, c)| {
@@ -368,7 +424,7 @@ impl AttributeSchema {
         kinds.retain(|k| k.1.iter().any(|c| c.0 != kind));
         // One kind in the whole window: the generators hold it as a constant.
         let kind = if kinds.is_empty() { 0 } else { kind };
-        ValueCounts { groups, kind, kinds }
+        ValueCounts { groups, kind, kinds, defaults }
     }
 
     /// Checks stored counts against this schema and `labels` labels.
@@ -380,6 +436,15 @@ impl AttributeSchema {
             };
             if g.label as usize >= labels || g.counts.iter().any(|c| usize::from(c.0) >= categories) {
                 return Err(format!("value counts of label {} out of range", g.label));
+            }
+        }
+        if counts.defaults.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err("default values out of order".to_string());
+        }
+        for &(key, category) in &counts.defaults {
+            match self.keys.get(usize::from(key)).map(|k| &k.kind) {
+                Some(Kind::Categorical { vocabulary }) if usize::from(category) < vocabulary.len() + 2 => {}
+                _ => return Err(format!("default value of key {key} out of range or not a categorical key")),
             }
         }
         let kinds = crate::trace::SpanKind::ALL.len();
@@ -414,11 +479,21 @@ impl AttributeSchema {
             let key = j as u16;
             for ((label, failed), members) in &ordered {
                 let (label, failed) = (*label, *failed);
-                let Some(group) = find(label, failed, key).or_else(|| find(label, !failed, key)) else { continue };
+                let default: [(u16, u32); 1];
+                let want = match find(label, failed, key).or_else(|| find(label, !failed, key)) {
+                    Some(group) => &group.counts[..],
+                    None => match counts.default_of(key) {
+                        Some(category) => {
+                            default = [(category, 1)];
+                            &default[..]
+                        }
+                        None => continue,
+                    },
+                };
                 let current: Vec<u16> = (members.iter())
                     .map(|&s| category_of(vocabulary, attribute(spans[s].attributes, &self.keys[j].key)))
                     .collect();
-                for (m, category) in reassigned(&current, &group.counts, rng) {
+                for (m, category) in reassigned(&current, want, rng) {
                     set_category(spans[members[m]].attributes, &self.keys[j].key, vocabulary, category);
                     changed += 1;
                 }
@@ -548,5 +623,55 @@ mod tests {
         // Shares of a count that does not divide: largest remainders.
         let changes = reassigned(&[0; 7], &[(0, 1), (1, 1), (2, 1)], &mut rng);
         assert_eq!(changes.len(), 4);
+    }
+
+    #[test]
+    fn labels_holding_their_keys_usual_value_alone_are_left_out_and_get_it_back() {
+        let group = |label, failed, key, counts: &[(u16, u32)]| ValueGroup { label, failed, key, counts: counts.to_vec() };
+        let groups = vec![
+            // Label 0: key 0 holds category 3 alone, failed or not; key 1 varies.
+            group(0, false, 0, &[(3, 40)]),
+            group(0, false, 1, &[(0, 30), (1, 10)]),
+            group(0, true, 0, &[(3, 2)]),
+            group(0, true, 1, &[(1, 2)]),
+            // Labels 1 and 2 hold category 3 of key 0 and 0 of key 1 alone.
+            group(1, false, 0, &[(3, 7)]),
+            group(1, false, 1, &[(0, 7)]),
+            group(2, false, 0, &[(3, 9)]),
+            group(2, false, 1, &[(0, 9)]),
+            // Label 3 holds another category alone, but failed spans differ.
+            group(3, false, 0, &[(1, 5)]),
+            group(3, true, 0, &[(2, 1)]),
+            group(3, false, 1, &[(0, 6)]),
+        ];
+        let (kept, defaults) = with_defaults(groups);
+        assert_eq!(defaults, [(0, 3), (1, 0)]);
+        let kept: Vec<(u32, bool, u16, Vec<(u16, u32)>)> =
+            kept.into_iter().map(|g| (g.label, g.failed, g.key, g.counts)).collect();
+        assert_eq!(
+            kept,
+            [
+                (0, false, 1, vec![(0, 30), (1, 10)]),
+                (0, true, 1, vec![(1, 1)]),
+                (3, false, 0, vec![(1, 1)]),
+                (3, true, 0, vec![(2, 1)]),
+            ]
+        );
+        // Generation gives a left-out label its key's default.
+        let schema = AttributeSchema {
+            keys: vec![KeyModel {
+                key: "http.method".into(),
+                kind: Kind::Categorical { vocabulary: vec!["s:GET".into(), "s:POST".into()] },
+            }],
+        };
+        let counts = ValueCounts { defaults: vec![(0, 1)], ..Default::default() };
+        let value = |v: &str| Some(AnyValue { value: Some(Value::StringValue(v.into())) });
+        let mut attributes: Vec<Vec<KeyValue>> =
+            (0..3).map(|_| vec![KeyValue { key: "http.method".into(), value: value("GET"), ..Default::default() }]).collect();
+        let mut spans: Vec<Valued> =
+            attributes.iter_mut().map(|attributes| Valued { label: 5, failed: false, attributes }).collect();
+        use rand::SeedableRng;
+        assert_eq!(schema.calibrate(&counts, &mut spans, &mut rand::rngs::StdRng::seed_from_u64(1)), 3);
+        assert!(attributes.iter().all(|a| a[0].value == value("POST")), "{attributes:?}");
     }
 }

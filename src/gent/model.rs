@@ -340,6 +340,12 @@ struct Rows<'a> {
     offsets: &'a [f64],
     /// Whether R_G and C_G carry timing columns.
     timed: bool,
+    /// Whether the packet counts status, kinds and categorical values
+    /// ([`StatusModel`], [`ValueCounts`]): R_G and C_G then hold those
+    /// columns at their usual value ([`hold_counted`]).
+    counted: bool,
+    /// Whether a column [`Self::counted`] held had varied.
+    held_varied: std::cell::Cell<bool>,
 }
 
 /// A generator's table and, when its rows are conditioned, their contexts.
@@ -371,6 +377,7 @@ impl<'a> Rows<'a> {
         }
         let mut root_columns = meta_columns("", &root_metas, false, self.timed);
         root_columns.extend(self.schema.columns("", &root_attrs));
+        self.hold(&mut root_columns);
         // Contexts only for a table a CTGAN learns: with calibration on, every
         // column is often constant, and a window's contexts take ~240 bytes a row.
         let root_ctx = TableModel::learns(&root_columns).then(|| {
@@ -402,7 +409,7 @@ impl<'a> Rows<'a> {
             }
         }
         let chain_rows = positions.first().map_or(0, Vec::len);
-        let chain_columns: Vec<Column> = positions
+        let mut chain_columns: Vec<Column> = positions
             .iter()
             .zip(&position_attrs)
             .enumerate()
@@ -414,6 +421,7 @@ impl<'a> Rows<'a> {
             })
             .collect();
         drop((positions, position_attrs));
+        self.hold(&mut chain_columns);
         let chain_ctx = TableModel::learns(&chain_columns).then(|| {
             let mut ctx = self.cond.contexts(self.cond.chain_width(), chain_rows);
             for ((placement, meta), &offset) in self.placements.iter().zip(self.metas).zip(self.offsets) {
@@ -426,6 +434,66 @@ impl<'a> Rows<'a> {
         });
         (chain_columns, chain_ctx)
     }
+}
+
+impl Rows<'_> {
+    /// Holds the columns the packet counts at their usual value, when it
+    /// counts them: which spans fail and with which values is then decided
+    /// by the counts alone, and a generator is trained only for what they
+    /// do not cover (numbers, timing when asked for). On hour 16 with
+    /// failures, C_G learned only status and the status code, 4.7 KB of a
+    /// 14 KB packet, and the counts overrode it.
+    fn hold(&self, columns: &mut [Column]) {
+        if !self.counted {
+            return;
+        }
+        // A position's flags: roots have one position, chains repeat them.
+        let position: Vec<bool> = meta_flags(self.timed).chain(self.schema.counted_columns()).collect();
+        for (column, counted) in columns.iter_mut().zip(position.iter().cycle()) {
+            if *counted && hold_counted(column) {
+                self.held_varied.set(true);
+            }
+        }
+    }
+}
+
+/// Per column of [`meta_columns`], whether the packet counts it: status and
+/// kind, not timing.
+fn meta_flags(timed: bool) -> impl Iterator<Item = bool> {
+    std::iter::repeat_n(false, if timed { 2 } else { 0 }).chain([true, true])
+}
+
+/// Whether the spans that did not fail all have one status (all UNSET, or
+/// all OK): the status counts keep only which failed.
+fn one_usual_status(metas: &[Vec<Meta>]) -> bool {
+    let mut usual = None;
+    for m in metas.iter().flatten().filter(|m| m.status != StatusCode::Error) {
+        if *usual.get_or_insert(m.status) != m.status {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sets every row of a categorical `column` to its most common value other
+/// than ERROR and padding (ties to the first in order); returns whether it
+/// varied.
+fn hold_counted(column: &mut Column) -> bool {
+    let ColumnData::Categorical(values) = &mut column.data else { return false };
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for v in values.iter() {
+        *counts.entry(v.as_str()).or_default() += 1;
+    }
+    let error = status_label(StatusCode::Error);
+    let usual = (counts.iter())
+        .filter(|(v, _)| **v != error && **v != PAD)
+        .max_by_key(|&(v, n)| (*n, std::cmp::Reverse(*v)))
+        .or_else(|| counts.iter().next())
+        .map(|(v, _)| v.to_string());
+    let Some(usual) = usual else { return false };
+    let varied = counts.len() > 1;
+    values.iter_mut().for_each(|v| v.clone_from(&usual));
+    varied
 }
 
 /// How rows are conditioned; fixed by the histogram, so training and
@@ -799,6 +867,8 @@ impl WindowModel {
             schema: &schema,
             offsets: &offsets,
             timed,
+            counted: calibrated && config.calibration.status && one_usual_status(&metas),
+            held_varied: std::cell::Cell::new(false),
         };
         // The packet budget, when there is one: the generators get a share.
         let allowed =
@@ -812,6 +882,7 @@ impl WindowModel {
         let (chain_columns, chain_ctx) = rows.chains(config.chain_length);
         // The generators are independent: train them side by side (Gen-T
         // does the same on one GPU), C_G, the largest, on this thread.
+        let held_varied = rows.held_varied.get();
         let (start, roots, chains) = std::thread::scope(|s| {
             let start =
                 start_ctx.as_ref().map(|ctx| s.spawn(|| TableModel::fit(start_columns, ctx.get(), ctgan.clone(), device, None)));
@@ -852,9 +923,10 @@ impl WindowModel {
         };
         if calibrated {
             model.status = config.calibration.status.then(|| fit_status(digest, config, allowed));
-            // Only generators that learned fill values that may be off.
+            // Only generators that learned, or columns held at one value,
+            // fill values that may be off.
             let learned = model.roots.learned() || model.chains.learned();
-            if config.calibration.status && learned {
+            if config.calibration.status && (learned || held_varied) {
                 let h = &model.histogram;
                 let spans = (traces.iter().zip(placements)).flat_map(|(t, p)| {
                     let labels = &h.topologies[p.topology].labels;
