@@ -704,6 +704,43 @@ fn failing(mut set: TraceSet) -> TraceSet {
     set
 }
 
+/// Per label: failed spans and spans with status OK.
+fn statuses(set: &TraceSet) -> HashMap<(String, String), (usize, usize)> {
+    let mut out: HashMap<(String, String), (usize, usize)> = HashMap::new();
+    for s in set.traces.iter().flat_map(|t| &t.spans) {
+        let entry = out.entry((s.service().to_string(), s.name.clone())).or_default();
+        entry.0 += usize::from(s.status.code == StatusCode::Error);
+        entry.1 += usize::from(s.status.code == StatusCode::Ok);
+    }
+    out
+}
+
+/// Instrumentations differ in whether a span that did not fail says OK or
+/// nothing: with the auth service's saying OK, each label keeps its OKs and
+/// its failures exactly, and no generator learns status for it.
+#[test]
+fn trainticket_hour_16_with_failures_and_ok_statuses_keeps_both_per_label() {
+    let mut real = failing(hour(16));
+    for span in real.traces.iter_mut().flat_map(|t| &mut t.spans) {
+        if span.service() == "ts-auth-service" && span.status.code != StatusCode::Error {
+            span.status.code = StatusCode::Ok;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, regenerated, repairs, _) = regenerate(&real, dir.path(), None);
+    let (want, got) = (statuses(&real), statuses(&regenerated));
+    let oks: usize = want.values().map(|v| v.1).sum();
+    println!("packet {bytes} B; {oks} spans OK; repairs {repairs:?}");
+    assert!(oks > 1000, "the auth service's spans say OK: {oks}");
+    for (label, counts) in &want {
+        assert_eq!(got.get(label).copied().unwrap_or_default(), *counts, "{label:?}: (failed, OK)");
+    }
+    // No generator learns status: the packet stays within 1:100 head sampling.
+    let reference = Reference::new(&real, Vec::new()).unwrap();
+    let (head_bytes, _) = head(&real, &reference, 100, 10, 0);
+    assert!(bytes as f64 <= head_bytes, "packet {bytes} B against 1:100 head sampling's {head_bytes:.0} B");
+}
+
 /// Per label: failed spans, and those with HTTP status 500 that did not fail.
 fn failures(set: &TraceSet) -> HashMap<(String, String), (usize, usize)> {
     let mut out: HashMap<(String, String), (usize, usize)> = HashMap::new();

@@ -304,6 +304,13 @@ pub struct ValueCounts {
     /// spans); ascending by label. Empty, with `kind` 0, when one kind holds
     /// the whole window.
     pub kinds: Vec<(u32, Vec<(u8, u32)>)>,
+    /// When the spans that did not fail carry both UNSET and OK, the one
+    /// most of them carry (OTLP code; instrumentations differ in which they
+    /// set), and per label not all of it, its spans that did not fail of
+    /// each (code, spans); ascending by label. Empty, with `status` 0, when
+    /// one holds the whole window.
+    pub status: u8,
+    pub statuses: Vec<(u32, Vec<(u8, u32)>)>,
     /// Per categorical key (index, category), ascending: the category most
     /// labels hold alone, failed or not. Those labels' groups are left out
     /// and their spans take it (hour 16 with failures: two keys, each one
@@ -314,13 +321,35 @@ pub struct ValueCounts {
 impl ValueCounts {
     /// Whether there is nothing to calibrate.
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty() && self.kinds.is_empty() && self.defaults.is_empty()
+        self.groups.is_empty() && self.kinds.is_empty() && self.defaults.is_empty() && self.statuses.is_empty()
     }
 
     /// The key's default category, if it has one.
     fn default_of(&self, key: u16) -> Option<u16> {
         self.defaults.binary_search_by_key(&key, |d| d.0).ok().map(|i| self.defaults[i].1)
     }
+}
+
+/// Per label counts of a field's codes: the code most spans have over all
+/// labels, and the labels not all of it, ascending; `(0, [])` when every
+/// span has one code.
+fn unusual(counts: HashMap<u32, HashMap<u8, u32>>) -> (u8, Vec<(u32, Vec<(u8, u32)>)>) {
+    let mut labels: Vec<(u32, Vec<(u8, u32)>)> = counts
+        .into_iter()
+        .map(|(label, c)| {
+            let mut c: Vec<(u8, u32)> = c.into_iter().collect();
+            c.sort_unstable();
+            (label, c)
+        })
+        .collect();
+    labels.sort_unstable_by_key(|k| k.0);
+    let mut totals = [0u64; 256];
+    for (code, n) in labels.iter().flat_map(|k| &k.1) {
+        totals[usize::from(*code)] += u64::from(*n);
+    }
+    let usual = (0..=255u8).max_by_key(|&k| (totals[usize::from(k)], std::cmp::Reverse(k))).unwrap_or(0);
+    labels.retain(|k| k.1.iter().any(|c| c.0 != usual));
+    if labels.is_empty() { (0, labels) } else { (usual, labels) }
 }
 
 /// Leaves out the groups of each (label, key) that holds one category alone
@@ -388,10 +417,14 @@ impl AttributeSchema {
     pub fn value_counts<'a>(&self, spans: impl Iterator<Item = (u32, &'a Span)>) -> ValueCounts {
         let mut counts: HashMap<(u32, bool, u16), HashMap<u16, u32>> = HashMap::new();
         let mut kinds: HashMap<u32, HashMap<u8, u32>> = HashMap::new();
+        let mut statuses: HashMap<u32, HashMap<u8, u32>> = HashMap::new();
         let keys: Vec<(usize, &[String])> = self.categorical().collect();
         for (label, span) in spans {
             *kinds.entry(label).or_default().entry(span.kind.to_otlp() as u8).or_default() += 1;
             let failed = span.status.code == crate::trace::StatusCode::Error;
+            if !failed {
+                *statuses.entry(label).or_default().entry(span.status.code.to_otlp() as u8).or_default() += 1;
+            }
             for &(j, vocabulary) in &keys {
                 let category = category_of(vocabulary, value_of(span, &self.keys[j].key));
                 *counts.entry((label, failed, j as u16)).or_default().entry(category).or_default() += 1;
@@ -407,24 +440,10 @@ impl AttributeSchema {
             .collect();
         groups.sort_unstable_by_key(|g| (g.label, g.failed, g.key));
         let (groups, defaults) = with_defaults(groups);
-        let mut kinds: Vec<(u32, Vec<(u8, u32)>)> = kinds
-            .into_iter()
-            .map(|(label, c)| {
-                let mut c: Vec<(u8, u32)> = c.into_iter().collect();
-                c.sort_unstable();
-                (label, c)
-            })
-            .collect();
-        kinds.sort_unstable_by_key(|k| k.0);
-        let mut totals = [0u64; 256];
-        for (kind, n) in kinds.iter().flat_map(|k| &k.1) {
-            totals[usize::from(*kind)] += u64::from(*n);
-        }
-        let kind = (0..=255u8).max_by_key(|&k| (totals[usize::from(k)], std::cmp::Reverse(k))).unwrap_or(0);
-        kinds.retain(|k| k.1.iter().any(|c| c.0 != kind));
-        // One kind in the whole window: the generators hold it as a constant.
-        let kind = if kinds.is_empty() { 0 } else { kind };
-        ValueCounts { groups, kind, kinds, defaults }
+        // One kind, or one status, in the whole window: the generators hold it as a constant.
+        let (kind, kinds) = unusual(kinds);
+        let (status, statuses) = unusual(statuses);
+        ValueCounts { groups, kind, kinds, status, statuses, defaults }
     }
 
     /// Checks stored counts against this schema and `labels` labels.
@@ -455,6 +474,10 @@ impl AttributeSchema {
             if *label as usize >= labels || counts.iter().any(|k| usize::from(k.0) >= kinds) {
                 return Err(format!("kind counts of label {label} out of range"));
             }
+        }
+        // Statuses of spans that did not fail: UNSET (0) or OK (1).
+        if counts.status > 1 || counts.statuses.iter().any(|(label, c)| *label as usize >= labels || c.iter().any(|s| s.0 > 1)) {
+            return Err("status counts out of range".to_string());
         }
         Ok(())
     }

@@ -463,16 +463,33 @@ fn meta_flags(timed: bool) -> impl Iterator<Item = bool> {
     std::iter::repeat_n(false, if timed { 2 } else { 0 }).chain([true, true])
 }
 
-/// Whether the spans that did not fail all have one status (all UNSET, or
-/// all OK): the status counts keep only which failed.
-fn one_usual_status(metas: &[Vec<Meta>]) -> bool {
-    let mut usual = None;
-    for m in metas.iter().flatten().filter(|m| m.status != StatusCode::Error) {
-        if *usual.get_or_insert(m.status) != m.status {
-            return false;
+/// A span field [`ValueCounts`] counts per label, as an OTLP code.
+#[derive(Clone, Copy)]
+enum Field {
+    Kind,
+    /// Of spans that did not fail only.
+    Status,
+}
+
+impl Field {
+    fn applies(self, meta: &Meta) -> bool {
+        matches!(self, Field::Kind) || meta.status != StatusCode::Error
+    }
+
+    fn get(self, meta: &Meta) -> u8 {
+        match self {
+            Field::Kind => meta.kind.to_otlp() as u8,
+            Field::Status => meta.status.to_otlp() as u8,
         }
     }
-    true
+
+    fn set(self, meta: &mut Meta, code: u8) {
+        match self {
+            Field::Kind => meta.kind = SpanKind::from_otlp(i32::from(code)),
+            // Never ERROR: which spans fail is the status model's.
+            Field::Status => meta.status = StatusCode::from_otlp(i32::from(code.min(1))),
+        }
+    }
 }
 
 /// Sets every row of a categorical `column` to its most common value other
@@ -867,7 +884,7 @@ impl WindowModel {
             schema: &schema,
             offsets: &offsets,
             timed,
-            counted: calibrated && config.calibration.status && one_usual_status(&metas),
+            counted: calibrated && config.calibration.status,
             held_varied: std::cell::Cell::new(false),
         };
         // The packet budget, when there is one: the generators get a share.
@@ -1584,9 +1601,10 @@ impl WindowModel {
     /// window's shares ([`ValueCounts`]); returns how many changed.
     fn calibrate_values(&self, values: &ValueCounts, filling: &mut Filling, seed: u64) -> u64 {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x7a1_0e5);
-        let kinds = self.calibrate_kinds(values, filling, &mut rng);
-        // Kinds alone (no categorical key counted): no span's values to gather.
-        if values.groups.is_empty() {
+        let kinds = self.calibrate_codes((values.kind, &values.kinds), Field::Kind, filling, &mut rng)
+            + self.calibrate_codes((values.status, &values.statuses), Field::Status, filling, &mut rng);
+        // Kinds and statuses alone (no categorical key counted): no span's values to gather.
+        if values.groups.is_empty() && values.defaults.is_empty() {
             return kinds;
         }
         let h = &self.histogram;
@@ -1600,38 +1618,44 @@ impl WindowModel {
         kinds + self.attributes.calibrate(values, &mut spans, &mut rng)
     }
 
-    /// Brings each label's span kinds to the window's counts (scaled to the
-    /// spans regenerated), changing as few as it takes: labels not counted
-    /// take the window's usual kind. Returns how many changed.
-    fn calibrate_kinds(&self, values: &ValueCounts, filling: &mut Filling, rng: &mut StdRng) -> u64 {
-        let kinds = &values.kinds;
-        if kinds.is_empty() {
+    /// Brings a field of each label's spans (kind, or the status of those
+    /// that did not fail) to the window's counts (scaled to the spans
+    /// regenerated), changing as few as it takes: labels not counted take
+    /// the window's usual code. Returns how many changed.
+    fn calibrate_codes(
+        &self,
+        (usual, counts): (u8, &[(u32, Vec<(u8, u32)>)]),
+        field: Field,
+        filling: &mut Filling,
+        rng: &mut StdRng,
+    ) -> u64 {
+        if counts.is_empty() {
             return 0;
         }
-        let usual = SpanKind::from_otlp(i32::from(values.kind));
-        let index: HashMap<u32, usize> = kinds.iter().enumerate().map(|(j, k)| (k.0, j)).collect();
-        let mut nodes: Vec<Vec<(usize, usize)>> = vec![Vec::new(); kinds.len()];
+        let index: HashMap<u32, usize> = counts.iter().enumerate().map(|(j, k)| (k.0, j)).collect();
+        let mut nodes: Vec<Vec<(usize, usize)>> = vec![Vec::new(); counts.len()];
         let mut changed = 0;
         for (i, &t) in filling.order.iter().enumerate() {
             for (k, label) in self.histogram.topologies[t].labels.iter().enumerate() {
-                match (index.get(label), filling.metas[i][k].as_mut()) {
-                    (Some(&j), _) => nodes[j].push((i, k)),
-                    (None, Some(meta)) if meta.kind != usual => {
-                        meta.kind = usual;
+                let Some(meta) = filling.metas[i][k].as_mut().filter(|m| field.applies(m)) else { continue };
+                match index.get(label) {
+                    Some(&j) => nodes[j].push((i, k)),
+                    None if field.get(meta) != usual => {
+                        field.set(meta, usual);
                         changed += 1;
                     }
-                    _ => {}
+                    None => {}
                 }
             }
         }
-        for ((_, want), nodes) in kinds.iter().zip(&nodes) {
+        for ((_, want), nodes) in counts.iter().zip(&nodes) {
             let want: Vec<(u16, u32)> = want.iter().map(|&(k, n)| (u16::from(k), n)).collect();
-            let kind_at = |&(i, k): &(usize, usize)| filling.metas[i][k].map_or(0, |m| m.kind.to_otlp() as u16);
-            let current: Vec<u16> = nodes.iter().map(kind_at).collect();
-            for (m, kind) in super::attributes::reassigned(&current, &want, rng) {
+            let code_at = |&(i, k): &(usize, usize)| filling.metas[i][k].map_or(0, |m| u16::from(field.get(&m)));
+            let current: Vec<u16> = nodes.iter().map(code_at).collect();
+            for (m, code) in super::attributes::reassigned(&current, &want, rng) {
                 let (i, k) = nodes[m];
                 if let Some(meta) = filling.metas[i][k].as_mut() {
-                    meta.kind = SpanKind::from_otlp(i32::from(kind));
+                    field.set(meta, code as u8);
                     changed += 1;
                 }
             }
