@@ -434,9 +434,7 @@ impl<'a> Rows<'a> {
         });
         (chain_columns, chain_ctx)
     }
-}
 
-impl Rows<'_> {
     /// Holds the columns the packet counts at their usual value, when it
     /// counts them: which spans fail and with which values is then decided
     /// by the counts alone, and a generator is trained only for what they

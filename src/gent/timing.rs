@@ -50,7 +50,9 @@ use super::latency::{self, LatencyBands, LatencyError};
 use super::shares::{self, RareShares, SharesError};
 use super::times::NodeTimes;
 use super::topology::{Topology, TopologyHistogram};
-use crate::tabular::sketch::{QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile, rough_normal_quantile};
+use crate::tabular::sketch::{
+    QuantileSketch, Quantiles, SketchError, normal_cdf, normal_quantile, quantile_of_sorted, rough_normal_quantile,
+};
 
 /// The fewest times seen below which a budget keeps a pair's rare calls
 /// before it drops the couplings: on TrainTicket hour 16 (bar 0.8), pairs
@@ -1321,6 +1323,7 @@ fn trace_shape(
     nodes: &[Vec<u8>],
     loadings: &[u8],
 ) -> Vec<u8> {
+    let trace_loadings: Vec<f64> = loadings.iter().map(|&c| dequantize_loading(c >> 4)).collect();
     let mut ranks: Vec<f64> = Vec::new();
     // Observations come trace by trace, in canonical order.
     let mut first = 0;
@@ -1328,7 +1331,7 @@ fn trace_shape(
         let end = first + histogram.topologies[observations[first].node.0 as usize].len();
         let (mut weighted, mut information) = (0.0f64, 0.0f64);
         for (o, &z) in observations[first..end].iter().zip(&scores[first..end]) {
-            let t = dequantize_loading(loadings[o.keys.0 as usize] >> 4);
+            let t = trace_loadings[o.keys.0 as usize];
             weighted += t * (z - node_location(nodes, o.node));
             information += t * t;
         }
@@ -1347,16 +1350,7 @@ fn trace_shape(
         return Vec::new();
     }
     ranks.sort_unstable_by(f64::total_cmp);
-    SHAPE_PROBS
-        .iter()
-        .map(|&p| {
-            // Linear between order statistics, as the sketches are.
-            let at = p * (n - 1.0);
-            let (below, share) = (at.floor() as usize, at.fract());
-            let q = ranks[below] + share * (ranks[(below + 1).min(ranks.len() - 1)] - ranks[below]);
-            shape_code((q - mean) / sd)
-        })
-        .collect()
+    SHAPE_PROBS.iter().map(|&p| shape_code((quantile_of_sorted(&ranks, p) - mean) / sd)).collect()
 }
 
 /// The trace rank at probability `u` from its stored shape: linear between
