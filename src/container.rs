@@ -37,7 +37,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// First four bytes of every packet.
 pub const MAGIC: &[u8; 4] = b"GENT";
 /// The packet format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 21;
+pub const FORMAT_VERSION: u16 = 22;
 /// Largest body of a container file (a language model) after decompression.
 pub const MAX_BODY_BYTES: u64 = 1 << 30;
 /// Largest window packet body after decompression. A packet's body decodes

@@ -207,13 +207,10 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
     sorted[((p * sorted.len() as f64) as usize).min(sorted.len() - 1)]
 }
 
-#[test]
-fn trainticket_hour_12_labels_keep_their_duration_quantiles() {
-    let real = hour(12);
-    let dir = tempfile::tempdir().unwrap();
-    let (_, regenerated, _, _) = regenerate(&real, dir.path(), None);
-    let (want, got) = (log_durations(&real), log_durations(&regenerated));
-    // Per label (with at least 20 spans): the largest relative error of p10, p50 and p90.
+/// Per label (with at least 20 spans) of `real`: the largest relative error
+/// of `regenerated`'s log-duration p10, p50 and p90, with both's, worst first.
+fn label_errors(real: &TraceSet, regenerated: &TraceSet) -> Vec<(f64, String, [f64; 3], [f64; 3])> {
+    let (want, got) = (log_durations(real), log_durations(regenerated));
     let mut errors: Vec<(f64, String, [f64; 3], [f64; 3])> = want
         .iter()
         .filter(|(_, v)| v.len() >= 20)
@@ -226,17 +223,36 @@ fn trainticket_hour_12_labels_keep_their_duration_quantiles() {
         })
         .collect();
     errors.sort_by(|a, b| b.0.total_cmp(&a.0));
+    errors
+}
+
+#[test]
+fn trainticket_hour_12_labels_keep_their_duration_quantiles() {
+    let real = hour(12);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, regenerated, _, _) = regenerate(&real, dir.path(), None);
+    let errors = label_errors(&real, &regenerated);
     let within = errors.iter().filter(|e| e.0 <= 0.05).count() as f64 / errors.len() as f64;
     println!("labels with p10, p50 and p90 within 5%: {within:.3} of {}; the worst:", errors.len());
     for (error, label, w, g) in errors.iter().take(10) {
         println!("  {:>5.1}%  {label}: real {w:.2?}, regenerated {g:.2?}", 100.0 * error);
     }
-    // Leaves are mapped rank for rank onto their sketches; spans with children
-    // are composed from theirs, and with a hundred spans a composed p90 is the
-    // tenth slowest: one label in 241 misses by 5-7% from seed to seed
-    // (BENCHMARKS.md "Session 58").
+    // Leaves are mapped rank for rank onto their sketches, and spans with
+    // children moved to within 4% of theirs; a label of a hundred spans
+    // whose p90 sits on a jump (9.6 to 10.3 ln µs from its 85th to its
+    // 90th) still misses by 5-6% at some seeds (BENCHMARKS.md "Session 59").
     assert!(within >= 0.99, "only {within:.3} of the labels within 5%");
-    assert!(errors[0].0 < 0.1, "worst label {:.3}", errors[0].0);
+    assert!(errors[0].0 < 0.08, "worst label {:.3}", errors[0].0);
+    // Composed spans drawn apart and summed miss by more.
+    let apart = label_errors(&real, &regenerated_under(&real, |c| c.calibration.composed = false));
+    let worst = |errors: &[(f64, String, [f64; 3], [f64; 3])]| errors.iter().take(5).map(|e| e.0).sum::<f64>();
+    println!("the five worst without composed durations: {:?}", &apart[..5].iter().map(|e| (e.0, &e.1)).collect::<Vec<_>>());
+    assert!(
+        worst(&errors) < worst(&apart),
+        "five worst {:.3} with composed durations, {:.3} without",
+        worst(&errors),
+        worst(&apart)
+    );
 }
 
 /// Per (parent label, leaf label): the median share of its parent's duration

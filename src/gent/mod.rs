@@ -12,6 +12,8 @@
 
 mod attributes;
 mod cells;
+mod composed;
+mod cores;
 mod digest;
 mod latency;
 mod model;

@@ -141,6 +141,13 @@ pub struct Repairs {
     /// Calibrated timing: traces stretched or shrunk whole, by under 10%,
     /// to cross a latency band's cut as often as the window's did.
     pub latency_stretched: u64,
+    /// Calibrated timing: spans composed of calls mapped shorter than their
+    /// calls reached, the waits between the calls shortened
+    /// (`calibration.composed`).
+    pub waits_shortened: u64,
+    /// Calibrated timing: of those, spans held longer than their label's
+    /// quantile by the calls that lay inside them.
+    pub composed_held: u64,
     /// Calibrated status: spans made to fail, or not to, so that each
     /// label fails as often per time bucket as it did.
     pub status_changed: u64,
@@ -619,34 +626,6 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
 }
 
-/// Most threads composing a window's traces: two cores are the target, and
-/// a trace's composition is a few microseconds, so more threads would mostly
-/// wait on one another's memory.
-const MAX_COMPOSE_THREADS: usize = 4;
-
-/// `work` over `0..n` cut into one contiguous range per core, the ranges'
-/// results in order. A thread the OS will not give runs its range here
-/// instead: the decompressor keeps serving.
-fn on_cores<T: Send>(n: usize, work: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()).min(MAX_COMPOSE_THREADS);
-    let chunk = n.div_ceil(cores).max(1);
-    let work = &work;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n)
-            .step_by(chunk)
-            .map(|from| {
-                let to = (from + chunk).min(n);
-                std::thread::Builder::new().spawn_scoped(scope, move || work(from..to)).map_err(|_| from..to)
-            })
-            .collect();
-        let join = |h| match h {
-            Ok(h) => std::thread::ScopedJoinHandle::join(h).unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            Err(range) => work(range),
-        };
-        handles.into_iter().map(join).collect()
-    })
-}
-
 /// Rounds of C_G that run one after another. A topology deeper than this
 /// (about 128 levels at the default chain length) has its deeper chains
 /// sampled in one last round, before their heads' metadata is known, so that
@@ -1021,6 +1000,7 @@ impl WindowModel {
             allowed,
             estimated: bytes,
             met: bytes <= allowed,
+            composed: current.composed,
             quantiles_per_root: current.quantiles_per_root,
             start_bucket: current.start_bucket,
             node_effects: current.node_effects,
@@ -1074,6 +1054,7 @@ pub struct Budget {
     /// exceed the budget does not, and keeps the configured calibration.
     pub met: bool,
     /// The calibration that was used.
+    pub composed: bool,
     pub quantiles_per_root: f64,
     #[serde(with = "humantime_serde")]
     pub start_bucket: std::time::Duration,
@@ -1696,7 +1677,7 @@ impl WindowModel {
             let ranks = tables.ranks(h, order, starts, noise, &mut timing_rng(seed));
             // Each trace is composed from its own ranks alone: the traces are
             // split among the cores.
-            let parts = on_cores(order.len(), |range| {
+            let parts = super::cores::on_cores(order.len(), |range| {
                 let (mut scratch, mut fixes) = (Scratch::default(), TimingRepairs::default());
                 let times: Vec<Vec<(u64, u64)>> = range
                     .map(|i| {
@@ -1749,10 +1730,13 @@ impl WindowModel {
             }
             times = placed;
         }
+        tables.map_composed(h, order, &mut times, (seed, self.window_end), &mut fixes);
         repairs.start_shifted += fixes.start_shifted;
         repairs.end_clamped += fixes.end_clamped;
         repairs.parent_extended += fixes.parent_extended;
         repairs.changed_over_10pct += fixes.changed_over_10pct;
+        repairs.waits_shortened += fixes.waits_shortened;
+        repairs.composed_held += fixes.composed_held;
         times
     }
 

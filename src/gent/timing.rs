@@ -46,6 +46,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use super::cells::{Quantity, TimeCells};
+use super::composed::{ComposedDurations, ComposedError, Family, Mapping};
 use super::latency::{self, LatencyBands, LatencyError};
 use super::shares::{self, RareShares, SharesError};
 use super::times::NodeTimes;
@@ -98,6 +99,10 @@ pub struct CalibrationConfig {
     /// many times in the window keep their share of their caller's duration,
     /// call by call ([`super::shares`]); 0: none.
     pub rare_calls: u32,
+    /// Per label, the durations of its spans composed of calls: after
+    /// composition they are mapped rank for rank onto them, the span's own
+    /// tail taking the difference ([`super::composed`]).
+    pub composed: bool,
     /// Per label that failed, how many of its spans failed in each topology
     /// bucket and at which durations ([`super::status`]): exactly that many
     /// fail again, and no other label's spans.
@@ -147,6 +152,7 @@ impl Default for CalibrationConfig {
             latency_bands: true,
             segments: true,
             rare_calls: 16,
+            composed: true,
             status: true,
             start_bucket: std::time::Duration::from_secs(10),
             topology_bucket: std::time::Duration::from_secs(60),
@@ -174,18 +180,29 @@ impl CalibrationConfig {
     }
 }
 
+/// Quantiles per square root a budget goes down to before it drops the
+/// couplings: a few hundred bytes on a small window, where the couplings
+/// cost 430 (TrainTicket hour 16 with composed durations off missed its
+/// budget by 2 bytes and lost its couplings: bottlenecks 0.828 → 0.807).
+const QUANTILES_BEFORE_COUPLINGS: f64 = 1.2;
+
 /// The steps by which a model is made smaller to fit its budget, in order
 /// (measured on TrainTicket hour 16, where the budget bites, to cost the
-/// least fidelity per byte): fewer quantiles per sketch down to 1.5 per
+/// least fidelity per byte): no composed durations (they cost a sketch per
+/// label with calls and a little self time, BENCHMARKS.md "Session 59"),
+/// fewer quantiles per sketch down to 1.5 per
 /// square root of the values, start counts per topology bucket instead of per
 /// start bucket, no bursts, no time effects, node locations per path and
 /// then none, rare calls kept down to pairs seen at most
-/// [`RARE_CALLS_KEPT`] times, no node effects, no latency bands, fewer
+/// [`RARE_CALLS_KEPT`] times, fewer quantiles down to
+/// [`QUANTILES_BEFORE_COUPLINGS`], no node effects, no latency bands, fewer
 /// quantiles still, no time segments, and then the rare calls left, halving
 /// the times seen.
 pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
     let mut next = config.clone();
-    if config.quantiles_per_root > 1.5 {
+    if config.composed {
+        next.composed = false;
+    } else if config.quantiles_per_root > 1.5 {
         next.quantiles_per_root = (config.quantiles_per_root * 0.8).max(1.5);
     } else if config.start_bucket < config.topology_bucket {
         next.start_bucket = config.topology_bucket;
@@ -199,6 +216,8 @@ pub fn smaller(config: &CalibrationConfig) -> Option<CalibrationConfig> {
         next.node_locations = NodeLocations::None;
     } else if config.node_effects && config.rare_calls > RARE_CALLS_KEPT {
         next.rare_calls = (config.rare_calls / 2).max(RARE_CALLS_KEPT);
+    } else if config.node_effects && config.quantiles_per_root > QUANTILES_BEFORE_COUPLINGS {
+        next.quantiles_per_root = (config.quantiles_per_root * 0.9).max(QUANTILES_BEFORE_COUPLINGS);
     } else if config.node_effects {
         next.node_effects = false;
     } else if config.latency_bands {
@@ -462,6 +481,10 @@ pub struct TimingModel {
     pub bands: LatencyBands,
     /// Rare calls' shares of their callers, call by call ([`super::shares`]).
     pub shares: RareShares,
+    /// Per label, the durations of its spans composed of calls
+    /// ([`super::composed`]); `None` when off (a byte, where empty columns
+    /// took five: TrainTicket hour 16 fits its budget to the byte).
+    pub composed: Option<ComposedDurations>,
 }
 
 /// One (time bucket, key) cell's own distribution of normal scores (see
@@ -511,6 +534,8 @@ pub enum TimingError {
     Latency(#[from] LatencyError),
     #[error("timing model: {0}")]
     Shares(#[from] SharesError),
+    #[error("timing model: {0}")]
+    Composed(#[from] ComposedError),
 }
 
 fn bad(what: impl Into<String>) -> TimingError {
@@ -874,6 +899,42 @@ fn reach_of(code: u8) -> Option<f64> {
     (code < 255).then(|| f64::from(code) / 16.0 - 4.0)
 }
 
+/// `keys` (value key indices) as flags, `n` of them.
+fn flags(keys: &[u32], n: usize) -> Vec<bool> {
+    let mut out = vec![false; n];
+    for &v in keys {
+        out[v as usize] = true;
+    }
+    out
+}
+
+/// Per topology, per node: whether its duration is composed of its calls
+/// and mapped onto its label's ([`super::composed`]): not a root (the
+/// latency bands arrange those), not kept at its own duration, and not a
+/// rare call's caller (which keeps its stored length).
+fn composed_nodes(histogram: &TopologyHistogram, keys: &Keys, detached: &[bool], shares: &RareShares) -> Vec<Vec<bool>> {
+    let pins = shares.by_topology(histogram);
+    histogram
+        .topologies
+        .iter()
+        .enumerate()
+        .map(|(t, topology)| {
+            let mut calls = vec![false; topology.len()];
+            for p in topology.parents.iter().flatten() {
+                calls[*p as usize] = true;
+            }
+            (0..topology.len())
+                .map(|k| {
+                    calls[k]
+                        && topology.parents[k].is_some()
+                        && !detached[keys.nodes[t][k].0 as usize]
+                        && !pins[t].iter().any(|f| f.parent as usize == k)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 impl TimingModel {
     /// Learns the timing of `traces` (one window's, or a sample of them)
     /// placed in `histogram`; `cells` bins every trace of the window.
@@ -981,6 +1042,15 @@ impl TimingModel {
         } else {
             Vec::new()
         };
+        let shares = RareShares::fit(traces, histogram, config.rare_calls);
+        let composed = if config.composed {
+            let detached = flags(&detached, keys.values);
+            let nodes = composed_nodes(histogram, &keys, &detached, &shares);
+            let size = (config.resolution, config.max_quantiles, config.quantiles_per_root);
+            Some(ComposedDurations::fit(traces, histogram, |t, k| nodes[t][k], size))
+        } else {
+            None
+        };
         TimingModel {
             resolution: config.resolution,
             bucket_ns,
@@ -1002,7 +1072,8 @@ impl TimingModel {
             times,
             bursts,
             bands: LatencyBands::default(),
-            shares: RareShares::fit(traces, histogram, config.rare_calls),
+            shares,
+            composed,
         }
     }
 
@@ -1111,6 +1182,9 @@ impl TimingModel {
         }
         latency::validate(&self.bands, histogram)?;
         self.shares.validate(histogram)?;
+        if let Some(composed) = &self.composed {
+            composed.validate(histogram)?;
+        }
         Ok(())
     }
 }
@@ -2013,7 +2087,14 @@ pub struct TimingTables<'a> {
     /// The model's 4-bit weights, decoded once: decoded node by node, their
     /// sines were 3% of generation.
     weights: Weights,
+    /// Composed durations decoded, with each topology's [`NodeFlags`]; none
+    /// when off.
+    mapping: Option<(Mapping, Vec<NodeFlags>)>,
 }
+
+/// Per node of a topology: whether it is composed, whether it spans its
+/// parent, and its reach ([`super::composed::Family`]).
+type NodeFlags = (Vec<bool>, Vec<bool>, Vec<f64>);
 
 /// [`TimingModel`]'s packed weights as numbers.
 struct Weights {
@@ -2060,6 +2141,12 @@ pub struct TimingRepairs {
     pub parent_extended: u64,
     /// Spans whose duration a repair changed by more than 10%.
     pub changed_over_10pct: u64,
+    /// Composed spans mapped shorter than their calls reached: the waits
+    /// between the calls shortened ([`super::composed`]).
+    pub waits_shortened: u64,
+    /// Of those, spans held longer than their quantile by the calls that
+    /// lay inside them.
+    pub composed_held: u64,
 }
 
 impl TimingRepairs {
@@ -2069,6 +2156,8 @@ impl TimingRepairs {
         self.end_clamped += other.end_clamped;
         self.parent_extended += other.parent_extended;
         self.changed_over_10pct += other.changed_over_10pct;
+        self.waits_shortened += other.waits_shortened;
+        self.composed_held += other.composed_held;
     }
 }
 
@@ -2079,14 +2168,7 @@ impl<'a> TimingTables<'a> {
         let read = |s: &Segmented| (s.starts.clone(), s.sketches.iter().map(|q| Quantiles::new(q, r)).collect());
         let values = model.values.iter().map(read).collect();
         let leads = model.leads.iter().map(read).collect();
-        let flags = |keys: &[u32]| {
-            let mut out = vec![false; model.values.len()];
-            for &v in keys {
-                out[v as usize] = true;
-            }
-            out
-        };
-        let (detached, spanning) = (flags(&model.detached), flags(&model.spanning));
+        let (detached, spanning) = (flags(&model.detached, model.values.len()), flags(&model.spanning, model.values.len()));
         let layout = histogram
             .topologies
             .iter()
@@ -2104,7 +2186,46 @@ impl<'a> TimingTables<'a> {
         let bursts = model.bursts.iter().map(|b| ((b.bucket, b.key), *b)).collect();
         let pins = model.shares.by_topology(histogram);
         let weights = Weights::of(model);
-        TimingTables { model, keys: Keys::of(histogram), values, leads, detached, spanning, layout, bursts, pins, weights }
+        let keys = Keys::of(histogram);
+        // Validated with the model: a mapping that does not decode is none.
+        let mapping = (model.composed.as_ref())
+            .filter(|c| !c.is_empty())
+            .and_then(|c| Mapping::new(c, histogram.labels.len(), r).ok())
+            .map(|m| {
+                let composed = composed_nodes(histogram, &keys, &detached, &model.shares);
+                let per_node = histogram.topologies.iter().zip(&keys.nodes).map(|(t, keys)| {
+                    let spans = keys.iter().zip(&t.parents).map(|(k, p)| spanning[k.0 as usize] && p.is_some()).collect();
+                    let reach = keys.iter().map(|k| reach_of(model.reaches[k.0 as usize]).unwrap_or(f64::INFINITY)).collect();
+                    (spans, reach)
+                });
+                (m, composed.into_iter().zip(per_node).map(|(c, (s, r))| (c, s, r)).collect())
+            });
+        TimingTables { model, keys, values, leads, detached, spanning, layout, bursts, pins, weights, mapping }
+    }
+
+    /// Maps every trace's composed spans onto their labels' durations
+    /// ([`super::composed`]): `times` per trace of `order`, per node,
+    /// (start, end) as composed and placed.
+    pub fn map_composed(
+        &self,
+        histogram: &TopologyHistogram,
+        order: &[usize],
+        times: &mut [Vec<(u64, u64)>],
+        (seed, window_end): (u64, u64),
+        repairs: &mut TimingRepairs,
+    ) {
+        let Some((mapping, flags)) = &self.mapping else {
+            return;
+        };
+        let family = |i: usize| {
+            let t = order[i];
+            let (composed, spanning, reach) = &flags[t];
+            Family { topology: &histogram.topologies[t], children: &self.layout[t].0, composed, spanning, reach }
+        };
+        let fitted = mapping.apply(times, family, seed, window_end);
+        repairs.waits_shortened += fitted.waits_shortened;
+        repairs.composed_held += fitted.held;
+        repairs.end_clamped += fitted.clamped;
     }
 
     /// Every node's rank within its value sketch (key and time segment), then
@@ -2720,6 +2841,7 @@ mod tests {
             assert!(steps.len() < 64, "the steps end");
             steps.push(next);
         }
+        assert!(steps[0].composed && !steps[1].composed, "composed durations go first");
         let at = |locations| steps.iter().position(|c| c.node_effects && c.node_locations == locations);
         let (paths, alone) =
             (at(NodeLocations::Paths).expect("a step pools by path"), at(NodeLocations::None).expect("then couplings alone"));
@@ -2727,8 +2849,10 @@ mod tests {
         assert_eq!(alone, paths + 1);
         // Then rare calls down to the pairs seen at most RARE_CALLS_KEPT times.
         let off = steps.iter().position(|c| !c.node_effects).expect("a step drops the couplings");
-        let kept: Vec<u32> = steps[alone..off].iter().map(|c| c.rare_calls).collect();
+        let mut kept: Vec<u32> = steps[alone..off].iter().map(|c| c.rare_calls).collect();
+        kept.dedup();
         assert_eq!(kept, [16, 8, 4], "rare calls kept before the couplings go");
+        assert_eq!(steps[off - 1].quantiles_per_root, QUANTILES_BEFORE_COUPLINGS, "and fewer quantiles");
         assert_eq!(steps[off].rare_calls, RARE_CALLS_KEPT);
         let last = steps.last().unwrap();
         assert!(!last.segments && !last.latency_bands && !last.node_effects && last.rare_calls == 0);
