@@ -425,6 +425,8 @@ fn refit(trace: &mut [(u64, u64)], f: &Family, targets: &[i64], window_end: u64,
             // Not mapped (a root, whose duration the latency bands set; a
             // span kept at its own or its stored length): as long as it
             // was, or as its calls now need.
+            // Roots keep their latency bands' arrangement: not held to reach.
+            let least = if f.topology.parents[p].is_some() { least } else { 0 };
             old.max(must_hold).max(least)
         };
         changed[p] = duration[p] != old;
