@@ -27,8 +27,8 @@
 //! left; both are counted. A span that a call outlived (async work) is not
 //! shortened, nor is a span that outlived its parent moved: either would
 //! make a call longer against its parent than the window ever had one. A
-//! span not mapped (a root, whose duration the
-//! latency bands set) keeps its duration unless its calls now need more.
+//! span not mapped (a root, whose duration the latency bands set) keeps its
+//! duration unless its calls now need more.
 
 use foldhash::HashMap;
 use std::hash::BuildHasher;
