@@ -230,27 +230,32 @@ fn label_errors(real: &TraceSet, regenerated: &TraceSet) -> Vec<(f64, String, [f
 fn trainticket_hour_12_labels_keep_their_duration_quantiles() {
     let real = hour(12);
     let dir = tempfile::tempdir().unwrap();
-    let (_, regenerated, _, _) = regenerate(&real, dir.path(), None);
-    let errors = label_errors(&real, &regenerated);
-    let within = errors.iter().filter(|e| e.0 <= 0.05).count() as f64 / errors.len() as f64;
-    println!("labels with p10, p50 and p90 within 5%: {within:.3} of {}; the worst:", errors.len());
-    for (error, label, w, g) in errors.iter().take(10) {
-        println!("  {:>5.1}%  {label}: real {w:.2?}, regenerated {g:.2?}", 100.0 * error);
+    // The packet's seed, and seed 2, at which a label of a hundred spans
+    // whose p90 sits on a jump (9.68 to 10.33 ln µs from its 89th to its
+    // 90th) missed by 6.1% while its composed durations were sketched at
+    // fewer points than values (BENCHMARKS.md "Session 60").
+    let mut first = Vec::new();
+    for seed in [None, Some(2)] {
+        let (_, regenerated, _, _) = regenerate(&real, dir.path(), seed);
+        let errors = label_errors(&real, &regenerated);
+        let within = errors.iter().filter(|e| e.0 <= 0.05).count();
+        println!("seed {seed:?}: labels with p10, p50 and p90 within 5%: {within} of {}; the worst:", errors.len());
+        for (error, label, w, g) in errors.iter().take(10) {
+            println!("  {:>5.1}%  {label}: real {w:.2?}, regenerated {g:.2?}", 100.0 * error);
+        }
+        assert_eq!(within, errors.len(), "seed {seed:?}: worst label {} at {:.3}", errors[0].1, errors[0].0);
+        if first.is_empty() {
+            first = errors;
+        }
     }
-    // Leaves are mapped rank for rank onto their sketches, and spans with
-    // children moved to within 4% of theirs; a label of a hundred spans
-    // whose p90 sits on a jump (9.6 to 10.3 ln µs from its 85th to its
-    // 90th) still misses by 5-6% at some seeds (BENCHMARKS.md "Session 59").
-    assert!(within >= 0.99, "only {within:.3} of the labels within 5%");
-    assert!(errors[0].0 < 0.08, "worst label {:.3}", errors[0].0);
     // Composed spans drawn apart and summed miss by more.
     let apart = label_errors(&real, &regenerated_under(&real, |c| c.calibration.composed = false));
     let worst = |errors: &[(f64, String, [f64; 3], [f64; 3])]| errors.iter().take(5).map(|e| e.0).sum::<f64>();
     println!("the five worst without composed durations: {:?}", &apart[..5].iter().map(|e| (e.0, &e.1)).collect::<Vec<_>>());
     assert!(
-        worst(&errors) < worst(&apart),
+        worst(&first) < worst(&apart),
         "five worst {:.3} with composed durations, {:.3} without",
-        worst(&errors),
+        worst(&first),
         worst(&apart)
     );
 }
