@@ -101,7 +101,7 @@ mod persistence {
     use gent::nn::weights::Precision;
 
     #[test]
-    fn a_stored_model_samples_exactly_as_the_trained_one_and_f16_halves_it() {
+    fn a_stored_model_samples_exactly_as_the_trained_one_and_f16_halves_it_int8_quarters_it() {
         let t = table();
         let model = Ctgan::fit(&t, None, small(3, 5), &Device::flex()).unwrap();
         let expected = model.sample(800, None, 3).unwrap();
@@ -120,6 +120,17 @@ mod persistence {
         // f16 rounding moves few categorical decisions.
         let same = labels(&from_half, 0).iter().zip(labels(&expected, 0)).filter(|(a, b)| a == b).count();
         assert!(same > 700, "only {same} of 800 labels survive f16 storage");
+
+        // int8 with a scale per row: about a quarter, and the model as it was.
+        let int8 = model.to_bytes(Precision::Int8).unwrap();
+        assert_eq!(model.sample(800, None, 3).unwrap(), expected);
+        let ratio = int8.len() as f64 / full.len() as f64;
+        println!("stored model: int8 {} bytes ({ratio:.2})", int8.len());
+        assert!(ratio < 0.32, "int8 model is {ratio:.2} of the f32 one");
+        let from_int8 = Ctgan::from_bytes(&int8, &Device::flex()).unwrap().sample(800, None, 3).unwrap();
+        let same = labels(&from_int8, 0).iter().zip(labels(&expected, 0)).filter(|(a, b)| a == b).count();
+        println!("labels that survive int8 storage: {same} of 800");
+        assert!(same > 600, "only {same} of 800 labels survive int8 storage");
     }
 
     #[test]

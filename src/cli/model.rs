@@ -37,8 +37,12 @@ pub struct TrainArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Store weights as f16 (half the size, about three significant digits).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "int8")]
     f16: bool,
+    /// Store weight matrices as int8 with an f16 scale per row, vectors as f16
+    /// (about a quarter of the size; error up to half a step of 1/127 of the row's largest weight).
+    #[arg(long)]
+    int8: bool,
     /// Condition on a one-hot topology id instead of the GCN embedding (the paper's ablation).
     #[arg(long)]
     no_gcn: bool,
@@ -137,7 +141,11 @@ pub fn train(a: TrainArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
     let model = WindowModel::train(&set.traces, &config, &device, previous.as_ref()).map_err(Failure::bad)?;
     let train_seconds = started.elapsed().as_secs_f64();
-    let precision = if a.f16 { Precision::F16 } else { Precision::F32 };
+    let precision = match (a.f16, a.int8) {
+        (_, true) => Precision::Int8,
+        (true, _) => Precision::F16,
+        _ => Precision::F32,
+    };
     let conditions = a.call_graph_conditions.then(|| WindowConditions::of(&set.traces, model.window_start));
     let packet =
         gent::codec::pack(&model, 0, &config, precision, config.ctgan.seed, conditions.clone()).map_err(Failure::other)?;
