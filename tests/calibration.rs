@@ -234,30 +234,26 @@ fn trainticket_hour_12_labels_keep_their_duration_quantiles() {
     // whose p90 sits on a jump (9.68 to 10.33 ln µs from its 89th to its
     // 90th) missed by 6.1% while its composed durations were sketched at
     // fewer points than values (BENCHMARKS.md "Session 60").
-    let mut first = Vec::new();
-    for seed in [None, Some(2)] {
-        let (_, regenerated, _, _) = regenerate(&real, dir.path(), seed);
-        let errors = label_errors(&real, &regenerated);
-        let within = errors.iter().filter(|e| e.0 <= 0.05).count();
-        println!("seed {seed:?}: labels with p10, p50 and p90 within 5%: {within} of {}; the worst:", errors.len());
-        for (error, label, w, g) in errors.iter().take(10) {
-            println!("  {:>5.1}%  {label}: real {w:.2?}, regenerated {g:.2?}", 100.0 * error);
-        }
-        assert_eq!(within, errors.len(), "seed {seed:?}: worst label {} at {:.3}", errors[0].1, errors[0].0);
-        if first.is_empty() {
-            first = errors;
-        }
-    }
+    let at_seeds: Vec<_> = [None, Some(2)]
+        .into_iter()
+        .map(|seed| {
+            let (_, regenerated, _, _) = regenerate(&real, dir.path(), seed);
+            let errors = label_errors(&real, &regenerated);
+            let within = errors.iter().filter(|e| e.0 <= 0.05).count();
+            println!("seed {seed:?}: labels with p10, p50 and p90 within 5%: {within} of {}; the worst:", errors.len());
+            for (error, label, w, g) in errors.iter().take(10) {
+                println!("  {:>5.1}%  {label}: real {w:.2?}, regenerated {g:.2?}", 100.0 * error);
+            }
+            assert_eq!(within, errors.len(), "seed {seed:?}: worst label {} at {:.3}", errors[0].1, errors[0].0);
+            errors
+        })
+        .collect();
+    let first = &at_seeds[0];
     // Composed spans drawn apart and summed miss by more.
     let apart = label_errors(&real, &regenerated_under(&real, |c| c.calibration.composed = false));
     let worst = |errors: &[(f64, String, [f64; 3], [f64; 3])]| errors.iter().take(5).map(|e| e.0).sum::<f64>();
     println!("the five worst without composed durations: {:?}", &apart[..5].iter().map(|e| (e.0, &e.1)).collect::<Vec<_>>());
-    assert!(
-        worst(&first) < worst(&apart),
-        "five worst {:.3} with composed durations, {:.3} without",
-        worst(&first),
-        worst(&apart)
-    );
+    assert!(worst(first) < worst(&apart), "five worst {:.3} with composed durations, {:.3} without", worst(first), worst(&apart));
 }
 
 /// Per (parent label, leaf label): the median share of its parent's duration
