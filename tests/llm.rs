@@ -1135,8 +1135,17 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     assert_eq!(methods[0]["accuracy_min_cell"], 1.0);
     assert_eq!(methods[0]["cells"].as_array().unwrap().len(), 7);
     assert_eq!(methods[0]["similarity_generated"], 20);
+    assert!(methods[0].get("rejected").is_none(), "{}", methods[0]);
     let tab = methods[1]["accuracy_mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&tab));
+    // Every grid graph the tabular model got wrong is counted under the rule
+    // that rejected it.
+    let cells = methods[1]["cells"].as_array().unwrap();
+    let failed: u64 = cells.iter().map(|c| c["tried"].as_u64().unwrap() - c["valid"].as_u64().unwrap()).sum();
+    let rejected = methods[1].get("rejected").and_then(|r| r.as_object());
+    let tallied: u64 = rejected.map_or(0, |r| r.values().map(|n| n.as_u64().unwrap()).sum());
+    assert_eq!(tallied, failed, "{}", methods[1]);
+    assert!(rejected.into_iter().flatten().all(|(rule, _)| !rule.is_empty() && !rule.contains(' ')), "{}", methods[1]);
     // The probabilistic baseline has no grid accuracy (it takes no request) but always a graph.
     assert!(methods[2]["accuracy_mean"].is_null());
     assert_eq!(methods[2]["similarity_generated"], 20);

@@ -2,6 +2,7 @@
 //! model. `split` and `train` prepare it, `generate` asks it for graphs,
 //! `eval` sets it beside the tabular, probabilistic and retrieval baselines.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -728,6 +729,9 @@ struct MethodReport {
     accuracy_mean: Option<f64>,
     accuracy_min_cell: Option<f64>,
     cells: Option<Vec<Cell>>,
+    /// Grid graphs rejected, by the rule that rejected them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    rejected: BTreeMap<&'static str, usize>,
     similarity_generated: usize,
     kl_popular_calls: f64,
     heavy_hitter_top10: Option<f64>,
@@ -774,6 +778,7 @@ impl MethodReport {
             accuracy_mean: mean,
             accuracy_min_cell: worst,
             cells,
+            rejected: BTreeMap::new(),
             similarity_generated: generated.len(),
             kl_popular_calls: s.kl_popular_calls,
             heavy_hitter_top10: hh(10),
@@ -802,6 +807,12 @@ impl MethodReport {
             self.heavy_hitter_top100.unwrap_or(f64::NAN),
             self.seconds,
         );
+        if !self.rejected.is_empty() {
+            let mut rules: Vec<(&&str, &usize)> = self.rejected.iter().collect();
+            rules.sort_by(|a, b| b.1.cmp(a.1));
+            let top: Vec<String> = rules.iter().take(4).map(|(r, n)| format!("{r} {n}")).collect();
+            println!("{:<14} grid graphs rejected by: {}", "", top.join(", "));
+        }
     }
 }
 
@@ -851,7 +862,7 @@ fn eval_model(
     }
     let started = Instant::now();
     let max_len = lm.config.max_len;
-    let cells = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
+    let grid = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
     let generated = lm_eval::requested(&mut g, rounds(compared, a.rounds), decoding, max_len);
     let mut name = decoding_name(decoding);
     if a.any_call && decoding == Decoding::Constrained {
@@ -859,7 +870,8 @@ fn eval_model(
     } else if decoding == Decoding::Constrained && a.prior.call_prior > 0.0 && lm.calls.has_counts() {
         name.push_str(&format!(", call prior {}", a.prior.call_prior));
     }
-    let mut r = MethodReport::new(&file.display().to_string(), &name, Some(cells), compared, &generated);
+    let mut r = MethodReport::new(&file.display().to_string(), &name, Some(grid.cells), compared, &generated);
+    r.rejected = grid.rejected;
     if decoding == Decoding::Instructed {
         let facts = Facts::of(training);
         let high = lm_eval::high_latency(&mut g, compared, &facts, max_len);

@@ -12,7 +12,7 @@
 //!   share of the real top-K microservices (by calls received) among the
 //!   generated top-K.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::generate::{Decoding, Generator, NextToken, Outcome, Request};
 use super::graph::CallGraph;
@@ -27,6 +27,14 @@ pub struct Cell {
     pub tried: usize,
 }
 
+/// Grid accuracy: every cell, and how many generated graphs each rule
+/// rejected (what free decoding gets wrong, at a glance).
+#[derive(Debug, Clone, Default)]
+pub struct Grid {
+    pub cells: Vec<Cell>,
+    pub rejected: BTreeMap<&'static str, usize>,
+}
+
 /// Generates `count` graphs per cell of `edges` × `depths` (cells with fewer
 /// edges than levels are skipped).
 pub fn accuracy<M: NextToken>(
@@ -36,19 +44,25 @@ pub fn accuracy<M: NextToken>(
     count: usize,
     decoding: Decoding,
     max_tokens: usize,
-) -> Vec<Cell> {
-    let mut cells = Vec::new();
+) -> Grid {
+    let mut grid = Grid::default();
     for num_edges in edges {
         for depth in depths.clone() {
             if depth > num_edges {
                 continue;
             }
             let request = Request { service: "S_000034483".into(), num_edges, depth, latency: 100 };
-            let valid = (0..count).filter(|_| matches!(g.run(&request, decoding, max_tokens), Outcome::Valid(_))).count();
-            cells.push(Cell { num_edges, depth, valid, tried: count });
+            let mut valid = 0;
+            for _ in 0..count {
+                match g.run(&request, decoding, max_tokens) {
+                    Outcome::Valid(_) => valid += 1,
+                    Outcome::Invalid { reason, .. } => *grid.rejected.entry(reason.rule()).or_default() += 1,
+                }
+            }
+            grid.cells.push(Cell { num_edges, depth, valid, tried: count });
         }
     }
-    cells
+    grid
 }
 
 /// The valid graphs generated for the conditions of each of `real`.

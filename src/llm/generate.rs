@@ -135,7 +135,8 @@ pub enum GenerateError {
 
 /// Why a generated layer or graph was rejected: the accuracy figures count
 /// these, and `gent llm generate` names them.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Rejection {
     #[error("the model ended the sequence inside a layer")]
     EndedInLayer,
@@ -151,6 +152,17 @@ pub enum Rejection {
     Violation(#[from] super::validate::Violation),
     #[error(transparent)]
     Constrained(#[from] GenerateError),
+}
+
+impl Rejection {
+    /// The rule that rejected: the Appendix B constraint for a violation,
+    /// else the kind of failure (`unclosed`, `layer`, ...).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Rejection::Violation(v) => v.into(),
+            other => other.into(),
+        }
+    }
 }
 
 /// The one layer a document of generated layer text holds.

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use super::graph::{CallGraph, Edge, Layer, LayerConditions};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// `rule()` names the variant in snake case, for tallies of what failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Violation {
     #[error("the layer has {found} edges; num_current_edges asks for {expected}")]
     EdgeCount { expected: u64, found: u64 },
