@@ -1136,6 +1136,12 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     assert_eq!(methods[0]["cells"].as_array().unwrap().len(), 7);
     assert_eq!(methods[0]["similarity_generated"], 20);
     assert!(methods[0].get("rejected").is_none(), "{}", methods[0]);
+    assert_eq!(methods[0]["accuracy_held_back"], 1.0);
+    // The tabular model's share of held-back requests it met is the graphs
+    // it gave out of the 20 asked; the baselines take no request to meet.
+    let met = methods[1]["similarity_generated"].as_f64().unwrap() / 20.0;
+    assert!((methods[1]["accuracy_held_back"].as_f64().unwrap() - met).abs() < 1e-12, "{}", methods[1]);
+    assert!(methods[2].get("accuracy_held_back").is_none() && methods[3].get("accuracy_held_back").is_none());
     let tab = methods[1]["accuracy_mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&tab));
     // Every grid graph the tabular model got wrong is counted under the rule

@@ -733,6 +733,11 @@ struct MethodReport {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     rejected: BTreeMap<&'static str, usize>,
     similarity_generated: usize,
+    /// Language models: the share of held-back requests (each real graph's
+    /// own service, size, depth and latency, every round) given a valid graph
+    /// of exactly that size: the grid's accuracy on sizes real traffic has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy_held_back: Option<f64>,
     kl_popular_calls: f64,
     heavy_hitter_top10: Option<f64>,
     heavy_hitter_top50: Option<f64>,
@@ -780,6 +785,7 @@ impl MethodReport {
             cells,
             rejected: BTreeMap::new(),
             similarity_generated: generated.len(),
+            accuracy_held_back: None,
             kl_popular_calls: s.kl_popular_calls,
             heavy_hitter_top10: hh(10),
             heavy_hitter_top50: hh(50),
@@ -793,9 +799,12 @@ impl MethodReport {
     }
 
     fn print(&self) {
-        let accuracy = self
+        let mut accuracy = self
             .accuracy_mean
             .map_or("n/a".to_string(), |a| format!("{a:.3} (worst cell {:.3})", self.accuracy_min_cell.unwrap_or(0.0)));
+        if let Some(h) = self.accuracy_held_back {
+            accuracy.push_str(&format!(", held-back requests {h:.3}"));
+        }
         println!(
             "{:<14} {:<40} accuracy {} | KL of popular calls {:.3}{} | heavy hitters top-10 {:.2}, top-100 {:.2} | {:.1} s",
             self.decoding,
@@ -872,6 +881,7 @@ fn eval_model(
     }
     let mut r = MethodReport::new(&file.display().to_string(), &name, Some(grid.cells), compared, &generated);
     r.rejected = grid.rejected;
+    r.accuracy_held_back = Some(generated.len() as f64 / (compared.len() * a.rounds).max(1) as f64);
     if decoding == Decoding::Instructed {
         let facts = Facts::of(training);
         let high = lm_eval::high_latency(&mut g, compared, &facts, max_len);
@@ -1182,7 +1192,10 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
         match outcome.map_err(Failure::other)? {
             Outcome::Valid(x) => graphs.push(x.graph),
             Outcome::Invalid { reason, .. } if decoding == Decoding::Constrained => return Err(Failure::other(reason)),
-            Outcome::Invalid { reason, .. } => invalid.push(reason),
+            Outcome::Invalid { reason, text } => {
+                tracing::debug!(%reason, %text, "invalid graph");
+                invalid.push(reason)
+            }
         }
     }
     let seconds = started.elapsed().as_secs_f64();
