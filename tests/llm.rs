@@ -1142,6 +1142,14 @@ fn gent_llm_splits_then_evaluates_every_method_side_by_side() {
     let met = methods[1]["similarity_generated"].as_f64().unwrap() / 20.0;
     assert!((methods[1]["accuracy_held_back"].as_f64().unwrap() - met).abs() < 1e-12, "{}", methods[1]);
     assert!(methods[2].get("accuracy_held_back").is_none() && methods[3].get("accuracy_held_back").is_none());
+    // By band of requested edges: every request counted once per round, in
+    // its band, and the bands' met add up to the graphs given.
+    for m in &methods[..2] {
+        let bands = m["held_back_by_size"].as_array().unwrap();
+        let sum = |k: &str| bands.iter().map(|b| b[k].as_u64().unwrap()).sum::<u64>();
+        assert_eq!((sum("asked"), sum("met")), (20, m["similarity_generated"].as_u64().unwrap()), "{m}");
+        assert!(bands.iter().all(|b| ["1", "2-4", "5-10", "11+"].contains(&b["edges"].as_str().unwrap())), "{m}");
+    }
     let tab = methods[1]["accuracy_mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&tab));
     // Every grid graph the tabular model got wrong is counted under the rule

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use gent::io::{self, OutputFormat};
-use gent::llm::eval::{self as lm_eval, Cell, Following};
+use gent::llm::eval::{self as lm_eval, Cell, Following, SizeBand};
 use gent::llm::generate::{self, Decoding, Generator, Outcome};
 use gent::llm::instruct::{Facts, UserInstruction};
 use gent::llm::model::{self, Encoding, LanguageModel};
@@ -738,6 +738,9 @@ struct MethodReport {
     /// of exactly that size: the grid's accuracy on sizes real traffic has.
     #[serde(skip_serializing_if = "Option::is_none")]
     accuracy_held_back: Option<f64>,
+    /// The same by band of requested edge count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_back_by_size: Option<Vec<SizeBand>>,
     kl_popular_calls: f64,
     heavy_hitter_top10: Option<f64>,
     heavy_hitter_top50: Option<f64>,
@@ -786,6 +789,7 @@ impl MethodReport {
             rejected: BTreeMap::new(),
             similarity_generated: generated.len(),
             accuracy_held_back: None,
+            held_back_by_size: None,
             kl_popular_calls: s.kl_popular_calls,
             heavy_hitter_top10: hh(10),
             heavy_hitter_top50: hh(50),
@@ -821,6 +825,10 @@ impl MethodReport {
             rules.sort_by(|a, b| b.1.cmp(a.1));
             let top: Vec<String> = rules.iter().take(4).map(|(r, n)| format!("{r} {n}")).collect();
             println!("{:<14} grid graphs rejected by: {}", "", top.join(", "));
+        }
+        if let Some(bands) = self.held_back_by_size.as_ref().filter(|b| b.iter().any(|b| b.met < b.asked)) {
+            let shares: Vec<String> = bands.iter().map(|b| format!("{} edges {}/{}", b.edges, b.met, b.asked)).collect();
+            println!("{:<14} held-back requests met: {}", "", shares.join(", "));
         }
     }
 }
@@ -872,7 +880,8 @@ fn eval_model(
     let started = Instant::now();
     let max_len = lm.config.max_len;
     let grid = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
-    let generated = lm_eval::requested(&mut g, rounds(compared, a.rounds), decoding, max_len);
+    let lm_eval::Requested { graphs: generated, by_size } =
+        lm_eval::requested(&mut g, rounds(compared, a.rounds), decoding, max_len);
     let mut name = decoding_name(decoding);
     if a.any_call && decoding == Decoding::Constrained {
         name.push_str(", any call");
@@ -882,6 +891,7 @@ fn eval_model(
     let mut r = MethodReport::new(&file.display().to_string(), &name, Some(grid.cells), compared, &generated);
     r.rejected = grid.rejected;
     r.accuracy_held_back = Some(generated.len() as f64 / (compared.len() * a.rounds).max(1) as f64);
+    r.held_back_by_size = Some(by_size);
     if decoding == Decoding::Instructed {
         let facts = Facts::of(training);
         let high = lm_eval::high_latency(&mut g, compared, &facts, max_len);

@@ -65,23 +65,51 @@ pub fn accuracy<M: NextToken>(
     grid
 }
 
-/// The valid graphs generated for the conditions of each of `real`.
+/// Requests met within one band of requested edge counts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SizeBand {
+    /// The band's requested edge counts: `1`, `2-4`, `5-10` or `11+`.
+    pub edges: &'static str,
+    pub met: usize,
+    pub asked: usize,
+}
+
+/// Bands of requested edge counts, as (upper bound, name): free decoding
+/// meets one-edge requests far more often than any other, which a single
+/// share hides.
+const BANDS: [(u64, &str); 4] = [(1, "1"), (4, "2-4"), (10, "5-10"), (u64::MAX, "11+")];
+
+/// What a method made of the real graphs' requests.
+#[derive(Debug, Clone, Default)]
+pub struct Requested {
+    /// The valid graphs, in request order.
+    pub graphs: Vec<CallGraph>,
+    /// Requests met, by band of requested edge count (bands asked only).
+    pub by_size: Vec<SizeBand>,
+}
+
+/// The valid graphs generated for the conditions of each of `real`, and
+/// how many requests each band of sizes met.
 pub fn requested<'r, M: NextToken>(
     g: &mut Generator<'_, M>,
     real: impl IntoIterator<Item = &'r CallGraph>,
     decoding: Decoding,
     max_tokens: usize,
-) -> Vec<CallGraph> {
-    real.into_iter()
-        .filter_map(|r| {
-            let request =
-                Request { service: r.service.clone(), num_edges: r.edges.len() as u64, depth: r.depth(), latency: r.end() };
-            match g.run(&request, decoding, max_tokens) {
-                Outcome::Valid(x) => Some(x.graph),
-                Outcome::Invalid { .. } => None,
-            }
-        })
-        .collect()
+) -> Requested {
+    let mut out = Requested::default();
+    let mut bands = BANDS.map(|(_, edges)| SizeBand { edges, met: 0, asked: 0 });
+    for r in real {
+        let num_edges = r.edges.len() as u64;
+        let request = Request { service: r.service.clone(), num_edges, depth: r.depth(), latency: r.end() };
+        let band = &mut bands[BANDS.iter().position(|&(hi, _)| num_edges <= hi).unwrap_or(BANDS.len() - 1)];
+        band.asked += 1;
+        if let Outcome::Valid(x) = g.run(&request, decoding, max_tokens) {
+            band.met += 1;
+            out.graphs.push(x.graph);
+        }
+    }
+    out.by_size = bands.into_iter().filter(|b| b.asked > 0).collect();
+    out
 }
 
 /// How close generated graphs come to real ones.
