@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use super::graph::{CallGraph, Edge, Layer, LayerConditions};
 
-/// `rule()` names the variant in snake case, for tallies of what failed.
+/// Each variant converts to its snake-case name (`&'static str`), the rule
+/// `Rejection::rule` reports in tallies of what failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::IntoStaticStr)]
 #[strum(serialize_all = "snake_case")]
 pub enum Violation {
