@@ -1667,3 +1667,125 @@ fn gent_llm_checkpoint_continues_a_prompt_and_names_what_is_wrong() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/checkpoint/config.json"));
 }
+
+#[test]
+fn a_llama_checkpoint_fine_tunes_on_call_graphs_and_its_file_reads_back_exactly() {
+    use gent::llm::finetuned::{self, FineTuning, Finetuned};
+    use gent::llm::generate::{Decoding, Outcome, Request, Sampling, WritesGraphs};
+    use gent::llm::pretrained::Pretrained;
+    let device = gent::nn::cpu_device();
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).take(300).collect();
+    let base = Pretrained::load(&llama_fixture(), &device).unwrap();
+    let train = gent::nn::lm::TrainConfig { steps: 40, batch: 8, learning_rate: 3e-3, seed: 1 };
+    let t = FineTuning { train, p_drop: 0.5, held_back: 0.1 };
+    let (model, report) = Finetuned::train(base, &graphs, &t, &device).unwrap();
+    // The checkpoint's own tokenizer reads the layers: about 230 of its
+    // byte-pair tokens per layer (gent's tokenizer needs a few dozen).
+    assert!(report.tokens_per_sequence > 50.0, "{}", report.tokens_per_sequence);
+    assert_eq!(report.held_back_graphs, 30);
+    let held = &report.trained.held_losses;
+    let (first, last) = (held.first().unwrap().1, held.last().unwrap().1);
+    assert!(last < first - 0.3, "held-back loss {first} -> {last}: fine-tuning learns the held-back layers");
+    // The file carries network, tokenizer and calls: read back, it writes
+    // itself byte for byte and generates exactly as before.
+    let bytes = model.to_bytes().unwrap();
+    assert!(finetuned::is_file(&bytes));
+    let again = Finetuned::from_bytes(&bytes, &device).unwrap();
+    assert_eq!(again.to_bytes().unwrap(), bytes);
+    assert_eq!(again.destinations, model.destinations);
+    let request = Request { service: graphs[0].service.clone(), num_edges: 2, depth: 2, latency: 100 };
+    let sampling = Sampling::default();
+    let text = |o: Outcome| match o {
+        Outcome::Valid(g) => g.text,
+        Outcome::Invalid { reason, text } => format!("{reason}: {text}"),
+    };
+    for seed in 0..3 {
+        let (mut a, mut b) = (model.writer(sampling, seed), again.writer(sampling, seed));
+        assert_eq!(text(a.run(&request, Decoding::Free, 256)), text(b.run(&request, Decoding::Free, 256)), "seed {seed}");
+    }
+    // Constraints over gent's tokens cannot apply to the checkpoint's.
+    match model.writer(sampling, 0).run(&request, Decoding::Constrained, 256) {
+        Outcome::Invalid { reason, .. } => assert!(reason.to_string().contains("decodes freely only"), "{reason}"),
+        Outcome::Valid(_) => panic!("constrained decoding through a checkpoint's tokenizer"),
+    }
+    // gent's own model reader names what the file is; this reader refuses
+    // gent's own models and damaged files.
+    let e = gent::llm::model::LanguageModel::from_bytes(&bytes, &device).err().unwrap().to_string();
+    assert!(e.contains("--from"), "{e}");
+    let e = Finetuned::from_bytes(&bytes[..bytes.len() / 2], &device).err().unwrap().to_string();
+    assert!(!e.is_empty());
+}
+
+#[test]
+fn gent_llm_train_from_a_checkpoint_generates_and_evaluates_freely_and_refuses_constraints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, train) = (dir.path().join("ft.gent"), data("alibaba/callgraphs_train.txt"));
+    let out = gent()
+        .args(["llm", "train", "--steps", "6", "--batch", "4", "--json", "--from"])
+        .arg(llama_fixture())
+        .arg("--out")
+        .arg(&model)
+        .arg(&train)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(report["vocabulary"], 320, "the checkpoint's tokenizer");
+    assert_eq!(report["steps"], 6);
+    let generated = dir.path().join("g.txt");
+    let run = |args: &[&str]| gent().args(args).output().unwrap();
+    let m = model.to_str().unwrap();
+    let out = run(&[
+        "llm",
+        "generate",
+        m,
+        "--conditions",
+        "num_edges:2/depth:1",
+        "--count",
+        "2",
+        "--json",
+        "--out",
+        generated.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(report["requested"], 2);
+    let t = train.to_str().unwrap();
+    let out = run(&[
+        "llm",
+        "eval",
+        m,
+        "--real",
+        t,
+        "--max-edges",
+        "2",
+        "--max-depth",
+        "1",
+        "--count",
+        "1",
+        "--similarity-graphs",
+        "3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
+    let row = &report["methods"][0];
+    assert_eq!(row["decoding"], "free, checkpoint's tokenizer");
+    assert_eq!(row["cells"].as_array().unwrap().len(), 2);
+    // Refused by name: constraints, tasks that need gent's tokenizer, and
+    // a tabular fine-tune.
+    let fixture = llama_fixture();
+    let fixture = fixture.to_str().unwrap();
+    let refusals: [(&[&str], &str); 4] = [
+        (&["llm", "generate", m, "--conditions", "num_edges:2/depth:1", "--constrained", "--out", "/dev/null"], "--constrained"),
+        (&["llm", "eval", m, "--real", t, "--constrained"], "freely only"),
+        (&["llm", "predict", m, "--train", t, "--real", t], "--from"),
+        (&["llm", "train", "--from", fixture, "--encoding", "tabular", "--out", "/dev/null", t], "layer encoding"),
+    ];
+    for (args, says) in refusals {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

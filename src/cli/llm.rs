@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use gent::io::{self, OutputFormat};
 use gent::llm::eval::{self as lm_eval, Cell, Following, SizeBand};
-use gent::llm::generate::{self, Decoding, Generator, Outcome};
+use gent::llm::finetuned::{self, FineTuning, Finetuned};
+use gent::llm::generate::{self, Decoding, Generator, Outcome, WritesGraphs};
 use gent::llm::instruct::{Facts, UserInstruction};
 use gent::llm::model::{self, Encoding, LanguageModel};
 use gent::llm::pretrained::{Candidate, Pretrained};
@@ -175,8 +176,17 @@ pub struct TrainArgs {
     /// Sequences (layers) per step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    #[arg(long, default_value_t = 3e-3)]
-    learning_rate: f64,
+    /// Peak learning rate (warm-up, then cosine decay): 3e-3 for a new
+    /// model, 3e-4 with --from (the paper's, for a pretrained model).
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Start from this pretrained Llama checkpoint (Hugging Face layout:
+    /// config.json, model.safetensors or its shards, tokenizer.json, as `gent
+    /// llm checkpoint` reads) and fine-tune every weight on the graphs'
+    /// layer text through its own tokenizer. The model decodes freely only:
+    /// constrained decoding needs gent's tokenizer.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["size", "id_tokens", "tune_steps", "lora_rank"])]
+    from: Option<PathBuf>,
     /// Probability of dropping each first-layer condition but the service id.
     #[arg(long, default_value_t = 0.5)]
     p_drop: f64,
@@ -845,8 +855,18 @@ fn load_model(
     encoding: Encoding,
     device: &burn::tensor::Device,
 ) -> Result<LanguageModel, Failure> {
-    let lm = LanguageModel::from_bytes(&read_file(file)?, device)
-        .map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))?;
+    model_of(file, &read_file(file)?, decoding, encoding, device)
+}
+
+/// As [`load_model`], from the file's bytes.
+fn model_of(
+    file: &Path,
+    bytes: &[u8],
+    decoding: Decoding,
+    encoding: Encoding,
+    device: &burn::tensor::Device,
+) -> Result<LanguageModel, Failure> {
+    let lm = LanguageModel::from_bytes(bytes, device).map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))?;
     if lm.encoding != encoding {
         return Err(Failure::BadInput(format!(
             "{}: a model of the {:?} encoding, where one of the {encoding:?} encoding is expected",
@@ -879,19 +899,13 @@ fn eval_model(
     }
     let started = Instant::now();
     let max_len = lm.config.max_len;
-    let grid = lm_eval::accuracy(&mut g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_len);
-    let lm_eval::Requested { graphs: generated, by_size } =
-        lm_eval::requested(&mut g, rounds(compared, a.rounds), decoding, max_len);
     let mut name = decoding_name(decoding);
     if a.any_call && decoding == Decoding::Constrained {
         name.push_str(", any call");
     } else if decoding == Decoding::Constrained && a.prior.call_prior > 0.0 && lm.calls.has_counts() {
         name.push_str(&format!(", call prior {}", a.prior.call_prior));
     }
-    let mut r = MethodReport::new(&file.display().to_string(), &name, Some(grid.cells), compared, &generated);
-    r.rejected = grid.rejected;
-    r.accuracy_held_back = Some(generated.len() as f64 / (compared.len() * a.rounds).max(1) as f64);
-    r.held_back_by_size = Some(by_size);
+    let mut r = scored_row(a, file, &name, &mut g, decoding, max_len, compared);
     if decoding == Decoding::Instructed {
         let facts = Facts::of(training);
         let high = lm_eval::high_latency(&mut g, compared, &facts, max_len);
@@ -908,6 +922,59 @@ fn eval_model(
         r.high_latency = Some(high);
         r.uncommon_communication = Some(uncommon);
     }
+    r.seconds = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// A language model's row: grid accuracy, and the graphs it writes for the
+/// requests of `compared` set beside them.
+fn scored_row(
+    a: &EvalArgs,
+    file: &Path,
+    name: &str,
+    g: &mut impl WritesGraphs,
+    decoding: Decoding,
+    max_tokens: usize,
+    compared: &[CallGraph],
+) -> MethodReport {
+    let grid = lm_eval::accuracy(g, 1..=a.max_edges, 1..=a.max_depth, a.count, decoding, max_tokens);
+    let lm_eval::Requested { graphs: generated, by_size } =
+        lm_eval::requested(g, rounds(compared, a.rounds), decoding, max_tokens);
+    let mut r = MethodReport::new(&file.display().to_string(), name, Some(grid.cells), compared, &generated);
+    r.rejected = grid.rejected;
+    r.accuracy_held_back = Some(generated.len() as f64 / (compared.len() * a.rounds).max(1) as f64);
+    r.held_back_by_size = Some(by_size);
+    r
+}
+
+/// Evaluates a fine-tuned checkpoint (`gent llm train --from`), which
+/// decodes freely only, as the recursive model.
+fn eval_finetuned(
+    a: &EvalArgs,
+    file: &Path,
+    bytes: &[u8],
+    decoding: Decoding,
+    compared: &[CallGraph],
+    device: &burn::tensor::Device,
+) -> Result<MethodReport, Failure> {
+    if decoding != Decoding::Free {
+        return Err(Failure::BadInput(format!(
+            "{}: a checkpoint fine-tuned with --from decodes freely only: give it as the model, without --constrained",
+            file.display()
+        )));
+    }
+    let lm = Finetuned::from_bytes(bytes, device).map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))?;
+    let sampling = generate::Sampling { temperature: a.temperature, ..generate::Sampling::default() };
+    let started = Instant::now();
+    let mut r = scored_row(
+        a,
+        file,
+        "free, checkpoint's tokenizer",
+        &mut lm.writer(sampling, a.run.seed),
+        decoding,
+        lm.config.max_len,
+        compared,
+    );
     r.seconds = started.elapsed().as_secs_f64();
     Ok(r)
 }
@@ -942,7 +1009,12 @@ fn eval(a: EvalArgs) -> Result<(), Failure> {
     let mut methods = Vec::new();
     for (file, decoding, encoding) in lms {
         let Some(file) = file else { continue };
-        let lm = load_model(file, decoding, encoding, &device)?;
+        let bytes = read_file(file)?;
+        if finetuned::is_file(&bytes) {
+            methods.push(eval_finetuned(&a, file, &bytes, decoding, compared, &device)?);
+            continue;
+        }
+        let lm = model_of(file, &bytes, decoding, encoding, &device)?;
         methods.push(eval_model(&a, file, decoding, &lm, compared, &training)?);
     }
     if let Some(dir) = &a.probabilistic {
@@ -1002,7 +1074,7 @@ impl TrainArgs {
     fn check(&self) -> Result<(), Failure> {
         if self.steps == 0
             || self.batch == 0
-            || !(self.learning_rate > 0.0)
+            || !(self.learning_rate() > 0.0)
             || !(0.0..1.0).contains(&self.p_drop)
             || !(0.0..1.0).contains(&self.held_back)
         {
@@ -1012,6 +1084,9 @@ impl TrainArgs {
         }
         if !(self.tune_fraction > 0.0 && self.tune_fraction <= 1.0) {
             return Err(Failure::BadInput("--tune-fraction must be above 0 and at most 1".into()));
+        }
+        if self.from.is_some() && matches!(self.encoding, LmEncoding::Tabular) {
+            return Err(Failure::BadInput("--from fine-tunes a checkpoint on the layer encoding only".into()));
         }
         if self.tune_steps > 0 && matches!(self.encoding, LmEncoding::Tabular) {
             return Err(Failure::BadInput("--tune-steps needs the layer encoding (instruction samples are layers)".into()));
@@ -1029,8 +1104,22 @@ impl TrainArgs {
             LmEncoding::Layers => Encoding::Layers,
             LmEncoding::Tabular => Encoding::Tabular,
         };
-        let train = TrainConfig { steps: self.steps, batch: self.batch, learning_rate: self.learning_rate, seed: self.run.seed };
-        model::Pretraining { encoding, size, train, p_drop: self.p_drop, max_ids: self.id_tokens, held_back: self.held_back }
+        model::Pretraining {
+            encoding,
+            size,
+            train: self.train_config(),
+            p_drop: self.p_drop,
+            max_ids: self.id_tokens,
+            held_back: self.held_back,
+        }
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.learning_rate.unwrap_or(if self.from.is_some() { 3e-4 } else { 3e-3 })
+    }
+
+    fn train_config(&self) -> TrainConfig {
+        TrainConfig { steps: self.steps, batch: self.batch, learning_rate: self.learning_rate(), seed: self.run.seed }
     }
 
     fn lora(&self) -> Option<LoraConfig> {
@@ -1039,12 +1128,7 @@ impl TrainArgs {
 
     fn tuning(&self) -> model::Tuning {
         model::Tuning {
-            train: TrainConfig {
-                steps: self.tune_steps,
-                batch: self.batch,
-                learning_rate: self.learning_rate,
-                seed: self.run.seed,
-            },
+            train: TrainConfig { steps: self.tune_steps, ..self.train_config() },
             fraction: self.tune_fraction,
             sampling: gent::llm::instruct::Sampling { p_drop: self.p_drop, ..Default::default() },
             lora: self.lora(),
@@ -1055,6 +1139,9 @@ impl TrainArgs {
 fn train(a: TrainArgs) -> Result<(), Failure> {
     a.check()?;
     let graphs = read_call_graphs(&a.inputs)?;
+    if let Some(dir) = &a.from {
+        return fine_tune(&a, dir, &graphs);
+    }
     let started = Instant::now();
     let (mut lm, pretrained) =
         LanguageModel::pretrain(&graphs, &a.pretraining(), &device(a.run.backend)?).map_err(Failure::other)?;
@@ -1092,6 +1179,41 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
         model_bytes: bytes.len(),
     };
     tracing::info!(graphs = graphs.len(), steps = a.steps, train_seconds = format!("{train_seconds:.1}"), loss = ?pretrained.trained.losses.last(), out = %a.out.display(), "language model written");
+    report(a.run.json.json, &r)
+}
+
+/// `gent llm train --from DIR`: the checkpoint in `dir` fine-tuned on `graphs`.
+fn fine_tune(a: &TrainArgs, dir: &Path, graphs: &[CallGraph]) -> Result<(), Failure> {
+    let device = device(a.run.backend)?;
+    let base = Pretrained::load(dir, &device).map_err(Failure::bad)?;
+    let t = FineTuning { train: a.train_config(), p_drop: a.p_drop, held_back: a.held_back };
+    let started = Instant::now();
+    let (lm, pretrained) = Finetuned::train(base, graphs, &t, &device).map_err(Failure::bad)?;
+    let train_seconds = started.elapsed().as_secs_f64();
+    let bytes = lm.to_bytes().map_err(Failure::other)?;
+    write(&a.out, &bytes)?;
+    let trained = &pretrained.trained;
+    let r = TrainReport {
+        graphs: graphs.len(),
+        vocabulary: lm.tokenizer.get_vocab_size(true),
+        identifier_tokens: 0,
+        tokens_per_sequence: pretrained.tokens_per_sequence,
+        steps: a.steps,
+        first_loss: trained.losses.first().copied(),
+        last_loss: trained.losses.last().copied(),
+        held_back_graphs: pretrained.held_back_graphs,
+        held_back_losses: trained.held_losses.clone(),
+        tokens_per_second: trained.tokens_per_second,
+        train_seconds,
+        tune_steps: 0,
+        tune_lora_rank: None,
+        tune_trainable_parameters: None,
+        tune_first_loss: None,
+        tune_last_loss: None,
+        tune_seconds: 0.0,
+        model_bytes: bytes.len(),
+    };
+    tracing::info!(checkpoint = %dir.display(), graphs = graphs.len(), steps = a.steps, train_seconds = format!("{train_seconds:.1}"), loss = ?trained.losses.last(), out = %a.out.display(), "fine-tuned checkpoint written");
     report(a.run.json.json, &r)
 }
 
@@ -1170,32 +1292,24 @@ fn decoding_for(a: &GenerateArgs, lm: &LanguageModel, instructed: bool) -> Resul
     Ok(decoding)
 }
 
+/// What `gent llm generate` asked of a model: how, what came of each
+/// request, and in how long.
+struct Asked {
+    decoding: Decoding,
+    outcomes: Vec<Result<Outcome, generate::GenerateError>>,
+    seconds: f64,
+}
+
 fn generate(a: GenerateArgs) -> Result<(), Failure> {
     let user = user_instruction(a.high_latency, a.include_edge.as_deref())?;
     let request = request(&a.conditions)?;
-    let lm = LanguageModel::from_bytes(&read_file(&a.model)?, &device(a.run.backend)?)
-        .map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
-    let decoding = decoding_for(&a, &lm, user.is_some())?;
+    let bytes = read_file(&a.model)?;
+    let device = device(a.run.backend)?;
     let sampling = generate::Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-    let (names, max_len) = (&lm.destinations, lm.config.max_len);
-    let one = |mut model: &mut dyn generate::NextToken, tok: &gent::llm::Tokenizer, i: usize| {
-        let seed = batch::request_seed(a.run.seed, i);
-        let mut g = Generator::new(&mut model, tok, sampling, seed)?.known_destinations(names);
-        if !a.any_call {
-            g = g.known_calls(&lm.calls).call_prior(a.prior.prior());
-        }
-        Ok::<_, generate::GenerateError>(match &user {
-            Some(u) => g.graph_instructed(&request, u, max_len),
-            None => g.run(&request, decoding, max_len),
-        })
-    };
-    let started = Instant::now();
-    let outcomes: Vec<Result<Outcome, generate::GenerateError>> = if a.no_kv_cache || a.batch == 1 {
-        let (mut scorer, tok) = if a.no_kv_cache { lm.uncached_scorer() } else { lm.scorer() };
-        (0..a.count).map(|i| one(&mut scorer, tok, i)).collect()
+    let Asked { decoding, outcomes, seconds } = if finetuned::is_file(&bytes) {
+        ask_finetuned(&a, &bytes, &request, user.is_some(), sampling, &device)?
     } else {
-        let tok = &lm.tokenizer;
-        batch::run(&lm, usize::from(a.batch), a.count, |i, model| one(model, tok, i))
+        ask_own(&a, &bytes, &request, user, sampling, &device)?
     };
     let (mut graphs, mut invalid) = (Vec::new(), Vec::new());
     for outcome in outcomes {
@@ -1208,7 +1322,6 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
             }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
     write_graphs(&graphs, a.format, &a.out)?;
     for reason in invalid.iter().take(3) {
         tracing::warn!(%reason, "invalid graph discarded");
@@ -1223,6 +1336,70 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
     };
     tracing::info!(valid = r.valid, invalid = r.invalid, seconds = format!("{seconds:.2}"), out = %a.out.display(), "call graphs generated");
     report(a.run.json.json, &r)
+}
+
+/// `gent llm generate` with one of gent's own models.
+fn ask_own(
+    a: &GenerateArgs,
+    bytes: &[u8],
+    request: &generate::Request,
+    user: Option<UserInstruction>,
+    sampling: generate::Sampling,
+    device: &burn::tensor::Device,
+) -> Result<Asked, Failure> {
+    let lm = LanguageModel::from_bytes(bytes, device).map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
+    let decoding = decoding_for(a, &lm, user.is_some())?;
+    let (names, max_len) = (&lm.destinations, lm.config.max_len);
+    let one = |mut model: &mut dyn generate::NextToken, tok: &gent::llm::Tokenizer, i: usize| {
+        let seed = batch::request_seed(a.run.seed, i);
+        let mut g = Generator::new(&mut model, tok, sampling, seed)?.known_destinations(names);
+        if !a.any_call {
+            g = g.known_calls(&lm.calls).call_prior(a.prior.prior());
+        }
+        Ok::<_, generate::GenerateError>(match &user {
+            Some(u) => g.graph_instructed(request, u, max_len),
+            None => g.run(request, decoding, max_len),
+        })
+    };
+    let started = Instant::now();
+    let outcomes = if a.no_kv_cache || a.batch == 1 {
+        let (mut scorer, tok) = if a.no_kv_cache { lm.uncached_scorer() } else { lm.scorer() };
+        (0..a.count).map(|i| one(&mut scorer, tok, i)).collect()
+    } else {
+        let tok = &lm.tokenizer;
+        batch::run(&lm, usize::from(a.batch), a.count, |i, model| one(model, tok, i))
+    };
+    Ok(Asked { decoding, outcomes, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// `gent llm generate` with a fine-tuned checkpoint (`gent llm train
+/// --from`): free decoding through its own tokenizer, one request at a time.
+fn ask_finetuned(
+    a: &GenerateArgs,
+    bytes: &[u8],
+    request: &generate::Request,
+    instructed: bool,
+    sampling: generate::Sampling,
+    device: &burn::tensor::Device,
+) -> Result<Asked, Failure> {
+    let refused = |what: &str| {
+        Failure::BadInput(format!(
+            "{}: a checkpoint fine-tuned with --from reads its checkpoint's tokens and decodes freely only: drop {what}",
+            a.model.display()
+        ))
+    };
+    if a.constrained {
+        return Err(refused("--constrained (constrained decoding needs gent's own tokenizer)"));
+    }
+    if instructed {
+        return Err(refused("--high-latency and --include-edge (it is not instruction-tuned)"));
+    }
+    let lm = Finetuned::from_bytes(bytes, device).map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
+    let started = Instant::now();
+    let outcomes = (0..a.count)
+        .map(|i| Ok(lm.writer(sampling, batch::request_seed(a.run.seed, i)).run(request, Decoding::Free, lm.config.max_len)))
+        .collect();
+    Ok(Asked { decoding: Decoding::Free, outcomes, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Writes generated graphs as tabular text or, as the Alibaba reader would

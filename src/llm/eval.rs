@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::generate::{Decoding, Generator, NextToken, Outcome, Request};
+use super::generate::{Decoding, Generator, NextToken, Outcome, Request, WritesGraphs};
 use super::graph::CallGraph;
 use super::instruct::{Facts, UserInstruction};
 
@@ -37,8 +37,8 @@ pub struct Grid {
 
 /// Generates `count` graphs per cell of `edges` × `depths` (cells with fewer
 /// edges than levels are skipped).
-pub fn accuracy<M: NextToken>(
-    g: &mut Generator<'_, M>,
+pub fn accuracy(
+    g: &mut impl WritesGraphs,
     edges: std::ops::RangeInclusive<u64>,
     depths: std::ops::RangeInclusive<u64>,
     count: usize,
@@ -90,8 +90,8 @@ pub struct Requested {
 
 /// The valid graphs generated for the conditions of each of `real`, and
 /// how many requests each band of sizes met.
-pub fn requested<'r, M: NextToken>(
-    g: &mut Generator<'_, M>,
+pub fn requested<'r>(
+    g: &mut impl WritesGraphs,
     real: impl IntoIterator<Item = &'r CallGraph>,
     decoding: Decoding,
     max_tokens: usize,

@@ -131,6 +131,10 @@ pub enum GenerateError {
     MissingToken(String),
     #[error("generated text does not parse: {0}")]
     Text(#[from] text::TextError),
+    #[error("{0:?} decoding needs gent's own tokenizer: this model reads a checkpoint's tokens and decodes freely only")]
+    FreeOnly(Decoding),
+    #[error("the tokenizer cannot encode the prompt: {0}")]
+    Prompt(String),
 }
 
 /// Why a generated layer or graph was rejected: the accuracy figures count
@@ -283,6 +287,50 @@ fn top_p(mut weights: Vec<f64>, p: f32) -> Vec<f64> {
         }
     }
     weights
+}
+
+/// One of `allowed` (token ids) under `logits` the `sampling` way: the best
+/// at temperature 0, else drawn from the top-k and top-p at its temperature.
+pub(crate) fn sample(logits: &[f32], allowed: &[u32], sampling: Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
+    if sampling.temperature <= 0.0 {
+        return allowed[ranked(logits, allowed, 1.0, None)[0].0];
+    }
+    let weighted = ranked(logits, allowed, sampling.temperature, Some(sampling));
+    allowed[draw(&weighted, rng)]
+}
+
+/// The indices of `allowed` (non-empty), best first under `logits` (ties in
+/// their order), with weights at `temperature`; with a `cut`, only its top-k
+/// and top-p of them.
+fn ranked(logits: &[f32], allowed: &[u32], temperature: f32, cut: Option<Sampling>) -> Vec<(usize, f64)> {
+    let score = |id: u32| logits.get(id as usize).copied().filter(|v| v.is_finite()).unwrap_or(-1e9);
+    let mut order: Vec<(usize, f32)> = allowed.iter().enumerate().map(|(i, &id)| (i, score(id))).collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if let Some(s) = cut.filter(|s| s.top_k > 0) {
+        order.truncate(s.top_k.max(1));
+    }
+    let top = order[0].1;
+    let weights: Vec<f64> = order.iter().map(|&(_, v)| (((v - top) / temperature) as f64).exp()).collect();
+    let weights = match cut {
+        Some(s) => top_p(weights, s.top_p),
+        None => weights,
+    };
+    order.iter().zip(weights).map(|(&(i, _), w)| (i, w)).collect()
+}
+
+/// One index of `weighted` (any scale), drawn with the seeded generator
+/// walking them in order.
+fn draw(weighted: &[(usize, f64)], rng: &mut rand::rngs::StdRng) -> usize {
+    let total: f64 = weighted.iter().map(|x| x.1).sum();
+    let mut x = rng.random::<f64>() * total;
+    for &(i, w) in weighted {
+        if x < w {
+            return i;
+        }
+        x -= w;
+    }
+    // Rounding left `x` past the end: the last with any weight.
+    weighted.iter().rev().find(|x| x.1 > 0.0).or(weighted.last()).map_or(0, |x| x.0)
 }
 
 /// `MS_` and the five digits.
@@ -485,12 +533,8 @@ impl<'a, M: NextToken> Generator<'a, M> {
         if allowed.len() == 1 {
             return allowed[0];
         }
-        let s = self.sampling;
-        if s.temperature <= 0.0 {
-            return allowed[self.ranked(allowed, 1.0, false)[0].0];
-        }
-        let ranked = self.ranked(allowed, s.temperature, true);
-        allowed[self.draw(&ranked)]
+        let logits = self.model.logits(&self.context);
+        sample(&logits, allowed, self.sampling, &mut self.rng)
     }
 
     /// Picks one of `allowed` with the model's scores mixed with `prior`
@@ -531,32 +575,11 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// and top-p of them.
     fn ranked(&mut self, allowed: &[u32], temperature: f32, cut: bool) -> Vec<(usize, f64)> {
         let logits = self.model.logits(&self.context);
-        let score = |id: u32| logits.get(id as usize).copied().filter(|v| v.is_finite()).unwrap_or(-1e9);
-        let mut order: Vec<(usize, f32)> = allowed.iter().enumerate().map(|(i, &id)| (i, score(id))).collect();
-        order.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let s = self.sampling;
-        if cut && s.top_k > 0 {
-            order.truncate(s.top_k.max(1));
-        }
-        let top = order[0].1;
-        let weights: Vec<f64> = order.iter().map(|&(_, v)| (((v - top) / temperature) as f64).exp()).collect();
-        let weights = if cut { top_p(weights, s.top_p) } else { weights };
-        order.iter().zip(weights).map(|(&(i, _), w)| (i, w)).collect()
+        ranked(&logits, allowed, temperature, cut.then_some(self.sampling))
     }
 
-    /// One index of `weighted` (any scale), drawn with the seeded generator
-    /// walking them in order.
     fn draw(&mut self, weighted: &[(usize, f64)]) -> usize {
-        let total: f64 = weighted.iter().map(|x| x.1).sum();
-        let mut x = self.rng.random::<f64>() * total;
-        for &(i, w) in weighted {
-            if x < w {
-                return i;
-            }
-            x -= w;
-        }
-        // Rounding left `x` past the end: the last with any weight.
-        weighted.iter().rev().find(|x| x.1 > 0.0).or(weighted.last()).map_or(0, |x| x.0)
+        draw(weighted, &mut self.rng)
     }
 
     /// The model's probability of each of `allowed` (aligned), after
@@ -876,72 +899,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
     /// The recursive driver without constraints, in the layer encoding
     /// (`user` none) or the instruction encoding.
     fn recursive_free(&mut self, request: &Request, user: Option<&UserInstruction>, max_tokens_per_layer: usize) -> Outcome {
-        let mut all_text = String::new();
-        let invalid = |reason: Rejection, text: &str| Outcome::Invalid { reason, text: text.to_string() };
-        let first = LayerConditions {
-            id: Some(request.service.clone()),
-            num_edges: Some(request.num_edges),
-            remaining_depth: Some(request.depth.saturating_sub(1)),
-            start_node: Some("USER".into()),
-            start_edge_id: Some(0),
-            start_communication_at: Some(0),
-            latency: Some(request.latency),
-            ..LayerConditions::default()
-        };
-        let mut stack: Vec<(LayerConditions, EdgeId, bool)> = vec![(first, Vec::new(), true)];
-        let (mut layers, mut edges) = (Vec::new(), Vec::new());
-        while let Some((c, prefix, is_first)) = stack.pop() {
-            if layers.len() as u64 >= request.num_edges.max(1) {
-                return invalid(Rejection::TooManyLayers, &all_text);
-            }
-            let prompt = match user {
-                None => {
-                    let mut line = String::from(if is_first { text::GENERATE } else { "" });
-                    Conditions::from_layer(&c, if is_first { &FIRST } else { &CANONICAL }).write(&mut line);
-                    line.push('\n');
-                    line
-                }
-                Some(u) => {
-                    let applies = match u {
-                        UserInstruction::IncludeEdge { source, .. } => c.start_node.as_deref() == Some(source.as_str()),
-                        _ => is_first,
-                    };
-                    question_text(&c, is_first, applies.then_some(u))
-                }
-            };
-            let t = match self.free_layer(&prompt, max_tokens_per_layer) {
-                Ok(t) => t,
-                Err(reason) => return invalid(reason, &all_text),
-            };
-            all_text.push_str(&t);
-            let parsed = match user {
-                None => text::parse_layers(&if is_first { t.clone() } else { format!("{}{t}", text::GENERATE) })
-                    .and_then(|d| only_layer(d.records.first().map_or(&[], |r| r.0.as_slice()))),
-                Some(_) => parse_answer(&t),
-            };
-            let layer = match parsed {
-                Ok(l) => l,
-                Err(e) => return invalid(Rejection::Layer(e), &all_text),
-            };
-            if let Some(v) = super::validate::layer(&layer).into_iter().next() {
-                return invalid(v.into(), &all_text);
-            }
-            for (id, sub) in attach(&prefix, &layer, &mut edges) {
-                stack.push((sub, id, false));
-            }
-            layers.push(layer);
-        }
-        edges.sort_by(|a, b| a.id.cmp(&b.id));
-        let graph = CallGraph { service: request.service.clone(), edges };
-        let asked = super::validate::Requested {
-            num_edges: Some(request.num_edges),
-            depth: Some(request.depth),
-            latency: Some(request.latency),
-        };
-        if let Some(v) = super::validate::graph(&graph, &asked).into_iter().next() {
-            return invalid(v.into(), &all_text);
-        }
-        Outcome::Valid(Generated { graph, layers, text: all_text })
+        recursive_free(request, user, |prompt| self.free_layer(prompt, max_tokens_per_layer))
     }
 
     /// One layer under conditions `c`, asked as a question with `user` (or
@@ -1063,6 +1021,83 @@ impl<'a, M: NextToken> Generator<'a, M> {
     }
 }
 
+/// The recursive driver without constraints, in the layer encoding (`user`
+/// none) or the instruction encoding: `write` is the model writing one layer
+/// freely after a prompt (the layer's conditions, or its question), and
+/// every layer and the whole graph are checked.
+pub(crate) fn recursive_free(
+    request: &Request,
+    user: Option<&UserInstruction>,
+    mut write: impl FnMut(&str) -> Result<String, Rejection>,
+) -> Outcome {
+    let mut all_text = String::new();
+    let invalid = |reason: Rejection, text: &str| Outcome::Invalid { reason, text: text.to_string() };
+    let first = LayerConditions {
+        id: Some(request.service.clone()),
+        num_edges: Some(request.num_edges),
+        remaining_depth: Some(request.depth.saturating_sub(1)),
+        start_node: Some("USER".into()),
+        start_edge_id: Some(0),
+        start_communication_at: Some(0),
+        latency: Some(request.latency),
+        ..LayerConditions::default()
+    };
+    let mut stack: Vec<(LayerConditions, EdgeId, bool)> = vec![(first, Vec::new(), true)];
+    let (mut layers, mut edges) = (Vec::new(), Vec::new());
+    while let Some((c, prefix, is_first)) = stack.pop() {
+        if layers.len() as u64 >= request.num_edges.max(1) {
+            return invalid(Rejection::TooManyLayers, &all_text);
+        }
+        let prompt = match user {
+            None => {
+                let mut line = String::from(if is_first { text::GENERATE } else { "" });
+                Conditions::from_layer(&c, if is_first { &FIRST } else { &CANONICAL }).write(&mut line);
+                line.push('\n');
+                line
+            }
+            Some(u) => {
+                let applies = match u {
+                    UserInstruction::IncludeEdge { source, .. } => c.start_node.as_deref() == Some(source.as_str()),
+                    _ => is_first,
+                };
+                question_text(&c, is_first, applies.then_some(u))
+            }
+        };
+        let t = match write(&prompt) {
+            Ok(t) => t,
+            Err(reason) => return invalid(reason, &all_text),
+        };
+        all_text.push_str(&t);
+        let parsed = match user {
+            None => text::parse_layers(&if is_first { t.clone() } else { format!("{}{t}", text::GENERATE) })
+                .and_then(|d| only_layer(d.records.first().map_or(&[], |r| r.0.as_slice()))),
+            Some(_) => parse_answer(&t),
+        };
+        let layer = match parsed {
+            Ok(l) => l,
+            Err(e) => return invalid(Rejection::Layer(e), &all_text),
+        };
+        if let Some(v) = super::validate::layer(&layer).into_iter().next() {
+            return invalid(v.into(), &all_text);
+        }
+        for (id, sub) in attach(&prefix, &layer, &mut edges) {
+            stack.push((sub, id, false));
+        }
+        layers.push(layer);
+    }
+    edges.sort_by(|a, b| a.id.cmp(&b.id));
+    let graph = CallGraph { service: request.service.clone(), edges };
+    let asked = super::validate::Requested {
+        num_edges: Some(request.num_edges),
+        depth: Some(request.depth),
+        latency: Some(request.latency),
+    };
+    if let Some(v) = super::validate::graph(&graph, &asked).into_iter().next() {
+        return invalid(v.into(), &all_text);
+    }
+    Outcome::Valid(Generated { graph, layers, text: all_text })
+}
+
 /// Adds `layer`'s edges under `prefix` (the full id of the edge it extends) to
 /// `edges`, and returns its subgraphs with the full ids of their edges, last
 /// first, ready to push on the depth-first stack.
@@ -1070,6 +1105,21 @@ fn attach(prefix: &[u32], layer: &Layer, edges: &mut Vec<Edge>) -> Vec<(EdgeId, 
     let full = |local: u32| -> EdgeId { prefix.iter().copied().chain([local]).collect() };
     edges.extend(layer.edges.iter().map(|e| Edge { id: full(e.id[0]), ..e.clone() }));
     layer.subgraphs.iter().rev().map(|(edge, sub)| (full(*edge as u32), sub.clone())).collect()
+}
+
+/// What asks a language model for whole graphs: a [`Generator`] over gent's
+/// tokenizer, or a checkpoint fine-tuned with its own
+/// ([`super::finetuned::FreeWriter`]). `gent llm eval` scores either.
+pub trait WritesGraphs {
+    /// One graph for `request` the `decoding` way (`max_tokens`: per layer,
+    /// or per graph for the tabular encoding).
+    fn run(&mut self, request: &Request, decoding: Decoding, max_tokens: usize) -> Outcome;
+}
+
+impl<M: NextToken> WritesGraphs for Generator<'_, M> {
+    fn run(&mut self, request: &Request, decoding: Decoding, max_tokens: usize) -> Outcome {
+        Generator::run(self, request, decoding, max_tokens)
+    }
 }
 
 /// How an unconstrained generation ended.

@@ -15,7 +15,8 @@
 //! `baseline` (Erms' probabilistic generator) and `retrieval` (copying a
 //! training graph) are what `gent llm eval` sets the model beside;
 //! `predict` and `infill` the paper's downstream tasks (§5.4); `pretrained` a
-//! Hugging Face Llama checkpoint with its own tokenizer; `batch` runs many
+//! Hugging Face Llama checkpoint with its own tokenizer, and `finetuned` one
+//! fine-tuned on call graphs, writing them through that tokenizer; `batch` runs many
 //! requests' generators against one batched, cached model step.
 
 pub mod baseline;
@@ -23,6 +24,7 @@ pub mod batch;
 pub mod calls;
 mod config;
 pub mod eval;
+pub mod finetuned;
 pub mod generate;
 pub mod graph;
 pub mod infill;

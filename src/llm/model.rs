@@ -10,7 +10,7 @@ use super::graph::CallGraph;
 use super::instruct;
 use super::text;
 use super::tokenizer::{BOS, EOS, PAD, Tokenizer};
-use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfig};
+use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfig, Variant};
 use crate::nn::weights::{self, Precision};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,10 @@ pub enum LanguageModelError {
     Sizes(String),
     #[error("not a gent language model of this version (it is a {0:?} file; gent writes {KIND:?}: retrain it)")]
     Kind(String),
+    #[error(
+        "a checkpoint fine-tuned with `gent llm train --from`: it reads its checkpoint's tokens, and only `gent llm generate` and `gent llm eval` (free decoding) take it"
+    )]
+    Finetuned,
     #[error("no call graphs to train on")]
     Empty,
     #[error("instruction tuning needs a model of the layer encoding")]
@@ -49,12 +53,12 @@ const KIND_WITHOUT_CALLS: &str = "gent-llm/2";
 /// was when they were introduced, kept apart from the window packet's
 /// version (`container::FORMAT_VERSION`) so that a new packet format does not make
 /// trained language models unreadable; `KIND` versions their body.
-const CONTAINER_VERSION: u16 = 4;
+pub(super) const CONTAINER_VERSION: u16 = 4;
 
 /// The first field of every stored model, read alone to check the kind.
 #[derive(serde::Deserialize)]
-struct Head {
-    kind: String,
+pub(super) struct Head {
+    pub kind: String,
 }
 
 /// How the model writes call graphs.
@@ -141,8 +145,13 @@ pub struct Tuned {
 /// `lm`'s weights on `device` (between the autodiff device training uses
 /// and the plain one generation uses), through their bytes.
 fn moved(lm: Lm, config: &LmConfig, device: &Device) -> Result<Lm, LanguageModelError> {
+    moved_variant(lm, config, &Variant::of(config), device)
+}
+
+/// As [`moved`], for a network of any [`Variant`] (a checkpoint's).
+pub(super) fn moved_variant(lm: Lm, config: &LmConfig, variant: &Variant, device: &Device) -> Result<Lm, LanguageModelError> {
     let bytes = weights::to_bytes(lm, Precision::F32)?;
-    Ok(weights::from_bytes(Lm::new(config, device)?, &bytes)?)
+    Ok(weights::from_bytes(Lm::new_variant(config, variant, device)?, &bytes)?)
 }
 
 /// What pre-training reports.
@@ -190,11 +199,11 @@ impl LanguageModel {
             return Err(LanguageModelError::Empty);
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(p.train.seed);
-        let texts = training_texts(&graphs, p, &mut rng);
+        let texts = training_texts(&graphs, p.encoding, p.p_drop, &mut rng);
         let tokenizer = vocabulary(&graphs, &texts, p, &mut rng);
         let config = (p.size)(tokenizer.len());
         let sequences = encoded(&tokenizer, &texts, config.max_len);
-        let held = encoded(&tokenizer, &training_texts(&held_graphs, p, &mut rng), config.max_len);
+        let held = encoded(&tokenizer, &training_texts(&held_graphs, p.encoding, p.p_drop, &mut rng), config.max_len);
         let tokens_per_sequence = sequences.iter().map(Vec::len).sum::<usize>() as f64 / sequences.len().max(1) as f64;
         let train_device = device.clone().autodiff();
         // Initial weights come from the backend's generator: seed it, or the
@@ -362,6 +371,7 @@ impl LanguageModel {
                 (model, KnownCalls::from_calls(calls))
             }
             KIND_WITHOUT_CALLS => (crate::container::open_as(bytes, CONTAINER_VERSION)?, KnownCalls::default()),
+            super::finetuned::KIND => return Err(LanguageModelError::Finetuned),
             _ => return Err(LanguageModelError::Kind(head.kind)),
         };
         check_sizes(&s)?;
@@ -381,18 +391,18 @@ impl LanguageModel {
 
 /// One training text per sequence: each layer of each graph (layer
 /// encoding) or each whole graph (tabular), fields and conditions shuffled.
-fn training_texts(graphs: &[CallGraph], p: &Pretraining, rng: &mut rand::rngs::StdRng) -> Vec<String> {
+pub(super) fn training_texts(graphs: &[CallGraph], encoding: Encoding, p_drop: f64, rng: &mut rand::rngs::StdRng) -> Vec<String> {
     let mut texts = Vec::new();
     for g in graphs {
-        match p.encoding {
+        match encoding {
             Encoding::Layers => {
-                for l in text::encode_layers(g, rng, p.p_drop).0 {
+                for l in text::encode_layers(g, rng, p_drop).0 {
                     let doc = text::Document { records: vec![text::Layers(vec![l])], final_newline: true };
                     texts.push(text::write_layers(&doc));
                 }
             }
             Encoding::Tabular => {
-                let doc = text::Document { records: vec![text::encode_tabular(g, rng, p.p_drop)], final_newline: true };
+                let doc = text::Document { records: vec![text::encode_tabular(g, rng, p_drop)], final_newline: true };
                 texts.push(text::write_tabular(&doc));
             }
         }
@@ -417,7 +427,7 @@ fn vocabulary(graphs: &[CallGraph], texts: &[String], p: &Pretraining, rng: &mut
 }
 
 /// Sequences scored from their first token on.
-fn scored(sequences: &[Vec<u32>]) -> Vec<(&[u32], usize)> {
+pub(super) fn scored(sequences: &[Vec<u32>]) -> Vec<(&[u32], usize)> {
     sequences.iter().map(|s| (s.as_slice(), 0)).collect()
 }
 

@@ -92,8 +92,9 @@ impl LmConfig {
 pub const MAX_CONTEXT: usize = 1 << 16;
 
 /// What a Llama checkpoint may set beyond [`LmConfig`]. gent's own models
-/// use [`Variant::of`]; these values are not stored in gent's model files.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// use [`Variant::of`]; these values are not stored in their model files (a
+/// fine-tuned checkpoint's file stores them).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Variant {
     /// Key/value heads (grouped-query attention): each serves
     /// `heads / kv_heads` query heads.
@@ -111,7 +112,7 @@ impl Variant {
         Variant { kv_heads: c.heads, rope_theta: 10_000.0, norm_eps: 1e-5 }
     }
 
-    fn validate(&self, c: &LmConfig) -> Result<(), LmError> {
+    pub fn validate(&self, c: &LmConfig) -> Result<(), LmError> {
         if self.kv_heads == 0 || !c.heads.is_multiple_of(self.kv_heads) {
             return Err(LmError::Config(format!(
                 "{} heads do not split into groups over {} key/value heads",

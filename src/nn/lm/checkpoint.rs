@@ -68,6 +68,8 @@ struct HfConfig {
     max_position_embeddings: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: bool,
+    /// One id, or a list of them (Llama 3 instruct models end on several).
+    eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
     #[serde(default)]
     attention_bias: bool,
@@ -95,6 +97,8 @@ pub struct Checkpoint {
     /// The output head is the embedding's transpose (`tie_word_embeddings`).
     /// Loaded as a copy: fine-tuning unties them.
     pub tied: bool,
+    /// The token that ends a sequence (`eos_token_id`, the first of a list).
+    pub eos: Option<u32>,
     pub lm: Lm,
 }
 
@@ -112,7 +116,14 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> 
     }
     let mut lm = Lm::new_variant(&config, &variant, device)?;
     fill(&mut lm, &files, &config, &variant, hf.tie_word_embeddings, device)?;
-    Ok(Checkpoint { config, variant, tied: hf.tie_word_embeddings, lm })
+    let eos = hf.eos_token_id.as_ref().and_then(first_id).filter(|&id| (id as usize) < config.vocab);
+    Ok(Checkpoint { config, variant, tied: hf.tie_word_embeddings, eos, lm })
+}
+
+/// A token id given as a number or as the first of a list of numbers.
+fn first_id(v: &serde_json::Value) -> Option<u32> {
+    let v = v.as_array().and_then(|a| a.first()).unwrap_or(v);
+    v.as_u64().and_then(|id| u32::try_from(id).ok())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {

@@ -1,0 +1,314 @@
+//! A pretrained Llama checkpoint fine-tuned on call graphs, as TraceLLM
+//! starts (§4.1): the checkpoint's network learns the recursive layer
+//! encoding through the checkpoint's own tokenizer, and writes graphs freely
+//! through it. A model file of its own kind carries the network, the
+//! tokenizer and the calls of the training graphs.
+//!
+//! Constrained decoding masks gent's own tokens (digits, whole ids, format
+//! words). A checkpoint's byte-pair tokens merge across those boundaries
+//! (` MS_1` may be one token), so a mask over them would need every token's
+//! text matched against the grammar; these models decode freely only, and a
+//! request for constraints is refused by name.
+
+use burn::tensor::Device;
+use rand::SeedableRng;
+
+use super::calls::{CountedCall, CountedShape, KnownCalls};
+use super::generate::{self, Decoding, GenerateError, Outcome, Rejection, Request, Sampling, WritesGraphs};
+use super::graph::CallGraph;
+use super::model::{self, Encoding, LanguageModelError};
+use super::pretrained::Pretrained;
+use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, TrainConfig, Variant};
+use crate::nn::weights::{self, Precision};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinetunedError {
+    #[error(transparent)]
+    Lm(#[from] LmError),
+    #[error(transparent)]
+    Model(#[from] LanguageModelError),
+    #[error(transparent)]
+    Packet(#[from] crate::container::PacketError),
+    #[error("weights: {0}")]
+    Weights(#[from] weights::WeightsError),
+    #[error("the model file's sizes: {0}")]
+    Sizes(String),
+    #[error("the model file's tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("not a fine-tuned checkpoint of this version (it is a {0:?} file; gent writes {KIND:?})")]
+    Kind(String),
+    #[error("the checkpoint names no end-of-sequence token: give eos_token_id in its config.json")]
+    NoEnd,
+    #[error("every token of the vocabulary occurs in the training text, so none is left to pad batches with")]
+    NoPad,
+    #[error("no call graphs to train on")]
+    Empty,
+    #[error("cannot encode the training text: {0}")]
+    Encode(String),
+}
+
+/// The file's kind.
+pub const KIND: &str = "gent-llm-checkpoint/1";
+
+/// Token names that end a sequence in common Llama tokenizers, tried when
+/// the config gives no `eos_token_id`.
+const END_NAMES: [&str; 4] = ["</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"];
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    kind: String,
+    config: LmConfig,
+    variant: Variant,
+    /// The checkpoint's `tokenizer.json`.
+    tokenizer: String,
+    end: u32,
+    pad: u32,
+    destinations: Vec<String>,
+    calls: Vec<CountedCall>,
+    shapes: Vec<CountedShape>,
+    weights: Vec<u8>,
+}
+
+/// A fine-tuned checkpoint ready to write graphs.
+pub struct Finetuned {
+    pub config: LmConfig,
+    pub variant: Variant,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// The token that ends a sequence.
+    end: u32,
+    /// A token no training text holds, which pads batches and is not scored.
+    pad: u32,
+    /// Every microservice the training graphs call, sorted.
+    pub destinations: Vec<String>,
+    /// The calls of the training graphs (kept so that a later version can
+    /// constrain or weigh by them as it does for gent's own models).
+    pub calls: KnownCalls,
+    lm: Lm,
+    device: Device,
+}
+
+/// Fine-tuning settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FineTuning {
+    pub train: TrainConfig,
+    /// Probability of dropping each first-layer condition but `id` (§4.1).
+    pub p_drop: f64,
+    /// Share of the graphs held back to score training (0: none).
+    pub held_back: f64,
+}
+
+/// Whether `bytes` is a model file of this kind (and not gent's own model).
+pub fn is_file(bytes: &[u8]) -> bool {
+    crate::container::open_as::<model::Head>(bytes, model::CONTAINER_VERSION).is_ok_and(|h| h.kind == KIND)
+}
+
+impl Finetuned {
+    /// Fine-tunes every weight of `base` on the layer text of `graphs`
+    /// (one sequence per layer, conditions shuffled and dropped as
+    /// pre-training does), a `t.held_back` share of them held back to score it.
+    pub fn train(
+        base: Pretrained,
+        graphs: &[CallGraph],
+        t: &FineTuning,
+        device: &Device,
+    ) -> Result<(Self, model::Pretrained), FinetunedError> {
+        let Pretrained { checkpoint, tokenizer, .. } = base;
+        let end = end_token(checkpoint.eos, &tokenizer)?;
+        let (graphs, held_graphs) = super::eval::hold_out(graphs.to_vec(), t.held_back, t.train.seed);
+        if graphs.is_empty() {
+            return Err(FinetunedError::Empty);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(t.train.seed);
+        let (config, variant) = (checkpoint.config, checkpoint.variant);
+        let mut texts = |g: &[CallGraph]| model::training_texts(g, Encoding::Layers, t.p_drop, &mut rng);
+        let (train_texts, held_texts) = (texts(&graphs), texts(&held_graphs));
+        let sequences = encoded(&tokenizer, &train_texts, end, config.max_len)?;
+        let held = encoded(&tokenizer, &held_texts, end, config.max_len)?;
+        let pad = unused_token(sequences.iter().chain(&held), config.vocab).ok_or(FinetunedError::NoPad)?;
+        let tokens_per_sequence = sequences.iter().map(Vec::len).sum::<usize>() as f64 / sequences.len().max(1) as f64;
+        let train_device = device.clone().autodiff();
+        train_device.seed(t.train.seed);
+        let lm = model::moved_variant(checkpoint.lm, &config, &variant, &train_device)?;
+        let (lm, trained) =
+            crate::nn::lm::train_watched(lm, &model::scored(&sequences), &model::scored(&held), &t.train, pad, &train_device)?;
+        let lm = model::moved_variant(lm, &config, &variant, device)?;
+        let mut destinations: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
+        destinations.sort_unstable();
+        destinations.dedup();
+        let model = Finetuned {
+            config,
+            variant,
+            tokenizer,
+            end,
+            pad,
+            destinations,
+            calls: KnownCalls::of(&graphs),
+            lm,
+            device: device.clone(),
+        };
+        Ok((model, model::Pretrained { trained, held_back_graphs: held_graphs.len(), tokens_per_sequence }))
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FinetunedError> {
+        let tokenizer = self.tokenizer.to_string(false).map_err(|e| FinetunedError::Tokenizer(e.to_string()))?;
+        Ok(crate::container::seal_as(
+            &Stored {
+                kind: KIND.into(),
+                config: self.config,
+                variant: self.variant,
+                tokenizer,
+                end: self.end,
+                pad: self.pad,
+                destinations: self.destinations.clone(),
+                calls: self.calls.counted(),
+                shapes: self.calls.shapes().to_vec(),
+                weights: weights::to_bytes(self.lm.clone(), Precision::F32)?,
+            },
+            model::CONTAINER_VERSION,
+        )?)
+    }
+
+    /// Reads a model file, every size checked against the others before a
+    /// network is built from them.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, FinetunedError> {
+        let head: model::Head = crate::container::open_as(bytes, model::CONTAINER_VERSION)?;
+        if head.kind != KIND {
+            return Err(FinetunedError::Kind(head.kind));
+        }
+        let s: Stored = crate::container::open_as(bytes, model::CONTAINER_VERSION)?;
+        s.config.validate()?;
+        s.variant.validate(&s.config)?;
+        let tokenizer: tokenizers::Tokenizer =
+            s.tokenizer.parse().map_err(|e: tokenizers::Error| FinetunedError::Tokenizer(e.to_string()))?;
+        check_sizes(&s, tokenizer.get_vocab_size(true))?;
+        let lm = weights::from_bytes(Lm::new_variant(&s.config, &s.variant, device)?, &s.weights)?;
+        Ok(Finetuned {
+            config: s.config,
+            variant: s.variant,
+            tokenizer,
+            end: s.end,
+            pad: s.pad,
+            destinations: s.destinations,
+            calls: KnownCalls::from_counted(s.calls, s.shapes),
+            lm,
+            device: device.clone(),
+        })
+    }
+
+    /// A writer of graphs, sampling the `sampling` way from `seed`.
+    pub fn writer(&self, sampling: Sampling, seed: u64) -> FreeWriter<'_> {
+        let allowed = (0..self.tokenizer.get_vocab_size(true).min(self.config.vocab) as u32).collect();
+        FreeWriter { model: self, sampling, rng: rand::rngs::StdRng::seed_from_u64(seed), cache: KvCache::default(), allowed }
+    }
+}
+
+/// The token that ends a sequence: the config's, else one of the usual names.
+fn end_token(eos: Option<u32>, tokenizer: &tokenizers::Tokenizer) -> Result<u32, FinetunedError> {
+    eos.or_else(|| END_NAMES.iter().find_map(|name| tokenizer.token_to_id(name))).ok_or(FinetunedError::NoEnd)
+}
+
+/// Each text as the tokenizer encodes it (with its special tokens, as
+/// Hugging Face does by default), then `end`, cut at `max_len`.
+fn encoded(
+    tokenizer: &tokenizers::Tokenizer,
+    texts: &[String],
+    end: u32,
+    max_len: usize,
+) -> Result<Vec<Vec<u32>>, FinetunedError> {
+    texts
+        .iter()
+        .map(|t| {
+            let mut ids =
+                tokenizer.encode(t.as_str(), true).map_err(|e| FinetunedError::Encode(e.to_string()))?.get_ids().to_vec();
+            if ids.last() != Some(&end) {
+                ids.push(end);
+            }
+            ids.truncate(max_len);
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// The lowest token id below `vocab` that no sequence holds: batches are
+/// padded with it, and the loss leaves it out, so it must not be a token the
+/// model should learn to write.
+fn unused_token<'a>(sequences: impl Iterator<Item = &'a Vec<u32>>, vocab: usize) -> Option<u32> {
+    let mut used = vec![false; vocab];
+    for &id in sequences.flatten() {
+        if let Some(u) = used.get_mut(id as usize) {
+            *u = true;
+        }
+    }
+    used.iter().position(|u| !u).map(|i| i as u32)
+}
+
+/// A stored model's sizes agree: the tokenizer and the special tokens fit
+/// the vocabulary, and the weights hold as many parameters as the config
+/// asks for (at least 2 bytes each) before anything is allocated.
+fn check_sizes(s: &Stored, tokenizer_vocab: usize) -> Result<(), FinetunedError> {
+    let vocab = s.config.vocab;
+    if tokenizer_vocab > vocab || s.end as usize >= vocab || s.pad as usize >= vocab {
+        return Err(FinetunedError::Sizes(format!(
+            "a vocabulary of {vocab} cannot hold the tokenizer's {tokenizer_vocab} tokens, end token {} and pad token {}",
+            s.end, s.pad
+        )));
+    }
+    let parameters = s.config.min_parameters().unwrap_or(usize::MAX);
+    if parameters.saturating_mul(2) > s.weights.len() {
+        return Err(FinetunedError::Sizes(format!(
+            "the config asks for at least {parameters} parameters, the file holds {} bytes of weights",
+            s.weights.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes graphs freely, layer by layer, through the checkpoint's tokenizer.
+pub struct FreeWriter<'a> {
+    model: &'a Finetuned,
+    sampling: Sampling,
+    rng: rand::rngs::StdRng,
+    cache: KvCache,
+    /// The tokenizer's ids: rows of the embedding past them are padding no
+    /// text decodes to.
+    allowed: Vec<u32>,
+}
+
+impl FreeWriter<'_> {
+    /// One layer after `prompt`, up to `</layer>`: the prompt and what the
+    /// model wrote, or why it stopped. The text is decoded from every token
+    /// written so far, not token by token: a byte-level or SentencePiece
+    /// token's text can depend on the tokens before it.
+    fn layer(&mut self, prompt: &str, max_tokens: usize) -> Result<String, Rejection> {
+        let m = self.model;
+        let encoding = m.tokenizer.encode(prompt, true).map_err(|e| GenerateError::Prompt(e.to_string()))?;
+        let mut context = encoding.get_ids().to_vec();
+        let start = context.len();
+        let max_len = m.config.max_len;
+        for _ in 0..max_tokens {
+            if context.len() >= max_len - 1 {
+                break;
+            }
+            let logits = m.lm.next_logits_cached(&context, &mut self.cache, max_len, &m.device);
+            let pick = generate::sample(&logits, &self.allowed, self.sampling, &mut self.rng);
+            if pick == m.end {
+                return Err(Rejection::EndedInLayer);
+            }
+            context.push(pick);
+            let written = m.tokenizer.decode(&context[start..], true).unwrap_or_default();
+            if let Some(body) = written.strip_suffix("</layer>").or(written.strip_suffix("</layer>\n")) {
+                return Ok(format!("{prompt}{body}</layer>\n"));
+            }
+        }
+        Err(Rejection::Unclosed { closing: "</layer>", max_tokens })
+    }
+}
+
+impl WritesGraphs for FreeWriter<'_> {
+    fn run(&mut self, request: &Request, decoding: Decoding, max_tokens: usize) -> Outcome {
+        if decoding != Decoding::Free {
+            return Outcome::Invalid { reason: GenerateError::FreeOnly(decoding).into(), text: String::new() };
+        }
+        generate::recursive_free(request, None, |prompt| self.layer(prompt, max_tokens))
+    }
+}
