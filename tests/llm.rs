@@ -1677,8 +1677,9 @@ fn a_llama_checkpoint_fine_tunes_on_call_graphs_and_its_file_reads_back_exactly(
     let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).take(300).collect();
     let base = Pretrained::load(&llama_fixture(), &device).unwrap();
     let train = gent::nn::lm::TrainConfig { steps: 40, batch: 8, learning_rate: 3e-3, seed: 1 };
-    let t = FineTuning { train, p_drop: 0.5, held_back: 0.1 };
-    let (model, report) = Finetuned::train(base, &graphs, &t, &device).unwrap();
+    let t = FineTuning { train, p_drop: 0.5, held_back: 0.1, lora: None };
+    let (model, tuned) = Finetuned::train(base, &graphs, &t, &device).unwrap();
+    let report = tuned.run;
     // The checkpoint's own tokenizer reads the layers: about 230 of its
     // byte-pair tokens per layer (gent's tokenizer needs a few dozen).
     assert!(report.tokens_per_sequence > 50.0, "{}", report.tokens_per_sequence);
@@ -1732,6 +1733,22 @@ fn gent_llm_train_from_a_checkpoint_generates_and_evaluates_freely_and_refuses_c
     let report: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
     assert_eq!(report["vocabulary"], 320, "the checkpoint's tokenizer");
     assert_eq!(report["steps"], 6);
+    let every_weight = report["from_checkpoint"]["trainable_parameters"].as_u64().unwrap();
+    assert!(every_weight > 30_000, "{every_weight}");
+    // LoRA, as the paper tunes Llama-2: rank-4 adapters on the query and the
+    // (grouped) key projections of both blocks: 2 × (32·4 + 4·32 + 32·4 + 4·16).
+    let out = gent()
+        .args(["llm", "train", "--steps", "2", "--batch", "4", "--lora-rank", "4", "--json", "--from"])
+        .arg(llama_fixture())
+        .arg("--out")
+        .arg(dir.path().join("lora.gent"))
+        .arg(&train)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lora: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(lora["from_checkpoint"]["lora_rank"], 4);
+    assert_eq!(lora["from_checkpoint"]["trainable_parameters"], 896);
     let generated = dir.path().join("g.txt");
     let run = |args: &[&str]| gent().args(args).output().unwrap();
     let m = model.to_str().unwrap();

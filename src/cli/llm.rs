@@ -185,7 +185,7 @@ pub struct TrainArgs {
     /// llm checkpoint` reads) and fine-tune every weight on the graphs'
     /// layer text through its own tokenizer. The model decodes freely only:
     /// constrained decoding needs gent's tokenizer.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["size", "id_tokens", "tune_steps", "lora_rank"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["size", "id_tokens", "tune_steps"])]
     from: Option<PathBuf>,
     /// Probability of dropping each first-layer condition but the service id.
     #[arg(long, default_value_t = 0.5)]
@@ -207,7 +207,8 @@ pub struct TrainArgs {
     tune_fraction: f64,
     /// Tune LoRA adapters of this rank on the attention query and key
     /// projections, the rest frozen, merged into the weights afterwards
-    /// (the paper: 8); 0 tunes every weight.
+    /// (the paper: 8); 0 tunes every weight. Applies to instruction tuning,
+    /// and with --from to fine-tuning the checkpoint.
     #[arg(long, default_value_t = 0)]
     lora_rank: usize,
     /// LoRA scaling numerator: adapters add x·A·B·alpha/rank (the paper: 16).
@@ -1068,6 +1069,17 @@ struct TrainReport {
     tune_last_loss: Option<f32>,
     tune_seconds: f64,
     model_bytes: usize,
+    /// `--from`: the checkpoint fine-tuned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_checkpoint: Option<FromCheckpoint>,
+}
+
+#[derive(Serialize)]
+struct FromCheckpoint {
+    dir: String,
+    /// LoRA adapters' rank (none: every weight trained).
+    lora_rank: Option<usize>,
+    trainable_parameters: usize,
 }
 
 impl TrainArgs {
@@ -1177,6 +1189,7 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
         tune_last_loss: tune_losses.last().copied(),
         tune_seconds,
         model_bytes: bytes.len(),
+        from_checkpoint: None,
     };
     tracing::info!(graphs = graphs.len(), steps = a.steps, train_seconds = format!("{train_seconds:.1}"), loss = ?pretrained.trained.losses.last(), out = %a.out.display(), "language model written");
     report(a.run.json.json, &r)
@@ -1186,9 +1199,10 @@ fn train(a: TrainArgs) -> Result<(), Failure> {
 fn fine_tune(a: &TrainArgs, dir: &Path, graphs: &[CallGraph]) -> Result<(), Failure> {
     let device = device(a.run.backend)?;
     let base = Pretrained::load(dir, &device).map_err(Failure::bad)?;
-    let t = FineTuning { train: a.train_config(), p_drop: a.p_drop, held_back: a.held_back };
+    let t = FineTuning { train: a.train_config(), p_drop: a.p_drop, held_back: a.held_back, lora: a.lora() };
     let started = Instant::now();
-    let (lm, pretrained) = Finetuned::train(base, graphs, &t, &device).map_err(Failure::bad)?;
+    let (lm, tuned) = Finetuned::train(base, graphs, &t, &device).map_err(Failure::bad)?;
+    let pretrained = tuned.run;
     let train_seconds = started.elapsed().as_secs_f64();
     let bytes = lm.to_bytes().map_err(Failure::other)?;
     write(&a.out, &bytes)?;
@@ -1208,6 +1222,11 @@ fn fine_tune(a: &TrainArgs, dir: &Path, graphs: &[CallGraph]) -> Result<(), Fail
         tune_steps: 0,
         tune_lora_rank: None,
         tune_trainable_parameters: None,
+        from_checkpoint: Some(FromCheckpoint {
+            dir: dir.display().to_string(),
+            lora_rank: a.lora().map(|c| c.rank),
+            trainable_parameters: tuned.trainable,
+        }),
         tune_first_loss: None,
         tune_last_loss: None,
         tune_seconds: 0.0,

@@ -18,7 +18,7 @@ use super::generate::{self, Decoding, GenerateError, Outcome, Rejection, Request
 use super::graph::CallGraph;
 use super::model::{self, Encoding, LanguageModelError};
 use super::pretrained::Pretrained;
-use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, TrainConfig, Variant};
+use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfig, Variant};
 use crate::nn::weights::{self, Precision};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,18 @@ pub struct FineTuning {
     pub p_drop: f64,
     /// Share of the graphs held back to score training (0: none).
     pub held_back: f64,
+    /// Train LoRA adapters on the frozen checkpoint, merged into it
+    /// afterwards, as the paper tunes Llama-2 (Appendix A); none: every weight.
+    pub lora: Option<LoraConfig>,
+}
+
+/// What fine-tuning reports.
+#[derive(Debug, Clone)]
+pub struct FineTuned {
+    /// Losses, speed and held-back graphs, as pre-training reports them.
+    pub run: model::Pretrained,
+    /// Parameters that trained: every weight, or the adapters'.
+    pub trainable: usize,
 }
 
 /// Whether `bytes` is a model file of this kind (and not gent's own model).
@@ -111,7 +123,7 @@ impl Finetuned {
         graphs: &[CallGraph],
         t: &FineTuning,
         device: &Device,
-    ) -> Result<(Self, model::Pretrained), FinetunedError> {
+    ) -> Result<(Self, FineTuned), FinetunedError> {
         let Pretrained { checkpoint, tokenizer, .. } = base;
         let end = end_token(checkpoint.eos, &tokenizer)?;
         let (graphs, held_graphs) = super::eval::hold_out(graphs.to_vec(), t.held_back, t.train.seed);
@@ -129,8 +141,20 @@ impl Finetuned {
         let train_device = device.clone().autodiff();
         train_device.seed(t.train.seed);
         let lm = model::moved_variant(checkpoint.lm, &config, &variant, &train_device)?;
-        let (lm, trained) =
-            crate::nn::lm::train_watched(lm, &model::scored(&sequences), &model::scored(&held), &t.train, pad, &train_device)?;
+        let (train, held) = (model::scored(&sequences), model::scored(&held));
+        let (lm, trained, trainable) = match &t.lora {
+            Some(c) => {
+                let lora = Lora::new(lm, c, &train_device)?;
+                let trainable = lora.trainable();
+                let (lora, trained) = crate::nn::lm::train_watched(lora, &train, &held, &t.train, pad, &train_device)?;
+                (lora.merge(), trained, trainable)
+            }
+            None => {
+                let trainable = burn::module::Module::num_params(&lm);
+                let (lm, trained) = crate::nn::lm::train_watched(lm, &train, &held, &t.train, pad, &train_device)?;
+                (lm, trained, trainable)
+            }
+        };
         let lm = model::moved_variant(lm, &config, &variant, device)?;
         let mut destinations: Vec<String> = graphs.iter().flat_map(|g| g.edges.iter().map(|e| e.destination.clone())).collect();
         destinations.sort_unstable();
@@ -146,7 +170,8 @@ impl Finetuned {
             lm,
             device: device.clone(),
         };
-        Ok((model, model::Pretrained { trained, held_back_graphs: held_graphs.len(), tokens_per_sequence }))
+        let run = model::Pretrained { trained, held_back_graphs: held_graphs.len(), tokens_per_sequence };
+        Ok((model, FineTuned { run, trainable }))
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, FinetunedError> {
@@ -253,14 +278,7 @@ fn check_sizes(s: &Stored, tokenizer_vocab: usize) -> Result<(), FinetunedError>
             s.end, s.pad
         )));
     }
-    let parameters = s.config.min_parameters().unwrap_or(usize::MAX);
-    if parameters.saturating_mul(2) > s.weights.len() {
-        return Err(FinetunedError::Sizes(format!(
-            "the config asks for at least {parameters} parameters, the file holds {} bytes of weights",
-            s.weights.len()
-        )));
-    }
-    Ok(())
+    model::weights_fit(&s.config, s.weights.len()).map_err(FinetunedError::Sizes)
 }
 
 /// Writes graphs freely, layer by layer, through the checkpoint's tokenizer.

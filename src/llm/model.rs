@@ -457,12 +457,15 @@ fn check_sizes(s: &StoredModel) -> Result<(), LanguageModelError> {
             s.tokens.len()
         )));
     }
-    let parameters = s.config.min_parameters().unwrap_or(usize::MAX);
-    if parameters.saturating_mul(2) > s.weights.len() {
-        return Err(LanguageModelError::Sizes(format!(
-            "the config asks for at least {parameters} parameters, the file holds {} bytes of weights",
-            s.weights.len()
-        )));
+    weights_fit(&s.config, s.weights.len()).map_err(LanguageModelError::Sizes)
+}
+
+/// `bytes` of weights hold the parameters `config` asks for, at least 2
+/// bytes each: what `Lm::new` allocates is bounded by the file itself.
+pub(super) fn weights_fit(config: &LmConfig, bytes: usize) -> Result<(), String> {
+    let parameters = config.min_parameters().unwrap_or(usize::MAX);
+    if parameters.saturating_mul(2) > bytes {
+        return Err(format!("the config asks for at least {parameters} parameters, the file holds {bytes} bytes of weights"));
     }
     Ok(())
 }
