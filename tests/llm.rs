@@ -1691,7 +1691,7 @@ fn a_llama_checkpoint_fine_tunes_on_call_graphs_and_its_file_reads_back_exactly(
     // itself byte for byte and generates exactly as before.
     let bytes = model.to_bytes().unwrap();
     assert!(finetuned::is_file(&bytes));
-    let again = Finetuned::from_bytes(&bytes, &device).unwrap();
+    let again = Finetuned::from_bytes(&bytes, &device, None).unwrap();
     assert_eq!(again.to_bytes().unwrap(), bytes);
     assert_eq!(again.destinations, model.destinations);
     let request = Request { service: graphs[0].service.clone(), num_edges: 2, depth: 2, latency: 100 };
@@ -1713,7 +1713,7 @@ fn a_llama_checkpoint_fine_tunes_on_call_graphs_and_its_file_reads_back_exactly(
     // gent's own models and damaged files.
     let e = gent::llm::model::LanguageModel::from_bytes(&bytes, &device).err().unwrap().to_string();
     assert!(e.contains("--from"), "{e}");
-    let e = Finetuned::from_bytes(&bytes[..bytes.len() / 2], &device).err().unwrap().to_string();
+    let e = Finetuned::from_bytes(&bytes[..bytes.len() / 2], &device, None).err().unwrap().to_string();
     assert!(!e.is_empty());
 }
 
@@ -1749,6 +1749,13 @@ fn gent_llm_train_from_a_checkpoint_generates_and_evaluates_freely_and_refuses_c
     let lora: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
     assert_eq!(lora["from_checkpoint"]["lora_rank"], 4);
     assert_eq!(lora["from_checkpoint"]["trainable_parameters"], 896);
+    let out = gent()
+        .args(["llm", "generate", "--conditions", "num_edges:1/depth:1", "--out", "/dev/null", "--checkpoint"])
+        .arg(llama_fixture())
+        .arg(dir.path().join("lora.gent"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let generated = dir.path().join("g.txt");
     let run = |args: &[&str]| gent().args(args).output().unwrap();
     let m = model.to_str().unwrap();
@@ -1805,4 +1812,45 @@ fn gent_llm_train_from_a_checkpoint_generates_and_evaluates_freely_and_refuses_c
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_lora_fine_tune_stores_its_adapters_and_finds_its_checkpoint_by_fingerprint() {
+    use gent::llm::finetuned::{FineTuning, Finetuned};
+    use gent::llm::generate::{Decoding, Outcome, Request, Sampling, WritesGraphs};
+    use gent::llm::pretrained::Pretrained;
+    let device = gent::nn::cpu_device();
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).take(100).collect();
+    let dir = broken_llama(|_| {});
+    let train = gent::nn::lm::TrainConfig { steps: 20, batch: 8, learning_rate: 1e-2, seed: 3 };
+    let lora = gent::nn::lm::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0 };
+    let t = FineTuning { train, p_drop: 0.5, held_back: 0.0, lora: Some(lora) };
+    let (model, tuned) = Finetuned::train(Pretrained::load(dir.path(), &device).unwrap(), &graphs, &t, &device).unwrap();
+    assert_eq!(tuned.trainable, 896);
+    let losses = &tuned.run.trained.losses;
+    assert!(losses.last().unwrap() < losses.first().unwrap(), "{losses:?}");
+    // The file holds the adapters, not the checkpoint's weights.
+    let bytes = model.to_bytes().unwrap();
+    let checkpoint_bytes = std::fs::metadata(dir.path().join("model.safetensors")).unwrap().len() as usize;
+    assert!(bytes.len() < checkpoint_bytes / 2, "{} bytes against the checkpoint's {checkpoint_bytes}", bytes.len());
+    // Read back, the checkpoint and adapters make the same network.
+    let again = Finetuned::from_bytes(&bytes, &device, None).unwrap();
+    let request = Request { service: graphs[0].service.clone(), num_edges: 1, depth: 1, latency: 10 };
+    let text = |m: &Finetuned, seed| match m.writer(Sampling::default(), seed).run(&request, Decoding::Free, 200) {
+        Outcome::Valid(g) => g.text,
+        Outcome::Invalid { reason, text } => format!("{reason}: {text}"),
+    };
+    for seed in 0..3 {
+        assert_eq!(text(&model, seed), text(&again, seed), "seed {seed}");
+    }
+    // Another checkpoint where it was is refused; the right one elsewhere
+    // is found with --checkpoint; a missing one is named.
+    edit_config(dir.path(), |v| v["rms_norm_eps"] = 1e-5.into());
+    let e = Finetuned::from_bytes(&bytes, &device, None).err().unwrap().to_string();
+    assert!(e.contains("not the checkpoint this model was tuned on") && e.contains("--checkpoint"), "{e}");
+    assert!(Finetuned::from_bytes(&bytes, &device, Some(&llama_fixture())).is_ok());
+    let path = dir.path().display().to_string();
+    drop(dir);
+    let e = Finetuned::from_bytes(&bytes, &device, None).err().unwrap().to_string();
+    assert!(e.contains(&path) && e.contains("config.json") && e.contains("--checkpoint"), "{e}");
 }

@@ -257,6 +257,11 @@ pub struct EvalArgs {
     /// probabilistic baseline names its nodes after their microservices.
     #[arg(long, num_args = 1..)]
     train: Vec<PathBuf>,
+    /// A LoRA fine-tune of a checkpoint (`gent llm train --from DIR
+    /// --lora-rank R`) stores its adapters and reads the checkpoint from where
+    /// it was; this gives where it is now.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
     /// Real call graphs (tabular text) to compare with, held back from training (`gent llm split`).
     #[arg(long, required = true, num_args = 1..)]
     real: Vec<PathBuf>,
@@ -340,6 +345,11 @@ pub struct GenerateArgs {
     /// Graphs to generate.
     #[arg(long, default_value_t = 1)]
     count: usize,
+    /// A LoRA fine-tune of a checkpoint (`gent llm train --from DIR
+    /// --lora-rank R`) stores its adapters and reads the checkpoint from where
+    /// it was; this gives where it is now.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
     /// Mask every token that would break the format or a constraint: every graph is valid.
     #[arg(long)]
     constrained: bool,
@@ -964,7 +974,8 @@ fn eval_finetuned(
             file.display()
         )));
     }
-    let lm = Finetuned::from_bytes(bytes, device).map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))?;
+    let lm = Finetuned::from_bytes(bytes, device, a.checkpoint.as_deref())
+        .map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))?;
     let sampling = generate::Sampling { temperature: a.temperature, ..generate::Sampling::default() };
     let started = Instant::now();
     let mut r = scored_row(
@@ -1413,7 +1424,8 @@ fn ask_finetuned(
     if instructed {
         return Err(refused("--high-latency and --include-edge (it is not instruction-tuned)"));
     }
-    let lm = Finetuned::from_bytes(bytes, device).map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
+    let lm = Finetuned::from_bytes(bytes, device, a.checkpoint.as_deref())
+        .map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
     let started = Instant::now();
     let outcomes = (0..a.count)
         .map(|i| Ok(lm.writer(sampling, batch::request_seed(a.run.seed, i)).run(request, Decoding::Free, lm.config.max_len)))

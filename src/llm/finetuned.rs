@@ -10,6 +10,8 @@
 //! text matched against the grammar; these models decode freely only, and a
 //! request for constraints is refused by name.
 
+use std::path::Path;
+
 use burn::tensor::Device;
 use rand::SeedableRng;
 
@@ -18,6 +20,7 @@ use super::generate::{self, Decoding, GenerateError, Outcome, Rejection, Request
 use super::graph::CallGraph;
 use super::model::{self, Encoding, LanguageModelError};
 use super::pretrained::Pretrained;
+use crate::nn::lm::checkpoint;
 use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfig, Variant};
 use crate::nn::weights::{self, Precision};
 
@@ -45,6 +48,12 @@ pub enum FinetunedError {
     Empty,
     #[error("cannot encode the training text: {0}")]
     Encode(String),
+    #[error("its base checkpoint {dir}: {source} (give --checkpoint DIR where that checkpoint is now)")]
+    Base { dir: String, source: crate::nn::lm::checkpoint::CheckpointError },
+    #[error(
+        "{dir} is not the checkpoint this model was tuned on (its config or weights differ): give --checkpoint DIR with that one"
+    )]
+    Changed { dir: String },
 }
 
 /// The file's kind.
@@ -66,7 +75,27 @@ struct Stored {
     destinations: Vec<String>,
     calls: Vec<CountedCall>,
     shapes: Vec<CountedShape>,
-    weights: Vec<u8>,
+    network: Network,
+}
+
+/// The fine-tuned network as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Network {
+    /// Every weight.
+    Full(Vec<u8>),
+    /// LoRA adapters for the checkpoint read from `dir` then, whose
+    /// `config.json` and weights hash to `fingerprint`: a checkpoint of
+    /// billions of parameters need not be copied into the file.
+    Adapters { dir: String, fingerprint: u64, lora: LoraConfig, adapters: Vec<u8> },
+}
+
+/// A LoRA fine-tune's checkpoint and adapters, kept to be written.
+#[derive(Debug, Clone)]
+struct Base {
+    dir: String,
+    fingerprint: u64,
+    lora: LoraConfig,
+    adapters: Vec<u8>,
 }
 
 /// A fine-tuned checkpoint ready to write graphs.
@@ -83,6 +112,8 @@ pub struct Finetuned {
     /// The calls of the training graphs (kept so that a later version can
     /// constrain or weigh by them as it does for gent's own models).
     pub calls: KnownCalls,
+    /// A LoRA fine-tune's checkpoint and adapters (none: every weight is stored).
+    base: Option<Base>,
     lm: Lm,
     device: Device,
 }
@@ -124,7 +155,8 @@ impl Finetuned {
         t: &FineTuning,
         device: &Device,
     ) -> Result<(Self, FineTuned), FinetunedError> {
-        let Pretrained { checkpoint, tokenizer, .. } = base;
+        let Pretrained { dir, checkpoint, tokenizer, .. } = base;
+        let fingerprint = checkpoint.fingerprint;
         let end = end_token(checkpoint.eos, &tokenizer)?;
         let (graphs, held_graphs) = super::eval::hold_out(graphs.to_vec(), t.held_back, t.train.seed);
         if graphs.is_empty() {
@@ -142,17 +174,19 @@ impl Finetuned {
         train_device.seed(t.train.seed);
         let lm = model::moved_variant(checkpoint.lm, &config, &variant, &train_device)?;
         let (train, held) = (model::scored(&sequences), model::scored(&held));
-        let (lm, trained, trainable) = match &t.lora {
+        let (lm, trained, trainable, base) = match &t.lora {
             Some(c) => {
                 let lora = Lora::new(lm, c, &train_device)?;
                 let trainable = lora.trainable();
                 let (lora, trained) = crate::nn::lm::train_watched(lora, &train, &held, &t.train, pad, &train_device)?;
-                (lora.merge(), trained, trainable)
+                let dir = std::path::absolute(&dir).unwrap_or(dir).to_string_lossy().into_owned();
+                let base = Base { dir, fingerprint, lora: *c, adapters: lora.adapter_bytes()? };
+                (lora.merge(), trained, trainable, Some(base))
             }
             None => {
                 let trainable = burn::module::Module::num_params(&lm);
                 let (lm, trained) = crate::nn::lm::train_watched(lm, &train, &held, &t.train, pad, &train_device)?;
-                (lm, trained, trainable)
+                (lm, trained, trainable, None)
             }
         };
         let lm = model::moved_variant(lm, &config, &variant, device)?;
@@ -167,6 +201,7 @@ impl Finetuned {
             pad,
             destinations,
             calls: KnownCalls::of(&graphs),
+            base,
             lm,
             device: device.clone(),
         };
@@ -187,15 +222,24 @@ impl Finetuned {
                 destinations: self.destinations.clone(),
                 calls: self.calls.counted(),
                 shapes: self.calls.shapes().to_vec(),
-                weights: weights::to_bytes(self.lm.clone(), Precision::F32)?,
+                network: match &self.base {
+                    Some(b) => Network::Adapters {
+                        dir: b.dir.clone(),
+                        fingerprint: b.fingerprint,
+                        lora: b.lora,
+                        adapters: b.adapters.clone(),
+                    },
+                    None => Network::Full(weights::to_bytes(self.lm.clone(), Precision::F32)?),
+                },
             },
             model::CONTAINER_VERSION,
         )?)
     }
 
     /// Reads a model file, every size checked against the others before a
-    /// network is built from them.
-    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, FinetunedError> {
+    /// network is built from them. A LoRA fine-tune reads its checkpoint
+    /// from `checkpoint` if given, else from where it was when it was tuned.
+    pub fn from_bytes(bytes: &[u8], device: &Device, checkpoint: Option<&Path>) -> Result<Self, FinetunedError> {
         let head: model::Head = crate::container::open_as(bytes, model::CONTAINER_VERSION)?;
         if head.kind != KIND {
             return Err(FinetunedError::Kind(head.kind));
@@ -206,7 +250,14 @@ impl Finetuned {
         let tokenizer: tokenizers::Tokenizer =
             s.tokenizer.parse().map_err(|e: tokenizers::Error| FinetunedError::Tokenizer(e.to_string()))?;
         check_sizes(&s, tokenizer.get_vocab_size(true))?;
-        let lm = weights::from_bytes(Lm::new_variant(&s.config, &s.variant, device)?, &s.weights)?;
+        let (lm, base) = match s.network {
+            Network::Full(w) => (weights::from_bytes(Lm::new_variant(&s.config, &s.variant, device)?, &w)?, None),
+            Network::Adapters { dir, fingerprint, lora, adapters } => {
+                let base =
+                    Base { dir: checkpoint.map_or(dir, |d| d.to_string_lossy().into_owned()), fingerprint, lora, adapters };
+                (adapted(&base, &s.config, &s.variant, device)?, Some(base))
+            }
+        };
         Ok(Finetuned {
             config: s.config,
             variant: s.variant,
@@ -215,6 +266,7 @@ impl Finetuned {
             pad: s.pad,
             destinations: s.destinations,
             calls: KnownCalls::from_counted(s.calls, s.shapes),
+            base,
             lm,
             device: device.clone(),
         })
@@ -225,6 +277,22 @@ impl Finetuned {
         let allowed = (0..self.tokenizer.get_vocab_size(true).min(self.config.vocab) as u32).collect();
         FreeWriter { model: self, sampling, rng: rand::rngs::StdRng::seed_from_u64(seed), cache: KvCache::default(), allowed }
     }
+}
+
+/// The checkpoint `base` refers to, checked to be the one it was tuned on,
+/// with its adapters merged in.
+fn adapted(base: &Base, config: &LmConfig, variant: &Variant, device: &Device) -> Result<Lm, FinetunedError> {
+    // The adapters' size comes from the file: a rank above the width adds
+    // nothing a full matrix would not, and bounds what is allocated.
+    if base.lora.rank == 0 || base.lora.rank > config.d_model {
+        return Err(FinetunedError::Sizes(format!("LoRA rank {} for width {}", base.lora.rank, config.d_model)));
+    }
+    let dir = Path::new(&base.dir);
+    let c = checkpoint::load(dir, device).map_err(|source| FinetunedError::Base { dir: base.dir.clone(), source })?;
+    if c.fingerprint != base.fingerprint || c.config != *config || c.variant != *variant {
+        return Err(FinetunedError::Changed { dir: base.dir.clone() });
+    }
+    Ok(Lora::new(c.lm, &base.lora, device)?.with_adapter_bytes(&base.adapters)?.merge())
 }
 
 /// The token that ends a sequence: the config's, else one of the usual names.
@@ -278,7 +346,11 @@ fn check_sizes(s: &Stored, tokenizer_vocab: usize) -> Result<(), FinetunedError>
             s.end, s.pad
         )));
     }
-    model::weights_fit(&s.config, s.weights.len()).map_err(FinetunedError::Sizes)
+    match &s.network {
+        Network::Full(w) => model::weights_fit(&s.config, w.len()).map_err(FinetunedError::Sizes),
+        // The checkpoint's own loader checks its weights.
+        Network::Adapters { .. } => Ok(()),
+    }
 }
 
 /// Writes graphs freely, layer by layer, through the checkpoint's tokenizer.

@@ -29,6 +29,8 @@ pub enum PretrainedError {
 
 /// A checkpoint ready to score text.
 pub struct Pretrained {
+    /// The directory it was read from.
+    pub dir: PathBuf,
     pub checkpoint: Checkpoint,
     pub tokenizer: tokenizers::Tokenizer,
     device: Device,
@@ -53,7 +55,7 @@ impl Pretrained {
         if tokens > model {
             return Err(PretrainedError::Vocabulary { path, tokenizer: tokens, model });
         }
-        Ok(Pretrained { checkpoint, tokenizer, device: device.clone() })
+        Ok(Pretrained { dir: dir.to_path_buf(), checkpoint, tokenizer, device: device.clone() })
     }
 
     /// `text`'s token ids, with the special tokens the tokenizer adds (a

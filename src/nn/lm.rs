@@ -680,6 +680,19 @@ impl Lora {
             .sum()
     }
 
+    /// The adapters' weights alone: what a fine-tune of a large checkpoint
+    /// stores beside a reference to the checkpoint.
+    pub fn adapter_bytes(&self) -> Result<Vec<u8>, super::weights::WeightsError> {
+        super::weights::to_bytes(self.adapters.clone(), super::weights::Precision::F32)
+    }
+
+    /// These adapters with the weights of `bytes` ([`Lora::adapter_bytes`]
+    /// of adapters of the same rank on a network of the same shape).
+    pub fn with_adapter_bytes(mut self, bytes: &[u8]) -> Result<Self, super::weights::WeightsError> {
+        self.adapters = super::weights::from_bytes(self.adapters, bytes)?;
+        Ok(self)
+    }
+
     /// Logits with the adapters, for checking a merge.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         self.base.forward_adapted(tokens, Some(self))

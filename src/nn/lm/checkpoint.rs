@@ -99,16 +99,21 @@ pub struct Checkpoint {
     pub tied: bool,
     /// The token that ends a sequence (`eos_token_id`, the first of a list).
     pub eos: Option<u32>,
+    /// xxh3-64 of `config.json` and every weight file: a model file that
+    /// stores adapters for this checkpoint refers to it by this.
+    pub fingerprint: u64,
     pub lm: Lm,
 }
 
 /// Reads the Llama checkpoint in `dir` onto `device`.
 pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
     let config_path = dir.join("config.json");
-    let hf: HfConfig = serde_json::from_slice(&read(&config_path)?)
+    let config_bytes = read(&config_path)?;
+    let hf: HfConfig = serde_json::from_slice(&config_bytes)
         .map_err(|e| CheckpointError::Config { path: config_path.clone(), message: e.to_string() })?;
     let (config, variant) = sizes(&hf, &config_path)?;
     let files = Files::read(dir)?;
+    let fingerprint = files.fingerprint(&config_bytes);
     let expected = expected_shapes(&config, &variant, hf.tie_word_embeddings);
     // Every tensor checked before anything is built.
     for (name, shape) in &expected {
@@ -117,7 +122,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> 
     let mut lm = Lm::new_variant(&config, &variant, device)?;
     fill(&mut lm, &files, &config, &variant, hf.tie_word_embeddings, device)?;
     let eos = hf.eos_token_id.as_ref().and_then(first_id).filter(|&id| (id as usize) < config.vocab);
-    Ok(Checkpoint { config, variant, tied: hf.tie_word_embeddings, eos, lm })
+    Ok(Checkpoint { config, variant, tied: hf.tie_word_embeddings, eos, fingerprint, lm })
 }
 
 /// A token id given as a number or as the first of a list of numbers.
@@ -295,6 +300,17 @@ impl Files {
             files.bytes.push((path, bytes));
         }
         Ok(files)
+    }
+
+    /// xxh3-64 of `config` and every file's bytes, in shard order.
+    fn fingerprint(&self, config: &[u8]) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(config);
+        for (_, bytes) in &self.bytes {
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        h.digest()
     }
 
     fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>, CheckpointError> {
