@@ -1426,6 +1426,11 @@ fn ask_finetuned(
     }
     let lm = Finetuned::from_bytes(bytes, device, a.checkpoint.as_deref())
         .map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
+    if a.batch > 1 || a.no_kv_cache {
+        tracing::warn!(
+            "a fine-tuned checkpoint generates one request at a time through the key/value cache: --batch and --no-kv-cache do not apply"
+        );
+    }
     let started = Instant::now();
     let outcomes = (0..a.count)
         .map(|i| Ok(lm.writer(sampling, batch::request_seed(a.run.seed, i)).run(request, Decoding::Free, lm.config.max_len)))
