@@ -1854,3 +1854,24 @@ fn a_lora_fine_tune_stores_its_adapters_and_finds_its_checkpoint_by_fingerprint(
     let e = Finetuned::from_bytes(&bytes, &device, None).err().unwrap().to_string();
     assert!(e.contains(&path) && e.contains("config.json") && e.contains("--checkpoint"), "{e}");
 }
+
+#[test]
+fn a_checkpoint_tokenizers_padding_and_truncation_are_off_as_in_hugging_face() {
+    use gent::llm::pretrained::Pretrained;
+    let device = gent::nn::cpu_device();
+    let dir = broken_llama(|d| {
+        let path = d.join("tokenizer.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+            "pad_id": 0, "pad_type_id": 0, "pad_token": "<unk>"});
+        v["truncation"] = serde_json::json!({"direction": "Right", "max_length": 16, "strategy": "LongestFirst", "stride": 0});
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    });
+    let text = "(source is USER,type is http,destination is MS_48488,communication starts at 0 milliseconds)";
+    // Read as the file says, every text comes out 64 tokens long.
+    let raw = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+    assert_eq!(raw.encode(text, true).unwrap().get_ids().len(), 64);
+    let plain = Pretrained::load(&llama_fixture(), &device).unwrap().encode(text).unwrap();
+    assert!(plain.len() > 16 && plain.len() < 64, "{}", plain.len());
+    assert_eq!(Pretrained::load(dir.path(), &device).unwrap().encode(text).unwrap(), plain);
+}

@@ -49,8 +49,14 @@ impl Pretrained {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, PretrainedError> {
         let checkpoint = checkpoint::load(dir, device)?;
         let path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&path)
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| PretrainedError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        // A tokenizer.json may carry the padding and truncation its trainer
+        // used; Hugging Face's tokenizer classes turn both off unless asked,
+        // and so does this: a padded or cut layer would train on pad tokens
+        // or lose its end.
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(None).map_err(|e| PretrainedError::Tokenizer { path: path.clone(), message: e.to_string() })?;
         let (tokens, model) = (tokenizer.get_vocab_size(true), checkpoint.config.vocab);
         if tokens > model {
             return Err(PretrainedError::Vocabulary { path, tokenizer: tokens, model });
