@@ -1704,6 +1704,14 @@ fn a_llama_checkpoint_fine_tunes_on_call_graphs_and_its_file_reads_back_exactly(
         let (mut a, mut b) = (model.writer(sampling, seed), again.writer(sampling, seed));
         assert_eq!(text(a.run(&request, Decoding::Free, 256)), text(b.run(&request, Decoding::Free, 256)), "seed {seed}");
     }
+    // A rejected graph's text ends with what the model wrote of the layer
+    // that failed, so `gent llm generate` can log why: from the request on.
+    let large = Request { num_edges: 30, depth: 6, ..request.clone() };
+    for seed in 0..3 {
+        if let Outcome::Invalid { reason, text } = model.writer(sampling, seed).run(&large, Decoding::Free, 64) {
+            assert!(text.starts_with("[GENERATE GRAPH]id:") && text.len() > 100, "{reason}: {text:?}");
+        }
+    }
     // Constraints over gent's tokens cannot apply to the checkpoint's.
     match model.writer(sampling, 0).run(&request, Decoding::Constrained, 256) {
         Outcome::Invalid { reason, .. } => assert!(reason.to_string().contains("decodes freely only"), "{reason}"),

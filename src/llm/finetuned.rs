@@ -16,7 +16,7 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 
 use super::calls::{CountedCall, CountedShape, KnownCalls};
-use super::generate::{self, Decoding, GenerateError, Outcome, Rejection, Request, Sampling, WritesGraphs};
+use super::generate::{self, Decoding, FreeLayer, GenerateError, Outcome, Rejection, Request, Sampling, WritesGraphs};
 use super::graph::CallGraph;
 use super::model::{self, Encoding, LanguageModelError};
 use super::pretrained::Pretrained;
@@ -369,12 +369,16 @@ impl FreeWriter<'_> {
     /// model wrote, or why it stopped. The text is decoded from every token
     /// written so far, not token by token: a byte-level or SentencePiece
     /// token's text can depend on the tokens before it.
-    fn layer(&mut self, prompt: &str, max_tokens: usize) -> Result<String, Rejection> {
+    fn layer(&mut self, prompt: &str, max_tokens: usize) -> FreeLayer {
         let m = self.model;
-        let encoding = m.tokenizer.encode(prompt, true).map_err(|e| GenerateError::Prompt(e.to_string()))?;
+        let encoding = match m.tokenizer.encode(prompt, true) {
+            Ok(e) => e,
+            Err(e) => return Err((GenerateError::Prompt(e.to_string()).into(), prompt.to_string())),
+        };
         let mut context = encoding.get_ids().to_vec();
         let start = context.len();
         let max_len = m.config.max_len;
+        let written = |context: &[u32]| format!("{prompt}{}", m.tokenizer.decode(&context[start..], true).unwrap_or_default());
         for _ in 0..max_tokens {
             if context.len() >= max_len - 1 {
                 break;
@@ -382,15 +386,15 @@ impl FreeWriter<'_> {
             let logits = m.lm.next_logits_cached(&context, &mut self.cache, max_len, &m.device);
             let pick = generate::sample(&logits, &self.allowed, self.sampling, &mut self.rng);
             if pick == m.end {
-                return Err(Rejection::EndedInLayer);
+                return Err((Rejection::EndedInLayer, written(&context)));
             }
             context.push(pick);
-            let written = m.tokenizer.decode(&context[start..], true).unwrap_or_default();
-            if let Some(body) = written.strip_suffix("</layer>").or(written.strip_suffix("</layer>\n")) {
-                return Ok(format!("{prompt}{body}</layer>\n"));
+            let text = written(&context);
+            if let Some(body) = text.strip_suffix("</layer>").or(text.strip_suffix("</layer>\n")) {
+                return Ok(format!("{body}</layer>\n"));
             }
         }
-        Err(Rejection::Unclosed { closing: "</layer>", max_tokens })
+        Err((Rejection::Unclosed { closing: "</layer>", max_tokens }, written(&context)))
     }
 }
 

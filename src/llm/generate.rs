@@ -857,7 +857,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
 
     /// Samples one layer freely after `prompt` until `</layer>`; `Err` when
     /// none comes within `max_tokens` or the model ends the sequence.
-    fn free_layer(&mut self, prompt: &str, max_tokens: usize) -> Result<String, Rejection> {
+    fn free_layer(&mut self, prompt: &str, max_tokens: usize) -> FreeLayer {
         self.context.clear();
         self.context.push(super::tokenizer::BOS);
         self.force(prompt);
@@ -866,7 +866,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
         for _ in 0..max_tokens {
             let pick = self.choose(&all);
             if pick == super::tokenizer::EOS {
-                return Err(Rejection::EndedInLayer);
+                return Err((Rejection::EndedInLayer, out));
             }
             self.context.push(pick);
             out.push_str(&self.tok.decode(&[pick]));
@@ -877,7 +877,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
                 return Ok(out);
             }
         }
-        Err(Rejection::Unclosed { closing: "</layer>", max_tokens })
+        Err((Rejection::Unclosed { closing: "</layer>", max_tokens }, out))
     }
 
     /// Generates a graph without constraints: the model writes every token,
@@ -911,7 +911,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
         max_tokens: usize,
     ) -> Result<Layer, Rejection> {
         let first = c.start_node.as_deref() == Some("USER");
-        let t = self.free_layer(&question_text(c, first, user), max_tokens)?;
+        let t = self.free_layer(&question_text(c, first, user), max_tokens).map_err(|(reason, _)| reason)?;
         let layer = parse_answer(&t).map_err(Rejection::Layer)?;
         match super::validate::layer(&layer).into_iter().next() {
             Some(v) => Err(v.into()),
@@ -1021,6 +1021,11 @@ impl<'a, M: NextToken> Generator<'a, M> {
     }
 }
 
+/// A layer written freely: its text (the prompt first), or why the model
+/// stopped and what it had written by then, which the rejected graph's text
+/// ends with (`gent llm generate` logs it at debug level).
+pub(crate) type FreeLayer = Result<String, (Rejection, String)>;
+
 /// The recursive driver without constraints, in the layer encoding (`user`
 /// none) or the instruction encoding: `write` is the model writing one layer
 /// freely after a prompt (the layer's conditions, or its question), and
@@ -1028,7 +1033,7 @@ impl<'a, M: NextToken> Generator<'a, M> {
 pub(crate) fn recursive_free(
     request: &Request,
     user: Option<&UserInstruction>,
-    mut write: impl FnMut(&str) -> Result<String, Rejection>,
+    mut write: impl FnMut(&str) -> FreeLayer,
 ) -> Outcome {
     let mut all_text = String::new();
     let invalid = |reason: Rejection, text: &str| Outcome::Invalid { reason, text: text.to_string() };
@@ -1065,7 +1070,7 @@ pub(crate) fn recursive_free(
         };
         let t = match write(&prompt) {
             Ok(t) => t,
-            Err(reason) => return invalid(reason, &all_text),
+            Err((reason, partial)) => return invalid(reason, &(all_text + &partial)),
         };
         all_text.push_str(&t);
         let parsed = match user {
