@@ -1729,32 +1729,28 @@ fn a_llama_checkpoint_fine_tunes_on_call_graphs_and_its_file_reads_back_exactly(
 fn gent_llm_train_from_a_checkpoint_generates_and_evaluates_freely_and_refuses_constraints() {
     let dir = tempfile::tempdir().unwrap();
     let (model, train) = (dir.path().join("ft.gent"), data("alibaba/callgraphs_train.txt"));
-    let out = gent()
-        .args(["llm", "train", "--steps", "6", "--batch", "4", "--json", "--from"])
-        .arg(llama_fixture())
-        .arg("--out")
-        .arg(&model)
-        .arg(&train)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
+    // `gent llm train --from` the fixture with `args`, writing `out`: its report.
+    let fine_tune = |args: &[&str], out: &std::path::Path| -> serde_json::Value {
+        let run = gent()
+            .args(["llm", "train", "--batch", "4", "--json", "--from"])
+            .arg(llama_fixture())
+            .args(args)
+            .arg("--out")
+            .arg(out)
+            .arg(&train)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        serde_json::from_str(String::from_utf8(run.stdout).unwrap().lines().last().unwrap()).unwrap()
+    };
+    let report = fine_tune(&["--steps", "6"], &model);
     assert_eq!(report["vocabulary"], 320, "the checkpoint's tokenizer");
     assert_eq!(report["steps"], 6);
     let every_weight = report["from_checkpoint"]["trainable_parameters"].as_u64().unwrap();
     assert!(every_weight > 30_000, "{every_weight}");
     // LoRA, as the paper tunes Llama-2: rank-4 adapters on the query and the
     // (grouped) key projections of both blocks: 2 × (32·4 + 4·32 + 32·4 + 4·16).
-    let out = gent()
-        .args(["llm", "train", "--steps", "2", "--batch", "4", "--lora-rank", "4", "--json", "--from"])
-        .arg(llama_fixture())
-        .arg("--out")
-        .arg(dir.path().join("lora.gent"))
-        .arg(&train)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lora: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap();
+    let lora = fine_tune(&["--steps", "2", "--lora-rank", "4"], &dir.path().join("lora.gent"));
     assert_eq!(lora["from_checkpoint"]["lora_rank"], 4);
     assert_eq!(lora["from_checkpoint"]["trainable_parameters"], 896);
     let out = gent()

@@ -182,9 +182,10 @@ pub struct TrainArgs {
     learning_rate: Option<f64>,
     /// Start from this pretrained Llama checkpoint (Hugging Face layout:
     /// config.json, model.safetensors or its shards, tokenizer.json, as `gent
-    /// llm checkpoint` reads) and fine-tune every weight on the graphs'
-    /// layer text through its own tokenizer. The model decodes freely only:
-    /// constrained decoding needs gent's tokenizer.
+    /// llm checkpoint` reads) and fine-tune it on the graphs' layer text
+    /// through its own tokenizer: every weight, or LoRA adapters with
+    /// --lora-rank. The model decodes freely only: constrained decoding
+    /// needs gent's tokenizer.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["size", "id_tokens", "tune_steps"])]
     from: Option<PathBuf>,
     /// Probability of dropping each first-layer condition but the service id.
@@ -257,11 +258,8 @@ pub struct EvalArgs {
     /// probabilistic baseline names its nodes after their microservices.
     #[arg(long, num_args = 1..)]
     train: Vec<PathBuf>,
-    /// A LoRA fine-tune of a checkpoint (`gent llm train --from DIR
-    /// --lora-rank R`) stores its adapters and reads the checkpoint from where
-    /// it was; this gives where it is now.
-    #[arg(long, value_name = "DIR")]
-    checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    checkpoint: CheckpointDir,
     /// Real call graphs (tabular text) to compare with, held back from training (`gent llm split`).
     #[arg(long, required = true, num_args = 1..)]
     real: Vec<PathBuf>,
@@ -345,11 +343,8 @@ pub struct GenerateArgs {
     /// Graphs to generate.
     #[arg(long, default_value_t = 1)]
     count: usize,
-    /// A LoRA fine-tune of a checkpoint (`gent llm train --from DIR
-    /// --lora-rank R`) stores its adapters and reads the checkpoint from where
-    /// it was; this gives where it is now.
-    #[arg(long, value_name = "DIR")]
-    checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    checkpoint: CheckpointDir,
     /// Mask every token that would break the format or a constraint: every graph is valid.
     #[arg(long)]
     constrained: bool,
@@ -390,6 +385,24 @@ pub struct GenerateArgs {
     format: LlmFormat,
     #[command(flatten)]
     run: RunArgs,
+}
+
+/// Where a LoRA fine-tune's checkpoint is now (`generate`, `eval`).
+#[derive(clap::Args)]
+pub struct CheckpointDir {
+    /// A LoRA fine-tune of a checkpoint (`gent llm train --from DIR
+    /// --lora-rank R`) stores its adapters and reads the checkpoint from where
+    /// it was; this gives where it is now.
+    #[arg(long = "checkpoint", value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl CheckpointDir {
+    /// The fine-tuned checkpoint in `bytes` (read from `file`).
+    fn load(&self, file: &Path, bytes: &[u8], device: &burn::tensor::Device) -> Result<Finetuned, Failure> {
+        Finetuned::from_bytes(bytes, device, self.dir.as_deref())
+            .map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))
+    }
 }
 
 /// What every model-running `llm` command takes.
@@ -974,8 +987,7 @@ fn eval_finetuned(
             file.display()
         )));
     }
-    let lm = Finetuned::from_bytes(bytes, device, a.checkpoint.as_deref())
-        .map_err(|e| Failure::BadInput(format!("{}: {e}", file.display())))?;
+    let lm = a.checkpoint.load(file, bytes, device)?;
     let sampling = generate::Sampling { temperature: a.temperature, ..generate::Sampling::default() };
     let started = Instant::now();
     let mut r = scored_row(
@@ -1424,8 +1436,7 @@ fn ask_finetuned(
     if instructed {
         return Err(refused("--high-latency and --include-edge (it is not instruction-tuned)"));
     }
-    let lm = Finetuned::from_bytes(bytes, device, a.checkpoint.as_deref())
-        .map_err(|e| Failure::BadInput(format!("{}: {e}", a.model.display())))?;
+    let lm = a.checkpoint.load(&a.model, bytes, device)?;
     if a.batch > 1 || a.no_kv_cache {
         tracing::warn!(
             "a fine-tuned checkpoint generates one request at a time through the key/value cache: --batch and --no-kv-cache do not apply"
