@@ -13,7 +13,11 @@ gent's), for checking gent's safetensors loader.
 Variants: `gqa` has 4 query heads over 2 key/value heads, a rotary base of
 500,000, an RMSNorm epsilon of 1e-6 and an untied output head, stored as f32
 (the committed fixture); `tied` has one key/value head per query head, tied
-embeddings and f16 storage.
+embeddings and f16 storage. `llama3` is `gqa` (the same weights) with Llama
+3.1's rotary scaling, over a pre-training context of 256 so that its head
+width of 8 has frequencies kept, blended and slowed; `linear` is `gqa` with
+linear rotary scaling written the way configs before transformers 5 write it
+(`rope_theta` beside `rope_scaling`, whose type is under `type`).
 """
 import argparse
 import json
@@ -45,13 +49,18 @@ def make(out, corpus, variant, seed):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     tok.save(f"{out}/tokenizer.json")
 
-    gqa = variant == "gqa"
+    gqa = variant != "tied"
     config = LlamaConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2 if gqa else 4, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2 if gqa else 4,
+        max_position_embeddings=1024 if variant == "llama3" else 256,
         rms_norm_eps=1e-6 if gqa else 1e-5, tie_word_embeddings=not gqa, bos_token_id=bos,
         eos_token_id=tok.token_to_id("</s>"))
     config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0 if gqa else 10000.0}
+    if variant == "llama3":
+        config.rope_parameters = {
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         # Weights far from the default init (std 0.02 gives near-uniform
@@ -63,6 +72,14 @@ def make(out, corpus, variant, seed):
             else:
                 p.copy_(0.2 * torch.randn_like(p))
     (model if gqa else model.half()).save_pretrained(out, safe_serialization=True)
+    if variant == "linear":
+        with open(f"{out}/config.json") as f:
+            saved = json.load(f)
+        del saved["rope_parameters"]
+        saved["rope_theta"] = 500000.0
+        saved["rope_scaling"] = {"type": "linear", "factor": 4.0}
+        with open(f"{out}/config.json", "w") as f:
+            json.dump(saved, f, indent=2)
     # The reference is what transformers reads back from the files, in f32.
     model = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     expected = {"prompts": [], "ids": [], "logits": []}
@@ -102,7 +119,7 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("out")
     m.add_argument("--corpus", required=True)
-    m.add_argument("--variant", choices=["gqa", "tied"], default="gqa")
+    m.add_argument("--variant", choices=["gqa", "tied", "llama3", "linear"], default="gqa")
     m.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("compare")
     c.add_argument("out")

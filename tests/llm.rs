@@ -1550,18 +1550,10 @@ struct LlamaExpected {
     logits: Vec<Vec<f32>>,
 }
 
-#[test]
-fn a_llama_checkpoint_gives_the_reference_implementations_tokens_and_logits() {
-    use gent::llm::pretrained::Pretrained;
-    let dir = llama_fixture();
+/// The checkpoint in `dir` gives the token ids and logits of `dir`'s
+/// `expected.json`, and its cached greedy generation agrees with them.
+fn assert_reference_logits(model: &gent::llm::pretrained::Pretrained, dir: &std::path::Path) {
     let expected: LlamaExpected = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
-    let device = gent::nn::cpu_device();
-    let model = Pretrained::load(&dir, &device).unwrap();
-    // Grouped-query attention, a rotary base and epsilon of its own: every
-    // mapping the loader makes is exercised.
-    assert_eq!((model.checkpoint.config.heads, model.checkpoint.variant.kv_heads), (4, 2));
-    assert_eq!(model.checkpoint.variant.rope_theta, 500_000.0);
-    assert!(!model.checkpoint.tied);
     let mut worst = 0f32;
     for ((prompt, ids), logits) in expected.prompts.iter().zip(&expected.ids).zip(&expected.logits) {
         assert_eq!(&model.encode(prompt).unwrap(), ids, "{prompt:?}: token ids");
@@ -1585,9 +1577,84 @@ fn a_llama_checkpoint_gives_the_reference_implementations_tokens_and_logits() {
         let next = (0..vocab).max_by(|&a, &b| after[a].total_cmp(&after[b])).unwrap() as u32;
         assert_eq!(generated[3], next, "{prompt:?}: cached and full passes agree");
     }
-    eprintln!("largest logit difference from transformers: {worst:e}");
+    eprintln!("{}: largest logit difference from transformers: {worst:e}", dir.display());
 }
 
+#[test]
+fn a_llama_checkpoint_gives_the_reference_implementations_tokens_and_logits() {
+    use gent::llm::pretrained::Pretrained;
+    let dir = llama_fixture();
+    let model = Pretrained::load(&dir, &gent::nn::cpu_device()).unwrap();
+    // Grouped-query attention, a rotary base and epsilon of its own: every
+    // mapping the loader makes is exercised.
+    assert_eq!((model.checkpoint.config.heads, model.checkpoint.variant.kv_heads), (4, 2));
+    assert_eq!(model.checkpoint.variant.rope_theta, 500_000.0);
+    assert_eq!(model.checkpoint.variant.rope_scaling, gent::nn::lm::RopeScaling::None);
+    assert!(!model.checkpoint.tied);
+    assert_reference_logits(&model, &dir);
+}
+
+#[test]
+fn a_llama_3_checkpoint_scales_its_rotary_frequencies_as_the_reference_does() {
+    use gent::llm::pretrained::Pretrained;
+    use gent::nn::lm::RopeScaling;
+    // The fixture's weights and tokenizer under a Llama 3.1 config (rotary
+    // scaling by 8 from a pre-training context of 256, so the head width
+    // of 8 has a frequency kept, one blended and two slowed), with
+    // transformers' logits for that config: the unscaled logits differ from
+    // these by up to 2.6.
+    let scaled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-tiny-llama3");
+    let dir = broken_llama(|d| {
+        for f in ["config.json", "expected.json"] {
+            std::fs::copy(scaled.join(f), d.join(f)).unwrap();
+        }
+    });
+    let model = Pretrained::load(dir.path(), &gent::nn::cpu_device()).unwrap();
+    assert_eq!(
+        model.checkpoint.variant.rope_scaling,
+        RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 256.0 }
+    );
+    assert_eq!(model.checkpoint.config.max_len, 1024);
+    assert_reference_logits(&model, dir.path());
+}
+
+#[test]
+fn rotary_scaling_is_read_from_either_config_format() {
+    use gent::llm::pretrained::Pretrained;
+    use gent::nn::lm::RopeScaling;
+    let device = gent::nn::cpu_device();
+    let scaling = |dir: &tempfile::TempDir| Pretrained::load(dir.path(), &device).unwrap().checkpoint.variant;
+    // Before transformers 5: the base beside `rope_scaling`, its type as `type`.
+    let old = broken_llama(|d| {
+        edit_config(d, |v| {
+            v.as_object_mut().unwrap().remove("rope_parameters");
+            v["rope_theta"] = 250_000.0.into();
+            v["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 4.0});
+        })
+    });
+    let v = scaling(&old);
+    assert_eq!((v.rope_theta, v.rope_scaling), (250_000.0, RopeScaling::Linear { factor: 4.0 }));
+    // `original_max_position_embeddings` outside the rotary parameters wins,
+    // and the model's own context stands in when there is none.
+    let llama3 = |outside: Option<u32>| {
+        broken_llama(|d| {
+            edit_config(d, |v| {
+                v["rope_parameters"] = serde_json::json!({
+                    "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+                if let Some(n) = outside {
+                    v["original_max_position_embeddings"] = n.into();
+                }
+            })
+        })
+    };
+    let context = |v: gent::nn::lm::Variant| match v.rope_scaling {
+        RopeScaling::Llama3 { original_context, .. } => original_context,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(context(scaling(&llama3(Some(128)))), 128.0);
+    assert_eq!(context(scaling(&llama3(None))), 256.0);
+}
 /// A copy of the fixture in a temporary directory, changed by `change`.
 fn broken_llama(change: impl FnOnce(&std::path::Path)) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
@@ -1636,8 +1703,16 @@ fn a_checkpoint_that_does_not_fit_is_refused_naming_the_tensor_or_field() {
         })
     }));
     assert!(e.contains("unsupported architecture") && e.contains("MistralForCausalLM"), "{e}");
+    let e = refused(&broken_llama(|d| edit_config(d, |v| v["rope_parameters"]["rope_type"] = "yarn".into())));
+    assert!(e.contains("unsupported") && e.contains("yarn"), "{e}");
     let e = refused(&broken_llama(|d| edit_config(d, |v| v["rope_parameters"]["rope_type"] = "llama3".into())));
-    assert!(e.contains("unsupported") && e.contains("llama3"), "{e}");
+    assert!(e.contains("unsupported") && e.contains("llama3") && e.contains("factor"), "{e}");
+    let e = refused(&broken_llama(|d| edit_config(d, |v| v["partial_rotary_factor"] = 0.5.into())));
+    assert!(e.contains("unsupported") && e.contains("partial_rotary_factor"), "{e}");
+    let e = refused(&broken_llama(|d| {
+        edit_config(d, |v| v["rope_parameters"] = serde_json::json!({"rope_type": "linear", "factor": 0.5}))
+    }));
+    assert!(e.contains("factor") && e.contains("at least 1"), "{e}");
     // Files that are not what they say.
     let e =
         refused(&broken_llama(|d| std::fs::write(d.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap()));
@@ -1694,6 +1769,24 @@ fn a_llama_checkpoint_fine_tunes_on_call_graphs_and_its_file_reads_back_exactly(
     let again = Finetuned::from_bytes(&bytes, &device, None).unwrap();
     assert_eq!(again.to_bytes().unwrap(), bytes);
     assert_eq!(again.destinations, model.destinations);
+    // As session 62 wrote it (`gent-llm-checkpoint/1`, whose variant had no
+    // rotary scaling): it reads as the same model, and writes itself anew
+    // as this version's file.
+    const VERSION: u16 = 4;
+    let body = gent::container::open_body_as(&bytes, VERSION).unwrap();
+    // The variant: 2 key/value heads, base 500,000, no scaling (variant 0).
+    let mut variant = vec![2u8];
+    variant.extend(500_000f32.to_le_bytes());
+    variant.push(0);
+    let found: Vec<usize> = body.windows(variant.len()).enumerate().filter(|(_, w)| *w == variant).map(|(i, _)| i).collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let mut old = body.clone();
+    old.remove(found[0] + variant.len() - 1);
+    let kind = finetuned::KIND.as_bytes();
+    let at = old.windows(kind.len()).position(|w| w == kind).unwrap();
+    old[at..at + kind.len()].copy_from_slice(b"gent-llm-checkpoint/1");
+    let v1 = Finetuned::from_bytes(&gent::container::seal_body_as(&old, VERSION).unwrap(), &device, None).unwrap();
+    assert_eq!(v1.to_bytes().unwrap(), bytes);
     let request = Request { service: graphs[0].service.clone(), num_edges: 2, depth: 2, latency: 100 };
     let sampling = Sampling::default();
     let text = |o: Outcome| match o {

@@ -18,7 +18,7 @@ use gent::llm::model::{self, Encoding, LanguageModel};
 use gent::llm::pretrained::{Candidate, Pretrained};
 use gent::llm::{CallGraph, batch, infill, text};
 use gent::nn::Backend;
-use gent::nn::lm::{LmConfig, LmError, LoraConfig, TrainConfig};
+use gent::nn::lm::{LmConfig, LmError, LoraConfig, RopeScaling, TrainConfig};
 
 use super::args::{JsonArg, read_file, read_text};
 use super::{Failure, device, report, write};
@@ -665,6 +665,7 @@ struct Architecture {
     config: LmConfig,
     kv_heads: usize,
     rope_theta: f32,
+    rope_scaling: RopeScaling,
     norm_eps: f64,
     tied_embeddings: bool,
 }
@@ -685,6 +686,7 @@ fn checkpoint(a: CheckpointArgs) -> Result<(), Failure> {
             config: c.config,
             kv_heads: c.variant.kv_heads,
             rope_theta: c.variant.rope_theta,
+            rope_scaling: c.variant.rope_scaling,
             norm_eps: c.variant.norm_eps,
             tied_embeddings: c.tied,
         },

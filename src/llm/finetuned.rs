@@ -21,7 +21,7 @@ use super::graph::CallGraph;
 use super::model::{self, Encoding, LanguageModelError};
 use super::pretrained::Pretrained;
 use crate::nn::lm::checkpoint;
-use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, Lora, LoraConfig, TrainConfig, Variant};
+use crate::nn::lm::{KvCache, Lm, LmConfig, LmError, Lora, LoraConfig, RopeScaling, TrainConfig, Variant};
 use crate::nn::weights::{self, Precision};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +57,25 @@ pub enum FinetunedError {
 }
 
 /// The file's kind.
-pub const KIND: &str = "gent-llm-checkpoint/1";
+pub const KIND: &str = "gent-llm-checkpoint/2";
+/// Session 62's files, from before rotary scaling: their checkpoints' rotary
+/// encoding was the default one, which is what they read back as.
+const KIND_WITHOUT_ROPE_SCALING: &str = "gent-llm-checkpoint/1";
+
+/// Whether a model file of `kind` is a fine-tuned checkpoint's.
+pub fn is_kind(kind: &str) -> bool {
+    kind == KIND || kind == KIND_WITHOUT_ROPE_SCALING
+}
 
 /// Token names that end a sequence in common Llama tokenizers, tried when
 /// the config gives no `eos_token_id`.
 const END_NAMES: [&str; 4] = ["</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"];
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
+struct Stored<V = Variant> {
     kind: String,
     config: LmConfig,
-    variant: Variant,
+    variant: V,
     /// The checkpoint's `tokenizer.json`.
     tokenizer: String,
     end: u32,
@@ -76,6 +84,32 @@ struct Stored {
     calls: Vec<CountedCall>,
     shapes: Vec<CountedShape>,
     network: Network,
+}
+
+/// [`Variant`] as `KIND_WITHOUT_ROPE_SCALING` stored it.
+#[derive(serde::Deserialize)]
+struct VariantWithoutScaling {
+    kv_heads: usize,
+    rope_theta: f32,
+    norm_eps: f64,
+}
+
+impl Stored<VariantWithoutScaling> {
+    fn with_default_rope(self) -> Stored {
+        let VariantWithoutScaling { kv_heads, rope_theta, norm_eps } = self.variant;
+        Stored {
+            kind: self.kind,
+            config: self.config,
+            variant: Variant { kv_heads, rope_theta, rope_scaling: RopeScaling::None, norm_eps },
+            tokenizer: self.tokenizer,
+            end: self.end,
+            pad: self.pad,
+            destinations: self.destinations,
+            calls: self.calls,
+            shapes: self.shapes,
+            network: self.network,
+        }
+    }
 }
 
 /// The fine-tuned network as stored.
@@ -142,7 +176,7 @@ pub struct FineTuned {
 
 /// Whether `bytes` is a model file of this kind (and not gent's own model).
 pub fn is_file(bytes: &[u8]) -> bool {
-    crate::container::open_as::<model::Head>(bytes, model::CONTAINER_VERSION).is_ok_and(|h| h.kind == KIND)
+    crate::container::open_as::<model::Head>(bytes, model::CONTAINER_VERSION).is_ok_and(|h| is_kind(&h.kind))
 }
 
 impl Finetuned {
@@ -241,10 +275,13 @@ impl Finetuned {
     /// from `checkpoint` if given, else from where it was when it was tuned.
     pub fn from_bytes(bytes: &[u8], device: &Device, checkpoint: Option<&Path>) -> Result<Self, FinetunedError> {
         let head: model::Head = crate::container::open_as(bytes, model::CONTAINER_VERSION)?;
-        if head.kind != KIND {
-            return Err(FinetunedError::Kind(head.kind));
-        }
-        let s: Stored = crate::container::open_as(bytes, model::CONTAINER_VERSION)?;
+        let s: Stored = match head.kind.as_str() {
+            KIND => crate::container::open_as(bytes, model::CONTAINER_VERSION)?,
+            KIND_WITHOUT_ROPE_SCALING => {
+                crate::container::open_as::<Stored<VariantWithoutScaling>>(bytes, model::CONTAINER_VERSION)?.with_default_rope()
+            }
+            _ => return Err(FinetunedError::Kind(head.kind)),
+        };
         s.config.validate()?;
         s.variant.validate(&s.config)?;
         let tokenizer: tokenizers::Tokenizer =

@@ -371,7 +371,7 @@ impl LanguageModel {
                 (model, KnownCalls::from_calls(calls))
             }
             KIND_WITHOUT_CALLS => (crate::container::open_as(bytes, CONTAINER_VERSION)?, KnownCalls::default()),
-            super::finetuned::KIND => return Err(LanguageModelError::Finetuned),
+            kind if super::finetuned::is_kind(kind) => return Err(LanguageModelError::Finetuned),
             _ => return Err(LanguageModelError::Kind(head.kind)),
         };
         check_sizes(&s)?;

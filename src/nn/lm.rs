@@ -101,15 +101,91 @@ pub struct Variant {
     pub kv_heads: usize,
     /// Base of the rotary frequencies.
     pub rope_theta: f32,
+    /// How the rotary frequencies are stretched to a longer context.
+    pub rope_scaling: RopeScaling,
     /// RMSNorm's epsilon.
     pub norm_eps: f64,
+}
+
+/// How a checkpoint stretches its rotary frequencies beyond the context it
+/// was pre-trained on (`rope_type` in its config), as Hugging Face
+/// transformers computes them.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub enum RopeScaling {
+    /// The frequencies as they are (`default`).
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (`linear`: position interpolation).
+    Linear { factor: f32 },
+    /// Llama 3.1's (`llama3`): wavelengths longer than
+    /// `original_context / low_freq_factor` slow down by `factor`, those
+    /// shorter than `original_context / high_freq_factor` stay, and those
+    /// between blend the two smoothly.
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_context: f32 },
+}
+
+impl RopeScaling {
+    fn validate(&self) -> Result<(), LmError> {
+        let ok = |x: f32| x.is_finite() && x > 0.0;
+        let valid = match *self {
+            RopeScaling::None => true,
+            RopeScaling::Linear { factor } => ok(factor) && factor >= 1.0,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
+                ok(factor)
+                    && factor >= 1.0
+                    && ok(low_freq_factor)
+                    && ok(high_freq_factor)
+                    && low_freq_factor < high_freq_factor
+                    && ok(original_context)
+            }
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(LmError::Config(format!(
+                "rotary scaling {self:?}: factors must be finite, the factor at least 1 and low_freq_factor under high_freq_factor"
+            )))
+        }
+    }
+
+    /// `freq` (radians per position) after scaling, as transformers'
+    /// `_compute_llama3_parameters` and `_compute_linear_scaling_rope_parameters`.
+    pub fn scaled(&self, freq: f32) -> f32 {
+        match *self {
+            RopeScaling::None => freq,
+            RopeScaling::Linear { factor } => freq / factor,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < original_context / high_freq_factor {
+                    freq
+                } else if wavelen > original_context / low_freq_factor {
+                    freq / factor
+                } else {
+                    let smooth = (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    (1.0 - smooth) * freq / factor + smooth * freq
+                }
+            }
+        }
+    }
+
+    /// Every frequency of `freqs` scaled (the rotary encoding's few
+    /// frequencies, on the host: they are computed once per network).
+    fn apply(&self, freqs: Tensor<1>) -> Tensor<1> {
+        if *self == RopeScaling::None {
+            return freqs;
+        }
+        let device = freqs.device();
+        let scaled: Vec<f32> = freqs.into_data().iter::<f32>().map(|f| self.scaled(f)).collect();
+        let n = scaled.len();
+        Tensor::from_data(TensorData::new(scaled, [n]), &device)
+    }
 }
 
 impl Variant {
     /// Multi-head attention (a key/value head per query head), rotary base
     /// 10,000 and epsilon 1e-5: gent's own models.
     pub fn of(c: &LmConfig) -> Self {
-        Variant { kv_heads: c.heads, rope_theta: 10_000.0, norm_eps: 1e-5 }
+        Variant { kv_heads: c.heads, rope_theta: 10_000.0, rope_scaling: RopeScaling::None, norm_eps: 1e-5 }
     }
 
     pub fn validate(&self, c: &LmConfig) -> Result<(), LmError> {
@@ -125,7 +201,7 @@ impl Variant {
                 self.rope_theta, self.norm_eps
             )));
         }
-        Ok(())
+        self.rope_scaling.validate()
     }
 }
 
@@ -204,7 +280,9 @@ impl Lm {
             blocks,
             norm: norm(),
             head: linear(d, c.vocab, device),
-            rope: RotaryEncodingConfig::new(c.max_len, d / c.heads).with_theta(v.rope_theta).init(device),
+            rope: RotaryEncodingConfig::new(c.max_len, d / c.heads)
+                .with_theta(v.rope_theta)
+                .init_with_frequency_scaling(|f| v.rope_scaling.apply(f), device),
             heads: c.heads,
             kv_heads: v.kv_heads,
         })

@@ -23,7 +23,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
-use super::{Lm, LmConfig, LmError, MAX_CONTEXT, Variant};
+use super::{Lm, LmConfig, LmError, MAX_CONTEXT, RopeScaling, Variant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -46,8 +46,8 @@ pub enum CheckpointError {
 }
 
 /// The fields of a Llama `config.json` that decide the network. Transformers
-/// 5 writes the rotary base under `rope_parameters`, earlier versions as
-/// `rope_theta` with `rope_scaling`; both are read.
+/// 5 writes the rotary base and scaling under `rope_parameters`, earlier
+/// versions as `rope_theta` beside `rope_scaling`; both are read.
 #[derive(Debug, Deserialize)]
 struct HfConfig {
     #[serde(default)]
@@ -63,8 +63,11 @@ struct HfConfig {
     #[serde(default = "default_eps")]
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
-    rope_scaling: Option<serde_json::Value>,
+    rope_scaling: Option<RopeParameters>,
     rope_parameters: Option<RopeParameters>,
+    /// Outside the rotary parameters in some configs, where it wins.
+    original_max_position_embeddings: Option<f64>,
+    partial_rotary_factor: Option<f64>,
     max_position_embeddings: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: bool,
@@ -77,10 +80,43 @@ struct HfConfig {
     mlp_bias: bool,
 }
 
+/// `rope_parameters`, or the older `rope_scaling` (which names its type
+/// `type` in configs older still).
 #[derive(Debug, Deserialize)]
 struct RopeParameters {
     rope_theta: Option<f64>,
+    #[serde(alias = "type")]
     rope_type: Option<String>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<f64>,
+    partial_rotary_factor: Option<f64>,
+}
+
+impl RopeParameters {
+    /// gent's form of the scaling, or what it is that gent cannot apply.
+    /// `original_context` is the pre-training context when the config gives
+    /// it outside these parameters, else the context the model now has.
+    fn scaling(&self, original_context: (Option<f64>, f64)) -> Result<RopeScaling, String> {
+        let rope_type = self.rope_type.as_deref().unwrap_or("default");
+        let field = |name: &str, v: Option<f64>| {
+            v.map(|x| x as f32).ok_or_else(|| format!("rotary scaling {rope_type:?} without {name}"))
+        };
+        let (outside, context) = original_context;
+        let original_context = outside.or(self.original_max_position_embeddings).unwrap_or(context) as f32;
+        match rope_type {
+            "default" => Ok(RopeScaling::None),
+            "linear" => Ok(RopeScaling::Linear { factor: field("factor", self.factor)? }),
+            "llama3" => Ok(RopeScaling::Llama3 {
+                factor: field("factor", self.factor)?,
+                low_freq_factor: field("low_freq_factor", self.low_freq_factor)?,
+                high_freq_factor: field("high_freq_factor", self.high_freq_factor)?,
+                original_context,
+            }),
+            other => Err(format!("rotary scaling {other:?} (only default, linear and llama3)")),
+        }
+    }
 }
 
 fn default_eps() -> f64 {
@@ -151,10 +187,16 @@ fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointEr
     if hf.attention_bias || hf.mlp_bias {
         return unsupported("attention_bias or mlp_bias (projections without biases only)".into());
     }
-    let scaling = hf.rope_scaling.as_ref().filter(|v| !v.is_null());
-    let rope_type = hf.rope_parameters.as_ref().and_then(|r| r.rope_type.as_deref()).unwrap_or("default");
-    if scaling.is_some() || rope_type != "default" {
-        return unsupported(format!("rotary scaling {rope_type:?} {scaling:?} (only the default rotary encoding)"));
+    // Transformers 5 reads an older config's `rope_scaling` as its
+    // `rope_parameters`, and prefers it when a config has both.
+    let rope = hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref());
+    let context = hf.max_position_embeddings.unwrap_or(DEFAULT_CONTEXT);
+    let rope_scaling = match rope.map(|r| r.scaling((hf.original_max_position_embeddings, context as f64))).transpose() {
+        Ok(scaling) => scaling.unwrap_or_default(),
+        Err(what) => return unsupported(what),
+    };
+    if let Some(p) = rope.and_then(|r| r.partial_rotary_factor).or(hf.partial_rotary_factor).filter(|&p| p != 1.0) {
+        return unsupported(format!("partial_rotary_factor {p} (rotary encoding over the whole head only)"));
     }
     let heads = hf.num_attention_heads;
     if heads == 0 || hf.head_dim.is_some_and(|h| h * heads != hf.hidden_size) {
@@ -163,17 +205,21 @@ fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointEr
             hf.head_dim, hf.hidden_size
         ));
     }
-    let theta = hf.rope_parameters.as_ref().and_then(|r| r.rope_theta).or(hf.rope_theta).unwrap_or(10_000.0);
+    let theta = rope.and_then(|r| r.rope_theta).or(hf.rope_theta).unwrap_or(10_000.0);
     let config = LmConfig {
         vocab: hf.vocab_size,
         d_model: hf.hidden_size,
         layers: hf.num_hidden_layers,
         heads,
         hidden: hf.intermediate_size,
-        max_len: hf.max_position_embeddings.unwrap_or(DEFAULT_CONTEXT).min(MAX_CONTEXT),
+        max_len: context.min(MAX_CONTEXT),
     };
-    let variant =
-        Variant { kv_heads: hf.num_key_value_heads.unwrap_or(heads), rope_theta: theta as f32, norm_eps: hf.rms_norm_eps };
+    let variant = Variant {
+        kv_heads: hf.num_key_value_heads.unwrap_or(heads),
+        rope_theta: theta as f32,
+        rope_scaling,
+        norm_eps: hf.rms_norm_eps,
+    };
     config.validate()?;
     variant.validate(&config)?;
     Ok((config, variant))
