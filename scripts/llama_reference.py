@@ -17,7 +17,8 @@ embeddings and f16 storage. `llama3` is `gqa` (the same weights) with Llama
 3.1's rotary scaling, over a pre-training context of 256 so that its head
 width of 8 has frequencies kept, blended and slowed; `linear` is `gqa` with
 linear rotary scaling written the way configs before transformers 5 write it
-(`rope_theta` beside `rope_scaling`, whose type is under `type`).
+(`rope_theta` beside `rope_scaling`, whose type is under `type`); `mistral` is
+`gqa` as a `MistralForCausalLM` with an attention window of 64 positions.
 """
 import argparse
 import json
@@ -33,7 +34,7 @@ PROMPTS = [
 def make(out, corpus, variant, seed):
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     torch.manual_seed(seed)
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -50,18 +51,21 @@ def make(out, corpus, variant, seed):
     tok.save(f"{out}/tokenizer.json")
 
     gqa = variant != "tied"
-    config = LlamaConfig(
+    mistral = variant == "mistral"
+    extra = {"sliding_window": 64} if mistral else {}
+    config = (MistralConfig if mistral else LlamaConfig)(
         vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2 if gqa else 4,
         max_position_embeddings=1024 if variant == "llama3" else 256,
         rms_norm_eps=1e-6 if gqa else 1e-5, tie_word_embeddings=not gqa, bos_token_id=bos,
-        eos_token_id=tok.token_to_id("</s>"))
+        eos_token_id=tok.token_to_id("</s>"), **extra)
     config.rope_parameters = {"rope_type": "default", "rope_theta": 500000.0 if gqa else 10000.0}
     if variant == "llama3":
         config.rope_parameters = {
             "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
-    model = LlamaForCausalLM(config).eval()
+    causal_lm = MistralForCausalLM if mistral else LlamaForCausalLM
+    model = causal_lm(config).eval()
     with torch.no_grad():
         # Weights far from the default init (std 0.02 gives near-uniform
         # logits), and norm weights that are not all ones, so every mapping
@@ -81,7 +85,7 @@ def make(out, corpus, variant, seed):
         with open(f"{out}/config.json", "w") as f:
             json.dump(saved, f, indent=2)
     # The reference is what transformers reads back from the files, in f32.
-    model = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    model = causal_lm.from_pretrained(out, dtype=torch.float32).eval()
     expected = {"prompts": [], "ids": [], "logits": []}
     with torch.no_grad():
         for prompt in PROMPTS:
@@ -119,7 +123,7 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("out")
     m.add_argument("--corpus", required=True)
-    m.add_argument("--variant", choices=["gqa", "tied", "llama3", "linear"], default="gqa")
+    m.add_argument("--variant", choices=["gqa", "tied", "llama3", "linear", "mistral"], default="gqa")
     m.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("compare")
     c.add_argument("out")

@@ -1619,6 +1619,28 @@ fn a_llama_3_checkpoint_scales_its_rotary_frequencies_as_the_reference_does() {
 }
 
 #[test]
+fn a_mistral_checkpoint_loads_with_its_context_cut_to_its_attention_window() {
+    use gent::llm::pretrained::Pretrained;
+    // Mistral is Llama attending to its last `sliding_window` positions:
+    // `scripts/llama-reference` checks that transformers' Mistral gives
+    // llama-tiny's logits for llama-tiny's weights under this config.
+    let dir = broken_llama(|d| {
+        std::fs::copy(llama_fixture().join("expected.json"), d.join("expected.json")).unwrap();
+        edit_config(d, |v| {
+            v["model_type"] = "mistral".into();
+            v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+            v["sliding_window"] = 64.into();
+        })
+    });
+    let model = Pretrained::load(dir.path(), &gent::nn::cpu_device()).unwrap();
+    assert_eq!(model.checkpoint.config.max_len, 64, "the context is cut to the window");
+    assert_reference_logits(&model, dir.path());
+    // Without a window, the whole context.
+    edit_config(dir.path(), |v| v["sliding_window"] = serde_json::Value::Null);
+    assert_eq!(Pretrained::load(dir.path(), &gent::nn::cpu_device()).unwrap().checkpoint.config.max_len, 256);
+}
+
+#[test]
 fn rotary_scaling_is_read_from_either_config_format() {
     use gent::llm::pretrained::Pretrained;
     use gent::nn::lm::RopeScaling;
@@ -1698,11 +1720,11 @@ fn a_checkpoint_that_does_not_fit_is_refused_naming_the_tensor_or_field() {
     // Another architecture, or a rotary scaling this loader does not apply.
     let e = refused(&broken_llama(|d| {
         edit_config(d, |v| {
-            v["model_type"] = "mistral".into();
-            v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+            v["model_type"] = "qwen2".into();
+            v["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
         })
     }));
-    assert!(e.contains("unsupported architecture") && e.contains("MistralForCausalLM"), "{e}");
+    assert!(e.contains("unsupported architecture") && e.contains("Qwen2ForCausalLM"), "{e}");
     let e = refused(&broken_llama(|d| edit_config(d, |v| v["rope_parameters"]["rope_type"] = "yarn".into())));
     assert!(e.contains("unsupported") && e.contains("yarn"), "{e}");
     let e = refused(&broken_llama(|d| edit_config(d, |v| v["rope_parameters"]["rope_type"] = "llama3".into())));

@@ -1,6 +1,7 @@
 //! Llama checkpoints in Hugging Face's layout, loaded into an [`Lm`]: a
 //! directory with `config.json` and either `model.safetensors` or the shards
-//! that `model.safetensors.index.json` lists.
+//! that `model.safetensors.index.json` lists. Mistral checkpoints load too,
+//! their context cut to their attention window (where the two agree).
 //!
 //! Every tensor's name, dtype and shape is checked against the config before
 //! any network is built, so a checkpoint that does not fit is an error naming
@@ -69,6 +70,8 @@ struct HfConfig {
     original_max_position_embeddings: Option<f64>,
     partial_rotary_factor: Option<f64>,
     max_position_embeddings: Option<usize>,
+    /// Mistral's attention window (none: the whole context).
+    sliding_window: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: bool,
     /// One id, or a list of them (Llama 3 instruct models end on several).
@@ -174,10 +177,12 @@ fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
 /// gent's sizes for `hf`, or why it is not a Llama gent can run.
 fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointError> {
     let unsupported = |what: String| Err(CheckpointError::Unsupported { path: path.to_path_buf(), what });
-    let llama = hf.architectures.iter().any(|a| a == "LlamaForCausalLM") || hf.model_type.as_deref() == Some("llama");
-    if !llama {
+    let named =
+        |arch: &str, model_type: &str| hf.architectures.iter().any(|a| a == arch) || hf.model_type.as_deref() == Some(model_type);
+    let mistral = named("MistralForCausalLM", "mistral");
+    if !named("LlamaForCausalLM", "llama") && !mistral {
         return unsupported(format!(
-            "model_type {:?}, architectures {:?}: only LlamaForCausalLM loads",
+            "model_type {:?}, architectures {:?}: only LlamaForCausalLM and MistralForCausalLM load",
             hf.model_type, hf.architectures
         ));
     }
@@ -190,7 +195,16 @@ fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointEr
     // Transformers 5 reads an older config's `rope_scaling` as its
     // `rope_parameters`, and prefers it when a config has both.
     let rope = hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref());
-    let context = hf.max_position_embeddings.unwrap_or(DEFAULT_CONTEXT);
+    let mut context = hf.max_position_embeddings.unwrap_or(DEFAULT_CONTEXT);
+    // Mistral is Llama with attention over the last `sliding_window`
+    // positions only: within a context no longer than the window, the two
+    // are the same network.
+    if let Some(window) = hf.sliding_window.filter(|_| mistral) {
+        if window == 0 {
+            return unsupported("sliding_window 0".into());
+        }
+        context = context.min(window);
+    }
     let rope_scaling = match rope.map(|r| r.scaling((hf.original_max_position_embeddings, context as f64))).transpose() {
         Ok(scaling) => scaling.unwrap_or_default(),
         Err(what) => return unsupported(what),
