@@ -1656,6 +1656,16 @@ fn rotary_scaling_is_read_from_either_config_format() {
     });
     let v = scaling(&old);
     assert_eq!((v.rope_theta, v.rope_scaling), (250_000.0, RopeScaling::Linear { factor: 4.0 }));
+    // As SmolLM2 and TinyLlama write it: no scaling, as `null`.
+    let none = broken_llama(|d| {
+        edit_config(d, |v| {
+            v.as_object_mut().unwrap().remove("rope_parameters");
+            v["rope_theta"] = 100_000.0.into();
+            v["rope_scaling"] = serde_json::Value::Null;
+        })
+    });
+    let v = scaling(&none);
+    assert_eq!((v.rope_theta, v.rope_scaling), (100_000.0, RopeScaling::None));
     // `original_max_position_embeddings` outside the rotary parameters wins,
     // and the model's own context stands in when there is none.
     let llama3 = |outside: Option<u32>| {
