@@ -18,7 +18,9 @@ embeddings and f16 storage. `llama3` is `gqa` (the same weights) with Llama
 width of 8 has frequencies kept, blended and slowed; `linear` is `gqa` with
 linear rotary scaling written the way configs before transformers 5 write it
 (`rope_theta` beside `rope_scaling`, whose type is under `type`); `mistral` is
-`gqa` as a `MistralForCausalLM` with an attention window of 64 positions.
+`gqa` as a `MistralForCausalLM` with an attention window of 64 positions;
+`qwen2` is `gqa`'s sizes as a `Qwen2ForCausalLM`, whose query, key and value
+projections have biases (drawn like the weights, so they show in the logits).
 """
 import argparse
 import json
@@ -34,7 +36,8 @@ PROMPTS = [
 def make(out, corpus, variant, seed):
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                              Qwen2Config, Qwen2ForCausalLM)
 
     torch.manual_seed(seed)
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -53,7 +56,11 @@ def make(out, corpus, variant, seed):
     gqa = variant != "tied"
     mistral = variant == "mistral"
     extra = {"sliding_window": 64} if mistral else {}
-    config = (MistralConfig if mistral else LlamaConfig)(
+    config_class, causal_lm = {
+        "mistral": (MistralConfig, MistralForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }.get(variant, (LlamaConfig, LlamaForCausalLM))
+    config = config_class(
         vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2 if gqa else 4,
         max_position_embeddings=1024 if variant == "llama3" else 256,
@@ -64,7 +71,6 @@ def make(out, corpus, variant, seed):
         config.rope_parameters = {
             "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
-    causal_lm = MistralForCausalLM if mistral else LlamaForCausalLM
     model = causal_lm(config).eval()
     with torch.no_grad():
         # Weights far from the default init (std 0.02 gives near-uniform
@@ -123,7 +129,7 @@ def main():
     m = sub.add_parser("make")
     m.add_argument("out")
     m.add_argument("--corpus", required=True)
-    m.add_argument("--variant", choices=["gqa", "tied", "llama3", "linear", "mistral"], default="gqa")
+    m.add_argument("--variant", choices=["gqa", "tied", "llama3", "linear", "mistral", "qwen2"], default="gqa")
     m.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("compare")
     c.add_argument("out")

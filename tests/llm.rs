@@ -1641,6 +1641,42 @@ fn a_mistral_checkpoint_loads_with_its_context_cut_to_its_attention_window() {
 }
 
 #[test]
+fn a_qwen2_checkpoint_gives_the_reference_logits_with_its_projection_biases() {
+    use gent::llm::finetuned::{FineTuning, Finetuned};
+    use gent::llm::pretrained::Pretrained;
+    // Made by `scripts/llama-reference` (Qwen2ForCausalLM: llama-tiny's sizes
+    // and tokenizer, biases on the query, key and value projections drawn
+    // like the weights).
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "expected.json"] {
+        std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::copy(llama_fixture().join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+    let device = gent::nn::cpu_device();
+    let model = Pretrained::load(dir.path(), &device).unwrap();
+    assert!(model.checkpoint.variant.qkv_bias);
+    assert_reference_logits(&model, dir.path());
+    // The biases are part of the network a fine-tune stores and reads back.
+    let graphs: Vec<CallGraph> = train_graphs().into_iter().map(|(_, g)| g).take(20).collect();
+    let train = gent::nn::lm::TrainConfig { steps: 2, batch: 4, learning_rate: 3e-3, seed: 1 };
+    let t = FineTuning { train, p_drop: 0.5, held_back: 0.0, lora: None };
+    let (tuned, _) = Finetuned::train(model, &graphs, &t, &device).unwrap();
+    let bytes = tuned.to_bytes().unwrap();
+    let again = Finetuned::from_bytes(&bytes, &device, None).unwrap();
+    assert!(again.variant.qkv_bias);
+    assert_eq!(again.to_bytes().unwrap(), bytes);
+    // A missing bias is named.
+    let path = dir.path().join("model.safetensors");
+    let raw = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+    let kept: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "model.layers.1.self_attn.k_proj.bias").collect();
+    safetensors::serialize_to_file(kept, None, &path).unwrap();
+    let e = Pretrained::load(dir.path(), &device).err().unwrap().to_string();
+    assert!(e.contains("model.layers.1.self_attn.k_proj.bias") && e.contains("missing"), "{e}");
+}
+
+#[test]
 fn rotary_scaling_is_read_from_either_config_format() {
     use gent::llm::pretrained::Pretrained;
     use gent::nn::lm::RopeScaling;
@@ -1730,11 +1766,11 @@ fn a_checkpoint_that_does_not_fit_is_refused_naming_the_tensor_or_field() {
     // Another architecture, or a rotary scaling this loader does not apply.
     let e = refused(&broken_llama(|d| {
         edit_config(d, |v| {
-            v["model_type"] = "qwen2".into();
-            v["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+            v["model_type"] = "gpt2".into();
+            v["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
         })
     }));
-    assert!(e.contains("unsupported architecture") && e.contains("Qwen2ForCausalLM"), "{e}");
+    assert!(e.contains("unsupported architecture") && e.contains("GPT2LMHeadModel"), "{e}");
     let e = refused(&broken_llama(|d| edit_config(d, |v| v["rope_parameters"]["rope_type"] = "yarn".into())));
     assert!(e.contains("unsupported") && e.contains("yarn"), "{e}");
     let e = refused(&broken_llama(|d| edit_config(d, |v| v["rope_parameters"]["rope_type"] = "llama3".into())));
@@ -1802,18 +1838,19 @@ fn a_llama_checkpoint_fine_tunes_on_call_graphs_and_its_file_reads_back_exactly(
     assert_eq!(again.to_bytes().unwrap(), bytes);
     assert_eq!(again.destinations, model.destinations);
     // As session 62 wrote it (`gent-llm-checkpoint/1`, whose variant had no
-    // rotary scaling): it reads as the same model, and writes itself anew
-    // as this version's file.
+    // rotary scaling or biases): it reads as the same model, and writes
+    // itself anew as this version's file.
     const VERSION: u16 = 4;
     let body = gent::container::open_body_as(&bytes, VERSION).unwrap();
-    // The variant: 2 key/value heads, base 500,000, no scaling (variant 0).
+    // The variant: 2 key/value heads, base 500,000, no scaling (variant 0),
+    // no biases (false).
     let mut variant = vec![2u8];
     variant.extend(500_000f32.to_le_bytes());
-    variant.push(0);
+    variant.extend([0, 0]);
     let found: Vec<usize> = body.windows(variant.len()).enumerate().filter(|(_, w)| *w == variant).map(|(i, _)| i).collect();
     assert_eq!(found.len(), 1, "{found:?}");
     let mut old = body.clone();
-    old.remove(found[0] + variant.len() - 1);
+    old.drain(found[0] + 5..found[0] + 7);
     let kind = finetuned::KIND.as_bytes();
     let at = old.windows(kind.len()).position(|w| w == kind).unwrap();
     old[at..at + kind.len()].copy_from_slice(b"gent-llm-checkpoint/1");

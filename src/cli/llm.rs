@@ -666,6 +666,7 @@ struct Architecture {
     kv_heads: usize,
     rope_theta: f32,
     rope_scaling: RopeScaling,
+    qkv_bias: bool,
     norm_eps: f64,
     tied_embeddings: bool,
 }
@@ -687,6 +688,7 @@ fn checkpoint(a: CheckpointArgs) -> Result<(), Failure> {
             kv_heads: c.variant.kv_heads,
             rope_theta: c.variant.rope_theta,
             rope_scaling: c.variant.rope_scaling,
+            qkv_bias: c.variant.qkv_bias,
             norm_eps: c.variant.norm_eps,
             tied_embeddings: c.tied,
         },

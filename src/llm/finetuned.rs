@@ -58,8 +58,8 @@ pub enum FinetunedError {
 
 /// The file's kind.
 pub const KIND: &str = "gent-llm-checkpoint/2";
-/// Session 62's files, from before rotary scaling: their checkpoints' rotary
-/// encoding was the default one, which is what they read back as.
+/// Session 62's files, from before rotary scaling and projection biases:
+/// their checkpoints had neither, which is what they read back as.
 const KIND_WITHOUT_ROPE_SCALING: &str = "gent-llm-checkpoint/1";
 
 /// Whether a model file of `kind` is a fine-tuned checkpoint's.
@@ -100,7 +100,7 @@ impl Stored<VariantWithoutScaling> {
         Stored {
             kind: self.kind,
             config: self.config,
-            variant: Variant { kv_heads, rope_theta, rope_scaling: RopeScaling::None, norm_eps },
+            variant: Variant { kv_heads, rope_theta, rope_scaling: RopeScaling::None, qkv_bias: false, norm_eps },
             tokenizer: self.tokenizer,
             end: self.end,
             pad: self.pad,

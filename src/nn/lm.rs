@@ -1,5 +1,6 @@
 //! A decoder-only transformer in the Llama style (RMSNorm before each block,
-//! rotary positions, SwiGLU feed-forward, no biases), the language model of
+//! rotary positions, SwiGLU feed-forward, no biases but a checkpoint's on the
+//! attention's input projections), the language model of
 //! TraceLLM. Sizes run from `tiny` (tests, CPU) to `base` (tens of millions of
 //! parameters, for a GPU backend).
 
@@ -103,6 +104,8 @@ pub struct Variant {
     pub rope_theta: f32,
     /// How the rotary frequencies are stretched to a longer context.
     pub rope_scaling: RopeScaling,
+    /// Biases on the query, key and value projections (Qwen2's).
+    pub qkv_bias: bool,
     /// RMSNorm's epsilon.
     pub norm_eps: f64,
 }
@@ -185,7 +188,7 @@ impl Variant {
     /// Multi-head attention (a key/value head per query head), rotary base
     /// 10,000 and epsilon 1e-5: gent's own models.
     pub fn of(c: &LmConfig) -> Self {
-        Variant { kv_heads: c.heads, rope_theta: 10_000.0, rope_scaling: RopeScaling::None, norm_eps: 1e-5 }
+        Variant { kv_heads: c.heads, rope_theta: 10_000.0, rope_scaling: RopeScaling::None, qkv_bias: false, norm_eps: 1e-5 }
     }
 
     pub fn validate(&self, c: &LmConfig) -> Result<(), LmError> {
@@ -247,7 +250,11 @@ pub struct Lm {
 }
 
 fn linear(i: usize, o: usize, device: &Device) -> Linear {
-    LinearConfig::new(i, o).with_bias(false).init(device)
+    biased_linear(i, o, false, device)
+}
+
+fn biased_linear(i: usize, o: usize, bias: bool, device: &Device) -> Linear {
+    LinearConfig::new(i, o).with_bias(bias).init(device)
 }
 
 impl Lm {
@@ -255,8 +262,8 @@ impl Lm {
         Self::new_variant(c, &Variant::of(c), device)
     }
 
-    /// As [`Lm::new`], with grouped-query attention, a rotary base or a norm
-    /// epsilon of a checkpoint's.
+    /// As [`Lm::new`], with grouped-query attention, a rotary base and
+    /// scaling, projection biases or a norm epsilon of a checkpoint's.
     pub fn new_variant(c: &LmConfig, v: &Variant, device: &Device) -> Result<Self, LmError> {
         c.validate()?;
         v.validate(c)?;
@@ -266,9 +273,9 @@ impl Lm {
         let blocks = (0..c.layers)
             .map(|_| Block {
                 attn_norm: norm(),
-                q: linear(d, d, device),
-                k: linear(d, kv, device),
-                v: linear(d, kv, device),
+                q: biased_linear(d, d, v.qkv_bias, device),
+                k: biased_linear(d, kv, v.qkv_bias, device),
+                v: biased_linear(d, kv, v.qkv_bias, device),
                 o: linear(d, d, device),
                 ffn_norm: norm(),
                 gate_up: SwiGluConfig::new(d, c.hidden).with_bias(false).init(device),

@@ -1,7 +1,9 @@
 //! Llama checkpoints in Hugging Face's layout, loaded into an [`Lm`]: a
 //! directory with `config.json` and either `model.safetensors` or the shards
-//! that `model.safetensors.index.json` lists. Mistral checkpoints load too,
-//! their context cut to their attention window (where the two agree).
+//! that `model.safetensors.index.json` lists. Mistral and Qwen2 checkpoints
+//! load too: Qwen2 is Llama with biases on the query, key and value
+//! projections, and both have their context cut to their attention window
+//! where they have one (within it, the window changes nothing).
 //!
 //! Every tensor's name, dtype and shape is checked against the config before
 //! any network is built, so a checkpoint that does not fit is an error naming
@@ -70,8 +72,11 @@ struct HfConfig {
     original_max_position_embeddings: Option<f64>,
     partial_rotary_factor: Option<f64>,
     max_position_embeddings: Option<usize>,
-    /// Mistral's attention window (none: the whole context).
+    /// Mistral's attention window (none: the whole context), and Qwen2's
+    /// when `use_sliding_window` is set.
     sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: bool,
     #[serde(default)]
     tie_word_embeddings: bool,
     /// One id, or a list of them (Llama 3 instruct models end on several).
@@ -179,10 +184,10 @@ fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointEr
     let unsupported = |what: String| Err(CheckpointError::Unsupported { path: path.to_path_buf(), what });
     let named =
         |arch: &str, model_type: &str| hf.architectures.iter().any(|a| a == arch) || hf.model_type.as_deref() == Some(model_type);
-    let mistral = named("MistralForCausalLM", "mistral");
-    if !named("LlamaForCausalLM", "llama") && !mistral {
+    let (mistral, qwen2) = (named("MistralForCausalLM", "mistral"), named("Qwen2ForCausalLM", "qwen2"));
+    if !named("LlamaForCausalLM", "llama") && !mistral && !qwen2 {
         return unsupported(format!(
-            "model_type {:?}, architectures {:?}: only LlamaForCausalLM and MistralForCausalLM load",
+            "model_type {:?}, architectures {:?}: only LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM load",
             hf.model_type, hf.architectures
         ));
     }
@@ -190,16 +195,16 @@ fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointEr
         return unsupported(format!("hidden_act {act:?} (only silu)"));
     }
     if hf.attention_bias || hf.mlp_bias {
-        return unsupported("attention_bias or mlp_bias (projections without biases only)".into());
+        return unsupported("attention_bias or mlp_bias (biases only on Qwen2's query, key and value projections)".into());
     }
     // Transformers 5 reads an older config's `rope_scaling` as its
     // `rope_parameters`, and prefers it when a config has both.
     let rope = hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref());
     let mut context = hf.max_position_embeddings.unwrap_or(DEFAULT_CONTEXT);
-    // Mistral is Llama with attention over the last `sliding_window`
-    // positions only: within a context no longer than the window, the two
-    // are the same network.
-    if let Some(window) = hf.sliding_window.filter(|_| mistral) {
+    // Mistral (and Qwen2 with `use_sliding_window`) attends over the last
+    // `sliding_window` positions only: within a context no longer than the
+    // window, that is attention over the whole context.
+    if let Some(window) = hf.sliding_window.filter(|_| mistral || (qwen2 && hf.use_sliding_window)) {
         if window == 0 {
             return unsupported("sliding_window 0".into());
         }
@@ -232,6 +237,7 @@ fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointEr
         kv_heads: hf.num_key_value_heads.unwrap_or(heads),
         rope_theta: theta as f32,
         rope_scaling,
+        qkv_bias: qwen2,
         norm_eps: hf.rms_norm_eps,
     };
     config.validate()?;
@@ -248,6 +254,13 @@ fn expected_shapes(c: &LmConfig, v: &Variant, tied: bool) -> Vec<(String, Vec<us
     }
     for i in 0..c.layers {
         let p = format!("model.layers.{i}");
+        if v.qkv_bias {
+            out.extend([
+                (format!("{p}.self_attn.q_proj.bias"), vec![d]),
+                (format!("{p}.self_attn.k_proj.bias"), vec![kv]),
+                (format!("{p}.self_attn.v_proj.bias"), vec![kv]),
+            ]);
+        }
         out.extend([
             (format!("{p}.input_layernorm.weight"), vec![d]),
             (format!("{p}.self_attn.q_proj.weight"), vec![d, d]),
@@ -267,11 +280,11 @@ fn expected_shapes(c: &LmConfig, v: &Variant, tied: bool) -> Vec<(String, Vec<us
 fn fill(lm: &mut Lm, files: &Files, c: &LmConfig, v: &Variant, tied: bool, device: &Device) -> Result<(), CheckpointError> {
     let dh = c.d_model / c.heads;
     let get = |name: &str| files.floats(name);
-    let vector = |name: &str| -> Result<Param<Tensor<1>>, CheckpointError> {
-        let x = get(name)?;
+    let vector_of = |x: Vec<f32>| {
         let n = x.len();
-        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(x, [n]), device)))
+        Param::from_tensor(Tensor::<1>::from_data(TensorData::new(x, [n]), device))
     };
+    let vector = |name: &str| get(name).map(vector_of);
     let embed = get("model.embed_tokens.weight")?;
     lm.embed.weight = Param::from_tensor(Tensor::from_data(TensorData::new(embed.clone(), [c.vocab, c.d_model]), device));
     lm.norm.gamma = vector("model.norm.weight")?;
@@ -283,6 +296,12 @@ fn fill(lm: &mut Lm, files: &Files, c: &LmConfig, v: &Variant, tied: bool, devic
         blk.q = linear(interleaved(get(&format!("{p}.self_attn.q_proj.weight"))?, c.d_model, dh), q_rows, c.d_model, device);
         blk.k = linear(interleaved(get(&format!("{p}.self_attn.k_proj.weight"))?, c.d_model, dh), kv_rows, c.d_model, device);
         blk.v = load_linear(files, &format!("{p}.self_attn.v_proj.weight"), device)?;
+        if v.qkv_bias {
+            // A bias is a column of the rows it adds to: interleaved as they are.
+            blk.q.bias = Some(vector_of(interleaved(get(&format!("{p}.self_attn.q_proj.bias"))?, 1, dh)));
+            blk.k.bias = Some(vector_of(interleaved(get(&format!("{p}.self_attn.k_proj.bias"))?, 1, dh)));
+            blk.v.bias = Some(vector(&format!("{p}.self_attn.v_proj.bias"))?);
+        }
         blk.o = load_linear(files, &format!("{p}.self_attn.o_proj.weight"), device)?;
         blk.ffn_norm.gamma = vector(&format!("{p}.post_attention_layernorm.weight"))?;
         // burn's SwiGLU is silu(inner(x)) · outer(x): the gate is inner.
