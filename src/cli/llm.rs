@@ -36,9 +36,9 @@ pub enum LlmCommand {
     Eval(EvalArgs),
     /// Generate call graphs layer by layer from conditions.
     Generate(GenerateArgs),
-    /// Load a pretrained Llama checkpoint (Hugging Face layout: config.json,
-    /// model.safetensors or its shards, tokenizer.json) and show what it
-    /// predicts after a prompt.
+    /// Load a pretrained Llama, Mistral or Qwen2 checkpoint (Hugging Face
+    /// layout: config.json, model.safetensors or its shards, tokenizer.json)
+    /// and show what it predicts after a prompt.
     Checkpoint(CheckpointArgs),
     /// The paper's prediction task (§5.4): from a call graph's first edges,
     /// will an uncommon call follow? A classification head is trained on the
@@ -180,7 +180,7 @@ pub struct TrainArgs {
     /// model, 3e-4 with --from (the paper's, for a pretrained model).
     #[arg(long)]
     learning_rate: Option<f64>,
-    /// Start from this pretrained Llama checkpoint (Hugging Face layout:
+    /// Start from this pretrained Llama, Mistral or Qwen2 checkpoint (Hugging Face layout:
     /// config.json, model.safetensors or its shards, tokenizer.json, as `gent
     /// llm checkpoint` reads) and fine-tune it on the graphs' layer text
     /// through its own tokenizer: every weight, or LoRA adapters with
@@ -705,7 +705,7 @@ fn checkpoint(a: CheckpointArgs) -> Result<(), Failure> {
     }
     let arch = &out.architecture;
     println!(
-        "Llama: {} layers, width {}, {} heads ({} key/value), vocabulary {}, context {}",
+        "{} layers, width {}, {} heads ({} key/value), vocabulary {}, context {}",
         arch.config.layers, arch.config.d_model, arch.config.heads, arch.kv_heads, arch.config.vocab, arch.config.max_len
     );
     println!("prompt: {} tokens; next:", out.prompt_ids.len());
