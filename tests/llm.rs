@@ -1761,6 +1761,9 @@ fn a_checkpoint_that_does_not_fit_is_refused_naming_the_tensor_or_field() {
     // A config whose sizes the weights do not have.
     let e = refused(&broken_llama(|d| edit_config(d, |v| v["intermediate_size"] = 80.into())));
     assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[64, 32]"), "{e}");
+    // Sizes no weights could hold are refused before anything is listed or built.
+    let e = refused(&broken_llama(|d| edit_config(d, |v| v["num_hidden_layers"] = 1_000_000_000_000u64.into())));
+    assert!(e.contains("config.json") && e.contains("bytes of weights hold"), "{e}");
     let e = refused(&broken_llama(|d| edit_config(d, |v| v["num_key_value_heads"] = 3.into())));
     assert!(e.contains("4 heads") && e.contains("3 key/value heads"), "{e}");
     // Another architecture, or a rotary scaling this loader does not apply.

@@ -157,6 +157,21 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> 
         .map_err(|e| CheckpointError::Config { path: config_path.clone(), message: e.to_string() })?;
     let (config, variant) = sizes(&hf, &config_path)?;
     let files = Files::read(dir)?;
+    // The config's sizes come from a file: before a tensor name is listed or
+    // a network built for them, the weights must be able to hold them (two
+    // bytes a parameter at the least), so a config asking for a billion
+    // layers is an error, not an allocation.
+    let stored: usize = files.bytes.iter().map(|(_, b)| b.len()).sum();
+    match parameters(&config, &variant, hf.tie_word_embeddings) {
+        Some(n) if n <= stored / 2 => {}
+        n => {
+            let asked = n.map_or_else(|| "more than can be counted".to_string(), |n| n.to_string());
+            return Err(CheckpointError::Config {
+                path: config_path,
+                message: format!("its sizes need {asked} parameters, more than the {stored} bytes of weights hold"),
+            });
+        }
+    }
     let fingerprint = files.fingerprint(&config_bytes);
     let expected = expected_shapes(&config, &variant, hf.tie_word_embeddings);
     // Every tensor checked before anything is built.
@@ -243,6 +258,17 @@ fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointEr
     config.validate()?;
     variant.validate(&config)?;
     Ok((config, variant))
+}
+
+/// How many parameters [`expected_shapes`] lists, counted without listing
+/// them; `None` on overflow.
+fn parameters(c: &LmConfig, v: &Variant, tied: bool) -> Option<usize> {
+    let (d, kv) = (c.d_model, c.d_model / c.heads * v.kv_heads);
+    let biases = if v.qkv_bias { d.checked_add(kv.checked_mul(2)?)? } else { 0 };
+    let attention = d.checked_mul(d)?.checked_mul(2)?.checked_add(kv.checked_mul(d)?.checked_mul(2)?)?;
+    let per_layer = attention.checked_add(c.hidden.checked_mul(d)?.checked_mul(3)?)?.checked_add(2 * d)?.checked_add(biases)?;
+    let embeddings = c.vocab.checked_mul(d)?.checked_mul(if tied { 1 } else { 2 })?;
+    embeddings.checked_add(d)?.checked_add(per_layer.checked_mul(c.layers)?)
 }
 
 /// Every tensor the network needs, in Hugging Face's names and shapes.
@@ -432,7 +458,19 @@ impl Files {
 
 #[cfg(test)]
 mod tests {
-    use super::interleaved;
+    use super::{LmConfig, Variant, expected_shapes, interleaved, parameters};
+
+    #[test]
+    fn parameters_are_counted_as_the_shapes_list_them() {
+        let c = LmConfig { vocab: 320, d_model: 32, layers: 3, heads: 4, hidden: 64, max_len: 256 };
+        for (kv_heads, qkv_bias, tied) in [(4, false, false), (2, true, false), (1, false, true), (2, true, true)] {
+            let v = Variant { kv_heads, qkv_bias, ..Variant::of(&c) };
+            let listed: usize = expected_shapes(&c, &v, tied).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+            assert_eq!(parameters(&c, &v, tied), Some(listed), "{kv_heads} {qkv_bias} {tied}");
+        }
+        let huge = LmConfig { layers: usize::MAX / 2, ..c };
+        assert_eq!(parameters(&huge, &Variant::of(&huge), false), None);
+    }
 
     #[test]
     fn query_rows_interleave_the_two_halves_of_each_head() {
