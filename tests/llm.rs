@@ -2044,3 +2044,73 @@ fn a_checkpoint_tokenizers_padding_and_truncation_are_off_as_in_hugging_face() {
     assert!(plain.len() > 16 && plain.len() < 64, "{}", plain.len());
     assert_eq!(Pretrained::load(dir.path(), &device).unwrap().encode(text).unwrap(), plain);
 }
+
+/// A size or rotary setting drawn for a hostile `config.json`: mostly the
+/// fixture's own `fit` (so that loading goes deep), else small, zero, huge,
+/// fractional, negative or absent.
+fn config_value(fit: serde_json::Value) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        20 => Just(fit),
+        1 => (0u64..70).prop_map(serde_json::Value::from),
+        1 => Just(serde_json::Value::from(u64::MAX)),
+        1 => Just(serde_json::Value::from(1u64 << 40)),
+        1 => (-1e9f64..1e9).prop_map(serde_json::Value::from),
+        1 => Just(serde_json::Value::Null),
+    ]
+}
+
+/// The fixture's config values for [`any_checkpoint_config_loads_or_is_refused`]'s fields.
+fn config_values() -> impl proptest::strategy::Strategy<Value = Vec<serde_json::Value>> {
+    let fits: [serde_json::Value; 12] = [
+        320.into(),
+        32.into(),
+        64.into(),
+        2.into(),
+        4.into(),
+        2.into(),
+        8.into(),
+        256.into(),
+        serde_json::Value::Null,
+        1e-6.into(),
+        500_000.0.into(),
+        8.0.into(),
+    ];
+    fits.into_iter().map(config_value).collect::<Vec<_>>()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// Whatever a config says of its sizes and rotary encoding, the loader
+    /// answers with a network or an error, never a panic or a runaway
+    /// allocation.
+    #[test]
+    fn any_checkpoint_config_loads_or_is_refused(
+        values in config_values(),
+        rope_type in proptest::sample::select(vec!["default", "linear", "llama3", "yarn"]),
+        model_type in proptest::sample::select(vec!["llama", "mistral", "qwen2"]),
+    ) {
+        use gent::llm::pretrained::Pretrained;
+        let fields = [
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window", "rms_norm_eps",
+        ];
+        let dir = broken_llama(|d| {
+            edit_config(d, |v| {
+                for (field, value) in fields.iter().zip(&values) {
+                    v[*field] = value.clone();
+                }
+                v["model_type"] = model_type.into();
+                v.as_object_mut().unwrap().remove("architectures");
+                v["rope_parameters"] = serde_json::json!({
+                    "rope_type": rope_type, "rope_theta": values[10], "factor": values[11],
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": values[7],
+                });
+            })
+        });
+        match Pretrained::load(dir.path(), &gent::nn::cpu_device()) {
+            Ok(m) => proptest::prop_assert_eq!(m.checkpoint.config.d_model, 32),
+            Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+}

@@ -233,7 +233,7 @@ fn sizes(hf: &HfConfig, path: &Path) -> Result<(LmConfig, Variant), CheckpointEr
         return unsupported(format!("partial_rotary_factor {p} (rotary encoding over the whole head only)"));
     }
     let heads = hf.num_attention_heads;
-    if heads == 0 || hf.head_dim.is_some_and(|h| h * heads != hf.hidden_size) {
+    if heads == 0 || hf.head_dim.is_some_and(|h| h.checked_mul(heads) != Some(hf.hidden_size)) {
         return unsupported(format!(
             "head_dim {:?} × {heads} heads is not hidden_size {} (heads must split the model width)",
             hf.head_dim, hf.hidden_size
