@@ -20,7 +20,8 @@ linear rotary scaling written the way configs before transformers 5 write it
 (`rope_theta` beside `rope_scaling`, whose type is under `type`); `mistral` is
 `gqa` as a `MistralForCausalLM` with an attention window of 64 positions;
 `qwen2` is `gqa`'s sizes as a `Qwen2ForCausalLM`, whose query, key and value
-projections have biases (drawn like the weights, so they show in the logits).
+projections have biases (drawn like the weights, so they show in the logits),
+stored as bf16.
 """
 import argparse
 import json
@@ -81,7 +82,9 @@ def make(out, corpus, variant, seed):
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             else:
                 p.copy_(0.2 * torch.randn_like(p))
-    (model if gqa else model.half()).save_pretrained(out, safe_serialization=True)
+    # f32, but f16 for `tied` and bf16 (as Qwen2 and Llama 3 ship) for `qwen2`.
+    stored = {"tied": torch.float16, "qwen2": torch.bfloat16}.get(variant, torch.float32)
+    model.to(stored).save_pretrained(out, safe_serialization=True)
     if variant == "linear":
         with open(f"{out}/config.json") as f:
             saved = json.load(f)
