@@ -1788,6 +1788,12 @@ fn a_checkpoint_that_does_not_fit_is_refused_naming_the_tensor_or_field() {
     let e =
         refused(&broken_llama(|d| std::fs::write(d.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap()));
     assert!(e.contains("model.safetensors") && e.contains("not a safetensors file"), "{e}");
+    // A file cut short is refused when its header is read, before any tensor.
+    let e = refused(&broken_llama(|d| {
+        let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+        std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    }));
+    assert!(e.contains("model.safetensors") && e.contains("the header describes"), "{e}");
     let e = refused(&broken_llama(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap()));
     assert!(e.contains("tokenizer.json"), "{e}");
     let e = refused(&broken_llama(|d| std::fs::write(d.join("config.json"), b"{\"vocab_size\": -1}").unwrap()));

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+use safetensors::tensor::{Metadata, TensorInfo};
 use serde::Deserialize;
 
 use super::{Lm, LmConfig, LmError, MAX_CONTEXT, RopeScaling, Variant};
@@ -161,9 +162,9 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> 
     // a network built for them, the weights must be able to hold them (two
     // bytes a parameter at the least), so a config asking for a billion
     // layers is an error, not an allocation.
-    let stored: usize = files.bytes.iter().map(|(_, b)| b.len()).sum();
+    let stored = files.stored();
     match parameters(&config, &variant, hf.tie_word_embeddings) {
-        Some(n) if n <= stored / 2 => {}
+        Some(n) if n as u64 <= stored / 2 => {}
         n => {
             let asked = n.map_or_else(|| "more than can be counted".to_string(), |n| n.to_string());
             return Err(CheckpointError::Config {
@@ -172,7 +173,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> 
             });
         }
     }
-    let fingerprint = files.fingerprint(&config_bytes);
+    let fingerprint = files.fingerprint(&config_bytes)?;
     let expected = expected_shapes(&config, &variant, hf.tie_word_embeddings);
     // Every tensor checked before anything is built.
     for (name, shape) in &expected {
@@ -362,17 +363,34 @@ fn interleaved(w: Vec<f32>, inp: usize, dh: usize) -> Vec<f32> {
     out
 }
 
-/// The checkpoint's safetensors files, read whole, and which holds each tensor.
+/// The checkpoint's safetensors files: each one's header, read and checked
+/// against the file's length up front, and which file holds each tensor.
+/// A tensor's bytes are read when it is loaded, so a checkpoint loads in
+/// the memory of its network and one tensor, whatever its files weigh.
 struct Files {
-    bytes: Vec<(PathBuf, Vec<u8>)>,
-    /// Tensor name → index into `bytes`.
+    shards: Vec<Shard>,
+    /// Tensor name → index into `shards`.
     index: BTreeMap<String, usize>,
+}
+
+struct Shard {
+    path: PathBuf,
+    /// Where the tensors' data starts: after the length and the header.
+    data_start: u64,
+    /// The file's length.
+    len: u64,
+    header: Metadata,
 }
 
 #[derive(Deserialize)]
 struct ShardIndex {
     weight_map: BTreeMap<String, String>,
 }
+
+/// The length of a safetensors header, in its first 8 bytes.
+const HEADER_LEN_BYTES: u64 = 8;
+/// The longest header the `safetensors` crate reads.
+const MAX_HEADER: u64 = 100_000_000;
 
 impl Files {
     fn read(dir: &Path) -> Result<Self, CheckpointError> {
@@ -391,63 +409,71 @@ impl Files {
         } else {
             vec![dir.join("model.safetensors")]
         };
-        let mut files = Files { bytes: Vec::new(), index: BTreeMap::new() };
+        let mut files = Files { shards: Vec::new(), index: BTreeMap::new() };
         for path in shards {
-            let bytes = read(&path)?;
-            let names = SafeTensors::deserialize(&bytes)
-                .map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?
-                .names()
-                .into_iter()
-                .map(str::to_string)
-                .collect::<Vec<_>>();
-            let at = files.bytes.len();
-            files.index.extend(names.into_iter().map(|n| (n, at)));
-            files.bytes.push((path, bytes));
+            let shard = Shard::open(path)?;
+            let at = files.shards.len();
+            files.index.extend(shard.header.tensors().into_keys().map(|n| (n, at)));
+            files.shards.push(shard);
         }
         Ok(files)
     }
 
-    /// xxh3-64 of `config` and every file's bytes, in shard order.
-    fn fingerprint(&self, config: &[u8]) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(config);
-        for (_, bytes) in &self.bytes {
-            h.update(&(bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
-        }
-        h.digest()
+    /// Bytes of the weight files, all told.
+    fn stored(&self) -> u64 {
+        self.shards.iter().map(|s| s.len).sum()
     }
 
-    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>, CheckpointError> {
+    /// xxh3-64 of `config` and every file's length and bytes, in shard
+    /// order, the files streamed through it.
+    fn fingerprint(&self, config: &[u8]) -> Result<u64, CheckpointError> {
+        use std::io::Read;
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(config);
+        let mut buf = vec![0u8; 1 << 20];
+        for shard in &self.shards {
+            let io = |source| CheckpointError::Read { path: shard.path.clone(), source };
+            h.update(&shard.len.to_le_bytes());
+            let mut file = std::fs::File::open(&shard.path).map_err(io)?.take(shard.len);
+            loop {
+                let n = file.read(&mut buf).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+        }
+        Ok(h.digest())
+    }
+
+    fn info(&self, name: &str) -> Result<(&Shard, &TensorInfo), CheckpointError> {
         let missing = || CheckpointError::Missing { name: name.to_string() };
-        let (path, bytes) = self.index.get(name).and_then(|&i| self.bytes.get(i)).ok_or_else(missing)?;
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| CheckpointError::Safetensors { path: path.clone(), message: e.to_string() })?;
-        st.tensor(name).map_err(|_| missing())
+        let shard = self.index.get(name).and_then(|&i| self.shards.get(i)).ok_or_else(missing)?;
+        Ok((shard, shard.header.info(name).ok_or_else(missing)?))
     }
 
     fn shape(&self, name: &str) -> Result<Vec<usize>, CheckpointError> {
-        Ok(self.view(name)?.shape().to_vec())
+        Ok(self.info(name)?.1.shape.clone())
     }
 
     /// The tensor exists with `expected` shape and a dtype that loads.
     fn check(&self, name: &str, expected: &[usize]) -> Result<(), CheckpointError> {
-        let view = self.view(name)?;
-        if view.shape() != expected {
-            return Err(CheckpointError::Shape { name: name.into(), found: view.shape().to_vec(), expected: expected.to_vec() });
+        let (_, info) = self.info(name)?;
+        if info.shape != expected {
+            return Err(CheckpointError::Shape { name: name.into(), found: info.shape.clone(), expected: expected.to_vec() });
         }
-        match view.dtype() {
+        match info.dtype {
             Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
             other => Err(CheckpointError::Dtype { name: name.into(), dtype: format!("{other:?}") }),
         }
     }
 
-    /// The tensor's values as f32, row-major.
+    /// The tensor's values as f32, row-major, read from its file.
     fn floats(&self, name: &str) -> Result<Vec<f32>, CheckpointError> {
-        let view = self.view(name)?;
-        let data = view.data();
+        let (shard, info) = self.info(name)?;
+        let data = shard.bytes(info)?;
         let pairs = data.chunks_exact(2).map(|b| [b[0], b[1]]);
-        Ok(match view.dtype() {
+        Ok(match info.dtype {
             Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => pairs.map(|b| half::f16::from_le_bytes(b).to_f32()).collect(),
             Dtype::BF16 => pairs.map(|b| half::bf16::from_le_bytes(b).to_f32()).collect(),
@@ -456,9 +482,66 @@ impl Files {
     }
 }
 
+impl Shard {
+    /// Reads the header of the safetensors file at `path`, checked as the
+    /// `safetensors` crate checks a whole file: a bounded length, tensors
+    /// that tile the data, and data that ends where the file does.
+    fn open(path: PathBuf) -> Result<Self, CheckpointError> {
+        use std::io::Read;
+        let bad = |message: String| CheckpointError::Safetensors { path: path.clone(), message };
+        let io = |source| CheckpointError::Read { path: path.clone(), source };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut n = [0u8; HEADER_LEN_BYTES as usize];
+        file.read_exact(&mut n).map_err(|_| bad(format!("{len} bytes, shorter than a header")))?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER || HEADER_LEN_BYTES + n > len {
+            return Err(bad(format!("a header of {n} bytes in a file of {len}")));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let header: Metadata = serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+        let data_start = HEADER_LEN_BYTES + n;
+        if header.data_len() as u64 != len - data_start {
+            return Err(bad(format!(
+                "the header describes {} bytes of data, the file holds {}",
+                header.data_len(),
+                len - data_start
+            )));
+        }
+        Ok(Shard { path, data_start, len, header })
+    }
+
+    /// The bytes of one tensor (its offsets were checked against the file's
+    /// length when the header was read).
+    fn bytes(&self, info: &TensorInfo) -> Result<Vec<u8>, CheckpointError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |source| CheckpointError::Read { path: self.path.clone(), source };
+        let (start, end) = info.data_offsets;
+        let mut file = std::fs::File::open(&self.path).map_err(io)?;
+        file.seek(SeekFrom::Start(self.data_start + start as u64)).map_err(io)?;
+        let mut data = vec![0u8; end - start];
+        file.read_exact(&mut data).map_err(io)?;
+        Ok(data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{LmConfig, Variant, expected_shapes, interleaved, parameters};
+    use super::{Files, LmConfig, Variant, expected_shapes, interleaved, parameters};
+
+    #[test]
+    fn the_streamed_fingerprint_is_the_hash_of_the_whole_files() {
+        // As model files of LoRA fine-tunes (session 62 on) recorded it:
+        // config, then each file's length and bytes, read whole.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-tiny");
+        let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let mut whole = xxhash_rust::xxh3::Xxh3::new();
+        whole.update(b"{}");
+        whole.update(&(weights.len() as u64).to_le_bytes());
+        whole.update(&weights);
+        assert_eq!(Files::read(&dir).unwrap().fingerprint(b"{}").unwrap(), whole.digest());
+    }
 
     #[test]
     fn parameters_are_counted_as_the_shapes_list_them() {
