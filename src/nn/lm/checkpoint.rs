@@ -7,8 +7,9 @@
 //!
 //! Every tensor's name, dtype and shape is checked against the config before
 //! any network is built, so a checkpoint that does not fit is an error naming
-//! the tensor, never a partial load, and what is allocated is bounded by the
-//! files themselves.
+//! the tensor, never a partial load. What is allocated is bounded by the files
+//! themselves (the config's sizes must fit in them), and the files are read a
+//! tensor at a time: loading takes the network's memory and one tensor's.
 //!
 //! Two layouts differ from burn's. A Hugging Face `Linear` stores `[out, in]`
 //! where burn's stores `[in, out]`. Hugging Face rotates the two halves of
