@@ -60,11 +60,11 @@ pub enum FinetunedError {
 pub const KIND: &str = "gent-llm-checkpoint/2";
 /// Session 62's files, from before rotary scaling and projection biases:
 /// their checkpoints had neither, which is what they read back as.
-const KIND_WITHOUT_ROPE_SCALING: &str = "gent-llm-checkpoint/1";
+const KIND_WITHOUT_SCALING_OR_BIASES: &str = "gent-llm-checkpoint/1";
 
 /// Whether a model file of `kind` is a fine-tuned checkpoint's.
 pub fn is_kind(kind: &str) -> bool {
-    kind == KIND || kind == KIND_WITHOUT_ROPE_SCALING
+    kind == KIND || kind == KIND_WITHOUT_SCALING_OR_BIASES
 }
 
 /// Token names that end a sequence in common Llama tokenizers, tried when
@@ -86,17 +86,17 @@ struct Stored<V = Variant> {
     network: Network,
 }
 
-/// [`Variant`] as `KIND_WITHOUT_ROPE_SCALING` stored it.
+/// [`Variant`] as `KIND_WITHOUT_SCALING_OR_BIASES` stored it.
 #[derive(serde::Deserialize)]
-struct VariantWithoutScaling {
+struct VariantWithoutScalingOrBiases {
     kv_heads: usize,
     rope_theta: f32,
     norm_eps: f64,
 }
 
-impl Stored<VariantWithoutScaling> {
-    fn with_default_rope(self) -> Stored {
-        let VariantWithoutScaling { kv_heads, rope_theta, norm_eps } = self.variant;
+impl Stored<VariantWithoutScalingOrBiases> {
+    fn with_plain_variant(self) -> Stored {
+        let VariantWithoutScalingOrBiases { kv_heads, rope_theta, norm_eps } = self.variant;
         Stored {
             kind: self.kind,
             config: self.config,
@@ -277,8 +277,9 @@ impl Finetuned {
         let head: model::Head = crate::container::open_as(bytes, model::CONTAINER_VERSION)?;
         let s: Stored = match head.kind.as_str() {
             KIND => crate::container::open_as(bytes, model::CONTAINER_VERSION)?,
-            KIND_WITHOUT_ROPE_SCALING => {
-                crate::container::open_as::<Stored<VariantWithoutScaling>>(bytes, model::CONTAINER_VERSION)?.with_default_rope()
+            KIND_WITHOUT_SCALING_OR_BIASES => {
+                crate::container::open_as::<Stored<VariantWithoutScalingOrBiases>>(bytes, model::CONTAINER_VERSION)?
+                    .with_plain_variant()
             }
             _ => return Err(FinetunedError::Kind(head.kind)),
         };
